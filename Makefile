@@ -1,0 +1,96 @@
+# ndshm -- the one build definition. `make help` lists the targets.
+
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+PYTHON ?= python3
+PYPY ?= pypy3
+VENV ?= .venv
+PYPY_VENV ?= .venv-pypy
+PKG := pybind/ndshm
+BUILD := build
+
+SRCS := $(wildcard csrc/*.c)
+HDRS := $(wildcard csrc/*.h)
+WARN := -Wall -Wextra -Werror
+CFLAGS ?= -O2
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -pthread $(WARN)
+LIB_LDFLAGS := -shared -pthread -Wl,-z,defs -Wl,-soname,libndshm.so
+
+# C tests: every tests/c/test_*.c, linked with the library's sources under ASan and UBSan.
+CTEST_SRCS := $(wildcard tests/c/test_*.c)
+SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+CTEST_BINS := $(patsubst tests/c/%.c,$(BUILD)/ctest/%,$(CTEST_SRCS))
+
+.PHONY: all help lib venv test ctest pytest pypy-test bench bench-quick clean
+
+all: lib
+
+help:
+	@echo "make lib        build $(PKG)/libndshm.so (a C compiler is all it needs)"
+	@echo "make venv       create $(VENV) with ndshm (editable) and the test dependencies"
+	@echo "make test       C tests under ASan+UBSan, then pytest on CPython, then on PyPy if installed"
+	@echo "make bench      install the peers into $(VENV) and run every benchmark (the main job)"
+	@echo "make clean      remove build products"
+
+lib: $(PKG)/libndshm.so $(PKG)/ndshm.h
+
+$(BUILD)/libndshm.so: $(SRCS) $(HDRS) Makefile
+	@mkdir -p $(BUILD)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LIB_LDFLAGS) -o $@ $(SRCS) $(LDFLAGS)
+
+# A real file, not a symlink, so wheels and editable installs carry it as is.
+$(PKG)/libndshm.so: $(BUILD)/libndshm.so
+	cp -f $< $@
+
+$(PKG)/ndshm.h: csrc/ndshm.h
+	cp -f $< $@
+
+$(BUILD)/ctest/%: tests/c/%.c $(SRCS) $(HDRS) $(wildcard tests/c/*.h) Makefile
+	@mkdir -p $(BUILD)/ctest
+	$(CC) $(BASE_CFLAGS) -O1 -g $(SAN) -Icsrc -o $@ $< $(SRCS)
+
+ctest: $(CTEST_BINS)
+	@set -e; for t in $(CTEST_BINS); do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 $$t; done
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	touch $@
+
+venv: lib $(VENV)/.stamp
+
+pytest: lib $(VENV)/.stamp
+	$(VENV)/bin/python -m pytest -q tests
+
+$(PYPY_VENV)/.stamp: pyproject.toml
+	$(PYPY) -m venv $(PYPY_VENV)
+	$(PYPY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PYPY_VENV)/bin/python -m pip install -q numpy pytest
+	touch $@
+
+# PyPy loads the very same libndshm.so, straight from the source tree.
+pypy-test: lib
+	@if command -v $(PYPY) >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(PYPY_VENV)/.stamp && \
+		PYTHONPATH=$(CURDIR)/pybind $(PYPY_VENV)/bin/python -m pytest -q tests; \
+	else \
+		echo "pypy-test: $(PYPY) is not installed, so the PyPy run is skipped (apt-get install -y pypy3 pypy3-venv)"; \
+	fi
+
+test: lib ctest pytest pypy-test
+
+$(VENV)/.bench-stamp: $(VENV)/.stamp
+	$(VENV)/bin/python -m pip install -q -e '.[bench]'
+	touch $@
+
+bench: lib $(VENV)/.bench-stamp
+	$(VENV)/bin/python -m ndshm bench
+
+bench-quick: lib $(VENV)/.bench-stamp
+	$(VENV)/bin/python -m ndshm bench --quick
+
+clean:
+	rm -rf $(BUILD) $(PKG)/libndshm.so $(PKG)/ndshm.h dist *.egg-info
+

@@ -1,0 +1,174 @@
+/*
+ * alloc.c -- aligned allocations, and the process-wide statistics.
+ *
+ * Two strategies:
+ *   - heap: one posix_memalign block holding the handle, then the data at the next multiple of
+ *     the alignment. Used for small and mid-sized requests with sub-page alignment and no
+ *     page-level options, where the allocator's reuse of freed memory beats fresh page faults.
+ *   - map: an anonymous private mapping, over-reserved by (alignment - page) and trimmed at both
+ *     ends so exactly the rounded-up size stays mapped. Used for page-or-larger alignments, large
+ *     sizes (like glibc's own mmap threshold) and the huge-page, populate and lock options.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* Requests of at least this many bytes are mapped rather than taken from the heap. */
+#define NDSHM_MAP_THRESHOLD ((size_t)32 << 20)
+
+struct ndshm_buffer_s {
+    void *data;
+    size_t nbytes;
+    void *map_base; /* the mapping, or NULL for a heap block (which starts at this struct) */
+    size_t map_len;
+};
+
+ndshm__counters_t ndshm__counters;
+
+size_t ndshm__page_size(void) {
+    static _Atomic size_t cached;
+    size_t p = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (p == 0) {
+        long v = sysconf(_SC_PAGESIZE);
+        p = v > 0 ? (size_t)v : 4096;
+        atomic_store_explicit(&cached, p, memory_order_relaxed);
+    }
+    return p;
+}
+
+int ndshm_get_stats(ndshm_stats_t *out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_get_stats: out is NULL");
+#define LOAD(f) atomic_load_explicit(&ndshm__counters.f, memory_order_relaxed)
+    out->live_buffers = LOAD(live_buffers);
+    out->live_bytes = LOAD(live_bytes);
+    out->total_buffers = LOAD(total_buffers);
+    out->live_segments = LOAD(live_segments);
+    out->live_mappings = LOAD(live_mappings);
+    out->mapped_bytes = LOAD(mapped_bytes);
+    out->live_queues = LOAD(live_queues);
+#undef LOAD
+    return 0;
+}
+
+static void count_alloc(size_t nbytes) {
+    NDSHM__COUNT(live_buffers, 1);
+    NDSHM__COUNT(total_buffers, 1);
+    NDSHM__COUNT(live_bytes, nbytes);
+}
+
+static int alloc_heap(size_t nbytes, size_t alignment, unsigned flags, ndshm_buffer_t **out) {
+    size_t head, total;
+    if (ndshm__round_up(sizeof(ndshm_buffer_t), alignment, &head) || ndshm__add_overflow(head, nbytes, &total))
+        return ndshm__fail(NDSHM_EOVERFLOW, 0, "nbytes %zu with alignment %zu overflows", nbytes, alignment);
+    void *block = NULL;
+    int err = posix_memalign(&block, alignment, total);
+    if (err != 0)
+        return ndshm__fail(NDSHM_ENOMEM, err, "cannot allocate %zu bytes aligned to %zu", nbytes, alignment);
+    ndshm_buffer_t *buf = block;
+    buf->data = (char *)block + head;
+    buf->nbytes = nbytes;
+    buf->map_base = NULL;
+    buf->map_len = 0;
+    if (flags & NDSHM_ALLOC_ZERO) memset(buf->data, 0, nbytes);
+    else if (flags & NDSHM_ALLOC_POPULATE) {
+        size_t page = ndshm__page_size();
+        for (size_t i = 0; i < nbytes; i += page) ((volatile char *)buf->data)[i] = 0;
+    }
+    *out = buf;
+    return 0;
+}
+
+static int lock_error(size_t len, int err) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        return ndshm__fail(NDSHM_ESYS, err,
+                           "mlock of %zu bytes refused; RLIMIT_MEMLOCK is %llu bytes (raise it with ulimit -l)",
+                           len, (unsigned long long)rl.rlim_cur);
+    return ndshm__fail(NDSHM_ESYS, err, "mlock of %zu bytes refused", len);
+}
+
+static int alloc_map(size_t nbytes, size_t alignment, unsigned flags, ndshm_buffer_t **out) {
+    size_t page = ndshm__page_size();
+    if (alignment < page) alignment = page;
+    if ((flags & NDSHM_ALLOC_HUGEPAGES) && alignment < NDSHM_HUGE_ALIGNMENT && nbytes >= NDSHM_HUGE_ALIGNMENT)
+        alignment = NDSHM_HUGE_ALIGNMENT; /* transparent huge pages need 2 MiB-aligned extents */
+    size_t len, reserve;
+    if (ndshm__round_up(nbytes == 0 ? 1 : nbytes, page, &len) || ndshm__add_overflow(len, alignment - page, &reserve))
+        return ndshm__fail(NDSHM_EOVERFLOW, 0, "nbytes %zu with alignment %zu overflows", nbytes, alignment);
+
+    ndshm_buffer_t *buf = malloc(sizeof *buf);
+    if (buf == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a buffer handle");
+
+    char *base = mmap(NULL, reserve, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
+        int err = errno;
+        free(buf);
+        return ndshm__fail(NDSHM_ENOMEM, err, "cannot map %zu bytes aligned to %zu", nbytes, alignment);
+    }
+    uintptr_t start = ((uintptr_t)base + alignment - 1) & ~(uintptr_t)(alignment - 1);
+    char *data = (char *)start;
+    size_t lead = (size_t)(data - base), tail = reserve - lead - len;
+    if (lead) munmap(base, lead);
+    if (tail) munmap(data + len, tail);
+
+    if (flags & NDSHM_ALLOC_HUGEPAGES) (void)madvise(data, len, MADV_HUGEPAGE); /* advisory: THP may be off */
+    if (flags & NDSHM_ALLOC_LOCK) {
+        if (mlock(data, len) != 0) {
+            int rc = lock_error(len, errno);
+            munmap(data, len);
+            free(buf);
+            return rc;
+        }
+    } else if (flags & NDSHM_ALLOC_POPULATE) {
+        if (madvise(data, len, MADV_POPULATE_WRITE) != 0) /* kernels before 5.14: touch each page */
+            for (size_t i = 0; i < len; i += page) ((volatile char *)data)[i] = 0;
+    }
+    buf->data = data;
+    buf->nbytes = nbytes;
+    buf->map_base = data;
+    buf->map_len = len;
+    *out = buf;
+    return 0;
+}
+
+int ndshm_alloc(size_t nbytes, size_t alignment, unsigned flags, ndshm_buffer_t **out, uintptr_t *address) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_alloc: out is NULL");
+    *out = NULL;
+    if (!ndshm__is_pow2(alignment) || alignment > NDSHM_MAX_ALIGNMENT)
+        return ndshm__fail(NDSHM_EINVAL, 0, "alignment %zu is not a power of two between 1 and %d", alignment,
+                           NDSHM_MAX_ALIGNMENT);
+    const unsigned known = NDSHM_ALLOC_ZERO | NDSHM_ALLOC_HUGEPAGES | NDSHM_ALLOC_POPULATE | NDSHM_ALLOC_LOCK;
+    if (flags & ~known) return ndshm__fail(NDSHM_EINVAL, 0, "unknown allocation flags 0x%x", flags & ~known);
+    if (nbytes > (size_t)PTRDIFF_MAX)
+        return ndshm__fail(NDSHM_EOVERFLOW, 0, "nbytes %zu exceeds the largest object size %td", nbytes, PTRDIFF_MAX);
+    if (alignment < sizeof(void *)) alignment = sizeof(void *);
+
+    const unsigned page_level = NDSHM_ALLOC_HUGEPAGES | NDSHM_ALLOC_LOCK;
+    bool map = alignment >= ndshm__page_size() || nbytes >= NDSHM_MAP_THRESHOLD || (flags & page_level);
+    int rc = map ? alloc_map(nbytes, alignment, flags, out) : alloc_heap(nbytes, alignment, flags, out);
+    if (rc != 0) return rc;
+    count_alloc(nbytes);
+    if (address != NULL) *address = (uintptr_t)(*out)->data;
+    return 0;
+}
+
+void *ndshm_buffer_data(const ndshm_buffer_t *buf) { return buf ? buf->data : NULL; }
+
+size_t ndshm_buffer_size(const ndshm_buffer_t *buf) { return buf ? buf->nbytes : 0; }
+
+void ndshm_buffer_free(ndshm_buffer_t *buf) {
+    if (buf == NULL) return;
+    atomic_fetch_sub_explicit(&ndshm__counters.live_buffers, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&ndshm__counters.live_bytes, buf->nbytes, memory_order_relaxed);
+    if (buf->map_base != NULL) munmap(buf->map_base, buf->map_len);
+    free(buf); /* a heap block begins with its handle; a mapped buffer's handle is malloc'd */
+}

@@ -1,0 +1,32 @@
+"""ndshm: aligned allocations and shared-memory segments as zero-copy NumPy arrays.
+
+The C library (libndshm) does the work; this package talks to it through cffi in ABI mode,
+so one build serves CPython and PyPy and no Python headers are needed.
+"""
+
+from __future__ import annotations
+
+from ._lib import HEADER_VERSION as _HEADER_VERSION
+from ._errors import (
+    BrokenBarrierError, BusyError, ClosedError, CorruptSegmentError, Empty, Full, InvalidValueError,
+    MessageTooBigError, NdshmError, NdshmOSError, NdshmPermissionError, NdshmTimeoutError, NoSpaceError,
+    NotSupportedError, OutOfMemoryError, OwnerDiedError, SegmentExistsError, SegmentNotFoundError,
+)
+from ._buffer import (
+    Buffer, asaligned, empty, empty_like, full, full_like, is_aligned, ones, ones_like, stats, zeros,
+    zeros_like,
+)
+
+__version__ = ".".join(map(str, _HEADER_VERSION))
+
+__all__ = [
+    "__version__",
+    # errors
+    "NdshmError", "InvalidValueError", "CorruptSegmentError", "SegmentExistsError", "SegmentNotFoundError",
+    "NdshmPermissionError", "OutOfMemoryError", "NoSpaceError", "NdshmTimeoutError", "BusyError", "Empty",
+    "Full", "MessageTooBigError", "OwnerDiedError", "ClosedError", "NotSupportedError", "NdshmOSError",
+    "BrokenBarrierError",
+    # aligned allocation
+    "Buffer", "empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "full_like",
+    "asaligned", "is_aligned", "stats",
+]

@@ -1,0 +1,248 @@
+"""Aligned allocations as NumPy arrays: :class:`Buffer` and the NumPy-style constructors."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _dtype
+from ._dtype import AlignLike, ShapeLike
+from ._errors import ClosedError, raise_for
+from ._lib import ffi, lib
+
+__all__ = ["Buffer", "empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like",
+           "full_like", "asaligned", "is_aligned", "stats"]
+
+_free = lib.ndshm_buffer_free
+_alloc = lib.ndshm_alloc
+_tls = threading.local()
+
+
+def _outs() -> tuple[Any, Any]:
+    """This thread's reusable out-parameters for ndshm_alloc (cffi releases the GIL in calls)."""
+    try:
+        return _tls.outs
+    except AttributeError:
+        _tls.outs = outs = (ffi.new("ndshm_buffer_t **"), ffi.new("uintptr_t *"))
+        return outs
+
+
+# Constants read once: attribute lookups on an ABI-mode cffi library are slow.
+_ZERO, _HUGEPAGES = lib.NDSHM_ALLOC_ZERO, lib.NDSHM_ALLOC_HUGEPAGES
+_POPULATE, _LOCK = lib.NDSHM_ALLOC_POPULATE, lib.NDSHM_ALLOC_LOCK
+
+
+def _flags(zero: bool, hugepages: bool, populate: bool, lock: bool) -> int:
+    return ((_ZERO if zero else 0) | (_HUGEPAGES if hugepages else 0) | (_POPULATE if populate else 0)
+            | (_LOCK if lock else 0))
+
+
+class Buffer:
+    """One aligned allocation, owned by this object.
+
+    ``Buffer(nbytes, align=64, *, zero=False, hugepages=False, populate=False, lock=False)``
+
+    ``numpy.asarray(buffer)`` is a zero-copy view through ``__array_interface__`` (by default the
+    bytes as a 1-D ``uint8`` array; :meth:`asarray` gives any shape and dtype that fits). Every
+    view keeps the buffer alive through ``.base``, and the memory is freed exactly once, when the
+    buffer and its last view are gone. :meth:`close` ends the buffer's own use (no new views) but
+    never frees memory that a live view still uses.
+    """
+
+    __slots__ = ("_handle", "_lib", "__array_interface__", "address", "nbytes", "alignment", "_closed",
+                 "__weakref__")
+
+    def __init__(self, nbytes: int, align: AlignLike = 64, *, zero: bool = False, hugepages: bool = False,
+                 populate: bool = False, lock: bool = False) -> None:
+        (n,) = _dtype.as_shape((nbytes,))
+        _allocate(self, n, _dtype.as_alignment(align), _flags(zero, hugepages, populate, lock), (n,), "|u1", None)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def asarray(self, shape: Optional[ShapeLike] = None, dtype: Any = np.uint8, order: str = "C",
+                offset: int = 0) -> np.ndarray:
+        """A zero-copy ndarray over the buffer's bytes (``shape=None``: as many items as fit)."""
+        if self._closed:
+            raise ClosedError(f"Buffer at 0x{self.address:x} is closed")
+        dt = _dtype.as_dtype(dtype)
+        order = _dtype.check_order(order)
+        if not 0 <= offset <= self.nbytes:
+            raise ValueError(f"offset {offset} is outside the buffer's {self.nbytes} bytes")
+        if shape is None:
+            if dt.itemsize == 0:
+                raise ValueError(f"dtype {dt} has no size; give a shape")
+            shape = ((self.nbytes - offset) // dt.itemsize,)
+        dims, dt = _dtype.normalize(shape, dt)
+        need = _dtype.nbytes_of(dims, dt)
+        if need > self.nbytes - offset:
+            raise ValueError(f"shape {dims} of dtype {dt} needs {need} bytes; the buffer has "
+                             f"{self.nbytes - offset} from offset {offset}")
+        holder = _View(self, self.address + offset, dims, dt, _dtype.contiguous_strides(dims, dt.itemsize, order))
+        return _dtype.exact_dtype(np.asarray(holder), dt)
+
+    def memoryview(self) -> memoryview:
+        """A writable ``memoryview`` of the bytes (for ``readinto``, ``recv_into``, ``bytes()``)."""
+        return memoryview(self.asarray())
+
+    def close(self) -> None:
+        """End this buffer's use. The memory is freed when the last view of it is gone."""
+        self._closed = True
+        self.__array_interface__ = None
+
+    def __enter__(self) -> "Buffer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed " if self._closed else ""
+        return f"<ndshm.Buffer {state}{self.nbytes} bytes at 0x{self.address:x}, align={self.alignment}>"
+
+
+def _allocate(self: Buffer, nbytes: int, alignment: int, flags: int, shape: tuple[int, ...], typestr: str,
+              strides: Optional[tuple[int, ...]]) -> Buffer:
+    """Allocate into ``self`` and describe the bytes as ``shape``/``typestr``: the hot path of
+    every constructor, kept to one C call and no per-call cffi allocations."""
+    handle, address = _outs()
+    rc = _alloc(nbytes, alignment, flags, handle, address)
+    if rc:
+        raise_for(rc)
+    self._handle = ffi.gc(handle[0], _free, nbytes)  # the size tells PyPy's GC about the memory
+    self._lib = lib  # keep the library loaded for as long as the memory lives
+    self.address = addr = address[0]
+    self.nbytes = nbytes
+    self.alignment = alignment
+    self._closed = False
+    self.__array_interface__ = {"version": 3, "data": (addr, False), "shape": shape, "typestr": typestr,
+                                "strides": strides}
+    return self
+
+
+_new_buffer = Buffer.__new__
+
+
+class _View:
+    """A transient provider of ``__array_interface__`` for one view of a :class:`Buffer`.
+
+    NumPy collapses base chains to the first object that is not an array, so the array made
+    from it would keep this object (and through it the buffer) alive."""
+
+    __slots__ = ("__array_interface__", "owner")
+
+    def __init__(self, owner: Buffer, address: int, shape: tuple[int, ...], dtype: np.dtype,
+                 strides: tuple[int, ...]) -> None:
+        self.owner = owner
+        self.__array_interface__ = _dtype.array_interface(address, shape, dtype, strides, False)
+
+
+def _new_array(shape: ShapeLike, dtype: Any, order: str, align: AlignLike, flags: int) -> np.ndarray:
+    dims, dt = _dtype.normalize(shape, dtype)
+    nbytes = _dtype.nbytes_of(dims, dt)
+    alignment = align if align == 64 else _dtype.as_alignment(align)
+    strides = None if order == "C" else _dtype.contiguous_strides(dims, dt.itemsize, _dtype.check_order(order))
+    arr = np.asarray(_allocate(_new_buffer(Buffer), nbytes, alignment, flags, dims, _dtype.typestr_of(dt), strides))
+    # The interface cannot describe padded or aligned structs exactly: those map raw bytes, then view.
+    return arr if dt.names is None else arr.view(dt)
+
+
+def empty(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: AlignLike = 64,
+          hugepages: bool = False, populate: bool = False, lock: bool = False) -> np.ndarray:
+    """Like ``numpy.empty``, with the data aligned to ``align`` bytes (a power of two, ``'page'`` or
+    ``'huge'``). ``hugepages`` asks for transparent huge pages, ``populate`` pre-faults the pages,
+    ``lock`` keeps them in RAM (``mlock``)."""
+    return _new_array(shape, dtype, order, align, _flags(False, hugepages, populate, lock))
+
+
+def zeros(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: AlignLike = 64,
+          hugepages: bool = False, populate: bool = False, lock: bool = False) -> np.ndarray:
+    """Like ``numpy.zeros``, aligned as :func:`empty` describes."""
+    return _new_array(shape, dtype, order, align, _flags(True, hugepages, populate, lock))
+
+
+def full(shape: ShapeLike, fill_value: Any, dtype: Any = None, order: str = "C", *, align: AlignLike = 64,
+         hugepages: bool = False, populate: bool = False, lock: bool = False) -> np.ndarray:
+    """Like ``numpy.full``, aligned as :func:`empty` describes."""
+    if dtype is None:
+        dtype = np.array(fill_value).dtype
+    arr = _new_array(shape, dtype, order, align, _flags(False, hugepages, populate, lock))
+    np.copyto(arr, fill_value, casting="unsafe")
+    return arr
+
+
+def ones(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: AlignLike = 64,
+         hugepages: bool = False, populate: bool = False, lock: bool = False) -> np.ndarray:
+    """Like ``numpy.ones``, aligned as :func:`empty` describes."""
+    return full(shape, 1, dtype, order, align=align, hugepages=hugepages, populate=populate, lock=lock)
+
+
+def _like_order(a: np.ndarray, order: str) -> str:
+    if order in ("C", "F"):
+        return order
+    if order in ("A", "K"):
+        return "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+    raise ValueError(f"order {order!r} is not 'C', 'F', 'A' or 'K'")
+
+
+def empty_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
+               align: AlignLike = 64, hugepages: bool = False, populate: bool = False,
+               lock: bool = False) -> np.ndarray:
+    """Like ``numpy.empty_like``, aligned as :func:`empty` describes."""
+    a = np.asanyarray(a)
+    return empty(a.shape if shape is None else shape, a.dtype if dtype is None else dtype, _like_order(a, order),
+                 align=align, hugepages=hugepages, populate=populate, lock=lock)
+
+
+def zeros_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
+               align: AlignLike = 64, hugepages: bool = False, populate: bool = False,
+               lock: bool = False) -> np.ndarray:
+    """Like ``numpy.zeros_like``, aligned as :func:`empty` describes."""
+    a = np.asanyarray(a)
+    return zeros(a.shape if shape is None else shape, a.dtype if dtype is None else dtype, _like_order(a, order),
+                 align=align, hugepages=hugepages, populate=populate, lock=lock)
+
+
+def full_like(a: Any, fill_value: Any, dtype: Any = None, order: str = "K", *,
+              shape: Optional[ShapeLike] = None, align: AlignLike = 64, hugepages: bool = False,
+              populate: bool = False, lock: bool = False) -> np.ndarray:
+    """Like ``numpy.full_like``, aligned as :func:`empty` describes."""
+    a = np.asanyarray(a)
+    return full(a.shape if shape is None else shape, fill_value, a.dtype if dtype is None else dtype,
+                _like_order(a, order), align=align, hugepages=hugepages, populate=populate, lock=lock)
+
+
+def ones_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
+              align: AlignLike = 64, hugepages: bool = False, populate: bool = False,
+              lock: bool = False) -> np.ndarray:
+    """Like ``numpy.ones_like``, aligned as :func:`empty` describes."""
+    return full_like(a, 1, dtype, order, shape=shape, align=align, hugepages=hugepages, populate=populate,
+                     lock=lock)
+
+
+def is_aligned(a: Any, align: AlignLike = 64) -> bool:
+    """True if the first byte of array ``a`` lies on a multiple of ``align``."""
+    alignment = _dtype.as_alignment(align)
+    return np.asarray(a).__array_interface__["data"][0] % alignment == 0
+
+
+def asaligned(a: Any, align: AlignLike = 64, dtype: Any = None) -> np.ndarray:
+    """``a`` as an array whose data is aligned to ``align``: ``a`` itself when it already is (and
+    has the dtype asked for), otherwise an aligned copy."""
+    arr = np.asarray(a, dtype=dtype)
+    if is_aligned(arr, align):
+        return arr
+    out = empty_like(arr, order="K", align=align)
+    np.copyto(out, arr)
+    return out
+
+
+def stats() -> dict[str, int]:
+    """The C library's process-wide counters: live buffers and bytes, segments, mappings, queues."""
+    s = ffi.new("ndshm_stats_t *")
+    lib.ndshm_get_stats(s)
+    return {name: getattr(s, name) for name, _ in ffi.typeof("ndshm_stats_t").fields}

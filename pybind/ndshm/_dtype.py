@@ -1,0 +1,152 @@
+"""Argument normalisation shared by allocations, segments and queues.
+
+Every check names the offending value, so a bad argument never reaches C unexplained.
+"""
+
+from __future__ import annotations
+
+import mmap
+import operator
+import sys
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+ShapeLike = Union[int, Sequence[int]]
+AlignLike = Union[int, str]
+
+PAGE_SIZE = mmap.PAGESIZE
+HUGE_PAGE_SIZE = 2 * 1024 * 1024
+MAX_ALIGNMENT = 1 << 30
+MAX_NBYTES = sys.maxsize  # PTRDIFF_MAX: the largest object C and NumPy can address
+
+
+def as_dtype(dtype: Any) -> np.dtype:
+    """``np.dtype(dtype)``, refusing dtypes that hold Python objects (they cannot be shared)."""
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise TypeError(f"dtype {dt!r} holds Python objects, which cannot live in raw or shared memory")
+    return dt
+
+
+def as_shape(shape: ShapeLike) -> tuple[int, ...]:
+    """A shape as a tuple of non-negative ints (an int means a 1-D shape)."""
+    try:
+        dims = tuple(map(operator.index, shape)) if shape.__class__ is tuple else (operator.index(shape),)
+    except TypeError:
+        try:
+            dims = tuple(map(operator.index, shape))  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(f"shape {shape!r} is not an int or a sequence of ints") from None
+    if dims and min(dims) < 0:
+        raise ValueError(f"shape {shape!r} has a negative dimension")
+    if len(dims) > 32:
+        raise ValueError(f"shape {shape!r} has {len(dims)} dimensions; at most 32 are supported")
+    return dims
+
+
+# dtype argument -> (element dtype, trailing dims of a subarray dtype); a hot-path cache.
+_RESOLVED: dict[Any, tuple[np.dtype, tuple[int, ...]]] = {}
+# element dtype -> the typestr that maps it exactly (raw void for structured dtypes: see exact_dtype)
+_TYPESTR: dict[np.dtype, str] = {}
+
+
+def typestr_of(dt: np.dtype) -> str:
+    """The ``__array_interface__`` typestr for element dtype ``dt`` (``dt.str`` costs ~0.5 us)."""
+    try:
+        return _TYPESTR[dt]
+    except KeyError:
+        ts = dt.str if dt.names is None else f"|V{dt.itemsize}"
+        if len(_TYPESTR) < 1024:
+            _TYPESTR[dt] = ts
+        return ts
+
+
+def resolve_dtype(dtype: Any) -> tuple[np.dtype, tuple[int, ...]]:
+    """The element dtype NumPy would build for ``dtype``, and the dimensions a subarray dtype
+    adds (``('f4', (2, 3))`` gives ``float32`` and ``(2, 3)``)."""
+    try:
+        return _RESOLVED[dtype]
+    except (KeyError, TypeError):  # TypeError: an unhashable dtype description
+        pass
+    dt, sub = as_dtype(dtype), ()
+    if dt.subdtype is not None:
+        base, sub = dt.subdtype
+        dt = as_dtype(base)
+    resolved = (dt, tuple(sub))
+    try:
+        if len(_RESOLVED) < 1024:
+            _RESOLVED[dtype] = resolved
+    except TypeError:
+        pass
+    return resolved
+
+
+def normalize(shape: ShapeLike, dtype: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype as NumPy would build them: a subarray dtype adds its dimensions."""
+    dt, sub = resolve_dtype(dtype)
+    if shape.__class__ is int and shape >= 0 and not sub:  # the common case, kept cheap
+        return (shape,), dt
+    return as_shape(as_shape(shape) + sub), dt
+
+
+def contiguous_strides(shape: tuple[int, ...], itemsize: int, order: str) -> tuple[int, ...]:
+    """Byte strides of a C- or Fortran-contiguous array."""
+    strides, step = [], itemsize
+    dims = shape if order == "F" else reversed(shape)
+    for d in dims:
+        strides.append(step)
+        step *= max(d, 1)
+    return tuple(strides) if order == "F" else tuple(reversed(strides))
+
+
+def check_order(order: Any) -> str:
+    if order not in ("C", "F"):
+        raise ValueError(f"order {order!r} is not 'C' or 'F'")
+    return order
+
+
+def nbytes_of(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Bytes an array of ``shape`` and ``dtype`` needs, refusing sizes no process could address."""
+    n = dtype.itemsize
+    for d in shape:
+        n *= d  # Python ints: no overflow here, the limit is checked below
+    if n > MAX_NBYTES:
+        raise ValueError(f"shape {shape} of dtype {dtype} needs {n} bytes, more than the maximum {MAX_NBYTES}")
+    return n
+
+
+def as_alignment(align: AlignLike) -> int:
+    """An alignment in bytes: a power of two up to 1 GiB, or ``'page'`` or ``'huge'``."""
+    if isinstance(align, str):
+        if align == "page":
+            return PAGE_SIZE
+        if align == "huge":
+            return HUGE_PAGE_SIZE
+        raise ValueError(f"align {align!r} is not a power of two, 'page' or 'huge'")
+    if isinstance(align, bool):
+        raise TypeError(f"align {align!r} is not an int")
+    try:
+        a = operator.index(align)
+    except TypeError:
+        raise TypeError(f"align {align!r} is not an int, 'page' or 'huge'") from None
+    if a <= 0 or a & (a - 1) or a > MAX_ALIGNMENT:
+        raise ValueError(f"align {align!r} is not a power of two between 1 and {MAX_ALIGNMENT}")
+    return a
+
+
+def array_interface(address: int, shape: tuple[int, ...], dtype: np.dtype,
+                    strides: tuple[int, ...] | None, readonly: bool) -> dict:
+    """An ``__array_interface__`` (version 3) dict. Structured dtypes carry ``descr`` too,
+    which is as much as the protocol can say (it cannot express padding: see ``view_of``)."""
+    iface = {"version": 3, "data": (address, readonly), "shape": shape, "typestr": dtype.str,
+             "strides": strides}
+    if dtype.names is not None:
+        iface["descr"] = dtype.descr
+    return iface
+
+
+def exact_dtype(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``arr`` reinterpreted with ``dtype`` if the interface could not carry it exactly
+    (structured dtypes with padding, titles or alignment). The view's base stays the owner."""
+    return arr if arr.dtype == dtype and dtype.names is None else arr.view(dtype)

@@ -1,0 +1,148 @@
+"""Exceptions, and the one function that turns a negative NDSHM_E* code into one.
+
+Every exception derives from :class:`NdshmError` and from the built-in type callers already
+catch (``ValueError``, ``FileExistsError``, ``MemoryError``, ...). Each carries ``.code`` (the
+negative C code) and ``.errname`` (``"NDSHM_EINVAL"``); OSError subclasses also carry ``.errno``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import queue as _queue
+import threading as _threading
+from typing import NoReturn
+
+from ._lib import ffi, lib
+
+__all__ = [
+    "NdshmError", "InvalidValueError", "CorruptSegmentError", "SegmentExistsError",
+    "SegmentNotFoundError", "NdshmPermissionError", "OutOfMemoryError", "NoSpaceError",
+    "NdshmTimeoutError", "BusyError", "Empty", "Full", "MessageTooBigError", "OwnerDiedError",
+    "ClosedError", "NotSupportedError", "NdshmOSError", "BrokenBarrierError", "error_from_code", "check",
+]
+
+
+class NdshmError(Exception):
+    """Base class of every ndshm error. ``code`` is the C library's negative NDSHM_E* code."""
+
+    code: int = 0
+    errname: str = ""
+
+
+class InvalidValueError(NdshmError, ValueError):
+    """An argument is out of range or a size overflows (NDSHM_EINVAL, NDSHM_EOVERFLOW)."""
+
+
+class MessageTooBigError(NdshmError, ValueError):
+    """A queue message is larger than the queue's slot (NDSHM_ETOOBIG)."""
+
+
+class CorruptSegmentError(NdshmError, ValueError):
+    """A segment's header or size fails validation: corrupt, truncated, foreign or hostile."""
+
+
+class ClosedError(NdshmError, ValueError):
+    """The object was closed (like I/O on a closed file, a ``ValueError``)."""
+
+
+class SegmentExistsError(NdshmError, FileExistsError):
+    """A segment of that name exists already."""
+
+
+class SegmentNotFoundError(NdshmError, FileNotFoundError):
+    """No segment of that name."""
+
+
+class NdshmPermissionError(NdshmError, PermissionError):
+    """Permission denied (file mode, another user, or an operation the caller may not do)."""
+
+
+class OutOfMemoryError(NdshmError, MemoryError):
+    """Memory or address space is exhausted."""
+
+
+class NoSpaceError(NdshmError, OSError):
+    """The file system holding a segment is full (``errno.ENOSPC``)."""
+
+
+class NotSupportedError(NdshmError, OSError):
+    """The system does not offer what was asked (for example no huge pages are reserved)."""
+
+
+class NdshmOSError(NdshmError, OSError):
+    """Another operating-system error; ``.errno`` says which."""
+
+
+class NdshmTimeoutError(NdshmError, TimeoutError):
+    """A wait ran out of time."""
+
+
+class BusyError(NdshmError, BlockingIOError):
+    """A segment is still being initialised by its creator, or the operation would block."""
+
+
+class Empty(NdshmError, _queue.Empty):
+    """A queue had nothing to take within the timeout (also a ``queue.Empty``)."""
+
+
+class Full(NdshmError, _queue.Full):
+    """A queue had no free slot within the timeout (also a ``queue.Full``)."""
+
+
+class OwnerDiedError(NdshmError, RuntimeError):
+    """A lock's previous owner died while holding it."""
+
+
+class BrokenBarrierError(NdshmError, _threading.BrokenBarrierError):
+    """A barrier was broken by a timeout or a dead party."""
+
+
+# code -> (class, errno for OSError subclasses or None)
+_TABLE: dict[int, tuple[type[NdshmError], int | None]] = {
+    lib.NDSHM_EINVAL: (InvalidValueError, None),
+    lib.NDSHM_EOVERFLOW: (InvalidValueError, None),
+    lib.NDSHM_ETOOBIG: (MessageTooBigError, None),
+    lib.NDSHM_ECORRUPT: (CorruptSegmentError, None),
+    lib.NDSHM_ECLOSED: (ClosedError, None),
+    lib.NDSHM_ENOMEM: (OutOfMemoryError, None),
+    lib.NDSHM_EEMPTY: (Empty, None),
+    lib.NDSHM_EFULL: (Full, None),
+    lib.NDSHM_EOWNERDEAD: (OwnerDiedError, None),
+    lib.NDSHM_EBROKEN: (BrokenBarrierError, None),
+    lib.NDSHM_EEXIST: (SegmentExistsError, _errno.EEXIST),
+    lib.NDSHM_ENOENT: (SegmentNotFoundError, _errno.ENOENT),
+    lib.NDSHM_EACCES: (NdshmPermissionError, _errno.EACCES),
+    lib.NDSHM_EPERM: (NdshmPermissionError, _errno.EPERM),
+    lib.NDSHM_ENOSPC: (NoSpaceError, _errno.ENOSPC),
+    lib.NDSHM_ETIMEDOUT: (NdshmTimeoutError, _errno.ETIMEDOUT),
+    lib.NDSHM_EBUSY: (BusyError, _errno.EBUSY),
+    lib.NDSHM_ENOTSUP: (NotSupportedError, _errno.EOPNOTSUPP),
+    lib.NDSHM_ESYS: (NdshmOSError, None),
+}
+
+
+def error_from_code(code: int, filename: str | None = None) -> NdshmError:
+    """Build the exception for a negative NDSHM_E* ``code`` from this thread's failure detail."""
+    detail = ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace")
+    message = detail or ffi.string(lib.ndshm_strerror(code)).decode()
+    cls, err = _TABLE.get(code, (NdshmOSError, None))
+    if issubclass(cls, OSError):
+        err = err if err is not None else (lib.ndshm_last_errno() or _errno.EIO)
+        exc = cls(err, message) if filename is None else cls(err, message, filename)
+    else:
+        exc = cls(message)
+    exc.code = code
+    exc.errname = ffi.string(lib.ndshm_errname(code)).decode()
+    return exc
+
+
+def check(rc: int, filename: str | None = None) -> int:
+    """Return ``rc`` if it is not negative, otherwise raise the matching exception."""
+    if rc < 0:
+        raise error_from_code(rc, filename)
+    return rc
+
+
+def raise_for(rc: int, filename: str | None = None) -> NoReturn:
+    """Raise the exception for the negative code ``rc`` (for hot paths that test ``rc`` inline)."""
+    raise error_from_code(rc, filename)
