@@ -154,8 +154,151 @@ NDSHM_API int ndshm_get_stats(ndshm_stats_t *out);
 
 /* ======================================================================================
  * Segments
- * (declared in the shared-segments change)
+ * A segment is shared memory that begins with a self-describing header (its format is
+ * versioned and documented in header.c) followed by the data, which starts at a multiple of
+ * the requested alignment and at least of the page size. The creator writes the header, then
+ * publishes READY; attach validates everything in the header against the mapping before use.
+ * Every handle holds a shared flock on its file while mapped, so "is anyone attached?" has a
+ * true answer even after kill -9. Handles are thread safe to share; close exactly once.
  * ====================================================================================== */
+
+typedef struct ndshm_segment_s ndshm_segment_t;
+
+enum ndshm_segment_kind {
+    NDSHM_KIND_NAMED = 0,     /* a file "ndshm.<name>" in the shared-memory directory */
+    NDSHM_KIND_ANONYMOUS = 1, /* MAP_SHARED | MAP_ANONYMOUS: shared with fork()ed children */
+    NDSHM_KIND_MEMFD = 2,     /* memfd_create: shared by passing its descriptor (SCM_RIGHTS) */
+    NDSHM_KIND_FILE = 3       /* a file at any path: persists like numpy.memmap, self-describing */
+};
+
+enum ndshm_segment_flags {
+    NDSHM_SEG_PERSIST = 1,   /* create: the creator's close does not unlink the name */
+    NDSHM_SEG_POPULATE = 2,  /* create, attach: pre-fault every page */
+    NDSHM_SEG_HUGEPAGES = 4, /* create: hugetlb pages (memfd MFD_HUGETLB, or a hugetlbfs directory) */
+    NDSHM_SEG_READONLY = 8,  /* attach: map PROT_READ */
+    NDSHM_SEG_FORTRAN = 16,  /* layout: Fortran order (recorded; strides are authoritative) */
+    NDSHM_SEG_QUEUE = 32     /* the data holds an ndshm queue, not an array */
+};
+
+enum ndshm_segment_limits {
+    NDSHM_MAXDIM = 32,        /* dimensions of an array */
+    NDSHM_NAME_MAX = 200,     /* characters of a segment name, [A-Za-z0-9._-] */
+    NDSHM_TYPESTR_MAX = 32,   /* bytes of a NumPy typestr, NUL included */
+    NDSHM_DESCR_MAX = 4096,   /* bytes of a structured-dtype description (opaque to C) */
+    NDSHM_META_MAX = 4096,    /* bytes of user metadata */
+    NDSHM_SYNC_SIZE = 64,     /* bytes of one lock, event or barrier (see Sync) */
+    NDSHM_SEG_SYNC_SLOTS = 4  /* zero-initialised sync objects in every segment header */
+};
+
+/* How the data is laid out: one NumPy array. */
+typedef struct ndshm_layout {
+    char typestr[NDSHM_TYPESTR_MAX]; /* of one element, e.g. "<f4", "|V16"; NUL-terminated */
+    uint64_t itemsize;               /* bytes of one element (matches typestr) */
+    uint32_t ndim;                   /* 0 .. NDSHM_MAXDIM */
+    int64_t shape[NDSHM_MAXDIM];     /* each >= 0 */
+    int64_t strides[NDSHM_MAXDIM];   /* bytes; every element reachable lies inside the data */
+} ndshm_layout_t;
+
+/* Everything ndshm_segment_create needs. Zero-initialise, then fill what applies. */
+typedef struct ndshm_segment_params {
+    int kind;                /* enum ndshm_segment_kind */
+    const char *name;        /* NAMED: the name; FILE: the path; NULL for the other kinds */
+    const char *dir;         /* NAMED: the directory; NULL means $NDSHM_DIR, else /dev/shm */
+    unsigned mode;           /* permission bits of NAMED and FILE segments; 0 means 0600 */
+    unsigned flags;          /* NDSHM_SEG_* */
+    size_t alignment;        /* of the data: a power of two; raised to the page size */
+    ndshm_layout_t layout;   /* the array; data size = the extent its strides reach */
+    const char *descr;       /* structured-dtype description, stored verbatim, or NULL */
+    size_t descr_len;        /* <= NDSHM_DESCR_MAX */
+    const void *meta;        /* user metadata, stored verbatim, or NULL */
+    size_t meta_len;         /* <= NDSHM_META_MAX */
+} ndshm_segment_params_t;
+
+/* What a segment handle knows; filled by ndshm_segment_info and ndshm_segment_probe. */
+typedef struct ndshm_segment_info {
+    int kind;
+    unsigned flags;           /* as created, plus NDSHM_SEG_READONLY for a read-only mapping */
+    uint32_t format_version;  /* of the header */
+    uint64_t data_offset;     /* from the start of the segment */
+    uint64_t data_size;       /* bytes of data */
+    uint64_t segment_size;    /* bytes of the whole segment (header + data) */
+    uint64_t alignment;
+    uintptr_t data;           /* address of the data in this process (0 from probe) */
+    ndshm_layout_t layout;
+    char descr[NDSHM_DESCR_MAX];
+    size_t descr_len;
+    unsigned char meta[NDSHM_META_MAX];
+    size_t meta_len;
+    int64_t creator_pid;
+    int64_t created_ns;       /* CLOCK_REALTIME at creation, nanoseconds */
+    int creator;              /* 1 if this handle created the segment */
+    int fd;                   /* the handle's descriptor (memfd: send it), -1 if none */
+    uint64_t dev, ino;        /* identity of the backing file, 0 for anonymous memory */
+    char name[NDSHM_NAME_MAX + 1]; /* NAMED: the name without prefix; "" otherwise */
+} ndshm_segment_info_t;
+
+/*! ndshm_segment_create() :
+ *  Creates a segment (exclusively, for NAMED and FILE), reserves its space (so a full file
+ *  system fails here with NDSHM_ENOSPC, never later with SIGBUS), writes the header and
+ *  publishes it. The data is zero-filled.
+ *  @return : 0, or NDSHM_EINVAL (bad name, kind, flags, layout), NDSHM_EOVERFLOW, NDSHM_EEXIST,
+ *            NDSHM_EACCES, NDSHM_ENOSPC, NDSHM_ENOTSUP (no huge pages), NDSHM_ENOMEM, NDSHM_ESYS. */
+NDSHM_API int ndshm_segment_create(const ndshm_segment_params_t *params, ndshm_segment_t **out);
+
+/*! ndshm_segment_attach() :
+ *  Maps an existing NAMED segment (`name` in `dir`) or FILE segment (`name` is the path).
+ *  `flags`: NDSHM_SEG_READONLY, NDSHM_SEG_POPULATE. Waits a bounded time for a segment still
+ *  being initialised.
+ *  @return : 0, or NDSHM_ENOENT, NDSHM_EACCES, NDSHM_ECORRUPT, NDSHM_EBUSY (still initialising),
+ *            NDSHM_EINVAL, NDSHM_ESYS. */
+NDSHM_API int ndshm_segment_attach(int kind, const char *name, const char *dir, unsigned flags,
+                                   ndshm_segment_t **out);
+
+/*! ndshm_segment_attach_fd() :
+ *  Maps the segment behind descriptor `fd` (a memfd received from another process). The
+ *  handle keeps its own duplicate; the caller still owns `fd`.
+ *  @return : as ndshm_segment_attach. */
+NDSHM_API int ndshm_segment_attach_fd(int fd, unsigned flags, ndshm_segment_t **out);
+
+/*! ndshm_segment_attach_raw() :
+ *  Maps a headerless file or NAMED-style path made by another tool: the data is the whole
+ *  file; the caller bounds-checks its own view against info.data_size.
+ *  @return : 0, or NDSHM_ENOENT, NDSHM_EACCES, NDSHM_EINVAL, NDSHM_ESYS. */
+NDSHM_API int ndshm_segment_attach_raw(const char *path, unsigned flags, ndshm_segment_t **out);
+
+/*! ndshm_segment_info() : fills *out from the handle. @return : 0, or NDSHM_EINVAL. */
+NDSHM_API int ndshm_segment_info(const ndshm_segment_t *seg, ndshm_segment_info_t *out);
+
+/*! ndshm_segment_sync() :
+ *  Stores in *out the address of sync object `index` (0 .. NDSHM_SEG_SYNC_SLOTS-1) in the
+ *  segment's header: NDSHM_SYNC_SIZE bytes, zeroed at creation, outside the checksum.
+ *  @return : 0, or NDSHM_EINVAL, NDSHM_EPERM (read-only mapping). */
+NDSHM_API int ndshm_segment_sync(const ndshm_segment_t *seg, unsigned index, void **out);
+
+/*! ndshm_segment_unlink() : removes the segment's name now (mappings stay valid).
+ *  @return : 0, or NDSHM_ENOENT (already gone), NDSHM_EINVAL (anonymous, memfd), NDSHM_ESYS. */
+NDSHM_API int ndshm_segment_unlink(ndshm_segment_t *seg);
+
+/*! ndshm_unlink() : removes the NAMED segment `name` in `dir` (NULL: the default directory).
+ *  @return : 0, or NDSHM_EINVAL (bad name), NDSHM_ENOENT, NDSHM_EACCES, NDSHM_ESYS. */
+NDSHM_API int ndshm_unlink(const char *name, const char *dir);
+
+/*! ndshm_segment_probe() :
+ *  Reads and validates the header of NAMED segment `name` (or FILE segment at path `name` with
+ *  kind NDSHM_KIND_FILE) without keeping a mapping, and tells whether any process maps it.
+ *  @return : as ndshm_segment_attach. */
+NDSHM_API int ndshm_segment_probe(int kind, const char *name, const char *dir, ndshm_segment_info_t *out,
+                                  int *in_use);
+
+/*! ndshm_segment_close() :
+ *  Unmaps and releases the handle; a creator's non-persistent NAMED or FILE segment is
+ *  unlinked first. NULL is accepted and ignored. */
+NDSHM_API void ndshm_segment_close(ndshm_segment_t *seg);
+
+/*! ndshm_send_fd() / ndshm_recv_fd() : pass a descriptor over a connected Unix socket
+ *  (SCM_RIGHTS). @return : 0, or NDSHM_EINVAL, NDSHM_ESYS. */
+NDSHM_API int ndshm_send_fd(int sock, int fd);
+NDSHM_API int ndshm_recv_fd(int sock, int *fd);
 
 /* ======================================================================================
  * Queue

@@ -1,0 +1,56 @@
+"""Shared test plumbing: run code in a real second interpreter, and unique segment names."""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPY = platform.python_implementation() == "PyPy"
+
+
+def collect() -> None:
+    """Run the garbage collector until finalizers settle (PyPy needs several passes)."""
+    for _ in range(4 if PYPY else 1):
+        gc.collect()
+
+
+def child_env(**extra: str) -> dict:
+    """The environment for a child interpreter that must import this very ndshm."""
+    env = dict(os.environ)
+    pkg_parent = str(ROOT / "pybind")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, *args: str, timeout: float = 60, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (the one running the tests); return the result.
+
+    With ``check`` a non-zero exit fails the test and shows the child's output."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                          timeout=timeout, env=child_env(**env))
+    if check and proc.returncode != 0:
+        pytest.fail(f"child exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def unique_name(request) -> str:
+    """A segment name no other test uses; any segment left under it is removed afterwards."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    yield name
+    shm = Path(os.environ.get("NDSHM_DIR", "/dev/shm"))
+    for leftover in shm.glob(f"ndshm.{name}*"):
+        try:
+            leftover.unlink()
+        except OSError:
+            pass
