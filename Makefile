@@ -33,15 +33,16 @@ help:
 	@echo "make bench      install the peers into $(VENV) and run every benchmark (the main job)"
 	@echo "make clean      remove build products"
 
-lib: $(PKG)/libndshm.so $(PKG)/ndshm.h
+# One build directory per compiler, so `make CC=clang lib` really rebuilds. The package gets
+# a real file, not a symlink, so wheels and editable installs carry it as is.
+LIBOUT := $(BUILD)/$(notdir $(CC))/libndshm.so
 
-$(BUILD)/libndshm.so: $(SRCS) $(HDRS) Makefile
-	@mkdir -p $(BUILD)
+lib: $(LIBOUT) $(PKG)/ndshm.h
+	@cmp -s $(LIBOUT) $(PKG)/libndshm.so || { cp -f $(LIBOUT) $(PKG)/libndshm.so && echo "installed $(LIBOUT) into $(PKG)"; }
+
+$(LIBOUT): $(SRCS) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LIB_LDFLAGS) -o $@ $(SRCS) $(LDFLAGS)
-
-# A real file, not a symlink, so wheels and editable installs carry it as is.
-$(PKG)/libndshm.so: $(BUILD)/libndshm.so
-	cp -f $< $@
 
 $(PKG)/ndshm.h: csrc/ndshm.h
 	cp -f $< $@

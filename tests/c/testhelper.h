@@ -1,0 +1,54 @@
+/*
+ * testhelper.h -- a tiny CHECK harness for the C tests (after mimalloc's test/testhelper.h).
+ *
+ *   TEST(name) { CHECK(expr); CHECK_RC(call, NDSHM_EINVAL); }
+ *   int main(void) { RUN(name); ...; return SUMMARY(); }
+ *
+ * Each TEST counts as one; it fails if any CHECK in it fails. SUMMARY prints the closing line
+ * "N passed, N failed" and returns the exit status.
+ */
+#ifndef NDSHM_TESTHELPER_H
+#define NDSHM_TESTHELPER_H
+
+#include <stdio.h>
+#include <string.h>
+
+#include "ndshm.h"
+
+static int th_passed, th_failed, th_current_ok;
+
+#define TEST(name) static void test_##name(void)
+
+#define RUN(name)                                                   \
+    do {                                                            \
+        th_current_ok = 1;                                          \
+        test_##name();                                              \
+        if (th_current_ok) th_passed++;                             \
+        else { th_failed++; fprintf(stderr, "FAIL %s\n", #name); }  \
+    } while (0)
+
+#define CHECK(expr)                                                                  \
+    do {                                                                             \
+        if (!(expr)) {                                                               \
+            fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #expr); \
+            th_current_ok = 0;                                                       \
+        }                                                                            \
+    } while (0)
+
+/* CHECK that `call` returns `want`, printing the code's name and the detail when not. */
+#define CHECK_RC(call, want)                                                                      \
+    do {                                                                                          \
+        int th_rc_ = (call);                                                                      \
+        if (th_rc_ != (want)) {                                                                   \
+            fprintf(stderr, "  %s:%d: %s returned %s (%s), wanted %s\n", __FILE__, __LINE__, #call, \
+                    ndshm_errname(th_rc_), ndshm_last_detail(), ndshm_errname(want));             \
+            th_current_ok = 0;                                                                    \
+        }                                                                                         \
+    } while (0)
+
+/* CHECK that this thread's failure detail mentions `needle`. */
+#define CHECK_DETAIL(needle) CHECK(strstr(ndshm_last_detail(), (needle)) != NULL)
+
+#define SUMMARY() (printf("%d passed, %d failed\n", th_passed, th_failed), th_failed != 0)
+
+#endif /* NDSHM_TESTHELPER_H */
