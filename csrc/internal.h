@@ -59,4 +59,65 @@ NDSHM_HIDDEN extern ndshm__counters_t ndshm__counters;
 #define NDSHM__COUNT(field, delta) \
     atomic_fetch_add_explicit(&ndshm__counters.field, (uint64_t)(delta), memory_order_relaxed)
 
+
+/* ---- segments ---- */
+
+/* The on-segment header (header.c documents the format). */
+enum {
+    NDSHM__HDR_FIXED = 896,                                         /* bytes before descr and meta */
+    NDSHM__HDR_MAX = 896 + NDSHM_DESCR_MAX + NDSHM_META_MAX,       /* the largest valid header */
+    NDSHM__HDR_SYNC_OFFSET = 640,                                   /* first sync slot, 64-aligned */
+    NDSHM__FORMAT_VERSION = 1
+};
+
+/* *extent = bytes the layout's elements reach from the data start (0 if any dimension is 0).
+ * Refuses ndim > NDSHM_MAXDIM, negative shapes, negative strides and overflow (naming the value). */
+NDSHM_HIDDEN int ndshm__layout_extent(const ndshm_layout_t *layout, uint64_t *extent);
+
+/* 0 if `typestr` is NUL-terminated within NDSHM_TYPESTR_MAX, non-empty and printable. */
+NDSHM_HIDDEN int ndshm__check_typestr(const char *typestr);
+
+/* Writes a complete header (state INITIALIZING) into `dst` (header_size bytes, zeroed). */
+NDSHM_HIDDEN void ndshm__header_write(void *dst, const ndshm_segment_params_t *p, uint64_t data_offset,
+                                      uint64_t data_size, uint64_t alignment, int64_t pid, int64_t created_ns);
+
+/* Publishes a written header: stores READY with release semantics. */
+NDSHM_HIDDEN void ndshm__header_publish(void *dst);
+
+/* Validates the `len` header bytes at `bytes` (a private copy) of a segment whose file is
+ * `file_size` bytes, and fills *out (kind, flags, format_version, sizes, layout, descr, meta,
+ * creator). @return : 0; NDSHM_EBUSY if the header is not published yet (zero or INITIALIZING);
+ * NDSHM_ECORRUPT naming the first bad field. Never reads outside [bytes, bytes + len). */
+NDSHM_HIDDEN int ndshm__header_validate(const void *bytes, size_t len, uint64_t file_size,
+                                        ndshm_segment_info_t *out);
+
+
+/* ---- queue and sync ---- */
+
+/* This process's identity: (start time in clock ticks & 0xffffffff) << 32 | pid; never 0.
+ * Refreshed in a fork()ed child (pthread_atfork). */
+NDSHM_HIDDEN uint64_t ndshm__self_key(void);
+
+/* 1 if the process behind `key` (as ndshm__self_key builds it) still runs (zombies are dead). */
+NDSHM_HIDDEN int ndshm__key_alive(uint64_t key);
+
+/* A deadline in CLOCK_MONOTONIC nanoseconds for `timeout` seconds (< 0: none, INT64_MAX). */
+NDSHM_HIDDEN int64_t ndshm__deadline(double timeout);
+NDSHM_HIDDEN int64_t ndshm__now_ns(void);
+
+/* Sleeps on the shared 32-bit futex `word` while it holds `expected`, at most until `deadline`
+ * and at most `slice_ns` (0: no slice). Returns 0 when woken or the value differs, ETIMEDOUT at
+ * the deadline, EINTR / EAGAIN as the kernel says (callers re-check their condition anyway). */
+NDSHM_HIDDEN int ndshm__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline, int64_t slice_ns);
+NDSHM_HIDDEN void ndshm__futex_wake(_Atomic uint32_t *word, int count);
+
+/* One pause of a spin loop. */
+static inline void ndshm__pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 #endif /* NDSHM_INTERNAL_H */

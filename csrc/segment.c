@@ -1,0 +1,673 @@
+/*
+ * segment.c -- shared-memory segments: named, anonymous, memfd and file-backed.
+ *
+ * Creation: O_CREAT|O_EXCL (named, file) with the mode forced by fchmod, a shared flock taken at
+ * once, the whole size reserved with posix_fallocate (ENOSPC here, never SIGBUS later), a
+ * MAP_SHARED mapping, the header written with state INITIALIZING and then published READY with a
+ * release store. Attach: open, flock(LOCK_SH), read the header with pread into a private copy
+ * (a truncating peer cannot SIGBUS us there), wait a bounded time while it is unpublished and
+ * someone else still holds the file, validate it (header.c), then map data_offset + data_size.
+ * Every handle keeps its descriptor, and so its shared flock, until ndshm_segment_close: a
+ * successful flock(LOCK_EX|LOCK_NB) by anyone else means no process maps the segment.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 1U
+#endif
+#ifndef MFD_HUGETLB
+#define MFD_HUGETLB 4U
+#endif
+
+#define ATTACH_WAIT_NS 2000000000LL
+
+struct ndshm_segment_s {
+    int kind;
+    unsigned flags;
+    int fd;
+    int creator;
+    int unlinked;
+    pid_t creator_pid;
+    void *base;
+    size_t map_len;
+    char *path; /* NAMED, FILE */
+    ndshm_segment_info_t info;
+};
+
+static int64_t now_ns(int clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int check_name(const char *name) {
+    if (name == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "segment name is NULL");
+    size_t n = strnlen(name, NDSHM_NAME_MAX + 1);
+    if (n == 0) return ndshm__fail(NDSHM_EINVAL, 0, "segment name '' is empty");
+    if (n > NDSHM_NAME_MAX)
+        return ndshm__fail(NDSHM_EINVAL, 0, "segment name '%.40s...' is longer than %d characters", name,
+                           NDSHM_NAME_MAX);
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-'))
+            return ndshm__fail(NDSHM_EINVAL, 0,
+                               "segment name '%s' has character 0x%02x at %zu; only [A-Za-z0-9._-] are allowed", name,
+                               (unsigned char)c, i);
+    }
+    return 0;
+}
+
+static const char *default_dir(const char *dir) {
+    if (dir != NULL && dir[0] != 0) return dir;
+    const char *env = getenv("NDSHM_DIR");
+    return env != NULL && env[0] != 0 ? env : "/dev/shm";
+}
+
+/* *out = malloc'd "<dir>/ndshm.<name>" (NAMED) or a copy of the path (FILE). */
+static int make_path(int kind, const char *name, const char *dir, char **out) {
+    *out = NULL;
+    if (kind == NDSHM_KIND_NAMED) {
+        int rc = check_name(name);
+        if (rc) return rc;
+        dir = default_dir(dir);
+        size_t n = strlen(dir) + strlen(name) + 8;
+        if (n > PATH_MAX) return ndshm__fail(NDSHM_EINVAL, 0, "directory '%.60s...' makes a path too long", dir);
+        char *p = malloc(n);
+        if (p == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a path");
+        snprintf(p, n, "%s/ndshm.%s", dir, name);
+        *out = p;
+        return 0;
+    }
+    if (kind == NDSHM_KIND_FILE) {
+        if (name == NULL || name[0] == 0) return ndshm__fail(NDSHM_EINVAL, 0, "file segment path is empty");
+        if (strlen(name) >= PATH_MAX) return ndshm__fail(NDSHM_EINVAL, 0, "path '%.60s...' is too long", name);
+        *out = strdup(name);
+        if (*out == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a path");
+        return 0;
+    }
+    return ndshm__fail(NDSHM_EINVAL, 0, "kind %d is not NDSHM_KIND_NAMED or NDSHM_KIND_FILE", kind);
+}
+
+static int lock_shared(int fd) {
+    while (flock(fd, LOCK_SH) != 0)
+        if (errno != EINTR) return errno;
+    return 0;
+}
+
+/* 1 if another open file description holds a lock on fd's file (we hold LOCK_SH). */
+static int others_hold(int fd) {
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        (void)lock_shared(fd); /* downgrade back */
+        return 0;
+    }
+    return 1;
+}
+
+static int check_hugepages(void) {
+    FILE *f = fopen("/proc/sys/vm/nr_hugepages", "r");
+    long n = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%ld", &n) != 1) n = 0;
+        fclose(f);
+    }
+    if (n <= 0)
+        return ndshm__fail(NDSHM_ENOTSUP, 0,
+                           "huge pages requested but none are reserved: /proc/sys/vm/nr_hugepages is %ld "
+                           "(as root: echo 512 > /proc/sys/vm/nr_hugepages)",
+                           n);
+    return 0;
+}
+
+static void count_map(size_t len, int delta) {
+    if (delta > 0) {
+        NDSHM__COUNT(live_mappings, 1);
+        NDSHM__COUNT(mapped_bytes, len);
+    } else {
+        atomic_fetch_sub_explicit(&ndshm__counters.live_mappings, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&ndshm__counters.mapped_bytes, len, memory_order_relaxed);
+    }
+}
+
+static ndshm_segment_t *new_handle(int kind) {
+    ndshm_segment_t *seg = calloc(1, sizeof *seg);
+    if (seg == NULL) return NULL;
+    seg->kind = kind;
+    seg->fd = -1;
+    NDSHM__COUNT(live_segments, 1);
+    return seg;
+}
+
+/* Unlinks seg->path only if it still names the very file this handle maps. */
+static int unlink_if_same(ndshm_segment_t *seg) {
+    struct stat st;
+    if (stat(seg->path, &st) != 0)
+        return ndshm__fail_errno(errno, "cannot remove segment %s", seg->path);
+    if ((uint64_t)st.st_dev != seg->info.dev || (uint64_t)st.st_ino != seg->info.ino)
+        return ndshm__fail(NDSHM_ENOENT, 0, "%s now names another segment; it was not removed", seg->path);
+    if (unlink(seg->path) != 0) return ndshm__fail_errno(errno, "cannot remove segment %s", seg->path);
+    seg->unlinked = 1;
+    return 0;
+}
+
+static void release(ndshm_segment_t *seg) {
+    if (seg->base != NULL) {
+        munmap(seg->base, seg->map_len);
+        count_map(seg->map_len, -1);
+    }
+    if (seg->fd >= 0) close(seg->fd);
+    free(seg->path);
+    atomic_fetch_sub_explicit(&ndshm__counters.live_segments, 1, memory_order_relaxed);
+    free(seg);
+}
+
+void ndshm_segment_close(ndshm_segment_t *seg) {
+    if (seg == NULL) return;
+    if (seg->creator && !(seg->flags & NDSHM_SEG_PERSIST) && !seg->unlinked && seg->path != NULL &&
+        getpid() == seg->creator_pid) {
+        int saved = errno;
+        (void)unlink_if_same(seg);
+        errno = saved;
+    }
+    release(seg);
+}
+
+static int open_error(int err, const char *path, const char *what) {
+    if (err == ENOENT) return ndshm__fail(NDSHM_ENOENT, err, "no segment %s", path);
+    if (err == EACCES || err == EPERM) return ndshm__fail(NDSHM_EACCES, err, "cannot open %s %s", path, what);
+    if (err == EEXIST) return ndshm__fail(NDSHM_EEXIST, err, "segment %s exists already", path);
+    return ndshm__fail_errno(err, "cannot open %s %s", path, what);
+}
+
+/* ---- create --------------------------------------------------------------------------- */
+
+int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_create: out is NULL");
+    *out = NULL;
+    if (p == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_create: params is NULL");
+    if (p->kind < NDSHM_KIND_NAMED || p->kind > NDSHM_KIND_FILE)
+        return ndshm__fail(NDSHM_EINVAL, 0, "segment kind %d is unknown", p->kind);
+    const unsigned known = NDSHM_SEG_PERSIST | NDSHM_SEG_POPULATE | NDSHM_SEG_HUGEPAGES | NDSHM_SEG_FORTRAN |
+                           NDSHM_SEG_QUEUE;
+    if (p->flags & ~known) return ndshm__fail(NDSHM_EINVAL, 0, "segment flags 0x%x are unknown for create",
+                                              p->flags & ~known);
+    size_t alignment = p->alignment;
+    if (alignment == 0) alignment = 64;
+    if (!ndshm__is_pow2(alignment) || alignment > NDSHM_MAX_ALIGNMENT)
+        return ndshm__fail(NDSHM_EINVAL, 0, "alignment %zu is not a power of two up to %d", p->alignment,
+                           NDSHM_MAX_ALIGNMENT);
+    if (p->descr_len > NDSHM_DESCR_MAX || (p->descr_len && p->descr == NULL))
+        return ndshm__fail(NDSHM_EINVAL, 0, "descr_len %zu exceeds %d or descr is NULL", p->descr_len,
+                           NDSHM_DESCR_MAX);
+    if (p->meta_len > NDSHM_META_MAX || (p->meta_len && p->meta == NULL))
+        return ndshm__fail(NDSHM_EINVAL, 0, "meta_len %zu exceeds %d bytes or meta is NULL", p->meta_len,
+                           NDSHM_META_MAX);
+    if (p->mode & ~07777u) return ndshm__fail(NDSHM_EINVAL, 0, "mode 0%o has bits beyond 07777", p->mode);
+    int rc = ndshm__check_typestr(p->layout.typestr);
+    if (rc) return rc;
+    uint64_t data_size;
+    rc = ndshm__layout_extent(&p->layout, &data_size);
+    if (rc) return rc;
+    int huge = (p->flags & NDSHM_SEG_HUGEPAGES) != 0;
+    if (huge && p->kind == NDSHM_KIND_FILE)
+        return ndshm__fail(NDSHM_EINVAL, 0, "hugepages apply to named (hugetlbfs dir), anonymous and memfd segments");
+
+    size_t page = ndshm__page_size(), unit = alignment > page ? alignment : page;
+    if (huge && unit < NDSHM_HUGE_ALIGNMENT) unit = NDSHM_HUGE_ALIGNMENT;
+    size_t header_size = (size_t)NDSHM__HDR_FIXED + p->descr_len + p->meta_len, data_offset, seg_size, file_size;
+    if (ndshm__round_up(header_size, unit, &data_offset) ||
+        ndshm__add_overflow(data_offset, (size_t)data_size, &seg_size) ||
+        ndshm__round_up(seg_size, huge ? (size_t)NDSHM_HUGE_ALIGNMENT : 1, &file_size) ||
+        file_size > (size_t)INT64_MAX / 2)
+        return ndshm__fail(NDSHM_EOVERFLOW, 0, "data of %llu bytes with alignment %zu overflows the segment size",
+                           (unsigned long long)data_size, alignment);
+    if (huge && (rc = check_hugepages()) != 0) return rc;
+
+    char *path = NULL;
+    if (p->kind == NDSHM_KIND_NAMED || p->kind == NDSHM_KIND_FILE) {
+        rc = make_path(p->kind, p->name, p->dir, &path);
+        if (rc) return rc;
+    }
+    ndshm_segment_t *seg = new_handle(p->kind);
+    if (seg == NULL) {
+        free(path);
+        return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a segment handle");
+    }
+    seg->path = path;
+    seg->creator = 1;
+    seg->creator_pid = getpid();
+    seg->flags = p->flags;
+    unsigned mode = p->mode ? p->mode : 0600;
+    int created_file = 0, err;
+
+    if (path != NULL) {
+        seg->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+        if (seg->fd < 0) {
+            rc = open_error(errno, path, "for creation");
+            goto fail;
+        }
+        created_file = 1;
+        if (fchmod(seg->fd, mode) != 0) {
+            rc = ndshm__fail_errno(errno, "cannot set mode 0%o on %s", mode, path);
+            goto fail;
+        }
+    } else if (p->kind == NDSHM_KIND_MEMFD) {
+        seg->fd = memfd_create("ndshm", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+        if (seg->fd < 0) {
+            rc = ndshm__fail_errno(errno, "memfd_create%s failed", huge ? " with MFD_HUGETLB" : "");
+            goto fail;
+        }
+    }
+    if (seg->fd >= 0) {
+        if ((err = lock_shared(seg->fd)) != 0) {
+            rc = ndshm__fail_errno(err, "cannot lock %s", path ? path : "memfd");
+            goto fail;
+        }
+        if (huge) {
+            if (ftruncate(seg->fd, (off_t)file_size) != 0) {
+                rc = ndshm__fail_errno(errno, "cannot size the huge-page segment to %zu bytes", file_size);
+                goto fail;
+            }
+        } else {
+            err = posix_fallocate(seg->fd, 0, (off_t)file_size);
+            if (err == EOPNOTSUPP || err == EINVAL) /* file systems without fallocate */
+                err = ftruncate(seg->fd, (off_t)file_size) == 0 ? 0 : errno;
+            if (err == ENOSPC) {
+                const char *where = p->kind == NDSHM_KIND_NAMED ? default_dir(p->dir) : path ? path : "memfd";
+                rc = ndshm__fail(NDSHM_ENOSPC, ENOSPC, "no space in %s for a segment of %zu bytes", where, file_size);
+                goto fail;
+            }
+            if (err != 0) {
+                rc = ndshm__fail_errno(err, "cannot reserve %zu bytes for %s", file_size, path ? path : "memfd");
+                goto fail;
+            }
+        }
+        struct stat st;
+        if (fstat(seg->fd, &st) != 0) {
+            rc = ndshm__fail_errno(errno, "cannot stat %s", path ? path : "memfd");
+            goto fail;
+        }
+        seg->info.dev = (uint64_t)st.st_dev;
+        seg->info.ino = (uint64_t)st.st_ino;
+    }
+
+    int mflags = MAP_SHARED | ((p->flags & NDSHM_SEG_POPULATE) ? MAP_POPULATE : 0);
+    if (p->kind == NDSHM_KIND_ANONYMOUS) mflags |= MAP_ANONYMOUS | (huge ? MAP_HUGETLB : 0);
+    void *base = mmap(NULL, file_size, PROT_READ | PROT_WRITE, mflags, seg->fd, 0);
+    if (base == MAP_FAILED) {
+        rc = ndshm__fail(NDSHM_ENOMEM, errno, "cannot map a segment of %zu bytes", file_size);
+        goto fail;
+    }
+    seg->base = base;
+    seg->map_len = file_size;
+    count_map(file_size, 1);
+
+    ndshm__header_write(base, p, data_offset, data_size, alignment, (int64_t)getpid(), now_ns(CLOCK_REALTIME));
+    ndshm__header_publish(base);
+    rc = ndshm__header_validate(base, header_size, file_size, &seg->info);
+    if (rc) goto fail; /* cannot happen: our own header */
+    seg->info.kind = p->kind;
+    seg->info.data = (uintptr_t)base + data_offset;
+    seg->info.creator = 1;
+    seg->info.fd = seg->fd;
+    if (p->kind == NDSHM_KIND_NAMED) snprintf(seg->info.name, sizeof seg->info.name, "%s", p->name);
+    *out = seg;
+    return 0;
+
+fail:
+    if (created_file) unlink(path);
+    release(seg);
+    return rc;
+}
+
+/* ---- attach --------------------------------------------------------------------------- */
+
+/* seg->fd is open and share-locked: read, wait for and validate the header, then map. */
+static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
+    int ro = (flags & NDSHM_SEG_READONLY) != 0;
+    unsigned char *buf = malloc(NDSHM__HDR_MAX);
+    if (buf == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a header buffer");
+    int64_t deadline = now_ns(CLOCK_MONOTONIC) + ATTACH_WAIT_NS;
+    struct stat st;
+    int rc;
+    for (;;) {
+        if (fstat(seg->fd, &st) != 0) {
+            rc = ndshm__fail_errno(errno, "cannot stat %s", what);
+            goto out;
+        }
+        if (st.st_nlink == 0 && seg->path != NULL) {
+            rc = ndshm__fail(NDSHM_ENOENT, 0, "segment %s was removed", what);
+            goto out;
+        }
+        size_t want = st.st_size < NDSHM__HDR_MAX ? (size_t)st.st_size : NDSHM__HDR_MAX, len = 0;
+        uint32_t state = 0;
+        if (want >= 20 && pread(seg->fd, &state, sizeof state, 16) == (ssize_t)sizeof state)
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        while (len < want) {
+            ssize_t n = pread(seg->fd, buf + len, want - len, (off_t)len);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break;
+            len += (size_t)n;
+        }
+        rc = ndshm__header_validate(buf, len, (uint64_t)st.st_size, &seg->info);
+        if (rc != NDSHM_EBUSY) break;
+        if (!others_hold(seg->fd)) {
+            rc = ndshm__fail(NDSHM_ECORRUPT, 0, "segment %s was never fully initialised (its creator died?)", what);
+            break;
+        }
+        if (now_ns(CLOCK_MONOTONIC) > deadline) {
+            rc = ndshm__fail(NDSHM_EBUSY, 0, "segment %s is still being initialised after %lld ms", what,
+                             ATTACH_WAIT_NS / 1000000);
+            break;
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    if (rc) goto out;
+    seg->info.dev = (uint64_t)st.st_dev;
+    seg->info.ino = (uint64_t)st.st_ino;
+    size_t map_len = (size_t)(seg->info.data_offset + seg->info.data_size);
+    if (seg->info.flags & NDSHM_SEG_HUGEPAGES) map_len = (size_t)st.st_size;
+    int mflags = MAP_SHARED | ((flags & NDSHM_SEG_POPULATE) ? MAP_POPULATE : 0);
+    void *base = mmap(NULL, map_len, PROT_READ | (ro ? 0 : PROT_WRITE), mflags, seg->fd, 0);
+    if (base == MAP_FAILED) {
+        rc = ndshm__fail(errno == EACCES ? NDSHM_EACCES : NDSHM_ENOMEM, errno, "cannot map %zu bytes of %s", map_len,
+                         what);
+        goto out;
+    }
+    seg->base = base;
+    seg->map_len = map_len;
+    count_map(map_len, 1);
+    seg->flags = seg->info.flags | (ro ? NDSHM_SEG_READONLY : 0);
+    seg->info.flags = seg->flags;
+    seg->info.kind = seg->kind;
+    seg->info.data = (uintptr_t)base + seg->info.data_offset;
+    seg->info.creator = 0;
+    seg->info.fd = seg->fd;
+out:
+    free(buf);
+    return rc;
+}
+
+int ndshm_segment_attach(int kind, const char *name, const char *dir, unsigned flags, ndshm_segment_t **out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_attach: out is NULL");
+    *out = NULL;
+    if (flags & ~(unsigned)(NDSHM_SEG_READONLY | NDSHM_SEG_POPULATE))
+        return ndshm__fail(NDSHM_EINVAL, 0, "attach flags 0x%x are not READONLY or POPULATE", flags);
+    char *path;
+    int rc = make_path(kind, name, dir, &path);
+    if (rc) return rc;
+    ndshm_segment_t *seg = new_handle(kind);
+    if (seg == NULL) {
+        free(path);
+        return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a segment handle");
+    }
+    seg->path = path;
+    int ro = (flags & NDSHM_SEG_READONLY) != 0;
+    seg->fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (seg->fd < 0) {
+        rc = open_error(errno, path, ro ? "for reading" : "for reading and writing");
+        goto fail;
+    }
+    int err = lock_shared(seg->fd);
+    if (err) {
+        rc = ndshm__fail_errno(err, "cannot lock %s", path);
+        goto fail;
+    }
+    rc = attach_open(seg, flags, path);
+    if (rc) goto fail;
+    if (kind == NDSHM_KIND_NAMED) snprintf(seg->info.name, sizeof seg->info.name, "%s", name);
+    *out = seg;
+    return 0;
+fail:
+    release(seg);
+    return rc;
+}
+
+int ndshm_segment_attach_fd(int fd, unsigned flags, ndshm_segment_t **out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_attach_fd: out is NULL");
+    *out = NULL;
+    if (flags & ~(unsigned)(NDSHM_SEG_READONLY | NDSHM_SEG_POPULATE))
+        return ndshm__fail(NDSHM_EINVAL, 0, "attach flags 0x%x are not READONLY or POPULATE", flags);
+    if (fd < 0) return ndshm__fail(NDSHM_EINVAL, 0, "descriptor %d is invalid", fd);
+    ndshm_segment_t *seg = new_handle(NDSHM_KIND_MEMFD);
+    if (seg == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a segment handle");
+    int rc;
+    seg->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (seg->fd < 0) {
+        rc = ndshm__fail_errno(errno, "cannot duplicate descriptor %d", fd);
+        goto fail;
+    }
+    int err = lock_shared(seg->fd);
+    if (err) {
+        rc = ndshm__fail_errno(err, "cannot lock descriptor %d", fd);
+        goto fail;
+    }
+    char what[48];
+    snprintf(what, sizeof what, "descriptor %d", fd);
+    rc = attach_open(seg, flags, what);
+    if (rc) goto fail;
+    *out = seg;
+    return 0;
+fail:
+    release(seg);
+    return rc;
+}
+
+int ndshm_segment_attach_raw(const char *path, unsigned flags, ndshm_segment_t **out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_attach_raw: out is NULL");
+    *out = NULL;
+    if (flags & ~(unsigned)(NDSHM_SEG_READONLY | NDSHM_SEG_POPULATE))
+        return ndshm__fail(NDSHM_EINVAL, 0, "attach flags 0x%x are not READONLY or POPULATE", flags);
+    char *copy;
+    int rc = make_path(NDSHM_KIND_FILE, path, NULL, &copy);
+    if (rc) return rc;
+    ndshm_segment_t *seg = new_handle(NDSHM_KIND_FILE);
+    if (seg == NULL) {
+        free(copy);
+        return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a segment handle");
+    }
+    seg->path = copy;
+    int ro = (flags & NDSHM_SEG_READONLY) != 0;
+    seg->fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    struct stat st;
+    if (seg->fd < 0) {
+        rc = open_error(errno, path, ro ? "for reading" : "for reading and writing");
+        goto fail;
+    }
+    int err = lock_shared(seg->fd);
+    if (err || fstat(seg->fd, &st) != 0) {
+        rc = ndshm__fail_errno(err ? err : errno, "cannot lock or stat %s", path);
+        goto fail;
+    }
+    if (st.st_size <= 0) {
+        rc = ndshm__fail(NDSHM_EINVAL, 0, "%s is empty: there is nothing to map", path);
+        goto fail;
+    }
+    size_t len = (size_t)st.st_size;
+    int mflags = MAP_SHARED | ((flags & NDSHM_SEG_POPULATE) ? MAP_POPULATE : 0);
+    void *base = mmap(NULL, len, PROT_READ | (ro ? 0 : PROT_WRITE), mflags, seg->fd, 0);
+    if (base == MAP_FAILED) {
+        rc = ndshm__fail(errno == EACCES ? NDSHM_EACCES : NDSHM_ENOMEM, errno, "cannot map %zu bytes of %s", len, path);
+        goto fail;
+    }
+    seg->base = base;
+    seg->map_len = len;
+    count_map(len, 1);
+    seg->flags = ro ? NDSHM_SEG_READONLY : 0;
+    ndshm_segment_info_t *i = &seg->info;
+    i->kind = NDSHM_KIND_FILE;
+    i->flags = seg->flags | NDSHM_SEG_PERSIST;
+    i->data_size = i->segment_size = len;
+    i->alignment = ndshm__page_size();
+    i->data = (uintptr_t)base;
+    snprintf(i->layout.typestr, sizeof i->layout.typestr, "|u1");
+    i->layout.itemsize = 1;
+    i->layout.ndim = 1;
+    i->layout.shape[0] = (int64_t)len;
+    i->layout.strides[0] = 1;
+    i->fd = seg->fd;
+    i->dev = (uint64_t)st.st_dev;
+    i->ino = (uint64_t)st.st_ino;
+    *out = seg;
+    return 0;
+fail:
+    release(seg);
+    return rc;
+}
+
+/* ---- queries and names ------------------------------------------------------------------- */
+
+int ndshm_segment_info(const ndshm_segment_t *seg, ndshm_segment_info_t *out) {
+    if (seg == NULL || out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_info: NULL argument");
+    *out = seg->info;
+    return 0;
+}
+
+int ndshm_segment_sync(const ndshm_segment_t *seg, unsigned index, void **out) {
+    if (seg == NULL || out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_sync: NULL argument");
+    *out = NULL;
+    if (index >= NDSHM_SEG_SYNC_SLOTS)
+        return ndshm__fail(NDSHM_EINVAL, 0, "sync index %u is not below %d", index, NDSHM_SEG_SYNC_SLOTS);
+    if (seg->info.format_version == 0)
+        return ndshm__fail(NDSHM_EINVAL, 0, "a raw segment (%s) has no header and no sync slots",
+                           seg->path ? seg->path : "?");
+    if (seg->flags & NDSHM_SEG_READONLY)
+        return ndshm__fail(NDSHM_EPERM, 0, "sync slot %u of a read-only mapping cannot be used", index);
+    *out = (char *)seg->base + NDSHM__HDR_SYNC_OFFSET + (size_t)index * NDSHM_SYNC_SIZE;
+    return 0;
+}
+
+int ndshm_segment_unlink(ndshm_segment_t *seg) {
+    if (seg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_unlink: segment is NULL");
+    if (seg->path == NULL)
+        return ndshm__fail(NDSHM_EINVAL, 0, "a segment of kind %d has no name to remove", seg->kind);
+    if (seg->unlinked) return ndshm__fail(NDSHM_ENOENT, 0, "segment %s was removed already", seg->path);
+    return unlink_if_same(seg);
+}
+
+int ndshm_unlink(const char *name, const char *dir) {
+    char *path;
+    int rc = make_path(NDSHM_KIND_NAMED, name, dir, &path);
+    if (rc) return rc;
+    if (unlink(path) != 0) rc = open_error(errno, path, "for removal");
+    free(path);
+    return rc;
+}
+
+int ndshm_segment_probe(int kind, const char *name, const char *dir, ndshm_segment_info_t *out, int *in_use) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_probe: out is NULL");
+    memset(out, 0, sizeof *out);
+    out->fd = -1;
+    if (in_use) *in_use = 0;
+    char *path;
+    int rc = make_path(kind, name, dir, &path);
+    if (rc) return rc;
+    unsigned char *buf = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        rc = open_error(errno, path, "for reading");
+        goto out;
+    }
+    int used = 1;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        used = 0;
+        flock(fd, LOCK_UN);
+    }
+    if (in_use) *in_use = used;
+    struct stat st;
+    buf = malloc(NDSHM__HDR_MAX);
+    if (buf == NULL || fstat(fd, &st) != 0) {
+        rc = ndshm__fail_errno(buf == NULL ? ENOMEM : errno, "cannot read %s", path);
+        goto out;
+    }
+    size_t want = st.st_size < NDSHM__HDR_MAX ? (size_t)st.st_size : NDSHM__HDR_MAX, len = 0;
+    while (len < want) {
+        ssize_t n = pread(fd, buf + len, want - len, (off_t)len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    rc = ndshm__header_validate(buf, len, (uint64_t)st.st_size, out);
+    if (rc == NDSHM_EBUSY && !used)
+        rc = ndshm__fail(NDSHM_ECORRUPT, 0, "segment %s was never fully initialised (its creator died?)", path);
+    out->kind = kind;
+    out->dev = (uint64_t)st.st_dev;
+    out->ino = (uint64_t)st.st_ino;
+    out->segment_size = (uint64_t)st.st_size;
+    if (kind == NDSHM_KIND_NAMED) snprintf(out->name, sizeof out->name, "%s", name);
+out:
+    if (fd >= 0) close(fd);
+    free(buf);
+    free(path);
+    return rc;
+}
+
+/* ---- descriptor passing ---------------------------------------------------------------- */
+
+int ndshm_send_fd(int sock, int fd) {
+    if (sock < 0 || fd < 0) return ndshm__fail(NDSHM_EINVAL, 0, "send_fd: socket %d or descriptor %d is invalid", sock, fd);
+    char byte = 'F';
+    struct iovec iov = {&byte, 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    for (;;) {
+        if (sendmsg(sock, &msg, MSG_NOSIGNAL) == 1) return 0;
+        if (errno != EINTR) return ndshm__fail_errno(errno, "cannot send descriptor %d over socket %d", fd, sock);
+    }
+}
+
+int ndshm_recv_fd(int sock, int *fd) {
+    if (fd == NULL || sock < 0) return ndshm__fail(NDSHM_EINVAL, 0, "recv_fd: socket %d or out is invalid", sock);
+    *fd = -1;
+    char byte;
+    struct iovec iov = {&byte, 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    ssize_t n;
+    do n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) return ndshm__fail_errno(errno, "cannot receive a descriptor from socket %d", sock);
+    if (n == 0) return ndshm__fail(NDSHM_ESYS, 0, "socket %d closed before a descriptor arrived", sock);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            memcpy(fd, CMSG_DATA(c), sizeof *fd);
+            return 0;
+        }
+    return ndshm__fail(NDSHM_ESYS, 0, "message on socket %d carried no descriptor%s", sock,
+                       (msg.msg_flags & MSG_CTRUNC) ? " (control data truncated)" : "");
+}
