@@ -1,0 +1,384 @@
+"""Array messages between two processes: ndshm.Queue against multiprocessing.Queue, Pipe and faster-fifo.
+
+For 64 B, 64 KiB, 1 MiB and 64 MiB float32 arrays, a producer and a consumer process (fork):
+- throughput: the producer sends as fast as it can (up to a count or a time budget); msgs/s and GB/s
+  are counted from the producer's first send to the consumer's last receive;
+- hand-off latency: the producer sends one message every 1 ms (the consumer has gone to sleep)
+  and then every 20 µs (the consumer is still waiting); latency = from just before the send call
+  to the consumer holding the data, on the shared monotonic clock; p50/p99.
+ndshm paths: ``put``+``get`` (a copy on each side), ``put``+``receive`` (one copy: the consumer
+reads in place), ``loan``+``receive`` (no copy: the producer writes in place; here it writes only
+the 16-byte stamp, so this is the pure hand-off cost). Peers pickle every message.
+The machine's memcpy bandwidth (np.copyto into an existing array of the same size) is the ceiling.
+Plus 64 B messages in batches: ndshm ``put_many``/``get_many`` against faster-fifo's.
+
+    python bench/bench_queue.py [--quick | --smoke] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue as std_queue
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import _common as C
+from _common import KiB, MiB, np, ndshm
+
+FORK = mp.get_context("fork")
+F4, I8 = np.float32, np.int64
+STOP = -1
+METHODS = ["ndshm put+get", "ndshm put+receive", "ndshm loan+receive", "multiprocessing.Queue",
+           "multiprocessing.Pipe", "faster_fifo.Queue"]
+REF = "ndshm put+get"
+TIMEOUT = 120.0
+
+
+# ---------------------------------------------------------------- channels
+
+class Channel:
+    """One way of moving an array message; ``send`` in the producer, ``recv`` in the consumer."""
+
+    def __init__(self, method: str, nbytes: int, slots: int) -> None:
+        self.method = method
+        self.n = nbytes // 4
+        self.q: Any = None
+        if method.startswith("ndshm"):
+            self.q = ndshm.Queue(slots=slots, slot_bytes=max(nbytes, 64))
+        elif method == "multiprocessing.Queue":
+            self.q = FORK.Queue(maxsize=slots)
+        elif method == "multiprocessing.Pipe":
+            self.r, self.w = FORK.Pipe(duplex=False)
+        elif method == "faster_fifo.Queue":
+            import faster_fifo
+
+            self.q = faster_fifo.Queue(max_size_bytes=max(1 << 20, slots * (nbytes + 4096)))
+        else:
+            raise ValueError(method)
+        kind = {"ndshm put+get": "pg", "ndshm put+receive": "pr", "ndshm loan+receive": "lr"}.get(method, "pickle")
+        self.send = getattr(self, "_send_" + ("lr" if kind == "lr" else "put" if kind in ("pg", "pr") else
+                                              "pipe" if method.endswith("Pipe") else "pickle"))
+        self.recv = getattr(self, "_recv_" + ("get" if kind == "pg" else "receive" if kind in ("pr", "lr") else
+                                              "pipe" if method.endswith("Pipe") else "pickle"))
+
+    # ndshm
+    def _send_put(self, src: np.ndarray, seq: int, ts: int) -> None:
+        stamp = src.view(I8)
+        stamp[0], stamp[1] = ts, seq
+        self.q.put(src)
+
+    def _send_lr(self, src: np.ndarray, seq: int, ts: int) -> None:
+        with self.q.loan(src.shape, F4) as out:
+            stamp = out.view(I8)
+            stamp[0], stamp[1] = ts, seq
+
+    def _recv_get(self) -> Tuple[int, int]:
+        stamp = self.q.get().view(I8)
+        return int(stamp[1]), int(stamp[0])
+
+    def _recv_receive(self) -> Tuple[int, int]:
+        with self.q.receive() as view:
+            stamp = view.view(I8)
+            return int(stamp[1]), int(stamp[0])
+
+    # pickling peers: (seq, ts, array), the array never mutated (Queue pickles in a feeder thread)
+    def _send_pickle(self, src: np.ndarray, seq: int, ts: int) -> None:
+        self.q.put((seq, ts, src), timeout=TIMEOUT) if self.method.startswith("faster") else self.q.put((seq, ts, src))
+
+    def _recv_pickle(self) -> Tuple[int, int]:
+        seq, ts, _arr = self.q.get(timeout=TIMEOUT) if self.method.startswith("faster") else self.q.get()
+        return seq, ts
+
+    def _send_pipe(self, src: np.ndarray, seq: int, ts: int) -> None:
+        self.w.send((seq, ts, src))
+
+    def _recv_pipe(self) -> Tuple[int, int]:
+        seq, ts, _arr = self.r.recv()
+        return seq, ts
+
+    def close(self) -> None:
+        if self.method.startswith("faster"):
+            return  # faster_fifo.Queue.close() followed by its deallocation crashes the process
+        for obj in (self.q, getattr(self, "r", None), getattr(self, "w", None)):
+            if obj is not None and hasattr(obj, "close"):
+                try:
+                    obj.close()
+                except Exception:
+                    pass
+
+
+def _spin(seconds: float) -> None:
+    """Wait without sleeping, but yield the GIL (multiprocessing.Queue pickles in a feeder thread)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        time.sleep(0)
+
+
+def _producer(ch: Channel, plan: Dict[str, Any], ctrl: Any) -> None:
+    try:
+        src = np.ones(ch.n, F4)
+        clock = time.perf_counter_ns
+        # phase 1: throughput
+        deadline = time.perf_counter() + plan["budget"]
+        t_start = clock()
+        sent = 0
+        for seq in range(plan["count"]):
+            ch.send(src, seq, clock())
+            sent += 1
+            if time.perf_counter() > deadline:
+                break
+        ch.send(src, STOP, clock())
+        # phases 2, 3: paced, never faster than a third of the channel's own rate (no backlog)
+        per_msg = (clock() - t_start) / 1e9 / max(1, sent)
+        gaps = [max(g, 3 * per_msg) for g in plan["gaps"]]
+        for gap in gaps:
+            deadline = time.perf_counter() + plan["budget"]
+            for seq in range(plan["paced"]):
+                if gap >= 1e-3:
+                    time.sleep(gap)
+                else:
+                    _spin(gap)
+                ch.send(src, seq, clock())
+                if time.perf_counter() > deadline:
+                    break
+            ch.send(src, STOP, clock())
+        ctrl.send(("ok", t_start, sent, gaps))
+    except BaseException as e:
+        ctrl.send(("error", f"{type(e).__name__}: {e}", 0, []))
+
+
+def _consumer(ch: Channel, plan: Dict[str, Any], ctrl: Any) -> None:
+    try:
+        clock = time.perf_counter_ns
+        got = 0
+        while True:
+            seq, ts = ch.recv()
+            if seq == STOP:
+                break
+            got += 1
+        t_end = clock()
+        lat: List[List[float]] = []
+        for _gap in plan["gaps"]:
+            xs: List[float] = []
+            while True:
+                seq, ts = ch.recv()
+                now = clock()
+                if seq == STOP:
+                    break
+                xs.append((now - ts) / 1e3)
+            lat.append(xs)
+        ctrl.send(("ok", t_end, got, lat))
+    except BaseException as e:
+        ctrl.send(("error", f"{type(e).__name__}: {e}", 0, []))
+
+
+def _pair(method: str, nbytes: int, plan: Dict[str, Any]) -> Dict[str, Any]:
+    ch = Channel(method, nbytes, plan["slots"])
+    try:
+        pr, pw = FORK.Pipe(duplex=False)
+        cr, cw = FORK.Pipe(duplex=False)
+        cons = FORK.Process(target=_consumer, args=(ch, plan, cw), daemon=True)
+        prod = FORK.Process(target=_producer, args=(ch, plan, pw), daemon=True)
+        cons.start()
+        prod.start()
+        out: Dict[str, Any] = {}
+        for conn, who in ((pr, "producer"), (cr, "consumer")):
+            if not conn.poll(TIMEOUT):
+                raise TimeoutError(f"{who} gave no answer in {TIMEOUT:.0f} s")
+            out[who] = conn.recv()
+        for p in (prod, cons):
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    finally:
+        ch.close()
+    st, t_start, sent, gaps = out["producer"]
+    if st != "ok":
+        raise RuntimeError(t_start)
+    st, t_end, got, lat = out["consumer"]
+    if st != "ok":
+        raise RuntimeError(t_end)
+    if got != sent:
+        raise RuntimeError(f"sent {sent} messages, received {got}")
+    secs = (t_end - t_start) / 1e9
+    res = {"messages": got, "seconds": secs, "msgs_per_s": got / secs, "gb_per_s": got * nbytes / secs / 1e9,
+           "gaps_s": gaps}
+    for gap, xs in zip(("1ms", "20us"), lat):
+        res[f"p50_us_gap_{gap}"] = C.percentile(xs, 50)
+        res[f"p99_us_gap_{gap}"] = C.percentile(xs, 99)
+        res[f"samples_gap_{gap}"] = len(xs)
+    return res
+
+
+def _plan(nbytes: int, mode: str) -> Dict[str, Any]:
+    i = {64: 0, 64 * KiB: 1, MiB: 2, 64 * MiB: 3}[nbytes]
+    col = {"full": 0, "quick": 1, "smoke": 2}[mode]
+    count = [(200000, 50000, 200), (20000, 5000, 50), (2000, 500, 10), (40, 8, 2)][i][col]
+    paced = [(1000, 200, 10), (500, 100, 10), (200, 50, 5), (5, 2, 1)][i][col]
+    slots = [1024, 64, 16, 4][i]
+    budget = {"full": 1.5, "quick": 0.35, "smoke": 0.05}[mode]
+    return {"count": count, "paced": paced, "slots": slots, "budget": budget, "gaps": [1e-3, 20e-6]}
+
+
+def _memcpy(nbytes: int) -> Dict[str, float]:
+    """np.copyto into an existing array of the same size: this machine's ceiling at that size."""
+    src, dst = np.ones(nbytes // 4, F4), np.zeros(nbytes // 4, F4)
+    number = max(1, min(20000, (256 * MiB) // nbytes))
+    t = C.interleaved({"c": lambda: np.copyto(dst, src)}, 5, number)["c"]
+    return {"msgs_per_s": 1 / t, "gb_per_s": nbytes / t / 1e9}
+
+
+# ---------------------------------------------------------------- batches of 64 B
+
+def _batch_producer(kind: str, q: Any, count: int, batch: int, budget: float, ctrl: Any) -> None:
+    try:
+        msgs = [np.full(16, i, F4) for i in range(batch)]
+        stop = [np.full(16, -1, F4)]
+        deadline = time.perf_counter() + budget
+        t0 = time.perf_counter_ns()
+        sent = 0
+        while sent < count and time.perf_counter() < deadline:
+            q.put_many(msgs) if kind == "ndshm" else q.put_many(msgs, timeout=TIMEOUT)
+            sent += batch
+        q.put_many(stop) if kind == "ndshm" else q.put_many(stop, timeout=TIMEOUT)
+        ctrl.send(("ok", t0, sent))
+    except BaseException as e:
+        ctrl.send(("error", f"{type(e).__name__}: {e}", 0))
+
+
+def _batch_consumer(kind: str, q: Any, batch: int, ctrl: Any) -> None:
+    try:
+        got = 0
+        while True:
+            items = q.get_many(batch) if kind == "ndshm" else q.get_many(max_messages_to_get=batch, timeout=TIMEOUT)
+            done = any(a[0] < 0 for a in items)
+            got += len(items) - done
+            if done:
+                break
+        ctrl.send(("ok", time.perf_counter_ns(), got))
+    except BaseException as e:
+        ctrl.send(("error", f"{type(e).__name__}: {e}", 0))
+
+
+def batches(res: C.Results, mode: str) -> None:
+    batch = 64
+    count = {"full": 400000, "quick": 100000, "smoke": 640}[mode]
+    budget = {"full": 1.5, "quick": 0.4, "smoke": 0.05}[mode]
+    rows, figs = [], {}
+    for kind in ("ndshm", "faster_fifo"):
+        label = f"{kind} put_many/get_many ({batch} per batch)"
+        C.progress(f"bench_queue: 64 B in batches, {kind}")
+        if kind == "ndshm" and not (C.has("Queue") and hasattr(ndshm.Queue, "put_many")):
+            rows.append([label, C.NOT_AVAILABLE + " (ndshm.Queue.put_many)", "", ""])
+            continue
+        ff = C.optional_import("faster_fifo") if kind == "faster_fifo" else None
+        if kind == "faster_fifo" and ff is None:
+            rows.append([label, "not installed (pip install faster-fifo)", "", ""])
+            continue
+        try:
+            q = ndshm.Queue(slots=4096, slot_bytes=64) if kind == "ndshm" else ff.Queue(max_size_bytes=8 << 20)
+            pr, pw = FORK.Pipe(duplex=False)
+            cr, cw = FORK.Pipe(duplex=False)
+            ps = [FORK.Process(target=_batch_consumer, args=(kind, q, batch, cw), daemon=True),
+                  FORK.Process(target=_batch_producer, args=(kind, q, count, batch, budget, pw), daemon=True)]
+            for p in ps:
+                p.start()
+            outs = []
+            for conn in (pr, cr):
+                if not conn.poll(TIMEOUT):
+                    raise TimeoutError("no answer")
+                outs.append(conn.recv())
+            for p in ps:
+                p.join(5)
+            if outs[0][0] != "ok" or outs[1][0] != "ok":
+                raise RuntimeError(outs[0][1] if outs[0][0] != "ok" else outs[1][1])
+            if outs[0][2] != outs[1][2]:
+                raise RuntimeError(f"sent {outs[0][2]}, received {outs[1][2]}")
+            secs = (outs[1][1] - outs[0][1]) / 1e9
+            figs[kind] = {"messages": outs[1][2], "msgs_per_s": outs[1][2] / secs}
+            rows.append([label, figs[kind]["msgs_per_s"], "", ""])
+        except Exception as e:
+            rows.append([label, f"error: {type(e).__name__}: {e}"[:100], "", ""])
+        finally:
+            if kind == "ndshm":
+                try:
+                    q.close()
+                except Exception:
+                    pass
+    ref = figs.get("ndshm", {}).get("msgs_per_s")
+    for r, kind in zip(rows, ("ndshm", "faster_fifo")):
+        if kind in figs:
+            r[2] = C.ratio(ref, figs[kind]["msgs_per_s"])
+            r[3] = "≥ 200k: " + ("met" if figs[kind]["msgs_per_s"] >= 2e5 else "MISSED") if kind == "ndshm" else ""
+    res.data["batches_64B"] = {"batch": batch, "figures": figs}
+    res.emit(C.table(["64 B messages in batches", "msgs/s", "ndshm ÷ this", "target"], rows,
+                     title="64 B float32 messages with put_many/get_many"))
+
+
+# ---------------------------------------------------------------- main table
+
+def run(mode: str) -> C.Results:
+    res = C.Results("queue", mode)
+    sizes = [64, 64 * KiB] if mode == "smoke" else [64, 64 * KiB, MiB, 64 * MiB]
+    C.progress("bench_queue: memcpy ceiling")
+    ceiling = C.memcpy_bandwidth(16 * MiB if mode == "smoke" else 64 * MiB)
+    res.data["memcpy_gb_per_s"] = ceiling
+    ff = C.optional_import("faster_fifo")
+    data: Dict[str, Any] = {}
+    for nbytes in sizes:
+        plan = _plan(nbytes, mode)
+        copy = _memcpy(nbytes)
+        figs: Dict[str, Any] = {"memcpy (ceiling)": copy}
+        missing: Dict[str, str] = {}
+        for method in METHODS:
+            if method.startswith("ndshm") and not C.has("Queue"):
+                missing[method] = C.NOT_AVAILABLE + " (ndshm.Queue)"
+                continue
+            if method.startswith("faster") and ff is None:
+                missing[method] = "not installed (pip install faster-fifo)"
+                continue
+            C.progress(f"bench_queue: {C.human_bytes(nbytes)} via {method}")
+            try:
+                figs[method] = _pair(method, nbytes, plan)
+            except Exception as e:
+                missing[method] = f"error: {type(e).__name__}: {e}"[:120]
+        data[str(nbytes)] = {"plan": plan, "figures": figs, "missing": missing}
+        ref = figs.get(REF, {}).get("msgs_per_s")
+        mpq = figs.get("multiprocessing.Queue", {}).get("msgs_per_s")
+        rows = []
+        for method in METHODS + ["memcpy (ceiling)"]:
+            if method not in figs:
+                rows.append([method, missing.get(method, "–")] + [""] * 8)
+                continue
+            f = figs[method]
+            rows.append([method, f["msgs_per_s"], f["gb_per_s"], f"{100 * f['gb_per_s'] / copy['gb_per_s']:.0f}%",
+                         f.get("p50_us_gap_1ms"), f.get("p99_us_gap_1ms"), f.get("p50_us_gap_20us"),
+                         f.get("p99_us_gap_20us"),
+                         C.ratio(f["msgs_per_s"], mpq) if method != "memcpy (ceiling)" else "–",
+                         C.ratio(ref, f["msgs_per_s"]) if method != "memcpy (ceiling)" else "–"])
+        res.emit(C.table(
+            ["method", "msgs/s", "GB/s", "of memcpy", "p50 µs asleep", "p99 µs asleep", "p50 µs awake",
+             "p99 µs awake", "speed vs mp.Queue", "put+get ÷ this"], rows,
+            title=f"{C.human_bytes(nbytes)} float32 messages between two processes",
+            note=(f"memcpy at this size (in cache for small ones): {copy['gb_per_s']:.1f} GB/s; on 64 MiB buffers "
+                  f"{ceiling:.1f} GB/s (same run). Latency: from just before the send call to the consumer holding "
+                  "the data, messages paced 1 ms apart ('asleep': the consumer has gone to sleep) and 20 µs apart "
+                  "('awake': it is still waiting); a channel slower than that is paced at 3x its own per-message "
+                  "time so no backlog builds. 'speed vs mp.Queue' above 1 = faster than "
+                  "multiprocessing.Queue; 'put+get ÷ this' above 1 = ndshm put+get is faster than this row.")))
+    res.data["sizes"] = data
+    batches(res, mode)
+    return res
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = C.parse_args(__doc__.splitlines()[0], argv)
+    res = run(args.mode)
+    res.write(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
