@@ -30,3 +30,12 @@ __all__ = [
     "Buffer", "empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "full_like",
     "asaligned", "is_aligned", "stats",
 ]
+
+# segments
+from ._segment import (  # noqa: E402
+    Segment, SegmentRecord, SharedArray, attach, attach_raw, create, exists, recv_fd, segment_of, send_fd, unlink,
+)
+from ._segment import list_segments as list  # noqa: E402,A001
+
+__all__ += ["Segment", "SegmentRecord", "SharedArray", "create", "attach", "attach_raw", "unlink", "exists", "list",
+            "segment_of", "send_fd", "recv_fd"]

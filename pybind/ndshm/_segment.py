@@ -1,0 +1,661 @@
+"""Shared-memory segments as zero-copy NumPy arrays.
+
+A :class:`Segment` owns one C segment handle (one mapping). It is the owner of every array made
+from it: each array's ``.base`` chain ends at the segment (or at a small view holder that keeps
+it), so the mapping lives exactly as long as the last view. ``close()`` ends the segment's own use
+(no new views; a creator's non-persistent segment loses its name) but never unmaps memory a view
+still uses.
+
+Arrays are :class:`SharedArray`, a thin ndarray subclass whose pickling is *by reference* when the
+data lies in a live named segment: (name, dir, byte offset, shape, strides, dtype), unpickled by
+attaching (one mapping per segment per process, reused) and viewing. Anything else (ufunc
+results, anonymous or memfd segments) pickles by value like a plain ndarray.
+
+``meta``: ``bytes``/``bytearray`` are stored verbatim and come back as ``bytes``; any other value
+is stored as JSON and comes back decoded (a one-byte tag tells them apart). At most 4095 bytes.
+"""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import datetime as _dt
+import json
+import os
+import socket
+import threading
+import uuid
+import weakref
+from typing import Any, Iterator, NamedTuple, Optional
+
+import numpy as np
+from numpy.lib import format as _npformat
+
+from . import _dtype
+from ._errors import ClosedError, CorruptSegmentError, SegmentNotFoundError, check, error_from_code
+from ._lib import ffi, lib
+
+__all__ = ["Segment", "SharedArray", "SegmentRecord", "create", "attach", "attach_raw", "unlink", "exists",
+           "list_segments", "segment_of", "send_fd", "recv_fd", "default_dir"]
+
+_KINDS = {"named": lib.NDSHM_KIND_NAMED, "anonymous": lib.NDSHM_KIND_ANONYMOUS, "memfd": lib.NDSHM_KIND_MEMFD,
+          "file": lib.NDSHM_KIND_FILE}
+_KIND_NAMES = {v: k for k, v in _KINDS.items()}
+_PERSIST, _POPULATE, _HUGE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE, lib.NDSHM_SEG_HUGEPAGES
+_READONLY, _FORTRAN = lib.NDSHM_SEG_READONLY, lib.NDSHM_SEG_FORTRAN
+_PREFIX = "ndshm."
+_close = lib.ndshm_segment_close
+
+_lock = threading.RLock()
+_cache: dict[tuple[str, str], "weakref.ref[Segment]"] = {}
+_creators: "weakref.WeakSet[Segment]" = weakref.WeakSet()
+
+
+def default_dir(dir: Optional[str] = None) -> str:
+    """The directory holding named segments: ``dir``, else ``$NDSHM_DIR``, else ``/dev/shm``."""
+    return dir or os.environ.get("NDSHM_DIR") or "/dev/shm"
+
+
+def _cstr(s: Optional[str]) -> Any:
+    return ffi.NULL if s is None else os.fsencode(s)
+
+
+def _cbuf(s: Optional[str]) -> Any:
+    return ffi.NULL if s is None else ffi.new("char[]", os.fsencode(s))
+
+
+def _encode_meta(meta: Any) -> bytes:
+    if meta is None:
+        return b""
+    if isinstance(meta, (bytes, bytearray, memoryview)):
+        data = b"B" + bytes(meta)
+    else:
+        try:
+            data = b"J" + json.dumps(meta, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"meta {meta!r:.80} is neither bytes nor JSON-serialisable: {exc}") from None
+    if len(data) > lib.NDSHM_META_MAX:
+        raise ValueError(f"meta takes {len(data) - 1} bytes; at most {lib.NDSHM_META_MAX - 1} fit")
+    return data
+
+
+def _decode_meta(data: bytes) -> Any:
+    if not data:
+        return None
+    tag, body = data[:1], data[1:]
+    if tag == b"B":
+        return body
+    if tag == b"J":
+        try:
+            return json.loads(body.decode())
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise CorruptSegmentError(f"segment meta is not valid JSON: {exc}") from None
+    return bytes(data)  # written by another tool: hand back the raw bytes
+
+
+def _encode_dtype(dt: np.dtype) -> tuple[str, bytes]:
+    if dt.names is None and dt.subdtype is None:
+        return dt.str, b""
+    descr = repr(_npformat.dtype_to_descr(dt)).encode()
+    if len(descr) > lib.NDSHM_DESCR_MAX:
+        raise ValueError(f"dtype {dt} has a description of {len(descr)} bytes; at most {lib.NDSHM_DESCR_MAX} fit")
+    return f"|V{dt.itemsize}", descr
+
+
+def _decode_dtype(typestr: str, descr: bytes, itemsize: int, where: str) -> np.dtype:
+    try:
+        if descr:
+            dt = _npformat.descr_to_dtype(ast.literal_eval(descr.decode()))
+        else:
+            dt = np.dtype(typestr)
+        dt = _dtype.as_dtype(dt)
+    except Exception as exc:  # anything a hostile header can provoke
+        raise CorruptSegmentError(f"segment {where} has an unusable dtype {typestr!r}: {exc}") from None
+    if dt.itemsize != itemsize:
+        raise CorruptSegmentError(f"segment {where}: dtype {dt} has itemsize {dt.itemsize}, header says {itemsize}")
+    return dt
+
+
+class SharedArray(np.ndarray):
+    """An ndarray that pickles by reference when its data lies in a live named segment."""
+
+    def __reduce__(self):  # type: ignore[override]
+        ref = _reference(self)
+        if ref is not None:
+            return ref
+        return np.asarray(self).__reduce__()
+
+    def __reduce_ex__(self, protocol):  # type: ignore[override]
+        ref = _reference(self)
+        if ref is not None:
+            return ref
+        return np.asarray(self).__reduce_ex__(protocol)
+
+
+def _owner(arr: Any) -> Any:
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, _View):
+        return base.owner
+    return base
+
+
+def _reference(arr: np.ndarray) -> Optional[tuple]:
+    seg = _owner(arr)
+    if not isinstance(seg, Segment) or seg._kind != "named" or seg._raw or seg._handle is None:
+        return None
+    iface = arr.__array_interface__
+    addr = iface["data"][0]
+    strides = arr.strides
+    lo, hi = _span(arr.shape, strides, arr.itemsize)
+    offset = addr - seg.address
+    if arr.size and (offset + lo < 0 or offset + hi > seg._data_size):
+        return None
+    return (_rebuild, (seg._name, seg._dir, offset, arr.shape, strides, _npformat.dtype_to_descr(arr.dtype),
+                       not arr.flags.writeable))
+
+
+def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
+    """Lowest and one-past-highest byte offsets an array's elements reach from its data pointer."""
+    lo, hi = 0, itemsize
+    for n, s in zip(shape, strides):
+        if n == 0:
+            return 0, 0
+        if s < 0:
+            lo += (n - 1) * s
+        else:
+            hi += (n - 1) * s
+    return lo, hi
+
+
+def _rebuild(name: str, dir: str, offset: int, shape: tuple, strides: tuple, descr: Any,
+             readonly: bool = False) -> np.ndarray:
+    seg = Segment.attach(name, readonly=readonly, dir=dir)
+    dt = _npformat.descr_to_dtype(descr)
+    return seg._view(offset, tuple(shape), dt, tuple(strides), readonly)
+
+
+class _View:
+    """A transient ``__array_interface__`` provider for a view at an offset; keeps its segment."""
+
+    __slots__ = ("__array_interface__", "owner")
+
+    def __init__(self, owner: "Segment", iface: dict) -> None:
+        self.owner = owner
+        self.__array_interface__ = iface
+
+
+class SegmentRecord(NamedTuple):
+    """One named segment as :func:`list_segments` sees it."""
+    name: str
+    size: int
+    dtype: Optional[np.dtype]
+    shape: Optional[tuple]
+    creator_pid: Optional[int]
+    created: Optional[_dt.datetime]
+    in_use: bool
+    persist: bool
+    status: str          # 'ready', 'initializing' or 'corrupt'
+    path: str
+    meta: Any = None
+
+
+class Segment:
+    """One shared-memory segment mapped in this process (see the module documentation).
+
+    Use the classmethods :meth:`create`, :meth:`attach` and :meth:`from_fd`.
+    """
+
+    __slots__ = ("_handle", "_lib", "_info", "_name", "_kind", "_dir", "_path", "_closed", "_creator", "_persist",
+                 "_readonly", "_shape", "_strides", "_dtype", "_meta", "address", "_data_size", "_raw", "_pid",
+                 "_key", "_fd", "__weakref__")
+
+    def __init__(self) -> None:  # pragma: no cover - use the classmethods
+        raise TypeError("use Segment.create(), Segment.attach() or Segment.from_fd()")
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def _wrap(cls, handle: Any, *, name: Optional[str], kind: str, dir: Optional[str], path: Optional[str],
+              raw: bool = False) -> "Segment":
+        self = object.__new__(cls)
+        info = ffi.new("ndshm_segment_info_t *")
+        lib.ndshm_segment_info(handle, info)
+        self._handle = ffi.gc(handle, _close, info.segment_size)
+        self._lib = lib
+        self._info = info
+        self._name = name
+        self._kind = kind
+        self._dir = dir
+        self._path = path
+        self._closed = False
+        self._creator = bool(info.creator)
+        self._persist = bool(info.flags & _PERSIST)
+        self._readonly = bool(info.flags & _READONLY)
+        self._raw = raw
+        self._pid = os.getpid()
+        self._key = None
+        self._fd = info.fd
+        self.address = int(info.data)
+        self._data_size = int(info.data_size)
+        where = name or path or kind
+        if raw:
+            self._dtype = np.dtype(np.uint8)
+            self._shape = (self._data_size,)
+            self._strides = (1,)
+            self._meta = None
+        else:
+            lay = info.layout
+            typestr = ffi.string(lay.typestr).decode("ascii", "replace")
+            descr = bytes(ffi.buffer(info.descr, info.descr_len))
+            self._dtype = _decode_dtype(typestr, descr, int(lay.itemsize), where)
+            self._shape = tuple(int(lay.shape[i]) for i in range(lay.ndim))
+            self._strides = tuple(int(lay.strides[i]) for i in range(lay.ndim))
+            self._meta = bytes(ffi.buffer(info.meta, info.meta_len))
+        return self
+
+    @classmethod
+    def create(cls, name: Optional[str] = None, shape: Any = (), dtype: Any = np.uint8, order: str = "C", *,
+               kind: str = "named", path: Optional[str] = None, dir: Optional[str] = None, fill: Any = None,
+               align: Any = 64, persist: bool = False, mode: int = 0o600, hugepages: bool = False,
+               populate: bool = False, meta: Any = None) -> "Segment":
+        """Create a segment holding one array of ``shape`` and ``dtype`` (zero-filled, or ``fill``).
+
+        ``kind``: 'named' (``name`` in ``dir``; ``name=None`` picks a unique one), 'anonymous'
+        (shared with fork()ed children), 'memfd' (share :attr:`fd` with :func:`send_fd`) or 'file'
+        (at ``path``). ``persist=False`` removes the name when the creator closes the segment,
+        leaves its ``with`` block, drops its last reference, or exits."""
+        if kind not in _KINDS:
+            raise ValueError(f"kind {kind!r} is not one of {sorted(_KINDS)}")
+        order = _dtype.check_order(order)
+        dims, dt = _dtype.normalize(shape, dtype)
+        _dtype.nbytes_of(dims, dt)
+        strides = _dtype.contiguous_strides(dims, dt.itemsize, order)
+        typestr, descr = _encode_dtype(dt)
+        meta_b = _encode_meta(meta)
+        alignment = _dtype.as_alignment(align)
+        if kind == "named":
+            if name is None:
+                name = f"ndshm-{os.getpid()}-{uuid.uuid4().hex[:16]}"
+            if path is not None:
+                raise ValueError("path= applies to kind='file'; named segments take name= and dir=")
+            dir = default_dir(dir)
+        elif kind == "file":
+            if path is None:
+                if name is None:
+                    raise ValueError("kind='file' needs path=")
+                path = name
+            path = os.path.abspath(os.fspath(path))
+            name = None
+        else:
+            name = None
+        p = ffi.new("ndshm_segment_params_t *")
+        p.kind = _KINDS[kind]
+        keep = [_cbuf(name if kind == "named" else path), _cbuf(dir)]
+        p.name = keep[0]
+        p.dir = keep[1]
+        p.mode = mode
+        p.flags = ((_PERSIST if persist else 0) | (_POPULATE if populate else 0) | (_HUGE if hugepages else 0)
+                   | (_FORTRAN if order == "F" and len(dims) > 1 else 0))
+        p.alignment = alignment
+        lay = p.layout
+        tb = typestr.encode()
+        if len(tb) >= lib.NDSHM_TYPESTR_MAX:
+            raise ValueError(f"dtype {dt} has a typestr {typestr!r} longer than {lib.NDSHM_TYPESTR_MAX - 1}")
+        lay.typestr = tb
+        lay.itemsize = dt.itemsize
+        lay.ndim = len(dims)
+        for i, (n, s) in enumerate(zip(dims, strides)):
+            lay.shape[i] = n
+            lay.strides[i] = s
+        if descr:
+            keep.append(ffi.from_buffer(descr))
+            p.descr = keep[-1]
+            p.descr_len = len(descr)
+        if meta_b:
+            keep.append(ffi.from_buffer(meta_b))
+            p.meta = keep[-1]
+            p.meta_len = len(meta_b)
+        out = ffi.new("ndshm_segment_t **")
+        rc = lib.ndshm_segment_create(p, out)
+        if rc:
+            raise error_from_code(rc, path if kind == "file" else (os.path.join(dir, _PREFIX + name) if name else None))
+        self = cls._wrap(out[0], name=name, kind=kind, dir=dir, path=path)
+        if kind in ("named", "file"):
+            self._path = path if kind == "file" else os.path.join(dir, _PREFIX + name)
+            if kind == "named":
+                self._remember()
+            if not persist:
+                with _lock:
+                    _creators.add(self)
+        if fill is not None:
+            self.asarray()[...] = fill
+        return self
+
+    def _remember(self) -> None:
+        info = self._info
+        self._key = (os.path.realpath(self._dir), self._name)
+        with _lock:
+            cur = _cache.get(self._key)
+            old = cur() if cur is not None else None
+            if old is None or old._closed or old._readonly or not old._same_file(info.dev, info.ino) or \
+                    not self._readonly:
+                _cache[self._key] = weakref.ref(self)
+
+    def _same_file(self, dev: int, ino: int) -> bool:
+        return self._info.dev == dev and self._info.ino == ino
+
+    @classmethod
+    def attach(cls, name: str, readonly: bool = False, *, dir: Optional[str] = None,
+               populate: bool = False) -> "Segment":
+        """Map the named segment ``name`` (in ``dir``); a mapping this process holds already is reused."""
+        dir = default_dir(dir)
+        key = (os.path.realpath(dir), name)
+        path = os.path.join(dir, _PREFIX + name)
+        with _lock:
+            ref = _cache.get(key)
+            seg = ref() if ref is not None else None
+            if seg is not None and not seg._closed and (readonly or not seg._readonly):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    st = None
+                if st is not None and seg._same_file(st.st_dev, st.st_ino):
+                    return seg
+            out = ffi.new("ndshm_segment_t **")
+            rc = lib.ndshm_segment_attach(lib.NDSHM_KIND_NAMED, _cstr(name), _cstr(dir),
+                                          (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
+            if rc:
+                raise error_from_code(rc, path)
+            seg = cls._wrap(out[0], name=name, kind="named", dir=dir, path=path)
+            seg._remember()
+            return seg
+
+    @classmethod
+    def open_file(cls, path: str, readonly: bool = False, *, populate: bool = False) -> "Segment":
+        """Map the file-backed segment at ``path``."""
+        path = os.path.abspath(os.fspath(path))
+        out = ffi.new("ndshm_segment_t **")
+        rc = lib.ndshm_segment_attach(lib.NDSHM_KIND_FILE, _cstr(path), ffi.NULL,
+                                      (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
+        if rc:
+            raise error_from_code(rc, path)
+        return cls._wrap(out[0], name=None, kind="file", dir=None, path=path)
+
+    @classmethod
+    def from_fd(cls, fd: int, readonly: bool = False) -> "Segment":
+        """Map the memfd segment behind descriptor ``fd`` (the caller still owns ``fd``)."""
+        out = ffi.new("ndshm_segment_t **")
+        rc = lib.ndshm_segment_attach_fd(fd, _READONLY if readonly else 0, out)
+        if rc:
+            raise error_from_code(rc)
+        return cls._wrap(out[0], name=None, kind="memfd", dir=None, path=None)
+
+    @classmethod
+    def _attach_raw(cls, path: str, readonly: bool) -> "Segment":
+        out = ffi.new("ndshm_segment_t **")
+        rc = lib.ndshm_segment_attach_raw(_cstr(path), _READONLY if readonly else 0, out)
+        if rc:
+            raise error_from_code(rc, path)
+        return cls._wrap(out[0], name=None, kind="file", dir=None, path=path, raw=True)
+
+    # ---- properties ------------------------------------------------------------------------
+
+    name = property(lambda self: self._name, doc="The segment's name (named segments), else None.")
+    kind = property(lambda self: self._kind, doc="'named', 'anonymous', 'memfd' or 'file'.")
+    dir = property(lambda self: self._dir, doc="The directory of a named segment.")
+    path = property(lambda self: self._path, doc="The backing file (named and file segments).")
+    fd = property(lambda self: self._fd, doc="The handle's descriptor (-1 for anonymous segments).")
+    shape = property(lambda self: self._shape, doc="Shape of the array the segment holds.")
+    strides = property(lambda self: self._strides, doc="Byte strides of that array.")
+    dtype = property(lambda self: self._dtype, doc="Dtype of that array.")
+    nbytes = property(lambda self: self._data_size, doc="Bytes of data.")
+    readonly = property(lambda self: self._readonly, doc="True for a read-only mapping.")
+    closed = property(lambda self: self._closed, doc="True once close() was called.")
+    creator = property(lambda self: self._creator, doc="True if this process created the segment.")
+    persist = property(lambda self: self._persist, doc="True if the name outlives its creator.")
+
+    @property
+    def meta(self) -> Any:
+        """The user metadata given at creation (bytes, a JSON value, or None)."""
+        return _decode_meta(self._meta) if self._meta is not None else None
+
+    @property
+    def creator_pid(self) -> int:
+        return int(self._info.creator_pid)
+
+    @property
+    def created(self) -> _dt.datetime:
+        return _dt.datetime.fromtimestamp(self._info.created_ns / 1e9, tz=_dt.timezone.utc)
+
+    # ---- views -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"segment {self._name or self._path or self._kind} is closed")
+
+    def asarray(self, readonly: bool = False) -> np.ndarray:
+        """The array the segment describes (zero-copy; a :class:`SharedArray`); ``readonly`` gives
+        a view that cannot write even if the mapping can."""
+        self._check_open()
+        return self._view(0, self._shape, self._dtype, self._strides, readonly)
+
+    def _view(self, offset: int, shape: tuple, dt: np.dtype, strides: tuple, readonly: bool) -> np.ndarray:
+        self._check_open()
+        lo, hi = _span(shape, strides, dt.itemsize)
+        if (lo != hi) and (offset + lo < 0 or offset + hi > self._data_size):
+            raise ValueError(f"a view at offset {offset} with shape {shape} and strides {strides} reaches outside "
+                             f"the segment's {self._data_size} bytes")
+        if dt.hasobject:
+            raise TypeError(f"dtype {dt} holds Python objects")
+        iface = {"version": 3, "data": (self.address + offset, bool(readonly or self._readonly)),
+                 "shape": shape, "typestr": _dtype.typestr_of(dt), "strides": strides}
+        arr = np.asarray(_View(self, iface))
+        if dt.names is not None or arr.dtype != dt:
+            arr = arr.view(dt)
+        return arr.view(SharedArray)
+
+    def sync_address(self, index: int) -> int:
+        """Address of the header's sync slot ``index`` (64 zero-initialised bytes)."""
+        self._check_open()
+        out = ffi.new("void **")
+        check(lib.ndshm_segment_sync(self._handle, index, out))
+        return int(ffi.cast("uintptr_t", out[0]))
+
+    @property
+    def lock(self):
+        from ._sync import Lock
+        return Lock._in_segment(self, 0)
+
+    @property
+    def event(self):
+        from ._sync import Event
+        return Event._in_segment(self, 1)
+
+    def barrier(self, parties: int):
+        from ._sync import Barrier
+        return Barrier._in_segment(self, 2, parties)
+
+    # ---- lifetime --------------------------------------------------------------------------
+
+    def unlink(self) -> None:
+        """Remove the segment's name now (mappings stay valid)."""
+        if self._kind not in ("named", "file") or self._raw:
+            raise ValueError(f"a {self._kind} segment has no name to remove")
+        check(lib.ndshm_segment_unlink(self._handle), self._path)
+
+    def close(self) -> None:
+        """End this segment's use: no new views; a creator's non-persistent segment loses its name.
+        The mapping is released when the last view of it is gone."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._creator and not self._persist and self._pid == os.getpid() and self._kind in ("named", "file"):
+            rc = lib.ndshm_segment_unlink(self._handle)
+            if rc and rc != lib.NDSHM_ENOENT:
+                raise error_from_code(rc, self._path)
+        with _lock:
+            _creators.discard(self)
+            if self._key is not None:
+                ref = _cache.get(self._key)
+                if ref is not None and ref() is self:
+                    del _cache[self._key]
+
+    def __enter__(self) -> "Segment":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self):
+        if self._kind != "named" or self._raw:
+            raise TypeError(f"a {self._kind} segment cannot be pickled; pickle its arrays or pass its fd")
+        return (_attach_segment, (self._name, self._dir, self._readonly))
+
+    def __repr__(self) -> str:
+        state = "closed " if self._closed else ""
+        what = self._name or self._path or ""
+        return (f"<ndshm.Segment {state}{self._kind} {what!r} shape={self._shape} dtype={self._dtype} "
+                f"{self._data_size} bytes{' readonly' if self._readonly else ''}>")
+
+
+def _attach_segment(name: str, dir: str, readonly: bool) -> Segment:
+    return Segment.attach(name, readonly, dir=dir)
+
+
+@atexit.register
+def _unlink_at_exit() -> None:
+    pid = os.getpid()
+    with _lock:
+        segs = [s for s in _creators if s._pid == pid]
+    for seg in segs:
+        try:
+            seg.close()
+        except Exception:
+            pass
+
+
+# ---- module-level API ---------------------------------------------------------------------
+
+def create(name: Optional[str], shape: Any, dtype: Any = float, order: str = "C", *, fill: Any = None,
+           align: Any = 64, persist: bool = False, mode: int = 0o600, hugepages: bool = False,
+           populate: bool = False, meta: Any = None, dir: Optional[str] = None) -> np.ndarray:
+    """Create the named segment ``name`` (``None``: a unique name) holding a zeroed array (or
+    ``fill``) and return the array. The segment lives while the array (or any view) does; with
+    ``persist=False`` its name goes when the creator closes it or the last view is gone."""
+    return Segment.create(name, shape, dtype, order, kind="named", dir=dir, fill=fill, align=align, persist=persist,
+                          mode=mode, hugepages=hugepages, populate=populate, meta=meta).asarray()
+
+
+def attach(name: str, readonly: bool = False, populate: bool = False, *, dir: Optional[str] = None) -> np.ndarray:
+    """The array in named segment ``name``, zero-copy, with dtype and shape restored."""
+    seg = Segment.attach(name, readonly, dir=dir, populate=populate)
+    return seg._view(0, seg._shape, seg._dtype, seg._strides, readonly)
+
+
+def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, readonly: bool = False) -> np.ndarray:
+    """Map a headerless segment or file made by another tool: a bare name means ``/dev/shm/<name>``
+    (as ``multiprocessing.shared_memory`` makes them). The view is bounds-checked against its size."""
+    path = name_or_path if os.sep in name_or_path else os.path.join(default_dir(), name_or_path.lstrip("/"))
+    seg = Segment._attach_raw(path, readonly)
+    dims, dt = _dtype.normalize(shape, dtype)
+    if offset < 0:
+        raise ValueError(f"offset {offset} is negative")
+    need = _dtype.nbytes_of(dims, dt)
+    if offset + need > seg.nbytes:
+        raise ValueError(f"shape {dims} of dtype {dt} at offset {offset} needs {offset + need} bytes; "
+                         f"{path} has {seg.nbytes}")
+    return seg._view(offset, dims, dt, _dtype.contiguous_strides(dims, dt.itemsize, "C"), readonly)
+
+
+def unlink(name: str, *, dir: Optional[str] = None) -> None:
+    """Remove the named segment ``name`` (processes that map it keep their mappings)."""
+    check(lib.ndshm_unlink(_cstr(name), _cstr(dir)), os.path.join(default_dir(dir), _PREFIX + name))
+
+
+def exists(name: str, *, dir: Optional[str] = None) -> bool:
+    """True if a named segment ``name`` exists (in any state)."""
+    return os.path.exists(os.path.join(default_dir(dir), _PREFIX + name))
+
+
+def probe(name: str, *, dir: Optional[str] = None) -> SegmentRecord:
+    """Describe named segment ``name`` without mapping it."""
+    d = default_dir(dir)
+    path = os.path.join(d, _PREFIX + name)
+    info = ffi.new("ndshm_segment_info_t *")
+    in_use = ffi.new("int *")
+    rc = lib.ndshm_segment_probe(lib.NDSHM_KIND_NAMED, _cstr(name), _cstr(d), info, in_use)
+    if rc == lib.NDSHM_ENOENT:
+        raise error_from_code(rc, path)
+    if rc == lib.NDSHM_EINVAL:
+        raise error_from_code(rc, path)
+    status, dt, shape, pid, created, persist, meta = "ready", None, None, None, None, False, None
+    size = int(info.segment_size)
+    if rc == lib.NDSHM_EBUSY:
+        status = "initializing"
+    elif rc:
+        status = "corrupt"
+    else:
+        lay = info.layout
+        try:
+            dt = _decode_dtype(ffi.string(lay.typestr).decode("ascii", "replace"),
+                               bytes(ffi.buffer(info.descr, info.descr_len)), int(lay.itemsize), name)
+            meta = _decode_meta(bytes(ffi.buffer(info.meta, info.meta_len)))
+        except CorruptSegmentError:
+            status = "corrupt"
+        shape = tuple(int(lay.shape[i]) for i in range(lay.ndim))
+        pid = int(info.creator_pid)
+        created = _dt.datetime.fromtimestamp(info.created_ns / 1e9, tz=_dt.timezone.utc)
+        persist = bool(info.flags & _PERSIST)
+    return SegmentRecord(name, size, dt, shape, pid, created, bool(in_use[0]), persist, status, path, meta)
+
+
+def list_segments(dir: Optional[str] = None) -> list[SegmentRecord]:
+    """Every named segment in ``dir`` (default: ``$NDSHM_DIR`` or ``/dev/shm``), sorted by name."""
+    d = default_dir(dir)
+    out = []
+    try:
+        entries = sorted(os.listdir(d))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not entry.startswith(_PREFIX):
+            continue
+        name = entry[len(_PREFIX):]
+        try:
+            out.append(probe(name, dir=d))
+        except (SegmentNotFoundError, ValueError):
+            continue  # removed meanwhile, or not a valid name
+    return out
+
+
+def segment_of(arr: Any) -> Segment:
+    """The :class:`Segment` an array (or any view of it) lives in; ValueError if none."""
+    seg = _owner(arr)
+    if not isinstance(seg, Segment):
+        raise ValueError("the array does not live in an ndshm segment")
+    return seg
+
+
+def send_fd(sock: Any, fd: Any) -> None:
+    """Send descriptor ``fd`` (or a memfd Segment's) over the connected Unix socket ``sock``."""
+    if isinstance(fd, Segment):
+        fd = fd.fd
+    check(lib.ndshm_send_fd(sock.fileno() if hasattr(sock, "fileno") else sock, fd))
+
+
+def recv_fd(sock: Any) -> int:
+    """Receive one descriptor from the connected Unix socket ``sock``; the caller owns it."""
+    out = ffi.new("int *")
+    check(lib.ndshm_recv_fd(sock.fileno() if hasattr(sock, "fileno") else sock, out))
+    return int(out[0])
+
+
+def _socketpair() -> tuple[socket.socket, socket.socket]:  # convenience for tests and examples
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+
+def iter_creators() -> Iterator[Segment]:
+    with _lock:
+        return iter(list(_creators))
