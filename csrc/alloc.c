@@ -8,6 +8,7 @@
  *   - map: an anonymous private mapping, over-reserved by (alignment - page) and trimmed at both
  *     ends so exactly the rounded-up size stays mapped. Used for page-or-larger alignments, large
  *     sizes (like glibc's own mmap threshold) and the huge-page, populate and lock options.
+ * Both advise transparent huge pages from NDSHM_THP_THRESHOLD bytes up, as NumPy does.
  */
 #include "internal.h"
 
@@ -65,6 +66,12 @@ static void count_alloc(size_t nbytes) {
     NDSHM__COUNT(live_bytes, nbytes);
 }
 
+/* Whether to advise transparent huge pages for a buffer of `nbytes` with `flags`. */
+static bool want_thp(size_t nbytes, unsigned flags) {
+    if (flags & NDSHM_ALLOC_NO_HUGEPAGES) return false;
+    return (flags & NDSHM_ALLOC_HUGEPAGES) || nbytes >= NDSHM_THP_THRESHOLD;
+}
+
 static int alloc_heap(size_t nbytes, size_t alignment, unsigned flags, ndshm_buffer_t **out) {
     size_t head, total;
     if (ndshm__round_up(sizeof(ndshm_buffer_t), alignment, &head) || ndshm__add_overflow(head, nbytes, &total))
@@ -78,6 +85,12 @@ static int alloc_heap(size_t nbytes, size_t alignment, unsigned flags, ndshm_buf
     buf->nbytes = nbytes;
     buf->map_base = NULL;
     buf->map_len = 0;
+    if (want_thp(nbytes, flags)) { /* advise the whole pages inside the block, as NumPy does */
+        size_t page = ndshm__page_size();
+        uintptr_t lo = ((uintptr_t)buf->data + page - 1) & ~(uintptr_t)(page - 1);
+        uintptr_t hi = ((uintptr_t)buf->data + nbytes) & ~(uintptr_t)(page - 1);
+        if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+    }
     if (flags & NDSHM_ALLOC_ZERO) memset(buf->data, 0, nbytes);
     else if (flags & NDSHM_ALLOC_POPULATE) {
         size_t page = ndshm__page_size();
@@ -99,7 +112,8 @@ static int lock_error(size_t len, int err) {
 static int alloc_map(size_t nbytes, size_t alignment, unsigned flags, ndshm_buffer_t **out) {
     size_t page = ndshm__page_size();
     if (alignment < page) alignment = page;
-    if ((flags & NDSHM_ALLOC_HUGEPAGES) && alignment < NDSHM_HUGE_ALIGNMENT && nbytes >= NDSHM_HUGE_ALIGNMENT)
+    bool thp = want_thp(nbytes, flags);
+    if (thp && alignment < NDSHM_HUGE_ALIGNMENT && nbytes >= NDSHM_HUGE_ALIGNMENT)
         alignment = NDSHM_HUGE_ALIGNMENT; /* transparent huge pages need 2 MiB-aligned extents */
     size_t len, reserve;
     if (ndshm__round_up(nbytes == 0 ? 1 : nbytes, page, &len) || ndshm__add_overflow(len, alignment - page, &reserve))
@@ -120,7 +134,7 @@ static int alloc_map(size_t nbytes, size_t alignment, unsigned flags, ndshm_buff
     if (lead) munmap(base, lead);
     if (tail) munmap(data + len, tail);
 
-    if (flags & NDSHM_ALLOC_HUGEPAGES) (void)madvise(data, len, MADV_HUGEPAGE); /* advisory: THP may be off */
+    if (thp) (void)madvise(data, len, MADV_HUGEPAGE); /* advisory: THP may be off */
     if (flags & NDSHM_ALLOC_LOCK) {
         if (mlock(data, len) != 0) {
             int rc = lock_error(len, errno);
@@ -146,8 +160,11 @@ int ndshm_alloc(size_t nbytes, size_t alignment, unsigned flags, ndshm_buffer_t 
     if (!ndshm__is_pow2(alignment) || alignment > NDSHM_MAX_ALIGNMENT)
         return ndshm__fail(NDSHM_EINVAL, 0, "alignment %zu is not a power of two between 1 and %d", alignment,
                            NDSHM_MAX_ALIGNMENT);
-    const unsigned known = NDSHM_ALLOC_ZERO | NDSHM_ALLOC_HUGEPAGES | NDSHM_ALLOC_POPULATE | NDSHM_ALLOC_LOCK;
+    const unsigned known = NDSHM_ALLOC_ZERO | NDSHM_ALLOC_HUGEPAGES | NDSHM_ALLOC_POPULATE | NDSHM_ALLOC_LOCK |
+                           NDSHM_ALLOC_NO_HUGEPAGES;
     if (flags & ~known) return ndshm__fail(NDSHM_EINVAL, 0, "unknown allocation flags 0x%x", flags & ~known);
+    if ((flags & NDSHM_ALLOC_HUGEPAGES) && (flags & NDSHM_ALLOC_NO_HUGEPAGES))
+        return ndshm__fail(NDSHM_EINVAL, 0, "flags 0x%x ask for huge pages and for none", flags);
     if (nbytes > (size_t)PTRDIFF_MAX)
         return ndshm__fail(NDSHM_EOVERFLOW, 0, "nbytes %zu exceeds the largest object size %td", nbytes, PTRDIFF_MAX);
     if (alignment < sizeof(void *)) alignment = sizeof(void *);

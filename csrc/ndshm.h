@@ -104,16 +104,21 @@ NDSHM_API int ndshm_last_errno(void);
 
 typedef struct ndshm_buffer_s ndshm_buffer_t;
 
+/* Transparent huge pages: like NumPy, buffers of NDSHM_THP_THRESHOLD bytes or more are advised
+ * (madvise MADV_HUGEPAGE) and their mappings 2 MiB-aligned by default; NDSHM_ALLOC_HUGEPAGES
+ * advises any mapped buffer, NDSHM_ALLOC_NO_HUGEPAGES none. */
 enum ndshm_alloc_flags {
-    NDSHM_ALLOC_ZERO = 1,      /* zero-fill (free for mmap'd memory) */
-    NDSHM_ALLOC_HUGEPAGES = 2, /* madvise(MADV_HUGEPAGE) where the kernel allows it */
-    NDSHM_ALLOC_POPULATE = 4,  /* pre-fault every page now */
-    NDSHM_ALLOC_LOCK = 8       /* mlock in RAM; ESYS with errno from mlock when RLIMIT_MEMLOCK refuses */
+    NDSHM_ALLOC_ZERO = 1,          /* zero-fill (free for mmap'd memory) */
+    NDSHM_ALLOC_HUGEPAGES = 2,     /* transparent huge pages whatever the size (implies a mapping) */
+    NDSHM_ALLOC_POPULATE = 4,      /* pre-fault every page now */
+    NDSHM_ALLOC_LOCK = 8,          /* mlock in RAM; ESYS with errno from mlock when RLIMIT_MEMLOCK refuses */
+    NDSHM_ALLOC_NO_HUGEPAGES = 16  /* never advise huge pages */
 };
 
 enum ndshm_alloc_limits {
     NDSHM_MAX_ALIGNMENT = 1073741824, /* 1 GiB */
-    NDSHM_HUGE_ALIGNMENT = 2097152    /* the alignment behind align='huge' */
+    NDSHM_HUGE_ALIGNMENT = 2097152,   /* the alignment behind align='huge' */
+    NDSHM_THP_THRESHOLD = 4194304     /* 4 MiB: the size from which huge pages are advised by default */
 };
 
 /*! ndshm_alloc() :
@@ -302,13 +307,163 @@ NDSHM_API int ndshm_recv_fd(int sock, int *fd);
 
 /* ======================================================================================
  * Queue
- * (declared in the queue change)
+ * A bounded multi-producer multi-consumer ring of aligned slots inside one NAMED segment
+ * (flag NDSHM_SEG_QUEUE), with per-slot sequence numbers (Vyukov) and C11 atomics on the
+ * shared memory. Every message carries its own typestr, ndim and shape. Blocking calls spin
+ * briefly, then sleep on a process-shared futex. Timeouts are seconds: < 0 waits forever,
+ * 0 tries once (NDSHM_EEMPTY / NDSHM_EFULL), > 0 gives NDSHM_ETIMEDOUT when it runs out.
+ * A process killed at any point never blocks the others: a slot it claimed is reclaimed
+ * (a producer's is skipped, a consumer's is freed); fully published messages are never lost.
+ * A handle is thread safe; a message (ndshm_qmsg_t) belongs to the thread that got it.
  * ====================================================================================== */
+
+typedef struct ndshm_queue_s ndshm_queue_t;
+
+enum ndshm_queue_limits {
+    NDSHM_QUEUE_MAX_SLOTS = 1048576,      /* slots of one ring (a power of two) */
+    NDSHM_QUEUE_SLOT_ALIGN = 64,          /* every slot's data is aligned to this */
+    NDSHM_QUEUE_PARTICIPANTS = 256        /* processes' claims in flight at one time */
+};
+
+/* One message: filled by loan/take, described by the caller before publish. */
+typedef struct ndshm_qmsg {
+    void *data;                      /* the slot's data, NDSHM_QUEUE_SLOT_ALIGN-aligned */
+    uint64_t capacity;               /* bytes the slot holds */
+    uint64_t nbytes;                 /* bytes of the message */
+    char typestr[NDSHM_TYPESTR_MAX]; /* of one element; NUL-terminated */
+    uint32_t ndim;                   /* 0 .. NDSHM_MAXDIM */
+    int64_t shape[NDSHM_MAXDIM];
+    uint64_t pos_;                   /* private */
+    uint32_t part_;                  /* private */
+    uint32_t state_;                 /* private: 0 none, 1 loaned, 2 taken */
+} ndshm_qmsg_t;
+
+/* What a queue handle knows. */
+typedef struct ndshm_queue_info {
+    uint64_t slots;
+    uint64_t slot_bytes;
+    uint64_t slot_stride;
+    uintptr_t ring;                  /* first byte of the ring in this process */
+    uint64_t ring_bytes;
+    char name[NDSHM_NAME_MAX + 1];
+} ndshm_queue_info_t;
+
+/*! ndshm_queue_create() :
+ *  Creates NAMED segment `name` in `dir` (NULL: default) holding a ring of `slots` (a power of
+ *  two, 1 .. NDSHM_QUEUE_MAX_SLOTS) slots of `slot_bytes` each. `mode` 0 means 0600; `flags`:
+ *  NDSHM_SEG_PERSIST, NDSHM_SEG_POPULATE.
+ *  @return : 0, or NDSHM_EINVAL, NDSHM_EOVERFLOW, NDSHM_EEXIST and the errors of segment_create. */
+NDSHM_API int ndshm_queue_create(const char *name, const char *dir, uint64_t slots, uint64_t slot_bytes,
+                                 unsigned mode, unsigned flags, ndshm_queue_t **out);
+
+/*! ndshm_queue_attach() : attaches the queue `name` in `dir`, validating its ring header.
+ *  @return : 0, or NDSHM_ENOENT, NDSHM_ECORRUPT (not a queue, or a damaged ring), and the
+ *            errors of segment_attach. */
+NDSHM_API int ndshm_queue_attach(const char *name, const char *dir, ndshm_queue_t **out);
+
+/*! ndshm_queue_close() : releases the handle (the creator's non-persistent name is unlinked);
+ *  NULL is accepted. Messages still loaned or taken through it must be finished first. */
+NDSHM_API void ndshm_queue_close(ndshm_queue_t *q);
+
+/*! ndshm_queue_info() : @return : 0, or NDSHM_EINVAL. */
+NDSHM_API int ndshm_queue_info(const ndshm_queue_t *q, ndshm_queue_info_t *out);
+
+/*! ndshm_queue_loan() : claims a free slot for a message of `nbytes` (<= slot_bytes) and fills
+ *  msg->data and msg->capacity. Describe it (typestr, ndim, shape; nbytes may shrink) and call
+ *  publish, or discard. @return : 0, NDSHM_ETOOBIG, NDSHM_EFULL, NDSHM_ETIMEDOUT, NDSHM_EINVAL. */
+NDSHM_API int ndshm_queue_loan(ndshm_queue_t *q, uint64_t nbytes, double timeout, ndshm_qmsg_t *msg);
+
+/*! ndshm_queue_publish() : makes a loaned message visible to consumers.
+ *  @return : 0, or NDSHM_EINVAL (not loaned, bad description, nbytes > capacity). */
+NDSHM_API int ndshm_queue_publish(ndshm_queue_t *q, ndshm_qmsg_t *msg);
+
+/*! ndshm_queue_discard() : returns a loaned slot unpublished (consumers skip it). */
+NDSHM_API int ndshm_queue_discard(ndshm_queue_t *q, ndshm_qmsg_t *msg);
+
+/*! ndshm_queue_put() : loan + copy `nbytes` from `data` + publish, in one call.
+ *  @return : as loan and publish. */
+NDSHM_API int ndshm_queue_put(ndshm_queue_t *q, const void *data, uint64_t nbytes, const char *typestr,
+                              uint32_t ndim, const int64_t *shape, double timeout);
+
+/*! ndshm_queue_take() : claims the oldest published message; msg->data is read-only for the
+ *  caller until ndshm_queue_release. @return : 0, NDSHM_EEMPTY, NDSHM_ETIMEDOUT, NDSHM_EINVAL. */
+NDSHM_API int ndshm_queue_take(ndshm_queue_t *q, double timeout, ndshm_qmsg_t *msg);
+
+/*! ndshm_queue_release() : frees a taken slot for producers. */
+NDSHM_API int ndshm_queue_release(ndshm_queue_t *q, ndshm_qmsg_t *msg);
+
+/*! ndshm_queue_release_copy() : copies the taken message's nbytes to `dst`, then releases. */
+NDSHM_API int ndshm_queue_release_copy(ndshm_queue_t *q, ndshm_qmsg_t *msg, void *dst);
+
+/*! ndshm_queue_put_many() : puts `count` messages, message i being bytes [offsets[i],
+ *  offsets[i+1]) of `data` with one shared typestr, ndim 1 and shape {nbytes_i / itemsize}.
+ *  Waits (timeout) only for the first; stores how many were put in *done.
+ *  @return : 0 if any were put, else as put. */
+NDSHM_API int ndshm_queue_put_many(ndshm_queue_t *q, const void *data, const uint64_t *offsets, uint64_t count,
+                                   const char *typestr, uint64_t itemsize, double timeout, uint64_t *done);
+
+/*! ndshm_queue_get_many() : takes up to `max` messages, copying them back to back into `dst`
+ *  (`dst_bytes` long) and storing message i's byte offset in offsets[i] (offsets[count] = end);
+ *  stops early at a message that does not fit or whose typestr differs from the first, which
+ *  it leaves queued. The first typestr goes to `typestr` (NDSHM_TYPESTR_MAX bytes). Waits
+ *  (timeout) only for the first. @return : 0 with *count >= 1, or as take. */
+NDSHM_API int ndshm_queue_get_many(ndshm_queue_t *q, void *dst, uint64_t dst_bytes, uint64_t *offsets,
+                                   uint64_t max, char *typestr, double timeout, uint64_t *count);
+
+/*! ndshm_queue_size() : messages published or in flight (approximate under concurrency). */
+NDSHM_API uint64_t ndshm_queue_size(const ndshm_queue_t *q);
+
+/*! ndshm_queue_init_raw() / ndshm_queue_open_raw() : a ring in caller-provided shared memory
+ *  (for tests and embedding): init writes the ring header into `mem` (`bytes` long, 64-aligned);
+ *  open validates it. ndshm_queue_ring_bytes() gives the size a ring needs. The handle does not
+ *  own `mem`. */
+NDSHM_API int ndshm_queue_ring_bytes(uint64_t slots, uint64_t slot_bytes, uint64_t *out);
+NDSHM_API int ndshm_queue_init_raw(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes);
+NDSHM_API int ndshm_queue_open_raw(void *mem, uint64_t bytes, ndshm_queue_t **out);
 
 /* ======================================================================================
  * Sync
- * (declared in the queue change)
+ * Process-shared lock, event and barrier, each living in NDSHM_SYNC_SIZE bytes of shared
+ * memory (8-aligned) whose all-zero state is valid: unlocked, unset, uninitialised barrier.
+ * Owners are processes, identified by pid and start time, so a reused pid is not mistaken
+ * for a dead owner. Timeouts as for the queue (< 0 forever, 0 try once).
  * ====================================================================================== */
+
+/*! ndshm_lock_acquire() :
+ *  @return : 0; NDSHM_EOWNERDEAD: acquired, but the previous owner died holding it (the
+ *            protected data may be inconsistent); NDSHM_EBUSY (timeout 0); NDSHM_ETIMEDOUT. */
+NDSHM_API int ndshm_lock_acquire(void *area, double timeout);
+
+/*! ndshm_lock_release() : @return : 0, or NDSHM_EPERM (not held by this process). */
+NDSHM_API int ndshm_lock_release(void *area);
+
+/*! ndshm_lock_state() : @return : 0 unlocked, 1 held by this process, 2 by another live
+ *  process, 3 by a dead one. */
+NDSHM_API int ndshm_lock_state(void *area);
+
+NDSHM_API int ndshm_event_set(void *area);
+NDSHM_API int ndshm_event_clear(void *area);
+/*! ndshm_event_is_set() : @return : 1 or 0. */
+NDSHM_API int ndshm_event_is_set(void *area);
+/*! ndshm_event_wait() : @return : 0 once set, or NDSHM_ETIMEDOUT. */
+NDSHM_API int ndshm_event_wait(void *area, double timeout);
+
+/*! ndshm_barrier_wait() :
+ *  Waits until `parties` (1 .. 2^20, the same in every caller) have arrived; stores this
+ *  caller's arrival index (0 .. parties-1) in *index. A timeout breaks the barrier for all.
+ *  @return : 0, or NDSHM_EBROKEN, NDSHM_EINVAL (parties differs from the first caller's). */
+NDSHM_API int ndshm_barrier_wait(void *area, uint32_t parties, double timeout, uint32_t *index);
+
+/*! ndshm_barrier_abort() / ndshm_barrier_reset() : break the barrier (waiters get NDSHM_EBROKEN);
+ *  reset makes it usable again (and releases waiters still inside as if it had tripped). */
+NDSHM_API int ndshm_barrier_abort(void *area);
+NDSHM_API int ndshm_barrier_reset(void *area);
+/*! ndshm_barrier_state() : stores parties, waiting count and broken flag. */
+NDSHM_API int ndshm_barrier_state(void *area, uint32_t *parties, uint32_t *waiting, int *broken);
+
+/*! ndshm_process_alive() : @return : 1 if process `pid` runs and started at `start_time`
+ *  (clock ticks since boot, /proc/<pid>/stat field 22; 0 = do not compare), else 0. */
+NDSHM_API int ndshm_process_alive(int64_t pid, uint64_t start_time);
 
 #ifdef __cplusplus
 }

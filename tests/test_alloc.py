@@ -146,6 +146,35 @@ def test_options_allocate_usable_memory():
         assert a.sum() == len(a[::512])
 
 
+def _anon_huge_kib(address: int) -> int:
+    """AnonHugePages of the mapping holding ``address``, from /proc/self/smaps."""
+    current = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            current = lo <= address < hi
+        elif current and head == "AnonHugePages:":
+            return int(line.split()[1])
+    raise AssertionError(f"no mapping holds 0x{address:x}")
+
+
+def test_large_buffers_get_transparent_huge_pages_like_numpy():
+    mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    if "[madvise]" not in mode:
+        pytest.fail(f"this test needs THP in madvise mode, the kernel says {mode.strip()!r}")
+    # Fresh mappings (40 MiB is above the heap threshold): heap blocks may reuse 4 KiB pages.
+    auto = ndshm.zeros(40 << 20, np.uint8)  # advised by default
+    off = ndshm.zeros(40 << 20, np.uint8, hugepages=False)
+    small = ndshm.zeros(3 << 20, np.uint8, align="page")  # below 4 MiB: not advised by default
+    forced = ndshm.zeros(3 << 20, np.uint8, align="huge", hugepages=True)
+    for a in (auto, off, small, forced):
+        a[::4096] = 1  # first touch
+    assert _anon_huge_kib(auto.ctypes.data) >= 8192
+    assert _anon_huge_kib(forced.ctypes.data) >= 2048
+    assert _anon_huge_kib(off.ctypes.data) == 0 and _anon_huge_kib(small.ctypes.data) == 0
+
+
 def test_buffer_interface_and_memoryview():
     buf = ndshm.Buffer(64, align=4096)
     iface = buf.__array_interface__

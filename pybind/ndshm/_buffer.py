@@ -17,32 +17,24 @@ __all__ = ["Buffer", "empty", "zeros", "ones", "full", "empty_like", "zeros_like
 
 _free = lib.ndshm_buffer_free
 _alloc = lib.ndshm_alloc
-_tls = threading.local()
-
-
-def _outs() -> tuple[Any, Any]:
-    """This thread's reusable out-parameters for ndshm_alloc (cffi releases the GIL in calls)."""
-    try:
-        return _tls.outs
-    except AttributeError:
-        _tls.outs = outs = (ffi.new("ndshm_buffer_t **"), ffi.new("uintptr_t *"))
-        return outs
+_tls = threading.local()  # per-thread out-parameters for ndshm_alloc (cffi releases the GIL in calls)
 
 
 # Constants read once: attribute lookups on an ABI-mode cffi library are slow.
-_ZERO, _HUGEPAGES = lib.NDSHM_ALLOC_ZERO, lib.NDSHM_ALLOC_HUGEPAGES
+_ZERO, _HUGEPAGES, _NO_HUGEPAGES = lib.NDSHM_ALLOC_ZERO, lib.NDSHM_ALLOC_HUGEPAGES, lib.NDSHM_ALLOC_NO_HUGEPAGES
 _POPULATE, _LOCK = lib.NDSHM_ALLOC_POPULATE, lib.NDSHM_ALLOC_LOCK
 
 
-def _flags(zero: bool, hugepages: bool, populate: bool, lock: bool) -> int:
-    return ((_ZERO if zero else 0) | (_HUGEPAGES if hugepages else 0) | (_POPULATE if populate else 0)
-            | (_LOCK if lock else 0))
+def _flags(zero: bool, hugepages: Optional[bool], populate: bool, lock: bool) -> int:
+    """C allocation flags; ``hugepages=None`` leaves the choice to the size (like NumPy)."""
+    huge = 0 if hugepages is None else _HUGEPAGES if hugepages else _NO_HUGEPAGES
+    return (_ZERO if zero else 0) | huge | (_POPULATE if populate else 0) | (_LOCK if lock else 0)
 
 
 class Buffer:
     """One aligned allocation, owned by this object.
 
-    ``Buffer(nbytes, align=64, *, zero=False, hugepages=False, populate=False, lock=False)``
+    ``Buffer(nbytes, align=64, *, zero=False, hugepages=None, populate=False, lock=False)``
 
     ``numpy.asarray(buffer)`` is a zero-copy view through ``__array_interface__`` (by default the
     bytes as a 1-D ``uint8`` array; :meth:`asarray` gives any shape and dtype that fits). Every
@@ -51,10 +43,12 @@ class Buffer:
     never frees memory that a live view still uses.
     """
 
-    __slots__ = ("_handle", "_lib", "__array_interface__", "address", "nbytes", "alignment", "_closed",
-                 "__weakref__")
+    __slots__ = ("_handle", "__array_interface__", "nbytes", "alignment", "address", "__weakref__")
+    # Keeps the library loaded for as long as any buffer lives (instances hold their class), so a
+    # finalizer never calls into an unloaded library at interpreter exit.
+    _lib = lib
 
-    def __init__(self, nbytes: int, align: AlignLike = 64, *, zero: bool = False, hugepages: bool = False,
+    def __init__(self, nbytes: int, align: AlignLike = 64, *, zero: bool = False, hugepages: Optional[bool] = None,
                  populate: bool = False, lock: bool = False) -> None:
         (n,) = _dtype.as_shape((nbytes,))
         _allocate(self, n, _dtype.as_alignment(align), _flags(zero, hugepages, populate, lock), (n,), "|u1", None)
@@ -62,12 +56,12 @@ class Buffer:
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
-        return self._closed
+        return self.__array_interface__ is None
 
     def asarray(self, shape: Optional[ShapeLike] = None, dtype: Any = np.uint8, order: str = "C",
                 offset: int = 0) -> np.ndarray:
         """A zero-copy ndarray over the buffer's bytes (``shape=None``: as many items as fit)."""
-        if self._closed:
+        if self.__array_interface__ is None:
             raise ClosedError(f"Buffer at 0x{self.address:x} is closed")
         dt = _dtype.as_dtype(dtype)
         order = _dtype.check_order(order)
@@ -91,7 +85,6 @@ class Buffer:
 
     def close(self) -> None:
         """End this buffer's use. The memory is freed when the last view of it is gone."""
-        self._closed = True
         self.__array_interface__ = None
 
     def __enter__(self) -> "Buffer":
@@ -101,7 +94,7 @@ class Buffer:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed " if self._closed else ""
+        state = "closed " if self.closed else ""
         return f"<ndshm.Buffer {state}{self.nbytes} bytes at 0x{self.address:x}, align={self.alignment}>"
 
 
@@ -109,16 +102,17 @@ def _allocate(self: Buffer, nbytes: int, alignment: int, flags: int, shape: tupl
               strides: Optional[tuple[int, ...]]) -> Buffer:
     """Allocate into ``self`` and describe the bytes as ``shape``/``typestr``: the hot path of
     every constructor, kept to one C call and no per-call cffi allocations."""
-    handle, address = _outs()
+    try:
+        handle, address = _tls.outs
+    except AttributeError:
+        handle, address = _tls.outs = (ffi.new("ndshm_buffer_t **"), ffi.new("uintptr_t *"))
     rc = _alloc(nbytes, alignment, flags, handle, address)
     if rc:
         raise_for(rc)
     self._handle = ffi.gc(handle[0], _free, nbytes)  # the size tells PyPy's GC about the memory
-    self._lib = lib  # keep the library loaded for as long as the memory lives
     self.address = addr = address[0]
     self.nbytes = nbytes
     self.alignment = alignment
-    self._closed = False
     self.__array_interface__ = {"version": 3, "data": (addr, False), "shape": shape, "typestr": typestr,
                                 "strides": strides}
     return self
@@ -142,9 +136,13 @@ class _View:
 
 
 def _new_array(shape: ShapeLike, dtype: Any, order: str, align: AlignLike, flags: int) -> np.ndarray:
-    dims, dt = _dtype.normalize(shape, dtype)
-    nbytes = _dtype.nbytes_of(dims, dt)
-    alignment = align if align == 64 else _dtype.as_alignment(align)
+    dt, sub = _dtype.resolve_dtype(dtype)
+    if shape.__class__ is int and 0 <= shape and not sub and shape * dt.itemsize <= _dtype.MAX_NBYTES:
+        dims, nbytes = (shape,), shape * dt.itemsize  # the common 1-D case, without helper calls
+    else:
+        dims, dt = _dtype.normalize(shape, dtype)
+        nbytes = _dtype.nbytes_of(dims, dt)
+    alignment = align if align.__class__ is int and align == 64 else _dtype.as_alignment(align)
     strides = None if order == "C" else _dtype.contiguous_strides(dims, dt.itemsize, _dtype.check_order(order))
     arr = np.asarray(_allocate(_new_buffer(Buffer), nbytes, alignment, flags, dims, _dtype.typestr_of(dt), strides))
     # The interface cannot describe padded or aligned structs exactly: those map raw bytes, then view.
@@ -152,21 +150,24 @@ def _new_array(shape: ShapeLike, dtype: Any, order: str, align: AlignLike, flags
 
 
 def empty(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: AlignLike = 64,
-          hugepages: bool = False, populate: bool = False, lock: bool = False) -> np.ndarray:
+          hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> np.ndarray:
     """Like ``numpy.empty``, with the data aligned to ``align`` bytes (a power of two, ``'page'`` or
-    ``'huge'``). ``hugepages`` asks for transparent huge pages, ``populate`` pre-faults the pages,
-    ``lock`` keeps them in RAM (``mlock``)."""
-    return _new_array(shape, dtype, order, align, _flags(False, hugepages, populate, lock))
+    ``'huge'``). ``hugepages``: transparent huge pages always (True), never (False), or, by default,
+    from 4 MiB up as NumPy does. ``populate`` pre-faults the pages, ``lock`` keeps them in RAM
+    (``mlock``)."""
+    flags = 0 if hugepages is None and not populate and not lock else _flags(False, hugepages, populate, lock)
+    return _new_array(shape, dtype, order, align, flags)
 
 
 def zeros(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: AlignLike = 64,
-          hugepages: bool = False, populate: bool = False, lock: bool = False) -> np.ndarray:
+          hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> np.ndarray:
     """Like ``numpy.zeros``, aligned as :func:`empty` describes."""
-    return _new_array(shape, dtype, order, align, _flags(True, hugepages, populate, lock))
+    flags = _ZERO if hugepages is None and not populate and not lock else _flags(True, hugepages, populate, lock)
+    return _new_array(shape, dtype, order, align, flags)
 
 
 def full(shape: ShapeLike, fill_value: Any, dtype: Any = None, order: str = "C", *, align: AlignLike = 64,
-         hugepages: bool = False, populate: bool = False, lock: bool = False) -> np.ndarray:
+         hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> np.ndarray:
     """Like ``numpy.full``, aligned as :func:`empty` describes."""
     if dtype is None:
         dtype = np.array(fill_value).dtype
@@ -176,7 +177,7 @@ def full(shape: ShapeLike, fill_value: Any, dtype: Any = None, order: str = "C",
 
 
 def ones(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: AlignLike = 64,
-         hugepages: bool = False, populate: bool = False, lock: bool = False) -> np.ndarray:
+         hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> np.ndarray:
     """Like ``numpy.ones``, aligned as :func:`empty` describes."""
     return full(shape, 1, dtype, order, align=align, hugepages=hugepages, populate=populate, lock=lock)
 
@@ -190,7 +191,7 @@ def _like_order(a: np.ndarray, order: str) -> str:
 
 
 def empty_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
-               align: AlignLike = 64, hugepages: bool = False, populate: bool = False,
+               align: AlignLike = 64, hugepages: Optional[bool] = None, populate: bool = False,
                lock: bool = False) -> np.ndarray:
     """Like ``numpy.empty_like``, aligned as :func:`empty` describes."""
     a = np.asanyarray(a)
@@ -199,7 +200,7 @@ def empty_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[S
 
 
 def zeros_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
-               align: AlignLike = 64, hugepages: bool = False, populate: bool = False,
+               align: AlignLike = 64, hugepages: Optional[bool] = None, populate: bool = False,
                lock: bool = False) -> np.ndarray:
     """Like ``numpy.zeros_like``, aligned as :func:`empty` describes."""
     a = np.asanyarray(a)
@@ -208,7 +209,7 @@ def zeros_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[S
 
 
 def full_like(a: Any, fill_value: Any, dtype: Any = None, order: str = "K", *,
-              shape: Optional[ShapeLike] = None, align: AlignLike = 64, hugepages: bool = False,
+              shape: Optional[ShapeLike] = None, align: AlignLike = 64, hugepages: Optional[bool] = None,
               populate: bool = False, lock: bool = False) -> np.ndarray:
     """Like ``numpy.full_like``, aligned as :func:`empty` describes."""
     a = np.asanyarray(a)
@@ -217,7 +218,7 @@ def full_like(a: Any, fill_value: Any, dtype: Any = None, order: str = "K", *,
 
 
 def ones_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
-              align: AlignLike = 64, hugepages: bool = False, populate: bool = False,
+              align: AlignLike = 64, hugepages: Optional[bool] = None, populate: bool = False,
               lock: bool = False) -> np.ndarray:
     """Like ``numpy.ones_like``, aligned as :func:`empty` describes."""
     return full_like(a, 1, dtype, order, shape=shape, align=align, hugepages=hugepages, populate=populate,

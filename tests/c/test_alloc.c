@@ -56,6 +56,8 @@ TEST(unknown_flags_and_null_out) {
     ndshm_buffer_t *b = NULL;
     CHECK_RC(ndshm_alloc(16, 64, 0x100, &b, NULL), NDSHM_EINVAL);
     CHECK_DETAIL("0x100");
+    CHECK_RC(ndshm_alloc(16, 64, NDSHM_ALLOC_HUGEPAGES | NDSHM_ALLOC_NO_HUGEPAGES, &b, NULL), NDSHM_EINVAL);
+    CHECK_DETAIL("0x12");
     CHECK_RC(ndshm_alloc(16, 64, 0, NULL, NULL), NDSHM_EINVAL);
 }
 
