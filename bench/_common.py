@@ -326,6 +326,19 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def guarded(res: Results, section: Callable[[Results, str], None], mode: str) -> None:
+    """Run one section of a benchmark; if it fails (a feature half-landed), print why and go on."""
+    try:
+        section(res, mode)
+    except Exception as e:
+        import traceback
+
+        traceback.print_exc()
+        res.data.setdefault("errors", {})[section.__name__] = f"{type(e).__name__}: {e}"
+        res.emit(table(["section", "status"], [[section.__name__, f"error: {type(e).__name__}: {e}"[:200]]],
+                       title=f"{res.name}: {section.__name__} failed"))
+
+
 def has(name: str) -> bool:
     """Whether ndshm already offers ``name`` (features land one by one)."""
     return hasattr(ndshm, name)

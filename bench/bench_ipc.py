@@ -403,7 +403,7 @@ def create_touch(res: C.Results, mode: str) -> None:
             try:
                 fn()
             except Exception as e:
-                status[k] = f"{type(e).__name__}: {e}"[:110]
+                status[k] = f"{type(e).__name__}: {e}"[:70]
                 del cases[k]
                 continue
             finally:
@@ -432,10 +432,8 @@ def create_touch(res: C.Results, mode: str) -> None:
 
 def run(mode: str) -> C.Results:
     res = C.Results("ipc", mode)
-    classic(res, mode)
-    attach_latency(res, mode)
-    pool_map(res, mode)
-    create_touch(res, mode)
+    for section in (classic, attach_latency, pool_map, create_touch):
+        C.guarded(res, section, mode)
     return res
 
 

@@ -369,7 +369,7 @@ def run(mode: str) -> C.Results:
                   "time so no backlog builds. 'speed vs mp.Queue' above 1 = faster than "
                   "multiprocessing.Queue; 'put+get ÷ this' above 1 = ndshm put+get is faster than this row.")))
     res.data["sizes"] = data
-    batches(res, mode)
+    C.guarded(res, batches, mode)
     return res
 
 
