@@ -1,0 +1,686 @@
+/*
+ * queue.c -- a bounded MPMC ring of aligned slots in shared memory (Vyukov's per-slot sequence
+ * numbers), with futex sleeps and recovery of slots claimed by processes that died.
+ *
+ * Ring layout (all offsets from the ring's first byte, which is 64-aligned):
+ *   0     ring_hdr_t: magic, version, geometry; tail, head and the two futex words each on
+ *         their own cache line; then NDSHM_QUEUE_PARTICIPANTS claim records {owner, intent}
+ *   slots_offset: `slots` slots of slot_stride bytes: a 320-byte slot header (sequence number
+ *         and message descriptor) followed by slot_bytes of data, 64-aligned.
+ *
+ * Sequence protocol, for position pos in slot pos % slots:
+ *   seq == pos           free for the producer of pos
+ *   seq == pos + 1       published for the consumer of pos (SKIP bit set: nothing to read)
+ *   seq == pos + slots   released: free for the producer of pos + slots
+ *
+ * Faults. Before its CAS on tail (or head), a claimer takes a claim record (owner = its process
+ * key, pid + start time) and writes its intent (pos, producer or consumer) there, and keeps it
+ * until publish/discard (release). A waiter stuck on a position that is claimed but unfinished
+ * for DEAD_CHECK_NS looks for a live claimer with that intent; if there is none, the claimer
+ * died: a producer's slot is marked published+SKIP (consumers pass over it), a consumer's slot
+ * is released. Both transitions are CASes from the exact value observed, so they never undo
+ * progress made by anyone else.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define RING_MAGIC 0x51554555534d444eull /* "NDMSQUEQ" */
+#define RING_VERSION 1u
+#define SLOT_HDR 320u
+#define SKIP ((uint64_t)1 << 63)
+#define SPIN_NS 30000              /* spin this long before sleeping */
+#define SLICE_NS 20000000          /* sleep at most this long between dead-claimer checks */
+#define DEAD_CHECK_NS 20000000     /* a claim unfinished this long is checked */
+#define NPART NDSHM_QUEUE_PARTICIPANTS
+
+typedef struct part {
+    _Atomic uint64_t owner;  /* process key, 0 when free */
+    _Atomic uint64_t intent; /* (pos << 1 | consumer) + 1, 0 when none */
+} part_t;
+
+typedef struct ring_hdr {
+    _Atomic uint64_t magic; /* written last by the creator */
+    uint32_t version, hdr_bytes;
+    uint64_t slots, slot_bytes, slot_stride, ring_bytes, slots_offset;
+    char pad0[64 - 56];
+    _Atomic uint64_t tail;
+    char pad1[56];
+    _Atomic uint64_t head;
+    char pad2[56];
+    _Atomic uint32_t not_empty, ne_waiters;
+    char pad3[56];
+    _Atomic uint32_t not_full, nf_waiters;
+    char pad4[56];
+    part_t parts[NPART];
+} ring_hdr_t;
+
+typedef struct slot_hdr {
+    _Atomic uint64_t seq;
+    uint64_t nbytes;
+    uint32_t ndim, pad;
+    char typestr[NDSHM_TYPESTR_MAX];
+    int64_t shape[NDSHM_MAXDIM];
+} slot_hdr_t;
+
+_Static_assert(sizeof(slot_hdr_t) <= SLOT_HDR, "slot header too big");
+_Static_assert(sizeof(ring_hdr_t) % 64 == 0, "ring header not a multiple of 64");
+
+struct ndshm_queue_s {
+    ring_hdr_t *r;
+    char *slots;
+    uint64_t n, mask, slot_bytes, stride, ring_bytes;
+    ndshm_segment_t *seg; /* NULL for raw rings */
+    char name[NDSHM_NAME_MAX + 1];
+};
+
+static inline slot_hdr_t *slot_at(const ndshm_queue_t *q, uint64_t pos) {
+    return (slot_hdr_t *)(q->slots + (pos & q->mask) * q->stride);
+}
+
+static inline uint64_t enc(uint64_t pos, int consumer) { return (pos << 1 | (uint64_t)consumer) + 1; }
+
+/* ---- geometry ------------------------------------------------------------------------ */
+
+int ndshm_queue_ring_bytes(uint64_t slots, uint64_t slot_bytes, uint64_t *out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_ring_bytes: out is NULL");
+    if (!ndshm__is_pow2(slots) || slots > NDSHM_QUEUE_MAX_SLOTS)
+        return ndshm__fail(NDSHM_EINVAL, 0, "slots %llu is not a power of two between 1 and %d",
+                           (unsigned long long)slots, NDSHM_QUEUE_MAX_SLOTS);
+    if (slot_bytes > (uint64_t)PTRDIFF_MAX)
+        return ndshm__fail(NDSHM_EOVERFLOW, 0, "slot_bytes %llu is too large", (unsigned long long)slot_bytes);
+    size_t stride, total;
+    if (ndshm__add_overflow(SLOT_HDR, (size_t)slot_bytes, &stride) || ndshm__round_up(stride, 64, &stride) ||
+        ndshm__mul_overflow(stride, (size_t)slots, &total) || ndshm__add_overflow(total, sizeof(ring_hdr_t), &total) ||
+        total > (size_t)PTRDIFF_MAX)
+        return ndshm__fail(NDSHM_EOVERFLOW, 0, "a ring of %llu slots of %llu bytes overflows",
+                           (unsigned long long)slots, (unsigned long long)slot_bytes);
+    *out = total;
+    return 0;
+}
+
+int ndshm_queue_init_raw(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes) {
+    uint64_t need;
+    int rc = ndshm_queue_ring_bytes(slots, slot_bytes, &need);
+    if (rc) return rc;
+    if (mem == NULL || (uintptr_t)mem % 64 != 0)
+        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory %p is not 64-byte aligned", mem);
+    if (bytes < need)
+        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory of %llu bytes is smaller than the %llu needed",
+                           (unsigned long long)bytes, (unsigned long long)need);
+    ring_hdr_t *r = mem;
+    memset(r, 0, sizeof *r);
+    r->version = RING_VERSION;
+    r->hdr_bytes = sizeof(ring_hdr_t);
+    r->slots = slots;
+    r->slot_bytes = slot_bytes;
+    r->slot_stride = (SLOT_HDR + slot_bytes + 63) & ~(uint64_t)63;
+    r->ring_bytes = need;
+    r->slots_offset = sizeof(ring_hdr_t);
+    for (uint64_t i = 0; i < slots; i++) {
+        slot_hdr_t *s = (slot_hdr_t *)((char *)mem + r->slots_offset + i * r->slot_stride);
+        memset(s, 0, sizeof *s);
+        atomic_store_explicit(&s->seq, i, memory_order_relaxed);
+    }
+    atomic_store_explicit(&r->magic, RING_MAGIC, memory_order_release);
+    return 0;
+}
+
+static int open_ring(void *mem, uint64_t bytes, ndshm_queue_t *q) {
+    ring_hdr_t *r = mem;
+    if (mem == NULL || (uintptr_t)mem % 64 != 0)
+        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory %p is not 64-byte aligned", mem);
+    if (bytes < sizeof(ring_hdr_t))
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring of %llu bytes is smaller than its %zu-byte header",
+                           (unsigned long long)bytes, sizeof(ring_hdr_t));
+    uint64_t magic = 0;
+    for (int i = 0; i < 1000; i++) { /* the creator may still be writing the ring */
+        magic = atomic_load_explicit(&r->magic, memory_order_acquire);
+        if (magic != 0) break;
+        usleep(1000);
+    }
+    if (magic == 0) return ndshm__fail(NDSHM_EBUSY, 0, "queue ring is still being initialised after 1 s");
+    if (magic != RING_MAGIC)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring magic 0x%llx is not an ndshm queue's", (unsigned long long)magic);
+    if (r->version != RING_VERSION)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring version %u is not %u", r->version, RING_VERSION);
+    uint64_t need;
+    if (ndshm_queue_ring_bytes(r->slots, r->slot_bytes, &need) != 0)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring geometry is corrupt: slots %llu, slot_bytes %llu",
+                           (unsigned long long)r->slots, (unsigned long long)r->slot_bytes);
+    uint64_t stride = (SLOT_HDR + r->slot_bytes + 63) & ~(uint64_t)63;
+    if (r->hdr_bytes != sizeof(ring_hdr_t) || r->slots_offset != sizeof(ring_hdr_t) || r->slot_stride != stride ||
+        r->ring_bytes != need)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring header is inconsistent (stride %llu, ring_bytes %llu, offset %llu)",
+                           (unsigned long long)r->slot_stride, (unsigned long long)r->ring_bytes,
+                           (unsigned long long)r->slots_offset);
+    if (need > bytes)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring needs %llu bytes but its memory has %llu",
+                           (unsigned long long)need, (unsigned long long)bytes);
+    q->r = r;
+    q->slots = (char *)mem + r->slots_offset;
+    q->n = r->slots;
+    q->mask = r->slots - 1;
+    q->slot_bytes = r->slot_bytes;
+    q->stride = stride;
+    q->ring_bytes = need;
+    return 0;
+}
+
+int ndshm_queue_open_raw(void *mem, uint64_t bytes, ndshm_queue_t **out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_open_raw: out is NULL");
+    *out = NULL;
+    ndshm_queue_t *q = calloc(1, sizeof *q);
+    if (q == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a queue handle");
+    int rc = open_ring(mem, bytes, q);
+    if (rc) {
+        free(q);
+        return rc;
+    }
+    NDSHM__COUNT(live_queues, 1);
+    *out = q;
+    return 0;
+}
+
+/* ---- segments ------------------------------------------------------------------------ */
+
+int ndshm_queue_create(const char *name, const char *dir, uint64_t slots, uint64_t slot_bytes, unsigned mode,
+                       unsigned flags, ndshm_queue_t **out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_create: out is NULL");
+    *out = NULL;
+    if (name == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_create: name is NULL");
+    const unsigned known = NDSHM_SEG_PERSIST | NDSHM_SEG_POPULATE;
+    if (flags & ~known) return ndshm__fail(NDSHM_EINVAL, 0, "unknown queue flags 0x%x", flags & ~known);
+    uint64_t bytes;
+    int rc = ndshm_queue_ring_bytes(slots, slot_bytes, &bytes);
+    if (rc) return rc;
+    if (bytes > (uint64_t)INT64_MAX) return ndshm__fail(NDSHM_EOVERFLOW, 0, "ring of %llu bytes", (unsigned long long)bytes);
+    ndshm_segment_params_t p;
+    memset(&p, 0, sizeof p);
+    p.kind = NDSHM_KIND_NAMED;
+    p.name = name;
+    p.dir = dir;
+    p.mode = mode;
+    p.flags = flags | NDSHM_SEG_QUEUE;
+    p.alignment = 64;
+    memcpy(p.layout.typestr, "|u1", 4);
+    p.layout.itemsize = 1;
+    p.layout.ndim = 1;
+    p.layout.shape[0] = (int64_t)bytes;
+    p.layout.strides[0] = 1;
+    ndshm_queue_t *q = calloc(1, sizeof *q);
+    if (q == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a queue handle");
+    rc = ndshm_segment_create(&p, &q->seg);
+    if (rc) {
+        free(q);
+        return rc;
+    }
+    static _Thread_local ndshm_segment_info_t info;
+    rc = ndshm_segment_info(q->seg, &info);
+    if (rc == 0) rc = ndshm_queue_init_raw((void *)info.data, info.data_size, slots, slot_bytes);
+    if (rc == 0) rc = open_ring((void *)info.data, info.data_size, q);
+    if (rc) {
+        ndshm_segment_close(q->seg);
+        free(q);
+        return rc;
+    }
+    snprintf(q->name, sizeof q->name, "%s", name);
+    NDSHM__COUNT(live_queues, 1);
+    *out = q;
+    return 0;
+}
+
+int ndshm_queue_attach(const char *name, const char *dir, ndshm_queue_t **out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_attach: out is NULL");
+    *out = NULL;
+    if (name == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_attach: name is NULL");
+    ndshm_queue_t *q = calloc(1, sizeof *q);
+    if (q == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a queue handle");
+    int rc = ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &q->seg);
+    if (rc) {
+        free(q);
+        return rc;
+    }
+    static _Thread_local ndshm_segment_info_t info;
+    rc = ndshm_segment_info(q->seg, &info);
+    if (rc == 0 && !(info.flags & NDSHM_SEG_QUEUE))
+        rc = ndshm__fail(NDSHM_EINVAL, 0, "segment '%s' holds an array, not a queue", name);
+    if (rc == 0) rc = open_ring((void *)info.data, info.data_size, q);
+    if (rc) {
+        ndshm_segment_close(q->seg);
+        free(q);
+        return rc;
+    }
+    snprintf(q->name, sizeof q->name, "%s", name);
+    NDSHM__COUNT(live_queues, 1);
+    *out = q;
+    return 0;
+}
+
+void ndshm_queue_close(ndshm_queue_t *q) {
+    if (q == NULL) return;
+    atomic_fetch_sub_explicit(&ndshm__counters.live_queues, 1, memory_order_relaxed);
+    if (q->seg) ndshm_segment_close(q->seg);
+    free(q);
+}
+
+int ndshm_queue_info(const ndshm_queue_t *q, ndshm_queue_info_t *out) {
+    if (q == NULL || out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_info: NULL argument");
+    memset(out, 0, sizeof *out);
+    out->slots = q->n;
+    out->slot_bytes = q->slot_bytes;
+    out->slot_stride = q->stride;
+    out->ring = (uintptr_t)q->r;
+    out->ring_bytes = q->ring_bytes;
+    memcpy(out->name, q->name, sizeof out->name);
+    return 0;
+}
+
+uint64_t ndshm_queue_size(const ndshm_queue_t *q) {
+    if (q == NULL) return 0;
+    uint64_t head = atomic_load(&q->r->head), tail = atomic_load(&q->r->tail);
+    if (tail <= head) return 0;
+    return tail - head > q->n ? q->n : tail - head;
+}
+
+/* ---- claim records ------------------------------------------------------------------- */
+
+static _Thread_local unsigned part_hint = UINT_MAX;
+
+static int part_acquire(ndshm_queue_t *q, uint32_t *out) {
+    ring_hdr_t *r = q->r;
+    uint64_t me = ndshm__self_key();
+    if (part_hint >= NPART) part_hint = (unsigned)(((uintptr_t)&part_hint >> 6) * 2654435761u) % NPART;
+    for (unsigned i = 0; i < NPART; i++) {
+        unsigned idx = (part_hint + i) % NPART;
+        uint64_t cur = atomic_load_explicit(&r->parts[idx].owner, memory_order_relaxed);
+        if (cur == 0 && atomic_compare_exchange_strong(&r->parts[idx].owner, &cur, me)) {
+            part_hint = idx;
+            *out = idx;
+            return 0;
+        }
+    }
+    for (unsigned idx = 0; idx < NPART; idx++) { /* all taken: reclaim those of dead processes */
+        uint64_t cur = atomic_load(&r->parts[idx].owner);
+        if (cur != 0 && cur != me && !ndshm__key_alive(cur) &&
+            atomic_compare_exchange_strong(&r->parts[idx].owner, &cur, me)) {
+            atomic_store(&r->parts[idx].intent, 0);
+            *out = idx;
+            return 0;
+        }
+    }
+    return ndshm__fail(NDSHM_EBUSY, 0, "all %d claim records of the queue are in use by live processes", NPART);
+}
+
+static void part_release(ndshm_queue_t *q, uint32_t idx) {
+    atomic_store(&q->r->parts[idx].intent, 0);
+    atomic_store_explicit(&q->r->parts[idx].owner, 0, memory_order_release);
+}
+
+/* true if a live process holds intent `want` */
+static bool intent_alive(ndshm_queue_t *q, uint64_t want) {
+    for (unsigned i = 0; i < NPART; i++) {
+        if (atomic_load(&q->r->parts[i].intent) != want) continue;
+        uint64_t owner = atomic_load(&q->r->parts[i].owner);
+        if (owner != 0 && ndshm__key_alive(owner) && atomic_load(&q->r->parts[i].intent) == want) return true;
+    }
+    return false;
+}
+
+static void wake(_Atomic uint32_t *word, _Atomic uint32_t *waiters) {
+    atomic_fetch_add(word, 1);
+    if (atomic_load(waiters) != 0) ndshm__futex_wake(word, INT_MAX);
+}
+
+/* ---- waiting ------------------------------------------------------------------------- */
+
+typedef struct waiter {
+    double timeout;
+    int64_t deadline, spin_until, stuck_since;
+    uint64_t stuck_pos;
+    bool stuck_set;
+} waiter_t;
+
+static void waiter_init(waiter_t *w, double timeout) {
+    w->timeout = timeout;
+    w->deadline = -1;
+    w->spin_until = -1;
+    w->stuck_set = false;
+}
+
+/* Waits for progress after the caller saw `seen` in `word`. Returns 0 to retry, or ETIMEDOUT. */
+static int waiter_wait(waiter_t *w, _Atomic uint32_t *word, _Atomic uint32_t *waiters, uint32_t seen) {
+    int64_t now = ndshm__now_ns();
+    if (w->deadline < 0) {
+        w->deadline = ndshm__deadline(w->timeout);
+        w->spin_until = now + SPIN_NS;
+    }
+    if (now < w->spin_until) {
+        for (int i = 0; i < 16; i++) ndshm__pause();
+        return 0;
+    }
+    if (now >= w->deadline) return ETIMEDOUT;
+    atomic_fetch_add(waiters, 1);
+    int rc = ndshm__futex_wait(word, seen, w->deadline, SLICE_NS);
+    atomic_fetch_sub(waiters, 1);
+    return rc == ETIMEDOUT ? ETIMEDOUT : 0;
+}
+
+/* true when position `pos` has been stuck for DEAD_CHECK_NS (and restarts the clock) */
+static bool stuck_long(waiter_t *w, uint64_t pos) {
+    int64_t now = ndshm__now_ns();
+    if (!w->stuck_set || w->stuck_pos != pos) {
+        w->stuck_set = true;
+        w->stuck_pos = pos;
+        w->stuck_since = now;
+        return false;
+    }
+    if (now - w->stuck_since < DEAD_CHECK_NS) return false;
+    w->stuck_since = now;
+    return true;
+}
+
+/* ---- producer side ------------------------------------------------------------------- */
+
+static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint64_t *out_pos) {
+    ring_hdr_t *r = q->r;
+    waiter_t w;
+    waiter_init(&w, timeout);
+    for (;;) {
+        uint32_t seen = atomic_load(&r->not_full);
+        uint64_t pos = atomic_load(&r->tail);
+        slot_hdr_t *s = slot_at(q, pos);
+        uint64_t raw = atomic_load_explicit(&s->seq, memory_order_acquire);
+        int64_t dif = (int64_t)((raw & ~SKIP) - pos);
+        if (dif == 0) {
+            atomic_store(&r->parts[part].intent, enc(pos, 0));
+            if (atomic_compare_exchange_strong(&r->tail, &pos, pos + 1)) {
+                *out_pos = pos;
+                return 0;
+            }
+            continue;
+        }
+        if (dif > 0) continue; /* tail moved on */
+        /* full: slot of pos - n not yet released */
+        uint64_t p0 = pos - q->n;
+        if ((raw & ~SKIP) == p0 + 1 && atomic_load(&r->head) > p0 && stuck_long(&w, pos) &&
+            !intent_alive(q, enc(p0, 1))) {
+            if (atomic_compare_exchange_strong(&s->seq, &raw, pos)) wake(&r->not_full, &r->nf_waiters);
+            continue;
+        }
+        if (timeout == 0)
+            return ndshm__fail(NDSHM_EFULL, 0, "queue is full (%llu slots)", (unsigned long long)q->n);
+        if (waiter_wait(&w, &r->not_full, &r->nf_waiters, seen) == ETIMEDOUT)
+            return ndshm__fail(NDSHM_ETIMEDOUT, 0, "queue still full (%llu slots) after %g s", (unsigned long long)q->n,
+                               timeout);
+    }
+}
+
+int ndshm_queue_loan(ndshm_queue_t *q, uint64_t nbytes, double timeout, ndshm_qmsg_t *msg) {
+    if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_loan: NULL argument");
+    msg->state_ = 0;
+    if (nbytes > q->slot_bytes)
+        return ndshm__fail(NDSHM_ETOOBIG, 0, "message of %llu bytes is larger than the queue's %llu-byte slots",
+                           (unsigned long long)nbytes, (unsigned long long)q->slot_bytes);
+    uint32_t part;
+    int rc = part_acquire(q, &part);
+    if (rc) return rc;
+    uint64_t pos;
+    rc = claim_producer(q, timeout, part, &pos);
+    if (rc) {
+        part_release(q, part);
+        return rc;
+    }
+    slot_hdr_t *s = slot_at(q, pos);
+    msg->data = (char *)s + SLOT_HDR;
+    msg->capacity = q->slot_bytes;
+    msg->nbytes = nbytes;
+    msg->typestr[0] = '\0';
+    msg->ndim = 0;
+    msg->pos_ = pos;
+    msg->part_ = part;
+    msg->state_ = 1;
+    return 0;
+}
+
+static int check_desc(const ndshm_queue_t *q, uint64_t nbytes, const char *typestr, uint32_t ndim) {
+    if (nbytes > q->slot_bytes)
+        return ndshm__fail(NDSHM_ETOOBIG, 0, "message of %llu bytes is larger than the queue's %llu-byte slots",
+                           (unsigned long long)nbytes, (unsigned long long)q->slot_bytes);
+    if (ndim > NDSHM_MAXDIM) return ndshm__fail(NDSHM_EINVAL, 0, "message ndim %u exceeds %d", ndim, NDSHM_MAXDIM);
+    if (typestr != NULL && strnlen(typestr, NDSHM_TYPESTR_MAX) >= NDSHM_TYPESTR_MAX)
+        return ndshm__fail(NDSHM_EINVAL, 0, "message typestr is not NUL-terminated within %d bytes",
+                           NDSHM_TYPESTR_MAX);
+    return 0;
+}
+
+static void finish_producer(ndshm_queue_t *q, uint64_t pos, uint32_t part, bool skip) {
+    slot_hdr_t *s = slot_at(q, pos);
+    atomic_store_explicit(&s->seq, (pos + 1) | (skip ? SKIP : 0), memory_order_release);
+    part_release(q, part);
+    wake(&q->r->not_empty, &q->r->ne_waiters);
+}
+
+static void write_desc(slot_hdr_t *s, uint64_t nbytes, const char *typestr, uint32_t ndim, const int64_t *shape) {
+    s->nbytes = nbytes;
+    s->ndim = ndim;
+    if (typestr) memcpy(s->typestr, typestr, strnlen(typestr, NDSHM_TYPESTR_MAX - 1) + 1);
+    else s->typestr[0] = '\0';
+    s->typestr[NDSHM_TYPESTR_MAX - 1] = '\0';
+    if (ndim) memcpy(s->shape, shape, ndim * sizeof *shape);
+}
+
+int ndshm_queue_publish(ndshm_queue_t *q, ndshm_qmsg_t *msg) {
+    if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_publish: NULL argument");
+    if (msg->state_ != 1) return ndshm__fail(NDSHM_EINVAL, 0, "message state %u is not loaned", msg->state_);
+    msg->typestr[NDSHM_TYPESTR_MAX - 1] = '\0';
+    int rc = check_desc(q, msg->nbytes, msg->typestr, msg->ndim);
+    if (rc) return rc;
+    write_desc(slot_at(q, msg->pos_), msg->nbytes, msg->typestr, msg->ndim, msg->shape);
+    msg->state_ = 0;
+    finish_producer(q, msg->pos_, msg->part_, false);
+    return 0;
+}
+
+int ndshm_queue_discard(ndshm_queue_t *q, ndshm_qmsg_t *msg) {
+    if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_discard: NULL argument");
+    if (msg->state_ != 1) return ndshm__fail(NDSHM_EINVAL, 0, "message state %u is not loaned", msg->state_);
+    msg->state_ = 0;
+    finish_producer(q, msg->pos_, msg->part_, true);
+    return 0;
+}
+
+int ndshm_queue_put(ndshm_queue_t *q, const void *data, uint64_t nbytes, const char *typestr, uint32_t ndim,
+                    const int64_t *shape, double timeout) {
+    if (q == NULL || (data == NULL && nbytes) || (shape == NULL && ndim))
+        return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_put: NULL argument");
+    int rc = check_desc(q, nbytes, typestr, ndim);
+    if (rc) return rc;
+    uint32_t part;
+    rc = part_acquire(q, &part);
+    if (rc) return rc;
+    uint64_t pos;
+    rc = claim_producer(q, timeout, part, &pos);
+    if (rc) {
+        part_release(q, part);
+        return rc;
+    }
+    slot_hdr_t *s = slot_at(q, pos);
+    if (nbytes) memcpy((char *)s + SLOT_HDR, data, nbytes);
+    write_desc(s, nbytes, typestr, ndim, shape);
+    finish_producer(q, pos, part, false);
+    return 0;
+}
+
+int ndshm_queue_put_many(ndshm_queue_t *q, const void *data, const uint64_t *offsets, uint64_t count,
+                         const char *typestr, uint64_t itemsize, double timeout, uint64_t *done) {
+    if (q == NULL || offsets == NULL || done == NULL || (data == NULL && count))
+        return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_put_many: NULL argument");
+    *done = 0;
+    if (itemsize == 0) return ndshm__fail(NDSHM_EINVAL, 0, "put_many: itemsize is 0");
+    for (uint64_t i = 0; i < count; i++) {
+        if (offsets[i + 1] < offsets[i])
+            return ndshm__fail(NDSHM_EINVAL, 0, "put_many: offsets[%llu] = %llu decreases", (unsigned long long)i + 1,
+                               (unsigned long long)offsets[i + 1]);
+        uint64_t nb = offsets[i + 1] - offsets[i];
+        if (nb % itemsize)
+            return ndshm__fail(NDSHM_EINVAL, 0, "put_many: message %llu of %llu bytes is not a multiple of itemsize %llu",
+                               (unsigned long long)i, (unsigned long long)nb, (unsigned long long)itemsize);
+        int64_t shape = (int64_t)(nb / itemsize);
+        int rc = ndshm_queue_put(q, (const char *)data + offsets[i], nb, typestr, 1, &shape, i == 0 ? timeout : 0);
+        if (rc) return i == 0 || (rc != NDSHM_EFULL) ? rc : 0;
+        *done = i + 1;
+    }
+    return 0;
+}
+
+/* ---- consumer side ------------------------------------------------------------------- */
+
+enum { PEEK_FITS = 0, PEEK_STOP = 1 };
+
+typedef struct peek {
+    uint64_t max_bytes;  /* claim only messages up to this size */
+    const char *typestr; /* and of this typestr, unless NULL */
+} peek_t;
+
+/* Claims the oldest published message into msg (state 2). With `pk`, a message that fails its
+ * conditions is left alone and PEEK_STOP is returned. */
+static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm_qmsg_t *msg, const peek_t *pk) {
+    ring_hdr_t *r = q->r;
+    waiter_t w;
+    waiter_init(&w, timeout);
+    for (;;) {
+        uint32_t seen = atomic_load(&r->not_empty);
+        uint64_t pos = atomic_load(&r->head);
+        slot_hdr_t *s = slot_at(q, pos);
+        uint64_t raw = atomic_load_explicit(&s->seq, memory_order_acquire);
+        int64_t dif = (int64_t)((raw & ~SKIP) - (pos + 1));
+        if (dif == 0) {
+            /* the descriptor is stable while head == pos: read it before the CAS, check after */
+            uint64_t nbytes = s->nbytes;
+            uint32_t ndim = s->ndim;
+            char ts[NDSHM_TYPESTR_MAX];
+            memcpy(ts, s->typestr, sizeof ts);
+            ts[NDSHM_TYPESTR_MAX - 1] = '\0';
+            if (pk && !(raw & SKIP) && (nbytes > pk->max_bytes || (pk->typestr && strcmp(ts, pk->typestr) != 0))) {
+                if (atomic_load(&r->head) == pos) return PEEK_STOP;
+                continue;
+            }
+            atomic_store(&r->parts[part].intent, enc(pos, 1));
+            if (!atomic_compare_exchange_strong(&r->head, &pos, pos + 1)) continue;
+            if (raw & SKIP) { /* a discarded or reclaimed slot: pass over it */
+                atomic_store_explicit(&s->seq, pos + q->n, memory_order_release);
+                wake(&r->not_full, &r->nf_waiters);
+                continue;
+            }
+            msg->pos_ = pos;
+            msg->part_ = part;
+            msg->state_ = 2;
+            msg->data = (char *)s + SLOT_HDR;
+            msg->capacity = q->slot_bytes;
+            if (nbytes > q->slot_bytes || ndim > NDSHM_MAXDIM) { /* never trust shared memory */
+                msg->nbytes = 0;
+                msg->ndim = 0;
+                msg->typestr[0] = '\0';
+                return ndshm__fail(NDSHM_ECORRUPT, 0, "message at position %llu claims %llu bytes and %u dimensions",
+                                   (unsigned long long)pos, (unsigned long long)nbytes, ndim);
+            }
+            msg->nbytes = nbytes;
+            msg->ndim = ndim;
+            memcpy(msg->typestr, ts, sizeof ts);
+            memcpy(msg->shape, s->shape, ndim * sizeof(int64_t));
+            return 0;
+        }
+        if (dif > 0) continue;
+        /* empty, or the producer of pos has not published */
+        if ((raw & ~SKIP) == pos && raw == pos && atomic_load(&r->tail) > pos && stuck_long(&w, pos) &&
+            !intent_alive(q, enc(pos, 0))) {
+            if (atomic_compare_exchange_strong(&s->seq, &raw, (pos + 1) | SKIP)) wake(&r->not_empty, &r->ne_waiters);
+            continue;
+        }
+        if (timeout == 0) return ndshm__fail(NDSHM_EEMPTY, 0, "queue is empty");
+        if (waiter_wait(&w, &r->not_empty, &r->ne_waiters, seen) == ETIMEDOUT)
+            return ndshm__fail(NDSHM_ETIMEDOUT, 0, "queue still empty after %g s", timeout);
+    }
+}
+
+int ndshm_queue_take(ndshm_queue_t *q, double timeout, ndshm_qmsg_t *msg) {
+    if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_take: NULL argument");
+    msg->state_ = 0;
+    uint32_t part;
+    int rc = part_acquire(q, &part);
+    if (rc) return rc;
+    rc = claim_consumer(q, timeout, part, msg, NULL);
+    if (rc == NDSHM_ECORRUPT) ndshm_queue_release(q, msg), rc = NDSHM_ECORRUPT;
+    else if (rc) part_release(q, part);
+    return rc;
+}
+
+int ndshm_queue_release(ndshm_queue_t *q, ndshm_qmsg_t *msg) {
+    if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_release: NULL argument");
+    if (msg->state_ != 2) return ndshm__fail(NDSHM_EINVAL, 0, "message state %u is not taken", msg->state_);
+    msg->state_ = 0;
+    atomic_store_explicit(&slot_at(q, msg->pos_)->seq, msg->pos_ + q->n, memory_order_release);
+    part_release(q, msg->part_);
+    wake(&q->r->not_full, &q->r->nf_waiters);
+    return 0;
+}
+
+int ndshm_queue_release_copy(ndshm_queue_t *q, ndshm_qmsg_t *msg, void *dst) {
+    if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_release_copy: NULL argument");
+    if (msg->state_ != 2) return ndshm__fail(NDSHM_EINVAL, 0, "message state %u is not taken", msg->state_);
+    if (msg->nbytes) {
+        if (dst == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_release_copy: dst is NULL");
+        memcpy(dst, msg->data, msg->nbytes);
+    }
+    return ndshm_queue_release(q, msg);
+}
+
+int ndshm_queue_get_many(ndshm_queue_t *q, void *dst, uint64_t dst_bytes, uint64_t *offsets, uint64_t max,
+                         char *typestr, double timeout, uint64_t *count) {
+    if (q == NULL || offsets == NULL || count == NULL || typestr == NULL || (dst == NULL && dst_bytes))
+        return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_get_many: NULL argument");
+    *count = 0;
+    offsets[0] = 0;
+    if (max == 0) return ndshm__fail(NDSHM_EINVAL, 0, "get_many: max is 0");
+    uint32_t part;
+    int rc = part_acquire(q, &part);
+    if (rc) return rc;
+    static _Thread_local ndshm_qmsg_t msg;
+    uint64_t used = 0, n = 0;
+    while (n < max) {
+        peek_t pk = {dst_bytes - used, n ? typestr : NULL};
+        rc = claim_consumer(q, n ? 0 : timeout, part, &msg, &pk);
+        if (rc == PEEK_STOP) {
+            rc = n ? 0 : ndshm__fail(NDSHM_ETOOBIG, 0, "get_many: the next message does not fit %llu bytes",
+                                     (unsigned long long)(dst_bytes - used));
+            break;
+        }
+        if (rc) {
+            if (rc == NDSHM_ECORRUPT) { /* release, keep the record */
+                msg.state_ = 0;
+                atomic_store_explicit(&slot_at(q, msg.pos_)->seq, msg.pos_ + q->n, memory_order_release);
+                wake(&q->r->not_full, &q->r->nf_waiters);
+            }
+            if (n && rc != NDSHM_ECORRUPT) rc = 0;
+            break;
+        }
+        if (n == 0) memcpy(typestr, msg.typestr, NDSHM_TYPESTR_MAX);
+        if (msg.nbytes) memcpy((char *)dst + used, msg.data, msg.nbytes);
+        used += msg.nbytes;
+        atomic_store_explicit(&slot_at(q, msg.pos_)->seq, msg.pos_ + q->n, memory_order_release);
+        msg.state_ = 0;
+        atomic_store(&q->r->parts[part].intent, 0);
+        wake(&q->r->not_full, &q->r->nf_waiters);
+        offsets[++n] = used;
+    }
+    part_release(q, part);
+    *count = n;
+    return rc;
+}

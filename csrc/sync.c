@@ -1,0 +1,356 @@
+/*
+ * sync.c -- process-shared lock, event and barrier on 64-byte areas of shared memory, and the
+ * helpers the queue shares with them: process identity and liveness, deadlines, futexes.
+ *
+ * Every object's all-zero state is valid (unlocked, unset, uninitialised barrier), so the
+ * zeroed sync areas in every segment header need no initialisation.
+ *
+ * Process identity: key = (start time & 0xffffffff) << 32 | pid, start time being field 22 of
+ * /proc/<pid>/stat (clock ticks since boot). A pid that was reused by a new process has another
+ * start time, so a dead owner is never mistaken for a live one; a zombie counts as dead.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- process identity -------------------------------------------------------------- */
+
+/* Reads state and start time of `pid`; returns 0, or -1 if there is no such process. */
+static int read_stat(int64_t pid, char *state, uint64_t *start) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%lld/stat", (long long)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    if (p == NULL || p[1] != ' ') return -1;
+    p += 2;
+    *state = *p;
+    /* field 3 is the state; field 22 the start time: skip 19 more fields */
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (p == NULL) return -1;
+        p++;
+    }
+    *start = strtoull(p, NULL, 10);
+    return 0;
+}
+
+static _Atomic uint64_t self_key;
+
+static void forget_self(void) { atomic_store_explicit(&self_key, 0, memory_order_relaxed); }
+
+static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_self); }
+
+uint64_t ndshm__self_key(void) {
+    uint64_t key = atomic_load_explicit(&self_key, memory_order_relaxed);
+    if (key != 0) return key;
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_atfork);
+    pid_t pid = getpid();
+    char state;
+    uint64_t start = 0;
+    if (read_stat(pid, &state, &start) != 0) start = 0;
+    key = (start & 0xffffffffu) << 32 | (uint32_t)pid;
+    atomic_store_explicit(&self_key, key, memory_order_relaxed);
+    return key;
+}
+
+int ndshm__key_alive(uint64_t key) {
+    if (key == 0) return 0;
+    int64_t pid = (int64_t)(key & 0xffffffffu);
+    if (key == ndshm__self_key()) return 1;
+    char state;
+    uint64_t start;
+    if (read_stat(pid, &state, &start) != 0) return 0;
+    if (state == 'Z' || state == 'X' || state == 'x') return 0;
+    return (start & 0xffffffffu) == (key >> 32);
+}
+
+int ndshm_process_alive(int64_t pid, uint64_t start_time) {
+    if (pid <= 0 || pid > INT_MAX) return 0;
+    char state;
+    uint64_t start;
+    if (read_stat(pid, &state, &start) != 0) return 0;
+    if (state == 'Z' || state == 'X' || state == 'x') return 0;
+    return start_time == 0 || start == start_time;
+}
+
+/* ---- time and futexes -------------------------------------------------------------- */
+
+int64_t ndshm__now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t ndshm__deadline(double timeout) {
+    if (!(timeout >= 0)) return INT64_MAX; /* negative or NaN: forever */
+    if (timeout > 1e9) return INT64_MAX;   /* ~31 years: forever, and no overflow */
+    return ndshm__now_ns() + (int64_t)(timeout * 1e9);
+}
+
+int ndshm__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline, int64_t slice_ns) {
+    int64_t now = ndshm__now_ns();
+    if (deadline != INT64_MAX && now >= deadline) return ETIMEDOUT;
+    int64_t wait = deadline == INT64_MAX ? INT64_MAX : deadline - now;
+    if (slice_ns > 0 && slice_ns < wait) wait = slice_ns;
+    struct timespec ts, *tsp = NULL;
+    if (wait != INT64_MAX) {
+        ts.tv_sec = wait / 1000000000;
+        ts.tv_nsec = wait % 1000000000;
+        tsp = &ts;
+    }
+    /* shared (not FUTEX_PRIVATE_FLAG): the word lives in memory other processes map */
+    long rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, expected, tsp, NULL, 0);
+    if (rc == 0) return 0;
+    int err = errno;
+    if (err == ETIMEDOUT) return deadline != INT64_MAX && ndshm__now_ns() >= deadline ? ETIMEDOUT : 0;
+    return err == EAGAIN || err == EINTR ? 0 : err;
+}
+
+void ndshm__futex_wake(_Atomic uint32_t *word, int count) {
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, count, NULL, NULL, 0);
+}
+
+/* How long a waiter sleeps before it looks for a dead owner again. */
+#define DEAD_CHECK_NS 20000000 /* 20 ms */
+
+/* ---- lock -------------------------------------------------------------------------- */
+
+typedef struct lock_area {
+    _Atomic uint64_t owner;   /* ndshm__self_key() of the holder, 0 when free */
+    _Atomic uint32_t seq;     /* futex word: bumped at every release */
+    _Atomic uint32_t waiters; /* sleepers on seq */
+} lock_area_t;
+
+typedef struct event_area {
+    _Atomic uint32_t flag;    /* futex word: 0 unset, 1 set */
+    _Atomic uint32_t waiters;
+} event_area_t;
+
+typedef struct barrier_area {
+    _Atomic uint32_t parties; /* 0: not yet used */
+    _Atomic uint32_t gen;     /* futex word: bumped when the barrier trips, breaks or resets */
+    _Atomic uint64_t state;   /* bit 63 broken, bits 32..62 generation, bits 0..31 arrived */
+    _Atomic uint32_t waiters;
+} barrier_area_t;
+
+_Static_assert(sizeof(lock_area_t) <= NDSHM_SYNC_SIZE, "lock area too big");
+_Static_assert(sizeof(event_area_t) <= NDSHM_SYNC_SIZE, "event area too big");
+_Static_assert(sizeof(barrier_area_t) <= NDSHM_SYNC_SIZE, "barrier area too big");
+
+static int check_area(const void *area, const char *fn) {
+    if (area == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "%s: area is NULL", fn);
+    if ((uintptr_t)area % 8 != 0)
+        return ndshm__fail(NDSHM_EINVAL, 0, "%s: area %p is not 8-byte aligned", fn, area);
+    return 0;
+}
+
+int ndshm_lock_acquire(void *area, double timeout) {
+    int rc = check_area(area, "ndshm_lock_acquire");
+    if (rc) return rc;
+    lock_area_t *l = area;
+    uint64_t me = ndshm__self_key();
+    int64_t deadline = -1;
+    for (int spin = 0;; spin++) {
+        uint64_t cur = atomic_load(&l->owner);
+        if (cur == 0) {
+            if (atomic_compare_exchange_strong(&l->owner, &cur, me)) return 0;
+            continue;
+        }
+        if (spin < 64) {
+            ndshm__pause();
+            continue;
+        }
+        if (!ndshm__key_alive(cur)) {
+            if (atomic_compare_exchange_strong(&l->owner, &cur, me))
+                return ndshm__fail(NDSHM_EOWNERDEAD, 0, "lock %p: its owner pid %llu died holding it; acquired",
+                                   area, (unsigned long long)(cur & 0xffffffffu));
+            continue;
+        }
+        if (timeout == 0)
+            return ndshm__fail(NDSHM_EBUSY, 0, "lock %p is held by pid %llu", area,
+                               (unsigned long long)(cur & 0xffffffffu));
+        if (deadline < 0) deadline = ndshm__deadline(timeout);
+        uint32_t seq = atomic_load(&l->seq);
+        atomic_fetch_add(&l->waiters, 1);
+        int w = 0;
+        if (atomic_load(&l->owner) == cur) w = ndshm__futex_wait(&l->seq, seq, deadline, DEAD_CHECK_NS);
+        atomic_fetch_sub(&l->waiters, 1);
+        if (w == ETIMEDOUT)
+            return ndshm__fail(NDSHM_ETIMEDOUT, 0, "lock %p: still held by pid %llu after %g s", area,
+                               (unsigned long long)(cur & 0xffffffffu), timeout);
+    }
+}
+
+int ndshm_lock_release(void *area) {
+    int rc = check_area(area, "ndshm_lock_release");
+    if (rc) return rc;
+    lock_area_t *l = area;
+    uint64_t me = ndshm__self_key(), cur = me;
+    if (!atomic_compare_exchange_strong(&l->owner, &cur, 0))
+        return ndshm__fail(NDSHM_EPERM, 0, "lock %p is not held by this process (pid %llu) but by pid %llu", area,
+                           (unsigned long long)(me & 0xffffffffu), (unsigned long long)(cur & 0xffffffffu));
+    atomic_fetch_add(&l->seq, 1);
+    if (atomic_load(&l->waiters) != 0) ndshm__futex_wake(&l->seq, 1);
+    return 0;
+}
+
+int ndshm_lock_state(void *area) {
+    int rc = check_area(area, "ndshm_lock_state");
+    if (rc) return rc;
+    uint64_t cur = atomic_load(&((lock_area_t *)area)->owner);
+    if (cur == 0) return 0;
+    if (cur == ndshm__self_key()) return 1;
+    return ndshm__key_alive(cur) ? 2 : 3;
+}
+
+/* ---- event ------------------------------------------------------------------------- */
+
+int ndshm_event_set(void *area) {
+    int rc = check_area(area, "ndshm_event_set");
+    if (rc) return rc;
+    event_area_t *e = area;
+    atomic_store(&e->flag, 1);
+    if (atomic_load(&e->waiters) != 0) ndshm__futex_wake(&e->flag, INT_MAX);
+    return 0;
+}
+
+int ndshm_event_clear(void *area) {
+    int rc = check_area(area, "ndshm_event_clear");
+    if (rc) return rc;
+    atomic_store(&((event_area_t *)area)->flag, 0);
+    return 0;
+}
+
+int ndshm_event_is_set(void *area) {
+    int rc = check_area(area, "ndshm_event_is_set");
+    if (rc) return rc;
+    return atomic_load(&((event_area_t *)area)->flag) != 0;
+}
+
+int ndshm_event_wait(void *area, double timeout) {
+    int rc = check_area(area, "ndshm_event_wait");
+    if (rc) return rc;
+    event_area_t *e = area;
+    for (int spin = 0; spin < 64; spin++) {
+        if (atomic_load(&e->flag)) return 0;
+        ndshm__pause();
+    }
+    int64_t deadline = ndshm__deadline(timeout);
+    for (;;) {
+        if (atomic_load(&e->flag)) return 0;
+        atomic_fetch_add(&e->waiters, 1);
+        int w = ndshm__futex_wait(&e->flag, 0, deadline, 0);
+        atomic_fetch_sub(&e->waiters, 1);
+        if (w == ETIMEDOUT) {
+            if (atomic_load(&e->flag)) return 0;
+            return ndshm__fail(NDSHM_ETIMEDOUT, 0, "event %p: not set within %g s", area, timeout);
+        }
+    }
+}
+
+/* ---- barrier ----------------------------------------------------------------------- */
+
+#define B_BROKEN ((uint64_t)1 << 63)
+#define B_GEN(s) (((s) >> 32) & 0x7fffffffu)
+#define B_COUNT(s) ((uint32_t)(s))
+#define B_MAKE(gen, count) ((((uint64_t)(gen) & 0x7fffffffu) << 32) | (uint32_t)(count))
+
+static void barrier_bump(barrier_area_t *b) {
+    atomic_fetch_add(&b->gen, 1);
+    if (atomic_load(&b->waiters) != 0) ndshm__futex_wake(&b->gen, INT_MAX);
+}
+
+int ndshm_barrier_abort(void *area) {
+    int rc = check_area(area, "ndshm_barrier_abort");
+    if (rc) return rc;
+    barrier_area_t *b = area;
+    atomic_fetch_or(&b->state, B_BROKEN);
+    barrier_bump(b);
+    return 0;
+}
+
+int ndshm_barrier_reset(void *area) {
+    int rc = check_area(area, "ndshm_barrier_reset");
+    if (rc) return rc;
+    barrier_area_t *b = area;
+    uint64_t s = atomic_load(&b->state);
+    while (!atomic_compare_exchange_weak(&b->state, &s, B_MAKE(B_GEN(s) + 1, 0))) {
+    }
+    barrier_bump(b);
+    return 0;
+}
+
+int ndshm_barrier_state(void *area, uint32_t *parties, uint32_t *waiting, int *broken) {
+    int rc = check_area(area, "ndshm_barrier_state");
+    if (rc) return rc;
+    barrier_area_t *b = area;
+    uint64_t s = atomic_load(&b->state);
+    if (parties) *parties = atomic_load(&b->parties);
+    if (waiting) *waiting = B_COUNT(s);
+    if (broken) *broken = (s & B_BROKEN) != 0;
+    return 0;
+}
+
+int ndshm_barrier_wait(void *area, uint32_t parties, double timeout, uint32_t *index) {
+    int rc = check_area(area, "ndshm_barrier_wait");
+    if (rc) return rc;
+    if (parties == 0 || parties > (1u << 20))
+        return ndshm__fail(NDSHM_EINVAL, 0, "barrier parties %u is not between 1 and %u", parties, 1u << 20);
+    barrier_area_t *b = area;
+    uint32_t p = 0;
+    if (!atomic_compare_exchange_strong(&b->parties, &p, parties) && p != parties)
+        return ndshm__fail(NDSHM_EINVAL, 0, "barrier %p has %u parties, not %u", area, p, parties);
+    int64_t deadline = ndshm__deadline(timeout);
+    uint64_t s = atomic_load(&b->state), mygen;
+    uint32_t idx;
+    for (;;) {
+        if (s & B_BROKEN) return ndshm__fail(NDSHM_EBROKEN, 0, "barrier %p is broken", area);
+        idx = B_COUNT(s);
+        if (idx + 1 == parties) {
+            if (atomic_compare_exchange_weak(&b->state, &s, B_MAKE(B_GEN(s) + 1, 0))) {
+                barrier_bump(b);
+                if (index) *index = idx;
+                return 0;
+            }
+        } else if (atomic_compare_exchange_weak(&b->state, &s, s + 1)) {
+            mygen = B_GEN(s);
+            break;
+        }
+    }
+    for (;;) {
+        uint32_t g = atomic_load(&b->gen);
+        s = atomic_load(&b->state);
+        if (B_GEN(s) != mygen) { /* tripped (or reset, which releases the waiters too) */
+            if (index) *index = idx;
+            return 0;
+        }
+        if (s & B_BROKEN) return ndshm__fail(NDSHM_EBROKEN, 0, "barrier %p is broken", area);
+        atomic_fetch_add(&b->waiters, 1);
+        int w = ndshm__futex_wait(&b->gen, g, deadline, 0);
+        atomic_fetch_sub(&b->waiters, 1);
+        if (w == ETIMEDOUT) {
+            s = atomic_load(&b->state);
+            if (B_GEN(s) != mygen) continue; /* tripped just now */
+            atomic_fetch_or(&b->state, B_BROKEN);
+            barrier_bump(b);
+            return ndshm__fail(NDSHM_EBROKEN, 0, "barrier %p: %u of %u parties arrived within %g s; broken", area,
+                               B_COUNT(s), parties, timeout);
+        }
+    }
+}
