@@ -170,6 +170,13 @@ void ndshm__header_write(void *dst, const ndshm_segment_params_t *p, uint64_t da
 
 void ndshm__header_publish(void *dst) { __atomic_store_n(&((header_t *)dst)->state, STATE_READY, __ATOMIC_RELEASE); }
 
+void ndshm__header_reseal(void *bytes, size_t len) {
+    if (len < NDSHM__HDR_FIXED) return;
+    header_t *h = bytes;
+    if (h->header_size < NDSHM__HDR_FIXED || h->header_size > len) return;
+    h->checksum = checksum_of(bytes, h->header_size);
+}
+
 #define CORRUPT(...) ndshm__fail(NDSHM_ECORRUPT, 0, __VA_ARGS__)
 
 int ndshm__header_validate(const void *bytes, size_t len, uint64_t file_size, ndshm_segment_info_t *out) {

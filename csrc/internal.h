@@ -91,6 +91,10 @@ NDSHM_HIDDEN void ndshm__header_publish(void *dst);
 NDSHM_HIDDEN int ndshm__header_validate(const void *bytes, size_t len, uint64_t file_size,
                                         ndshm_segment_info_t *out);
 
+/* Recomputes the checksum of the header in `bytes` if its header_size fits in `len` (for the
+ * fuzzer and tests, so mutations reach the checks behind the checksum). */
+NDSHM_HIDDEN void ndshm__header_reseal(void *bytes, size_t len);
+
 
 /* ---- queue and sync ---- */
 

@@ -1,0 +1,424 @@
+/* test_segment.c -- the segment C API at its edges: names, sizes, hostile headers, lifetime. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "testhelper.h"
+
+static char dir[256];
+static int counter;
+
+static const char *uname_(void) {
+    static char buf[64];
+    snprintf(buf, sizeof buf, "ct-%d-%d", (int)getpid(), counter++);
+    return buf;
+}
+
+static ndshm_segment_params_t params(const char *name, int64_t n) {
+    ndshm_segment_params_t p;
+    memset(&p, 0, sizeof p);
+    p.kind = NDSHM_KIND_NAMED;
+    p.name = name;
+    p.dir = dir;
+    p.alignment = 64;
+    snprintf(p.layout.typestr, sizeof p.layout.typestr, "<f8");
+    p.layout.itemsize = 8;
+    p.layout.ndim = 1;
+    p.layout.shape[0] = n;
+    p.layout.strides[0] = 8;
+    return p;
+}
+
+static char *path_of(const char *name) {
+    static char buf[512];
+    snprintf(buf, sizeof buf, "%s/ndshm.%s", dir, name);
+    return buf;
+}
+
+static ndshm_stats_t stats(void) {
+    ndshm_stats_t s;
+    ndshm_get_stats(&s);
+    return s;
+}
+
+TEST(bad_names_are_refused_by_value) {
+    char long_name[300];
+    memset(long_name, 'a', sizeof long_name);
+    long_name[201] = 0;
+    const char *bad[] = {"", "a/b", "sp ace", "tab\t", "ü", long_name, "x*"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ndshm_segment_params_t p = params(bad[i], 4);
+        ndshm_segment_t *s = (ndshm_segment_t *)1;
+        CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EINVAL);
+        CHECK(s == NULL);
+        CHECK_DETAIL("segment name");
+        CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, bad[i], dir, 0, &s), NDSHM_EINVAL);
+        CHECK_RC(ndshm_unlink(bad[i], dir), NDSHM_EINVAL);
+    }
+    ndshm_segment_t *s;
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, NULL, dir, 0, &s), NDSHM_EINVAL);
+    long_name[200] = 0; /* exactly 200 is fine */
+    ndshm_segment_params_t p = params(long_name, 1);
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_close(s);
+    CHECK(access(path_of(long_name), F_OK) != 0);
+}
+
+TEST(create_attach_roundtrip) {
+    const char *name = uname_();
+    ndshm_segment_params_t p = params(name, 1000);
+    p.meta = "hello";
+    p.meta_len = 5;
+    ndshm_segment_t *a = NULL, *b = NULL, *c = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &a), 0);
+    ndshm_segment_info_t ia, ib;
+    CHECK_RC(ndshm_segment_info(a, &ia), 0);
+    CHECK(ia.data % 4096 == 0 && ia.data_offset >= NDSHM__HDR_FIXED && ia.data_size == 8000);
+    CHECK(ia.creator == 1 && ia.creator_pid == getpid() && ia.fd >= 0 && strcmp(ia.name, name) == 0);
+    ((double *)ia.data)[999] = 42.5;
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &b), 0);
+    CHECK_RC(ndshm_segment_info(b, &ib), 0);
+    CHECK(ib.creator == 0 && ib.data != ia.data && ((double *)ib.data)[999] == 42.5);
+    CHECK(ib.meta_len == 5 && memcmp(ib.meta, "hello", 5) == 0);
+    CHECK(strcmp(ib.layout.typestr, "<f8") == 0 && ib.layout.shape[0] == 1000 && ib.dev == ia.dev && ib.ino == ia.ino);
+    void *slot = NULL;
+    CHECK_RC(ndshm_segment_sync(b, 3, &slot), 0);
+    CHECK(slot != NULL && (uintptr_t)slot % 64 == 0 && ((char *)slot)[0] == 0);
+    CHECK_RC(ndshm_segment_sync(b, NDSHM_SEG_SYNC_SLOTS, &slot), NDSHM_EINVAL);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, NDSHM_SEG_READONLY, &c), 0);
+    CHECK_RC(ndshm_segment_sync(c, 0, &slot), NDSHM_EPERM);
+    ndshm_segment_info_t ic;
+    ndshm_segment_info(c, &ic);
+    CHECK((ic.flags & NDSHM_SEG_READONLY) && ((double *)ic.data)[999] == 42.5);
+    ndshm_segment_t *d = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &d), NDSHM_EEXIST); /* exclusive */
+    CHECK_DETAIL(name);
+    ndshm_segment_close(c);
+    ndshm_segment_close(b);
+    ndshm_segment_close(a); /* creator, not persistent: removes the name */
+    CHECK(access(path_of(name), F_OK) != 0);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &b), NDSHM_ENOENT);
+    CHECK_DETAIL(name);
+}
+
+TEST(overflowing_and_invalid_layouts) {
+    ndshm_segment_t *s = NULL;
+    ndshm_segment_params_t p = params(uname_(), INT64_MAX / 2);
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EOVERFLOW);
+    CHECK_DETAIL("shape[0]");
+    p = params(uname_(), 4);
+    p.layout.ndim = 2;
+    p.layout.shape[0] = INT64_MAX;
+    p.layout.shape[1] = INT64_MAX;
+    p.layout.strides[0] = 8;
+    p.layout.strides[1] = 8;
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EOVERFLOW);
+    p = params(uname_(), -3);
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EINVAL);
+    CHECK_DETAIL("-3");
+    p = params(uname_(), 4);
+    p.layout.ndim = 33;
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EINVAL);
+    CHECK_DETAIL("33");
+    p = params(uname_(), 4);
+    p.layout.strides[0] = -8;
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EINVAL);
+    p = params(uname_(), 4);
+    memset(p.layout.typestr, 'x', sizeof p.layout.typestr);
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EINVAL);
+    p = params(uname_(), 4);
+    p.alignment = 48;
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EINVAL);
+    CHECK_DETAIL("48");
+    p = params(uname_(), 4);
+    p.meta_len = NDSHM_META_MAX + 1;
+    p.meta = "x";
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EINVAL);
+    p = params(uname_(), 4);
+    p.kind = 9;
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EINVAL);
+    p = params(uname_(), 4);
+    p.flags = NDSHM_SEG_READONLY;
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EINVAL);
+    CHECK(s == NULL);
+    /* zero-size arrays are fine */
+    p = params(uname_(), 0);
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_info_t i;
+    ndshm_segment_info(s, &i);
+    CHECK(i.data_size == 0);
+    ndshm_segment_close(s);
+}
+
+static void write_file(const char *path, const void *data, size_t n) {
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) return;
+    if (write(fd, data, n) != (ssize_t)n) perror("write");
+    close(fd);
+}
+
+TEST(hostile_headers_never_crash) {
+    const char *name = uname_();
+    ndshm_segment_params_t p = params(name, 16);
+    p.flags = NDSHM_SEG_PERSIST;
+    p.descr = "[('a', '<f8')]";
+    p.descr_len = strlen(p.descr);
+    ndshm_segment_t *s = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_info_t info;
+    ndshm_segment_info(s, &info);
+    size_t total = (size_t)info.segment_size;
+    unsigned char *good = malloc(total), *bad = malloc(total);
+    memcpy(good, (void *)(info.data - info.data_offset), total);
+    ndshm_segment_close(s);
+    CHECK_RC(ndshm__header_validate(good, total, total, NULL), 0);
+    size_t hsize = NDSHM__HDR_FIXED + p.descr_len;
+    int refused = 0;
+    for (size_t i = 0; i < hsize; i++) {
+        for (int bit = 0; bit < 8; bit += 3) {
+            memcpy(bad, good, total);
+            bad[i] ^= (unsigned char)(1u << bit);
+            int rc = ndshm__header_validate(bad, total, total, NULL);
+            int in_sync = i >= NDSHM__HDR_SYNC_OFFSET && i < NDSHM__HDR_SYNC_OFFSET + 256;
+            if (!in_sync && rc == 0) fprintf(stderr, "  byte %zu bit %d accepted\n", i, bit);
+            CHECK(in_sync ? rc == 0 : rc != 0);
+            refused += rc != 0;
+        }
+    }
+    CHECK(refused > 0);
+    /* through the file system: a flipped byte, a truncation, a random file */
+    memcpy(bad, good, total);
+    bad[40] ^= 0x40; /* data_size */
+    write_file(path_of(name), bad, total);
+    ndshm_segment_t *t = NULL;
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), NDSHM_ECORRUPT);
+    CHECK_DETAIL("checksum");
+    /* consistent checksum, but data_size beyond the file */
+    memcpy(bad, good, total);
+    ((uint64_t *)bad)[5] = (uint64_t)1 << 40;
+    ndshm__header_reseal(bad, total);
+    write_file(path_of(name), bad, total);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), NDSHM_ECORRUPT);
+    CHECK_DETAIL("data_size");
+    write_file(path_of(name), good, total - 1);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), NDSHM_ECORRUPT);
+    write_file(path_of(name), good, 100);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), NDSHM_ECORRUPT);
+    srand(7);
+    for (size_t i = 0; i < total; i++) bad[i] = (unsigned char)rand();
+    write_file(path_of(name), bad, 4096);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), NDSHM_ECORRUPT);
+    CHECK_DETAIL("magic");
+    int used = -1;
+    CHECK_RC(ndshm_segment_probe(NDSHM_KIND_NAMED, name, dir, &info, &used), NDSHM_ECORRUPT);
+    CHECK(used == 0);
+    /* blank file nobody holds: a dead creator, refused at once */
+    memset(bad, 0, total);
+    write_file(path_of(name), bad, 0);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), NDSHM_ECORRUPT);
+    CHECK_DETAIL("never fully initialised");
+    CHECK(t == NULL);
+    unlink(path_of(name));
+    free(good);
+    free(bad);
+}
+
+TEST(initialising_segment_waits_then_busy) {
+    const char *name = uname_();
+    int fd = open(path_of(name), O_RDWR | O_CREAT | O_EXCL, 0600);
+    CHECK(fd >= 0 && flock(fd, LOCK_SH) == 0 && ftruncate(fd, 8192) == 0);
+    ndshm_segment_t *t = NULL;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), NDSHM_EBUSY);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    CHECK(waited > 1.5 && waited < 10);
+    CHECK_DETAIL("still being initialised");
+    int used = 0;
+    ndshm_segment_info_t info;
+    CHECK_RC(ndshm_segment_probe(NDSHM_KIND_NAMED, name, dir, &info, &used), NDSHM_EBUSY);
+    CHECK(used == 1);
+    close(fd);
+    unlink(path_of(name));
+}
+
+TEST(probe_tells_liveness_and_persist_survives) {
+    const char *name = uname_();
+    ndshm_segment_params_t p = params(name, 10);
+    p.flags = NDSHM_SEG_PERSIST;
+    ndshm_segment_t *s = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_info_t info;
+    int used = 0;
+    CHECK_RC(ndshm_segment_probe(NDSHM_KIND_NAMED, name, dir, &info, &used), 0);
+    CHECK(used == 1 && (info.flags & NDSHM_SEG_PERSIST) && info.creator_pid == getpid() && info.data == 0);
+    ndshm_segment_close(s);
+    CHECK_RC(ndshm_segment_probe(NDSHM_KIND_NAMED, name, dir, &info, &used), 0);
+    CHECK(used == 0);
+    CHECK_RC(ndshm_unlink(name, dir), 0);
+    CHECK_RC(ndshm_unlink(name, dir), NDSHM_ENOENT);
+    CHECK_RC(ndshm_segment_probe(NDSHM_KIND_NAMED, name, dir, &info, &used), NDSHM_ENOENT);
+}
+
+TEST(close_never_removes_a_recreated_name) {
+    const char *name = uname_();
+    ndshm_segment_params_t p = params(name, 10);
+    ndshm_segment_t *a = NULL, *b = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &a), 0);
+    CHECK_RC(ndshm_unlink(name, dir), 0);
+    CHECK_RC(ndshm_segment_create(&p, &b), 0);
+    ndshm_segment_close(a);
+    CHECK(access(path_of(name), F_OK) == 0);
+    CHECK_RC(ndshm_segment_unlink(b), 0);
+    CHECK_RC(ndshm_segment_unlink(b), NDSHM_ENOENT);
+    ndshm_segment_close(b);
+}
+
+TEST(anonymous_shared_with_fork) {
+    ndshm_segment_params_t p = params(NULL, 4);
+    p.kind = NDSHM_KIND_ANONYMOUS;
+    ndshm_segment_t *s = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_info_t i;
+    ndshm_segment_info(s, &i);
+    CHECK(i.fd == -1 && i.name[0] == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        ((double *)i.data)[2] = 7.0;
+        _exit(0);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(((double *)i.data)[2] == 7.0);
+    CHECK_RC(ndshm_segment_unlink(s), NDSHM_EINVAL);
+    ndshm_segment_close(s);
+}
+
+TEST(memfd_passed_over_a_socket) {
+    ndshm_segment_params_t p = params(NULL, 4);
+    p.kind = NDSHM_KIND_MEMFD;
+    ndshm_segment_t *s = NULL, *t = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_info_t i, j;
+    ndshm_segment_info(s, &i);
+    ((double *)i.data)[1] = 3.5;
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    CHECK_RC(ndshm_send_fd(sv[0], i.fd), 0);
+    int fd = -1;
+    CHECK_RC(ndshm_recv_fd(sv[1], &fd), 0);
+    CHECK(fd >= 0 && fd != i.fd);
+    CHECK_RC(ndshm_segment_attach_fd(fd, 0, &t), 0);
+    ndshm_segment_info(t, &j);
+    CHECK(j.data != i.data && ((double *)j.data)[1] == 3.5 && j.kind == NDSHM_KIND_MEMFD);
+    close(fd);
+    ndshm_segment_close(t);
+    ndshm_segment_close(s);
+    close(sv[0]);
+    close(sv[1]);
+    CHECK_RC(ndshm_send_fd(-1, 0), NDSHM_EINVAL);
+    CHECK_RC(ndshm_segment_attach_fd(-1, 0, &t), NDSHM_EINVAL);
+}
+
+TEST(hugepages_without_reservation) {
+    FILE *f = fopen("/proc/sys/vm/nr_hugepages", "r");
+    long n = -1;
+    if (f) {
+        if (fscanf(f, "%ld", &n) != 1) n = -1;
+        fclose(f);
+    }
+    if (n != 0) return; /* only meaningful where none are reserved */
+    ndshm_segment_params_t p = params(NULL, 4);
+    p.kind = NDSHM_KIND_MEMFD;
+    p.flags = NDSHM_SEG_HUGEPAGES;
+    ndshm_segment_t *s = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_ENOTSUP);
+    CHECK_DETAIL("/proc/sys/vm/nr_hugepages");
+}
+
+TEST(raw_attach_and_file_kind) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/raw-%d", dir, (int)getpid());
+    char data[100] = "raw bytes";
+    write_file(path, data, sizeof data);
+    ndshm_segment_t *s = NULL;
+    CHECK_RC(ndshm_segment_attach_raw(path, NDSHM_SEG_READONLY, &s), 0);
+    ndshm_segment_info_t i;
+    ndshm_segment_info(s, &i);
+    CHECK(i.data_size == 100 && memcmp((void *)i.data, "raw bytes", 9) == 0);
+    void *slot;
+    CHECK_RC(ndshm_segment_sync(s, 0, &slot), NDSHM_EINVAL);
+    ndshm_segment_close(s);
+    CHECK(access(path, F_OK) == 0);
+    write_file(path, data, 0);
+    CHECK_RC(ndshm_segment_attach_raw(path, 0, &s), NDSHM_EINVAL);
+    CHECK_DETAIL("empty");
+    unlink(path);
+    CHECK_RC(ndshm_segment_attach_raw(path, 0, &s), NDSHM_ENOENT);
+    /* a self-describing file at any path */
+    ndshm_segment_params_t p = params(path, 3);
+    p.kind = NDSHM_KIND_FILE;
+    p.flags = NDSHM_SEG_PERSIST;
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_close(s);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_FILE, path, NULL, 0, &s), 0);
+    ndshm_segment_info(s, &i);
+    CHECK(i.layout.shape[0] == 3 && i.kind == NDSHM_KIND_FILE);
+    ndshm_segment_close(s);
+    unlink(path);
+}
+
+TEST(nothing_leaks) {
+    ndshm_stats_t before = stats();
+    int fds_before = 0;
+    for (int fd = 0; fd < 1024; fd++) fds_before += fcntl(fd, F_GETFD) != -1;
+    for (int k = 0; k < 200; k++) {
+        const char *name = uname_();
+        ndshm_segment_params_t p = params(name, 100);
+        ndshm_segment_t *a = NULL, *b = NULL;
+        CHECK_RC(ndshm_segment_create(&p, &a), 0);
+        CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &b), 0);
+        ndshm_segment_close(b);
+        ndshm_segment_close(a);
+    }
+    ndshm_stats_t after = stats();
+    int fds_after = 0;
+    for (int fd = 0; fd < 1024; fd++) fds_after += fcntl(fd, F_GETFD) != -1;
+    CHECK(after.live_segments == before.live_segments && after.live_mappings == before.live_mappings &&
+          after.mapped_bytes == before.mapped_bytes);
+    CHECK(fds_after == fds_before);
+}
+
+int main(void) {
+    snprintf(dir, sizeof dir, "/dev/shm/ndshm-ctest-%d", (int)getpid());
+    if (mkdir(dir, 0700) != 0) {
+        perror(dir);
+        return 1;
+    }
+    RUN(bad_names_are_refused_by_value);
+    RUN(create_attach_roundtrip);
+    RUN(overflowing_and_invalid_layouts);
+    RUN(hostile_headers_never_crash);
+    RUN(initialising_segment_waits_then_busy);
+    RUN(probe_tells_liveness_and_persist_survives);
+    RUN(close_never_removes_a_recreated_name);
+    RUN(anonymous_shared_with_fork);
+    RUN(memfd_passed_over_a_socket);
+    RUN(hugepages_without_reservation);
+    RUN(raw_attach_and_file_kind);
+    RUN(nothing_leaks);
+    if (rmdir(dir) != 0) {
+        perror(dir);
+        th_failed++;
+    }
+    return SUMMARY();
+}
