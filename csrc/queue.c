@@ -568,7 +568,8 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
             char ts[NDSHM_TYPESTR_MAX];
             memcpy(ts, s->typestr, sizeof ts);
             ts[NDSHM_TYPESTR_MAX - 1] = '\0';
-            if (pk && !(raw & SKIP) && (nbytes > pk->max_bytes || (pk->typestr && strcmp(ts, pk->typestr) != 0))) {
+            if (pk && !(raw & SKIP) &&
+                (nbytes > pk->max_bytes || ndim != 1 || (pk->typestr && strcmp(ts, pk->typestr) != 0))) {
                 if (atomic_load(&r->head) == pos) return PEEK_STOP;
                 continue;
             }

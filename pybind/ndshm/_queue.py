@@ -1,0 +1,502 @@
+"""A shared-memory queue of NumPy arrays between processes: :class:`Queue`.
+
+The ring lives in one named segment (see ``docs/queue.md`` for the fault guarantees). Every
+message carries its own dtype and shape. ``put``/``get`` copy once on each side; ``loan`` and
+``receive`` work in place in the slot (zero copy).
+
+Views handed out by ``loan`` and ``receive`` are only valid inside their ``with`` block. On exit
+the array object itself is turned into an empty array (shape ``(0,)``, no memory of the ring), so
+using it afterwards never reads or writes a recycled slot: indexing it raises ``IndexError``. On
+CPython a ``receive`` slot is not handed back to producers while views derived from the array
+inside the block (``view[2:]``, ``view.view(...)``) are still alive: it is released when the last
+of them goes. On PyPy (no reference counts) the slot is released on exit and such derived views
+must not be used after the block.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import uuid
+import weakref
+from typing import Any, Iterable, List, Optional
+
+import numpy as np
+
+from . import _dtype
+from ._errors import ClosedError, CorruptSegmentError, Empty, Full, error_from_code
+from ._lib import ffi, lib
+
+__all__ = ["Queue"]
+
+_ETIMEDOUT, _EEMPTY, _EFULL = lib.NDSHM_ETIMEDOUT, lib.NDSHM_EEMPTY, lib.NDSHM_EFULL
+_PERSIST, _POPULATE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE
+_TYPESTR_MAX, _MAXDIM = lib.NDSHM_TYPESTR_MAX, lib.NDSHM_MAXDIM
+_put, _take, _release, _release_copy = lib.ndshm_queue_put, lib.ndshm_queue_take, lib.ndshm_queue_release, \
+    lib.ndshm_queue_release_copy
+_loan, _publish, _discard = lib.ndshm_queue_loan, lib.ndshm_queue_publish, lib.ndshm_queue_discard
+_put_many, _get_many, _size = lib.ndshm_queue_put_many, lib.ndshm_queue_get_many, lib.ndshm_queue_size
+_close = lib.ndshm_queue_close
+_U1 = np.dtype(np.uint8)
+_PYPY = sys.implementation.name == "pypy"
+_SLICE = 0.25  # a wait "forever" returns to Python this often, so Ctrl-C works
+
+_tls = threading.local()
+
+
+def _msg() -> Any:
+    try:
+        return _tls.msg
+    except AttributeError:
+        _tls.msg = m = ffi.new("ndshm_qmsg_t *")
+        return m
+
+
+_TS_BYTES: dict = {}   # dtype -> typestr bytes
+_TS_DTYPE: dict = {}   # typestr bytes -> dtype
+
+
+def _typestr_bytes(dt: np.dtype) -> bytes:
+    try:
+        return _TS_BYTES[dt]
+    except KeyError:
+        b = _dtype.typestr_of(dt).encode()
+        if len(b) >= _TYPESTR_MAX:
+            raise ValueError(f"dtype {dt} has a typestr {b!r} longer than {_TYPESTR_MAX - 1} bytes")
+        if len(_TS_BYTES) < 1024:
+            _TS_BYTES[dt] = b
+        return b
+
+
+def _dtype_of(ts: bytes) -> np.dtype:
+    try:
+        return _TS_DTYPE[ts]
+    except KeyError:
+        try:
+            dt = np.dtype(ts.decode("ascii"))
+        except (TypeError, ValueError, UnicodeDecodeError):
+            raise CorruptSegmentError(f"queue message has an unknown typestr {ts!r}") from None
+        if len(_TS_DTYPE) < 1024:
+            _TS_DTYPE[ts] = dt
+        return dt
+
+
+def _timeout(block: bool, timeout: Optional[float]) -> float:
+    if not block:
+        return 0.0
+    if timeout is None:
+        return -1.0
+    t = float(timeout)
+    if t < 0:
+        raise ValueError(f"timeout {timeout!r} must be a non-negative number")
+    return t
+
+
+def _neuter(arr: np.ndarray, dt: np.dtype) -> None:
+    """Turn ``arr`` into an empty array that owns no memory of the ring."""
+    try:
+        arr.__setstate__((1, (0,), dt if dt.itemsize else _U1, False, b""))
+    except Exception:  # pragma: no cover - an exotic dtype: fall back to raw bytes
+        arr.__setstate__((1, (0,), _U1, False, b""))
+
+
+def _unlink_if(name: str, dir: Optional[str], pid: int) -> None:
+    if os.getpid() == pid:
+        lib.ndshm_unlink(name.encode(), dir.encode() if dir else ffi.NULL)
+
+
+def _attach(name: str, dir: Optional[str], shape: Any, dtype: Any) -> "Queue":
+    return Queue(name, dir=dir, create=False, shape=shape, dtype=dtype)
+
+
+class _Slot:
+    """The ``__array_interface__`` provider of one loaned or received slot."""
+
+    __slots__ = ("__array_interface__", "queue", "__weakref__")
+
+    def __init__(self, queue: "Queue", iface: dict) -> None:
+        self.queue = queue
+        self.__array_interface__ = iface
+
+
+def _release_later(handle: Any, msg: Any) -> None:
+    _release(handle, msg)
+
+
+class _Receive:
+    __slots__ = ("_q", "_timeout", "_msg", "_arr", "_slot", "_dt")
+
+    def __init__(self, q: "Queue", timeout: float) -> None:
+        self._q, self._timeout, self._arr = q, timeout, None
+
+    def __enter__(self) -> np.ndarray:
+        q = self._q
+        h = q._live()
+        m = self._msg = ffi.new("ndshm_qmsg_t *")
+        q._wait(_take, h, self._timeout, m, empty=True)
+        try:
+            dt, shape = q._describe(m)
+            slot = _Slot(q, {"version": 3, "data": (int(ffi.cast("uintptr_t", m.data)), True), "shape": shape,
+                             "typestr": dt.str if dt.names is None else f"|V{dt.itemsize}", "strides": None})
+            arr = np.asarray(slot)
+            if arr.dtype != dt:
+                arr = arr.view(dt)
+        except BaseException:
+            _release(h, m)
+            raise
+        self._slot, self._arr, self._dt = slot, arr, dt
+        return arr
+
+    def __exit__(self, *exc: object) -> None:
+        arr, slot, m = self._arr, self._slot, self._msg
+        self._arr = self._slot = None
+        if arr is None:
+            return
+        _neuter(arr, self._dt)
+        del arr
+        h = self._q._handle
+        # CPython: references to `slot` beyond ours and getrefcount's own are derived views.
+        if not _PYPY and sys.getrefcount(slot) > 2:
+            weakref.finalize(slot, _release_later, h, m)
+        else:
+            _release(h, m)
+
+
+class _Loan:
+    __slots__ = ("_q", "_shape", "_dt", "_timeout", "_msg", "_arr")
+
+    def __init__(self, q: "Queue", shape: Any, dtype: Any, timeout: float) -> None:
+        if dtype is None:
+            if q._dtype is None:
+                raise TypeError("loan() needs a dtype on an untyped queue")
+            dtype = q._dtype
+        if shape is None:
+            if q._shape is None:
+                raise TypeError("loan() needs a shape on an untyped queue")
+            shape = q._shape
+        self._shape, self._dt = _dtype.normalize(shape, dtype)
+        self._q, self._timeout, self._arr = q, timeout, None
+
+    def __enter__(self) -> np.ndarray:
+        q, dims, dt = self._q, self._shape, self._dt
+        h = q._live()
+        nbytes = _dtype.nbytes_of(dims, dt)
+        ts = _typestr_bytes(dt)
+        if nbytes > q.slot_bytes:
+            raise error_from_code(q._toobig(nbytes, dims, dt))
+        m = self._msg = ffi.new("ndshm_qmsg_t *")
+        q._wait(_loan, h, nbytes, self._timeout, m, empty=False)
+        m.typestr = ts
+        m.ndim = len(dims)
+        for i, d in enumerate(dims):
+            m.shape[i] = d
+        slot = _Slot(q, {"version": 3, "data": (int(ffi.cast("uintptr_t", m.data)), False), "shape": dims,
+                         "typestr": ts.decode(), "strides": None})
+        arr = np.asarray(slot)
+        if arr.dtype != dt:
+            arr = arr.view(dt)
+        self._arr = arr
+        return arr
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        arr, m = self._arr, self._msg
+        self._arr = None
+        if arr is None:
+            return
+        _neuter(arr, self._dt)
+        del arr
+        h = self._q._handle
+        if exc_type is None:
+            rc = _publish(h, m)
+        else:
+            rc = _discard(h, m)
+        if rc:
+            raise error_from_code(rc)
+
+
+class Queue:
+    """A bounded multi-producer multi-consumer queue of NumPy arrays in shared memory.
+
+    ``Queue(name=None, *, slots=16, slot_bytes=1 MiB, shape=None, dtype=None, dir=None,
+    create=True, persist=False, mode=0o600, populate=False)``
+
+    ``slots`` is rounded up to a power of two. A typed queue (``shape`` and ``dtype``) sizes its
+    slots for exactly that array and makes it the default of :meth:`loan`. ``create=False``
+    attaches to the existing queue ``name`` (as :meth:`attach` does). The creator removes the
+    name on :meth:`close` (or when it is collected, or at exit) unless ``persist``; attached
+    handles keep working. Pickles by reference (its name), so it can go to ``Process(args=...)``
+    and pool initializers under both fork and spawn.
+    """
+
+    __slots__ = ("_handle", "_lib", "name", "dir", "slots", "slot_bytes", "_shape", "_dtype", "ring_address",
+                 "ring_bytes", "_closed", "_creator", "_finalizer", "__weakref__")
+
+    def __init__(self, name: Optional[str] = None, *, slots: int = 16, slot_bytes: int = 1 << 20,
+                 shape: Any = None, dtype: Any = None, dir: Optional[str] = None, create: bool = True,
+                 persist: bool = False, mode: int = 0o600, populate: bool = False) -> None:
+        self._shape = self._dtype = None
+        if shape is not None or dtype is not None:
+            if shape is None or dtype is None:
+                raise TypeError("a typed queue needs both shape= and dtype=")
+            dims, dt = _dtype.normalize(shape, dtype)
+            self._shape, self._dtype = dims, dt
+            _typestr_bytes(dt)
+            slot_bytes = _dtype.nbytes_of(dims, dt)
+        out = ffi.new("ndshm_queue_t **")
+        dir_c = os.fsencode(dir) if dir else ffi.NULL
+        self._finalizer = None
+        if create:
+            if name is None:
+                name = f"q-{os.getpid()}-{uuid.uuid4().hex[:16]}"
+            n = int(slots)
+            if n < 1:
+                raise ValueError(f"slots {slots!r} must be at least 1")
+            n = 1 << (n - 1).bit_length()
+            if int(slot_bytes) < 0:
+                raise ValueError(f"slot_bytes {slot_bytes!r} must not be negative")
+            rc = lib.ndshm_queue_create(name.encode(), dir_c, n, int(slot_bytes), mode,
+                                        _PERSIST | (_POPULATE if populate else 0), out)
+            if rc:
+                raise error_from_code(rc, name)
+            if not persist:
+                self._finalizer = weakref.finalize(self, _unlink_if, name, dir, os.getpid())
+        else:
+            if name is None:
+                raise ValueError("attaching needs the queue's name")
+            rc = lib.ndshm_queue_attach(name.encode(), dir_c, out)
+            if rc:
+                raise error_from_code(rc, name)
+        self._handle = ffi.gc(out[0], _close)
+        self._lib = lib
+        self._closed = False
+        self._creator = bool(create)
+        self.name, self.dir = name, dir
+        info = ffi.new("ndshm_queue_info_t *")
+        lib.ndshm_queue_info(self._handle, info)
+        self.slots, self.slot_bytes = int(info.slots), int(info.slot_bytes)
+        self.ring_address, self.ring_bytes = int(info.ring), int(info.ring_bytes)
+
+    @classmethod
+    def attach(cls, name: str, *, dir: Optional[str] = None, shape: Any = None, dtype: Any = None) -> "Queue":
+        """Attach to the existing queue ``name``."""
+        return cls(name, dir=dir, create=False, shape=shape, dtype=dtype)
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _live(self) -> Any:
+        if self._closed:
+            raise ClosedError(f"queue {self.name!r} is closed")
+        return self._handle
+
+    def _toobig(self, nbytes: int, dims: tuple, dt: np.dtype) -> int:
+        return lib.ndshm_queue_loan(self._handle, nbytes, 0.0, _msg())  # sets ETOOBIG naming both sizes
+
+    def _wait(self, fn: Any, *args: Any, empty: bool) -> None:
+        """Call ``fn(*args)`` whose timeout is args[-2]; waits forever in slices."""
+        timeout = args[-2]
+        if timeout < 0:
+            args = args[:-2] + (_SLICE, args[-1])
+            while True:
+                rc = fn(*args)
+                if rc != _ETIMEDOUT:
+                    break
+        else:
+            rc = fn(*args)
+        if rc:
+            self._raise(rc, empty)
+
+    def _raise(self, rc: int, empty: bool) -> None:
+        if rc == _ETIMEDOUT:
+            exc = (Empty if empty else Full)(ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace"))
+            exc.code, exc.errname = rc, "NDSHM_ETIMEDOUT"
+            raise exc
+        raise error_from_code(rc)
+
+    def _describe(self, m: Any) -> tuple:
+        dt = _dtype_of(ffi.string(m.typestr))
+        ndim = m.ndim
+        shape = tuple(m.shape[0:ndim]) if ndim else ()
+        sdt = self._dtype
+        if sdt is not None and sdt.names is not None and dt.kind == "V" and dt.itemsize == sdt.itemsize:
+            dt = sdt
+        n = dt.itemsize
+        for d in shape:
+            n *= d
+        if n != m.nbytes:
+            raise CorruptSegmentError(f"queue message of shape {shape} and dtype {dt} should have {n} bytes, "
+                                      f"not {m.nbytes}")
+        return dt, shape
+
+    # ---- the queue API ---------------------------------------------------------------------
+
+    def put(self, arr: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        """Copy array ``arr`` into a free slot (waiting up to ``timeout`` seconds; ``None``: for ever).
+        Raises :class:`Full` on timeout and :class:`MessageTooBigError` if it exceeds a slot."""
+        h = self._live()
+        a = arr if arr.__class__ is np.ndarray else np.asarray(arr)
+        sdt = self._dtype
+        if sdt is not None and a.dtype != sdt:
+            a = a.astype(sdt)
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        dt = a.dtype
+        ts = _typestr_bytes(dt)
+        try:
+            ptr = ffi.from_buffer(a)
+        except (TypeError, ValueError, BufferError):  # dtypes without a buffer format (datetime64, ...)
+            ptr = ffi.cast("void *", a.__array_interface__["data"][0])
+        t = _timeout(block, timeout)
+        if t < 0:
+            rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, _SLICE)
+            while rc == _ETIMEDOUT:
+                rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, _SLICE)
+        else:
+            rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, t)
+        if rc:
+            self._raise(rc, False)
+
+    def put_nowait(self, arr: Any) -> None:
+        self.put(arr, False)
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> np.ndarray:
+        """Take the oldest message and return a copy of it as a fresh array.
+        Raises :class:`Empty` on timeout."""
+        h = self._live()
+        m = _msg()
+        self._wait(_take, h, _timeout(block, timeout), m, empty=True)
+        try:
+            dt, shape = self._describe(m)
+            raw = np.empty(m.nbytes, _U1)
+        except BaseException:
+            _release(h, m)
+            raise
+        _release_copy(h, m, ffi.from_buffer(raw))
+        out = raw.view(dt) if dt.itemsize else np.empty(shape, dt)
+        return out.reshape(shape)
+
+    def get_nowait(self) -> np.ndarray:
+        return self.get(False)
+
+    def loan(self, shape: Any = None, dtype: Any = None, timeout: Optional[float] = None) -> _Loan:
+        """``with q.loan(shape, dtype) as out:`` fill ``out`` in place (zero copy); it is published
+        on a normal exit and discarded if the block raises. ``out`` is empty after the block."""
+        self._live()
+        return _Loan(self, shape, dtype, _timeout(True, timeout))
+
+    def receive(self, timeout: Optional[float] = None) -> _Receive:
+        """``with q.receive() as view:`` read the oldest message in place (read-only, zero copy); the
+        slot goes back to producers after the block, when ``view`` becomes an empty array."""
+        self._live()
+        return _Receive(self, _timeout(True, timeout))
+
+    def put_many(self, arrays: Iterable[Any], timeout: Optional[float] = None) -> None:
+        """Put every array (in order). 1-D arrays of one dtype go through one C call per batch."""
+        h = self._live()
+        arrs = [a if a.__class__ is np.ndarray else np.asarray(a) for a in arrays]
+        if not arrs:
+            return
+        dt = arrs[0].dtype
+        if self._dtype is not None or dt.itemsize == 0 or any(a.ndim != 1 or a.dtype != dt for a in arrs):
+            for a in arrs:
+                self.put(a, timeout=timeout)
+            return
+        ts = _typestr_bytes(dt)
+        data = np.concatenate(arrs) if len(arrs) > 1 else np.ascontiguousarray(arrs[0])
+        if data.dtype != dt:
+            data = data.astype(dt)
+        sizes = np.fromiter((a.nbytes for a in arrs), np.uint64, len(arrs))
+        offsets = np.zeros(len(arrs) + 1, np.uint64)
+        np.cumsum(sizes, out=offsets[1:])
+        big = int(sizes.max())
+        if big > self.slot_bytes:
+            i = int(np.argmax(sizes))
+            self.put(arrs[i], timeout=0)  # raises MessageTooBigError naming both sizes
+        try:
+            dptr = ffi.from_buffer(data)
+        except (TypeError, ValueError, BufferError):
+            dptr = ffi.cast("void *", data.__array_interface__["data"][0])
+        optr = ffi.cast("uint64_t *", offsets.__array_interface__["data"][0])
+        done = ffi.new("uint64_t *")
+        t = _timeout(True, timeout)
+        start, count = 0, len(arrs)
+        while start < count:
+            rc = _put_many(h, dptr, optr + start, count - start, ts, dt.itemsize, _SLICE if t < 0 else t, done)
+            if rc == _ETIMEDOUT and t < 0:
+                continue
+            if rc:
+                self._raise(rc, False)
+            start += done[0]
+
+    def get_many(self, max_messages: int = 64, timeout: Optional[float] = None) -> List[np.ndarray]:
+        """Wait up to ``timeout`` for one message, then take up to ``max_messages`` in all without
+        waiting; returns them as a list of fresh arrays (1-D batches are copied in one C call)."""
+        first = self.get(True, timeout)
+        out = [first]
+        if max_messages <= 1:
+            return out
+        h = self._handle
+        more = int(max_messages) - 1
+        cap = max(self.slot_bytes, min(more * self.slot_bytes, 4 << 20))
+        buf = np.empty(cap, _U1)
+        offsets = np.empty(more + 1, np.uint64)
+        ts = ffi.new("char[]", _TYPESTR_MAX)
+        count = ffi.new("uint64_t *")
+        rc = _get_many(h, ffi.from_buffer(buf), cap, ffi.cast("uint64_t *", offsets.__array_interface__["data"][0]),
+                       more, ts, 0.0, count)
+        n = count[0]
+        if rc and n == 0:
+            return out
+        dt = _dtype_of(ffi.string(ts))
+        offs = offsets[: n + 1].tolist()
+        for i in range(n):
+            out.append(buf[offs[i]:offs[i + 1]].view(dt))
+        return out
+
+    def qsize(self) -> int:
+        """Messages in the queue (published or being written); approximate under concurrency."""
+        return int(_size(self._live()))
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return self.qsize() >= self.slots
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """End this handle's use; the creator's name is removed (unless ``persist``). Memory is
+        unmapped when the last view of a slot is gone."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def unlink(self) -> None:
+        """Remove the queue's name now (attached handles keep working)."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        rc = lib.ndshm_unlink(self.name.encode(), os.fsencode(self.dir) if self.dir else ffi.NULL)
+        if rc:
+            raise error_from_code(rc, self.name)
+
+    def __enter__(self) -> "Queue":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self):
+        return (_attach, (self.name, self.dir, self._shape, self._dtype))
+
+    def __len__(self) -> int:
+        return self.qsize()
+
+    def __repr__(self) -> str:
+        state = "closed " if self._closed else ""
+        typed = f" shape={self._shape} dtype={self._dtype}" if self._dtype is not None else ""
+        return f"<ndshm.Queue {state}{self.name!r} slots={self.slots} slot_bytes={self.slot_bytes}{typed}>"
