@@ -404,8 +404,8 @@ NDSHM_API int ndshm_queue_put_many(ndshm_queue_t *q, const void *data, const uin
 
 /*! ndshm_queue_get_many() : takes up to `max` messages, copying them back to back into `dst`
  *  (`dst_bytes` long) and storing message i's byte offset in offsets[i] (offsets[count] = end);
- *  stops early at a message that does not fit or whose typestr differs from the first, which
- *  it leaves queued. The first typestr goes to `typestr` (NDSHM_TYPESTR_MAX bytes). Waits
+ *  stops early at a message that does not fit, is not 1-D, or whose typestr differs from the
+ *  first, which it leaves queued (NDSHM_ETOOBIG if that is the very first). The first typestr goes to `typestr` (NDSHM_TYPESTR_MAX bytes). Waits
  *  (timeout) only for the first. @return : 0 with *count >= 1, or as take. */
 NDSHM_API int ndshm_queue_get_many(ndshm_queue_t *q, void *dst, uint64_t dst_bytes, uint64_t *offsets,
                                    uint64_t max, char *typestr, double timeout, uint64_t *count);

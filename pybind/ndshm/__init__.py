@@ -39,3 +39,9 @@ from ._segment import list_segments as list  # noqa: E402,A001
 
 __all__ += ["Segment", "SegmentRecord", "SharedArray", "create", "attach", "attach_raw", "unlink", "exists", "list",
             "segment_of", "send_fd", "recv_fd"]
+
+# queue and process-shared synchronisation
+from ._queue import Queue  # noqa: E402
+from ._sync import Barrier, Event, Lock  # noqa: E402
+
+__all__ += ["Queue", "Lock", "Event", "Barrier"]

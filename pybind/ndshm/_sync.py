@@ -1,0 +1,248 @@
+"""Process-shared synchronisation in shared memory: :class:`Lock`, :class:`Event`, :class:`Barrier`.
+
+Each object lives in one 64-byte sync area of a segment header (whose all-zero state is valid):
+standalone (``Lock(name=None)`` makes a small named segment of its own, and pickles by that name)
+or inside an array's segment (``ndshm.segment_of(arr).lock``, ``.event``, ``.barrier(parties)``).
+
+The lock is robust: owners are processes (pid + start time). If the holder dies, the next
+acquirer gets the lock, ``acquire()`` returns True and ``lock.owner_died`` is True until the next
+acquire (the data it protects may be half-updated; check it). A barrier is broken
+(:class:`BrokenBarrierError` for every waiter) when a wait times out, which is how a dead party is
+noticed: give ``wait`` a timeout when a party may die.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from ._errors import BrokenBarrierError, NdshmPermissionError, check, error_from_code
+from ._lib import ffi, lib
+
+__all__ = ["Lock", "Event", "Barrier"]
+
+_EOWNERDEAD, _EBUSY, _ETIMEDOUT, _EBROKEN = lib.NDSHM_EOWNERDEAD, lib.NDSHM_EBUSY, lib.NDSHM_ETIMEDOUT, \
+    lib.NDSHM_EBROKEN
+_acquire, _lock_release, _lock_state = lib.ndshm_lock_acquire, lib.ndshm_lock_release, lib.ndshm_lock_state
+_ev_set, _ev_clear, _ev_is_set, _ev_wait = lib.ndshm_event_set, lib.ndshm_event_clear, lib.ndshm_event_is_set, \
+    lib.ndshm_event_wait
+_b_wait = lib.ndshm_barrier_wait
+_SLICE = 0.25  # waits "forever" come back to Python this often, so Ctrl-C works
+
+
+def _timeout(blocking: bool, timeout: Optional[float]) -> float:
+    if not blocking:
+        return 0.0
+    if timeout is None or timeout < 0:
+        return -1.0
+    return float(timeout)
+
+
+def _rebuild(cls: type, segment: Any, index: int, extra: tuple) -> Any:
+    return cls._in_segment(segment, index, *extra)
+
+
+class _Sync:
+    __slots__ = ("_segment", "_index", "_area", "address", "__weakref__")
+    _extra: tuple = ()
+
+    def _bind(self, segment: Any, index: int) -> None:
+        self._segment = segment  # keeps the mapping alive
+        self._index = index
+        self.address = segment.sync_address(index)
+        self._area = ffi.cast("void *", self.address)
+
+    def _standalone(self, name: Optional[str], dir: Optional[str], create: bool) -> None:
+        from ._segment import Segment
+        if create:
+            seg = Segment.create(name, shape=(0,), dtype=np.uint8, dir=dir)
+        else:
+            if name is None:
+                raise ValueError("attaching needs a name")
+            seg = Segment.attach(name, dir=dir)
+        self._bind(seg, 0)
+
+    @property
+    def segment(self) -> Any:
+        """The segment holding this object."""
+        return self._segment
+
+    @property
+    def name(self) -> Optional[str]:
+        return getattr(self._segment, "_name", None)
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self._segment, self._index, self._extra_args()))
+
+    def _extra_args(self) -> tuple:
+        return ()
+
+
+class Lock(_Sync):
+    """A robust process-shared lock (not recursive).
+
+    ``Lock(name=None, *, dir=None, create=True)``: a new lock in a segment of its own (named
+    ``name``, or a unique name); ``create=False`` attaches to an existing one."""
+
+    __slots__ = ("owner_died",)
+
+    def __init__(self, name: Optional[str] = None, *, dir: Optional[str] = None, create: bool = True) -> None:
+        self.owner_died = False
+        self._standalone(name, dir, create)
+
+    @classmethod
+    def _in_segment(cls, segment: Any, index: int) -> "Lock":
+        self = object.__new__(cls)
+        self.owner_died = False
+        self._bind(segment, index)
+        return self
+
+    def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
+        """Take the lock; True once held, False if ``blocking=False`` or ``timeout`` ran out. If the
+        previous owner died holding it, the lock is taken all the same and :attr:`owner_died` is
+        set to True (it is reset by the next successful acquire)."""
+        t = _timeout(blocking, timeout)
+        area = self._area
+        if t < 0:
+            rc = _acquire(area, _SLICE)
+            while rc == _ETIMEDOUT:
+                rc = _acquire(area, _SLICE)
+        else:
+            rc = _acquire(area, t)
+        if rc == 0:
+            self.owner_died = False
+            return True
+        if rc == _EOWNERDEAD:
+            self.owner_died = True
+            return True
+        if rc == _EBUSY or rc == _ETIMEDOUT:
+            return False
+        raise error_from_code(rc)
+
+    def release(self) -> None:
+        """Release the lock; :class:`NdshmPermissionError` if this process does not hold it."""
+        rc = _lock_release(self._area)
+        if rc:
+            raise error_from_code(rc)
+
+    def locked(self) -> bool:
+        return check(_lock_state(self._area)) != 0
+
+    def held_by_dead_owner(self) -> bool:
+        """True if the lock is held by a process that has died."""
+        return check(_lock_state(self._area)) == 3
+
+    def __enter__(self) -> "Lock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = ("unlocked", "locked by this process", "locked", "locked by a dead process")[_lock_state(self._area)]
+        return f"<ndshm.Lock {state} at 0x{self.address:x}>"
+
+
+class Event(_Sync):
+    """A process-shared event, like :class:`threading.Event`."""
+
+    __slots__ = ()
+
+    def __init__(self, name: Optional[str] = None, *, dir: Optional[str] = None, create: bool = True) -> None:
+        self._standalone(name, dir, create)
+
+    @classmethod
+    def _in_segment(cls, segment: Any, index: int) -> "Event":
+        self = object.__new__(cls)
+        self._bind(segment, index)
+        return self
+
+    def set(self) -> None:
+        _ev_set(self._area)
+
+    def clear(self) -> None:
+        _ev_clear(self._area)
+
+    def is_set(self) -> bool:
+        return _ev_is_set(self._area) == 1
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until set; False if ``timeout`` ran out first."""
+        t = _timeout(True, timeout)
+        area = self._area
+        if t < 0:
+            while _ev_wait(area, _SLICE) == _ETIMEDOUT:
+                pass
+            return True
+        return _ev_wait(area, t) == 0
+
+    def __repr__(self) -> str:
+        return f"<ndshm.Event {'set' if self.is_set() else 'unset'} at 0x{self.address:x}>"
+
+
+class Barrier(_Sync):
+    """A process-shared barrier for ``parties`` processes, like :class:`threading.Barrier`."""
+
+    __slots__ = ("parties", "_timeout")
+
+    def __init__(self, parties: int, name: Optional[str] = None, *, timeout: Optional[float] = None,
+                 dir: Optional[str] = None, create: bool = True) -> None:
+        self._setup(parties, timeout)
+        self._standalone(name, dir, create)
+
+    def _setup(self, parties: int, timeout: Optional[float]) -> None:
+        if not isinstance(parties, int) or not 1 <= parties <= 1 << 20:
+            raise ValueError(f"parties {parties!r} must be an int between 1 and {1 << 20}")
+        self.parties = parties
+        self._timeout = timeout
+
+    @classmethod
+    def _in_segment(cls, segment: Any, index: int, parties: int, timeout: Optional[float] = None) -> "Barrier":
+        self = object.__new__(cls)
+        self._setup(parties, timeout)
+        self._bind(segment, index)
+        return self
+
+    def _extra_args(self) -> tuple:
+        return (self.parties, self._timeout)
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Wait for all parties; returns this caller's arrival index (0 .. parties-1). A timeout
+        breaks the barrier: :class:`BrokenBarrierError` here and in every other waiter."""
+        if timeout is None:
+            timeout = self._timeout
+        t = _timeout(True, timeout)
+        idx = ffi.new("uint32_t *")
+        rc = _b_wait(self._area, self.parties, t, idx)
+        if rc:
+            raise error_from_code(rc)
+        return int(idx[0])
+
+    def abort(self) -> None:
+        lib.ndshm_barrier_abort(self._area)
+
+    def reset(self) -> None:
+        lib.ndshm_barrier_reset(self._area)
+
+    def _state(self) -> tuple:
+        p, w, b = ffi.new("uint32_t *"), ffi.new("uint32_t *"), ffi.new("int *")
+        lib.ndshm_barrier_state(self._area, p, w, b)
+        return int(p[0]), int(w[0]), bool(b[0])
+
+    @property
+    def n_waiting(self) -> int:
+        return self._state()[1]
+
+    @property
+    def broken(self) -> bool:
+        return self._state()[2]
+
+    def __repr__(self) -> str:
+        _, w, b = self._state()
+        return f"<ndshm.Barrier parties={self.parties} waiting={w}{' broken' if b else ''} at 0x{self.address:x}>"
+
+
+# names re-exported for the docs
+_ = (BrokenBarrierError, NdshmPermissionError)
