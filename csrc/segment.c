@@ -193,6 +193,33 @@ static int open_error(int err, const char *path, const char *what) {
     return ndshm__fail_errno(err, "cannot open %s %s", path, what);
 }
 
+/* mmap with the mapping's start aligned to `alignment` (so that data at an offset that is a
+ * multiple of it is aligned too): reserve address space, then map the file over it, MAP_FIXED. */
+static void *map_aligned(size_t len, int prot, int flags, int fd, size_t alignment) {
+    size_t page = ndshm__page_size();
+    if (alignment <= page) return mmap(NULL, len, prot, flags, fd, 0);
+    size_t reserve;
+    if (ndshm__add_overflow(len, alignment - page, &reserve)) {
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    char *area = mmap(NULL, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (area == MAP_FAILED) return MAP_FAILED;
+    char *start = (char *)(((uintptr_t)area + alignment - 1) & ~(uintptr_t)(alignment - 1));
+    void *got = mmap(start, len, prot, flags | MAP_FIXED, fd, 0);
+    if (got == MAP_FAILED) {
+        int err = errno;
+        munmap(area, reserve);
+        errno = err;
+        return MAP_FAILED;
+    }
+    size_t lead = (size_t)(start - area), mapped;
+    if (ndshm__round_up(len, page, &mapped)) mapped = len;
+    if (lead) munmap(area, lead);
+    if (reserve > lead + mapped) munmap(start + mapped, reserve - lead - mapped);
+    return got;
+}
+
 /* ---- create --------------------------------------------------------------------------- */
 
 int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out) {
@@ -307,7 +334,8 @@ int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out)
 
     int mflags = MAP_SHARED | ((p->flags & NDSHM_SEG_POPULATE) ? MAP_POPULATE : 0);
     if (p->kind == NDSHM_KIND_ANONYMOUS) mflags |= MAP_ANONYMOUS | (huge ? MAP_HUGETLB : 0);
-    void *base = mmap(NULL, file_size, PROT_READ | PROT_WRITE, mflags, seg->fd, 0);
+    size_t map_align = huge && alignment < NDSHM_HUGE_ALIGNMENT ? (size_t)NDSHM_HUGE_ALIGNMENT : alignment;
+    void *base = map_aligned(file_size, PROT_READ | PROT_WRITE, mflags, seg->fd, map_align);
     if (base == MAP_FAILED) {
         rc = ndshm__fail(NDSHM_ENOMEM, errno, "cannot map a segment of %zu bytes", file_size);
         goto fail;
@@ -383,7 +411,8 @@ static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
     size_t map_len = (size_t)(seg->info.data_offset + seg->info.data_size);
     if (seg->info.flags & NDSHM_SEG_HUGEPAGES) map_len = (size_t)st.st_size;
     int mflags = MAP_SHARED | ((flags & NDSHM_SEG_POPULATE) ? MAP_POPULATE : 0);
-    void *base = mmap(NULL, map_len, PROT_READ | (ro ? 0 : PROT_WRITE), mflags, seg->fd, 0);
+    void *base = map_aligned(map_len, PROT_READ | (ro ? 0 : PROT_WRITE), mflags, seg->fd,
+                             (size_t)seg->info.alignment);
     if (base == MAP_FAILED) {
         rc = ndshm__fail(errno == EACCES ? NDSHM_EACCES : NDSHM_ENOMEM, errno, "cannot map %zu bytes of %s", map_len,
                          what);

@@ -24,7 +24,9 @@ USAGE = """usage: python -m ndshm [--dir DIR] COMMAND
   ls              list named segments
   info NAME       describe one segment
   rm NAME...      remove segments by name
-  gc [--dry-run]  remove segments no live process maps (persistent ones are kept)"""
+  gc [--dry-run] [--min-age SECONDS]
+                  remove segments no live process maps (persistent ones, and ones younger
+                  than --min-age, default 5 s, are kept)"""
 
 
 def human(n: Optional[int]) -> str:
@@ -127,6 +129,14 @@ def _remove_if_unused(path: str) -> bool:
 
 def cmd_gc(d: str, args: Sequence[str], out) -> int:
     dry = "--dry-run" in args or "-n" in args
+    grace = GRACE_SECONDS
+    if "--min-age" in args:
+        i = list(args).index("--min-age")
+        try:
+            grace = float(args[i + 1])
+        except (IndexError, ValueError):
+            print("gc: --min-age needs a number of seconds", file=sys.stderr)
+            return 2
     removed = 0
     now = time.time()
     for r in list_segments(d):
@@ -136,7 +146,7 @@ def cmd_gc(d: str, args: Sequence[str], out) -> int:
             st = os.stat(r.path)
         except OSError:
             continue
-        if now - max(st.st_mtime, st.st_ctime) < GRACE_SECONDS:
+        if now - max(st.st_mtime, st.st_ctime) < grace:
             continue
         if r.status != "ready" and not _blank_or_ours(r.path):
             continue

@@ -143,7 +143,7 @@ def _owner(arr: Any) -> Any:
 
 def _reference(arr: np.ndarray) -> Optional[tuple]:
     seg = _owner(arr)
-    if not isinstance(seg, Segment) or seg._kind != "named" or seg._raw or seg._handle is None:
+    if not isinstance(seg, Segment) or seg._kind != "named" or seg._raw or seg._closed:
         return None
     iface = arr.__array_interface__
     addr = iface["data"][0]

@@ -149,6 +149,19 @@ TEST(overflowing_and_invalid_layouts) {
     p.flags = NDSHM_SEG_READONLY;
     CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EINVAL);
     CHECK(s == NULL);
+    /* large alignments hold in every mapping */
+    const char *name = uname_();
+    p = params(name, 3);
+    p.alignment = (size_t)1 << 21;
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_t *t = NULL;
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), 0);
+    ndshm_segment_info_t ia, ib;
+    ndshm_segment_info(s, &ia);
+    ndshm_segment_info(t, &ib);
+    CHECK(ia.data % ((size_t)1 << 21) == 0 && ib.data % ((size_t)1 << 21) == 0 && ia.data_offset == (1u << 21));
+    ndshm_segment_close(t);
+    ndshm_segment_close(s);
     /* zero-size arrays are fine */
     p = params(uname_(), 0);
     CHECK_RC(ndshm_segment_create(&p, &s), 0);

@@ -1,0 +1,362 @@
+"""Segments in one process: create/attach, dtypes, meta, read-only, lifetime, pickling, kinds, errors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import socket
+import sys
+
+import numpy as np
+import pytest
+
+import ndshm
+from conftest import PYPY, collect, run_python
+
+
+def shm_path(name: str, d: str | None = None) -> str:
+    return os.path.join(d or os.environ.get("NDSHM_DIR", "/dev/shm"), "ndshm." + name)
+
+
+def test_create_attach_roundtrip(unique_name):
+    a = ndshm.create(unique_name, (3, 4), "f4", fill=1.5)
+    assert isinstance(a, np.ndarray) and isinstance(a, ndshm.SharedArray)
+    assert a.shape == (3, 4) and a.dtype == np.float32 and (a == 1.5).all()
+    assert a.__array_interface__["data"][0] % 64 == 0
+    b = ndshm.attach(unique_name)
+    assert b.shape == (3, 4) and b.dtype == np.float32
+    b[1, 2] = 7
+    assert a[1, 2] == 7
+    assert ndshm.segment_of(a) is ndshm.segment_of(b)  # one mapping per segment per process
+    assert ndshm.exists(unique_name)
+    seg = ndshm.segment_of(a)
+    assert seg.name == unique_name and seg.kind == "named" and seg.creator_pid == os.getpid()
+    assert seg.nbytes == 48 and seg.address % 4096 == 0 and not seg.readonly and seg.fd >= 0
+
+
+@pytest.mark.parametrize("dtype", [
+    "f8", "<i2", ">u4", "c16", "U5", "S3", "M8[ns]", "?",
+    np.dtype([("x", "<i4"), ("y", "<f8")], align=True),
+    np.dtype([("a", "u1"), ("b", "<f4", (2, 3))]),
+])
+def test_dtypes_roundtrip(unique_name, dtype):
+    dt = np.dtype(dtype)
+    seg = ndshm.Segment.create(unique_name, (4, 2), dt)
+    arr = seg.asarray()
+    other = ndshm.Segment.attach(unique_name)
+    assert other is seg
+    child = run_python(f"""
+        import ndshm, numpy as np
+        a = ndshm.attach({unique_name!r})
+        print(repr(a.dtype), a.shape)
+    """)
+    assert child.stdout.strip() == f"{arr.dtype!r} (4, 2)"
+    assert arr.dtype == dt
+    seg.close()
+
+
+def test_orders_shapes_and_alignment(unique_name):
+    f = ndshm.create(unique_name, (3, 5), "i8", order="F", align=4096)
+    assert f.flags.f_contiguous and not f.flags.c_contiguous
+    assert f.__array_interface__["data"][0] % 4096 == 0
+    scalar = ndshm.create(unique_name + "s", (), "f8", fill=2.0)
+    assert scalar.shape == () and scalar[()] == 2.0
+    empty = ndshm.create(unique_name + "e", (0, 7), "f4")
+    assert empty.shape == (0, 7)
+    sub = ndshm.create(unique_name + "u", 4, ("f4", (2,)))
+    assert sub.shape == (4, 2) and sub.dtype == np.float32
+    big = ndshm.Segment.create(unique_name + "b", 10, "u1", align="huge")
+    assert big.address % (2 << 20) == 0
+    big.close()
+
+
+def test_meta_bytes_and_json(unique_name):
+    s1 = ndshm.Segment.create(unique_name, 3, meta=b"\x00raw")
+    assert s1.meta == b"\x00raw"
+    s2 = ndshm.Segment.create(unique_name + "j", 3, meta={"a": [1, 2], "b": "x"})
+    assert ndshm.Segment.attach(unique_name + "j").meta == {"a": [1, 2], "b": "x"}
+    assert ndshm.Segment.create(unique_name + "n", 3).meta is None
+    with pytest.raises(ValueError, match="meta"):
+        ndshm.Segment.create(unique_name + "big", 3, meta=b"x" * 5000)
+    with pytest.raises(TypeError):
+        ndshm.Segment.create(unique_name + "obj", 3, meta=object())
+    s1.close()
+    s2.close()
+
+
+def test_readonly_views(unique_name):
+    a = ndshm.create(unique_name, 10, "i4", fill=3)
+    r = ndshm.attach(unique_name, readonly=True)
+    assert not r.flags.writeable and a.flags.writeable
+    with pytest.raises(ValueError):
+        r[0] = 1
+    # a read-only mapping in another process: writing raises, never segfaults
+    child = run_python(f"""
+        import ndshm
+        seg = ndshm.Segment.attach({unique_name!r}, readonly=True)
+        r = seg.asarray()
+        assert seg.readonly and not r.flags.writeable
+        try:
+            r[0] = 5
+        except ValueError:
+            print("refused", r.sum())
+        try:
+            seg.sync_address(0)
+        except PermissionError:
+            print("no sync")
+    """)
+    assert child.stdout.split() == ["refused", "30", "no", "sync"]
+    assert not ndshm.Segment.attach(unique_name).readonly
+
+
+def test_views_outlive_close(unique_name):
+    before = ndshm.stats()
+    seg = ndshm.Segment.create(unique_name, 1000, "f8", fill=4.0)
+    a = seg.asarray()
+    v = a[10:20]
+    seg.close()
+    seg.close()  # idempotent
+    assert seg.closed and not os.path.exists(shm_path(unique_name))
+    assert v.sum() == 40.0
+    v[:] = 1.0
+    assert a[10] == 1.0
+    with pytest.raises(ndshm.ClosedError):
+        seg.asarray()
+    del seg, a
+    collect()
+    assert v[0] == 1.0
+    del v
+    collect()
+    if not PYPY:
+        after = ndshm.stats()
+        assert after["live_mappings"] == before["live_mappings"]
+        assert after["mapped_bytes"] == before["mapped_bytes"]
+
+
+def test_lifetime_with_block_and_collection(unique_name):
+    with ndshm.Segment.create(unique_name, 4) as seg:
+        assert os.path.exists(shm_path(unique_name))
+        assert seg.asarray().shape == (4,)
+    assert not os.path.exists(shm_path(unique_name))
+    ndshm.create(unique_name, 4)  # the result is dropped: the segment goes with it
+    collect()
+    assert not os.path.exists(shm_path(unique_name))
+    p = ndshm.Segment.create(unique_name, 4, persist=True)
+    p.close()
+    assert os.path.exists(shm_path(unique_name))
+    ndshm.unlink(unique_name)
+    assert not ndshm.exists(unique_name)
+    with pytest.raises(FileNotFoundError):
+        ndshm.unlink(unique_name)
+
+
+def test_exit_unlinks_unless_persist(unique_name):
+    run_python(f"""
+        import ndshm, os
+        a = ndshm.create({unique_name!r}, 5)
+        b = ndshm.create({unique_name + 'p'!r}, 5, persist=True)
+        pid = os.fork()
+        if pid == 0:
+            raise SystemExit(0)   # a forked child exits normally: it must not unlink its parent's segments
+        os.waitpid(pid, 0)
+        assert os.path.exists({shm_path(unique_name)!r})
+        import sys; sys.modules['keep'] = (a, b)
+    """)
+    assert not os.path.exists(shm_path(unique_name))
+    assert os.path.exists(shm_path(unique_name + "p"))
+    arr = ndshm.attach(unique_name + "p")
+    assert arr.shape == (5,)
+    ndshm.unlink(unique_name + "p")
+
+
+def test_exclusive_create_and_recreated_name(unique_name):
+    s1 = ndshm.Segment.create(unique_name, 4, "u1", fill=1, persist=True)
+    with pytest.raises(FileExistsError) as exc:
+        ndshm.Segment.create(unique_name, 4)
+    assert isinstance(exc.value, ndshm.SegmentExistsError) and unique_name in str(exc.value)
+    ndshm.unlink(unique_name)
+    s2 = ndshm.Segment.create(unique_name, 4, "u1", fill=2, persist=True)
+    again = ndshm.Segment.attach(unique_name)
+    assert again is s2 and again is not s1 and again.asarray()[0] == 2
+    s1.close()  # the old segment's close must not remove the new one
+    assert os.path.exists(shm_path(unique_name))
+    s2.unlink()
+    s2.close()
+
+
+def test_bad_names_and_values(unique_name):
+    for bad in ["", "a/b", "x y", "é", "a" * 201]:
+        with pytest.raises(ValueError) as exc:
+            ndshm.create(bad, 3)
+        assert "segment name" in str(exc.value)
+    with pytest.raises(FileNotFoundError):
+        ndshm.attach(unique_name)
+    with pytest.raises(TypeError):
+        ndshm.create(unique_name, 3, object)
+    with pytest.raises(ValueError):
+        ndshm.create(unique_name, (2 ** 62, 4), "f8")
+    with pytest.raises(ValueError):
+        ndshm.Segment.create(unique_name, 3, kind="bogus")
+    with pytest.raises(ValueError):
+        ndshm.segment_of(np.zeros(3))
+    assert not os.path.exists(shm_path(unique_name))
+
+
+def test_hugepages_without_reservation(unique_name):
+    with open("/proc/sys/vm/nr_hugepages") as f:
+        if int(f.read()) != 0:
+            pytest.skip("huge pages are reserved here")
+    for kind in ("memfd", "named"):
+        with pytest.raises(ndshm.NotSupportedError, match="/proc/sys/vm/nr_hugepages"):
+            ndshm.Segment.create(unique_name if kind == "named" else None, 10, kind=kind, hugepages=True)
+    assert not os.path.exists(shm_path(unique_name))
+
+
+def test_populate(unique_name):
+    a = ndshm.create(unique_name, 1 << 20, "u1", populate=True)
+    b = ndshm.attach(unique_name, populate=True)
+    a[-1] = 9
+    assert b[-1] == 9
+
+
+def test_pickle_by_reference(unique_name):
+    a = ndshm.create(unique_name, (1000, 100), "f8")
+    a[:] = np.arange(100)
+    for view in (a, a[10:20], a[::7, ::-3], a.T, a[5], a[3:4, 2:3].reshape(())):
+        data = pickle.dumps(view, protocol=pickle.HIGHEST_PROTOCOL)
+        assert len(data) < 600, len(data)
+        back = pickle.loads(data)
+        assert isinstance(back, ndshm.SharedArray)
+        assert back.shape == view.shape and back.strides == view.strides
+        np.testing.assert_array_equal(back, view)
+        assert np.shares_memory(back, a) or back.__array_interface__["data"][0] == view.__array_interface__["data"][0]
+    # by reference: a write through the unpickled view is seen by the original
+    back = pickle.loads(pickle.dumps(a[2:4]))
+    back[0, 0] = -1
+    assert a[2, 0] == -1
+    # new memory (ufunc results) pickles by value
+    b = a[:2] + 1
+    data = pickle.dumps(b)
+    assert len(data) > b.nbytes
+    np.testing.assert_array_equal(pickle.loads(data), b)
+    # structured dtypes too
+    dt = np.dtype([("x", "<i4"), ("y", "<f8")], align=True)
+    s = ndshm.create(unique_name + "s", 5, dt)
+    s["y"] = 2.5
+    back = pickle.loads(pickle.dumps(s[1:]))
+    assert back.dtype == dt and (back["y"] == 2.5).all()
+    # a readonly view stays readonly
+    r = ndshm.attach(unique_name, readonly=True)
+    assert not pickle.loads(pickle.dumps(r[1:3])).flags.writeable
+
+
+def test_pickle_after_close_is_by_value(unique_name):
+    seg = ndshm.Segment.create(unique_name, 100, "i8", fill=3)
+    a = seg.asarray()
+    seg.close()
+    back = pickle.loads(pickle.dumps(a))
+    assert (back == 3).all() and not np.shares_memory(back, a)
+
+
+def test_anonymous_across_fork():
+    seg = ndshm.Segment.create(None, 10, "i8", kind="anonymous")
+    a = seg.asarray()
+    assert seg.name is None and seg.fd == -1
+    pid = os.fork()
+    if pid == 0:
+        a[:] = 42
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert (a == 42).all()
+    with pytest.raises(ValueError):
+        seg.unlink()
+    assert seg.sync_address(0) % 64 == 0
+
+
+def test_memfd_by_fd_passing():
+    seg = ndshm.Segment.create(None, (4, 4), "f4", kind="memfd", meta={"k": 1})
+    seg.asarray()[:] = 5
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with left, right:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                fd = ndshm.recv_fd(right)
+                child = ndshm.Segment.from_fd(fd)
+                os.close(fd)
+                arr = child.asarray()
+                ok = arr.shape == (4, 4) and (arr == 5).all() and child.meta == {"k": 1}
+                arr[0, 0] = 99
+                os._exit(0 if ok else 3)
+            except BaseException:
+                os._exit(4)
+        ndshm.send_fd(left, seg)
+        _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert seg.asarray()[0, 0] == 99
+    assert pickle.loads(pickle.dumps(seg.asarray())).sum() == 99 + 15 * 5  # memfd pickles by value
+    seg.close()
+
+
+def test_file_backed_persists(tmp_path):
+    path = tmp_path / "array.ndshm"
+    seg = ndshm.Segment.create(shape=(3, 3), dtype="i2", kind="file", path=str(path), persist=True, fill=7)
+    seg.close()
+    assert path.exists()
+    again = ndshm.Segment.open_file(str(path))
+    assert again.kind == "file" and (again.asarray() == 7).all()
+    temp = ndshm.Segment.create(shape=3, kind="file", path=str(tmp_path / "tmp.ndshm"))
+    temp.close()
+    assert not (tmp_path / "tmp.ndshm").exists()
+
+
+def test_attach_raw_headerless(tmp_path):
+    path = tmp_path / "raw.bin"
+    np.arange(10, dtype="<i4").tofile(path)
+    a = ndshm.attach_raw(str(path), (2, 5), "<i4")
+    assert (a.ravel() == np.arange(10)).all()
+    b = ndshm.attach_raw(str(path), 3, "<i4", offset=8, readonly=True)
+    assert list(b) == [2, 3, 4] and not b.flags.writeable
+    with pytest.raises(ValueError, match="needs"):
+        ndshm.attach_raw(str(path), 11, "<i4")
+    with pytest.raises(ValueError):
+        ndshm.attach_raw(str(path), 1, "<i4", offset=-4)
+    a[0, 0] = 100
+    assert np.fromfile(path, "<i4")[0] == 100
+
+
+def test_sync_slots(unique_name):
+    seg = ndshm.Segment.create(unique_name, 4)
+    addrs = [seg.sync_address(i) for i in range(4)]
+    assert all(a % 64 == 0 for a in addrs) and len(set(addrs)) == 4
+    assert addrs[0] < seg.address
+    with pytest.raises(ValueError):
+        seg.sync_address(4)
+    seg.close()
+
+
+def test_list_and_probe(unique_name):
+    a = ndshm.create(unique_name, (2, 3), "u2", meta=[1])
+    recs = {r.name: r for r in ndshm.list()}
+    r = recs[unique_name]
+    assert r.shape == (2, 3) and r.dtype == np.uint16 and r.in_use and r.status == "ready"
+    assert r.creator_pid == os.getpid() and r.meta == [1] and not r.persist and r.size >= 12
+    del a
+    collect()
+    assert unique_name not in {r.name for r in ndshm.list()}
+
+
+def test_sync_objects_in_segment(unique_name):
+    try:
+        import ndshm._sync  # noqa: F401
+    except ImportError:
+        pytest.skip("ndshm._sync is not there yet")
+    seg = ndshm.Segment.create(unique_name, 4)
+    lock = seg.lock
+    with lock:
+        pass
+    ev = seg.event
+    ev.set()
+    assert ev.is_set()
+    seg.close()
