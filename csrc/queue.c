@@ -90,8 +90,9 @@ static inline uint64_t enc(uint64_t pos, int consumer) { return (pos << 1 | (uin
 
 int ndshm_queue_ring_bytes(uint64_t slots, uint64_t slot_bytes, uint64_t *out) {
     if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_ring_bytes: out is NULL");
-    if (!ndshm__is_pow2(slots) || slots > NDSHM_QUEUE_MAX_SLOTS)
-        return ndshm__fail(NDSHM_EINVAL, 0, "slots %llu is not a power of two between 1 and %d",
+    /* two at least: with one slot "published for pos" and "free for pos + 1" would coincide */
+    if (!ndshm__is_pow2(slots) || slots < 2 || slots > NDSHM_QUEUE_MAX_SLOTS)
+        return ndshm__fail(NDSHM_EINVAL, 0, "slots %llu is not a power of two between 2 and %d",
                            (unsigned long long)slots, NDSHM_QUEUE_MAX_SLOTS);
     if (slot_bytes > (uint64_t)PTRDIFF_MAX)
         return ndshm__fail(NDSHM_EOVERFLOW, 0, "slot_bytes %llu is too large", (unsigned long long)slot_bytes);

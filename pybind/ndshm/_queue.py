@@ -139,13 +139,14 @@ class _Receive:
             dt, shape = q._describe(m)
             slot = _Slot(q, {"version": 3, "data": (int(ffi.cast("uintptr_t", m.data)), True), "shape": shape,
                              "typestr": dt.str if dt.names is None else f"|V{dt.itemsize}", "strides": None})
-            arr = np.asarray(slot)
-            if arr.dtype != dt:
-                arr = arr.view(dt)
+            # Views derived from `arr` get `inner` as their base (NumPy stops collapsing at an array
+            # whose base is not an array), so inner's references count them.
+            inner = np.asarray(slot)
+            arr = inner.view(dt)
         except BaseException:
             _release(h, m)
             raise
-        self._slot, self._arr, self._dt = slot, arr, dt
+        self._slot, self._arr, self._dt = inner, arr, dt
         return arr
 
     def __exit__(self, *exc: object) -> None:
@@ -156,7 +157,7 @@ class _Receive:
         _neuter(arr, self._dt)
         del arr
         h = self._q._handle
-        # CPython: references to `slot` beyond ours and getrefcount's own are derived views.
+        # CPython: references to `inner` beyond ours and getrefcount's own are derived views.
         if not _PYPY and sys.getrefcount(slot) > 2:
             weakref.finalize(slot, _release_later, h, m)
         else:
@@ -221,7 +222,7 @@ class Queue:
     ``Queue(name=None, *, slots=16, slot_bytes=1 MiB, shape=None, dtype=None, dir=None,
     create=True, persist=False, mode=0o600, populate=False)``
 
-    ``slots`` is rounded up to a power of two. A typed queue (``shape`` and ``dtype``) sizes its
+    ``slots`` is rounded up to a power of two (2 at least). A typed queue (``shape`` and ``dtype``) sizes its
     slots for exactly that array and makes it the default of :meth:`loan`. ``create=False``
     attaches to the existing queue ``name`` (as :meth:`attach` does). The creator removes the
     name on :meth:`close` (or when it is collected, or at exit) unless ``persist``; attached
@@ -252,7 +253,7 @@ class Queue:
             n = int(slots)
             if n < 1:
                 raise ValueError(f"slots {slots!r} must be at least 1")
-            n = 1 << (n - 1).bit_length()
+            n = max(2, 1 << (n - 1).bit_length())
             if int(slot_bytes) < 0:
                 raise ValueError(f"slot_bytes {slot_bytes!r} must not be negative")
             rc = lib.ndshm_queue_create(name.encode(), dir_c, n, int(slot_bytes), mode,

@@ -40,6 +40,7 @@ TEST(geometry_and_errors) {
     CHECK_RC(ndshm_queue_ring_bytes(3, 10, &n), NDSHM_EINVAL);
     CHECK_DETAIL("slots 3");
     CHECK_RC(ndshm_queue_ring_bytes(0, 10, &n), NDSHM_EINVAL);
+    CHECK_RC(ndshm_queue_ring_bytes(1, 10, &n), NDSHM_EINVAL);
     CHECK_RC(ndshm_queue_ring_bytes(1u << 21, 10, &n), NDSHM_EINVAL);
     CHECK_RC(ndshm_queue_ring_bytes(1024, UINT64_MAX / 4, &n), NDSHM_EOVERFLOW);
     CHECK_RC(ndshm_queue_ring_bytes(1u << 20, (uint64_t)1 << 62, &n), NDSHM_EOVERFLOW);
