@@ -1,0 +1,370 @@
+"""Segments across real processes (fork and spawn), crashes, hostile files, permissions, ENOSPC, leaks."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing as mp
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+import ndshm
+from conftest import PYPY, ROOT, child_env, collect, run_python
+
+CONTEXTS = ["fork", "spawn"]
+
+
+def shm_path(name: str, d: str | None = None) -> str:
+    return os.path.join(d or os.environ.get("NDSHM_DIR", "/dev/shm"), "ndshm." + name)
+
+
+# ---- workers (module level, so spawn can import them) ------------------------------------------
+
+def _sum_and_mark(view):
+    total = float(view.sum())
+    view[0] = -1.0  # zero-copy: the parent sees it
+    return total, type(view).__name__, ndshm.segment_of(view).name
+
+
+def _attach_and_write(name, value):
+    a = ndshm.attach(name)
+    a[:] = value
+    return int(a.shape[0])
+
+
+def _race_create(name, barrier, results):
+    barrier.wait()
+    try:
+        seg = ndshm.Segment.create(name, 100, "u1", persist=True)
+        seg.asarray()[0] = 1
+        results.put("won")
+    except FileExistsError:
+        results.put("lost")
+    except Exception as exc:  # pragma: no cover - reported to the parent
+        results.put(repr(exc))
+
+
+def _queue_worker(q, out):
+    view = q.get()
+    out.put((float(view.sum()), ndshm.segment_of(view).name))
+    view[:] = 0
+
+
+def _count_mappings(views):
+    segs = {id(ndshm.segment_of(v)) for v in views}
+    return len(segs), ndshm.stats()["live_mappings"]
+
+
+# ---- tests ------------------------------------------------------------------------------------
+
+def test_spawned_interpreter_attaches_and_sees_writes(unique_name):
+    a = ndshm.create(unique_name, (100, 10), "f4")
+    a[:] = 1
+    child = run_python(f"""
+        import ndshm
+        b = ndshm.attach({unique_name!r})
+        print(b.shape, b.dtype, float(b.sum()))
+        b[:] = 2
+    """)
+    assert child.stdout.split() == ["(100,", "10)", "float32", "1000.0"]
+    assert (a == 2).all()
+
+
+@pytest.mark.parametrize("method", CONTEXTS)
+def test_pool_map_pickles_slices_by_reference(unique_name, method):
+    a = ndshm.create(unique_name, (40, 1000), "f8")
+    a[:] = 1.0
+    slices = [a[i:i + 4] for i in range(0, 40, 4)]
+    assert all(len(pickle.dumps(s)) < 600 for s in slices)
+    ctx = mp.get_context(method)
+    with ctx.Pool(2) as pool:
+        results = pool.map(_sum_and_mark, slices)
+    assert [r[0] for r in results] == [4000.0] * 10
+    assert {r[1] for r in results} == {"SharedArray"} and {r[2] for r in results} == {unique_name}
+    assert (a[::4, 0] == -1).all()
+
+
+@pytest.mark.parametrize("method", CONTEXTS)
+def test_process_pool_executor_and_queue(unique_name, method):
+    a = ndshm.create(unique_name, 1000, "i8", fill=3)
+    ctx = mp.get_context(method)
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        assert list(ex.map(_attach_and_write, [unique_name], [5])) == [1000]
+    assert (a == 5).all()
+    q, out = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=_queue_worker, args=(q, out))
+    p.start()
+    q.put(a[100:200])
+    assert out.get(timeout=60) == (500.0, unique_name)
+    p.join(60)
+    assert (a[100:200] == 0).all() and a[99] == 5
+
+
+def test_one_mapping_for_many_views(unique_name):
+    a = ndshm.create(unique_name, (1000,), "f4")
+    data = [pickle.dumps(a[i:i + 1]) for i in range(1000)]
+    fds_before = len(os.listdir("/proc/self/fd"))
+    views = [pickle.loads(d) for d in data]
+    n_segs, _ = _count_mappings(views)
+    assert n_segs == 1
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    # in a fresh process: a thousand unpickled slices share one mapping and one descriptor
+    child = run_python(f"""
+        import os, pickle, sys, ndshm
+        data = pickle.loads(sys.stdin.buffer.read()) if False else None
+        a = ndshm.attach({unique_name!r})
+        before = ndshm.stats()["live_mappings"]
+        fds = len(os.listdir("/proc/self/fd"))
+        views = [pickle.loads(pickle.dumps(a[i:i + 1])) for i in range(1000)]
+        print(ndshm.stats()["live_mappings"] - before, len(os.listdir("/proc/self/fd")) - fds)
+    """)
+    assert child.stdout.split() == ["0", "0"]
+
+
+@pytest.mark.parametrize("method", CONTEXTS)
+def test_racing_creators_exactly_one_wins(unique_name, method):
+    ctx = mp.get_context(method)
+    n = 6
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_race_create, args=(unique_name, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    got = sorted(results.get(timeout=60) for _ in range(n))
+    for p in procs:
+        p.join(60)
+    assert got == ["lost"] * (n - 1) + ["won"]
+    assert ndshm.attach(unique_name)[0] == 1
+    ndshm.unlink(unique_name)
+
+
+def test_crash_then_gc(tmp_path):
+    d = tempfile.mkdtemp(prefix="ndshm-gc-", dir="/dev/shm")
+    try:
+        env = {"NDSHM_DIR": d}
+        code = """
+            import ndshm, sys, time
+            a = ndshm.create("crashy", (10,), "f8")
+            ndshm.create("kept", 3, persist=True)
+            print("ready", flush=True)
+            time.sleep(60)
+        """
+        import textwrap
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True,
+                                env=child_env(**env))
+        assert proc.stdout.readline().strip() == "ready"
+        recs = {r.name: r for r in ndshm.list(d)}
+        assert recs["crashy"].in_use and recs["crashy"].creator_pid == proc.pid
+        # gc spares a segment a live process maps
+        out = subprocess.run([sys.executable, "-m", "ndshm", "gc", "--min-age", "0"], capture_output=True, text=True,
+                             env=child_env(**env), timeout=60)
+        assert out.returncode == 0 and os.path.exists(shm_path("crashy", d))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        proc.stdout.close()
+        recs = {r.name: r for r in ndshm.list(d)}
+        assert not recs["crashy"].in_use  # the kernel dropped the dead process's flock
+        out = subprocess.run([sys.executable, "-m", "ndshm", "gc", "--min-age", "0"], capture_output=True, text=True,
+                             env=child_env(**env), timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "removed crashy" in out.stdout
+        assert not os.path.exists(shm_path("crashy", d))
+        assert os.path.exists(shm_path("kept", d))  # persist=True survives gc
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_gc_skips_young_and_foreign(tmp_path):
+    d = tempfile.mkdtemp(prefix="ndshm-gc-", dir="/dev/shm")
+    try:
+        with open(shm_path("foreign", d), "wb") as f:
+            f.write(os.urandom(4096))
+        with open(shm_path("blank", d), "wb") as f:
+            f.write(b"\0" * 100)
+        from ndshm import _cli
+        assert _cli.main(["--dir", d, "gc"]) == 0  # both are younger than the grace period
+        assert os.path.exists(shm_path("blank", d))
+        assert _cli.main(["--dir", d, "gc", "--min-age", "0"]) == 0
+        assert not os.path.exists(shm_path("blank", d))  # a dead creator's blank file
+        assert os.path.exists(shm_path("foreign", d))  # not ours: left alone
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_random_and_truncated_files_are_corrupt(unique_name):
+    path = shm_path(unique_name)
+    with open(path, "wb") as f:
+        f.write(os.urandom(4096))
+    with pytest.raises(ndshm.CorruptSegmentError) as exc:
+        ndshm.attach(unique_name)
+    assert isinstance(exc.value, ValueError) and "magic" in str(exc.value)
+    rec = [r for r in ndshm.list() if r.name == unique_name][0]
+    assert rec.status == "corrupt" and not rec.in_use
+    os.unlink(path)
+    seg = ndshm.Segment.create(unique_name, 100, "f8", persist=True)
+    seg.close()
+    del seg  # its handle (and shared lock) goes with it: nobody is initialising the file
+    collect()
+    with open(path, "rb") as f:
+        good = f.read()
+    for cut in (0, 10, 700, 896, 4096, len(good) - 1):
+        with open(path, "wb") as f:
+            f.write(good[:cut])
+        with pytest.raises(ndshm.CorruptSegmentError):
+            ndshm.attach(unique_name)
+    os.unlink(path)
+
+
+def _fnv(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def _reseal(hdr: bytearray) -> None:
+    size = int.from_bytes(hdr[12:16], "little")
+    hdr[632:640] = _fnv(bytes(hdr[0:16]) + bytes(hdr[20:632]) + bytes(hdr[896:size])).to_bytes(8, "little")
+
+
+def test_every_flipped_header_byte_is_refused(unique_name):
+    seg = ndshm.Segment.create(unique_name, (4, 4), np.dtype([("a", "<f4"), ("b", "u1")]), persist=True,
+                               meta={"m": 1})
+    seg.close()
+    del seg
+    collect()
+    path = shm_path(unique_name)
+    with open(path, "rb") as f:
+        good = f.read()
+    hsize = int.from_bytes(good[12:16], "little")
+    accepted = 0
+    for i in range(hsize):
+        bad = bytearray(good)
+        bad[i] ^= 0x10
+        with open(path, "r+b") as f:
+            f.write(bad[:hsize])
+        try:
+            arr = ndshm.attach(unique_name)
+        except ndshm.CorruptSegmentError:
+            continue
+        accepted += 1
+        assert 640 <= i < 896, i  # only the sync slots are outside the checksum
+        del arr
+    assert accepted == 256
+    # hostile but consistently checksummed headers: an object dtype, an out-of-range shape
+    for offset, value in ((80, b"|O8\0"), (112, (1 << 40).to_bytes(8, "little")), (28, (40).to_bytes(4, "little"))):
+        bad = bytearray(good[:hsize])
+        bad[offset:offset + len(value)] = value
+        bad[624:628] = b"\0\0\0\0"  # descr_len 0: fall back to the typestr
+        bad[12:16] = (896 + int.from_bytes(bad[628:632], "little")).to_bytes(4, "little")
+        bad[896:] = good[896 + int.from_bytes(good[624:628], "little"):hsize]
+        _reseal(bad)
+        with open(path, "wb") as f:
+            f.write(bytes(bad) + good[len(bad):])
+        with pytest.raises(ndshm.CorruptSegmentError):
+            ndshm.attach(unique_name)
+    os.unlink(path)
+
+
+def _as_nobody_attach(name: str, readonly: bool) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ndshm._segment._cache.clear()  # the fork inherited this process's mappings: attach afresh
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                ndshm.Segment.attach(name, readonly=readonly)
+                code = 0
+            except PermissionError:
+                code = 13
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+def test_other_users_are_refused(unique_name):
+    seg = ndshm.segment_of(ndshm.create(unique_name, 4))  # mode 0600
+    assert os.stat(shm_path(unique_name)).st_mode & 0o777 == 0o600
+    assert _as_nobody_attach(unique_name, False) == 13
+    assert _as_nobody_attach(unique_name, True) == 13
+    wide = ndshm.Segment.create(unique_name + "w", 4, mode=0o644)
+    assert os.stat(shm_path(unique_name + "w")).st_mode & 0o777 == 0o644
+    assert _as_nobody_attach(unique_name + "w", True) == 0
+    assert _as_nobody_attach(unique_name + "w", False) == 13
+    wide.close()
+    seg.close()
+
+
+@pytest.fixture
+def small_tmpfs():
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    d = tempfile.mkdtemp(prefix="ndshm-small-")
+    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", d], capture_output=True)
+    if rc.returncode != 0:
+        os.rmdir(d)
+        pytest.skip(f"cannot mount a tmpfs: {rc.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", d], capture_output=True)
+        os.rmdir(d)
+
+
+def test_enospc_fails_at_create(small_tmpfs):
+    d = small_tmpfs
+    small = ndshm.Segment.create("fits", 100_000, dir=d)
+    with pytest.raises(OSError) as exc:
+        ndshm.Segment.create("toobig", 4 << 20, dir=d)
+    assert exc.value.errno == 28 and isinstance(exc.value, ndshm.NoSpaceError)
+    assert d in str(exc.value) and str((4 << 20) + 4096) in str(exc.value)  # the data plus one header page
+    assert sorted(os.listdir(d)) == ["ndshm.fits"]  # the partial file is gone
+    # NDSHM_DIR points there too, and a stdlib-style block fails the same way up front
+    child = run_python("""
+        import ndshm
+        try:
+            ndshm.create("big", 2 << 20)
+        except OSError as exc:
+            print(exc.errno)
+    """, NDSHM_DIR=d)
+    assert child.stdout.strip() == "28"
+    small.close()
+    assert os.listdir(d) == []
+
+
+def test_stress_no_leaks(unique_name):
+    collect()
+    fds = len(os.listdir("/proc/self/fd"))
+    stats = ndshm.stats()
+    entries = len(os.listdir("/dev/shm"))
+    for i in range(300):
+        name = f"{unique_name}-{i}"
+        seg = ndshm.Segment.create(name, (64, 64), "f4", fill=i)
+        b = ndshm.attach(name, readonly=True)
+        assert b[0, 0] == i
+        v = pickle.loads(pickle.dumps(seg.asarray()[3:5]))
+        assert v[0, 0] == i
+        if i % 2:
+            seg.close()
+        else:
+            seg.unlink()
+        del seg, b, v
+    collect()
+    if not PYPY:
+        now = ndshm.stats()
+        assert now["live_mappings"] == stats["live_mappings"] and now["live_segments"] == stats["live_segments"]
+        assert now["mapped_bytes"] == stats["mapped_bytes"]
+        assert len(os.listdir("/proc/self/fd")) == fds
+    assert len(os.listdir("/dev/shm")) <= entries + 2  # other engineers' tests may run concurrently
+    assert not [e for e in os.listdir("/dev/shm") if e.startswith("ndshm." + unique_name)]
