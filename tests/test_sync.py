@@ -1,0 +1,212 @@
+"""ndshm.Lock, Event and Barrier across real processes, standalone and inside a segment."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import ndshm
+from conftest import child_env, run_python
+
+
+def test_lock_basics(unique_name):
+    lock = ndshm.Lock(unique_name)
+    assert not lock.locked()
+    assert lock.acquire()
+    assert lock.locked() and not lock.owner_died
+    assert lock.acquire(blocking=False) is False  # not recursive
+    t0 = time.monotonic()
+    assert lock.acquire(timeout=0.05) is False
+    assert time.monotonic() - t0 >= 0.045
+    lock.release()
+    with pytest.raises(ndshm.NdshmPermissionError):
+        lock.release()
+    with lock:
+        assert lock.locked()
+    assert not lock.locked()
+    assert "unlocked" in repr(lock)
+
+
+def test_lock_across_processes(unique_name):
+    lock = ndshm.Lock(unique_name)
+    code = f"""
+import ndshm
+lock = ndshm.Lock({unique_name!r}, create=False)
+print(lock.acquire(blocking=False), flush=True)
+"""
+    with lock:
+        assert run_python(code).stdout.strip() == "False"
+    assert run_python(code).stdout.strip() == "True"
+    # the child exited holding it: the lock is ours, with the news
+    assert lock.acquire(timeout=5)
+    assert lock.owner_died
+    lock.release()
+    assert lock.acquire(timeout=1) and not lock.owner_died
+    lock.release()
+
+
+def test_lock_owner_killed_while_waiter_sleeps(unique_name):
+    lock = ndshm.Lock(unique_name)
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import sys, ndshm
+lock = ndshm.Lock({unique_name!r}, create=False)
+lock.acquire()
+print("held", flush=True)
+sys.stdin.read()
+"""], env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    threading.Timer(0.2, os.kill, (child.pid, signal.SIGKILL)).start()
+    t0 = time.monotonic()
+    assert lock.acquire(timeout=10)  # asleep when the owner dies
+    assert lock.owner_died
+    assert time.monotonic() - t0 < 5
+    lock.release()
+    child.wait(10)
+
+
+def _count(lock, counter_name, n):
+    arr = ndshm.attach(counter_name)
+    for _ in range(n):
+        with lock:
+            arr[0] += 1
+
+
+def test_lock_mutual_exclusion_fork(unique_name):
+    arr = ndshm.create(unique_name, (1,), np.int64)
+    lock = ndshm.segment_of(arr).lock
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_count, args=(lock, unique_name, 2000)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert arr[0] == 6000
+
+
+def _event_child(ev, done):
+    ok = ev.wait(10)
+    done.set()
+    sys.exit(0 if ok else 1)
+
+
+def test_event_across_processes(unique_name):
+    ev = ndshm.Event(unique_name)
+    done = ndshm.Event(unique_name + "-done")
+    assert not ev.is_set() and ev.wait(0.01) is False
+    p = mp.get_context("spawn").Process(target=_event_child, args=(ev, done))
+    p.start()
+    time.sleep(0.2)
+    assert not done.is_set()
+    ev.set()
+    assert done.wait(20)
+    p.join(20)
+    assert p.exitcode == 0
+    assert ev.is_set() and ev.wait()
+    ev.clear()
+    assert not ev.is_set()
+
+
+def _barrier_child(b, out):
+    idx = b.wait(20)
+    out.put(np.array([idx]))
+
+
+def test_barrier_across_processes(unique_name):
+    b = ndshm.Barrier(3, unique_name)
+    out = ndshm.Queue(unique_name + "-q", slots=4, slot_bytes=64)
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_barrier_child, args=(b, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    mine = b.wait(20)
+    got = sorted([mine] + [int(out.get(timeout=20)[0]) for _ in range(2)])
+    assert got == [0, 1, 2]
+    for p in procs:
+        p.join(20)
+        assert p.exitcode == 0
+    assert not b.broken and b.n_waiting == 0
+
+
+def test_barrier_timeout_breaks(unique_name):
+    b = ndshm.Barrier(2, unique_name)
+    t0 = time.monotonic()
+    with pytest.raises(ndshm.BrokenBarrierError) as ei:
+        b.wait(timeout=0.05)
+    assert isinstance(ei.value, threading.BrokenBarrierError)
+    assert time.monotonic() - t0 < 2
+    assert b.broken
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(0)
+    b.reset()
+    assert not b.broken
+    b2 = pickle.loads(pickle.dumps(b))
+    t = threading.Thread(target=b2.wait, args=(5,))
+    t.start()
+    b.wait(5)
+    t.join()
+    b.abort()
+    with pytest.raises(ndshm.BrokenBarrierError):
+        b.wait(1)
+    with pytest.raises(ValueError):
+        ndshm.Barrier(0)
+
+
+def test_dead_party_breaks_barrier_by_timeout(unique_name):
+    b = ndshm.Barrier(3, unique_name)
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import ndshm
+b = ndshm.Barrier(3, {unique_name!r}, create=False)
+b.wait(30)
+"""], env=child_env())
+    deadline = time.monotonic() + 20
+    while b.n_waiting < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.kill()  # a party dies; the third never comes
+    child.wait(10)
+    with pytest.raises(ndshm.BrokenBarrierError):
+        b.wait(timeout=0.2)
+
+
+def test_in_segment_objects(unique_name):
+    arr = ndshm.create(unique_name, (4,), np.float32)
+    seg = ndshm.segment_of(arr)
+    lock, ev, bar = seg.lock, seg.event, seg.barrier(1)
+    assert len({lock.address, ev.address, bar.address}) == 3
+    assert lock.segment is seg
+    with lock:
+        assert lock.locked()
+    ev.set()
+    assert seg.event.is_set()  # the same shared bytes
+    assert bar.wait(1) == 0
+    code = f"""
+import ndshm
+arr = ndshm.attach({unique_name!r})
+seg = ndshm.segment_of(arr)
+print(seg.event.is_set(), seg.lock.acquire(blocking=False))
+"""
+    assert run_python(code).stdout.split() == ["True", "True"]
+    # pickles by reference through the segment
+    lock2 = pickle.loads(pickle.dumps(lock))
+    assert lock2.address == lock.address
+
+
+def test_direct_in_segment_constructors(unique_name):
+    from ndshm._segment import Segment
+    from ndshm._sync import Barrier, Event, Lock
+
+    seg = Segment.create(unique_name, shape=(0,), dtype=np.uint8)
+    for i, obj in enumerate([Lock._in_segment(seg, 0), Event._in_segment(seg, 1), Barrier._in_segment(seg, 2, 2)]):
+        assert obj.address == seg.sync_address(i)
+    with pytest.raises(ValueError):
+        Lock._in_segment(seg, 99)
+    seg.close()
