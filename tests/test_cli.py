@@ -1,0 +1,83 @@
+"""python -m ndshm ls | info NAME | rm NAME... | gc"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import ndshm
+from conftest import child_env, collect, run_python
+from ndshm import _cli
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ndshm", *args], capture_output=True, text=True, timeout=60,
+                          env=child_env(**env))
+
+
+def test_human_sizes():
+    assert _cli.human(0) == "0 B" and _cli.human(1023) == "1023 B"
+    assert _cli.human(4096) == "4.0 KiB" and _cli.human(3 << 29) == "1.5 GiB"
+
+
+def test_ls_lists_a_segment_of_another_process(unique_name):
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import ndshm, sys
+a = ndshm.create({unique_name!r}, (250, 4), "f8", meta={{"who": "child"}})
+print("ready", flush=True)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        out = cli("ls")
+        assert out.returncode == 0, out.stderr
+        line = [l for l in out.stdout.splitlines() if l.startswith(unique_name)][0]
+        assert "float64" in line and "(250, 4)" in line and str(child.pid) in line and "yes" in line
+        assert "KiB" in line and "NAME" in out.stdout.splitlines()[0]
+        info = cli("info", unique_name)
+        assert info.returncode == 0 and "in use:       True" in info.stdout and "'who': 'child'" in info.stdout
+    finally:
+        child.stdin.close()
+        child.wait(30)
+        child.stdout.close()
+    assert not ndshm.exists(unique_name)  # the creator exited: its non-persistent segment went
+
+
+def test_rm_and_errors(unique_name):
+    seg = ndshm.Segment.create(unique_name, 10, persist=True)
+    seg.close()
+    out = cli("rm", unique_name, unique_name + "-missing")
+    assert out.returncode == 1 and unique_name + "-missing" in out.stderr
+    assert not ndshm.exists(unique_name)
+    assert cli("info", unique_name).returncode == 1
+    assert cli("bogus").returncode == 2
+    assert cli().returncode == 2
+    assert cli("--help").returncode == 0
+    assert cli("rm", "bad/name").returncode == 1
+
+
+def test_ls_shows_corrupt_files(tmp_path):
+    d = str(tmp_path)
+    (tmp_path / "ndshm.junk").write_bytes(os.urandom(4096))
+    (tmp_path / "not-ours").write_bytes(b"x")
+    out = cli("--dir", d, "ls")
+    assert out.returncode == 0
+    assert "junk" in out.stdout and "corrupt" in out.stdout and "not-ours" not in out.stdout
+    assert "1 segment in" in out.stdout
+
+
+def test_gc_dry_run_and_env_dir(tmp_path):
+    d = str(tmp_path)
+    run_python("""
+        import ndshm, os
+        a = ndshm.create("orphan", 5)
+        os._exit(0)  # no atexit: the segment is left behind, mapped by nobody
+    """, NDSHM_DIR=d)
+    assert os.path.exists(os.path.join(d, "ndshm.orphan"))
+    out = cli("gc", "--dry-run", "--min-age", "0", NDSHM_DIR=d)
+    assert "would remove orphan" in out.stdout and os.path.exists(os.path.join(d, "ndshm.orphan"))
+    out = cli("gc", "--min-age", "0", NDSHM_DIR=d)
+    assert "removed orphan" in out.stdout and not os.path.exists(os.path.join(d, "ndshm.orphan"))

@@ -1,0 +1,143 @@
+"""ndshm.compat.shared_memory.SharedMemory: the stdlib API, interoperable both ways, without its traps."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import PYPY, collect, run_python
+from ndshm.compat.shared_memory import SharedMemory
+
+try:
+    from multiprocessing import resource_tracker
+    from multiprocessing import shared_memory as stdlib_shm
+except ImportError:  # pragma: no cover - PyPy builds without _posixshmem
+    stdlib_shm = None
+
+
+def _untrack(block) -> None:
+    """Keep the stdlib's resource tracker from unlinking (and warning about) a block we attached."""
+    try:
+        resource_tracker.unregister(block._name, "shared_memory")
+    except Exception:
+        pass
+
+
+def test_create_attach_close_unlink():
+    a = SharedMemory(create=True, size=1000)
+    try:
+        assert a.name.startswith("psm_") and a.size == 1000 and len(a.buf) == 1000
+        assert os.path.exists("/dev/shm/" + a.name)
+        a.buf[:5] = b"hello"
+        b = SharedMemory(a.name)
+        assert bytes(b.buf[:5]) == b"hello" and b.size == 1000
+        b.close()
+        assert b.buf is None
+        c = pickle.loads(pickle.dumps(a))  # pickles by name
+        assert c.name == a.name and bytes(c.buf[:5]) == b"hello"
+        c.close()
+        assert repr(a) == f"SharedMemory({a.name!r}, size=1000)"
+    finally:
+        a.close()
+        a.unlink()
+    assert not os.path.exists("/dev/shm/" + a.name)
+    with pytest.raises(FileNotFoundError):
+        SharedMemory(a.name)
+    with pytest.raises(FileNotFoundError):
+        a.unlink()
+
+
+def test_argument_errors_match_the_stdlib(unique_name):
+    with pytest.raises(ValueError):
+        SharedMemory(create=True, size=0)
+    with pytest.raises(ValueError):
+        SharedMemory(create=True, size=-1)
+    with pytest.raises(ValueError):
+        SharedMemory()
+    name = "psm_" + unique_name
+    a = SharedMemory(name, create=True, size=10)
+    with pytest.raises(FileExistsError):
+        SharedMemory(name, create=True, size=10)
+    a.close()
+    a.unlink()
+
+
+def test_close_with_numpy_views_alive():
+    a = SharedMemory(create=True, size=8 * 100)
+    arr = np.ndarray((100,), dtype=np.float64, buffer=a.buf)  # numpy/numpy#23305: stdlib raises BufferError
+    arr[:] = 3.0
+    mv = a.buf[10:20]
+    a.close()  # must not raise
+    a.unlink()
+    assert arr.sum() == 300.0  # the mapping lives with the views
+    arr[0] = 1.0
+    assert mv.nbytes == 10
+    del arr, mv
+    collect()
+
+
+@pytest.mark.skipif(stdlib_shm is None, reason="no multiprocessing.shared_memory here")
+def test_interop_stdlib_creates_ndshm_attaches():
+    s = stdlib_shm.SharedMemory(create=True, size=64)
+    try:
+        s.buf[:3] = b"abc"
+        ours = SharedMemory(s.name)
+        assert ours.size == 64 and bytes(ours.buf[:3]) == b"abc"
+        ours.buf[3] = ord("d")
+        assert bytes(s.buf[:4]) == b"abcd"
+        ours.close()
+    finally:
+        s.close()
+        s.unlink()
+
+
+@pytest.mark.skipif(stdlib_shm is None, reason="no multiprocessing.shared_memory here")
+def test_interop_ndshm_creates_stdlib_attaches():
+    ours = SharedMemory(create=True, size=32)
+    try:
+        ours.buf[:2] = b"xy"
+        s = stdlib_shm.SharedMemory(ours.name)
+        _untrack(s)
+        assert bytes(s.buf[:2]) == b"xy" and s.size >= 32
+        s.buf[2] = ord("z")
+        s.close()
+        assert bytes(ours.buf[:3]) == b"xyz"
+    finally:
+        ours.close()
+        ours.unlink()
+
+
+def test_no_resource_tracker_unlinks_in_other_processes():
+    a = SharedMemory(create=True, size=16)
+    try:
+        a.buf[0] = 7
+        # a child attaches and exits: the block must survive (the stdlib tracker would remove it)
+        child = run_python(f"""
+            from ndshm.compat.shared_memory import SharedMemory
+            b = SharedMemory({a.name!r})
+            print(b.buf[0])
+            b.buf[1] = 8
+        """)
+        assert child.stdout.strip() == "7"
+        assert os.path.exists("/dev/shm/" + a.name) and a.buf[1] == 8
+    finally:
+        a.close()
+        a.unlink()
+
+
+def test_attach_raw_of_a_stdlib_block():
+    import ndshm
+    a = SharedMemory(create=True, size=80)
+    try:
+        arr = ndshm.attach_raw(a.name, (10,), "f8")
+        arr[:] = 2.5
+        assert np.frombuffer(a.buf, "f8").sum() == 25.0
+        with pytest.raises(ValueError):
+            ndshm.attach_raw(a.name, (11,), "f8")
+    finally:
+        a.close()
+        a.unlink()
