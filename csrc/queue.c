@@ -343,16 +343,13 @@ static void wake(_Atomic uint32_t *word, _Atomic uint32_t *waiters) {
 
 typedef struct waiter {
     double timeout;
-    int64_t deadline, spin_until, stuck_since;
-    uint64_t stuck_pos;
-    bool stuck_set;
+    int64_t deadline, spin_until;
 } waiter_t;
 
 static void waiter_init(waiter_t *w, double timeout) {
     w->timeout = timeout;
     w->deadline = -1;
     w->spin_until = -1;
-    w->stuck_set = false;
 }
 
 /* Waits for progress after the caller saw `seen` in `word`. Returns 0 to retry, or ETIMEDOUT. */
@@ -373,17 +370,24 @@ static int waiter_wait(waiter_t *w, _Atomic uint32_t *word, _Atomic uint32_t *wa
     return rc == ETIMEDOUT ? ETIMEDOUT : 0;
 }
 
-/* true when position `pos` has been stuck for DEAD_CHECK_NS (and restarts the clock) */
-static bool stuck_long(waiter_t *w, uint64_t pos) {
+/* true when position `pos` has been stuck for DEAD_CHECK_NS (and restarts the clock). The clock
+ * lives in thread-local storage, so callers polling with timeout 0 get there too. */
+static _Thread_local struct {
+    const void *ring;
+    uint64_t pos;
+    int64_t since;
+} stuck[2];
+
+static bool stuck_long(const ndshm_queue_t *q, int consumer, uint64_t pos) {
     int64_t now = ndshm__now_ns();
-    if (!w->stuck_set || w->stuck_pos != pos) {
-        w->stuck_set = true;
-        w->stuck_pos = pos;
-        w->stuck_since = now;
+    if (stuck[consumer].ring != q->r || stuck[consumer].pos != pos) {
+        stuck[consumer].ring = q->r;
+        stuck[consumer].pos = pos;
+        stuck[consumer].since = now;
         return false;
     }
-    if (now - w->stuck_since < DEAD_CHECK_NS) return false;
-    w->stuck_since = now;
+    if (now - stuck[consumer].since < DEAD_CHECK_NS) return false;
+    stuck[consumer].since = now;
     return true;
 }
 
@@ -410,7 +414,7 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
         if (dif > 0) continue; /* tail moved on */
         /* full: slot of pos - n not yet released */
         uint64_t p0 = pos - q->n;
-        if ((raw & ~SKIP) == p0 + 1 && atomic_load(&r->head) > p0 && stuck_long(&w, pos) &&
+        if ((raw & ~SKIP) == p0 + 1 && atomic_load(&r->head) > p0 && stuck_long(q, 0, pos) &&
             !intent_alive(q, enc(p0, 1))) {
             if (atomic_compare_exchange_strong(&s->seq, &raw, pos)) wake(&r->not_full, &r->nf_waiters);
             continue;
@@ -601,7 +605,7 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
         }
         if (dif > 0) continue;
         /* empty, or the producer of pos has not published */
-        if ((raw & ~SKIP) == pos && raw == pos && atomic_load(&r->tail) > pos && stuck_long(&w, pos) &&
+        if ((raw & ~SKIP) == pos && raw == pos && atomic_load(&r->tail) > pos && stuck_long(q, 1, pos) &&
             !intent_alive(q, enc(pos, 0))) {
             if (atomic_compare_exchange_strong(&s->seq, &raw, (pos + 1) | SKIP)) wake(&r->not_empty, &r->ne_waiters);
             continue;
