@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import platform
 import threading
+from math import prod as _prod
 from typing import Any, Optional
 
 import numpy as np
@@ -18,6 +21,17 @@ __all__ = ["Buffer", "empty", "zeros", "ones", "full", "empty_like", "zeros_like
 _free = lib.ndshm_buffer_free
 _alloc = lib.ndshm_alloc
 _tls = threading.local()  # per-thread out-parameters for ndshm_alloc (cffi releases the GIL in calls)
+
+# Small-block cache, like NumPy's: blocks of up to _SMALL bytes (alignment <= 64, no page-level
+# options) go back to a bounded free list per 64-byte size class when their Buffer dies, so the
+# common small-array case costs no C call at all. Entries: (gc'd handle, address, char * cdata).
+# CPython only: it runs Buffer.__del__ before dropping the handle, so handing the handle to the
+# cache keeps the block alive. PyPy gives ffi.gc destructors no such ordering (the block could be
+# freed while __del__ caches it), and its GC defers finalizers anyway, so there _SMALL is -1.
+_SMALL = 1024 if platform.python_implementation() == "CPython" else -1
+_CACHE_DEPTH = 64
+_cache: list[list[tuple[Any, int, Any]]] = [[] for _ in range((max(_SMALL, 0) >> 6) + 1)]
+_ZERO_BYTES = bytes(max(_SMALL, 0))
 
 
 # Constants read once: attribute lookups on an ABI-mode cffi library are slow.
@@ -43,7 +57,7 @@ class Buffer:
     never frees memory that a live view still uses.
     """
 
-    __slots__ = ("_handle", "__array_interface__", "nbytes", "alignment", "address", "__weakref__")
+    __slots__ = ("_block", "_cls", "__array_interface__", "nbytes", "alignment", "address", "__weakref__")
     # Keeps the library loaded for as long as any buffer lives (instances hold their class), so a
     # finalizer never calls into an unloaded library at interpreter exit.
     _lib = lib
@@ -52,6 +66,17 @@ class Buffer:
                  populate: bool = False, lock: bool = False) -> None:
         (n,) = _dtype.as_shape((nbytes,))
         _allocate(self, n, _dtype.as_alignment(align), _flags(zero, hugepages, populate, lock), (n,), "|u1", None)
+
+    def __del__(self) -> None:
+        # A cacheable block goes back to its size class; any other is freed by its ffi.gc handle.
+        try:
+            cls = self._cls
+        except AttributeError:  # __init__ failed before allocating
+            return
+        if cls >= 0:
+            free_list = _cache[cls]
+            if len(free_list) < _CACHE_DEPTH:
+                free_list.append(self._block)
 
     @property
     def closed(self) -> bool:
@@ -98,10 +123,8 @@ class Buffer:
         return f"<ndshm.Buffer {state}{self.nbytes} bytes at 0x{self.address:x}, align={self.alignment}>"
 
 
-def _allocate(self: Buffer, nbytes: int, alignment: int, flags: int, shape: tuple[int, ...], typestr: str,
-              strides: Optional[tuple[int, ...]]) -> Buffer:
-    """Allocate into ``self`` and describe the bytes as ``shape``/``typestr``: the hot path of
-    every constructor, kept to one C call and no per-call cffi allocations."""
+def _c_alloc(nbytes: int, alignment: int, flags: int) -> tuple[Any, int]:
+    """One ndshm_alloc call: the gc'd handle and the data address."""
     try:
         handle, address = _tls.outs
     except AttributeError:
@@ -109,13 +132,42 @@ def _allocate(self: Buffer, nbytes: int, alignment: int, flags: int, shape: tupl
     rc = _alloc(nbytes, alignment, flags, handle, address)
     if rc:
         raise_for(rc)
-    self._handle = ffi.gc(handle[0], _free, nbytes)  # the size tells PyPy's GC about the memory
-    self.address = addr = address[0]
+    return ffi.gc(handle[0], _free, nbytes), address[0]  # the size tells PyPy's GC about the memory
+
+
+def _allocate(self: Buffer, nbytes: int, alignment: int, flags: int, shape: tuple[int, ...], typestr: str,
+              strides: Optional[tuple[int, ...]]) -> Buffer:
+    """Allocate into ``self`` and describe the bytes as ``shape``/``typestr``: the hot path of
+    every constructor, kept to at most one C call and no per-call cffi allocations."""
+    if nbytes <= _SMALL and alignment <= 64 and not flags & ~_ZERO:
+        cls = (nbytes + 63) >> 6
+        try:
+            block = _cache[cls].pop()
+        except IndexError:
+            handle, addr = _c_alloc(cls << 6, 64, flags)
+            block = (handle, addr, ffi.cast("char *", addr))
+        else:
+            if flags:
+                ffi.memmove(block[2], _ZERO_BYTES, nbytes)
+    else:
+        cls = -1
+        handle, addr = _c_alloc(nbytes, alignment, flags)
+        block = (handle, addr, None)
+    self._block = block
+    self._cls = cls
+    self.address = addr = block[1]
     self.nbytes = nbytes
     self.alignment = alignment
     self.__array_interface__ = {"version": 3, "data": (addr, False), "shape": shape, "typestr": typestr,
                                 "strides": strides}
     return self
+
+
+@atexit.register
+def _drop_cache() -> None:
+    """Free every cached block (at exit, before the library could be unloaded; tests call it too)."""
+    for free_list in _cache:
+        free_list.clear()
 
 
 _new_buffer = Buffer.__new__
@@ -138,7 +190,11 @@ class _View:
 def _new_array(shape: ShapeLike, dtype: Any, order: str, align: AlignLike, flags: int) -> np.ndarray:
     dt, sub = _dtype.resolve_dtype(dtype)
     if shape.__class__ is int and 0 <= shape and not sub and shape * dt.itemsize <= _dtype.MAX_NBYTES:
-        dims, nbytes = (shape,), shape * dt.itemsize  # the common 1-D case, without helper calls
+        dims, nbytes = (shape,), shape * dt.itemsize  # the common cases, without helper calls
+    elif shape.__class__ is tuple and not sub and _dtype.is_plain_shape(shape):
+        dims, nbytes = shape, _prod(shape) * dt.itemsize
+        if nbytes > _dtype.MAX_NBYTES:
+            _dtype.nbytes_of(dims, dt)  # raises, naming the shape
     else:
         dims, dt = _dtype.normalize(shape, dtype)
         nbytes = _dtype.nbytes_of(dims, dt)
@@ -243,7 +299,10 @@ def asaligned(a: Any, align: AlignLike = 64, dtype: Any = None) -> np.ndarray:
 
 
 def stats() -> dict[str, int]:
-    """The C library's process-wide counters: live buffers and bytes, segments, mappings, queues."""
+    """The C library's process-wide counters (live buffers and bytes, segments, mappings, queues),
+    plus ``cached_buffers``: small blocks kept for reuse, which ``live_buffers`` includes."""
     s = ffi.new("ndshm_stats_t *")
     lib.ndshm_get_stats(s)
-    return {name: getattr(s, name) for name, _ in ffi.typeof("ndshm_stats_t").fields}
+    counters = {name: getattr(s, name) for name, _ in ffi.typeof("ndshm_stats_t").fields}
+    counters["cached_buffers"] = sum(map(len, _cache))
+    return counters

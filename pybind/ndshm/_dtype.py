@@ -38,12 +38,19 @@ def as_shape(shape: ShapeLike) -> tuple[int, ...]:
             dims = tuple(map(operator.index, shape))  # type: ignore[arg-type]
         except TypeError:
             raise TypeError(f"shape {shape!r} is not an int or a sequence of ints") from None
+    if isinstance(shape, bool) or (not isinstance(shape, int) and any(isinstance(d, bool) for d in shape)):
+        raise TypeError(f"shape {shape!r} holds a bool, not an int")
     if dims and min(dims) < 0:
         raise ValueError(f"shape {shape!r} has a negative dimension")
     if len(dims) > 32:
         raise ValueError(f"shape {shape!r} has {len(dims)} dimensions; at most 32 are supported")
     return dims
 
+
+def is_plain_shape(shape: tuple) -> bool:
+    """True for a tuple of at most 32 non-negative Python ints, bools excluded (as NumPy does)."""
+    return (len(shape) <= 32 and all(map(int.__instancecheck__, shape)) and not any(map(bool.__instancecheck__, shape))
+            and (not shape or min(shape) >= 0))
 
 # dtype argument -> (element dtype, trailing dims of a subarray dtype); a hot-path cache.
 _RESOLVED: dict[Any, tuple[np.dtype, tuple[int, ...]]] = {}
