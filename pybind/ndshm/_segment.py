@@ -45,6 +45,9 @@ _PERSIST, _POPULATE, _HUGE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE, lib.
 _READONLY, _FORTRAN = lib.NDSHM_SEG_READONLY, lib.NDSHM_SEG_FORTRAN
 _PREFIX = "ndshm."
 _close = lib.ndshm_segment_close
+# Functions and constants read once: attribute lookups on an ABI-mode cffi library are slow.
+_seg_info, _seg_attach, _seg_sync = lib.ndshm_segment_info, lib.ndshm_segment_attach, lib.ndshm_segment_sync
+_NAMED = lib.NDSHM_KIND_NAMED
 
 _lock = threading.RLock()
 _cache: dict[tuple[str, str], "weakref.ref[Segment]"] = {}
@@ -54,6 +57,20 @@ _creators: "weakref.WeakSet[Segment]" = weakref.WeakSet()
 def default_dir(dir: Optional[str] = None) -> str:
     """The directory holding named segments: ``dir``, else ``$NDSHM_DIR``, else ``/dev/shm``."""
     return dir or os.environ.get("NDSHM_DIR") or "/dev/shm"
+
+
+_REALDIRS: dict[str, str] = {}
+_DTYPES: dict[str, np.dtype] = {}
+
+
+def _cache_key(dir: str, name: str) -> tuple[str, str]:
+    """The mapping cache's key: the directory's real path (cached: realpath costs ~30 us), and the name."""
+    real = _REALDIRS.get(dir)
+    if real is None:
+        real = os.path.realpath(dir)
+        if len(_REALDIRS) < 256:
+            _REALDIRS[dir] = real
+    return real, name
 
 
 def _cstr(s: Optional[str]) -> Any:
@@ -105,10 +122,13 @@ def _encode_dtype(dt: np.dtype) -> tuple[str, bytes]:
 def _decode_dtype(typestr: str, descr: bytes, itemsize: int, where: str) -> np.dtype:
     try:
         if descr:
-            dt = _npformat.descr_to_dtype(ast.literal_eval(descr.decode()))
+            dt = _dtype.as_dtype(_npformat.descr_to_dtype(ast.literal_eval(descr.decode())))
         else:
-            dt = np.dtype(typestr)
-        dt = _dtype.as_dtype(dt)
+            dt = _DTYPES.get(typestr)
+            if dt is None:
+                dt = _dtype.as_dtype(np.dtype(typestr))
+                if len(_DTYPES) < 256:
+                    _DTYPES[typestr] = dt
     except Exception as exc:  # anything a hostile header can provoke
         raise CorruptSegmentError(f"segment {where} has an unusable dtype {typestr!r}: {exc}") from None
     if dt.itemsize != itemsize:
@@ -221,7 +241,7 @@ class Segment:
               raw: bool = False) -> "Segment":
         self = object.__new__(cls)
         info = ffi.new("ndshm_segment_info_t *")
-        lib.ndshm_segment_info(handle, info)
+        _seg_info(handle, info)
         self._handle = ffi.gc(handle, _close, info.segment_size)
         self._lib = lib
         self._info = info
@@ -335,7 +355,7 @@ class Segment:
 
     def _remember(self) -> None:
         info = self._info
-        self._key = (os.path.realpath(self._dir), self._name)
+        self._key = _cache_key(self._dir, self._name)
         with _lock:
             cur = _cache.get(self._key)
             old = cur() if cur is not None else None
@@ -351,8 +371,8 @@ class Segment:
                populate: bool = False) -> "Segment":
         """Map the named segment ``name`` (in ``dir``); a mapping this process holds already is reused."""
         dir = default_dir(dir)
-        key = (os.path.realpath(dir), name)
-        path = os.path.join(dir, _PREFIX + name)
+        key = _cache_key(dir, name)
+        path = f"{dir}/{_PREFIX}{name}"
         with _lock:
             ref = _cache.get(key)
             seg = ref() if ref is not None else None
@@ -364,7 +384,7 @@ class Segment:
                 if st is not None and seg._same_file(st.st_dev, st.st_ino):
                     return seg
             out = ffi.new("ndshm_segment_t **")
-            rc = lib.ndshm_segment_attach(lib.NDSHM_KIND_NAMED, _cstr(name), _cstr(dir),
+            rc = _seg_attach(_NAMED, name.encode() if name.isascii() else _cstr(name), dir.encode(),
                                           (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
             if rc:
                 raise error_from_code(rc, path)
