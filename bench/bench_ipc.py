@@ -334,7 +334,7 @@ def pool_map(res: C.Results, mode: str) -> None:
                     shared[...] = 1
                     cases = {"ndshm (pickled by reference)": lambda: pool.map(_first, list(shared)), **cases}
                 except Exception as e:
-                    nd_ok = False
+                    nd_ok, name = False, None
                     rows.append(["ndshm (pickled by reference)", C.human_bytes(total), f"error: {e}"[:100], ""])
             t = C.interleaved(cases, repeats)
             ref = t.get("ndshm (pickled by reference)")

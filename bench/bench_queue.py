@@ -380,6 +380,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = C.parse_args(__doc__.splitlines()[0], argv)
     res = run(args.mode)
     res.write(args.json)
+    C.progress("bench_queue: done")
     return 0
 
 

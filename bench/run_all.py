@@ -67,14 +67,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         report["benchmarks"][name] = json.loads(part.read_text())
     report["seconds"] = round(time.perf_counter() - t0, 1)
+    import targets
+
+    try:
+        report["targets"] = targets.check(report)
+        print("\n## Targets\n\n" + targets.table(report), flush=True)
+    except Exception as e:  # the figures are worth keeping even if a check trips
+        C.progress(f"run_all: checking the targets failed: {type(e).__name__}: {e}")
     latest = out / "latest.json"
     latest.write_text(json.dumps(report, indent=1))
     written = [str(latest)]
     if not args.no_plots:
         C.progress("run_all: drawing the charts")
-        import plots
-
-        written += [str(x) for x in plots.make_all(report, out)]
+        try:
+            import plots
+        except ImportError as e:
+            print(f"run_all: no charts: matplotlib is not installed ({e}); pip install matplotlib",
+                  file=sys.stderr)
+        else:
+            written += [str(x) for x in plots.make_all(report, out)]
     C.progress(f"run_all: done in {report['seconds']} s; wrote " + ", ".join(written))
     if report["failed"]:
         print(f"run_all: failed: {', '.join(report['failed'])}", file=sys.stderr)

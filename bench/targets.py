@@ -1,0 +1,115 @@
+"""The issues' performance targets, checked against one run's figures (bench/results/latest.json).
+
+    python bench/targets.py [bench/results/latest.json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import _common as C  # noqa: E402
+
+
+def _get(d: Any, *path: Any) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One entry per target: what, the measured value (text), and met True/False/None (no data)."""
+    b = report.get("benchmarks", {})
+    alloc, ipc, q = _get(b, "alloc", "data") or {}, _get(b, "ipc", "data") or {}, _get(b, "queue", "data") or {}
+    out: List[Dict[str, Any]] = []
+
+    def add(what: str, value: Optional[float], ok: Optional[bool], shown: str) -> None:
+        out.append({"target": what, "value": value, "met": ok, "shown": shown if value is not None else "–"})
+
+    ov = _get(alloc, "small_overhead_us", "empty")
+    add("alloc: ndshm.empty small-array overhead < 2 µs", ov, None if ov is None else ov < 2, f"{C.fmt(ov)} µs")
+    for f in alloc.get("figures", []):
+        if f["bytes"] >= 64 * C.MiB and f["op"] in ("zeros", "zeros + first touch"):
+            r = f["us"]["ndshm"] / f["us"]["numpy"]
+            add(f"alloc: {C.human_bytes(f['bytes'])} {f['op']} within 1.1x of numpy", r, r <= 1.1, f"{r:.2f}x numpy")
+        if f["bytes"] >= 64 * C.MiB and f["op"].startswith("zeros + first touch, ndshm hugepages"):
+            r = f["us"]["ndshm"] / f["us"]["numpy"]
+            add(f"alloc: {C.human_bytes(f['bytes'])} hugepages+populate faster than numpy", r, r < 1.0,
+                f"{r:.2f}x numpy")
+    rows = _get(ipc, "classic", "rows") or {}
+    base = _get(rows, "nothing", "wall_s")
+    nd = _get(rows, "ndshm", "wall_s")
+    if base is not None and nd is not None:
+        ex = nd - base
+        for peer, limit in (("shared_memory", 0.9), ("Pipe", 1 / 3), ("Queue", 1 / 3)):
+            pw = _get(rows, peer, "wall_s")
+            if pw is not None:
+                r = ex / max(pw - base, 1e-9)
+                add(f"classic: ndshm excess ≤ {limit:.2g}x {peer}'s", r, r <= limit, f"{r:.2f}x")
+        for peer in ("Pipe", "Queue"):
+            pm, nm = _get(rows, peer, "anon_mib"), _get(rows, "ndshm", "anon_mib")
+            if pm is not None and nm is not None:
+                r = nm / max(pm, 1e-9)
+                add(f"classic: ndshm parent memory ≤ 0.1x {peer}'s", r, r <= 0.1, f"{nm:.1f} vs {pm:.1f} MiB")
+    at = _get(ipc, "attach", "figures", "ndshm", "p50_us")
+    add("attach by name < 30 µs", at, None if at is None else at < 30, f"{C.fmt(at)} µs")
+    pm = [f for f in ipc.get("pool_map", []) if f["method"].startswith("ndshm")]
+    if len(pm) >= 2:
+        r = pm[-1]["s"] / pm[0]["s"]
+        add("Pool.map cost independent of size (largest/smallest ≤ 1.5)", r, r <= 1.5,
+            f"{r:.2f}x for {C.human_bytes(pm[-1]['bytes'])} vs {C.human_bytes(pm[0]['bytes'])}")
+    ct = _get(ipc, "create_touch", "s") or {}
+    if "ndshm populate=True" in ct and "shared_memory" in ct:
+        r = ct["shared_memory"] / ct["ndshm populate=True"]
+        add(f"create+touch {C.human_bytes(_get(ipc, 'create_touch', 'bytes'))}: populate ≥ 4x faster than "
+            "shared_memory", r, r >= 4, f"{r:.2f}x faster")
+    figs1 = _get(q, "sizes", str(C.MiB), "figures") or {}
+    mpq, ff = _get(figs1, "multiprocessing.Queue", "msgs_per_s"), _get(figs1, "faster_fifo.Queue", "msgs_per_s")
+    for method, need in (("ndshm put+get", 4), ("ndshm put+receive", 8), ("ndshm loan+receive", 15)):
+        v = _get(figs1, method, "msgs_per_s")
+        if v is not None and mpq:
+            add(f"queue 1 MiB: {method} ≥ {need}x multiprocessing.Queue", v / mpq, v / mpq >= need, f"{v / mpq:.1f}x")
+        if v is not None and ff:
+            add(f"queue 1 MiB: {method} ≥ 2x faster-fifo", v / ff, v / ff >= 2, f"{v / ff:.1f}x")
+    big = _get(q, "sizes", str(64 * C.MiB), "figures") or {}
+    cpy = _get(big, "memcpy (ceiling)", "gb_per_s")
+    for method in ("ndshm put+receive",):
+        v = _get(big, method, "gb_per_s")
+        if v is not None and cpy:
+            add(f"queue 64 MiB: one-copy ({method}) ≥ half of memcpy", v / cpy, v / cpy >= 0.5,
+                f"{v:.2f} of {cpy:.2f} GB/s")
+    lr = [(_get(q, "sizes", str(s), "figures", "ndshm loan+receive", "msgs_per_s"), s) for s in (C.MiB, 64 * C.MiB)]
+    if all(v for v, _ in lr):
+        r = lr[0][0] / lr[1][0]
+        add("queue: loan+receive hand-off independent of size (1 MiB/64 MiB msgs/s ≤ 2)", r, r <= 2, f"{r:.2f}")
+    for gap, limit, label in (("1ms", 20, "asleep"), ("20us", 3, "awake")):
+        v = _get(q, "sizes", "64", "figures", "ndshm put+get", f"p50_us_gap_{gap}")
+        add(f"queue 64 B: p50 hand-off < {limit} µs, consumer {label}", v, None if v is None else v < limit,
+            f"{C.fmt(v)} µs")
+    v = _get(q, "batches_64B", "figures", "ndshm", "msgs_per_s")
+    add("queue 64 B put_many/get_many ≥ 200k msgs/s", v, None if v is None else v >= 2e5, f"{C.fmt(v)} msgs/s")
+    return out
+
+
+def table(report: Dict[str, Any]) -> str:
+    rows = [[t["target"], t["shown"], {True: "met", False: "MISSED", None: "no data"}[t["met"]]]
+            for t in check(report)]
+    return C.table(["target (from the issues)", "measured", "status"], rows, left=1,
+                   title=f"Targets ({report.get('mode', '?')} mode; one noisy 2-core run, treat near misses as noise)")
+
+
+def main(argv: List[str]) -> int:
+    src = Path(argv[0]) if argv else BENCH_DIR / "results" / "latest.json"
+    print(table(json.loads(src.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
