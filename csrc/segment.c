@@ -377,6 +377,10 @@ static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
             rc = ndshm__fail_errno(errno, "cannot stat %s", what);
             goto out;
         }
+        if (!S_ISREG(st.st_mode)) {
+            rc = ndshm__fail(NDSHM_ECORRUPT, 0, "%s is not a regular file (mode 0%o)", what, (unsigned)st.st_mode);
+            goto out;
+        }
         if (st.st_nlink == 0 && seg->path != NULL) {
             rc = ndshm__fail(NDSHM_ENOENT, 0, "segment %s was removed", what);
             goto out;
@@ -447,9 +451,13 @@ int ndshm_segment_attach(int kind, const char *name, const char *dir, unsigned f
     }
     seg->path = path;
     int ro = (flags & NDSHM_SEG_READONLY) != 0;
-    seg->fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO planted under a segment's name must not hang us (no effect on files);
+     * O_NOFOLLOW: nor may a symlink there redirect us to another file. */
+    int oflags = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK | (kind == NDSHM_KIND_NAMED ? O_NOFOLLOW : 0);
+    seg->fd = open(path, oflags);
     if (seg->fd < 0) {
-        rc = open_error(errno, path, ro ? "for reading" : "for reading and writing");
+        if (errno == ELOOP) rc = ndshm__fail(NDSHM_ECORRUPT, errno, "%s is a symbolic link, not a segment", path);
+        else rc = open_error(errno, path, ro ? "for reading" : "for reading and writing");
         goto fail;
     }
     int err = lock_shared(seg->fd);
@@ -607,7 +615,7 @@ int ndshm_segment_probe(int kind, const char *name, const char *dir, ndshm_segme
     int rc = make_path(kind, name, dir, &path);
     if (rc) return rc;
     unsigned char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | (kind == NDSHM_KIND_NAMED ? O_NOFOLLOW : 0));
     if (fd < 0) {
         rc = open_error(errno, path, "for reading");
         goto out;
@@ -622,6 +630,10 @@ int ndshm_segment_probe(int kind, const char *name, const char *dir, ndshm_segme
     buf = malloc(NDSHM__HDR_MAX);
     if (buf == NULL || fstat(fd, &st) != 0) {
         rc = ndshm__fail_errno(buf == NULL ? ENOMEM : errno, "cannot read %s", path);
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = ndshm__fail(NDSHM_ECORRUPT, 0, "%s is not a regular file", path);
         goto out;
     }
     size_t want = st.st_size < NDSHM__HDR_MAX ? (size_t)st.st_size : NDSHM__HDR_MAX, len = 0;

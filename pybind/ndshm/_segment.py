@@ -54,6 +54,15 @@ _cache: dict[tuple[str, str], "weakref.ref[Segment]"] = {}
 _creators: "weakref.WeakSet[Segment]" = weakref.WeakSet()
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def default_dir(dir: Optional[str] = None) -> str:
     """The directory holding named segments: ``dir``, else ``$NDSHM_DIR``, else ``/dev/shm``."""
     return dir or os.environ.get("NDSHM_DIR") or "/dev/shm"

@@ -240,6 +240,16 @@ TEST(hostile_headers_never_crash) {
     CHECK_DETAIL("never fully initialised");
     CHECK(t == NULL);
     unlink(path_of(name));
+    /* a FIFO or a symlink planted under a segment's name */
+    CHECK(mkfifo(path_of(name), 0600) == 0);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, NDSHM_SEG_READONLY, &t), NDSHM_ECORRUPT);
+    CHECK_DETAIL("regular file");
+    CHECK_RC(ndshm_segment_probe(NDSHM_KIND_NAMED, name, dir, &info, &used), NDSHM_ECORRUPT);
+    unlink(path_of(name));
+    CHECK(symlink("/etc/passwd", path_of(name)) == 0);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, NDSHM_SEG_READONLY, &t), NDSHM_ECORRUPT);
+    CHECK_DETAIL("symbolic link");
+    unlink(path_of(name));
     free(good);
     free(bad);
 }
