@@ -352,11 +352,30 @@ def test_sync_objects_in_segment(unique_name):
         import ndshm._sync  # noqa: F401
     except ImportError:
         pytest.skip("ndshm._sync is not there yet")
-    seg = ndshm.Segment.create(unique_name, 4)
-    lock = seg.lock
+    seg = ndshm.Segment.create(unique_name, 4, "i8")
+    lock, ev, bar = seg.lock, seg.event, seg.barrier(2)
+    assert lock.address == seg.sync_address(0) and ev.address == seg.sync_address(1)
     with lock:
-        pass
-    ev = seg.event
-    ev.set()
-    assert ev.is_set()
+        assert lock.locked()
+    assert not lock.locked() and not ev.is_set()
+    again = pickle.loads(pickle.dumps(ev))  # by reference to the segment: the same slot
+    assert again.address == ev.address
+    import subprocess
+    import textwrap
+    from conftest import child_env
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import ndshm
+        seg = ndshm.Segment.attach({unique_name!r})
+        with seg.lock:
+            seg.asarray()[0] += 1
+        seg.barrier(2).wait(timeout=30)
+        seg.event.set()
+    """)], env=child_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        assert bar.wait(timeout=30) in (0, 1)
+        assert ev.wait(timeout=30)
+    finally:
+        _, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert seg.asarray()[0] == 1
     seg.close()
