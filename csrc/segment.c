@@ -109,13 +109,12 @@ static int lock_shared(int fd) {
     return 0;
 }
 
-/* 1 if another open file description holds a lock on fd's file (we hold LOCK_SH). */
+/* 1 if another open file description holds a lock on fd's file (we hold LOCK_SH, and still do
+ * on return: a failed conversion to LOCK_EX drops the lock on Linux, so it is always retaken). */
 static int others_hold(int fd) {
-    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
-        (void)lock_shared(fd); /* downgrade back */
-        return 0;
-    }
-    return 1;
+    int free_ = flock(fd, LOCK_EX | LOCK_NB) == 0;
+    (void)lock_shared(fd);
+    return !free_;
 }
 
 static int check_hugepages(void) {

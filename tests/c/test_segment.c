@@ -274,6 +274,47 @@ TEST(initialising_segment_waits_then_busy) {
     unlink(path_of(name));
 }
 
+TEST(attach_waits_for_a_creator_then_still_holds_its_lock) {
+    /* a valid segment image, to be published late by a "creator" process */
+    const char *src = uname_();
+    ndshm_segment_params_t p = params(src, 8);
+    p.flags = NDSHM_SEG_PERSIST;
+    ndshm_segment_t *s = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_info_t info;
+    ndshm_segment_info(s, &info);
+    size_t total = (size_t)info.segment_size;
+    unsigned char *image = malloc(total);
+    memcpy(image, (void *)(info.data - info.data_offset), total);
+    ndshm_segment_close(s);
+    ndshm_unlink(src, dir);
+
+    const char *name = uname_();
+    int fd = open(path_of(name), O_RDWR | O_CREAT | O_EXCL, 0600);
+    CHECK(fd >= 0 && flock(fd, LOCK_SH) == 0 && ftruncate(fd, (off_t)total) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct timespec ts = {0, 200000000};
+        nanosleep(&ts, NULL);
+        ssize_t n = pwrite(fd, image, total, 0);
+        _exit(n == (ssize_t)total ? 0 : 1);
+    }
+    close(fd); /* the child's copy of the descriptor keeps the lock until it exits */
+    ndshm_segment_t *t = NULL;
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), 0);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    int used = 0;
+    CHECK_RC(ndshm_segment_probe(NDSHM_KIND_NAMED, name, dir, &info, &used), 0);
+    CHECK(used == 1); /* our handle still holds its shared lock after waiting */
+    ndshm_segment_close(t);
+    CHECK_RC(ndshm_segment_probe(NDSHM_KIND_NAMED, name, dir, &info, &used), 0);
+    CHECK(used == 0);
+    unlink(path_of(name));
+    free(image);
+}
+
 TEST(probe_tells_liveness_and_persist_survives) {
     const char *name = uname_();
     ndshm_segment_params_t p = params(name, 10);
@@ -432,6 +473,7 @@ int main(void) {
     RUN(overflowing_and_invalid_layouts);
     RUN(hostile_headers_never_crash);
     RUN(initialising_segment_waits_then_busy);
+    RUN(attach_waits_for_a_creator_then_still_holds_its_lock);
     RUN(probe_tells_liveness_and_persist_survives);
     RUN(close_never_removes_a_recreated_name);
     RUN(anonymous_shared_with_fork);
