@@ -190,6 +190,12 @@ def test_bad_names_and_values(unique_name):
         with pytest.raises(ValueError) as exc:
             ndshm.create(bad, 3)
         assert "segment name" in str(exc.value)
+    with pytest.raises(ValueError, match="NUL"):
+        ndshm.create(unique_name + "\0x", 3)
+    with pytest.raises(ValueError, match="NUL"):
+        ndshm.attach(unique_name + "\0x")
+    with pytest.raises(TypeError):
+        ndshm.attach(None)
     with pytest.raises(FileNotFoundError):
         ndshm.attach(unique_name)
     with pytest.raises(TypeError):

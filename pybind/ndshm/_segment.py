@@ -82,12 +82,18 @@ def _cache_key(dir: str, name: str) -> tuple[str, str]:
     return real, name
 
 
-def _cstr(s: Optional[str]) -> Any:
-    return ffi.NULL if s is None else os.fsencode(s)
+def _cstr(s: Any) -> Any:
+    """``s`` (a str, bytes or path) as C string bytes; NUL bytes are refused (C would cut there)."""
+    if s is None:
+        return ffi.NULL
+    b = os.fsencode(s)
+    if b"\0" in b:
+        raise ValueError(f"{s!r} contains a NUL character")
+    return b
 
 
-def _cbuf(s: Optional[str]) -> Any:
-    return ffi.NULL if s is None else ffi.new("char[]", os.fsencode(s))
+def _cbuf(s: Any) -> Any:
+    return ffi.NULL if s is None else ffi.new("char[]", _cstr(s))
 
 
 def _encode_meta(meta: Any) -> bytes:
@@ -309,7 +315,9 @@ class Segment:
                 name = f"ndshm-{os.getpid()}-{uuid.uuid4().hex[:16]}"
             if path is not None:
                 raise ValueError("path= applies to kind='file'; named segments take name= and dir=")
-            dir = default_dir(dir)
+            if not isinstance(name, str):
+                raise TypeError(f"segment name {name!r} is not a str")
+            dir = os.fspath(default_dir(dir))
         elif kind == "file":
             if path is None:
                 if name is None:
@@ -379,7 +387,9 @@ class Segment:
     def attach(cls, name: str, readonly: bool = False, *, dir: Optional[str] = None,
                populate: bool = False) -> "Segment":
         """Map the named segment ``name`` (in ``dir``); a mapping this process holds already is reused."""
-        dir = default_dir(dir)
+        if not isinstance(name, str):
+            raise TypeError(f"segment name {name!r} is not a str")
+        dir = os.fspath(default_dir(dir))
         key = _cache_key(dir, name)
         path = f"{dir}/{_PREFIX}{name}"
         with _lock:
@@ -393,8 +403,8 @@ class Segment:
                 if st is not None and seg._same_file(st.st_dev, st.st_ino):
                     return seg
             out = ffi.new("ndshm_segment_t **")
-            rc = _seg_attach(_NAMED, name.encode() if name.isascii() else _cstr(name), dir.encode(),
-                                          (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
+            rc = _seg_attach(_NAMED, _cstr(name), _cstr(dir),
+                             (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
             if rc:
                 raise error_from_code(rc, path)
             seg = cls._wrap(out[0], name=name, kind="named", dir=dir, path=path)
