@@ -35,10 +35,11 @@ __all__ = [
 from ._segment import (  # noqa: E402
     Segment, SegmentRecord, SharedArray, attach, attach_raw, create, exists, recv_fd, segment_of, send_fd, unlink,
 )
-from ._segment import list_segments as list  # noqa: E402,A001
+from ._segment import list_segments as list  # noqa: E402,A001  (ndshm.list(); kept out of __all__: it would shadow the builtin)
 
-__all__ += ["Segment", "SegmentRecord", "SharedArray", "create", "attach", "attach_raw", "unlink", "exists", "list",
-            "segment_of", "send_fd", "recv_fd"]
+__all__ += ["Segment", "SegmentRecord", "SharedArray", "create", "attach", "attach_raw", "unlink", "exists",
+            "list_segments", "segment_of", "send_fd", "recv_fd"]
+from ._segment import list_segments  # noqa: E402
 
 # queue and process-shared synchronisation
 from ._queue import Queue  # noqa: E402
