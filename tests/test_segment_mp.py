@@ -372,3 +372,30 @@ def test_stress_no_leaks(unique_name):
         assert len(os.listdir("/proc/self/fd")) == fds
     assert len(os.listdir("/dev/shm")) <= entries + 2  # other engineers' tests may run concurrently
     assert not [e for e in os.listdir("/dev/shm") if e.startswith("ndshm." + unique_name)]
+
+
+_KEEP = []
+
+
+def _create_and_exit(name, conn):
+    _KEEP.append(ndshm.create(name, 10))  # alive until the process ends
+    _KEEP.append(ndshm.create(name + "p", 10, persist=True))
+    conn.send("made")
+    conn.recv()  # hold until the parent has looked
+    del conn
+
+
+@pytest.mark.parametrize("method", CONTEXTS)
+def test_multiprocessing_child_unlinks_its_segments_at_exit(unique_name, method):
+    ctx = mp.get_context(method)
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_create_and_exit, args=(unique_name, child))
+    p.start()
+    assert parent.recv() == "made"
+    assert os.path.exists(shm_path(unique_name))
+    parent.send("go")
+    p.join(60)
+    assert p.exitcode == 0
+    assert not os.path.exists(shm_path(unique_name))  # the child's finalizer removed it (no atexit there)
+    assert os.path.exists(shm_path(unique_name + "p"))
+    ndshm.unlink(unique_name + "p")

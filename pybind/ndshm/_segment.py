@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import socket
+import sys
 import threading
 import uuid
 import weakref
@@ -366,6 +367,7 @@ class Segment:
             if not persist:
                 with _lock:
                     _creators.add(self)
+                _ensure_exit_hook()
         if fill is not None:
             self.asarray()[...] = fill
         return self
@@ -561,6 +563,25 @@ class Segment:
 
 def _attach_segment(name: str, dir: str, readonly: bool) -> Segment:
     return Segment.attach(name, readonly, dir=dir)
+
+
+_exit_hook_pid = 0
+
+
+def _ensure_exit_hook() -> None:
+    """multiprocessing's children end with os._exit (no atexit) after running its finalizers:
+    register one there too, once per process (a forked child ignores its parent's)."""
+    global _exit_hook_pid
+    pid = os.getpid()
+    if _exit_hook_pid == pid:
+        return
+    _exit_hook_pid = pid
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        try:
+            mp_util.Finalize(None, _unlink_at_exit, exitpriority=100)
+        except Exception:  # pragma: no cover - defensive
+            pass
 
 
 @atexit.register
