@@ -13,7 +13,8 @@
  *       20     4  kind          enum ndshm_segment_kind of the creator
  *       24     4  flags         NDSHM_SEG_* as created (never READONLY)
  *       28     4  ndim          0 .. 32
- *       32     8  data_offset   multiple of alignment and of the creator's page size, >= header_size
+ *       32     8  data_offset   >= header_size; a multiple of alignment (the creator also makes it
+ *                               a multiple of its page size; readers do not insist: pages differ)
  *       40     8  data_size     bytes of data; data_offset + data_size <= the file's size
  *       48     8  alignment     power of two, <= NDSHM_MAX_ALIGNMENT
  *       56     8  itemsize      bytes of one element
@@ -216,8 +217,8 @@ int ndshm__header_validate(const void *bytes, size_t len, uint64_t file_size, nd
     if (h.alignment == 0 || (h.alignment & (h.alignment - 1)) || h.alignment > NDSHM_MAX_ALIGNMENT)
         return CORRUPT("alignment %llu is not a power of two up to %d", (unsigned long long)h.alignment,
                        NDSHM_MAX_ALIGNMENT);
-    if (h.data_offset < want || h.data_offset % h.alignment || h.data_offset % ndshm__page_size())
-        return CORRUPT("data_offset %llu is below the header or not aligned to %llu and the page size",
+    if (h.data_offset < want || h.data_offset % h.alignment)
+        return CORRUPT("data_offset %llu is below the header or not a multiple of the alignment %llu",
                        (unsigned long long)h.data_offset, (unsigned long long)h.alignment);
     uint64_t end;
     if (__builtin_add_overflow(h.data_offset, h.data_size, &end) || end > file_size || end > (uint64_t)PTRDIFF_MAX)

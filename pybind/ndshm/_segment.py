@@ -617,7 +617,9 @@ def attach(name: str, readonly: bool = False, populate: bool = False, *, dir: Op
 def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, readonly: bool = False) -> np.ndarray:
     """Map a headerless segment or file made by another tool: a bare name means ``/dev/shm/<name>``
     (as ``multiprocessing.shared_memory`` makes them). The view is bounds-checked against its size."""
-    path = name_or_path if os.sep in name_or_path else os.path.join(default_dir(), name_or_path.lstrip("/"))
+    path = os.fspath(name_or_path)
+    if os.sep not in path.lstrip("/"):
+        path = os.path.join("/dev/shm", path.lstrip("/"))
     seg = Segment._attach_raw(path, readonly)
     dims, dt = _dtype.normalize(shape, dtype)
     if offset < 0:
