@@ -283,7 +283,10 @@ int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out)
     if (path != NULL) {
         seg->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
         if (seg->fd < 0) {
-            rc = open_error(errno, path, "for creation");
+            if (errno == ENOENT)
+                rc = ndshm__fail(NDSHM_ENOENT, errno, "cannot create %s: its directory does not exist", path);
+            else
+                rc = open_error(errno, path, "for creation");
             goto fail;
         }
         created_file = 1;
@@ -396,7 +399,10 @@ static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
         }
         rc = ndshm__header_validate(buf, len, (uint64_t)st.st_size, &seg->info);
         if (rc != NDSHM_EBUSY) break;
-        if (!others_hold(seg->fd)) {
+        /* Nobody holds the file: its creator died, unless it is so young that the creator may be
+         * between open(O_CREAT) and its flock (a window of microseconds; allow a second). */
+        int64_t age = now_ns(CLOCK_REALTIME) - ((int64_t)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec);
+        if (!others_hold(seg->fd) && age > 1000000000LL) {
             rc = ndshm__fail(NDSHM_ECORRUPT, 0, "segment %s was never fully initialised (its creator died?)", what);
             break;
         }
