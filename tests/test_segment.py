@@ -206,6 +206,8 @@ def test_bad_names_and_values(unique_name):
         ndshm.Segment.create(unique_name, 3, kind="bogus")
     with pytest.raises(ValueError):
         ndshm.segment_of(np.zeros(3))
+    with pytest.raises(FileNotFoundError, match="directory does not exist"):
+        ndshm.Segment.create(unique_name, 3, dir="/nonexistent-ndshm-dir")
     assert not os.path.exists(shm_path(unique_name))
 
 
