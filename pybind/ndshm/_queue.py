@@ -164,8 +164,22 @@ class _Receive:
             _release(h, m)
 
 
+_PLANS: dict = {}  # (shape, dtype) argument -> (dims, dtype, nbytes, typestr bytes): the loan fast path
+
+
+def _plan(shape: Any, dtype: Any) -> tuple:
+    dims, dt = _dtype.normalize(shape, dtype)
+    plan = (dims, dt, _dtype.nbytes_of(dims, dt), _typestr_bytes(dt))
+    try:
+        if len(_PLANS) < 256:
+            _PLANS[(shape, dtype)] = plan
+    except TypeError:  # unhashable shape or dtype argument
+        pass
+    return plan
+
+
 class _Loan:
-    __slots__ = ("_q", "_shape", "_dt", "_timeout", "_msg", "_arr")
+    __slots__ = ("_q", "_shape", "_dt", "_nbytes", "_ts", "_timeout", "_msg", "_arr")
 
     def __init__(self, q: "Queue", shape: Any, dtype: Any, timeout: float) -> None:
         if dtype is None:
@@ -176,14 +190,16 @@ class _Loan:
             if q._shape is None:
                 raise TypeError("loan() needs a shape on an untyped queue")
             shape = q._shape
-        self._shape, self._dt = _dtype.normalize(shape, dtype)
+        try:
+            plan = _PLANS[(shape, dtype)]
+        except (KeyError, TypeError):
+            plan = _plan(shape, dtype)
+        self._shape, self._dt, self._nbytes, self._ts = plan
         self._q, self._timeout, self._arr = q, timeout, None
 
     def __enter__(self) -> np.ndarray:
-        q, dims, dt = self._q, self._shape, self._dt
+        q, dims, dt, nbytes, ts = self._q, self._shape, self._dt, self._nbytes, self._ts
         h = q._live()
-        nbytes = _dtype.nbytes_of(dims, dt)
-        ts = _typestr_bytes(dt)
         if nbytes > q.slot_bytes:
             raise error_from_code(q._toobig(nbytes, dims, dt))
         m = self._msg = ffi.new("ndshm_qmsg_t *")
