@@ -49,6 +49,7 @@ _close = lib.ndshm_segment_close
 # Functions and constants read once: attribute lookups on an ABI-mode cffi library are slow.
 _seg_info, _seg_attach, _seg_sync = lib.ndshm_segment_info, lib.ndshm_segment_attach, lib.ndshm_segment_sync
 _NAMED = lib.NDSHM_KIND_NAMED
+_INFO_P, _SEG_PP = ffi.typeof("ndshm_segment_info_t *"), ffi.typeof("ndshm_segment_t **")
 
 _lock = threading.RLock()
 _cache: dict[tuple[str, str], "weakref.ref[Segment]"] = {}
@@ -256,7 +257,7 @@ class Segment:
     def _wrap(cls, handle: Any, *, name: Optional[str], kind: str, dir: Optional[str], path: Optional[str],
               raw: bool = False) -> "Segment":
         self = object.__new__(cls)
-        info = ffi.new("ndshm_segment_info_t *")
+        info = ffi.new(_INFO_P)
         _seg_info(handle, info)
         self._handle = ffi.gc(handle, _close, info.segment_size)
         self._lib = lib
@@ -284,11 +285,14 @@ class Segment:
         else:
             lay = info.layout
             typestr = ffi.string(lay.typestr).decode("ascii", "replace")
-            descr = bytes(ffi.buffer(info.descr, info.descr_len))
+            n = info.descr_len
+            descr = ffi.unpack(info.descr, n) if n else b""
             self._dtype = _decode_dtype(typestr, descr, int(lay.itemsize), where)
-            self._shape = tuple(int(lay.shape[i]) for i in range(lay.ndim))
-            self._strides = tuple(int(lay.strides[i]) for i in range(lay.ndim))
-            self._meta = bytes(ffi.buffer(info.meta, info.meta_len))
+            ndim = lay.ndim
+            self._shape = tuple(ffi.unpack(lay.shape, ndim))
+            self._strides = tuple(ffi.unpack(lay.strides, ndim))
+            n = info.meta_len
+            self._meta = ffi.buffer(info.meta, n)[:] if n else b""
         return self
 
     @classmethod
@@ -355,7 +359,7 @@ class Segment:
             keep.append(ffi.from_buffer(meta_b))
             p.meta = keep[-1]
             p.meta_len = len(meta_b)
-        out = ffi.new("ndshm_segment_t **")
+        out = ffi.new(_SEG_PP)
         rc = lib.ndshm_segment_create(p, out)
         if rc:
             raise error_from_code(rc, path if kind == "file" else (os.path.join(dir, _PREFIX + name) if name else None))
@@ -404,7 +408,7 @@ class Segment:
                     st = None
                 if st is not None and seg._same_file(st.st_dev, st.st_ino):
                     return seg
-            out = ffi.new("ndshm_segment_t **")
+            out = ffi.new(_SEG_PP)
             rc = _seg_attach(_NAMED, _cstr(name), _cstr(dir),
                              (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
             if rc:
@@ -417,7 +421,7 @@ class Segment:
     def open_file(cls, path: str, readonly: bool = False, *, populate: bool = False) -> "Segment":
         """Map the file-backed segment at ``path``."""
         path = os.path.abspath(os.fspath(path))
-        out = ffi.new("ndshm_segment_t **")
+        out = ffi.new(_SEG_PP)
         rc = lib.ndshm_segment_attach(lib.NDSHM_KIND_FILE, _cstr(path), ffi.NULL,
                                       (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
         if rc:
@@ -427,7 +431,7 @@ class Segment:
     @classmethod
     def from_fd(cls, fd: int, readonly: bool = False) -> "Segment":
         """Map the memfd segment behind descriptor ``fd`` (the caller still owns ``fd``)."""
-        out = ffi.new("ndshm_segment_t **")
+        out = ffi.new(_SEG_PP)
         rc = lib.ndshm_segment_attach_fd(fd, _READONLY if readonly else 0, out)
         if rc:
             raise error_from_code(rc)
@@ -435,7 +439,7 @@ class Segment:
 
     @classmethod
     def _attach_raw(cls, path: str, readonly: bool) -> "Segment":
-        out = ffi.new("ndshm_segment_t **")
+        out = ffi.new(_SEG_PP)
         rc = lib.ndshm_segment_attach_raw(_cstr(path), _READONLY if readonly else 0, out)
         if rc:
             raise error_from_code(rc, path)
@@ -480,16 +484,20 @@ class Segment:
         """The array the segment describes (zero-copy; a :class:`SharedArray`); ``readonly`` gives
         a view that cannot write even if the mapping can."""
         self._check_open()
-        return self._view(0, self._shape, self._dtype, self._strides, readonly)
+        return self._view(0, self._shape, self._dtype, self._strides, readonly, True)
 
-    def _view(self, offset: int, shape: tuple, dt: np.dtype, strides: tuple, readonly: bool) -> np.ndarray:
-        self._check_open()
-        lo, hi = _span(shape, strides, dt.itemsize)
-        if (lo != hi) and (offset + lo < 0 or offset + hi > self._data_size):
-            raise ValueError(f"a view at offset {offset} with shape {shape} and strides {strides} reaches outside "
-                             f"the segment's {self._data_size} bytes")
-        if dt.hasobject:
-            raise TypeError(f"dtype {dt} holds Python objects")
+    def _view(self, offset: int, shape: tuple, dt: np.dtype, strides: tuple, readonly: bool,
+              whole: bool = False) -> np.ndarray:
+        """A view at ``offset``; ``whole`` marks the segment's own layout, which C validated already."""
+        if self._closed:
+            self._check_open()
+        if not whole:
+            lo, hi = _span(shape, strides, dt.itemsize)
+            if (lo != hi) and (offset + lo < 0 or offset + hi > self._data_size):
+                raise ValueError(f"a view at offset {offset} with shape {shape} and strides {strides} reaches "
+                                 f"outside the segment's {self._data_size} bytes")
+            if dt.hasobject:
+                raise TypeError(f"dtype {dt} holds Python objects")
         iface = {"version": 3, "data": (self.address + offset, bool(readonly or self._readonly)),
                  "shape": shape, "typestr": _dtype.typestr_of(dt), "strides": strides}
         arr = np.asarray(_View(self, iface))
@@ -611,7 +619,7 @@ def create(name: Optional[str], shape: Any, dtype: Any = float, order: str = "C"
 def attach(name: str, readonly: bool = False, populate: bool = False, *, dir: Optional[str] = None) -> np.ndarray:
     """The array in named segment ``name``, zero-copy, with dtype and shape restored."""
     seg = Segment.attach(name, readonly, dir=dir, populate=populate)
-    return seg._view(0, seg._shape, seg._dtype, seg._strides, readonly)
+    return seg._view(0, seg._shape, seg._dtype, seg._strides, readonly, True)
 
 
 def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, readonly: bool = False) -> np.ndarray:
