@@ -351,7 +351,6 @@ def test_stress_no_leaks(unique_name):
     collect()
     fds = len(os.listdir("/proc/self/fd"))
     stats = ndshm.stats()
-    entries = len(os.listdir("/dev/shm"))
     for i in range(300):
         name = f"{unique_name}-{i}"
         seg = ndshm.Segment.create(name, (64, 64), "f4", fill=i)
@@ -370,7 +369,6 @@ def test_stress_no_leaks(unique_name):
         assert now["live_mappings"] == stats["live_mappings"] and now["live_segments"] == stats["live_segments"]
         assert now["mapped_bytes"] == stats["mapped_bytes"]
         assert len(os.listdir("/proc/self/fd")) == fds
-    assert len(os.listdir("/dev/shm")) <= entries + 2  # other engineers' tests may run concurrently
     assert not [e for e in os.listdir("/dev/shm") if e.startswith("ndshm." + unique_name)]
 
 
