@@ -178,6 +178,19 @@ def test_crash_then_gc(tmp_path):
                              env=child_env(**env), timeout=60)
         assert out.returncode == 0, out.stderr
         assert "removed crashy" in out.stdout
+        # an attacher killed with -9 stops counting as a user too
+        attacher = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+            import ndshm, time
+            a = ndshm.attach("kept")
+            print("attached", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True, env=child_env(**env))
+        assert attacher.stdout.readline().strip() == "attached"
+        assert {r.name: r for r in ndshm.list(d)}["kept"].in_use
+        attacher.kill()
+        attacher.wait(30)
+        attacher.stdout.close()
+        assert not {r.name: r for r in ndshm.list(d)}["kept"].in_use
         assert not os.path.exists(shm_path("crashy", d))
         assert os.path.exists(shm_path("kept", d))  # persist=True survives gc
     finally:
