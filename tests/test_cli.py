@@ -6,10 +6,9 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 import ndshm
-from conftest import child_env, collect, run_python
+from conftest import child_env, run_python
 from ndshm import _cli
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import pickle
 
 import numpy as np
 import pytest
 
-from conftest import PYPY, collect, run_python
+from conftest import collect, run_python
 from ndshm.compat.shared_memory import SharedMemory
 
 try:

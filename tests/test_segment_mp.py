@@ -11,13 +11,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import pytest
 
 import ndshm
-from conftest import PYPY, ROOT, child_env, collect, run_python
+from conftest import PYPY, child_env, collect, run_python
 
 CONTEXTS = ["fork", "spawn"]
 

@@ -22,12 +22,11 @@ import atexit
 import datetime as _dt
 import json
 import os
-import socket
 import sys
 import threading
 import uuid
 import weakref
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 from numpy.lib import format as _npformat
@@ -720,12 +719,3 @@ def recv_fd(sock: Any) -> int:
     out = ffi.new("int *")
     check(lib.ndshm_recv_fd(sock.fileno() if hasattr(sock, "fileno") else sock, out))
     return int(out[0])
-
-
-def _socketpair() -> tuple[socket.socket, socket.socket]:  # convenience for tests and examples
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-
-
-def iter_creators() -> Iterator[Segment]:
-    with _lock:
-        return iter(list(_creators))
