@@ -34,18 +34,21 @@ help:
 	@echo "make clean      remove build products"
 
 # One build directory per compiler, so `make CC=clang lib` really rebuilds. The package gets
-# a real file, not a symlink, so wheels and editable installs carry it as is.
+# a real file, not a symlink, so wheels and editable installs carry it as is. It is replaced by
+# rename, never rewritten in place: a running process keeps the inode it mapped, where `cp`
+# would change its code under it.
 LIBOUT := $(BUILD)/$(notdir $(CC))/libndshm.so
 
 lib: $(LIBOUT) $(PKG)/ndshm.h
-	@cmp -s $(LIBOUT) $(PKG)/libndshm.so || { cp -f $(LIBOUT) $(PKG)/libndshm.so && echo "installed $(LIBOUT) into $(PKG)"; }
+	@cmp -s $(LIBOUT) $(PKG)/libndshm.so || { cp -f $(LIBOUT) $(PKG)/.libndshm.so.tmp && \
+		mv -f $(PKG)/.libndshm.so.tmp $(PKG)/libndshm.so && echo "installed $(LIBOUT) into $(PKG)"; }
 
 $(LIBOUT): $(SRCS) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LIB_LDFLAGS) -o $@ $(SRCS) $(LDFLAGS)
 
 $(PKG)/ndshm.h: csrc/ndshm.h
-	cp -f $< $@
+	cp -f $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/ctest/%: tests/c/%.c $(SRCS) $(HDRS) $(wildcard tests/c/*.h) Makefile
 	@mkdir -p $(BUILD)/ctest
@@ -54,10 +57,16 @@ $(BUILD)/ctest/%: tests/c/%.c $(SRCS) $(HDRS) $(wildcard tests/c/*.h) Makefile
 ctest: $(CTEST_BINS)
 	@set -e; for t in $(CTEST_BINS); do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 $$t; done
 
+# The interop tests (torch, OpenCV, DLPack) need these; CI must have them, elsewhere they may fail
+# to install (torch 2.13.0 is the CPU build this machine kind keeps on disk) and those tests skip.
+INTEROP_PKGS ?= torch==2.13.0 opencv-python-headless
+
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q $(INTEROP_PKGS) || { [ -z "$$CI" ] && \
+		echo "warning: $(INTEROP_PKGS) did not install; the interop tests will skip"; }
 	touch $@
 
 venv: lib $(VENV)/.stamp
