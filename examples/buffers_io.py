@@ -27,13 +27,16 @@ except ImportError:  # a source checkout without an install
 
 
 def recv_exactly(sock: socket.socket, dst: np.ndarray) -> int:
-    """Fill ``dst`` from ``sock`` with ``recv_into``; returns the number of bytes."""
-    view = memoryview(dst).cast("B")
+    """Fill C-contiguous ``dst`` from ``sock`` with ``recv_into``; returns the number of bytes.
+
+    The remaining part is passed as a byte-array view (``flat[got:]``), not a sliced
+    ``memoryview``: PyPy refuses sliced memoryviews as writable buffers, both accept arrays."""
+    flat = dst.reshape(-1).view(np.uint8)
     got = 0
-    while got < len(view):
-        n = sock.recv_into(view[got:])
+    while got < flat.size:
+        n = sock.recv_into(flat[got:])
         if n == 0:
-            raise EOFError(f"peer closed after {got} of {len(view)} bytes")
+            raise EOFError(f"peer closed after {got} of {flat.size} bytes")
         got += n
     return got
 
@@ -51,11 +54,13 @@ def main() -> dict:
     payload = np.random.default_rng(1).integers(0, 255, 4 << 20, dtype=np.uint8)
     dst = ndshm.create(None, payload.shape, np.uint8) if hasattr(ndshm, "create") else ndshm.empty(payload.shape, np.uint8)
     left, right = socket.socketpair()
-    sender = threading.Thread(target=lambda: (left.sendall(payload), left.close()))
+    sender = threading.Thread(target=lambda: (left.sendall(payload), left.close()), daemon=True)
     sender.start()
-    n = recv_exactly(right, dst)
+    try:
+        n = recv_exactly(right, dst)
+    finally:
+        right.close()  # a failed receive must not leave the sender blocked for ever
     sender.join()
-    right.close()
     out["recv_into"] = {"bytes": n, "equal": bool(np.array_equal(dst, payload)), "address": dst.ctypes.data}
     assert out["recv_into"]["equal"]
 
@@ -72,11 +77,13 @@ def main() -> dict:
     finally:
         os.unlink(path)
 
-    # DLPack through NumPy (and torch when installed): same address, writes visible
+    # DLPack through NumPy (and torch when installed): same address, writes visible.
+    # NumPy before 2.1 imports DLPack tensors read-only; then we write through `a` and read `d`.
     d = np.from_dlpack(a)
-    d[1, 1] = 7
-    out["dlpack_numpy"] = {"same_address": d.ctypes.data == a.ctypes.data, "write_through": float(a[1, 1])}
-    assert out["dlpack_numpy"]["same_address"] and a[1, 1] == 7
+    (d if d.flags.writeable else a)[1, 1] = 7
+    out["dlpack_numpy"] = {"same_address": d.ctypes.data == a.ctypes.data, "write_through": float(d[1, 1]),
+                           "writeable": bool(d.flags.writeable)}
+    assert out["dlpack_numpy"]["same_address"] and a[1, 1] == 7 and d[1, 1] == 7
     try:
         import torch
     except ImportError:

@@ -97,9 +97,9 @@ def test_torch_shares_locally_and_across_processes(example):
 def test_custom_buffer_lifetime(example):
     r = example("custom_buffer").main()
     assert r["rows_aligned"]
-    assert r["alive_after_del_object"] == 1 and r["value_survived"] == 200
-    assert r["alive_while_slice_lives"] == 1 and r["slice_offset"] == 100 * 640 + 300
-    assert r["alive_after_last_view"] == 0
+    assert r["alive_after_del_object"] is True and r["value_survived"] == 200
+    assert r["alive_while_slice_lives"] is True and r["slice_offset"] == 100 * 640 + 300
+    assert r["alive_after_last_view"] is False and r["live_buffers_released"] >= 1
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -122,6 +122,6 @@ def test_buffers_io(example):
     assert r["memoryview"]["a00"] == 3.5 and r["memoryview"]["format"] == "f"
     assert r["recv_into"]["equal"] and r["recv_into"]["bytes"] == 4 << 20
     assert r["readinto"]["equal"] and r["readinto"]["bytes"] == 1 << 20
-    assert r["dlpack_numpy"] == {"same_address": True, "write_through": 7.0}
+    assert r["dlpack_numpy"]["same_address"] and r["dlpack_numpy"]["write_through"] == 7.0
     if "dlpack_torch" in r:
         assert r["dlpack_torch"] == {"same_address": True, "write_through": 9.0}
