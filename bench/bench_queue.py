@@ -18,7 +18,6 @@ Plus 64 B messages in batches: ndshm ``put_many``/``get_many`` against faster-fi
 from __future__ import annotations
 
 import multiprocessing as mp
-import queue as std_queue
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -84,10 +83,16 @@ class Channel:
 
     # pickling peers: (seq, ts, array), the array never mutated (Queue pickles in a feeder thread)
     def _send_pickle(self, src: np.ndarray, seq: int, ts: int) -> None:
-        self.q.put((seq, ts, src), timeout=TIMEOUT) if self.method.startswith("faster") else self.q.put((seq, ts, src))
+        if self.method.startswith("faster"):
+            self.q.put((seq, ts, src), timeout=TIMEOUT)  # its default timeout is 10 s
+        else:
+            self.q.put((seq, ts, src))
 
     def _recv_pickle(self) -> Tuple[int, int]:
-        seq, ts, _arr = self.q.get(timeout=TIMEOUT) if self.method.startswith("faster") else self.q.get()
+        if self.method.startswith("faster"):
+            seq, ts, _arr = self.q.get(timeout=TIMEOUT)
+        else:
+            seq, ts, _arr = self.q.get()
         return seq, ts
 
     def _send_pipe(self, src: np.ndarray, seq: int, ts: int) -> None:
@@ -99,7 +104,7 @@ class Channel:
 
     def close(self) -> None:
         if self.method.startswith("faster"):
-            return  # faster_fifo.Queue.close() followed by its deallocation crashes the process
+            return  # faster_fifo.Queue has nothing to close: it is freed when collected
         for obj in (self.q, getattr(self, "r", None), getattr(self, "w", None)):
             if obj is not None and hasattr(obj, "close"):
                 try:
@@ -241,10 +246,11 @@ def _batch_producer(kind: str, q: Any, count: int, batch: int, budget: float, ct
         deadline = time.perf_counter() + budget
         t0 = time.perf_counter_ns()
         sent = 0
+        kw = {} if kind == "ndshm" else {"timeout": TIMEOUT}
         while sent < count and time.perf_counter() < deadline:
-            q.put_many(msgs) if kind == "ndshm" else q.put_many(msgs, timeout=TIMEOUT)
+            q.put_many(msgs, **kw)
             sent += batch
-        q.put_many(stop) if kind == "ndshm" else q.put_many(stop, timeout=TIMEOUT)
+        q.put_many(stop, **kw)
         ctrl.send(("ok", t0, sent))
     except BaseException as e:
         ctrl.send(("error", f"{type(e).__name__}: {e}", 0))
