@@ -189,7 +189,7 @@ def classic(res: C.Results, mode: str) -> None:
     table_rows = []
     for row in rows:
         if row not in med:
-            table_rows.append([row, missing.get(row, "–"), "", "", "", "", "", ""])
+            table_rows.append([row, missing.get(row, "–"), "–", "–", "–", "–", "–", "–"])
             continue
         m = med[row]
         excess = m["wall_s"] - base if base is not None else None
@@ -295,7 +295,7 @@ def attach_latency(res: C.Results, mode: str) -> None:
         if kind in figures:
             rows.append([kind, figures[kind]["p50_us"], figures[kind]["p99_us"], C.ratio(figures[kind]["p50_us"], nd)])
         else:
-            rows.append([kind, status.get(kind, "–"), "", ""])
+            rows.append([kind, status.get(kind, "–"), "–", "–"])
     res.data["attach"] = {"array": list(shape), "dtype": "float32", "calls": n, "figures": figures, "missing": status}
     res.emit(C.table(["attach by name (then drop)", "p50 µs", "p99 µs", "p50 / ndshm"], rows,
                      title="Attach latency, 1000×1000 float32, in a spawned process (target for ndshm: < 30 µs)",
@@ -347,7 +347,7 @@ def pool_map(res: C.Results, mode: str) -> None:
             del plain
             gc.collect()
     if not C.has("create"):
-        rows.insert(0, ["ndshm (pickled by reference)", "", C.NOT_AVAILABLE + " (ndshm.create)", ""])
+        rows.insert(0, ["ndshm (pickled by reference)", "–", C.NOT_AVAILABLE + " (ndshm.create)", "–"])
     res.data["pool_map"] = figures
     res.emit(C.table(["Pool(2).map over 100 slices", "array", "ms per map", "time / ndshm"], rows,
                      title="Pool.map over 100 row slices (each task reads one element)",
@@ -403,7 +403,7 @@ def create_touch(res: C.Results, mode: str) -> None:
             try:
                 fn()
             except Exception as e:
-                status[k] = f"{type(e).__name__}: {e}"[:70]
+                status[k] = f"{type(e).__name__}: {e}"
                 del cases[k]
                 continue
             finally:
@@ -419,15 +419,19 @@ def create_touch(res: C.Results, mode: str) -> None:
     med = {k: C.median(v) for k, v in samples.items() if v and k not in status}
     ref = med.get("ndshm populate=True")
     rows = []
+    notes = []
     for k in labels:
         if k in med:
             rows.append([k, med[k] * 1e3, size / med[k] / 1e9, C.ratio(med[k], ref)])
+        elif status.get(k, "").startswith("NotSupportedError"):  # e.g. no huge pages reserved: say so below
+            notes.append(f"{k}: not measured on this machine: {status[k]}")
         else:
-            rows.append([k, status.get(k, "–"), "", ""])
+            rows.append([k, status.get(k, "–"), "–", "–"])
     res.data["create_touch"] = {"bytes": size, "repeats": repeats, "s": med, "missing": status}
     res.emit(C.table(["create + touch every page", "ms", "GB/s", "time / ndshm populate"], rows,
                      title=f"Creating and touching a {C.human_bytes(size)} shared array "
-                           f"(target: ndshm populate=True ≥ 4x faster than shared_memory)"))
+                           f"(target: ndshm populate=True ≥ 4x faster than shared_memory)",
+                     note="\n".join(notes) or None))
 
 
 def run(mode: str) -> C.Results:

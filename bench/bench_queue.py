@@ -279,11 +279,11 @@ def batches(res: C.Results, mode: str) -> None:
         label = f"{kind} put_many/get_many ({batch} per batch)"
         C.progress(f"bench_queue: 64 B in batches, {kind}")
         if kind == "ndshm" and not (C.has("Queue") and hasattr(ndshm.Queue, "put_many")):
-            rows.append([label, C.NOT_AVAILABLE + " (ndshm.Queue.put_many)", "", ""])
+            rows.append([label, C.NOT_AVAILABLE + " (ndshm.Queue.put_many)", "–", "–"])
             continue
         ff = C.optional_import("faster_fifo") if kind == "faster_fifo" else None
         if kind == "faster_fifo" and ff is None:
-            rows.append([label, "not installed (pip install faster-fifo)", "", ""])
+            rows.append([label, "not installed (pip install faster-fifo)", "–", "–"])
             continue
         try:
             q = ndshm.Queue(slots=4096, slot_bytes=64) if kind == "ndshm" else ff.Queue(max_size_bytes=8 << 20)
@@ -306,9 +306,9 @@ def batches(res: C.Results, mode: str) -> None:
                 raise RuntimeError(f"sent {outs[0][2]}, received {outs[1][2]}")
             secs = (outs[1][1] - outs[0][1]) / 1e9
             figs[kind] = {"messages": outs[1][2], "msgs_per_s": outs[1][2] / secs}
-            rows.append([label, figs[kind]["msgs_per_s"], "", ""])
+            rows.append([label, figs[kind]["msgs_per_s"], "–", "–"])
         except Exception as e:
-            rows.append([label, f"error: {type(e).__name__}: {e}"[:100], "", ""])
+            rows.append([label, f"error: {type(e).__name__}: {e}"[:100], "–", "–"])
         finally:
             if kind == "ndshm":
                 try:
@@ -319,7 +319,7 @@ def batches(res: C.Results, mode: str) -> None:
     for r, kind in zip(rows, ("ndshm", "faster_fifo")):
         if kind in figs:
             r[2] = C.ratio(ref, figs[kind]["msgs_per_s"])
-            r[3] = "≥ 200k: " + ("met" if figs[kind]["msgs_per_s"] >= 2e5 else "MISSED") if kind == "ndshm" else ""
+            r[3] = "≥ 200k: " + ("met" if figs[kind]["msgs_per_s"] >= 2e5 else "MISSED") if kind == "ndshm" else "–"
     res.data["batches_64B"] = {"batch": batch, "figures": figs}
     res.emit(C.table(["64 B messages in batches", "msgs/s", "ndshm ÷ this", "target"], rows,
                      title="64 B float32 messages with put_many/get_many"))
@@ -358,7 +358,7 @@ def run(mode: str) -> C.Results:
         rows = []
         for method in METHODS + ["memcpy (ceiling)"]:
             if method not in figs:
-                rows.append([method, missing.get(method, "–")] + [""] * 8)
+                rows.append([method, missing.get(method, "–")] + ["–"] * 8)
                 continue
             f = figs[method]
             share = "no copy" if method == "ndshm loan+receive" else f"{100 * f['gb_per_s'] / copy['gb_per_s']:.0f}%"
