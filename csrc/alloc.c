@@ -113,8 +113,11 @@ static int alloc_map(size_t nbytes, size_t alignment, unsigned flags, ndshm_buff
     size_t page = ndshm__page_size();
     if (alignment < page) alignment = page;
     bool thp = want_thp(nbytes, flags);
-    if (thp && alignment < NDSHM_HUGE_ALIGNMENT && nbytes >= NDSHM_HUGE_ALIGNMENT)
-        alignment = NDSHM_HUGE_ALIGNMENT; /* transparent huge pages need 2 MiB-aligned extents */
+    /* Huge pages cover the 2 MiB-aligned extents inside a mapping. By default (as NumPy does) the
+     * interior is enough and costs no extra system calls; asked for explicitly, the whole buffer
+     * gets them: over-reserve and trim to a 2 MiB-aligned start. */
+    if ((flags & NDSHM_ALLOC_HUGEPAGES) && alignment < NDSHM_HUGE_ALIGNMENT && nbytes >= NDSHM_HUGE_ALIGNMENT)
+        alignment = NDSHM_HUGE_ALIGNMENT;
     size_t len, reserve;
     if (ndshm__round_up(nbytes == 0 ? 1 : nbytes, page, &len) || ndshm__add_overflow(len, alignment - page, &reserve))
         return ndshm__fail(NDSHM_EOVERFLOW, 0, "nbytes %zu with alignment %zu overflows", nbytes, alignment);
