@@ -16,9 +16,16 @@ from ._buffer import (
     Buffer, asaligned, empty, empty_like, full, full_like, is_aligned, ones, ones_like, stats, zeros,
     zeros_like,
 )
+from ._segment import (
+    Segment, SegmentRecord, SharedArray, attach, attach_raw, create, exists, recv_fd, segment_of, send_fd, unlink,
+)
+from ._segment import list_segments as list  # noqa: A001 - ndshm.list(), kept out of __all__
+from ._queue import Queue
+from ._sync import Barrier, Event, Lock
 
 __version__ = ".".join(map(str, _HEADER_VERSION))
 
+# `list` is deliberately absent: `from ndshm import *` must not shadow the builtin.
 __all__ = [
     "__version__",
     # errors
@@ -29,20 +36,9 @@ __all__ = [
     # aligned allocation
     "Buffer", "empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "full_like",
     "asaligned", "is_aligned", "stats",
+    # segments
+    "Segment", "SegmentRecord", "SharedArray", "create", "attach", "attach_raw", "unlink", "exists",
+    "segment_of", "send_fd", "recv_fd",
+    # queue and process-shared synchronisation
+    "Queue", "Lock", "Event", "Barrier",
 ]
-
-# segments
-from ._segment import (  # noqa: E402
-    Segment, SegmentRecord, SharedArray, attach, attach_raw, create, exists, recv_fd, segment_of, send_fd, unlink,
-)
-from ._segment import list_segments as list  # noqa: E402,A001  (ndshm.list(); kept out of __all__: it would shadow the builtin)
-
-__all__ += ["Segment", "SegmentRecord", "SharedArray", "create", "attach", "attach_raw", "unlink", "exists",
-            "list_segments", "segment_of", "send_fd", "recv_fd"]
-from ._segment import list_segments  # noqa: E402
-
-# queue and process-shared synchronisation
-from ._queue import Queue  # noqa: E402
-from ._sync import Barrier, Event, Lock  # noqa: E402
-
-__all__ += ["Queue", "Lock", "Event", "Barrier"]
