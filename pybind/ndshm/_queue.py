@@ -43,13 +43,14 @@ _PYPY = sys.implementation.name == "pypy"
 _SLICE = 0.25  # a wait "forever" returns to Python this often, so Ctrl-C works
 
 _tls = threading.local()
+_QMSG_P, _UPTR, _VOIDP = ffi.typeof("ndshm_qmsg_t *"), ffi.typeof("uintptr_t"), ffi.typeof("void *")
 
 
 def _msg() -> Any:
     try:
         return _tls.msg
     except AttributeError:
-        _tls.msg = m = ffi.new("ndshm_qmsg_t *")
+        _tls.msg = m = ffi.new(_QMSG_P)
         return m
 
 
@@ -133,11 +134,11 @@ class _Receive:
     def __enter__(self) -> np.ndarray:
         q = self._q
         h = q._live()
-        m = self._msg = ffi.new("ndshm_qmsg_t *")
+        m = self._msg = ffi.new(_QMSG_P)
         q._wait(_take, h, self._timeout, m, empty=True)
         try:
             dt, shape = q._describe(m)
-            slot = _Slot(q, {"version": 3, "data": (int(ffi.cast("uintptr_t", m.data)), True), "shape": shape,
+            slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), True), "shape": shape,
                              "typestr": dt.str if dt.names is None else f"|V{dt.itemsize}", "strides": None})
             # Views derived from `arr` get `inner` as their base (NumPy stops collapsing at an array
             # whose base is not an array), so inner's references count them.
@@ -202,13 +203,13 @@ class _Loan:
         h = q._live()
         if nbytes > q.slot_bytes:
             raise error_from_code(q._toobig(nbytes, dims, dt))
-        m = self._msg = ffi.new("ndshm_qmsg_t *")
+        m = self._msg = ffi.new(_QMSG_P)
         q._wait(_loan, h, nbytes, self._timeout, m, empty=False)
         m.typestr = ts
         m.ndim = len(dims)
-        for i, d in enumerate(dims):
-            m.shape[i] = d
-        slot = _Slot(q, {"version": 3, "data": (int(ffi.cast("uintptr_t", m.data)), False), "shape": dims,
+        if dims:
+            m.shape[0:len(dims)] = dims
+        slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), False), "shape": dims,
                          "typestr": ts.decode(), "strides": None})
         arr = np.asarray(slot)
         if arr.dtype != dt:
@@ -362,7 +363,7 @@ class Queue:
         try:
             ptr = ffi.from_buffer(a)
         except (TypeError, ValueError, BufferError):  # dtypes without a buffer format (datetime64, ...)
-            ptr = ffi.cast("void *", a.__array_interface__["data"][0])
+            ptr = ffi.cast(_VOIDP, a.__array_interface__["data"][0])
         t = _timeout(block, timeout)
         if t < 0:
             rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, _SLICE)
