@@ -28,7 +28,7 @@ def q(unique_name):
 def test_put_get_roundtrip(q):
     a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     q.put(a)
-    assert q.qsize() == 1 and not q.empty() and len(q) == 1
+    assert q.qsize() == 1 and not q.empty() and bool(q)
     b = q.get()
     assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
     assert b.flags.writeable and b.flags.c_contiguous

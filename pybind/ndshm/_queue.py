@@ -511,9 +511,6 @@ class Queue:
     def __reduce__(self):
         return (_attach, (self.name, self.dir, self._shape, self._dtype))
 
-    def __len__(self) -> int:
-        return self.qsize()
-
     def __repr__(self) -> str:
         state = "closed " if self._closed else ""
         typed = f" shape={self._shape} dtype={self._dtype}" if self._dtype is not None else ""
