@@ -57,7 +57,7 @@ class Buffer:
     never frees memory that a live view still uses.
     """
 
-    __slots__ = ("_block", "_cls", "__array_interface__", "nbytes", "alignment", "address", "__weakref__")
+    __slots__ = ("_block", "_cls", "__array_interface__", "nbytes", "alignment", "__weakref__")
     # Keeps the library loaded for as long as any buffer lives (instances hold their class), so a
     # finalizer never calls into an unloaded library at interpreter exit.
     _lib = lib
@@ -77,6 +77,11 @@ class Buffer:
             free_list = _cache[cls]
             if len(free_list) < _CACHE_DEPTH:
                 free_list.append(self._block)
+
+    @property
+    def address(self) -> int:
+        """The address of the first byte."""
+        return self._block[1]
 
     @property
     def closed(self) -> bool:
@@ -155,10 +160,9 @@ def _allocate(self: Buffer, nbytes: int, alignment: int, flags: int, shape: tupl
         block = (handle, addr, None)
     self._block = block
     self._cls = cls
-    self.address = addr = block[1]
     self.nbytes = nbytes
     self.alignment = alignment
-    self.__array_interface__ = {"version": 3, "data": (addr, False), "shape": shape, "typestr": typestr,
+    self.__array_interface__ = {"version": 3, "data": (block[1], False), "shape": shape, "typestr": typestr,
                                 "strides": strides}
     return self
 
@@ -187,20 +191,41 @@ class _View:
         self.__array_interface__ = _dtype.array_interface(address, shape, dtype, strides, False)
 
 
+# dtype argument -> (dtype, itemsize, typestr, simple): one dict lookup per array instead of
+# several calls; `simple` means no subarray and no fields, so shape and typestr are exact as given.
+_SPECS: dict[Any, tuple[np.dtype, int, str, bool]] = {}
+_MAX_NBYTES = _dtype.MAX_NBYTES
+
+
+def _spec(dtype: Any) -> tuple[np.dtype, int, str, bool]:
+    dt, sub = _dtype.resolve_dtype(dtype)  # raises for bad or object dtypes
+    spec = (dt, dt.itemsize, _dtype.typestr_of(dt), not sub and dt.names is None)
+    try:
+        if len(_SPECS) < 1024:
+            _SPECS[dtype] = spec
+    except TypeError:  # an unhashable dtype description
+        pass
+    return spec
+
+
 def _new_array(shape: ShapeLike, dtype: Any, order: str, align: AlignLike, flags: int) -> np.ndarray:
-    dt, sub = _dtype.resolve_dtype(dtype)
-    if shape.__class__ is int and 0 <= shape and not sub and shape * dt.itemsize <= _dtype.MAX_NBYTES:
-        dims, nbytes = (shape,), shape * dt.itemsize  # the common cases, without helper calls
-    elif shape.__class__ is tuple and not sub and _dtype.is_plain_shape(shape):
-        dims, nbytes = shape, _prod(shape) * dt.itemsize
-        if nbytes > _dtype.MAX_NBYTES:
+    try:
+        dt, itemsize, typestr, simple = _SPECS[dtype]
+    except (KeyError, TypeError):
+        dt, itemsize, typestr, simple = _spec(dtype)
+    if simple and shape.__class__ is int and 0 <= shape and shape * itemsize <= _MAX_NBYTES:
+        dims, nbytes = (shape,), shape * itemsize  # the common cases, without helper calls
+    elif simple and shape.__class__ is tuple and _dtype.is_plain_shape(shape):
+        dims, nbytes = shape, _prod(shape) * itemsize
+        if nbytes > _MAX_NBYTES:
             _dtype.nbytes_of(dims, dt)  # raises, naming the shape
     else:
         dims, dt = _dtype.normalize(shape, dtype)
         nbytes = _dtype.nbytes_of(dims, dt)
+        typestr = _dtype.typestr_of(dt)
     alignment = align if align.__class__ is int and align == 64 else _dtype.as_alignment(align)
     strides = None if order == "C" else _dtype.contiguous_strides(dims, dt.itemsize, _dtype.check_order(order))
-    arr = np.asarray(_allocate(_new_buffer(Buffer), nbytes, alignment, flags, dims, _dtype.typestr_of(dt), strides))
+    arr = np.asarray(_allocate(_new_buffer(Buffer), nbytes, alignment, flags, dims, typestr, strides))
     # The interface cannot describe padded or aligned structs exactly: those map raw bytes, then view.
     return arr if dt.names is None else arr.view(dt)
 
