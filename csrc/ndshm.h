@@ -351,7 +351,7 @@ typedef struct ndshm_queue_info {
 /*! ndshm_queue_create() :
  *  Creates NAMED segment `name` in `dir` (NULL: default) holding a ring of `slots` (a power of
  *  two, 2 .. NDSHM_QUEUE_MAX_SLOTS) slots of `slot_bytes` each. `mode` 0 means 0600; `flags`:
- *  NDSHM_SEG_PERSIST, NDSHM_SEG_POPULATE.
+ *  NDSHM_SEG_PERSIST, NDSHM_SEG_POPULATE (pre-fault the ring here and in every attaching process).
  *  @return : 0, or NDSHM_EINVAL, NDSHM_EOVERFLOW, NDSHM_EEXIST and the errors of segment_create. */
 NDSHM_API int ndshm_queue_create(const char *name, const char *dir, uint64_t slots, uint64_t slot_bytes,
                                  unsigned mode, unsigned flags, ndshm_queue_t **out);

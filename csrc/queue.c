@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define RING_MAGIC 0x51554555534d444eull /* "NDMSQUEQ" */
@@ -39,6 +40,10 @@
 #define SLICE_NS 20000000          /* sleep at most this long between dead-claimer checks */
 #define DEAD_CHECK_NS 20000000     /* a claim unfinished this long is checked */
 #define NPART NDSHM_QUEUE_PARTICIPANTS
+#define RING_POPULATE 1u
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 
 typedef struct part {
     _Atomic uint64_t owner;  /* process key, 0 when free */
@@ -49,7 +54,8 @@ typedef struct ring_hdr {
     _Atomic uint64_t magic; /* written last by the creator */
     uint32_t version, hdr_bytes;
     uint64_t slots, slot_bytes, slot_stride, ring_bytes, slots_offset;
-    char pad0[64 - 56];
+    uint32_t ring_flags; /* RING_POPULATE: attachers pre-fault the ring */
+    char pad0[64 - 60];
     _Atomic uint64_t tail;
     char pad1[56];
     _Atomic uint64_t head;
@@ -106,7 +112,13 @@ int ndshm_queue_ring_bytes(uint64_t slots, uint64_t slot_bytes, uint64_t *out) {
     return 0;
 }
 
+static int init_ring(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes, uint32_t ring_flags);
+
 int ndshm_queue_init_raw(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes) {
+    return init_ring(mem, bytes, slots, slot_bytes, 0);
+}
+
+static int init_ring(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes, uint32_t ring_flags) {
     uint64_t need;
     int rc = ndshm_queue_ring_bytes(slots, slot_bytes, &need);
     if (rc) return rc;
@@ -124,6 +136,7 @@ int ndshm_queue_init_raw(void *mem, uint64_t bytes, uint64_t slots, uint64_t slo
     r->slot_stride = (SLOT_HDR + slot_bytes + 63) & ~(uint64_t)63;
     r->ring_bytes = need;
     r->slots_offset = sizeof(ring_hdr_t);
+    r->ring_flags = ring_flags;
     for (uint64_t i = 0; i < slots; i++) {
         slot_hdr_t *s = (slot_hdr_t *)((char *)mem + r->slots_offset + i * r->slot_stride);
         memset(s, 0, sizeof *s);
@@ -172,6 +185,17 @@ static int open_ring(void *mem, uint64_t bytes, ndshm_queue_t *q) {
     q->stride = stride;
     q->ring_bytes = need;
     return 0;
+}
+
+/* Pre-faults the ring in this process (the creator asked for it), so the first messages do not
+ * pay a page fault per 4 KiB. */
+static void populate_ring(ndshm_queue_t *q) {
+    if (!(q->r->ring_flags & RING_POPULATE)) return;
+    size_t page = ndshm__page_size();
+    uintptr_t start = (uintptr_t)q->r & ~(uintptr_t)(page - 1);
+    size_t len = (size_t)((uintptr_t)q->r + q->ring_bytes - start);
+    if (madvise((void *)start, len, MADV_POPULATE_WRITE) != 0) /* kernels before 5.14: read each page */
+        for (size_t i = 0; i < q->ring_bytes; i += page) (void)((volatile const char *)q->r)[i];
 }
 
 int ndshm_queue_open_raw(void *mem, uint64_t bytes, ndshm_queue_t **out) {
@@ -224,7 +248,9 @@ int ndshm_queue_create(const char *name, const char *dir, uint64_t slots, uint64
     }
     static _Thread_local ndshm_segment_info_t info;
     rc = ndshm_segment_info(q->seg, &info);
-    if (rc == 0) rc = ndshm_queue_init_raw((void *)info.data, info.data_size, slots, slot_bytes);
+    if (rc == 0)
+        rc = init_ring((void *)info.data, info.data_size, slots, slot_bytes,
+                       (flags & NDSHM_SEG_POPULATE) ? RING_POPULATE : 0);
     if (rc == 0) rc = open_ring((void *)info.data, info.data_size, q);
     if (rc) {
         ndshm_segment_close(q->seg);
@@ -258,6 +284,7 @@ int ndshm_queue_attach(const char *name, const char *dir, ndshm_queue_t **out) {
         free(q);
         return rc;
     }
+    populate_ring(q);
     snprintf(q->name, sizeof q->name, "%s", name);
     NDSHM__COUNT(live_queues, 1);
     *out = q;

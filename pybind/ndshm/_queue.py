@@ -243,7 +243,8 @@ class Queue:
     slots for exactly that array and makes it the default of :meth:`loan`. ``create=False``
     attaches to the existing queue ``name`` (as :meth:`attach` does). The creator removes the
     name on :meth:`close` (or when it is collected, or at exit) unless ``persist``; attached
-    handles keep working. Pickles by reference (its name), so it can go to ``Process(args=...)``
+    handles keep working. ``populate`` (default) pre-faults the ring in the creator and in every
+    process that attaches, so no message pays page faults. Pickles by reference (its name), so it can go to ``Process(args=...)``
     and pool initializers under both fork and spawn.
     """
 
@@ -252,7 +253,7 @@ class Queue:
 
     def __init__(self, name: Optional[str] = None, *, slots: int = 16, slot_bytes: int = 1 << 20,
                  shape: Any = None, dtype: Any = None, dir: Optional[str] = None, create: bool = True,
-                 persist: bool = False, mode: int = 0o600, populate: bool = False) -> None:
+                 persist: bool = False, mode: int = 0o600, populate: bool = True) -> None:
         self._shape = self._dtype = None
         if shape is not None or dtype is not None:
             if shape is None or dtype is None:
