@@ -1,6 +1,6 @@
 """A shared-memory queue of NumPy arrays between processes: :class:`Queue`.
 
-The ring lives in one named segment (see ``docs/queue.md`` for the fault guarantees). Every
+The ring lives in one named segment (see the README's Queue section for the fault guarantees). Every
 message carries its own dtype and shape. ``put``/``get`` copy once on each side; ``loan`` and
 ``receive`` work in place in the slot (zero copy).
 
