@@ -263,39 +263,36 @@ def ones(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: Align
     return full(shape, 1, dtype, order, align=align, hugepages=hugepages, populate=populate, lock=lock)
 
 
-def _like_order(a: np.ndarray, order: str) -> str:
-    if order in ("C", "F"):
-        return order
+def _like(a: Any, dtype: Any, order: str, shape: Optional[ShapeLike]) -> tuple[Any, Any, str]:
+    """Shape, dtype and order of a new array like ``a``, as NumPy's ``*_like`` functions take them."""
+    a = np.asanyarray(a)
     if order in ("A", "K"):
-        return "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
-    raise ValueError(f"order {order!r} is not 'C', 'F', 'A' or 'K'")
+        order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+    elif order not in ("C", "F"):
+        raise ValueError(f"order {order!r} is not 'C', 'F', 'A' or 'K'")
+    return a.shape if shape is None else shape, a.dtype if dtype is None else dtype, order
 
 
 def empty_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
                align: AlignLike = 64, hugepages: Optional[bool] = None, populate: bool = False,
                lock: bool = False) -> np.ndarray:
     """Like ``numpy.empty_like``, aligned as :func:`empty` describes."""
-    a = np.asanyarray(a)
-    return empty(a.shape if shape is None else shape, a.dtype if dtype is None else dtype, _like_order(a, order),
-                 align=align, hugepages=hugepages, populate=populate, lock=lock)
+    return empty(*_like(a, dtype, order, shape), align=align, hugepages=hugepages, populate=populate, lock=lock)
 
 
 def zeros_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
                align: AlignLike = 64, hugepages: Optional[bool] = None, populate: bool = False,
                lock: bool = False) -> np.ndarray:
     """Like ``numpy.zeros_like``, aligned as :func:`empty` describes."""
-    a = np.asanyarray(a)
-    return zeros(a.shape if shape is None else shape, a.dtype if dtype is None else dtype, _like_order(a, order),
-                 align=align, hugepages=hugepages, populate=populate, lock=lock)
+    return zeros(*_like(a, dtype, order, shape), align=align, hugepages=hugepages, populate=populate, lock=lock)
 
 
 def full_like(a: Any, fill_value: Any, dtype: Any = None, order: str = "K", *,
               shape: Optional[ShapeLike] = None, align: AlignLike = 64, hugepages: Optional[bool] = None,
               populate: bool = False, lock: bool = False) -> np.ndarray:
     """Like ``numpy.full_like``, aligned as :func:`empty` describes."""
-    a = np.asanyarray(a)
-    return full(a.shape if shape is None else shape, fill_value, a.dtype if dtype is None else dtype,
-                _like_order(a, order), align=align, hugepages=hugepages, populate=populate, lock=lock)
+    shape, dtype, order = _like(a, dtype, order, shape)
+    return full(shape, fill_value, dtype, order, align=align, hugepages=hugepages, populate=populate, lock=lock)
 
 
 def ones_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
