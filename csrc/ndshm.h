@@ -274,6 +274,32 @@ NDSHM_API int ndshm_segment_attach_raw(const char *path, unsigned flags, ndshm_s
 /*! ndshm_segment_info() : fills *out from the handle. @return : 0, or NDSHM_EINVAL. */
 NDSHM_API int ndshm_segment_info(const ndshm_segment_t *seg, ndshm_segment_info_t *out);
 
+/* Slots of ndshm_segment_summary's output, then shape[ndim] and strides[ndim]. */
+enum ndshm_segment_summary_slots {
+    NDSHM_SUM_DATA = 0,       /* address of the data in this process */
+    NDSHM_SUM_DATA_SIZE = 1,  /* bytes of data */
+    NDSHM_SUM_FLAGS = 2,      /* info.flags */
+    NDSHM_SUM_CREATOR = 3,    /* 1 if this handle created the segment */
+    NDSHM_SUM_FD = 4,         /* the handle's descriptor, -1 if none */
+    NDSHM_SUM_DEV = 5,        /* identity of the backing file */
+    NDSHM_SUM_INO = 6,
+    NDSHM_SUM_ITEMSIZE = 7,   /* layout */
+    NDSHM_SUM_NDIM = 8,
+    NDSHM_SUM_DESCR_LEN = 9,  /* bytes of descr and meta (read them with ndshm_segment_info) */
+    NDSHM_SUM_META_LEN = 10,
+    NDSHM_SUM_FIXED = 11,     /* shape starts here */
+    NDSHM_SUM_MAX = 75        /* NDSHM_SUM_FIXED + 2 * NDSHM_MAXDIM */
+};
+
+/*! ndshm_segment_summary() :
+ *  What a binding needs to view the segment, in one call and without the 9 KB info struct:
+ *  writes the NDSHM_SUM_* values, then shape[ndim] and strides[ndim], into out[0 .. n) (values
+ *  that do not fit in int64_t, such as addresses or inode numbers above 2^63, wrap around; read
+ *  them back as unsigned), and the NUL-terminated typestr into typestr[NDSHM_TYPESTR_MAX].
+ *  @return : the count of values written (NDSHM_SUM_FIXED + 2 * ndim), or NDSHM_EINVAL (a NULL
+ *            argument, or `n` below that count). */
+NDSHM_API int ndshm_segment_summary(const ndshm_segment_t *seg, int64_t *out, size_t n, char *typestr);
+
 /*! ndshm_segment_sync() :
  *  Stores in *out the address of sync object `index` (0 .. NDSHM_SEG_SYNC_SLOTS-1) in the
  *  segment's header: NDSHM_SYNC_SIZE bytes, zeroed at creation, outside the checksum.

@@ -4,9 +4,11 @@
  * Creation: O_CREAT|O_EXCL (named, file) with the mode forced by fchmod, a shared flock taken at
  * once, the whole size reserved with posix_fallocate (ENOSPC here, never SIGBUS later), a
  * MAP_SHARED mapping, the header written with state INITIALIZING and then published READY with a
- * release store. Attach: open, flock(LOCK_SH), read the header with pread into a private copy
- * (a truncating peer cannot SIGBUS us there), wait a bounded time while it is unpublished and
- * someone else still holds the file, validate it (header.c), then map data_offset + data_size.
+ * release store. Attach: open, flock(LOCK_SH), fstat, read the header with one pread into a
+ * private copy (a truncating peer cannot SIGBUS us there; the mapping is never read before the
+ * copy is validated), wait a bounded time while it is unpublished and someone else still holds
+ * the file, validate it (header.c), then map data_offset + data_size: six system calls, and
+ * munmap + close at the end.
  * Every handle keeps its descriptor, and so its shared flock, until ndshm_segment_close: a
  * successful flock(LOCK_EX|LOCK_NB) by anyone else means no process maps the segment.
  */
@@ -366,6 +368,25 @@ fail:
 
 /* ---- attach --------------------------------------------------------------------------- */
 
+/* Reads up to `want` header bytes of fd into buf: the first page, and the rest only when the
+ * header_size found there asks for more (most headers fit in a page). Returns the bytes read. */
+static size_t read_header(int fd, unsigned char *buf, size_t want) {
+    size_t len = 0, need = want < 4096 ? want : 4096;
+    for (;;) {
+        while (len < need) {
+            ssize_t n = pread(fd, buf + len, need - len, (off_t)len);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) return len;
+            len += (size_t)n;
+        }
+        if (need == want) return len;
+        uint32_t header_size;
+        memcpy(&header_size, buf + 12, sizeof header_size); /* need >= 4096 here */
+        if (header_size <= len) return len;
+        need = header_size < want ? header_size : want;
+    }
+}
+
 /* seg->fd is open and share-locked: read, wait for and validate the header, then map. */
 static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
     int ro = (flags & NDSHM_SEG_READONLY) != 0;
@@ -373,7 +394,7 @@ static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
     if (buf == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a header buffer");
     int64_t deadline = now_ns(CLOCK_MONOTONIC) + ATTACH_WAIT_NS;
     struct stat st;
-    int rc;
+    int rc, ordered = 0;
     for (;;) {
         if (fstat(seg->fd, &st) != 0) {
             rc = ndshm__fail_errno(errno, "cannot stat %s", what);
@@ -387,17 +408,22 @@ static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
             rc = ndshm__fail(NDSHM_ENOENT, 0, "segment %s was removed", what);
             goto out;
         }
-        size_t want = st.st_size < NDSHM__HDR_MAX ? (size_t)st.st_size : NDSHM__HDR_MAX, len = 0;
-        uint32_t state = 0;
-        if (want >= 20 && pread(seg->fd, &state, sizeof state, 16) == (ssize_t)sizeof state)
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        while (len < want) {
-            ssize_t n = pread(seg->fd, buf + len, want - len, (off_t)len);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) break;
-            len += (size_t)n;
+        size_t want = st.st_size < NDSHM__HDR_MAX ? (size_t)st.st_size : NDSHM__HDR_MAX;
+        if (ordered) { /* the state first, then (acquire) everything it publishes */
+            uint32_t state = 0;
+            if (want >= 20 && pread(seg->fd, &state, sizeof state, 16) == (ssize_t)sizeof state)
+                __atomic_thread_fence(__ATOMIC_ACQUIRE);
         }
+        size_t len = read_header(seg->fd, buf, want);
         rc = ndshm__header_validate(buf, len, (uint64_t)st.st_size, &seg->info);
+        /* One pread (the fast path) may tear against a creator publishing right now; a header
+         * that passes validation, checksum included, is whole. Anything else is judged only
+         * after an ordered re-read. */
+        if (rc == 0) break;
+        if (!ordered) {
+            ordered = 1;
+            continue;
+        }
         if (rc != NDSHM_EBUSY) break;
         /* Nobody holds the file: its creator died, unless it is so young that the creator may be
          * between open(O_CREAT) and its flock (a window of microseconds; allow a second). */
@@ -578,6 +604,36 @@ int ndshm_segment_info(const ndshm_segment_t *seg, ndshm_segment_info_t *out) {
     if (seg == NULL || out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_info: NULL argument");
     *out = seg->info;
     return 0;
+}
+
+_Static_assert(NDSHM_SUM_MAX == NDSHM_SUM_FIXED + 2 * NDSHM_MAXDIM, "summary size");
+
+int ndshm_segment_summary(const ndshm_segment_t *seg, int64_t *out, size_t n, char *typestr) {
+    if (seg == NULL || out == NULL || typestr == NULL)
+        return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_summary: NULL argument");
+    const ndshm_segment_info_t *i = &seg->info;
+    uint32_t ndim = i->layout.ndim; /* validated: <= NDSHM_MAXDIM */
+    size_t count = (size_t)NDSHM_SUM_FIXED + 2 * (size_t)ndim;
+    if (n < count)
+        return ndshm__fail(NDSHM_EINVAL, 0, "summary buffer of %zu values is below the %zu needed", n, count);
+    out[NDSHM_SUM_DATA] = (int64_t)i->data;
+    out[NDSHM_SUM_DATA_SIZE] = (int64_t)i->data_size;
+    out[NDSHM_SUM_FLAGS] = (int64_t)i->flags;
+    out[NDSHM_SUM_CREATOR] = i->creator;
+    out[NDSHM_SUM_FD] = i->fd;
+    out[NDSHM_SUM_DEV] = (int64_t)i->dev;
+    out[NDSHM_SUM_INO] = (int64_t)i->ino;
+    out[NDSHM_SUM_ITEMSIZE] = (int64_t)i->layout.itemsize;
+    out[NDSHM_SUM_NDIM] = (int64_t)ndim;
+    out[NDSHM_SUM_DESCR_LEN] = (int64_t)i->descr_len;
+    out[NDSHM_SUM_META_LEN] = (int64_t)i->meta_len;
+    for (uint32_t d = 0; d < ndim; d++) {
+        out[NDSHM_SUM_FIXED + d] = i->layout.shape[d];
+        out[NDSHM_SUM_FIXED + ndim + d] = i->layout.strides[d];
+    }
+    memcpy(typestr, i->layout.typestr, NDSHM_TYPESTR_MAX);
+    typestr[NDSHM_TYPESTR_MAX - 1] = 0;
+    return (int)count;
 }
 
 int ndshm_segment_sync(const ndshm_segment_t *seg, unsigned index, void **out) {

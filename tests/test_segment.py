@@ -386,3 +386,38 @@ def test_sync_objects_in_segment(unique_name):
     assert child.returncode == 0, err
     assert seg.asarray()[0] == 1
     seg.close()
+
+
+def test_attached_handle_reads_meta_and_creator_on_demand(unique_name):
+    seg = ndshm.Segment.create(unique_name, (2, 3), "<i2", meta={"k": [1, 2]})
+    child = run_python(f"""
+        import ndshm, numpy as np
+        s = ndshm.Segment.attach({unique_name!r})
+        assert not s.creator
+        print(s.meta, s.creator_pid, s.created.year > 2000, s.shape, s.dtype)
+        a = np.asarray(s)  # the whole array, its base the segment itself
+        assert a.base is s and a.dtype == np.dtype("<i2") and a.shape == (2, 3)
+        s.close()
+        try:
+            np.asarray(s)
+        except ndshm.ClosedError:
+            print("closed")
+    """)
+    assert child.stdout.split("\n")[:2] == [f"{{'k': [1, 2]}} {os.getpid()} True (2, 3) int16", "closed"]
+    seg.close()
+
+
+def test_default_dir_follows_the_environment(unique_name, tmp_path, monkeypatch):
+    from ndshm._segment import default_dir
+    d = tmp_path / "segs"
+    d.mkdir()
+    monkeypatch.setenv("NDSHM_DIR", str(d))
+    a = ndshm.create(unique_name, 3, "u1", fill=9)
+    assert os.path.exists(d / ("ndshm." + unique_name)) and default_dir() == str(d)
+    monkeypatch.delenv("NDSHM_DIR")
+    assert default_dir() == "/dev/shm" and not ndshm.exists(unique_name)
+    with pytest.raises(FileNotFoundError):
+        ndshm.attach(unique_name)
+    assert (ndshm.attach(unique_name, dir=str(d)) == 9).all()
+    del a
+    collect()

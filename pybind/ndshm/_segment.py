@@ -46,18 +46,33 @@ _READONLY, _FORTRAN = lib.NDSHM_SEG_READONLY, lib.NDSHM_SEG_FORTRAN
 _PREFIX = "ndshm."
 _close = lib.ndshm_segment_close
 # Functions and constants read once: attribute lookups on an ABI-mode cffi library are slow.
-_seg_info, _seg_attach, _seg_sync = lib.ndshm_segment_info, lib.ndshm_segment_attach, lib.ndshm_segment_sync
+_seg_info, _seg_attach, _seg_summary = lib.ndshm_segment_info, lib.ndshm_segment_attach, lib.ndshm_segment_summary
 _NAMED = lib.NDSHM_KIND_NAMED
 _INFO_P, _SEG_PP = ffi.typeof("ndshm_segment_info_t *"), ffi.typeof("ndshm_segment_t **")
+_SUM_MAX, _SUM_FIXED = lib.NDSHM_SUM_MAX, lib.NDSHM_SUM_FIXED
+_ADDR_WRAP = 1 << 64  # ndshm_segment_summary hands out unsigned values as int64
 
+
+class _Scratch(threading.local):
+    """Per-thread output buffers of the attach path (cffi releases the GIL during C calls)."""
+
+    def __init__(self) -> None:
+        self.out = ffi.new(_SEG_PP)
+        self.summary = ffi.new("int64_t[]", _SUM_MAX)
+        self.typestr = ffi.new("char[]", lib.NDSHM_TYPESTR_MAX)
+
+
+_scratch = _Scratch()
 _lock = threading.RLock()
 _cache: dict[tuple[str, str], "weakref.ref[Segment]"] = {}
 _creators: "weakref.WeakSet[Segment]" = weakref.WeakSet()
+_PID = os.getpid()
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _PID
     _lock = threading.RLock()  # another thread may have held it at the fork
+    _PID = os.getpid()
 
 
 if hasattr(os, "register_at_fork"):
@@ -66,11 +81,36 @@ if hasattr(os, "register_at_fork"):
 
 def default_dir(dir: Optional[str] = None) -> str:
     """The directory holding named segments: ``dir``, else ``$NDSHM_DIR``, else ``/dev/shm``."""
-    return dir or os.environ.get("NDSHM_DIR") or "/dev/shm"
+    return dir or _env_dir()
 
 
+_ENV_DIRS: dict[bytes, str] = {}
+
+
+def _env_dir() -> str:
+    """``$NDSHM_DIR`` or ``/dev/shm``. ``os.environ.get`` of a missing key raises and catches a
+    KeyError inside (about 2 us here); the bytes dict that ``os.environ`` keeps in step with
+    the environment (CPython and PyPy alike) answers in 0.1 us."""
+    data = getattr(os.environ, "_data", None)
+    if data.__class__ is not dict:
+        return os.environ.get("NDSHM_DIR") or "/dev/shm"
+    raw = data.get(b"NDSHM_DIR")
+    if not raw:
+        return "/dev/shm"
+    got = _ENV_DIRS.get(raw)
+    if got is None:
+        got = os.fsdecode(raw)
+        if len(_ENV_DIRS) < 16:
+            _ENV_DIRS[raw] = got
+    return got
+
+
+_UNREAD = object()  # Segment._meta before the metadata was read from the handle
 _REALDIRS: dict[str, str] = {}
-_DTYPES: dict[str, np.dtype] = {}
+_DIRBYTES: dict[str, bytes] = {}
+# (typestr bytes, descr bytes) -> (dtype, its __array_interface__ typestr, whether a view to the
+# dtype is needed after np.asarray): decoding a dtype costs 1-30 us, a lookup 0.05 us.
+_DTYPES: dict[tuple[bytes, bytes], tuple[np.dtype, str, bool]] = {}
 
 
 def _cache_key(dir: str, name: str) -> tuple[str, str]:
@@ -90,6 +130,26 @@ def _cstr(s: Any) -> Any:
     b = os.fsencode(s)
     if b"\0" in b:
         raise ValueError(f"{s!r} contains a NUL character")
+    return b
+
+
+_NAMEBYTES: dict[str, bytes] = {}
+
+
+def _name_bytes(name: str) -> bytes:
+    """A segment name as C string bytes (C checks the characters and names a bad one)."""
+    b = _cstr(name)
+    if len(_NAMEBYTES) < 4096:
+        _NAMEBYTES[name] = b
+    return b
+
+
+def _dir_bytes(dir: str) -> bytes:
+    b = _DIRBYTES.get(dir)
+    if b is None:
+        b = _cstr(dir)
+        if len(_DIRBYTES) < 256:
+            _DIRBYTES[dir] = b
     return b
 
 
@@ -136,20 +196,31 @@ def _encode_dtype(dt: np.dtype) -> tuple[str, bytes]:
 
 
 def _decode_dtype(typestr: str, descr: bytes, itemsize: int, where: str) -> np.dtype:
-    try:
-        if descr:
-            dt = _dtype.as_dtype(_npformat.descr_to_dtype(ast.literal_eval(descr.decode())))
-        else:
-            dt = _DTYPES.get(typestr)
-            if dt is None:
-                dt = _dtype.as_dtype(np.dtype(typestr))
-                if len(_DTYPES) < 256:
-                    _DTYPES[typestr] = dt
-    except Exception as exc:  # anything a hostile header can provoke
-        raise CorruptSegmentError(f"segment {where} has an unusable dtype {typestr!r}: {exc}") from None
-    if dt.itemsize != itemsize:
+    return _lookup_dtype(typestr.encode("ascii", "replace"), descr, itemsize, where)[0]
+
+
+def _lookup_dtype(typestr: bytes, descr: bytes, itemsize: int, where: str) -> tuple[np.dtype, str, bool]:
+    """The dtype a header describes (cached by (typestr, descr)), its interface typestr, and
+    whether ``np.asarray`` of that typestr needs a ``.view(dtype)`` to become it."""
+    key = (typestr, descr)
+    entry = _DTYPES.get(key)
+    if entry is None:
+        try:
+            if descr:
+                dt = _dtype.as_dtype(_npformat.descr_to_dtype(ast.literal_eval(descr.decode())))
+            else:
+                dt = _dtype.as_dtype(np.dtype(typestr.decode("ascii")))
+            ts = _dtype.typestr_of(dt)
+            entry = (dt, ts, dt.names is not None or np.dtype(ts) != dt)
+        except Exception as exc:  # anything a hostile header can provoke
+            raise CorruptSegmentError(f"segment {where} has an unusable dtype "
+                                      f"{typestr.decode('ascii', 'replace')!r}: {exc}") from None
+        if len(_DTYPES) < 256:
+            _DTYPES[key] = entry
+    if entry[0].itemsize != itemsize:
+        dt = entry[0]
         raise CorruptSegmentError(f"segment {where}: dtype {dt} has itemsize {dt.itemsize}, header says {itemsize}")
-    return dt
+    return entry
 
 
 class SharedArray(np.ndarray):
@@ -243,9 +314,10 @@ class Segment:
     Use the classmethods :meth:`create`, :meth:`attach` and :meth:`from_fd`.
     """
 
-    __slots__ = ("_handle", "_lib", "_info", "_name", "_kind", "_dir", "_path", "_closed", "_creator", "_persist",
-                 "_readonly", "_shape", "_strides", "_dtype", "_meta", "address", "_data_size", "_raw", "_pid",
-                 "_key", "_fd", "__weakref__")
+    __slots__ = ("_handle", "_info", "_name", "_kind", "_dir", "_path", "_closed", "_creator", "_persist",
+                 "_readonly", "_shape", "_strides", "_dtype", "_typestr", "_needs_view", "_meta", "address",
+                 "_data_size", "_raw", "_pid", "_key", "_fd", "_dev", "_ino", "__weakref__")
+    _lib = lib  # kept reachable for the handles' finalizers at interpreter exit
 
     def __init__(self) -> None:  # pragma: no cover - use the classmethods
         raise TypeError("use Segment.create(), Segment.attach() or Segment.from_fd()")
@@ -253,46 +325,67 @@ class Segment:
     # ---- construction -------------------------------------------------------------------
 
     @classmethod
-    def _wrap(cls, handle: Any, *, name: Optional[str], kind: str, dir: Optional[str], path: Optional[str],
+    def _wrap(cls, handle: Any, name: Optional[str], kind: str, dir: Optional[str], path: Optional[str],
               raw: bool = False) -> "Segment":
+        """A Segment owning ``handle`` (closed by the garbage collector if anything here fails).
+        One C call describes it (ndshm_segment_summary); the 9 KB info struct with descr, meta
+        and creator is read only when one of those is asked for."""
+        scratch = _scratch
+        buf, tsbuf = scratch.summary, scratch.typestr
+        n = _seg_summary(handle, buf, _SUM_MAX, tsbuf)
+        if n < 0:
+            _close(handle)
+            check(n)
+        v = ffi.unpack(buf, n)
         self = object.__new__(cls)
-        info = ffi.new(_INFO_P)
-        _seg_info(handle, info)
-        self._handle = ffi.gc(handle, _close, info.segment_size)
-        self._lib = lib
-        self._info = info
+        self._handle = ffi.gc(handle, _close, v[1])
+        self._info = None
         self._name = name
         self._kind = kind
         self._dir = dir
         self._path = path
         self._closed = False
-        self._creator = bool(info.creator)
-        self._persist = bool(info.flags & _PERSIST)
-        self._readonly = bool(info.flags & _READONLY)
+        flags = v[2]
+        self._creator = creator = v[3] != 0
+        self._persist = flags & _PERSIST != 0
+        self._readonly = flags & _READONLY != 0
         self._raw = raw
-        self._pid = os.getpid()
+        self._pid = os.getpid() if creator else 0  # only a creator's close() compares it
         self._key = None
-        self._fd = info.fd
-        self.address = int(info.data)
-        self._data_size = int(info.data_size)
-        where = name or path or kind
+        self._fd = v[4]
+        self._dev = v[5] if v[5] >= 0 else v[5] + _ADDR_WRAP
+        self._ino = v[6] if v[6] >= 0 else v[6] + _ADDR_WRAP
+        self.address = v[0] if v[0] >= 0 else v[0] + _ADDR_WRAP
+        self._data_size = size = v[1]
         if raw:
             self._dtype = np.dtype(np.uint8)
-            self._shape = (self._data_size,)
+            self._typestr, self._needs_view = "|u1", False
+            self._shape = (size,)
             self._strides = (1,)
             self._meta = None
         else:
-            lay = info.layout
-            typestr = ffi.string(lay.typestr).decode("ascii", "replace")
-            n = info.descr_len
-            descr = ffi.unpack(info.descr, n) if n else b""
-            self._dtype = _decode_dtype(typestr, descr, int(lay.itemsize), where)
-            ndim = lay.ndim
-            self._shape = tuple(ffi.unpack(lay.shape, ndim))
-            self._strides = tuple(ffi.unpack(lay.strides, ndim))
-            n = info.meta_len
-            self._meta = ffi.buffer(info.meta, n)[:] if n else b""
+            ndim = v[8]
+            entry = None if v[9] else _DTYPES.get((ffi.string(tsbuf), b""))
+            if entry is None or entry[0].itemsize != v[7]:
+                descr = b""
+                if v[9]:
+                    info = self._full_info()
+                    descr = ffi.unpack(info.descr, info.descr_len)
+                entry = _lookup_dtype(ffi.string(tsbuf), descr, v[7], name or path or kind)
+            self._dtype, self._typestr, self._needs_view = entry
+            self._shape = tuple(v[11:11 + ndim])
+            self._strides = tuple(v[11 + ndim:11 + 2 * ndim])
+            self._meta = _UNREAD if v[10] else b""
         return self
+
+    def _full_info(self) -> Any:
+        """The handle's whole ndshm_segment_info_t (read once, on demand)."""
+        info = self._info
+        if info is None:
+            info = ffi.new(_INFO_P)
+            check(_seg_info(self._handle, info))
+            self._info = info
+        return info
 
     @classmethod
     def create(cls, name: Optional[str] = None, shape: Any = (), dtype: Any = np.uint8, order: str = "C", *,
@@ -362,7 +455,7 @@ class Segment:
         rc = lib.ndshm_segment_create(p, out)
         if rc:
             raise error_from_code(rc, path if kind == "file" else (os.path.join(dir, _PREFIX + name) if name else None))
-        self = cls._wrap(out[0], name=name, kind=kind, dir=dir, path=path)
+        self = cls._wrap(out[0], name, kind, dir, path)
         if kind in ("named", "file"):
             self._path = path if kind == "file" else os.path.join(dir, _PREFIX + name)
             if kind == "named":
@@ -376,44 +469,51 @@ class Segment:
         return self
 
     def _remember(self) -> None:
-        info = self._info
         self._key = _cache_key(self._dir, self._name)
         with _lock:
             cur = _cache.get(self._key)
             old = cur() if cur is not None else None
-            if old is None or old._closed or old._readonly or not old._same_file(info.dev, info.ino) or \
+            if old is None or old._closed or old._readonly or not old._same_file(self._dev, self._ino) or \
                     not self._readonly:
                 _cache[self._key] = weakref.ref(self)
 
     def _same_file(self, dev: int, ino: int) -> bool:
-        return self._info.dev == dev and self._info.ino == ino
+        return self._dev == dev and self._ino == ino
 
     @classmethod
     def attach(cls, name: str, readonly: bool = False, *, dir: Optional[str] = None,
                populate: bool = False) -> "Segment":
         """Map the named segment ``name`` (in ``dir``); a mapping this process holds already is reused."""
-        if not isinstance(name, str):
+        if name.__class__ is not str and not isinstance(name, str):
             raise TypeError(f"segment name {name!r} is not a str")
-        dir = os.fspath(default_dir(dir))
-        key = _cache_key(dir, name)
-        path = f"{dir}/{_PREFIX}{name}"
+        if not dir:
+            dir = _env_dir()
+        elif dir.__class__ is not str:
+            dir = os.fspath(dir)
+        real = _REALDIRS.get(dir)
+        key = (real, name) if real is not None else _cache_key(dir, name)
         with _lock:
             ref = _cache.get(key)
-            seg = ref() if ref is not None else None
-            if seg is not None and not seg._closed and (readonly or not seg._readonly):
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    st = None
-                if st is not None and seg._same_file(st.st_dev, st.st_ino):
-                    return seg
-            out = ffi.new(_SEG_PP)
-            rc = _seg_attach(_NAMED, _cstr(name), _cstr(dir),
-                             (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
+            if ref is not None:
+                seg = ref()
+                if seg is not None and not seg._closed and (readonly or not seg._readonly):
+                    try:
+                        st = os.stat(seg._path)
+                    except OSError:
+                        st = None
+                    if st is not None and seg._same_file(st.st_dev, st.st_ino):
+                        return seg
+            nb = _NAMEBYTES.get(name) or _name_bytes(name)
+            db = _DIRBYTES.get(dir) or _dir_bytes(dir)
+            out = _scratch.out
+            rc = _seg_attach(_NAMED, nb, db, (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
+            path = f"{dir}/{_PREFIX}{name}"
             if rc:
                 raise error_from_code(rc, path)
-            seg = cls._wrap(out[0], name=name, kind="named", dir=dir, path=path)
-            seg._remember()
+            seg = cls._wrap(out[0], name, "named", dir, path)
+            # Reached only when no usable mapping of this very file is cached: replace the entry.
+            seg._key = key
+            _cache[key] = weakref.ref(seg)
             return seg
 
     @classmethod
@@ -425,7 +525,7 @@ class Segment:
                                       (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
         if rc:
             raise error_from_code(rc, path)
-        return cls._wrap(out[0], name=None, kind="file", dir=None, path=path)
+        return cls._wrap(out[0], None, "file", None, path)
 
     @classmethod
     def from_fd(cls, fd: int, readonly: bool = False) -> "Segment":
@@ -434,7 +534,7 @@ class Segment:
         rc = lib.ndshm_segment_attach_fd(fd, _READONLY if readonly else 0, out)
         if rc:
             raise error_from_code(rc)
-        return cls._wrap(out[0], name=None, kind="memfd", dir=None, path=None)
+        return cls._wrap(out[0], None, "memfd", None, None)
 
     @classmethod
     def _attach_raw(cls, path: str, readonly: bool) -> "Segment":
@@ -442,7 +542,7 @@ class Segment:
         rc = lib.ndshm_segment_attach_raw(_cstr(path), _READONLY if readonly else 0, out)
         if rc:
             raise error_from_code(rc, path)
-        return cls._wrap(out[0], name=None, kind="file", dir=None, path=path, raw=True)
+        return cls._wrap(out[0], None, "file", None, path, True)
 
     # ---- properties ------------------------------------------------------------------------
 
@@ -463,15 +563,19 @@ class Segment:
     @property
     def meta(self) -> Any:
         """The user metadata given at creation (bytes, a JSON value, or None)."""
-        return _decode_meta(self._meta) if self._meta is not None else None
+        raw = self._meta
+        if raw is _UNREAD:
+            info = self._full_info()
+            self._meta = raw = ffi.buffer(info.meta, info.meta_len)[:]
+        return _decode_meta(raw) if raw is not None else None
 
     @property
     def creator_pid(self) -> int:
-        return int(self._info.creator_pid)
+        return int(self._full_info().creator_pid)
 
     @property
     def created(self) -> _dt.datetime:
-        return _dt.datetime.fromtimestamp(self._info.created_ns / 1e9, tz=_dt.timezone.utc)
+        return _dt.datetime.fromtimestamp(self._full_info().created_ns / 1e9, tz=_dt.timezone.utc)
 
     # ---- views -----------------------------------------------------------------------------
 
@@ -485,18 +589,34 @@ class Segment:
         self._check_open()
         return self._view(0, self._shape, self._dtype, self._strides, readonly, True)
 
+    @property
+    def __array_interface__(self) -> dict:
+        """The whole array, for ``np.asarray(segment)`` (a plain ndarray whose base is the segment)."""
+        if self._closed:
+            self._check_open()
+        return {"version": 3, "data": (self.address, self._readonly), "shape": self._shape,
+                "typestr": self._typestr, "strides": self._strides}
+
     def _view(self, offset: int, shape: tuple, dt: np.dtype, strides: tuple, readonly: bool,
               whole: bool = False) -> np.ndarray:
         """A view at ``offset``; ``whole`` marks the segment's own layout, which C validated already."""
         if self._closed:
             self._check_open()
-        if not whole:
-            lo, hi = _span(shape, strides, dt.itemsize)
-            if (lo != hi) and (offset + lo < 0 or offset + hi > self._data_size):
-                raise ValueError(f"a view at offset {offset} with shape {shape} and strides {strides} reaches "
-                                 f"outside the segment's {self._data_size} bytes")
-            if dt.hasobject:
-                raise TypeError(f"dtype {dt} holds Python objects")
+        if whole:
+            if readonly and not self._readonly:
+                arr = np.asarray(_View(self, {"version": 3, "data": (self.address, True), "shape": shape,
+                                              "typestr": self._typestr, "strides": strides}))
+            else:
+                arr = np.asarray(self)  # its __array_interface__: one object fewer per view
+            if self._needs_view:
+                arr = arr.view(dt)
+            return arr.view(SharedArray)
+        lo, hi = _span(shape, strides, dt.itemsize)
+        if (lo != hi) and (offset + lo < 0 or offset + hi > self._data_size):
+            raise ValueError(f"a view at offset {offset} with shape {shape} and strides {strides} reaches "
+                             f"outside the segment's {self._data_size} bytes")
+        if dt.hasobject:
+            raise TypeError(f"dtype {dt} holds Python objects")
         iface = {"version": 3, "data": (self.address + offset, bool(readonly or self._readonly)),
                  "shape": shape, "typestr": _dtype.typestr_of(dt), "strides": strides}
         arr = np.asarray(_View(self, iface))
@@ -618,7 +738,12 @@ def create(name: Optional[str], shape: Any, dtype: Any = float, order: str = "C"
 def attach(name: str, readonly: bool = False, populate: bool = False, *, dir: Optional[str] = None) -> np.ndarray:
     """The array in named segment ``name``, zero-copy, with dtype and shape restored."""
     seg = Segment.attach(name, readonly, dir=dir, populate=populate)
-    return seg._view(0, seg._shape, seg._dtype, seg._strides, readonly, True)
+    if readonly and not seg._readonly:
+        return seg._view(0, seg._shape, seg._dtype, seg._strides, True, True)
+    arr = np.asarray(seg)
+    if seg._needs_view:
+        arr = arr.view(seg._dtype)
+    return arr.view(SharedArray)
 
 
 def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, readonly: bool = False) -> np.ndarray:

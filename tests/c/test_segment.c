@@ -109,6 +109,54 @@ TEST(create_attach_roundtrip) {
     CHECK_DETAIL(name);
 }
 
+TEST(summary_matches_info_and_checks_its_buffer) {
+    const char *name = uname_();
+    ndshm_segment_params_t p = params(name, 6);
+    p.layout.ndim = 2;
+    p.layout.shape[0] = 2;
+    p.layout.shape[1] = 3;
+    p.layout.strides[0] = 24;
+    p.layout.strides[1] = 8;
+    ndshm_segment_t *a = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &a), 0);
+    ndshm_segment_info_t ia;
+    CHECK_RC(ndshm_segment_info(a, &ia), 0);
+    int64_t sum[NDSHM_SUM_MAX];
+    char ts[NDSHM_TYPESTR_MAX];
+    CHECK_RC(ndshm_segment_summary(a, sum, NDSHM_SUM_MAX, ts), NDSHM_SUM_FIXED + 4);
+    CHECK((uintptr_t)sum[NDSHM_SUM_DATA] == ia.data && sum[NDSHM_SUM_DATA_SIZE] == 48);
+    CHECK(sum[NDSHM_SUM_CREATOR] == 1 && sum[NDSHM_SUM_FD] == ia.fd && (uint64_t)sum[NDSHM_SUM_INO] == ia.ino);
+    CHECK(sum[NDSHM_SUM_NDIM] == 2 && sum[NDSHM_SUM_ITEMSIZE] == 8 && strcmp(ts, "<f8") == 0);
+    CHECK(sum[NDSHM_SUM_FIXED] == 2 && sum[NDSHM_SUM_FIXED + 1] == 3 && sum[NDSHM_SUM_FIXED + 2] == 24 &&
+          sum[NDSHM_SUM_FIXED + 3] == 8);
+    CHECK_RC(ndshm_segment_summary(a, sum, NDSHM_SUM_FIXED + 3, ts), NDSHM_EINVAL);
+    CHECK_DETAIL("15");
+    CHECK_RC(ndshm_segment_summary(NULL, sum, NDSHM_SUM_MAX, ts), NDSHM_EINVAL);
+    ndshm_segment_close(a);
+}
+
+TEST(largest_header_is_read_whole) {
+    /* descr and meta of 4096 bytes each: the header spans three pages, past attach's first read */
+    static char descr[NDSHM_DESCR_MAX], meta[NDSHM_META_MAX];
+    for (size_t i = 0; i < sizeof descr; i++) descr[i] = (char)('a' + i % 26);
+    for (size_t i = 0; i < sizeof meta; i++) meta[i] = (char)i;
+    const char *name = uname_();
+    ndshm_segment_params_t p = params(name, 10);
+    p.descr = descr;
+    p.descr_len = sizeof descr;
+    p.meta = meta;
+    p.meta_len = sizeof meta;
+    ndshm_segment_t *a = NULL, *b = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &a), 0);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &b), 0);
+    static ndshm_segment_info_t ib;
+    CHECK_RC(ndshm_segment_info(b, &ib), 0);
+    CHECK(ib.descr_len == sizeof descr && memcmp(ib.descr, descr, sizeof descr) == 0);
+    CHECK(ib.meta_len == sizeof meta && memcmp(ib.meta, meta, sizeof meta) == 0);
+    ndshm_segment_close(b);
+    ndshm_segment_close(a);
+}
+
 TEST(overflowing_and_invalid_layouts) {
     ndshm_segment_t *s = NULL;
     ndshm_segment_params_t p = params(uname_(), INT64_MAX / 2);
@@ -470,6 +518,8 @@ int main(void) {
     }
     RUN(bad_names_are_refused_by_value);
     RUN(create_attach_roundtrip);
+    RUN(summary_matches_info_and_checks_its_buffer);
+    RUN(largest_header_is_read_whole);
     RUN(overflowing_and_invalid_layouts);
     RUN(hostile_headers_never_crash);
     RUN(initialising_segment_waits_then_busy);
