@@ -3,9 +3,11 @@
 For 64 B, 64 KiB, 1 MiB and 64 MiB float32 arrays, a producer and a consumer process (fork):
 - throughput: the producer sends as fast as it can (up to a count or a time budget); msgs/s and GB/s
   are counted from the producer's first send to the consumer's last receive;
+  (the STOP message that ends the run is a full-size message too, so it is counted);
 - hand-off latency: the producer sends one message every 1 ms (the consumer has gone to sleep)
   and then every 20 µs (the consumer is still waiting); latency = from just before the send call
-  to the consumer holding the data, on the shared monotonic clock; p50/p99.
+  to the consumer holding the data (for ``receive``: inside the ``with`` block, before the slot
+  is handed back), on the shared monotonic clock (``time.perf_counter_ns``); p50/p99.
 ndshm paths: ``put``+``get`` (a copy on each side), ``put``+``receive`` (one copy: the consumer
 reads in place), ``loan``+``receive`` (no copy: the producer writes in place; here it writes only
 the 16-byte stamp, so this is the pure hand-off cost). Peers pickle every message.
@@ -27,6 +29,7 @@ from _common import KiB, MiB, np, ndshm
 
 FORK = mp.get_context("fork")
 F4, I8 = np.float32, np.int64
+CLOCK = time.perf_counter_ns  # CLOCK_MONOTONIC on Linux: one clock for both processes
 STOP = -1
 METHODS = ["ndshm put+get", "ndshm put+receive", "ndshm loan+receive", "multiprocessing.Queue",
            "multiprocessing.Pipe", "faster_fifo.Queue"]
@@ -72,14 +75,18 @@ class Channel:
             stamp = out.view(I8)
             stamp[0], stamp[1] = ts, seq
 
-    def _recv_get(self) -> Tuple[int, int]:
+    # Every recv returns (seq, send stamp, receive stamp); the receive stamp is taken as soon as
+    # the consumer holds the data.
+    def _recv_get(self) -> Tuple[int, int, int]:
         stamp = self.q.get().view(I8)
-        return int(stamp[1]), int(stamp[0])
+        now = CLOCK()
+        return int(stamp[1]), int(stamp[0]), now
 
-    def _recv_receive(self) -> Tuple[int, int]:
+    def _recv_receive(self) -> Tuple[int, int, int]:
         with self.q.receive() as view:
+            now = CLOCK()
             stamp = view.view(I8)
-            return int(stamp[1]), int(stamp[0])
+            return int(stamp[1]), int(stamp[0]), now
 
     # pickling peers: (seq, ts, array), the array never mutated (Queue pickles in a feeder thread)
     def _send_pickle(self, src: np.ndarray, seq: int, ts: int) -> None:
@@ -88,19 +95,19 @@ class Channel:
         else:
             self.q.put((seq, ts, src))
 
-    def _recv_pickle(self) -> Tuple[int, int]:
+    def _recv_pickle(self) -> Tuple[int, int, int]:
         if self.method.startswith("faster"):
             seq, ts, _arr = self.q.get(timeout=TIMEOUT)
         else:
             seq, ts, _arr = self.q.get()
-        return seq, ts
+        return seq, ts, CLOCK()
 
     def _send_pipe(self, src: np.ndarray, seq: int, ts: int) -> None:
         self.w.send((seq, ts, src))
 
-    def _recv_pipe(self) -> Tuple[int, int]:
+    def _recv_pipe(self) -> Tuple[int, int, int]:
         seq, ts, _arr = self.r.recv()
-        return seq, ts
+        return seq, ts, CLOCK()
 
     def close(self) -> None:
         if self.method.startswith("faster"):
@@ -148,7 +155,7 @@ def _producer(ch: Channel, plan: Dict[str, Any], ctrl: Any) -> None:
                 if time.perf_counter() > deadline:
                     break
             ch.send(src, STOP, clock())
-        ctrl.send(("ok", t_start, sent, gaps))
+        ctrl.send(("ok", t_start, sent + 1, gaps))  # + the STOP message
     except BaseException as e:
         ctrl.send(("error", f"{type(e).__name__}: {e}", 0, []))
 
@@ -158,17 +165,16 @@ def _consumer(ch: Channel, plan: Dict[str, Any], ctrl: Any) -> None:
         clock = time.perf_counter_ns
         got = 0
         while True:
-            seq, ts = ch.recv()
+            seq, _ts, _now = ch.recv()
+            got += 1  # the STOP message is a full-size message too
             if seq == STOP:
                 break
-            got += 1
         t_end = clock()
         lat: List[List[float]] = []
         for _gap in plan["gaps"]:
             xs: List[float] = []
             while True:
-                seq, ts = ch.recv()
-                now = clock()
+                seq, ts, now = ch.recv()
                 if seq == STOP:
                     break
                 xs.append((now - ts) / 1e3)
