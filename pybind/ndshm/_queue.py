@@ -15,6 +15,7 @@ must not be used after the block.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -52,6 +53,27 @@ def _msg() -> Any:
     except AttributeError:
         _tls.msg = m = ffi.new(_QMSG_P)
         return m
+
+
+def _pop_msg() -> Any:
+    """A message struct for one loan or receive: reused from this thread's pool (no ffi.new)."""
+    try:
+        return _tls.pool.pop()
+    except (AttributeError, IndexError):
+        return ffi.new(_QMSG_P)
+
+
+def _push_msg(m: Any) -> None:
+    try:
+        pool = _tls.pool
+    except AttributeError:
+        pool = _tls.pool = []
+    if len(pool) < 8:
+        pool.append(m)
+
+
+def _keep(handle: Any, ptr: Any) -> None:
+    """Destructor of the ring's buffer owner: does nothing; holding ``handle`` keeps the ring mapped."""
 
 
 _TS_BYTES: dict = {}   # dtype -> typestr bytes
@@ -133,21 +155,38 @@ class _Receive:
 
     def __enter__(self) -> np.ndarray:
         q = self._q
-        h = q._live()
-        m = self._msg = ffi.new(_QMSG_P)
-        q._wait(_take, h, self._timeout, m, empty=True)
+        if q._closed:
+            q._live()
+        h = q._handle
+        m = _pop_msg()
+        t = self._timeout
+        if t < 0:
+            rc = _take(h, _SLICE, m)
+            while rc == _ETIMEDOUT:
+                rc = _take(h, _SLICE, m)
+        else:
+            rc = _take(h, t, m)
+        if rc:
+            _push_msg(m)
+            q._raise(rc, True)
         try:
             dt, shape = q._describe(m)
-            slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), True), "shape": shape,
-                             "typestr": dt.str if dt.names is None else f"|V{dt.itemsize}", "strides": None})
-            # Views derived from `arr` get `inner` as their base (NumPy stops collapsing at an array
-            # whose base is not an array), so inner's references count them.
-            inner = np.asarray(slot)
+            if dt.itemsize:
+                # `inner` is a read-only array on the ring (its base the ring's buffer, which keeps the
+                # queue's mapping alive); views derived from `arr` get `inner` as their base (NumPy
+                # stops collapsing at an array whose base is not an array), so inner's references
+                # count them.
+                inner = np.ndarray(shape, dt, q._ro, q._offset(m))
+            else:
+                slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), True), "shape": shape,
+                                 "typestr": dt.str if dt.names is None else f"|V{dt.itemsize}", "strides": None})
+                inner = np.asarray(slot)
             arr = inner.view(dt)
         except BaseException:
             _release(h, m)
+            _push_msg(m)
             raise
-        self._slot, self._arr, self._dt = inner, arr, dt
+        self._msg, self._slot, self._arr, self._dt = m, inner, arr, dt
         return arr
 
     def __exit__(self, *exc: object) -> None:
@@ -163,6 +202,7 @@ class _Receive:
             weakref.finalize(slot, _release_later, h, m)
         else:
             _release(h, m)
+            _push_msg(m)
 
 
 _PLANS: dict = {}  # (shape, dtype) argument -> (dims, dtype, nbytes, typestr bytes): the loan fast path
@@ -199,21 +239,39 @@ class _Loan:
         self._q, self._timeout, self._arr = q, timeout, None
 
     def __enter__(self) -> np.ndarray:
-        q, dims, dt, nbytes, ts = self._q, self._shape, self._dt, self._nbytes, self._ts
-        h = q._live()
+        q, dims, dt, nbytes = self._q, self._shape, self._dt, self._nbytes
+        if q._closed:
+            q._live()
+        h = q._handle
         if nbytes > q.slot_bytes:
             raise error_from_code(q._toobig(nbytes, dims, dt))
-        m = self._msg = ffi.new(_QMSG_P)
-        q._wait(_loan, h, nbytes, self._timeout, m, empty=False)
-        m.typestr = ts
-        m.ndim = len(dims)
-        if dims:
-            m.shape[0:len(dims)] = dims
-        slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), False), "shape": dims,
-                         "typestr": ts.decode(), "strides": None})
-        arr = np.asarray(slot)
-        if arr.dtype != dt:
-            arr = arr.view(dt)
+        m = _pop_msg()
+        t = self._timeout
+        if t < 0:
+            rc = _loan(h, nbytes, _SLICE, m)
+            while rc == _ETIMEDOUT:
+                rc = _loan(h, nbytes, _SLICE, m)
+        else:
+            rc = _loan(h, nbytes, t, m)
+        if rc:
+            _push_msg(m)
+            q._raise(rc, False)
+        self._msg = m
+        m.typestr = self._ts
+        nd = len(dims)
+        m.ndim = nd
+        if nd == 1:
+            m.shape[0] = dims[0]
+        elif nd:
+            m.shape[0:nd] = dims
+        if dt.itemsize:
+            arr = np.ndarray(dims, dt, q._rw, q._offset(m))
+        else:
+            slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), False), "shape": dims,
+                             "typestr": self._ts.decode(), "strides": None})
+            arr = np.asarray(slot)
+            if arr.dtype != dt:
+                arr = arr.view(dt)
         self._arr = arr
         return arr
 
@@ -229,6 +287,7 @@ class _Loan:
             rc = _publish(h, m)
         else:
             rc = _discard(h, m)
+        _push_msg(m)
         if rc:
             raise error_from_code(rc)
 
@@ -249,7 +308,7 @@ class Queue:
     """
 
     __slots__ = ("_handle", "_lib", "name", "dir", "slots", "slot_bytes", "_shape", "_dtype", "ring_address",
-                 "ring_bytes", "_closed", "_creator", "_finalizer", "__weakref__")
+                 "ring_bytes", "_closed", "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "__weakref__")
 
     def __init__(self, name: Optional[str] = None, *, slots: int = 16, slot_bytes: int = 1 << 20,
                  shape: Any = None, dtype: Any = None, dir: Optional[str] = None, create: bool = True,
@@ -295,6 +354,14 @@ class Queue:
         lib.ndshm_queue_info(self._handle, info)
         self.slots, self.slot_bytes = int(info.slots), int(info.slot_bytes)
         self.ring_address, self.ring_bytes = int(info.ring), int(info.ring_bytes)
+        # The whole ring as one buffer, writable and read-only: loan and receive views are
+        # ndarrays on it at a slot's offset. Its owner holds the handle: the ring stays mapped
+        # while any view of it lives.
+        owner = ffi.gc(ffi.cast("char *", self.ring_address), functools.partial(_keep, self._handle))
+        self._rw = ffi.buffer(owner, self.ring_bytes)
+        self._ro = memoryview(self._rw).toreadonly()
+        self._offs: List[Optional[int]] = [None] * self.slots  # data offset of each slot in the ring
+        self._mask = self.slots - 1
 
     @classmethod
     def attach(cls, name: str, *, dir: Optional[str] = None, shape: Any = None, dtype: Any = None) -> "Queue":
@@ -332,17 +399,34 @@ class Queue:
             raise exc
         raise error_from_code(rc)
 
+    def _offset(self, m: Any) -> int:
+        """Offset in the ring of the data of message ``m``'s slot."""
+        i = m.pos_ & self._mask
+        off = self._offs[i]
+        if off is None:
+            off = self._offs[i] = int(ffi.cast(_UPTR, m.data)) - self.ring_address
+        return off
+
     def _describe(self, m: Any) -> tuple:
-        dt = _dtype_of(ffi.string(m.typestr))
+        ts = ffi.string(m.typestr)
+        try:
+            dt = _TS_DTYPE[ts]
+        except KeyError:
+            dt = _dtype_of(ts)
         ndim = m.ndim
-        shape = tuple(m.shape[0:ndim]) if ndim else ()
+        if ndim == 1:
+            d = m.shape[0]
+            shape = (d,)
+            n = dt.itemsize * d
+        else:
+            shape = tuple(m.shape[0:ndim]) if ndim else ()
+            n = dt.itemsize
+            for d in shape:
+                n *= d
         sdt = self._dtype
         if sdt is not None and sdt.names is not None and dt.kind == "V" and dt.itemsize == sdt.itemsize:
             dt = sdt
-        n = dt.itemsize
-        for d in shape:
-            n *= d
-        if n != m.nbytes:
+        if n != m.nbytes or n < 0:
             raise CorruptSegmentError(f"queue message of shape {shape} and dtype {dt} should have {n} bytes, "
                                       f"not {m.nbytes}")
         return dt, shape
