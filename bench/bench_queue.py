@@ -3,7 +3,8 @@
 For 64 B, 64 KiB, 1 MiB and 64 MiB float32 arrays, a producer and a consumer process (fork):
 - throughput: the producer sends as fast as it can (up to a count or a time budget); msgs/s and GB/s
   are counted from the producer's first send to the consumer's last receive;
-  (the STOP message that ends the run is a full-size message too, so it is counted);
+  (the STOP message that ends the run is a full-size message too, so it is counted); each paced
+  phase starts once the consumer has drained the previous one, 5 ms later;
 - hand-off latency: the producer sends one message every 1 ms (the consumer has gone to sleep)
   and then every 20 µs (the consumer is still waiting); latency = from just before the send call
   to the consumer holding the data (for ``receive``: inside the ``with`` block, before the slot
@@ -20,6 +21,7 @@ Plus 64 B messages in batches: ndshm ``put_many``/``get_many`` against faster-fi
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -127,8 +129,21 @@ def _spin(seconds: float) -> None:
         time.sleep(0)
 
 
-def _producer(ch: Channel, plan: Dict[str, Any], ctrl: Any) -> None:
+def _pin(which: int) -> None:
+    """Put the producer (0) and the consumer (1) on CPUs of their own when there are two or more:
+    otherwise the scheduler tends to put a waker and its wakee on one CPU, and a consumer that
+    has to give its CPU to the producer is not "already waiting". The same for every channel."""
     try:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:
+            os.sched_setaffinity(0, {cpus[which]})
+    except (AttributeError, OSError):
+        pass
+
+
+def _producer(ch: Channel, plan: Dict[str, Any], ctrl: Any, drained: Any) -> None:
+    try:
+        _pin(0)
         src = np.ones(ch.n, F4)
         clock = time.perf_counter_ns
         # phase 1: throughput
@@ -145,6 +160,11 @@ def _producer(ch: Channel, plan: Dict[str, Any], ctrl: Any) -> None:
         per_msg = (clock() - t_start) / 1e9 / max(1, sent)
         gaps = [max(g, 2 * per_msg) for g in plan["gaps"]]
         for gap in gaps:
+            # start only once the consumer has drained the previous phase (no backlog counted as
+            # latency), and give it time to go to sleep
+            if not drained.acquire(timeout=TIMEOUT):
+                raise TimeoutError("the consumer did not drain the previous phase")
+            time.sleep(0.005)
             deadline = time.perf_counter() + plan["budget"]
             for seq in range(plan["paced"]):
                 if gap >= 1e-3:
@@ -160,8 +180,9 @@ def _producer(ch: Channel, plan: Dict[str, Any], ctrl: Any) -> None:
         ctrl.send(("error", f"{type(e).__name__}: {e}", 0, []))
 
 
-def _consumer(ch: Channel, plan: Dict[str, Any], ctrl: Any) -> None:
+def _consumer(ch: Channel, plan: Dict[str, Any], ctrl: Any, drained: Any) -> None:
     try:
+        _pin(1)
         clock = time.perf_counter_ns
         got = 0
         while True:
@@ -170,6 +191,7 @@ def _consumer(ch: Channel, plan: Dict[str, Any], ctrl: Any) -> None:
             if seq == STOP:
                 break
         t_end = clock()
+        drained.release()
         lat: List[List[float]] = []
         for _gap in plan["gaps"]:
             xs: List[float] = []
@@ -179,6 +201,7 @@ def _consumer(ch: Channel, plan: Dict[str, Any], ctrl: Any) -> None:
                     break
                 xs.append((now - ts) / 1e3)
             lat.append(xs)
+            drained.release()
         ctrl.send(("ok", t_end, got, lat))
     except BaseException as e:
         ctrl.send(("error", f"{type(e).__name__}: {e}", 0, []))
@@ -189,8 +212,9 @@ def _pair(method: str, nbytes: int, plan: Dict[str, Any]) -> Dict[str, Any]:
     try:
         pr, pw = FORK.Pipe(duplex=False)
         cr, cw = FORK.Pipe(duplex=False)
-        cons = FORK.Process(target=_consumer, args=(ch, plan, cw), daemon=True)
-        prod = FORK.Process(target=_producer, args=(ch, plan, pw), daemon=True)
+        drained = FORK.Semaphore(0)  # the consumer has received a phase's STOP
+        cons = FORK.Process(target=_consumer, args=(ch, plan, cw, drained), daemon=True)
+        prod = FORK.Process(target=_producer, args=(ch, plan, pw, drained), daemon=True)
         cons.start()
         prod.start()
         out: Dict[str, Any] = {}
