@@ -4,7 +4,8 @@ For 64 B, 64 KiB, 1 MiB and 64 MiB float32 arrays, a producer and a consumer pro
 - throughput: the producer sends as fast as it can (up to a count or a time budget); msgs/s and GB/s
   are counted from the producer's first send to the consumer's last receive;
   (the STOP message that ends the run is a full-size message too, so it is counted); each paced
-  phase starts once the consumer has drained the previous one, 5 ms later;
+  phase starts once the consumer has drained the previous one, 5 ms later; one untimed warm-up
+  message goes first;
 - hand-off latency: the producer sends one message every 1 ms (the consumer has gone to sleep)
   and then every 20 µs (the consumer is still waiting); latency = from just before the send call
   to the consumer holding the data (for ``receive``: inside the ``with`` block, before the slot
@@ -146,6 +147,11 @@ def _producer(ch: Channel, plan: Dict[str, Any], ctrl: Any, drained: Any) -> Non
         _pin(0)
         src = np.ones(ch.n, F4)
         clock = time.perf_counter_ns
+        # warm-up: one message through, so one-time costs of a fresh process (page tables of a
+        # mapping inherited over fork, first buffers) stay out of the timed phases
+        ch.send(src, STOP, clock())
+        if not drained.acquire(timeout=TIMEOUT):
+            raise TimeoutError("the consumer did not take the warm-up message")
         # phase 1: throughput
         deadline = time.perf_counter() + plan["budget"]
         t_start = clock()
@@ -184,6 +190,8 @@ def _consumer(ch: Channel, plan: Dict[str, Any], ctrl: Any, drained: Any) -> Non
     try:
         _pin(1)
         clock = time.perf_counter_ns
+        ch.recv()  # the warm-up message
+        drained.release()
         got = 0
         while True:
             seq, _ts, _now = ch.recv()
