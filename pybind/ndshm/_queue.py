@@ -465,18 +465,31 @@ class Queue:
     def get(self, block: bool = True, timeout: Optional[float] = None) -> np.ndarray:
         """Take the oldest message and return a copy of it as a fresh array.
         Raises :class:`Empty` on timeout."""
-        h = self._live()
+        if self._closed:
+            self._live()
+        h = self._handle
         m = _msg()
-        self._wait(_take, h, _timeout(block, timeout), m, empty=True)
+        t = -1.0 if block and timeout is None else _timeout(block, timeout)
+        if t < 0:
+            rc = _take(h, _SLICE, m)
+            while rc == _ETIMEDOUT:
+                rc = _take(h, _SLICE, m)
+        else:
+            rc = _take(h, t, m)
+        if rc:
+            self._raise(rc, True)
         try:
             dt, shape = self._describe(m)
-            raw = np.empty(m.nbytes, _U1)
+            out = np.empty(shape, dt)
+            try:
+                dst = ffi.from_buffer(out)
+            except (TypeError, ValueError, BufferError):  # dtypes without a buffer format (datetime64, ...)
+                dst = ffi.cast(_VOIDP, out.__array_interface__["data"][0])
         except BaseException:
             _release(h, m)
             raise
-        _release_copy(h, m, ffi.from_buffer(raw))
-        out = raw.view(dt) if dt.itemsize else np.empty(shape, dt)
-        return out.reshape(shape)
+        _release_copy(h, m, dst)
+        return out
 
     def get_nowait(self) -> np.ndarray:
         return self.get(False)
