@@ -519,9 +519,10 @@ static void finish_producer(ndshm_queue_t *q, uint64_t pos, uint32_t part, bool 
 static void write_desc(slot_hdr_t *s, uint64_t nbytes, const char *typestr, uint32_t ndim, const int64_t *shape) {
     s->nbytes = nbytes;
     s->ndim = ndim;
-    if (typestr) memcpy(s->typestr, typestr, strnlen(typestr, NDSHM_TYPESTR_MAX - 1) + 1);
-    else s->typestr[0] = '\0';
-    s->typestr[NDSHM_TYPESTR_MAX - 1] = '\0';
+    /* zero-padded: the whole field is a function of the typestr (bindings may compare it as words) */
+    size_t n = typestr ? strnlen(typestr, NDSHM_TYPESTR_MAX - 1) : 0;
+    if (n) memcpy(s->typestr, typestr, n);
+    memset(s->typestr + n, 0, NDSHM_TYPESTR_MAX - n);
     if (ndim) memcpy(s->shape, shape, ndim * sizeof *shape);
 }
 

@@ -47,23 +47,38 @@ _tls = threading.local()
 _QMSG_P, _UPTR, _VOIDP = ffi.typeof("ndshm_qmsg_t *"), ffi.typeof("uintptr_t"), ffi.typeof("void *")
 
 
-def _msg() -> Any:
+# A message struct is allocated as int64 words, so that its nbytes, the first 8 bytes of its
+# typestr (the whole typestr for the usual ones, zero-padded by the C side) and shape[0] read as
+# plain integers: (m, w) with m the struct and w its words.
+_W_NBYTES = ffi.offsetof("ndshm_qmsg_t", "nbytes") // 8
+_W_TYPESTR = ffi.offsetof("ndshm_qmsg_t", "typestr") // 8
+_W_SHAPE0 = ffi.offsetof("ndshm_qmsg_t", "shape") // 8
+_WORDS = (ffi.sizeof("ndshm_qmsg_t") + 7) // 8
+assert ffi.offsetof("ndshm_qmsg_t", "typestr") % 8 == 0 and ffi.offsetof("ndshm_qmsg_t", "shape") % 8 == 0
+
+
+def _new_msg() -> tuple:
+    w = ffi.new("int64_t[]", _WORDS)
+    return ffi.cast(_QMSG_P, w), w
+
+
+def _msg() -> tuple:
     try:
         return _tls.msg
     except AttributeError:
-        _tls.msg = m = ffi.new(_QMSG_P)
-        return m
+        _tls.msg = mw = _new_msg()
+        return mw
 
 
-def _pop_msg() -> Any:
+def _pop_msg() -> tuple:
     """A message struct for one loan or receive: reused from this thread's pool (no ffi.new)."""
     try:
         return _tls.pool.pop()
     except (AttributeError, IndexError):
-        return ffi.new(_QMSG_P)
+        return _new_msg()
 
 
-def _push_msg(m: Any) -> None:
+def _push_msg(m: tuple) -> None:
     try:
         pool = _tls.pool
     except AttributeError:
@@ -78,6 +93,7 @@ def _keep(handle: Any, ptr: Any) -> None:
 
 _TS_BYTES: dict = {}   # dtype -> typestr bytes
 _TS_DTYPE: dict = {}   # typestr bytes -> dtype
+_KEY_DTYPE: dict = {}  # first 8 bytes of a typestr shorter than 8, as the native int64 -> dtype
 
 
 def _typestr_bytes(dt: np.dtype) -> bytes:
@@ -143,8 +159,8 @@ class _Slot:
         self.__array_interface__ = iface
 
 
-def _release_later(handle: Any, msg: Any) -> None:
-    _release(handle, msg)
+def _release_later(handle: Any, mw: tuple) -> None:
+    _release(handle, mw[0])
 
 
 class _Receive:
@@ -158,7 +174,8 @@ class _Receive:
         if q._closed:
             q._live()
         h = q._handle
-        m = _pop_msg()
+        mw = _pop_msg()
+        m = mw[0]
         t = self._timeout
         if t < 0:
             rc = _take(h, _SLICE, m)
@@ -167,10 +184,10 @@ class _Receive:
         else:
             rc = _take(h, t, m)
         if rc:
-            _push_msg(m)
+            _push_msg(mw)
             q._raise(rc, True)
         try:
-            dt, shape = q._describe(m)
+            dt, shape = q._describe(m, mw[1])
             if dt.itemsize:
                 # `inner` is a read-only array on the ring (its base the ring's buffer, which keeps the
                 # queue's mapping alive); views derived from `arr` get `inner` as their base (NumPy
@@ -184,13 +201,13 @@ class _Receive:
             arr = inner.view(dt)
         except BaseException:
             _release(h, m)
-            _push_msg(m)
+            _push_msg(mw)
             raise
-        self._msg, self._slot, self._arr, self._dt = m, inner, arr, dt
+        self._msg, self._slot, self._arr, self._dt = mw, inner, arr, dt
         return arr
 
     def __exit__(self, *exc: object) -> None:
-        arr, slot, m = self._arr, self._slot, self._msg
+        arr, slot, mw = self._arr, self._slot, self._msg
         self._arr = self._slot = None
         if arr is None:
             return
@@ -199,10 +216,10 @@ class _Receive:
         h = self._q._handle
         # CPython: references to `inner` beyond ours and getrefcount's own are derived views.
         if not _PYPY and sys.getrefcount(slot) > 2:
-            weakref.finalize(slot, _release_later, h, m)
+            weakref.finalize(slot, _release_later, h, mw)
         else:
-            _release(h, m)
-            _push_msg(m)
+            _release(h, mw[0])
+            _push_msg(mw)
 
 
 _PLANS: dict = {}  # (shape, dtype) argument -> (dims, dtype, nbytes, typestr bytes): the loan fast path
@@ -245,7 +262,8 @@ class _Loan:
         h = q._handle
         if nbytes > q.slot_bytes:
             raise error_from_code(q._toobig(nbytes, dims, dt))
-        m = _pop_msg()
+        mw = _pop_msg()
+        m = mw[0]
         t = self._timeout
         if t < 0:
             rc = _loan(h, nbytes, _SLICE, m)
@@ -254,9 +272,9 @@ class _Loan:
         else:
             rc = _loan(h, nbytes, t, m)
         if rc:
-            _push_msg(m)
+            _push_msg(mw)
             q._raise(rc, False)
-        self._msg = m
+        self._msg = mw
         m.typestr = self._ts
         nd = len(dims)
         m.ndim = nd
@@ -276,7 +294,7 @@ class _Loan:
         return arr
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
-        arr, m = self._arr, self._msg
+        arr, mw = self._arr, self._msg
         self._arr = None
         if arr is None:
             return
@@ -284,10 +302,10 @@ class _Loan:
         del arr
         h = self._q._handle
         if exc_type is None:
-            rc = _publish(h, m)
+            rc = _publish(h, mw[0])
         else:
-            rc = _discard(h, m)
-        _push_msg(m)
+            rc = _discard(h, mw[0])
+        _push_msg(mw)
         if rc:
             raise error_from_code(rc)
 
@@ -376,7 +394,7 @@ class Queue:
         return self._handle
 
     def _toobig(self, nbytes: int, dims: tuple, dt: np.dtype) -> int:
-        return lib.ndshm_queue_loan(self._handle, nbytes, 0.0, _msg())  # sets ETOOBIG naming both sizes
+        return lib.ndshm_queue_loan(self._handle, nbytes, 0.0, _msg()[0])  # sets ETOOBIG naming both sizes
 
     def _wait(self, fn: Any, *args: Any, empty: bool) -> None:
         """Call ``fn(*args)`` whose timeout is args[-2]; waits forever in slices."""
@@ -407,15 +425,22 @@ class Queue:
             off = self._offs[i] = int(ffi.cast(_UPTR, m.data)) - self.ring_address
         return off
 
-    def _describe(self, m: Any) -> tuple:
-        ts = ffi.string(m.typestr)
+    def _describe(self, m: Any, w: Any) -> tuple:
+        key = w[_W_TYPESTR]
         try:
-            dt = _TS_DTYPE[ts]
+            dt = _KEY_DTYPE[key]
         except KeyError:
-            dt = _dtype_of(ts)
+            ts = ffi.string(m.typestr)
+            try:
+                dt = _TS_DTYPE[ts]
+            except KeyError:
+                dt = _dtype_of(ts)
+            if len(ts) < 8 and len(_KEY_DTYPE) < 1024 and key == int.from_bytes(ts.ljust(8, b"\0"), sys.byteorder,
+                                                                                  signed=True):
+                _KEY_DTYPE[key] = dt
         ndim = m.ndim
         if ndim == 1:
-            d = m.shape[0]
+            d = w[_W_SHAPE0]
             shape = (d,)
             n = dt.itemsize * d
         else:
@@ -426,7 +451,7 @@ class Queue:
         sdt = self._dtype
         if sdt is not None and sdt.names is not None and dt.kind == "V" and dt.itemsize == sdt.itemsize:
             dt = sdt
-        if n != m.nbytes or n < 0:
+        if n != w[_W_NBYTES] or n < 0:
             raise CorruptSegmentError(f"queue message of shape {shape} and dtype {dt} should have {n} bytes, "
                                       f"not {m.nbytes}")
         return dt, shape
@@ -468,7 +493,7 @@ class Queue:
         if self._closed:
             self._live()
         h = self._handle
-        m = _msg()
+        m, w = _msg()
         t = -1.0 if block and timeout is None else _timeout(block, timeout)
         if t < 0:
             rc = _take(h, _SLICE, m)
@@ -479,7 +504,7 @@ class Queue:
         if rc:
             self._raise(rc, True)
         try:
-            dt, shape = self._describe(m)
+            dt, shape = self._describe(m, w)
             out = np.empty(shape, dt)
             try:
                 dst = ffi.from_buffer(out)
