@@ -222,12 +222,22 @@ class _Receive:
             _push_msg(mw)
 
 
-_PLANS: dict = {}  # (shape, dtype) argument -> (dims, dtype, nbytes, typestr bytes): the loan fast path
+# (shape, dtype) argument -> (dims, dtype, nbytes, typestr bytes, typestr word or None): the loan
+# fast path. The typestr word (see _W_TYPESTR) is set for 1-D messages whose typestr is shorter
+# than 8 bytes, on little-endian machines: their description is written as three int64 words.
+_PLANS: dict = {}
+_WORD_DESC = (sys.byteorder == "little" and ffi.offsetof("ndshm_qmsg_t", "ndim") == 8 * (_W_TYPESTR + 2)
+              and ffi.offsetof("ndshm_qmsg_t", "shape") == 8 * (_W_TYPESTR + 3))
+_W_NDIM = _W_TYPESTR + 2  # ndim (uint32) and the padding after it
 
 
 def _plan(shape: Any, dtype: Any) -> tuple:
     dims, dt = _dtype.normalize(shape, dtype)
-    plan = (dims, dt, _dtype.nbytes_of(dims, dt), _typestr_bytes(dt))
+    ts = _typestr_bytes(dt)
+    word = None
+    if _WORD_DESC and len(dims) == 1 and len(ts) < 8:
+        word = int.from_bytes(ts.ljust(8, b"\0"), "little", signed=True)
+    plan = (dims, dt, _dtype.nbytes_of(dims, dt), ts, word)
     try:
         if len(_PLANS) < 256:
             _PLANS[(shape, dtype)] = plan
@@ -237,7 +247,7 @@ def _plan(shape: Any, dtype: Any) -> tuple:
 
 
 class _Loan:
-    __slots__ = ("_q", "_shape", "_dt", "_nbytes", "_ts", "_timeout", "_msg", "_arr")
+    __slots__ = ("_q", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr")
 
     def __init__(self, q: "Queue", shape: Any, dtype: Any, timeout: float) -> None:
         if dtype is None:
@@ -252,7 +262,7 @@ class _Loan:
             plan = _PLANS[(shape, dtype)]
         except (KeyError, TypeError):
             plan = _plan(shape, dtype)
-        self._shape, self._dt, self._nbytes, self._ts = plan
+        self._shape, self._dt, self._nbytes, self._ts, self._word = plan
         self._q, self._timeout, self._arr = q, timeout, None
 
     def __enter__(self) -> np.ndarray:
@@ -275,13 +285,18 @@ class _Loan:
             _push_msg(mw)
             q._raise(rc, False)
         self._msg = mw
-        m.typestr = self._ts
-        nd = len(dims)
-        m.ndim = nd
-        if nd == 1:
-            m.shape[0] = dims[0]
-        elif nd:
-            m.shape[0:nd] = dims
+        word = self._word
+        if word is not None:  # 1-D, short typestr: typestr, ndim and shape[0] as three words
+            w = mw[1]
+            w[_W_TYPESTR] = word
+            w[_W_NDIM] = 1
+            w[_W_SHAPE0] = dims[0]
+        else:
+            m.typestr = self._ts
+            nd = len(dims)
+            m.ndim = nd
+            if nd:
+                m.shape[0:nd] = dims
         if dt.itemsize:
             arr = np.ndarray(dims, dt, q._rw, q._offset(m))
         else:
@@ -298,13 +313,14 @@ class _Loan:
         self._arr = None
         if arr is None:
             return
-        _neuter(arr, self._dt)
-        del arr
         h = self._q._handle
+        # publish first (the hand-off does not wait for the neutering), then empty the array
         if exc_type is None:
             rc = _publish(h, mw[0])
         else:
             rc = _discard(h, mw[0])
+        _neuter(arr, self._dt)
+        del arr
         _push_msg(mw)
         if rc:
             raise error_from_code(rc)
