@@ -210,10 +210,16 @@ def test_bad_names_and_values(unique_name):
     assert not os.path.exists(shm_path(unique_name))
 
 
-def test_hugepages_without_reservation(unique_name):
+def test_hugepages_without_reservation(unique_name, monkeypatch):
+    from ndshm._segment import _huge_dir
     with open("/proc/sys/vm/nr_hugepages") as f:
         if int(f.read()) != 0:
             pytest.skip("huge pages are reserved here")
+    monkeypatch.delenv("NDSHM_DIR", raising=False)
+    if _huge_dir(None)[0] is not None:
+        pytest.skip("a huge-page tmpfs is mounted here: named segments would use it")
+    with pytest.raises(ndshm.NotSupportedError, match="/proc/sys/vm/nr_hugepages"):
+        ndshm.Segment.create(unique_name, 10, dir="/dev/shm", hugepages=True)  # not a huge-page mount
     for kind in ("memfd", "named"):
         with pytest.raises(ndshm.NotSupportedError, match="/proc/sys/vm/nr_hugepages"):
             ndshm.Segment.create(unique_name if kind == "named" else None, 10, kind=kind, hugepages=True)

@@ -338,6 +338,45 @@ def small_tmpfs():
         os.rmdir(d)
 
 
+@pytest.fixture
+def huge_tmpfs():
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    d = tempfile.mkdtemp(prefix="ndshm-huge-")
+    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "huge=always,size=64m", "tmpfs", d], capture_output=True)
+    if rc.returncode != 0:
+        os.rmdir(d)
+        pytest.skip(f"cannot mount a huge-page tmpfs: {rc.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", d], capture_output=True)
+        os.rmdir(d)
+
+
+def test_hugepages_named_use_a_huge_tmpfs(huge_tmpfs, unique_name, monkeypatch):
+    from ndshm._segment import _huge_kind, _mounts
+    d = huge_tmpfs
+    # an explicit huge-page tmpfs: ordinary files there, no hugetlb reservation needed
+    seg = ndshm.Segment.create(unique_name, (512, 1024), "f8", dir=d, hugepages=True, fill=2.0)
+    assert seg.dir == d and os.path.exists(os.path.join(d, "ndshm." + unique_name))
+    child = run_python(f"""
+        import ndshm
+        print(ndshm.attach({unique_name!r}, dir={d!r}).sum())
+    """)
+    assert float(child.stdout) == 2.0 * 512 * 1024
+    assert pickle.loads(pickle.dumps(seg.asarray()[3]))[0] == 2.0
+    seg.close()
+    assert not os.path.exists(os.path.join(d, "ndshm." + unique_name))
+    # no directory given: the first huge-page mount this process may write to
+    monkeypatch.delenv("NDSHM_DIR", raising=False)
+    auto = ndshm.Segment.create(unique_name + "a", 10, hugepages=True)
+    kinds = {mnt: _huge_kind(fstype, opts) for mnt, fstype, opts in _mounts()}
+    assert auto.dir != "/dev/shm" and kinds.get(auto.dir) is not None
+    assert os.path.exists(auto.path) and auto.path.startswith(auto.dir + "/")
+    auto.close()
+
+
 def test_enospc_fails_at_create(small_tmpfs):
     d = small_tmpfs
     small = ndshm.Segment.create("fits", 100_000, dir=d)

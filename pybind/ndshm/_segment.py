@@ -113,6 +113,68 @@ _DIRBYTES: dict[str, bytes] = {}
 _DTYPES: dict[tuple[bytes, bytes], tuple[np.dtype, str, bool]] = {}
 
 
+def _mounts() -> list[tuple[str, str, set]]:
+    """(mount point, file system type, options) of every mount /proc/self/mounts lists."""
+    out = []
+    try:
+        with open("/proc/self/mounts", "rb") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4:
+                    # mount points escape blanks and backslashes as octal: decode them
+                    raw = parts[1]
+                    for esc, ch in ((b"\\040", b" "), (b"\\011", b"\t"), (b"\\012", b"\n"), (b"\\134", b"\\")):
+                        raw = raw.replace(esc, ch)
+                    mnt = os.fsdecode(raw)
+                    out.append((mnt, os.fsdecode(parts[2]), set(os.fsdecode(parts[3]).split(","))))
+    except OSError:
+        pass
+    return out
+
+
+def _huge_kind(fstype: str, opts: set) -> Optional[str]:
+    if fstype == "hugetlbfs":
+        return "hugetlbfs"
+    if fstype == "tmpfs" and opts & {"huge=always", "huge=within_size"}:
+        return "tmpfs"
+    return None
+
+
+def _nr_hugepages() -> int:
+    try:
+        with open("/proc/sys/vm/nr_hugepages") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _huge_dir(dir: Optional[str]) -> tuple[Optional[str], bool]:
+    """Where a named ``hugepages=True`` segment goes, and whether C must use hugetlb pages there:
+    (that directory, True) for a hugetlbfs, (it, False) for a huge-page tmpfs (ordinary files
+    whose pages the kernel makes huge), (None, True) to let C refuse with its nr_hugepages
+    message when there is no such mount."""
+    mounts = _mounts()
+    explicit = dir or os.environ.get("NDSHM_DIR")
+    if explicit:
+        real = os.path.realpath(os.fspath(explicit))
+        best = None
+        for mnt, fstype, opts in mounts:  # the longest mount point containing the directory; later wins
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and (best is None or len(mnt) >= len(best[0])):
+                best = (mnt, fstype, opts)
+        kind = _huge_kind(best[1], best[2]) if best else None
+        return explicit, kind != "tmpfs"
+    found: dict[str, str] = {}
+    for mnt, fstype, opts in mounts:
+        kind = _huge_kind(fstype, opts)
+        if kind and kind not in found and os.access(mnt, os.W_OK | os.X_OK):
+            found[kind] = mnt
+    if "hugetlbfs" in found and _nr_hugepages() > 0:
+        return found["hugetlbfs"], True
+    if "tmpfs" in found:
+        return found["tmpfs"], False
+    return None, True
+
+
 def _cache_key(dir: str, name: str) -> tuple[str, str]:
     """The mapping cache's key: the directory's real path (cached: realpath costs ~30 us), and the name."""
     real = _REALDIRS.get(dir)
@@ -397,7 +459,15 @@ class Segment:
         ``kind``: 'named' (``name`` in ``dir``; ``name=None`` picks a unique one), 'anonymous'
         (shared with fork()ed children), 'memfd' (share :attr:`fd` with :func:`send_fd`) or 'file'
         (at ``path``). ``persist=False`` removes the name when the creator closes the segment,
-        leaves its ``with`` block, drops its last reference, or exits."""
+        leaves its ``with`` block, drops its last reference, or exits.
+
+        ``hugepages=True`` for a named segment: in ``dir`` (or ``$NDSHM_DIR``) if given, which
+        must be a hugetlbfs mount (with pages reserved in /proc/sys/vm/nr_hugepages) or a tmpfs
+        mounted with ``huge=always`` or ``huge=within_size``; otherwise in the first such mount
+        this process may write to (hugetlbfs preferred when pages are reserved), found in
+        /proc/self/mounts. The segment then lives in that directory: :attr:`dir` names it, and
+        other processes attach with ``dir=`` (arrays pickle with it). With no such mount,
+        NotSupportedError names /proc/sys/vm/nr_hugepages."""
         if kind not in _KINDS:
             raise ValueError(f"kind {kind!r} is not one of {sorted(_KINDS)}")
         order = _dtype.check_order(order)
@@ -414,6 +484,8 @@ class Segment:
                 raise ValueError("path= applies to kind='file'; named segments take name= and dir=")
             if not isinstance(name, str):
                 raise TypeError(f"segment name {name!r} is not a str")
+            if hugepages:
+                dir, hugepages = _huge_dir(dir)
             dir = os.fspath(default_dir(dir))
         elif kind == "file":
             if path is None:
