@@ -135,6 +135,45 @@ TEST(summary_matches_info_and_checks_its_buffer) {
     ndshm_segment_close(a);
 }
 
+/* The format's checksum, byte by byte as header.c documents it (FNV-1a 64 of [0,16), [20,632)
+ * and [896, header_size)): the library's faster loop must agree with it on every header. */
+static uint64_t reference_checksum(const unsigned char *b, size_t header_size) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < header_size; i++) {
+        if ((i >= 16 && i < 20) || (i >= 632 && i < NDSHM__HDR_FIXED)) continue;
+        h ^= b[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+TEST(checksum_matches_the_documented_fnv1a) {
+    static unsigned char buf[NDSHM__HDR_MAX];
+    char meta[37];
+    for (size_t i = 0; i < sizeof meta; i++) meta[i] = (char)(i * 7 + 1);
+    for (int ndim = 0; ndim <= 3; ndim++) {
+        ndshm_segment_params_t p = params("x", 5);
+        p.layout.ndim = (uint32_t)ndim;
+        for (int d = 0; d < ndim; d++) {
+            p.layout.shape[d] = 3 + d;
+            p.layout.strides[d] = 8 << d;
+        }
+        p.meta = meta;
+        p.meta_len = (size_t)ndim * 12 + 1; /* tails that are not a multiple of 8 */
+        memset(buf, 0, sizeof buf);
+        ndshm__header_write(buf, &p, 4096, 4096, 64, 1234, 5678);
+        uint32_t header_size;
+        uint64_t stored;
+        memcpy(&header_size, buf + 12, sizeof header_size);
+        memcpy(&stored, buf + 632, sizeof stored);
+        CHECK(stored == reference_checksum(buf, header_size));
+        buf[700] = 0x5a; /* a sync slot: outside the checksum */
+        ndshm__header_reseal(buf, sizeof buf);
+        memcpy(&stored, buf + 632, sizeof stored);
+        CHECK(stored == reference_checksum(buf, header_size));
+    }
+}
+
 TEST(largest_header_is_read_whole) {
     /* descr and meta of 4096 bytes each: the header spans three pages, past attach's first read */
     static char descr[NDSHM_DESCR_MAX], meta[NDSHM_META_MAX];
@@ -519,6 +558,7 @@ int main(void) {
     RUN(bad_names_are_refused_by_value);
     RUN(create_attach_roundtrip);
     RUN(summary_matches_info_and_checks_its_buffer);
+    RUN(checksum_matches_the_documented_fnv1a);
     RUN(largest_header_is_read_whole);
     RUN(overflowing_and_invalid_layouts);
     RUN(hostile_headers_never_crash);
