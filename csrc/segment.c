@@ -87,11 +87,13 @@ static int make_path(int kind, const char *name, const char *dir, char **out) {
         int rc = check_name(name);
         if (rc) return rc;
         dir = default_dir(dir);
-        size_t n = strlen(dir) + strlen(name) + 8;
+        size_t nd = strlen(dir), nn = strlen(name), n = nd + nn + 8; /* "/ndshm." and the NUL */
         if (n > PATH_MAX) return ndshm__fail(NDSHM_EINVAL, 0, "directory '%.60s...' makes a path too long", dir);
         char *p = malloc(n);
         if (p == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a path");
-        snprintf(p, n, "%s/ndshm.%s", dir, name);
+        memcpy(p, dir, nd);
+        memcpy(p + nd, "/ndshm.", 7);
+        memcpy(p + nd + 7, name, nn + 1);
         *out = p;
         return 0;
     }
@@ -390,8 +392,7 @@ static size_t read_header(int fd, unsigned char *buf, size_t want) {
 /* seg->fd is open and share-locked: read, wait for and validate the header, then map. */
 static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
     int ro = (flags & NDSHM_SEG_READONLY) != 0;
-    unsigned char *buf = malloc(NDSHM__HDR_MAX);
-    if (buf == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a header buffer");
+    unsigned char buf[NDSHM__HDR_MAX]; /* the private copy: 9 KB */
     int64_t deadline = now_ns(CLOCK_MONOTONIC) + ATTACH_WAIT_NS;
     struct stat st;
     int rc, ordered = 0;
@@ -463,7 +464,6 @@ static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
     seg->info.creator = 0;
     seg->info.fd = seg->fd;
 out:
-    free(buf);
     return rc;
 }
 
@@ -498,7 +498,7 @@ int ndshm_segment_attach(int kind, const char *name, const char *dir, unsigned f
     }
     rc = attach_open(seg, flags, path);
     if (rc) goto fail;
-    if (kind == NDSHM_KIND_NAMED) snprintf(seg->info.name, sizeof seg->info.name, "%s", name);
+    if (kind == NDSHM_KIND_NAMED) memcpy(seg->info.name, name, strlen(name) + 1); /* checked: <= NDSHM_NAME_MAX */
     *out = seg;
     return 0;
 fail:
