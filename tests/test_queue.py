@@ -77,6 +77,24 @@ def test_typed_structured_queue(unique_name):
             assert v.dtype == dt and (v["y"] == 7).all()
 
 
+def test_typestrs_of_every_length_through_the_same_slots(unique_name):
+    # long and short typestrs alternate in the same two slots: each message keeps its own dtype
+    # (the bindings compare the first 8 typestr bytes as one word, so leftovers must not leak)
+    dts = [np.dtype("<m8[10us]"), np.dtype("<f4"), np.dtype("<U12"), np.dtype("u1"), np.dtype("<M8[25ms]"),
+           np.dtype("<c16")]
+    with ndshm.Queue(unique_name, slots=2, slot_bytes=256) as q:
+        for rnd in range(3):
+            for dt in dts:
+                a = np.zeros(4, dt)
+                q.put(a)
+                with q.receive() as v:
+                    assert v.dtype == dt and v.shape == (4,)
+                with q.loan((2,), dt) as out:
+                    out[...] = a[:2]
+                b = q.get()
+                assert b.dtype == dt and b.shape == (2,)
+
+
 @pytest.mark.parametrize("ndim", [0, 1, 5, 31, 32])
 def test_every_ndim(q, ndim):
     shape = (2,) * min(ndim, 3) + (1,) * (ndim - min(ndim, 3))

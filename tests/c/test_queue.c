@@ -125,6 +125,16 @@ TEST(put_take_descriptors) {
     CHECK_RC(ndshm_queue_release_copy(q, &m, out), 0);
     CHECK(memcmp(out, "abcdefgh", 8) == 0);
     CHECK_RC(ndshm_queue_take(q, 0, &m), NDSHM_EEMPTY);
+    /* typestrs are zero-padded to the end of the field, whatever the slot held before */
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < 4; i++) {
+            const char *ts = round ? "<f4" : "<m8[10us]";
+            CHECK_RC(ndshm_queue_put(q, data, 4, ts, 0, NULL, 0), 0);
+            CHECK_RC(ndshm_queue_take(q, 0, &m), 0);
+            CHECK(strcmp(m.typestr, ts) == 0);
+            for (size_t j = strlen(ts); j < NDSHM_TYPESTR_MAX; j++) CHECK(m.typestr[j] == '\0');
+            CHECK_RC(ndshm_queue_release(q, &m), 0);
+        }
     ndshm_queue_close(q);
     munmap(mem, len);
 }
