@@ -80,3 +80,22 @@ def test_gc_dry_run_and_env_dir(tmp_path):
     assert "would remove orphan" in out.stdout and os.path.exists(os.path.join(d, "ndshm.orphan"))
     out = cli("gc", "--min-age", "0", NDSHM_DIR=d)
     assert "removed orphan" in out.stdout and not os.path.exists(os.path.join(d, "ndshm.orphan"))
+
+
+def test_gc_collects_orphaned_queues_but_not_persistent_ones(tmp_path):
+    d = str(tmp_path)
+    run_python("""
+        import ndshm, os
+        q = ndshm.Queue("orphan-q", slots=2, slot_bytes=64)
+        k = ndshm.Queue("kept-q", slots=2, slot_bytes=64, persist=True)
+        q.put(list(range(3))); k.put(list(range(4)))
+        os._exit(0)  # a crash: no close, no atexit
+    """, NDSHM_DIR=d)
+    for n in ("orphan-q", "kept-q"):
+        assert os.path.exists(os.path.join(d, "ndshm." + n))
+    out = cli("gc", "--min-age", "0", NDSHM_DIR=d)
+    assert "removed orphan-q" in out.stdout and "kept-q" not in out.stdout
+    assert not os.path.exists(os.path.join(d, "ndshm.orphan-q"))
+    with ndshm.Queue.attach("kept-q", dir=d) as k:
+        assert k.get(timeout=5).tolist() == [0, 1, 2, 3]
+    ndshm.unlink("kept-q", dir=d)

@@ -100,6 +100,7 @@ def _typestr_bytes(dt: np.dtype) -> bytes:
     try:
         return _TS_BYTES[dt]
     except KeyError:
+        _dtype.as_dtype(dt)  # object dtypes hold pointers that mean nothing in another process
         b = _dtype.typestr_of(dt).encode()
         if len(b) >= _TYPESTR_MAX:
             raise ValueError(f"dtype {dt} has a typestr {b!r} longer than {_TYPESTR_MAX - 1} bytes")
@@ -116,6 +117,8 @@ def _dtype_of(ts: bytes) -> np.dtype:
             dt = np.dtype(ts.decode("ascii"))
         except (TypeError, ValueError, UnicodeDecodeError):
             raise CorruptSegmentError(f"queue message has an unknown typestr {ts!r}") from None
+        if dt.hasobject:  # never build Python objects out of bytes from shared memory
+            raise CorruptSegmentError(f"queue message has an object typestr {ts!r}")
         if len(_TS_DTYPE) < 1024:
             _TS_DTYPE[ts] = dt
         return dt
@@ -130,6 +133,16 @@ def _timeout(block: bool, timeout: Optional[float]) -> float:
     if t < 0:
         raise ValueError(f"timeout {timeout!r} must be a non-negative number")
     return t
+
+
+def _take_waiting(h: Any, timeout: float, m: Any) -> int:
+    """``ndshm_queue_take`` into ``m``; a negative ``timeout`` waits for ever, in slices."""
+    if timeout < 0:
+        rc = _take(h, _SLICE, m)
+        while rc == _ETIMEDOUT:
+            rc = _take(h, _SLICE, m)
+        return rc
+    return _take(h, timeout, m)
 
 
 def _neuter(arr: np.ndarray, dt: np.dtype) -> None:
@@ -176,13 +189,7 @@ class _Receive:
         h = q._handle
         mw = _pop_msg()
         m = mw[0]
-        t = self._timeout
-        if t < 0:
-            rc = _take(h, _SLICE, m)
-            while rc == _ETIMEDOUT:
-                rc = _take(h, _SLICE, m)
-        else:
-            rc = _take(h, t, m)
+        rc = _take_waiting(h, self._timeout, m)
         if rc:
             _push_msg(mw)
             q._raise(rc, True)
@@ -368,7 +375,7 @@ class Queue:
             if int(slot_bytes) < 0:
                 raise ValueError(f"slot_bytes {slot_bytes!r} must not be negative")
             rc = lib.ndshm_queue_create(name.encode(), dir_c, n, int(slot_bytes), mode,
-                                        _PERSIST | (_POPULATE if populate else 0), out)
+                                        (_PERSIST if persist else 0) | (_POPULATE if populate else 0), out)
             if rc:
                 raise error_from_code(rc, name)
             if not persist:
@@ -463,6 +470,8 @@ class Queue:
             shape = tuple(m.shape[0:ndim]) if ndim else ()
             n = dt.itemsize
             for d in shape:
+                if d < 0:
+                    raise CorruptSegmentError(f"queue message has a negative dimension in shape {shape}")
                 n *= d
         sdt = self._dtype
         if sdt is not None and sdt.names is not None and dt.kind == "V" and dt.itemsize == sdt.itemsize:
@@ -510,13 +519,7 @@ class Queue:
             self._live()
         h = self._handle
         m, w = _msg()
-        t = -1.0 if block and timeout is None else _timeout(block, timeout)
-        if t < 0:
-            rc = _take(h, _SLICE, m)
-            while rc == _ETIMEDOUT:
-                rc = _take(h, _SLICE, m)
-        else:
-            rc = _take(h, t, m)
+        rc = _take_waiting(h, -1.0 if block and timeout is None else _timeout(block, timeout), m)
         if rc:
             self._raise(rc, True)
         try:
