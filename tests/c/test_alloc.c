@@ -7,12 +7,6 @@
 
 #include "testhelper.h"
 
-static ndshm_stats_t stats(void) {
-    ndshm_stats_t s;
-    ndshm_get_stats(&s);
-    return s;
-}
-
 TEST(every_power_of_two_alignment) {
     for (size_t align = 1; align <= (size_t)NDSHM_MAX_ALIGNMENT; align <<= 1) {
         size_t sizes[] = {0, 1, 100, 4096, 65537};

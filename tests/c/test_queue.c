@@ -14,17 +14,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void *shared_mem(size_t bytes) {
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-}
-
 static ndshm_queue_t *raw_queue(uint64_t slots, uint64_t slot_bytes, void **mem, size_t *len) {
     uint64_t need = 0;
     if (ndshm_queue_ring_bytes(slots, slot_bytes, &need) != 0) return NULL;

@@ -43,12 +43,6 @@ static char *path_of(const char *name) {
     return buf;
 }
 
-static ndshm_stats_t stats(void) {
-    ndshm_stats_t s;
-    ndshm_get_stats(&s);
-    return s;
-}
-
 TEST(bad_names_are_refused_by_value) {
     char long_name[300];
     memset(long_name, 'a', sizeof long_name);

@@ -12,6 +12,8 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
 
 #include "ndshm.h"
 
@@ -48,6 +50,26 @@ static int th_passed, th_failed, th_current_ok;
 
 /* CHECK that this thread's failure detail mentions `needle`. */
 #define CHECK_DETAIL(needle) CHECK(strstr(ndshm_last_detail(), (needle)) != NULL)
+
+/* The library's counters now. */
+static inline ndshm_stats_t stats(void) {
+    ndshm_stats_t s;
+    ndshm_get_stats(&s);
+    return s;
+}
+
+/* Seconds on the monotonic clock. */
+static inline double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* `bytes` of zeroed memory shared with children created by fork(), or NULL. */
+static inline void *shared_mem(size_t bytes) {
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
 
 #define SUMMARY() (printf("%d passed, %d failed\n", th_passed, th_failed), th_failed != 0)
 
