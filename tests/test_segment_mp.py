@@ -322,36 +322,30 @@ def test_other_users_are_refused(unique_name):
     seg.close()
 
 
-@pytest.fixture
-def small_tmpfs():
+def _tmpfs(options: str, what: str):
+    """A private tmpfs mounted with ``options`` for one test (root only), unmounted after."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    d = tempfile.mkdtemp(prefix="ndshm-small-")
-    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", d], capture_output=True)
+    d = tempfile.mkdtemp(prefix="ndshm-tmpfs-")
+    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", d], capture_output=True)
     if rc.returncode != 0:
         os.rmdir(d)
-        pytest.skip(f"cannot mount a tmpfs: {rc.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount {what}: {rc.stderr.decode().strip()}")
     try:
         yield d
     finally:
         subprocess.run(["umount", "-l", d], capture_output=True)
         os.rmdir(d)
+
+
+@pytest.fixture
+def small_tmpfs():
+    yield from _tmpfs("size=1m", "a tmpfs")
 
 
 @pytest.fixture
 def huge_tmpfs():
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    d = tempfile.mkdtemp(prefix="ndshm-huge-")
-    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "huge=always,size=64m", "tmpfs", d], capture_output=True)
-    if rc.returncode != 0:
-        os.rmdir(d)
-        pytest.skip(f"cannot mount a huge-page tmpfs: {rc.stderr.decode().strip()}")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", d], capture_output=True)
-        os.rmdir(d)
+    yield from _tmpfs("huge=always,size=64m", "a huge-page tmpfs")
 
 
 def test_hugepages_named_use_a_huge_tmpfs(huge_tmpfs, unique_name, monkeypatch):
