@@ -52,6 +52,15 @@ def parse_args(description: str, argv: Optional[Sequence[str]] = None) -> argpar
     return args
 
 
+def main(doc: str, run: Callable[[str], "Results"], argv: Optional[Sequence[str]] = None) -> int:
+    """The command line of one benchmark module: parse ``argv``, ``run(mode)``, write the JSON."""
+    args = parse_args(doc.splitlines()[0], argv)
+    res = run(args.mode)
+    res.write(args.json)
+    progress(f"bench_{res.name}: done")
+    return 0
+
+
 def progress(msg: str) -> None:
     """One progress line on stderr, stamped with the seconds since the benchmark started."""
     print(f"[{time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)

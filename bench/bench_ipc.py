@@ -92,6 +92,13 @@ def _w_queue(q: Any, i: int, shape: tuple) -> None:
 HUGE_ROW = "ndshm on a huge-page tmpfs"
 
 
+def _start_join(ps: List[Any]) -> None:
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+
+
 def _classic_trial(row: str, nworkers: int, side: int, huge_dir: Optional[str] = None) -> Dict[str, float]:
     """One trial, run inside a freshly forked coordinator so the memory figures start clean."""
     shape = (nworkers, side, side)
@@ -102,28 +109,19 @@ def _classic_trial(row: str, nworkers: int, side: int, huge_dir: Optional[str] =
     keep: Any = None
     if row == "nothing":
         ps = [FORK.Process(target=_w_nothing, args=(i,)) for i in range(nworkers)]
-        for p in ps:
-            p.start()
-        for p in ps:
-            p.join()
+        _start_join(ps)
     elif row in ("ndshm", HUGE_ROW):
         name = _name("classic")
         d = huge_dir if row == HUGE_ROW else None
         keep = out = nd_create(name, shape, F4, dir=d)
         ps = [FORK.Process(target=_w_ndshm, args=(name, i, shape, d)) for i in range(nworkers)]
-        for p in ps:
-            p.start()
-        for p in ps:
-            p.join()
+        _start_join(ps)
         total = float(out.sum(dtype=np.float64))
     elif row == "shared_memory":
         shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)) * 4)
         keep = out = np.ndarray(shape, F4, buffer=shm.buf)
         ps = [FORK.Process(target=_w_shm, args=(shm.name, i, shape)) for i in range(nworkers)]
-        for p in ps:
-            p.start()
-        for p in ps:
-            p.join()
+        _start_join(ps)
         total = float(out.sum(dtype=np.float64))
     elif row == "Pipe":
         pipes = [FORK.Pipe(duplex=False) for _ in range(nworkers)]
@@ -510,10 +508,7 @@ def run(mode: str) -> C.Results:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = C.parse_args(__doc__.splitlines()[0], argv)
-    res = run(args.mode)
-    res.write(args.json)
-    return 0
+    return C.main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -421,11 +421,7 @@ def run(mode: str) -> C.Results:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = C.parse_args(__doc__.splitlines()[0], argv)
-    res = run(args.mode)
-    res.write(args.json)
-    C.progress("bench_queue: done")
-    return 0
+    return C.main(__doc__, run, argv)
 
 
 if __name__ == "__main__":
