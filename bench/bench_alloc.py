@@ -81,7 +81,9 @@ def run(mode: str) -> C.Results:
         C.progress(f"bench_alloc: {C.human_bytes(nbytes)}")
         number, repeats = _plan(nbytes, mode)
         for op, libs in _cases(nbytes, fftw).items():
-            number_op = 1 if "touch" in op and nbytes >= 64 * MiB else number
+            # a touch of 64 MiB and up lasts milliseconds; the bare calls last microseconds at any
+            # size (nothing is touched), so they are batched like the small ones
+            number_op = (1 if nbytes >= 64 * MiB else number) if "touch" in op else max(number, 100)
             gc.collect()
             t = C.interleaved(libs, repeats, number_op)
             us = {lib: t[lib] * 1e6 for lib in libs}

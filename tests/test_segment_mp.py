@@ -371,6 +371,83 @@ def test_hugepages_named_use_a_huge_tmpfs(huge_tmpfs, unique_name, monkeypatch):
     auto.close()
 
 
+def _huge_free() -> int:
+    with open("/proc/meminfo") as f:
+        return int(next(line for line in f if line.startswith("HugePages_Free:")).split()[1])
+
+
+@pytest.fixture
+def hugetlb():
+    """16 huge pages reserved for one test and a hugetlbfs mounted (root only); both undone after."""
+    if os.geteuid() != 0:
+        pytest.skip("reserving huge pages needs root")
+    knob = "/proc/sys/vm/nr_hugepages"
+    with open(knob) as f:
+        before = int(f.read())
+    try:
+        with open(knob, "w") as f:
+            f.write(str(before + 16))
+    except OSError as exc:
+        pytest.skip(f"cannot reserve huge pages: {exc}")
+    d = tempfile.mkdtemp(prefix="ndshm-hugetlb-")
+    try:
+        if _huge_free() < 16:
+            pytest.skip("the kernel granted fewer than 16 huge pages")
+        rc = subprocess.run(["mount", "-t", "hugetlbfs", "none", d], capture_output=True)
+        if rc.returncode != 0:
+            pytest.skip(f"cannot mount hugetlbfs: {rc.stderr.decode().strip()}")
+        try:
+            yield d
+        finally:
+            subprocess.run(["umount", "-l", d], capture_output=True)
+    finally:
+        os.rmdir(d)
+        with open(knob, "w") as f:
+            f.write(str(before))
+
+
+def test_hugepages_backed_by_hugetlb(hugetlb, unique_name, monkeypatch):
+    """With huge pages reserved, hugepages=True really uses them: memfd (MFD_HUGETLB), anonymous
+    (MAP_HUGETLB) and named segments in a hugetlbfs mount, each shared with another process."""
+    free0 = _huge_free()
+    shape = (1 << 19,)  # 4 MiB of float64: two huge pages
+    for kind in ("memfd", "anonymous"):
+        seg = ndshm.Segment.create(None, shape, "f8", kind=kind, hugepages=True, populate=True)
+        assert _huge_free() < free0  # huge pages, not 4 KiB ones
+        a = seg.asarray()
+        pid = os.fork()
+        if pid == 0:  # the child writes through its own mapping (inherited, or from the fd)
+            try:
+                b = ndshm.Segment.from_fd(seg.fd).asarray() if kind == "memfd" else a
+                b[:] = 7.0
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert float(a.sum()) == 7.0 * shape[0]
+        seg.close()
+        del a, seg  # the mapping (and a memfd's descriptor) goes with the last reference
+        collect()
+        assert _huge_free() == free0
+    # a named segment in the hugetlbfs mount, attached by name from another process
+    arr = ndshm.create(unique_name, shape, "f8", dir=hugetlb, hugepages=True, fill=2.0)
+    assert os.path.exists(os.path.join(hugetlb, "ndshm." + unique_name)) and _huge_free() < free0
+    child = run_python(f"""
+        import ndshm
+        a = ndshm.attach({unique_name!r}, dir={hugetlb!r})
+        a[0] = -1.0
+        print(a.sum())
+    """)
+    assert float(child.stdout) == 2.0 * (shape[0] - 1) - 1.0 and arr[0] == -1.0
+    # no directory given: hugepages=True finds a huge-page mount it may write to by itself
+    monkeypatch.delenv("NDSHM_DIR", raising=False)
+    auto = ndshm.Segment.create(unique_name + "a", 10, hugepages=True)
+    assert auto.dir != "/dev/shm" and os.path.exists(auto.path)
+    auto.close()
+    del arr, auto
+    collect()
+    assert not os.path.exists(os.path.join(hugetlb, "ndshm." + unique_name)) and _huge_free() == free0
+
+
 def test_enospc_fails_at_create(small_tmpfs):
     d = small_tmpfs
     small = ndshm.Segment.create("fits", 100_000, dir=d)
