@@ -252,14 +252,17 @@ def human_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+NA = "n/a"  # a cell that does not apply to its row (never a missing measurement)
+
+
 def fmt(x: Any, digits: int = 3) -> str:
     """A number with ``digits`` significant figures (no exponent for ordinary values); text as is."""
     if x is None:
-        return "–"
+        return NA
     if isinstance(x, str):
         return x
     if isinstance(x, float) and x != x:
-        return "–"
+        return NA
     if isinstance(x, int):
         return f"{x:,}"
     ax = abs(x)
@@ -275,7 +278,7 @@ def fmt(x: Any, digits: int = 3) -> str:
 def ratio(x: Optional[float], ref: Optional[float]) -> str:
     """``x / ref`` as ``1.23x``; a dash when either is missing."""
     if x is None or ref is None or x != x or ref != ref or ref == 0:
-        return "–"
+        return NA
     r = x / ref
     return f"{r:.2f}x" if r < 100 else f"{r:.0f}x"
 

@@ -94,7 +94,7 @@ def run(mode: str) -> C.Results:
             nd = us["ndshm"]
             rows.append([C.human_bytes(nbytes), op, nd, us["numpy"], us.get("pyfftw"),
                          C.ratio(us["numpy"], nd), C.ratio(us.get("pyfftw"), nd) if "pyfftw" in us else "not installed"
-                         if fftw is None else "–", ceiling / 1e-3 if ceiling is not None else None])
+                         if fftw is None else C.NA, ceiling / 1e-3 if ceiling is not None else None])
     res.data["figures"] = figures
     res.emit(C.table(
         ["size", "operation", "ndshm µs", "numpy µs", "pyfftw µs", "numpy/ndshm", "pyfftw/ndshm",

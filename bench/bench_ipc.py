@@ -211,17 +211,17 @@ def _classic(res: C.Results, mode: str, nworkers: int, side: int, huge_dir: Opti
     table_rows = []
     for row in rows:
         if row not in med:
-            table_rows.append([row, missing.get(row, "–"), "–", "–", "–", "–", "–", "–"])
+            table_rows.append([row, missing.get(row, C.NA), C.NA, C.NA, C.NA, C.NA, C.NA, C.NA])
             continue
         m = med[row]
         excess = m["wall_s"] - base if base is not None else None
         m["excess_s"] = excess
         nd_excess = nd["wall_s"] - base if nd and base is not None else None
         table_rows.append([row, m["wall_s"] * 1e3, excess * 1e3 if excess is not None else None,
-                           C.ratio(m["wall_s"], nd["wall_s"]) if nd else "–",
-                           C.ratio(excess, nd_excess) if nd and row != "nothing" else "–",
+                           C.ratio(m["wall_s"], nd["wall_s"]) if nd else C.NA,
+                           C.ratio(excess, nd_excess) if nd and row != "nothing" else C.NA,
                            m["anon_mib"], m["shmem_mib"],
-                           C.ratio(m["anon_mib"] + 1, nd["anon_mib"] + 1) if nd and row != "nothing" else "–"])
+                           C.ratio(m["anon_mib"] + 1, nd["anon_mib"] + 1) if nd and row != "nothing" else C.NA])
     fig["rows"] = med
     fig["missing"] = missing
     res.data["classic"] = fig
@@ -319,7 +319,7 @@ def attach_latency(res: C.Results, mode: str) -> None:
         if kind in figures:
             rows.append([kind, figures[kind]["p50_us"], figures[kind]["p99_us"], C.ratio(figures[kind]["p50_us"], nd)])
         else:
-            rows.append([kind, status.get(kind, "–"), "–", "–"])
+            rows.append([kind, status.get(kind, C.NA), C.NA, C.NA])
     res.data["attach"] = {"array": list(shape), "dtype": "float32", "calls": n, "figures": figures, "missing": status}
     res.emit(C.table(["attach by name (then drop)", "p50 µs", "p99 µs", "p50 / ndshm"], rows,
                      title="Attach latency, 1000×1000 float32, in a spawned process (target for ndshm: < 30 µs)",
@@ -371,7 +371,7 @@ def pool_map(res: C.Results, mode: str) -> None:
             del plain
             gc.collect()
     if not C.has("create"):
-        rows.insert(0, ["ndshm (pickled by reference)", "–", C.NOT_AVAILABLE + " (ndshm.create)", "–"])
+        rows.insert(0, ["ndshm (pickled by reference)", C.NA, C.NOT_AVAILABLE + " (ndshm.create)", C.NA])
     res.data["pool_map"] = figures
     res.emit(C.table(["Pool(2).map over 100 slices", "array", "ms per map", "time / ndshm"], rows,
                      title="Pool.map over 100 row slices (each task reads one element)",
@@ -481,11 +481,11 @@ def _create_touch(res: C.Results, size: int, repeats: int, huge_dir: Optional[st
     for k in labels:
         if k in med:
             rows.append([k, med[k] * 1e3, size / med[k] / 1e9, C.ratio(med[k], ref),
-                         C.ratio(shm, med[k]) if shm else "–"])
+                         C.ratio(shm, med[k]) if shm else C.NA])
         elif status.get(k, "").startswith(("NotSupportedError", "not measured")):  # say why below
             notes.append(f"{k}: not measured on this machine: {status[k]}")
         else:
-            rows.append([k, status.get(k, "–"), "–", "–", "–"])
+            rows.append([k, status.get(k, C.NA), C.NA, C.NA, C.NA])
     if huge_dir is not None:
         notes.append(f"dir=...: {huge_dir}, a tmpfs this benchmark mounted with huge=always for the run (unmounted "
                      "after): what users get by pointing NDSHM_DIR or dir= at such a mount; hugepages=True picks the first "

@@ -262,8 +262,7 @@ def _plan(nbytes: int, mode: str) -> Dict[str, Any]:
     paced = [(1000, 100, 10), (500, 100, 10), (200, 40, 5), (3, 1, 1)][i][col]
     slots = [1024, 64, 16, 4][i]
     budget = {"full": 1.5, "quick": 0.3, "smoke": 0.05}[mode]
-    # at 64 MiB the copy, not the wake-up, is the latency: one pacing is enough there
-    gaps = [1e-3] if nbytes >= 64 * MiB else [1e-3, 20e-6]
+    gaps = [1e-3, 20e-6]  # a channel slower than a gap is paced at twice its own time per message
     return {"count": count, "paced": paced, "slots": slots, "budget": budget, "gaps": gaps}
 
 
@@ -317,11 +316,11 @@ def batches(res: C.Results, mode: str) -> None:
         label = f"{kind} put_many/get_many ({batch} per batch)"
         C.progress(f"bench_queue: 64 B in batches, {kind}")
         if kind == "ndshm" and not (C.has("Queue") and hasattr(ndshm.Queue, "put_many")):
-            rows.append([label, C.NOT_AVAILABLE + " (ndshm.Queue.put_many)", "–", "–"])
+            rows.append([label, C.NOT_AVAILABLE + " (ndshm.Queue.put_many)", C.NA, C.NA])
             continue
         ff = C.optional_import("faster_fifo") if kind == "faster_fifo" else None
         if kind == "faster_fifo" and ff is None:
-            rows.append([label, "not installed (pip install faster-fifo)", "–", "–"])
+            rows.append([label, "not installed (pip install faster-fifo)", C.NA, C.NA])
             continue
         try:
             q = ndshm.Queue(slots=4096, slot_bytes=64) if kind == "ndshm" else ff.Queue(max_size_bytes=8 << 20)
@@ -344,9 +343,9 @@ def batches(res: C.Results, mode: str) -> None:
                 raise RuntimeError(f"sent {outs[0][2]}, received {outs[1][2]}")
             secs = (outs[1][1] - outs[0][1]) / 1e9
             figs[kind] = {"messages": outs[1][2], "msgs_per_s": outs[1][2] / secs}
-            rows.append([label, figs[kind]["msgs_per_s"], "–", "–"])
+            rows.append([label, figs[kind]["msgs_per_s"], C.NA, C.NA])
         except Exception as e:
-            rows.append([label, f"error: {type(e).__name__}: {e}"[:100], "–", "–"])
+            rows.append([label, f"error: {type(e).__name__}: {e}"[:100], C.NA, C.NA])
         finally:
             if kind == "ndshm":
                 try:
@@ -357,7 +356,7 @@ def batches(res: C.Results, mode: str) -> None:
     for r, kind in zip(rows, ("ndshm", "faster_fifo")):
         if kind in figs:
             r[2] = C.ratio(ref, figs[kind]["msgs_per_s"])
-            r[3] = "≥ 200k: " + ("met" if figs[kind]["msgs_per_s"] >= 2e5 else "MISSED") if kind == "ndshm" else "–"
+            r[3] = "≥ 200k: " + ("met" if figs[kind]["msgs_per_s"] >= 2e5 else "MISSED") if kind == "ndshm" else C.NA
     res.data["batches_64B"] = {"batch": batch, "figures": figs}
     res.emit(C.table(["64 B messages in batches", "msgs/s", "ndshm ÷ this", "target"], rows,
                      title="64 B float32 messages with put_many/get_many"))
@@ -396,15 +395,15 @@ def run(mode: str) -> C.Results:
         rows = []
         for method in METHODS + ["memcpy (ceiling)"]:
             if method not in figs:
-                rows.append([method, missing.get(method, "–")] + ["–"] * 8)
+                rows.append([method, missing.get(method, C.NA)] + [C.NA] * 8)
                 continue
             f = figs[method]
             share = "no copy" if method == "ndshm loan+receive" else f"{100 * f['gb_per_s'] / copy['gb_per_s']:.0f}%"
             rows.append([method, f["msgs_per_s"], f["gb_per_s"], share,
                          f.get("p50_us_gap_1ms"), f.get("p99_us_gap_1ms"), f.get("p50_us_gap_20us"),
                          f.get("p99_us_gap_20us"),
-                         C.ratio(f["msgs_per_s"], mpq) if method != "memcpy (ceiling)" else "–",
-                         C.ratio(ref, f["msgs_per_s"]) if method != "memcpy (ceiling)" else "–"])
+                         C.ratio(f["msgs_per_s"], mpq) if method != "memcpy (ceiling)" else C.NA,
+                         C.ratio(ref, f["msgs_per_s"]) if method != "memcpy (ceiling)" else C.NA])
         res.emit(C.table(
             ["method", "msgs/s", "GB/s", "of memcpy", "p50 µs asleep", "p99 µs asleep", "p50 µs awake",
              "p99 µs awake", "speed vs mp.Queue", "put+get ÷ this"], rows,

@@ -31,7 +31,7 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     out: List[Dict[str, Any]] = []
 
     def add(what: str, value: Optional[float], ok: Optional[bool], shown: str) -> None:
-        out.append({"target": what, "value": value, "met": ok, "shown": shown if value is not None else "–"})
+        out.append({"target": what, "value": value, "met": ok, "shown": shown if value is not None else "not measured"})
 
     ov = _get(alloc, "small_overhead_us", "empty")
     add("alloc: ndshm.empty small-array overhead < 2 µs", ov, None if ov is None else ov < 2, f"{C.fmt(ov)} µs")
