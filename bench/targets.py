@@ -94,6 +94,12 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
         v = _get(q, "sizes", "64", "figures", "ndshm put+get", f"p50_us_gap_{gap}")
         add(f"queue 64 B: p50 hand-off < {limit} µs, consumer {label}", v, None if v is None else v < limit,
             f"{C.fmt(v)} µs")
+    for key, limit, label in (("queue_asleep", 20, "asleep"), ("queue_awake", 3, "awake")):
+        v = (_get(q, "handoff_c", key) or [None])[0]
+        floor = (_get(q, "handoff_c", "futex_asleep") or [None])[0]
+        add(f"queue 64 B, C API alone: p50 hand-off < {limit} µs, consumer {label}", v,
+            None if v is None else v < limit,
+            f"{C.fmt(v)} µs" + (f" (bare futex wake-up: {C.fmt(floor)} µs)" if label == "asleep" else ""))
     v = _get(q, "batches_64B", "figures", "ndshm", "msgs_per_s")
     add("queue 64 B put_many/get_many ≥ 200k msgs/s", v, None if v is None else v >= 2e5, f"{C.fmt(v)} msgs/s")
     return out

@@ -39,7 +39,7 @@ def test_python_m_ndshm_bench_smoke(tmp_path):
     # progress on stderr, tables on stdout
     assert "bench_alloc" in proc.stderr and "bench_ipc" in proc.stderr and "bench_queue" in proc.stderr
     for title in ("Allocation cost", "Classic table", "Attach latency", "Pool.map", "Creating and touching",
-                  "float32 messages between two processes", "put_many/get_many"):
+                  "float32 messages between two processes", "put_many/get_many", "without Python"):
         assert title in proc.stdout, f"missing table {title!r}"
     assert "| ndshm" in proc.stdout and "numpy/ndshm" in proc.stdout
     assert "error:" not in proc.stdout, proc.stdout  # a feature may be missing, never broken
@@ -53,6 +53,7 @@ def test_python_m_ndshm_bench_smoke(tmp_path):
     assert report["benchmarks"]["alloc"]["data"]["small_overhead_us"]["empty"] is not None
     assert "classic" in report["benchmarks"]["ipc"]["data"]
     assert "64" in report["benchmarks"]["queue"]["data"]["sizes"]
+    assert all(v[0] > 0 for v in report["benchmarks"]["queue"]["data"]["handoff_c"].values())
     if plots:
         for png in ("alloc_cost.png", "ipc_classic.png", "queue_throughput.png"):
             data = (tmp_path / png).read_bytes()
