@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 import _common as C
@@ -49,6 +50,22 @@ def _cases(nbytes: int, fftw: Any) -> Dict[str, Dict[str, Callable[[], Any]]]:
     return ops
 
 
+def _batch_size(fn: Callable[[], Any], most: int) -> int:
+    """How many calls of ``fn`` last about 20 ms (1 to ``most``), from one timed call after a warm-up."""
+    fn()
+    t = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t
+    return max(1, min(most, int(0.02 / one) if one > 0 else most))
+
+
+def _repeated(fn: Callable[[], Any], k: int) -> Callable[[], None]:
+    def batch() -> None:
+        for _ in range(k):
+            fn()
+    return batch
+
+
 def _plan(nbytes: int, mode: str) -> tuple:
     """(calls per timed batch, repeats) so each batch lasts milliseconds, not microseconds."""
     if mode == "smoke":
@@ -81,13 +98,14 @@ def run(mode: str) -> C.Results:
         C.progress(f"bench_alloc: {C.human_bytes(nbytes)}")
         number, repeats = _plan(nbytes, mode)
         for op, libs in _cases(nbytes, fftw).items():
-            # a touch of 64 MiB and up lasts milliseconds; the bare calls last microseconds at any
-            # size (nothing is touched), so they are batched like the small ones
+            # a touch of 64 MiB and up lasts milliseconds; bare calls may last microseconds at any
+            # size (nothing touched), so each library's calls are batched to about 20 ms
             number_op = (1 if nbytes >= 64 * MiB else number) if "touch" in op else max(number, 100)
             gc.collect()
-            t = C.interleaved(libs, repeats, number_op)
-            us = {lib: t[lib] * 1e6 for lib in libs}
-            fig = {"bytes": nbytes, "op": op, "us": us, "calls": number_op, "repeats": repeats}
+            batches = {lib: _batch_size(fn, number_op) for lib, fn in libs.items()}
+            t = C.interleaved({lib: _repeated(fn, batches[lib]) for lib, fn in libs.items()}, repeats)
+            us = {lib: t[lib] / batches[lib] * 1e6 for lib in libs}
+            fig = {"bytes": nbytes, "op": op, "us": us, "calls": batches, "repeats": repeats}
             figures.append(fig)
             ceiling = (nbytes / PAGE * pf.get("anon_4k_us", float("nan")) / 1e3) if "touch" in op else None
             fig["fault_ceiling_ms"] = ceiling
