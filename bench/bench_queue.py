@@ -259,7 +259,7 @@ def _plan(nbytes: int, mode: str) -> Dict[str, Any]:
     i = {64: 0, 64 * KiB: 1, MiB: 2, 64 * MiB: 3}[nbytes]
     col = {"full": 0, "quick": 1, "smoke": 2}[mode]
     count = [(200000, 50000, 200), (20000, 5000, 50), (2000, 500, 10), (40, 8, 2)][i][col]
-    paced = [(1000, 100, 10), (500, 100, 10), (200, 40, 5), (3, 1, 1)][i][col]
+    paced = [(1000, 100, 10), (500, 100, 10), (200, 40, 5), (100, 20, 1)][i][col]  # slow channels stop at the budget
     slots = [1024, 64, 16, 4][i]
     budget = {"full": 1.5, "quick": 0.3, "smoke": 0.05}[mode]
     gaps = [1e-3, 20e-6]  # a channel slower than a gap is paced at twice its own time per message
