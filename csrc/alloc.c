@@ -13,15 +13,24 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
+
+/* Populating at least this many bytes per thread is worth a thread (a create costs ~30 us). */
+#define NDSHM_POPULATE_CHUNK ((size_t)32 << 20)
+#define NDSHM_POPULATE_THREADS 8
 
 /* Requests of at least this many bytes are mapped rather than taken from the heap. */
 #define NDSHM_MAP_THRESHOLD ((size_t)32 << 20)
@@ -100,6 +109,61 @@ static int alloc_heap(size_t nbytes, size_t alignment, unsigned flags, ndshm_buf
     return 0;
 }
 
+/* ---- pre-faulting ---------------------------------------------------------------------- */
+
+typedef struct {
+    char *addr;
+    size_t len;
+    int how;
+} populate_job_t;
+
+static void *populate_range(void *arg) {
+    const populate_job_t *j = arg;
+    int advice = j->how == NDSHM__POPULATE_READ ? MADV_POPULATE_READ : MADV_POPULATE_WRITE;
+    if (madvise(j->addr, j->len, advice) == 0 || errno != EINVAL) return NULL; /* advisory: EFAULT etc. ignored */
+    /* kernels before 5.14: fault each page in by hand; only fresh private memory may be written */
+    size_t page = ndshm__page_size();
+    volatile char *p = (volatile char *)j->addr;
+    for (size_t i = 0; i < j->len; i += page) {
+        if (j->how == NDSHM__POPULATE_ZERO_FILL) p[i] = 0;
+        else (void)p[i];
+    }
+    return NULL;
+}
+
+void ndshm__populate(void *addr, size_t len, int how) {
+    populate_job_t jobs[NDSHM_POPULATE_THREADS];
+    pthread_t threads[NDSHM_POPULATE_THREADS];
+    bool started[NDSHM_POPULATE_THREADS] = {false};
+    cpu_set_t cpus;
+    size_t n = len / NDSHM_POPULATE_CHUNK;
+    if (n > 1 && sched_getaffinity(0, sizeof cpus, &cpus) == 0 && (size_t)CPU_COUNT(&cpus) < n)
+        n = (size_t)CPU_COUNT(&cpus);
+    if (n > NDSHM_POPULATE_THREADS) n = NDSHM_POPULATE_THREADS;
+    if (n < 2) {
+        populate_job_t one = {addr, len, how};
+        populate_range(&one);
+        return;
+    }
+    /* n ranges of whole 2 MiB extents (huge pages are never split), the last one takes the rest */
+    size_t step = (len / n) & ~((size_t)NDSHM_HUGE_ALIGNMENT - 1);
+    pthread_attr_t attr;
+    bool attr_ok = pthread_attr_init(&attr) == 0;
+    if (attr_ok) (void)pthread_attr_setstacksize(&attr, 64 * 1024);
+    for (size_t i = 0; i < n; i++) {
+        jobs[i].addr = (char *)addr + i * step;
+        jobs[i].len = i + 1 < n ? step : len - i * step;
+        jobs[i].how = how;
+        if (i > 0) started[i] = pthread_create(&threads[i], attr_ok ? &attr : NULL, populate_range, &jobs[i]) == 0;
+    }
+    if (attr_ok) pthread_attr_destroy(&attr);
+    populate_range(&jobs[0]);
+    for (size_t i = 1; i < n; i++) {
+        if (started[i]) pthread_join(threads[i], NULL);
+        else populate_range(&jobs[i]); /* no thread: do its share here */
+    }
+}
+
 static int lock_error(size_t len, int err) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
@@ -146,8 +210,7 @@ static int alloc_map(size_t nbytes, size_t alignment, unsigned flags, ndshm_buff
             return rc;
         }
     } else if (flags & NDSHM_ALLOC_POPULATE) {
-        if (madvise(data, len, MADV_POPULATE_WRITE) != 0) /* kernels before 5.14: touch each page */
-            for (size_t i = 0; i < len; i += page) ((volatile char *)data)[i] = 0;
+        ndshm__populate(data, len, NDSHM__POPULATE_ZERO_FILL);
     }
     buf->data = data;
     buf->nbytes = nbytes;

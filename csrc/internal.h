@@ -46,6 +46,19 @@ static inline bool ndshm__round_up(size_t x, size_t align, size_t *out) {
 /* The system page size, cached. */
 NDSHM_HIDDEN size_t ndshm__page_size(void);
 
+/* ---- pre-faulting (alloc.c) ---------------------------------------------------------- */
+
+enum {
+    NDSHM__POPULATE_READ,      /* map the pages for reading (a read-only or disk-file mapping) */
+    NDSHM__POPULATE_WRITE,     /* map them writable; the contents are kept */
+    NDSHM__POPULATE_ZERO_FILL  /* the same, on fresh private memory that may be written with zeros */
+};
+
+/* Pre-faults [addr, addr + len) with MADV_POPULATE_READ/WRITE, split over up to 8 threads (the
+ * CPUs this process may use, 32 MiB or more each); kernels before 5.14 touch every page.
+ * Advisory: a range the kernel cannot populate is left to fault later. */
+NDSHM_HIDDEN void ndshm__populate(void *addr, size_t len, int how);
+
 /* ---- statistics (alloc.c) ---------------------------------------------------------- */
 
 typedef struct ndshm__counters {

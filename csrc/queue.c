@@ -263,7 +263,7 @@ int ndshm_queue_create(const char *name, const char *dir, uint64_t slots, uint64
         free(q);
         return rc;
     }
-    atomic_store_explicit(&q->populated, ndshm__self_key(), memory_order_relaxed); /* MAP_POPULATE did it */
+    atomic_store_explicit(&q->populated, ndshm__self_key(), memory_order_relaxed); /* the segment was populated */
     snprintf(q->name, sizeof q->name, "%s", name);
     NDSHM__COUNT(live_queues, 1);
     *out = q;

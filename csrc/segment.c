@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -198,6 +199,18 @@ static int open_error(int err, const char *path, const char *what) {
 
 /* mmap with the mapping's start aligned to `alignment` (so that data at an offset that is a
  * multiple of it is aligned too): reserve address space, then map the file over it, MAP_FIXED. */
+/* Pre-faults a new mapping for `populate=True`: writable pages of memory file systems (tmpfs,
+ * hugetlbfs, memfd, anonymous) are mapped writable; read-only mappings and files on disks are
+ * mapped for reading (writing would dirty every page of a disk file for nothing). */
+static void populate_mapping(void *base, size_t len, int fd, bool writable) {
+    int how = NDSHM__POPULATE_READ;
+    struct statfs fs;
+    if (writable && (fd < 0 || (fstatfs(fd, &fs) == 0 && (fs.f_type == 0x01021994 /* TMPFS_MAGIC */ ||
+                                                           fs.f_type == 0x958458f6 /* HUGETLBFS_MAGIC */))))
+        how = NDSHM__POPULATE_WRITE;
+    ndshm__populate(base, len, how);
+}
+
 static void *map_aligned(size_t len, int prot, int flags, int fd, size_t alignment) {
     size_t page = ndshm__page_size();
     if (alignment <= page) return mmap(NULL, len, prot, flags, fd, 0);
@@ -338,7 +351,7 @@ int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out)
         seg->info.ino = (uint64_t)st.st_ino;
     }
 
-    int mflags = MAP_SHARED | ((p->flags & NDSHM_SEG_POPULATE) ? MAP_POPULATE : 0);
+    int mflags = MAP_SHARED;
     if (p->kind == NDSHM_KIND_ANONYMOUS) mflags |= MAP_ANONYMOUS | (huge ? MAP_HUGETLB : 0);
     size_t map_align = huge && alignment < NDSHM_HUGE_ALIGNMENT ? (size_t)NDSHM_HUGE_ALIGNMENT : alignment;
     void *base = map_aligned(file_size, PROT_READ | PROT_WRITE, mflags, seg->fd, map_align);
@@ -349,6 +362,7 @@ int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out)
     seg->base = base;
     seg->map_len = file_size;
     count_map(file_size, 1);
+    if (p->flags & NDSHM_SEG_POPULATE) populate_mapping(base, file_size, seg->fd, true);
 
     ndshm__header_write(base, p, data_offset, data_size, alignment, (int64_t)getpid(), now_ns(CLOCK_REALTIME));
     ndshm__header_publish(base);
@@ -446,8 +460,7 @@ static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
     seg->info.ino = (uint64_t)st.st_ino;
     size_t map_len = (size_t)(seg->info.data_offset + seg->info.data_size);
     if (seg->info.flags & NDSHM_SEG_HUGEPAGES) map_len = (size_t)st.st_size;
-    int mflags = MAP_SHARED | ((flags & NDSHM_SEG_POPULATE) ? MAP_POPULATE : 0);
-    void *base = map_aligned(map_len, PROT_READ | (ro ? 0 : PROT_WRITE), mflags, seg->fd,
+    void *base = map_aligned(map_len, PROT_READ | (ro ? 0 : PROT_WRITE), MAP_SHARED, seg->fd,
                              (size_t)seg->info.alignment);
     if (base == MAP_FAILED) {
         rc = ndshm__fail(errno == EACCES ? NDSHM_EACCES : NDSHM_ENOMEM, errno, "cannot map %zu bytes of %s", map_len,
@@ -457,6 +470,7 @@ static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
     seg->base = base;
     seg->map_len = map_len;
     count_map(map_len, 1);
+    if (flags & NDSHM_SEG_POPULATE) populate_mapping(base, map_len, seg->fd, !ro);
     seg->flags = seg->info.flags | (ro ? NDSHM_SEG_READONLY : 0);
     seg->info.flags = seg->flags;
     seg->info.kind = seg->kind;
@@ -567,8 +581,7 @@ int ndshm_segment_attach_raw(const char *path, unsigned flags, ndshm_segment_t *
         goto fail;
     }
     size_t len = (size_t)st.st_size;
-    int mflags = MAP_SHARED | ((flags & NDSHM_SEG_POPULATE) ? MAP_POPULATE : 0);
-    void *base = mmap(NULL, len, PROT_READ | (ro ? 0 : PROT_WRITE), mflags, seg->fd, 0);
+    void *base = mmap(NULL, len, PROT_READ | (ro ? 0 : PROT_WRITE), MAP_SHARED, seg->fd, 0);
     if (base == MAP_FAILED) {
         rc = ndshm__fail(errno == EACCES ? NDSHM_EACCES : NDSHM_ENOMEM, errno, "cannot map %zu bytes of %s", len, path);
         goto fail;
@@ -576,6 +589,7 @@ int ndshm_segment_attach_raw(const char *path, unsigned flags, ndshm_segment_t *
     seg->base = base;
     seg->map_len = len;
     count_map(len, 1);
+    if (flags & NDSHM_SEG_POPULATE) populate_mapping(base, len, seg->fd, !ro);
     seg->flags = ro ? NDSHM_SEG_READONLY : 0;
     ndshm_segment_info_t *i = &seg->info;
     i->kind = NDSHM_KIND_FILE;

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -95,6 +96,25 @@ TEST(options_populate_hugepages_lock) {
     ndshm_buffer_free(b);
 }
 
+TEST(populate_in_parallel_prefaults_every_page) {
+    /* 100 MiB + one page, in 4 KiB pages: split over the CPUs in ranges of whole 2 MiB extents,
+     * the last one taking the rest */
+    size_t n = ((size_t)100 << 20) + 4096, pages = n / 4096;
+    ndshm_buffer_t *b = NULL;
+    CHECK_RC(ndshm_alloc(n, 4096, NDSHM_ALLOC_POPULATE | NDSHM_ALLOC_ZERO | NDSHM_ALLOC_NO_HUGEPAGES, &b, NULL), 0);
+    unsigned char *vec = malloc(pages);
+    if (!b || !vec) return;
+    unsigned char *p = ndshm_buffer_data(b);
+    CHECK(mincore(p, n, vec) == 0);
+    size_t resident = 0, nonzero = 0;
+    for (size_t i = 0; i < pages; i++) resident += vec[i] & 1;
+    CHECK(resident == pages); /* every page, the last one included */
+    for (size_t i = 0; i < n; i += 511) nonzero += p[i] != 0;
+    CHECK(nonzero == 0 && p[n - 1] == 0);
+    free(vec);
+    ndshm_buffer_free(b);
+}
+
 TEST(free_accepts_null) {
     ndshm_buffer_free(NULL);
     CHECK(ndshm_buffer_data(NULL) == NULL);
@@ -184,6 +204,7 @@ int main(void) {
     RUN(address_space_exhaustion_is_enomem);
     RUN(zero_fill_on_both_paths);
     RUN(options_populate_hugepages_lock);
+    RUN(populate_in_parallel_prefaults_every_page);
     RUN(free_accepts_null);
     RUN(stats_count_live_buffers);
     RUN(every_code_has_a_name_and_message);

@@ -522,6 +522,54 @@ TEST(raw_attach_and_file_kind) {
     unlink(path);
 }
 
+/* KiB of the mapping that contains `p` which this process has in its page tables (smaps Rss). */
+static long mapped_kib(const void *p) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (f == NULL) return -1;
+    char line[512];
+    int inside = 0;
+    long kib = -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) inside = lo <= (uintptr_t)p && (uintptr_t)p < hi;
+        else if (inside && sscanf(line, "Rss: %ld kB", &kib) == 1) break;
+    }
+    fclose(f);
+    return kib;
+}
+
+TEST(populate_prefaults_and_keeps_the_data) {
+    const char *name = uname_();
+    int64_t n = ((int64_t)72 << 20) / 8; /* 72 MiB: populated by several threads */
+    long kib = (long)(n * 8 / 1024);
+    ndshm_segment_params_t p = params(name, n);
+    p.flags = NDSHM_SEG_POPULATE;
+    ndshm_segment_t *a = NULL, *b = NULL, *c = NULL, *d = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &a), 0);
+    if (!a) return;
+    ndshm_segment_info_t ia, ib, ic, id;
+    ndshm_segment_info(a, &ia);
+    CHECK(mapped_kib((void *)ia.data) >= kib); /* every page is in the page tables already */
+    for (int64_t i = 0; i < n; i += 4096) ((double *)ia.data)[i] = (double)i;
+    /* attached writable or read-only with populate: mapped whole, and nothing changed */
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, NDSHM_SEG_POPULATE, &b), 0);
+    ndshm_segment_info(b, &ib);
+    CHECK(mapped_kib((void *)ib.data) >= kib);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, NDSHM_SEG_POPULATE | NDSHM_SEG_READONLY, &c), 0);
+    ndshm_segment_info(c, &ic);
+    CHECK(mapped_kib((void *)ic.data) >= kib);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &d), 0); /* without: mapped lazily */
+    ndshm_segment_info(d, &id);
+    CHECK(mapped_kib((void *)id.data) < kib / 2);
+    size_t wrong = 0;
+    for (int64_t i = 0; i < n; i++) wrong += ((double *)ic.data)[i] != (i % 4096 == 0 ? (double)i : 0.0);
+    CHECK(wrong == 0);
+    ndshm_segment_close(d);
+    ndshm_segment_close(c);
+    ndshm_segment_close(b);
+    ndshm_segment_close(a);
+}
+
 TEST(nothing_leaks) {
     ndshm_stats_t before = stats();
     int fds_before = 0;
@@ -564,6 +612,7 @@ int main(void) {
     RUN(memfd_passed_over_a_socket);
     RUN(hugepages_without_reservation);
     RUN(raw_attach_and_file_kind);
+    RUN(populate_prefaults_and_keeps_the_data);
     RUN(nothing_leaks);
     if (rmdir(dir) != 0) {
         perror(dir);
