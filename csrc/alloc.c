@@ -235,8 +235,10 @@ int ndshm_alloc(size_t nbytes, size_t alignment, unsigned flags, ndshm_buffer_t 
         return ndshm__fail(NDSHM_EOVERFLOW, 0, "nbytes %zu exceeds the largest object size %td", nbytes, PTRDIFF_MAX);
     if (alignment < sizeof(void *)) alignment = sizeof(void *);
 
-    const unsigned page_level = NDSHM_ALLOC_HUGEPAGES | NDSHM_ALLOC_LOCK;
-    bool map = alignment >= ndshm__page_size() || nbytes >= NDSHM_MAP_THRESHOLD || (flags & page_level);
+    /* locked pages are mapped whole; huge pages need a mapping only where one fits (below 2 MiB
+     * no huge page can back the buffer, and the heap's recycled pages are the cheaper ones) */
+    bool page_level = (flags & NDSHM_ALLOC_LOCK) || ((flags & NDSHM_ALLOC_HUGEPAGES) && nbytes >= NDSHM_HUGE_ALIGNMENT);
+    bool map = alignment >= ndshm__page_size() || nbytes >= NDSHM_MAP_THRESHOLD || page_level;
     int rc = map ? alloc_map(nbytes, alignment, flags, out) : alloc_heap(nbytes, alignment, flags, out);
     if (rc != 0) return rc;
     count_alloc(nbytes);
