@@ -118,6 +118,10 @@ def test_asaligned_copies_only_when_needed():
     (lambda: ndshm.empty(False), TypeError, "False"),
     (lambda: ndshm.Buffer(-3), ValueError, "-3"),
     (lambda: ndshm.empty_like(np.zeros(2), order="Q"), ValueError, "Q"),
+    (lambda: ndshm.empty(b"3"), TypeError, "b'3'"),  # NumPy refuses bytes, str and mappings too
+    (lambda: ndshm.empty("3"), TypeError, "'3'"),
+    (lambda: ndshm.empty({3: 1}), TypeError, "{3: 1}"),
+    (lambda: ndshm.zeros((0, 2 ** 63)), ValueError, "9223372036854775808"),
 ])
 def test_bad_arguments_name_the_value(call, exc, needle):
     before = live()
@@ -125,6 +129,27 @@ def test_bad_arguments_name_the_value(call, exc, needle):
         call()
     assert needle in str(info.value)
     assert live() <= before  # nothing leaked (PyPy may still be finalizing earlier tests' buffers)
+
+
+def test_numpy_integer_shapes_offsets_and_flexible_dtypes_like_numpy():
+    assert ndshm.empty(np.int64(3)).shape == np.empty(np.int64(3)).shape == (3,)
+    assert ndshm.zeros(np.array([2, 3])).shape == (2, 3) and ndshm.zeros(range(2, 4)).shape == (2, 3)
+    b = ndshm.Buffer(16)
+    assert b.asarray(offset=np.int64(4)).shape == (12,)
+    for offset, exc in ((1.5, TypeError), (None, TypeError), (-1, ValueError), (17, ValueError)):
+        with pytest.raises(exc, match=f"offset {offset}"):
+            b.asarray(offset=offset)
+    for d in ("S0", "U0", "S", "U", "V0"):  # a zero-size string becomes one character, as in NumPy
+        assert ndshm.zeros(3, d).dtype == np.zeros(3, d).dtype and ndshm.empty(2, d).dtype == np.empty(2, d).dtype
+
+
+def test_buffer_init_cannot_reallocate_under_its_views():
+    b = ndshm.Buffer(1 << 20)
+    v = b.asarray()
+    with pytest.raises(RuntimeError, match="live buffer"):
+        b.__init__(10)
+    v[:] = 7  # the views' memory is untouched and still owned
+    assert b.nbytes == 1 << 20 and int(v.sum()) == 7 << 20
 
 
 def test_exhausted_address_space_is_memory_error():

@@ -57,6 +57,9 @@ def test_argument_errors_match_the_stdlib(unique_name):
         SharedMemory(create=True, size=-1)
     with pytest.raises(ValueError):
         SharedMemory()
+    for bad in (5, b"x"):
+        with pytest.raises(TypeError, match="name"):
+            SharedMemory(bad, create=True, size=4)
     name = "psm_" + unique_name
     a = SharedMemory(name, create=True, size=10)
     with pytest.raises(FileExistsError):

@@ -207,7 +207,31 @@ def test_bad_names_and_values(unique_name):
         ndshm.segment_of(np.zeros(3))
     with pytest.raises(FileNotFoundError, match="directory does not exist"):
         ndshm.Segment.create(unique_name, 3, dir="/nonexistent-ndshm-dir")
+    for call, exc, needle in [
+            (lambda: ndshm.create(unique_name, 3, mode=-1), ValueError, "mode -1"),
+            (lambda: ndshm.create(unique_name, 3, mode=1 << 40), ValueError, "mode 1099511627776"),
+            (lambda: ndshm.create(unique_name, 3, mode="x"), TypeError, "mode 'x'"),
+            (lambda: ndshm.Segment.from_fd("x"), TypeError, "descriptor 'x'"),
+            (lambda: ndshm.Segment.from_fd(1 << 31), ValueError, "2147483648"),
+            (lambda: ndshm.send_fd(None, 3), TypeError, "socket None"),
+            (lambda: ndshm.exists(None), TypeError, "name None"),
+            (lambda: ndshm.unlink(5), TypeError, "name 5"),
+            (lambda: ndshm.attach_raw(unique_name, 3, "u1", offset=1.5), TypeError, "offset 1.5")]:
+        with pytest.raises(exc, match=needle):
+            call()
     assert not os.path.exists(shm_path(unique_name))
+    with ndshm.Segment.create(unique_name, 10) as seg:
+        with pytest.raises(ValueError, match="index -1"):
+            seg.sync_address(-1)
+        with pytest.raises(TypeError, match="index 'x'"):
+            seg.sync_address("x")
+    # a fill that does not fit the dtype: the new segment goes, persistent or not
+    for persist in (True, False):
+        with pytest.raises(ValueError, match="x"):
+            ndshm.create(unique_name, 3, fill="x", persist=persist)
+        assert not os.path.exists(shm_path(unique_name))
+    ndshm.create(unique_name, 3, persist=True)  # the name is free again
+    ndshm.unlink(unique_name)
 
 
 def test_hugepages_without_reservation(unique_name, monkeypatch):
@@ -270,6 +294,29 @@ def test_pickle_after_close_is_by_value(unique_name):
     seg.close()
     back = pickle.loads(pickle.dumps(a))
     assert (back == 3).all() and not np.shares_memory(back, a)
+
+
+def test_pickle_after_unlink_or_reuse_never_reads_another_segment(unique_name):
+    a = ndshm.create(unique_name, (4,), "f8", fill=1.0)
+    before = pickle.dumps(a[1:])
+    ndshm.unlink(unique_name)
+    # the name is gone: by value now, and the old reference fails clearly instead of reading
+    # whatever takes the name next
+    b = ndshm.create(unique_name, (8,), "i8", fill=2)
+    after = pickle.loads(pickle.dumps(a))
+    assert after.tolist() == [1.0] * 4 and after.dtype == np.float64
+    with pytest.raises(ndshm.SegmentNotFoundError, match="replaced"):
+        pickle.loads(before)
+    child = run_python(f"""
+        import pickle, sys
+        try:
+            pickle.loads({before!r})
+        except FileNotFoundError as exc:
+            print("refused", "replaced" in str(exc))
+    """)
+    assert child.stdout.split() == ["refused", "True"]
+    assert pickle.loads(pickle.dumps(b[2:])).tolist() == [2] * 6  # the new one pickles by reference
+    assert len(pickle.dumps(b)) < 400
 
 
 def test_anonymous_across_fork():

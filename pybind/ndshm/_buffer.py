@@ -64,6 +64,8 @@ class Buffer:
 
     def __init__(self, nbytes: int, align: AlignLike = 64, *, zero: bool = False, hugepages: Optional[bool] = None,
                  populate: bool = False, lock: bool = False) -> None:
+        if hasattr(self, "_cls"):
+            raise RuntimeError("Buffer.__init__ called on a live buffer; make a new Buffer instead")
         (n,) = _dtype.as_shape((nbytes,))
         _allocate(self, n, _dtype.as_alignment(align), _flags(zero, hugepages, populate, lock), (n,), "|u1", None)
 
@@ -95,7 +97,8 @@ class Buffer:
             raise ClosedError(f"Buffer at 0x{self.address:x} is closed")
         dt = _dtype.as_dtype(dtype)
         order = _dtype.check_order(order)
-        if not 0 <= offset <= self.nbytes:
+        offset = _dtype.as_offset(offset)
+        if offset > self.nbytes:
             raise ValueError(f"offset {offset} is outside the buffer's {self.nbytes} bytes")
         if shape is None:
             if dt.itemsize == 0:

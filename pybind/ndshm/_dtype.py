@@ -30,27 +30,58 @@ def as_dtype(dtype: Any) -> np.dtype:
 
 
 def as_shape(shape: ShapeLike) -> tuple[int, ...]:
-    """A shape as a tuple of non-negative ints (an int means a 1-D shape)."""
-    try:
-        dims = tuple(map(operator.index, shape)) if shape.__class__ is tuple else (operator.index(shape),)
-    except TypeError:
+    """A shape as a tuple of non-negative ints: an int (NumPy's integers too) means a 1-D shape,
+    otherwise a sequence of ints (not a str, bytes or mapping, as NumPy refuses them)."""
+    if shape.__class__ is tuple:
+        items: Any = shape
+    else:
         try:
-            dims = tuple(map(operator.index, shape))  # type: ignore[arg-type]
+            items = (operator.index(shape),)
         except TypeError:
-            raise TypeError(f"shape {shape!r} is not an int or a sequence of ints") from None
-    if isinstance(shape, bool) or (not isinstance(shape, int) and any(isinstance(d, bool) for d in shape)):
+            if isinstance(shape, (str, bytes, bytearray, memoryview, dict)) or not hasattr(shape, "__len__"):
+                raise TypeError(f"shape {shape!r} is not an int or a sequence of ints") from None
+            items = shape
+    try:
+        dims = tuple(map(operator.index, items))
+    except TypeError:
+        raise TypeError(f"shape {shape!r} is not an int or a sequence of ints") from None
+    if isinstance(shape, bool) or any(isinstance(d, bool) for d in items):
         raise TypeError(f"shape {shape!r} holds a bool, not an int")
     if dims and min(dims) < 0:
         raise ValueError(f"shape {shape!r} has a negative dimension")
+    if dims and max(dims) > MAX_NBYTES:
+        raise ValueError(f"shape {shape!r} has a dimension larger than {MAX_NBYTES}")
     if len(dims) > 32:
         raise ValueError(f"shape {shape!r} has {len(dims)} dimensions; at most 32 are supported")
     return dims
 
 
+def as_int(value: Any, what: str, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi] (NumPy's integers too, bools refused), naming it otherwise."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} {value!r} is not an int") from None
+    if isinstance(value, bool) or not lo <= v <= hi:
+        raise ValueError(f"{what} {value!r} is not an int from {lo} to {hi}")
+    return v
+
+
+def as_offset(offset: Any) -> int:
+    """A byte offset: a non-negative int (NumPy's integers too)."""
+    try:
+        off = operator.index(offset)
+    except TypeError:
+        raise TypeError(f"offset {offset!r} is not an int") from None
+    if off < 0:
+        raise ValueError(f"offset {offset!r} is negative")
+    return off
+
+
 def is_plain_shape(shape: tuple) -> bool:
     """True for a tuple of at most 32 non-negative Python ints, bools excluded (as NumPy does)."""
     return (len(shape) <= 32 and all(map(int.__instancecheck__, shape)) and not any(map(bool.__instancecheck__, shape))
-            and (not shape or min(shape) >= 0))
+            and (not shape or (min(shape) >= 0 and max(shape) <= MAX_NBYTES)))
 
 # dtype argument -> (element dtype, trailing dims of a subarray dtype); a hot-path cache.
 _RESOLVED: dict[Any, tuple[np.dtype, tuple[int, ...]]] = {}
@@ -80,6 +111,8 @@ def resolve_dtype(dtype: Any) -> tuple[np.dtype, tuple[int, ...]]:
     if dt.subdtype is not None:
         base, sub = dt.subdtype
         dt = as_dtype(base)
+    if dt.itemsize == 0 and dt.kind in "SU":  # 'S0', 'U0', 'S', 'U': one character, as NumPy makes them
+        dt = np.dtype(dt.str[:2] + "1")
     resolved = (dt, tuple(sub))
     try:
         if len(_RESOLVED) < 1024:

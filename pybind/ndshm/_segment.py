@@ -321,8 +321,14 @@ def _reference(arr: np.ndarray) -> Optional[tuple]:
     offset = addr - seg.address
     if arr.size and (offset + lo < 0 or offset + hi > seg._data_size):
         return None
+    try:  # the name must still lead to this very segment (it may have been removed, or reused)
+        st = os.stat(seg._path)
+    except OSError:
+        return None
+    if not seg._same_file(st.st_dev, st.st_ino):
+        return None
     return (_rebuild, (seg._name, seg._dir, offset, arr.shape, strides, _npformat.dtype_to_descr(arr.dtype),
-                       not arr.flags.writeable))
+                       not arr.flags.writeable, seg._dev, seg._ino))
 
 
 def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
@@ -339,8 +345,11 @@ def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
 
 
 def _rebuild(name: str, dir: str, offset: int, shape: tuple, strides: tuple, descr: Any,
-             readonly: bool = False) -> np.ndarray:
+             readonly: bool = False, dev: Optional[int] = None, ino: Optional[int] = None) -> np.ndarray:
     seg = Segment.attach(name, readonly=readonly, dir=dir)
+    if dev is not None and not seg._same_file(dev, ino):
+        raise SegmentNotFoundError(f"segment {name!r} in {dir} was replaced by another one since this array "
+                                   "was pickled")
     dt = _npformat.descr_to_dtype(descr)
     return seg._view(offset, tuple(shape), dt, tuple(strides), readonly)
 
@@ -501,7 +510,7 @@ class Segment:
         keep = [_cbuf(name if kind == "named" else path), _cbuf(dir)]
         p.name = keep[0]
         p.dir = keep[1]
-        p.mode = mode
+        p.mode = mode if mode.__class__ is int and 0 <= mode <= 0o7777 else _dtype.as_int(mode, "mode", 0, 0o7777)
         p.flags = ((_PERSIST if persist else 0) | (_POPULATE if populate else 0) | (_HUGE if hugepages else 0)
                    | (_FORTRAN if order == "F" and len(dims) > 1 else 0))
         p.alignment = alignment
@@ -537,7 +546,13 @@ class Segment:
                     _creators.add(self)
                 _ensure_exit_hook()
         if fill is not None:
-            self.asarray()[...] = fill
+            try:
+                self.asarray()[...] = fill
+            except BaseException:  # a bad fill: the new segment goes, persistent or not
+                if kind in ("named", "file"):
+                    lib.ndshm_segment_unlink(self._handle)
+                self.close()
+                raise
         return self
 
     def _remember(self) -> None:
@@ -602,6 +617,7 @@ class Segment:
     @classmethod
     def from_fd(cls, fd: int, readonly: bool = False) -> "Segment":
         """Map the memfd segment behind descriptor ``fd`` (the caller still owns ``fd``)."""
+        fd = _dtype.as_int(fd, "file descriptor", 0, 2**31 - 1)
         out = ffi.new(_SEG_PP)
         rc = lib.ndshm_segment_attach_fd(fd, _READONLY if readonly else 0, out)
         if rc:
@@ -699,6 +715,7 @@ class Segment:
     def sync_address(self, index: int) -> int:
         """Address of the header's sync slot ``index`` (64 zero-initialised bytes)."""
         self._check_open()
+        index = _dtype.as_int(index, "sync slot index", 0, 2**31 - 1)
         out = ffi.new("void **")
         check(lib.ndshm_segment_sync(self._handle, index, out))
         return int(ffi.cast("uintptr_t", out[0]))
@@ -824,10 +841,9 @@ def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, reado
     path = os.fspath(name_or_path)
     if os.sep not in path.lstrip("/"):
         path = os.path.join("/dev/shm", path.lstrip("/"))
-    seg = Segment._attach_raw(path, readonly)
     dims, dt = _dtype.normalize(shape, dtype)
-    if offset < 0:
-        raise ValueError(f"offset {offset} is negative")
+    offset = _dtype.as_offset(offset)
+    seg = Segment._attach_raw(path, readonly)
     need = _dtype.nbytes_of(dims, dt)
     if offset + need > seg.nbytes:
         raise ValueError(f"shape {dims} of dtype {dt} at offset {offset} needs {offset + need} bytes; "
@@ -835,18 +851,27 @@ def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, reado
     return seg._view(offset, dims, dt, _dtype.contiguous_strides(dims, dt.itemsize, "C"), readonly)
 
 
+def _str_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"segment name {name!r} is not a str")
+    return name
+
+
 def unlink(name: str, *, dir: Optional[str] = None) -> None:
     """Remove the named segment ``name`` (processes that map it keep their mappings)."""
+    _str_name(name)
     check(lib.ndshm_unlink(_cstr(name), _cstr(dir)), os.path.join(default_dir(dir), _PREFIX + name))
 
 
 def exists(name: str, *, dir: Optional[str] = None) -> bool:
     """True if a named segment ``name`` exists (in any state)."""
+    _str_name(name)
     return os.path.exists(os.path.join(default_dir(dir), _PREFIX + name))
 
 
 def probe(name: str, *, dir: Optional[str] = None) -> SegmentRecord:
     """Describe named segment ``name`` without mapping it."""
+    _str_name(name)
     d = default_dir(dir)
     path = os.path.join(d, _PREFIX + name)
     info = ffi.new("ndshm_segment_info_t *")
@@ -908,11 +933,15 @@ def send_fd(sock: Any, fd: Any) -> None:
     """Send descriptor ``fd`` (or a memfd Segment's) over the connected Unix socket ``sock``."""
     if isinstance(fd, Segment):
         fd = fd.fd
-    check(lib.ndshm_send_fd(sock.fileno() if hasattr(sock, "fileno") else sock, fd))
+    check(lib.ndshm_send_fd(_sock_fd(sock), _dtype.as_int(fd, "file descriptor", 0, 2**31 - 1)))
+
+
+def _sock_fd(sock: Any) -> int:
+    return _dtype.as_int(sock.fileno() if hasattr(sock, "fileno") else sock, "socket", 0, 2**31 - 1)
 
 
 def recv_fd(sock: Any) -> int:
     """Receive one descriptor from the connected Unix socket ``sock``; the caller owns it."""
     out = ffi.new("int *")
-    check(lib.ndshm_recv_fd(sock.fileno() if hasattr(sock, "fileno") else sock, out))
+    check(lib.ndshm_recv_fd(_sock_fd(sock), out))
     return int(out[0])

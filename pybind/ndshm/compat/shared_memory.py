@@ -42,6 +42,8 @@ class SharedMemory:
     _prepend_leading_slash = True
 
     def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0, *, track: bool = True):
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"shared memory name {name!r} is not a str")
         if not size >= 0:
             raise ValueError("'size' must be a positive integer")
         if create:
