@@ -12,8 +12,8 @@ from conftest import child_env, run_python
 from ndshm import _cli
 
 
-def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ndshm", *args], capture_output=True, text=True, timeout=60,
+def cli(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ndshm", *args], capture_output=True, text=True, timeout=timeout,
                           env=child_env(**env))
 
 
@@ -99,3 +99,78 @@ def test_gc_collects_orphaned_queues_but_not_persistent_ones(tmp_path):
     with ndshm.Queue.attach("kept-q", dir=d) as k:
         assert k.get(timeout=5).tolist() == [0, 1, 2, 3]
     ndshm.unlink("kept-q", dir=d)
+
+
+def _one_line_error(out: subprocess.CompletedProcess, *needles: str) -> None:
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    for n in needles:
+        assert n in out.stderr, out.stderr
+
+
+def test_gc_ls_info_do_not_hang_on_fifos_or_follow_symlinks(tmp_path):
+    d = str(tmp_path)
+    os.mkfifo(os.path.join(d, "ndshm.f1"))  # anyone can plant one in /dev/shm
+    os.symlink(os.path.join(d, "ndshm.f1"), os.path.join(d, "ndshm.tofifo"))
+    (tmp_path / "target").write_bytes(bytes(64))  # a blank file: gc would take it under its own name
+    os.symlink(os.path.join(d, "target"), os.path.join(d, "ndshm.toblank"))
+    os.mkdir(os.path.join(d, "ndshm.sub"))
+    (tmp_path / "ndshm.blank").write_bytes(bytes(64))
+    old = 1_000_000_000
+    for n in ("ndshm.blank", "target"):
+        os.utime(os.path.join(d, n), (old, old))
+    os.utime(os.path.join(d, "ndshm.toblank"), (old, old), follow_symlinks=False)
+    for args in (("gc", "--dry-run", "--min-age", "0"), ("gc", "--min-age", "0")):
+        out = cli("--dir", d, *args, timeout=20)
+        assert out.returncode == 0, out.stderr
+        assert " blank (" in out.stdout and "1 segment from" in out.stdout, out.stdout
+    for n in ("ndshm.f1", "ndshm.tofifo", "ndshm.toblank", "target", "ndshm.sub"):
+        assert os.path.lexists(os.path.join(d, n)), n
+    assert not os.path.exists(os.path.join(d, "ndshm.blank"))
+    out = cli("--dir", d, "ls", timeout=20)
+    assert out.returncode == 0 and "f1" in out.stdout and "4 segments" in out.stdout
+    assert cli("--dir", d, "info", "f1", "tofifo", timeout=20).returncode == 0
+    assert cli("--dir", d, "rm", "tofifo", timeout=20).returncode == 0  # by name: the link, not its target
+    assert os.path.exists(os.path.join(d, "ndshm.f1")) and not os.path.lexists(os.path.join(d, "ndshm.tofifo"))
+
+
+def test_blank_or_ours_skips_non_regular_files(tmp_path):
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    blank = tmp_path / "blank"
+    blank.write_bytes(bytes(16))
+    link = str(tmp_path / "link")
+    os.symlink(str(blank), link)
+    # in a child, so that a blocking open cannot hang the test run itself
+    out = run_python(f"""
+        from ndshm import _cli
+        print(_cli._blank_or_ours({fifo!r}), _cli._blank_or_ours({link!r}), _cli._blank_or_ours({str(blank)!r}),
+              _cli._blank_or_ours({str(tmp_path)!r}), _cli._remove_if_unused({link!r}))
+    """, timeout=20)
+    assert out.stdout.split() == ["False", "False", "True", "False", "False"]
+    assert os.path.lexists(link)
+
+
+def test_bad_dir_is_a_one_line_error(tmp_path):
+    f = tmp_path / "file"
+    f.write_bytes(b"x")
+    missing = str(tmp_path / "missing")
+    for d in (str(f), missing):
+        for args in (("ls",), ("gc", "--dry-run"), ("info", "x"), ("rm", "x")):
+            _one_line_error(cli("--dir", d, *args), d)
+        _one_line_error(cli("ls", NDSHM_DIR=d), d)
+    assert cli("--dir", missing, "--help").returncode == 0
+
+
+def test_gc_min_age_must_be_finite_and_not_negative(tmp_path):
+    d = str(tmp_path)
+    (tmp_path / "ndshm.blank").write_bytes(bytes(64))
+    for bad in ("nan", "-5", "inf", "-inf", "x", "NaN"):
+        for args in (("--min-age", bad), (f"--min-age={bad}",), ("--dry-run", "--min-age", bad)):
+            _one_line_error(cli("--dir", d, "gc", *args), repr(bad))
+    _one_line_error(cli("--dir", d, "gc", "--min-age"), "--min-age")
+    _one_line_error(cli("--dir", d, "gc", "--bogus"), "--bogus")
+    assert os.path.exists(os.path.join(d, "ndshm.blank"))  # young: kept by the default grace period
+    out = cli("--dir", d, "gc", "--min-age", "1e6")
+    assert out.returncode == 0 and "removed 0 segments" in out.stdout
+    assert os.path.exists(os.path.join(d, "ndshm.blank"))

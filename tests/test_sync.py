@@ -210,3 +210,68 @@ def test_direct_in_segment_constructors(unique_name):
     with pytest.raises(ValueError):
         Lock._in_segment(seg, 99)
     seg.close()
+
+
+def test_timeouts_nan_rejected_inf_forever_non_number_typeerror(unique_name):
+    nan, inf = float("nan"), float("inf")
+    lock, ev = ndshm.Lock(unique_name), ndshm.Event(unique_name + "-ev")
+    bar = ndshm.Barrier(1, unique_name + "-bar")
+    ev.set()  # without validation none of these would raise (nor hang): a NaN wait would succeed
+    for call in (lambda t: lock.acquire(timeout=t), lambda t: lock.acquire(False, t), ev.wait,
+                 lambda t: bar.wait(timeout=t)):
+        with pytest.raises(ValueError, match="nan"):
+            call(nan)
+        with pytest.raises(TypeError, match="'x'"):
+            call("x")
+        with pytest.raises(TypeError, match="b'1'"):
+            call(b"1")
+    assert not lock.locked()
+    with pytest.raises(ValueError, match="nan"):
+        ndshm.Barrier(2, unique_name + "-b2", timeout=nan)
+    with pytest.raises(TypeError, match="'1'"):
+        ndshm.Barrier(2, unique_name + "-b3", timeout="1")
+    # +inf (like None or a negative number) waits for ever
+    assert lock.acquire(timeout=inf) and lock.locked()
+    threading.Timer(0.3, lock.release).start()
+    t0 = time.monotonic()
+    assert lock.acquire(timeout=inf) and time.monotonic() - t0 >= 0.25
+    lock.release()
+    ev.clear()
+    threading.Timer(0.3, ev.set).start()
+    assert ev.wait(inf) is True
+    assert ev.wait(np.float64(0.01)) is True and lock.acquire(timeout=np.float32(0.5))
+    lock.release()
+    assert bar.wait(inf) == 0 and bar.wait(timeout=np.float64(1.0)) == 0
+    assert ndshm.Barrier(1, unique_name + "-b4", timeout=inf).wait() == 0
+
+
+def test_barrier_parties_validated(unique_name):
+    from ndshm._segment import Segment
+    from ndshm._sync import Barrier
+
+    for bad in (True, False, "3", 1.5, 2.0, None, np.float64(2)):
+        with pytest.raises(TypeError, match=repr(bad).replace("(", r"\(").replace(")", r"\)")):
+            ndshm.Barrier(bad, unique_name)
+    for bad in (0, -1, (1 << 20) + 1, 1 << 40):
+        with pytest.raises(ValueError, match=str(bad)):
+            ndshm.Barrier(bad, unique_name)
+    b = ndshm.Barrier(np.int64(1), unique_name)
+    assert type(b.parties) is int and b.parties == 1 and b.wait(1) == 0
+    assert ndshm.Barrier(1 << 20, unique_name + "-big").parties == 1 << 20
+    seg = Segment.create(unique_name + "-seg", shape=(0,), dtype=np.uint8)
+    with pytest.raises(TypeError, match="True"):
+        seg.barrier(True)
+    with pytest.raises(TypeError, match="'2'"):
+        Barrier._in_segment(seg, 2, "2")
+    seg.close()
+
+
+def test_standalone_name_and_dir_types(unique_name):
+    for cls in (ndshm.Lock, ndshm.Event, lambda *a, **k: ndshm.Barrier(2, *a, **k)):
+        for create in (True, False):
+            with pytest.raises(TypeError, match="123"):
+                cls(123, create=create)
+            with pytest.raises(TypeError, match="b'x'"):
+                cls(b"x", create=create)
+            with pytest.raises(TypeError, match="4567"):
+                cls(unique_name, dir=4567, create=create)

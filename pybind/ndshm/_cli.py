@@ -9,7 +9,9 @@ leaves foreign or corrupt files alone unless they are blank ndshm headers of a d
 from __future__ import annotations
 
 import fcntl
+import math
 import os
+import stat
 import sys
 import time
 from typing import Optional, Sequence
@@ -96,27 +98,52 @@ def cmd_rm(d: str, names: Sequence[str], err) -> int:
     return rc
 
 
-def _blank_or_ours(path: str) -> bool:
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+
+
+def _open_regular(path: str) -> Optional[int]:
+    """A read-only descriptor of ``path`` if it is a regular file (not a symlink, FIFO, device,
+    socket or directory), else None. Never blocks: /dev/shm is world-writable, so anyone may
+    plant a FIFO there, and a plain open() of one waits for a writer for ever."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between lstat and open
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _blank_or_ours(path: str) -> bool:
+    fd = _open_regular(path)
+    if fd is None:
+        return False
+    try:
+        head = os.pread(fd, 8, 0)
     except OSError:
         return False
+    finally:
+        os.close(fd)
     return head == _MAGIC or head.strip(b"\0") == b""
 
 
 def _remove_if_unused(path: str) -> bool:
     """Unlink ``path`` while holding its exclusive flock, so no attacher can slip in."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+    fd = _open_regular(path)
+    if fd is None:
         return False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return False  # someone maps it
-        st, now = os.fstat(fd), os.stat(path)
+        st, now = os.fstat(fd), os.lstat(path)
         if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
             return False
         os.unlink(path)
@@ -127,25 +154,50 @@ def _remove_if_unused(path: str) -> bool:
         os.close(fd)
 
 
+def _min_age(text: str) -> float:
+    try:
+        grace = float(text)
+    except ValueError:
+        raise ValueError(f"--min-age {text!r} is not a number of seconds") from None
+    if not math.isfinite(grace) or grace < 0:
+        raise ValueError(f"--min-age {text!r} must be a finite number of seconds >= 0")
+    return grace
+
+
 def cmd_gc(d: str, args: Sequence[str], out) -> int:
-    dry = "--dry-run" in args or "-n" in args
+    dry = False
     grace = GRACE_SECONDS
-    if "--min-age" in args:
-        i = list(args).index("--min-age")
-        try:
-            grace = float(args[i + 1])
-        except (IndexError, ValueError):
-            print("gc: --min-age needs a number of seconds", file=sys.stderr)
-            return 2
+    args = list(args)
+    i = 0
+    try:
+        while i < len(args):
+            a = args[i]
+            if a in ("--dry-run", "-n"):
+                dry = True
+            elif a == "--min-age":
+                if i + 1 >= len(args):
+                    raise ValueError("--min-age needs a number of seconds")
+                grace = _min_age(args[i + 1])
+                i += 1
+            elif a.startswith("--min-age="):
+                grace = _min_age(a[len("--min-age="):])
+            else:
+                raise ValueError(f"unknown option {a!r}")
+            i += 1
+    except ValueError as exc:
+        print(f"gc: {exc}", file=sys.stderr)
+        return 2
     removed = 0
     now = time.time()
     for r in list_segments(d):
         if r.in_use or r.persist:
             continue
         try:
-            st = os.stat(r.path)
+            st = os.lstat(r.path)
         except OSError:
             continue
+        if not stat.S_ISREG(st.st_mode):
+            continue  # a symlink, FIFO, device or directory: never ours to open or remove
         if now - max(st.st_mtime, st.st_ctime) < grace:
             continue
         if r.status != "ready" and not _blank_or_ours(r.path):
@@ -177,13 +229,21 @@ def main(argv: Sequence[str]) -> int:
         print(USAGE, file=out if args else err)
         return 0 if args else 2
     cmd, rest = args[0], args[1:]
-    if cmd in ("ls", "list"):
-        return cmd_ls(d, out)
-    if cmd == "info":
-        return cmd_info(d, rest, out, err)
-    if cmd == "rm":
-        return cmd_rm(d, rest, err)
-    if cmd == "gc":
+    if cmd not in ("ls", "list", "info", "rm", "gc"):
+        print(f"unknown command {cmd!r}\n{USAGE}", file=err)
+        return 2
+    if not os.path.isdir(d):
+        why = "not a directory" if os.path.lexists(d) else "no such directory"
+        print(f"{cmd}: --dir {d!r}: {why}", file=err)
+        return 2
+    try:
+        if cmd in ("ls", "list"):
+            return cmd_ls(d, out)
+        if cmd == "info":
+            return cmd_info(d, rest, out, err)
+        if cmd == "rm":
+            return cmd_rm(d, rest, err)
         return cmd_gc(d, rest, out)
-    print(f"unknown command {cmd!r}\n{USAGE}", file=err)
-    return 2
+    except (NdshmError, OSError) as exc:  # e.g. the directory went, or may not be read
+        print(f"{cmd}: {d}: {exc}", file=err)
+        return 1

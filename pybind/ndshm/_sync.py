@@ -13,6 +13,10 @@ noticed: give ``wait`` a timeout when a party may die.
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -29,14 +33,45 @@ _ev_set, _ev_clear, _ev_is_set, _ev_wait = lib.ndshm_event_set, lib.ndshm_event_
     lib.ndshm_event_wait
 _b_wait = lib.ndshm_barrier_wait
 _SLICE = 0.25  # waits "forever" come back to Python this often, so Ctrl-C works
+_MAX_PARTIES = 1 << 20  # what ndshm_barrier_wait accepts (parties is a uint32_t, 1 .. 2^20)
+
+
+def _check_timeout(timeout: Any) -> Optional[float]:
+    """``timeout`` as a float (None, negative and +inf: wait for ever, returned as None); a
+    TypeError for a non-number and a ValueError for NaN, each naming the value."""
+    if timeout is None:
+        return None
+    if not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout {timeout!r} is not a number of seconds (or None)")
+    try:
+        t = float(timeout)
+    except (TypeError, ValueError, OverflowError) as exc:  # an odd Real subclass
+        raise TypeError(f"timeout {timeout!r} is not a number of seconds (or None)") from exc
+    if math.isnan(t):
+        raise ValueError(f"timeout {timeout!r} is not a number of seconds (NaN)")
+    if t < 0 or math.isinf(t):
+        return None
+    return t
 
 
 def _timeout(blocking: bool, timeout: Optional[float]) -> float:
+    """Seconds to pass to the C library: 0.0 for a non-blocking try, -1.0 for "for ever"."""
+    t = _check_timeout(timeout)
     if not blocking:
         return 0.0
-    if timeout is None or timeout < 0:
-        return -1.0
-    return float(timeout)
+    return -1.0 if t is None else t
+
+
+def _check_parties(parties: Any) -> int:
+    if isinstance(parties, bool):
+        raise TypeError(f"parties {parties!r} must be an int, not a bool")
+    try:
+        n = operator.index(parties)
+    except TypeError:
+        raise TypeError(f"parties {parties!r} must be an int between 1 and {_MAX_PARTIES}") from None
+    if not 1 <= n <= _MAX_PARTIES:
+        raise ValueError(f"parties {parties!r} must be an int between 1 and {_MAX_PARTIES}")
+    return int(n)
 
 
 def _rebuild(cls: type, segment: Any, index: int, extra: tuple) -> Any:
@@ -55,6 +90,11 @@ class _Sync:
 
     def _standalone(self, name: Optional[str], dir: Optional[str], create: bool) -> None:
         from ._segment import Segment
+        kind = type(self).__name__
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{kind} name {name!r} is not a str")
+        if dir is not None and not isinstance(dir, (str, os.PathLike)):
+            raise TypeError(f"{kind} dir {dir!r} is not a str or path")
         if create:
             seg = Segment.create(name, shape=(0,), dtype=np.uint8, dir=dir)
         else:
@@ -193,9 +233,8 @@ class Barrier(_Sync):
         self._standalone(name, dir, create)
 
     def _setup(self, parties: int, timeout: Optional[float]) -> None:
-        if not isinstance(parties, int) or not 1 <= parties <= 1 << 20:
-            raise ValueError(f"parties {parties!r} must be an int between 1 and {1 << 20}")
-        self.parties = parties
+        self.parties = _check_parties(parties)
+        _check_timeout(timeout)
         self._timeout = timeout
 
     @classmethod
