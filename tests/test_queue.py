@@ -234,6 +234,209 @@ def test_hostile_message_descriptors_are_refused(q, typestr, shape, how):
     assert q.get(timeout=5).tolist() == [0, 1, 2]
 
 
+def test_timeout_nan_inf_and_non_numbers(q):
+    """A NaN timeout used to wait for ever; it is refused (ValueError naming it) before anything is
+    taken or put. +inf waits for ever; a non-number is a TypeError naming it."""
+    nan = float("nan")
+    q.put(np.arange(3))  # not empty and not full: a call that does not refuse NaN returns at once
+    for call in (lambda: q.get(timeout=nan), lambda: q.receive(timeout=nan), lambda: q.get_many(4, timeout=nan),
+                 lambda: q.put(np.zeros(1), timeout=nan), lambda: q.put_many([np.zeros(1)] * 2, timeout=nan),
+                 lambda: q.loan((1,), "f8", timeout=nan)):
+        with pytest.raises(ValueError, match="nan"):
+            call()
+        assert q.qsize() == 1
+    for bad in ("x", "1.5", b"1", 1j, [1.0], object()):
+        with pytest.raises(TypeError, match="timeout"):
+            q.get(timeout=bad)
+        with pytest.raises(TypeError, match="timeout"):
+            q.put(np.zeros(1), timeout=bad)
+        with pytest.raises(TypeError, match="timeout"):
+            q.receive(timeout=bad)
+        assert q.qsize() == 1
+    with pytest.raises(TypeError, match="'x'"):
+        q.loan((1,), "f8", timeout="x")
+    with pytest.raises(ValueError, match="-inf"):
+        q.get(timeout=float("-inf"))
+    inf = float("inf")
+    q.put(np.arange(2), timeout=inf)
+    q.put_many([np.arange(1)], timeout=inf)
+    with q.loan((1,), "f8", timeout=10 ** 400) as out:  # an int beyond any float: for ever too
+        out[0] = 7
+    assert q.get(timeout=inf).tolist() == [0, 1, 2]
+    with q.receive(timeout=inf) as v:
+        assert v.tolist() == [0, 1]
+    assert [a.tolist() for a in q.get_many(4, timeout=inf)] == [[0], [7.0]]
+    q.put(np.arange(1))
+    assert q.get(timeout=np.float32(1.0)).tolist() == [0]
+    assert q.empty()
+
+
+def test_get_many_bad_max_messages_takes_nothing(q):
+    """A bad max_messages used to be noticed after the first message was taken (and lost)."""
+    q.put(np.arange(3.0))
+    for bad in ("x", 1.5, None, True, np.float64(2.0)):
+        with pytest.raises(TypeError, match="max_messages"):
+            q.get_many(bad)
+        assert q.qsize() == 1
+    with pytest.raises(ValueError, match="-1"):
+        q.get_many(-1)
+    assert q.qsize() == 1
+    assert q.get_many(0) == [] and q.get_many(0, timeout=0) == []
+    assert q.qsize() == 1
+    assert [a.tolist() for a in q.get_many(2 ** 40)] == [[0.0, 1.0, 2.0]]
+    q.put(np.arange(2.0))
+    q.put(np.arange(2.0))
+    out = q.get_many(2 ** 64, timeout=1)
+    out += q.get_many(np.int64(5), timeout=1) if len(out) < 2 else []
+    assert [a.tolist() for a in out] == [[0.0, 1.0]] * 2
+    q.put(np.arange(2.0))
+    assert [a.tolist() for a in q.get_many(np.int64(1))] == [[0.0, 1.0]]
+    with pytest.raises(ndshm.Empty):
+        q.get_many(2 ** 64, timeout=0)
+
+
+def test_get_many_typed_structured_queue(unique_name):
+    st = np.dtype([("a", "u1"), ("b", "f8")])
+    with ndshm.Queue(unique_name, slots=4, shape=(5,), dtype=st) as q:
+        msgs = []
+        for i in range(3):
+            a = np.zeros(5, st)
+            a["a"], a["b"] = i, np.arange(5) + i
+            msgs.append(a)
+            q.put(a)
+        got = q.get_many(10, timeout=1)
+        while len(got) < 3:
+            got += q.get_many(10, timeout=1)
+        assert [g.dtype for g in got] == [st] * 3
+        assert all(g.shape == (5,) and g.tobytes() == m.tobytes() for g, m in zip(got, msgs))
+        assert got[2]["b"].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0]
+
+
+@pytest.mark.parametrize("dt", ["V0", np.dtype([])], ids=["V0", "empty-struct"])
+def test_get_many_zero_itemsize_messages(q, dt):
+    """Messages of 0 bytes with a non-zero length came back from get_many with the wrong shape."""
+    msgs = [np.zeros(s, dt) for s in [(2,), (3,), (2, 2), (0,), (4,)]] + [np.arange(3, dtype=np.float32)]
+    for m in msgs:
+        q.put(m)
+    ref = [q.get(timeout=1) for _ in msgs]
+    assert [r.shape for r in ref] == [m.shape for m in msgs]
+    q.put_many(msgs)
+    got = []
+    while len(got) < len(ref):
+        got += q.get_many(10, timeout=1)
+    assert [(g.shape, g.dtype) for g in got] == [(r.shape, r.dtype) for r in ref]
+    assert got[-1].tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("how", ["loan", "receive"])
+def test_context_entered_twice_or_exited_unentered(unique_name, how):
+    """Entering one loan/receive context twice used to claim a second slot that nothing ever
+    published or released (the queue lost a slot for good)."""
+    with ndshm.Queue(unique_name, slots=2, slot_bytes=64) as q:
+        if how == "receive":
+            q.put(np.arange(2.0))
+            q.put(np.arange(3.0))
+            cm = q.receive(timeout=1)
+        else:
+            cm = q.loan((2,), "f8", timeout=1)
+        with pytest.raises(RuntimeError, match="exited without being entered"):
+            cm.__exit__(None, None, None)
+        arr = cm.__enter__()
+        if how == "loan":
+            arr[:] = 5
+        with pytest.raises(RuntimeError, match="already entered"):
+            cm.__enter__()
+        cm.__exit__(None, None, None)
+        with pytest.raises(RuntimeError, match="exited without being entered"):
+            cm.__exit__(None, None, None)
+        if how == "loan":
+            assert q.qsize() == 1 and q.get(timeout=1).tolist() == [5.0, 5.0]
+        else:
+            assert q.qsize() == 1 and q.get(timeout=1).tolist() == [0.0, 1.0, 2.0]
+        collect()
+        # every slot is usable again
+        q.put(np.zeros(1), timeout=1)
+        q.put(np.ones(1), timeout=1)
+        assert q.full()
+        assert q.get(timeout=1).tolist() == [0.0] and q.get(timeout=1).tolist() == [1.0]
+        assert q.empty()
+        # a context that has been left can be entered again
+        if how == "receive":
+            q.put(np.arange(1.0))
+        with cm as again:
+            assert again.shape in ((1,), (2,))
+        assert q.qsize() == (1 if how == "loan" else 0)
+
+
+def test_constructor_argument_types(unique_name):
+    for bad in (b"q", 5, 1.5):
+        with pytest.raises(TypeError, match=repr(bad).replace(".", r"\.")):
+            ndshm.Queue(bad, slots=2, slot_bytes=64)
+        with pytest.raises(TypeError, match=repr(bad).replace(".", r"\.")):
+            ndshm.Queue.attach(bad)
+    for kw, exc, text in [(dict(mode=-1), ValueError, "mode -1"),
+                          (dict(mode=2 ** 40), ValueError, "mode 1099511627776"),
+                          (dict(mode="x"), TypeError, "mode 'x'"), (dict(mode=0o600 + 0.5), TypeError, "mode 384.5"),
+                          (dict(slot_bytes=2 ** 64), ValueError, "slot_bytes 18446744073709551616"),
+                          (dict(slot_bytes=-1), ValueError, "slot_bytes -1"),
+                          (dict(slot_bytes="64"), TypeError, "slot_bytes '64'"),
+                          (dict(slots="3"), TypeError, "slots '3'"), (dict(slots=1.5), TypeError, "slots 1.5"),
+                          (dict(slots=True), TypeError, "slots True"), (dict(slots=0), ValueError, "slots 0"),
+                          (dict(slots=2 ** 64), ValueError, "slots 18446744073709551616"),
+                          (dict(dir=5), TypeError, "dir 5")]:
+        args = dict(slots=2, slot_bytes=64)
+        args.update(kw)
+        with pytest.raises(exc, match=text):
+            ndshm.Queue(unique_name, **args)
+        assert not ndshm.exists(unique_name)
+    with ndshm.Queue(unique_name, slots=np.int64(3), slot_bytes=np.uint32(64), mode=np.int16(0o600)) as q:
+        assert q.slots == 4 and q.slot_bytes == 64
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes"])
+def test_dir_as_path_or_bytes(unique_name, kind):
+    """A pathlib or bytes dir was accepted by create, then close() failed in the finalizer."""
+    import pathlib
+    shm = os.environ.get("NDSHM_DIR", "/dev/shm")
+    d = pathlib.Path(shm) if kind == "path" else os.fsencode(shm)
+    q = ndshm.Queue(unique_name, slots=2, slot_bytes=64, dir=d)
+    assert q.dir == shm
+    q2 = ndshm.Queue.attach(unique_name, dir=d)
+    q3 = pickle.loads(pickle.dumps(q))
+    q2.put(np.arange(2))
+    assert q3.get(timeout=1).tolist() == [0, 1]
+    q.close()  # removes the name without raising
+    with pytest.raises(ndshm.SegmentNotFoundError):
+        ndshm.Queue.attach(unique_name, dir=d)
+    q4 = ndshm.Queue(unique_name, slots=2, slot_bytes=64, dir=d, persist=True)
+    q4.unlink()
+    assert not os.path.exists(os.path.join(shm, f"ndshm.{unique_name}"))
+    q4.close()
+    q2.close()
+    q3.close()
+
+
+def test_put_many_checks_every_array_before_putting(unique_name):
+    """put_many used to put the arrays before a bad one, then raise."""
+    with ndshm.Queue(unique_name, slots=8, slot_bytes=64) as q:
+        ok = np.arange(2.0)
+        for batch, exc in [([ok, np.array([None])], TypeError), ([ok, ok, np.zeros(9)], ValueError),
+                           ([ok, np.zeros((2, 2))[:, :1], np.zeros((2, 100))], ndshm.MessageTooBigError),
+                           ([ok, np.zeros((1,) * 33)], ValueError), ([ok, np.zeros(1, [("o", "O")])], TypeError),
+                           ([np.zeros((2, 1)), np.array([None, 1])], TypeError)]:
+            with pytest.raises(exc):
+                q.put_many(batch)
+            assert q.qsize() == 0, batch
+    with ndshm.Queue(unique_name + "-typed", slots=4, shape=(2,), dtype="f8") as tq:
+        with pytest.raises(ValueError):
+            tq.put_many([np.zeros(2), np.array(["a", "b"])])  # not convertible to the queue's dtype
+        with pytest.raises(ndshm.MessageTooBigError):
+            tq.put_many([np.zeros(2), np.zeros(3)])
+        assert tq.qsize() == 0
+        tq.put_many([np.ones(2), [2, 3]])
+        assert [a.tolist() for a in (tq.get(timeout=1), tq.get(timeout=1))] == [[1.0, 1.0], [2.0, 3.0]]
+
+
 def test_put_many_get_many(q):
     msgs = [np.full(4, i, np.float32) for i in range(20)]
     q2 = ndshm.Queue.attach(q.name)
