@@ -118,8 +118,18 @@ NDSHM_HIDDEN uint64_t ndshm__self_key(void);
 /* 1 if the process behind `key` (as ndshm__self_key builds it) still runs (zombies are dead). */
 NDSHM_HIDDEN int ndshm__key_alive(uint64_t key);
 
-/* A deadline in CLOCK_MONOTONIC nanoseconds for `timeout` seconds (< 0: none, INT64_MAX). */
+/* A deadline in CLOCK_MONOTONIC nanoseconds for `timeout` seconds (< 0, +inf or beyond ~31
+ * years: none, INT64_MAX). NaN also gives INT64_MAX, but every public function taking a timeout
+ * refuses NaN first (ndshm__check_timeout). */
 NDSHM_HIDDEN int64_t ndshm__deadline(double timeout);
+
+/* 0, or NDSHM_EINVAL naming the timeout if it is NaN (which no comparison can order: it would
+ * wait for ever). One compare: cheap enough for the queue's hot path. */
+static inline int ndshm__check_timeout(double timeout, const char *fn) {
+    if (__builtin_expect(__builtin_isnan(timeout), 0))
+        return ndshm__fail(NDSHM_EINVAL, 0, "%s: timeout nan is not a number", fn);
+    return 0;
+}
 NDSHM_HIDDEN int64_t ndshm__now_ns(void);
 
 /* Sleeps on the shared 32-bit futex `word` while it holds `expected`, at most until `deadline`

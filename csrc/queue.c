@@ -380,6 +380,8 @@ typedef struct waiter {
     double timeout;
     int64_t deadline, spin_until;
     unsigned looks;
+    unsigned retries;       /* see retry_expired */
+    int64_t retry_deadline; /* -1 until the first look at the clock there */
 } waiter_t;
 
 static void waiter_init(waiter_t *w, double timeout) {
@@ -387,7 +389,26 @@ static void waiter_init(waiter_t *w, double timeout) {
     w->deadline = -1;
     w->spin_until = -1;
     w->looks = 0;
+    w->retries = 0;
+    w->retry_deadline = -1;
 }
+
+/* For a retry after a lost race or a stale read of tail/head, which means somebody else made
+ * progress. Only a writer that keeps corrupting the ring could make those go on for ever, so
+ * every 1024th retry looks at the clock (off the hot path: a first look that succeeds never
+ * gets here) and gives up at the deadline; a timeout of 0 gives up at the first such look. */
+static bool retry_expired(waiter_t *w) {
+    if ((++w->retries & 1023) != 0 || w->timeout < 0) return false;
+    int64_t now = ndshm__now_ns();
+    if (w->retry_deadline < 0) w->retry_deadline = w->timeout == 0 ? now : ndshm__deadline(w->timeout);
+    return w->retry_deadline != INT64_MAX && now >= w->retry_deadline;
+}
+
+/* true if `dif` (a slot's sequence number minus what the claimer hoped for) is outside the
+ * [-n, 0] that the protocol allows while tail (head) still holds the position read: a slot's
+ * sequence is at least that of the claim n positions back and gets ahead only once tail
+ * (head) has moved past the position. */
+static inline bool dif_out_of_range(int64_t dif, uint64_t n) { return (uint64_t)dif + n > n; }
 
 /* Waits for progress after the caller saw `seen` in `word`. Returns 0 to retry, or ETIMEDOUT.
  * Spins (a pause between looks at the ring, the clock read every 8th look) for SPIN_NS, then
@@ -437,6 +458,12 @@ static bool stuck_long(const ndshm_queue_t *q, int consumer, uint64_t pos) {
 
 /* ---- producer side ------------------------------------------------------------------- */
 
+static int full_or_timedout(const ndshm_queue_t *q, double timeout) {
+    if (timeout == 0) return ndshm__fail(NDSHM_EFULL, 0, "queue is full (%llu slots)", (unsigned long long)q->n);
+    return ndshm__fail(NDSHM_ETIMEDOUT, 0, "queue still full (%llu slots) after %g s", (unsigned long long)q->n,
+                       timeout);
+}
+
 static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint64_t *out_pos) {
     ring_hdr_t *r = q->r;
     waiter_t w;
@@ -453,9 +480,22 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
                 *out_pos = pos;
                 return 0;
             }
+            if (retry_expired(&w)) return full_or_timedout(q, timeout);
             continue;
         }
-        if (dif > 0) continue; /* tail moved on */
+        if (dif_out_of_range(dif, q->n)) {
+            /* tail moved on since we read it; if it did not, the ring holds what no producer or
+             * consumer could have written (shared memory is never trusted): looping would spin */
+            uint64_t now_tail = atomic_load(&r->tail);
+            if (now_tail == pos)
+                return ndshm__fail(NDSHM_ECORRUPT, 0,
+                                   "queue ring is corrupt: slot %llu holds sequence %llu, impossible at tail %llu "
+                                   "(%llu slots)",
+                                   (unsigned long long)(pos & q->mask), (unsigned long long)raw,
+                                   (unsigned long long)pos, (unsigned long long)q->n);
+            if (retry_expired(&w)) return full_or_timedout(q, timeout);
+            continue;
+        }
         /* full: slot of pos - n not yet released */
         uint64_t p0 = pos - q->n;
         if ((raw & ~SKIP) == p0 + 1 && atomic_load(&r->head) > p0 && stuck_long(q, 0, pos) &&
@@ -463,17 +503,15 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
             if (atomic_compare_exchange_strong(&s->seq, &raw, pos)) wake(&r->not_full, &r->nf_waiters);
             continue;
         }
-        if (timeout == 0)
-            return ndshm__fail(NDSHM_EFULL, 0, "queue is full (%llu slots)", (unsigned long long)q->n);
-        if (waiter_wait(&w, &r->not_full, &r->nf_waiters, seen) == ETIMEDOUT)
-            return ndshm__fail(NDSHM_ETIMEDOUT, 0, "queue still full (%llu slots) after %g s", (unsigned long long)q->n,
-                               timeout);
+        if (timeout == 0 || waiter_wait(&w, &r->not_full, &r->nf_waiters, seen) == ETIMEDOUT)
+            return full_or_timedout(q, timeout);
     }
 }
 
 int ndshm_queue_loan(ndshm_queue_t *q, uint64_t nbytes, double timeout, ndshm_qmsg_t *msg) {
     if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_loan: NULL argument");
     msg->state_ = 0;
+    if (ndshm__check_timeout(timeout, "ndshm_queue_loan")) return NDSHM_EINVAL;
     if (nbytes > q->slot_bytes)
         return ndshm__fail(NDSHM_ETOOBIG, 0, "message of %llu bytes is larger than the queue's %llu-byte slots",
                            (unsigned long long)nbytes, (unsigned long long)q->slot_bytes);
@@ -550,6 +588,7 @@ int ndshm_queue_put(ndshm_queue_t *q, const void *data, uint64_t nbytes, const c
                     const int64_t *shape, double timeout) {
     if (q == NULL || (data == NULL && nbytes) || (shape == NULL && ndim))
         return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_put: NULL argument");
+    if (ndshm__check_timeout(timeout, "ndshm_queue_put")) return NDSHM_EINVAL;
     int rc = check_desc(q, nbytes, typestr, ndim);
     if (rc) return rc;
     uint32_t part;
@@ -573,6 +612,7 @@ int ndshm_queue_put_many(ndshm_queue_t *q, const void *data, const uint64_t *off
     if (q == NULL || offsets == NULL || done == NULL || (data == NULL && count))
         return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_put_many: NULL argument");
     *done = 0;
+    if (ndshm__check_timeout(timeout, "ndshm_queue_put_many")) return NDSHM_EINVAL;
     if (itemsize == 0) return ndshm__fail(NDSHM_EINVAL, 0, "put_many: itemsize is 0");
     for (uint64_t i = 0; i < count; i++) {
         if (offsets[i + 1] < offsets[i])
@@ -599,8 +639,15 @@ typedef struct peek {
     const char *typestr; /* and of this typestr, unless NULL */
 } peek_t;
 
+static int empty_or_timedout(double timeout) {
+    if (timeout == 0) return ndshm__fail(NDSHM_EEMPTY, 0, "queue is empty");
+    return ndshm__fail(NDSHM_ETIMEDOUT, 0, "queue still empty after %g s", timeout);
+}
+
 /* Claims the oldest published message into msg (state 2). With `pk`, a message that fails its
- * conditions is left alone and PEEK_STOP is returned. */
+ * conditions is left alone and PEEK_STOP is returned. NDSHM_ECORRUPT with msg->state_ == 2: the
+ * message was claimed but its descriptor is impossible (the caller releases it); with
+ * msg->state_ != 2: nothing was claimed, the ring's head or a sequence number is impossible. */
 static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm_qmsg_t *msg, const peek_t *pk) {
     ring_hdr_t *r = q->r;
     waiter_t w;
@@ -621,10 +668,14 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
             if (pk && !(raw & SKIP) &&
                 (nbytes > pk->max_bytes || ndim != 1 || (pk->typestr && strcmp(ts, pk->typestr) != 0))) {
                 if (atomic_load(&r->head) == pos) return PEEK_STOP;
+                if (retry_expired(&w)) return empty_or_timedout(timeout);
                 continue;
             }
             atomic_store(&r->parts[part].intent, enc(pos, 1));
-            if (!atomic_compare_exchange_strong(&r->head, &pos, pos + 1)) continue;
+            if (!atomic_compare_exchange_strong(&r->head, &pos, pos + 1)) {
+                if (retry_expired(&w)) return empty_or_timedout(timeout);
+                continue;
+            }
             if (raw & SKIP) { /* a discarded or reclaimed slot: pass over it */
                 atomic_store_explicit(&s->seq, pos + q->n, memory_order_release);
                 wake(&r->not_full, &r->nf_waiters);
@@ -648,27 +699,37 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
             memcpy(msg->shape, s->shape, ndim * sizeof(int64_t));
             return 0;
         }
-        if (dif > 0) continue;
+        if (dif_out_of_range(dif, q->n)) { /* as in claim_producer */
+            uint64_t now_head = atomic_load(&r->head);
+            if (now_head == pos)
+                return ndshm__fail(NDSHM_ECORRUPT, 0,
+                                   "queue ring is corrupt: slot %llu holds sequence %llu, impossible at head %llu "
+                                   "(%llu slots)",
+                                   (unsigned long long)(pos & q->mask), (unsigned long long)raw,
+                                   (unsigned long long)pos, (unsigned long long)q->n);
+            if (retry_expired(&w)) return empty_or_timedout(timeout);
+            continue;
+        }
         /* empty, or the producer of pos has not published */
         if ((raw & ~SKIP) == pos && raw == pos && atomic_load(&r->tail) > pos && stuck_long(q, 1, pos) &&
             !intent_alive(q, enc(pos, 0))) {
             if (atomic_compare_exchange_strong(&s->seq, &raw, (pos + 1) | SKIP)) wake(&r->not_empty, &r->ne_waiters);
             continue;
         }
-        if (timeout == 0) return ndshm__fail(NDSHM_EEMPTY, 0, "queue is empty");
-        if (waiter_wait(&w, &r->not_empty, &r->ne_waiters, seen) == ETIMEDOUT)
-            return ndshm__fail(NDSHM_ETIMEDOUT, 0, "queue still empty after %g s", timeout);
+        if (timeout == 0 || waiter_wait(&w, &r->not_empty, &r->ne_waiters, seen) == ETIMEDOUT)
+            return empty_or_timedout(timeout);
     }
 }
 
 int ndshm_queue_take(ndshm_queue_t *q, double timeout, ndshm_qmsg_t *msg) {
     if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_take: NULL argument");
     msg->state_ = 0;
+    if (ndshm__check_timeout(timeout, "ndshm_queue_take")) return NDSHM_EINVAL;
     uint32_t part;
     int rc = part_acquire(q, &part);
     if (rc) return rc;
     rc = claim_consumer(q, timeout, part, msg, NULL);
-    if (rc == NDSHM_ECORRUPT) ndshm_queue_release(q, msg), rc = NDSHM_ECORRUPT;
+    if (rc == NDSHM_ECORRUPT && msg->state_ == 2) ndshm_queue_release(q, msg), rc = NDSHM_ECORRUPT; /* keeps the detail */
     else if (rc) part_release(q, part);
     return rc;
 }
@@ -700,10 +761,12 @@ int ndshm_queue_get_many(ndshm_queue_t *q, void *dst, uint64_t dst_bytes, uint64
     *count = 0;
     offsets[0] = 0;
     if (max == 0) return ndshm__fail(NDSHM_EINVAL, 0, "get_many: max is 0");
+    if (ndshm__check_timeout(timeout, "ndshm_queue_get_many")) return NDSHM_EINVAL;
     uint32_t part;
     int rc = part_acquire(q, &part);
     if (rc) return rc;
     static _Thread_local ndshm_qmsg_t msg;
+    msg.state_ = 0;
     uint64_t used = 0, n = 0;
     while (n < max) {
         peek_t pk = {dst_bytes - used, n ? typestr : NULL};
@@ -714,12 +777,15 @@ int ndshm_queue_get_many(ndshm_queue_t *q, void *dst, uint64_t dst_bytes, uint64
             break;
         }
         if (rc) {
-            if (rc == NDSHM_ECORRUPT) { /* release, keep the record */
+            bool claimed = rc == NDSHM_ECORRUPT && msg.state_ == 2;
+            if (claimed) { /* a message with an impossible descriptor: release, keep the record */
                 msg.state_ = 0;
                 atomic_store_explicit(&slot_at(q, msg.pos_)->seq, msg.pos_ + q->n, memory_order_release);
                 wake(&q->r->not_full, &q->r->nf_waiters);
             }
-            if (n && rc != NDSHM_ECORRUPT) rc = 0;
+            /* the messages got so far are returned; an impossible ring (nothing claimed) is
+             * reported by the next call, which meets it again */
+            if (n && !claimed) rc = 0;
             break;
         }
         if (n == 0) memcpy(typestr, msg.typestr, NDSHM_TYPESTR_MAX);

@@ -98,8 +98,8 @@ int64_t ndshm__now_ns(void) {
 }
 
 int64_t ndshm__deadline(double timeout) {
-    if (!(timeout >= 0)) return INT64_MAX; /* negative or NaN: forever */
-    if (timeout > 1e9) return INT64_MAX;   /* ~31 years: forever, and no overflow */
+    if (!(timeout >= 0)) return INT64_MAX; /* negative (or NaN, which callers refuse): forever */
+    if (timeout > 1e9) return INT64_MAX;   /* ~31 years or +inf: forever, and no overflow */
     return ndshm__now_ns() + (int64_t)(timeout * 1e9);
 }
 
@@ -162,6 +162,7 @@ static int check_area(const void *area, const char *fn) {
 
 int ndshm_lock_acquire(void *area, double timeout) {
     int rc = check_area(area, "ndshm_lock_acquire");
+    if (rc == 0) rc = ndshm__check_timeout(timeout, "ndshm_lock_acquire");
     if (rc) return rc;
     lock_area_t *l = area;
     uint64_t me = ndshm__self_key();
@@ -245,6 +246,7 @@ int ndshm_event_is_set(void *area) {
 
 int ndshm_event_wait(void *area, double timeout) {
     int rc = check_area(area, "ndshm_event_wait");
+    if (rc == 0) rc = ndshm__check_timeout(timeout, "ndshm_event_wait");
     if (rc) return rc;
     event_area_t *e = area;
     for (int spin = 0; spin < 64; spin++) {
@@ -309,6 +311,7 @@ int ndshm_barrier_state(void *area, uint32_t *parties, uint32_t *waiting, int *b
 
 int ndshm_barrier_wait(void *area, uint32_t parties, double timeout, uint32_t *index) {
     int rc = check_area(area, "ndshm_barrier_wait");
+    if (rc == 0) rc = ndshm__check_timeout(timeout, "ndshm_barrier_wait"); /* before arriving */
     if (rc) return rc;
     if (parties == 0 || parties > (1u << 20))
         return ndshm__fail(NDSHM_EINVAL, 0, "barrier parties %u is not between 1 and %u", parties, 1u << 20);

@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include "testhelper.h"
 
+#include <math.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,6 +23,309 @@ static ndshm_queue_t *raw_queue(uint64_t slots, uint64_t slot_bytes, void **mem,
     if (*mem == NULL || ndshm_queue_init_raw(*mem, need, slots, slot_bytes) != 0) return NULL;
     ndshm_queue_t *q = NULL;
     return ndshm_queue_open_raw(*mem, need, &q) == 0 ? q : NULL;
+}
+
+/* ---- calls that must not hang ------------------------------------------------------- */
+
+enum { OP_TAKE, OP_PUT, OP_LOAN, OP_PUT_MANY, OP_GET_MANY };
+
+typedef struct outcome {
+    int rc;         /* the call's return code; 1 if it was killed still running */
+    double dt;      /* seconds it took */
+    char detail[240];
+} outcome_t;
+
+/* Runs `op` on q with `timeout` in a fork()ed child, so that a call that never returns (the
+ * bug this guards against) is killed after `limit` s and fails the test instead of hanging it. */
+static outcome_t bounded(ndshm_queue_t *q, int op, double timeout, double limit) {
+    outcome_t res = {1, -1, "killed: still running"};
+    outcome_t *o = shared_mem(sizeof *o);
+    if (o == NULL) return res;
+    o->dt = -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        ndshm_qmsg_t m;
+        int32_t v = 7, got[8];
+        int64_t one = 1;
+        uint64_t offs[2] = {0, 4}, goff[3], n = 0;
+        char ts[NDSHM_TYPESTR_MAX];
+        double t0 = now_s();
+        int rc;
+        switch (op) {
+        case OP_TAKE:
+            rc = ndshm_queue_take(q, timeout, &m);
+            if (rc == 0) ndshm_queue_release(q, &m);
+            break;
+        case OP_PUT: rc = ndshm_queue_put(q, &v, 4, "<i4", 1, &one, timeout); break;
+        case OP_LOAN:
+            rc = ndshm_queue_loan(q, 4, timeout, &m);
+            if (rc == 0) ndshm_queue_discard(q, &m);
+            break;
+        case OP_PUT_MANY: rc = ndshm_queue_put_many(q, &v, offs, 1, "<i4", 4, timeout, &n); break;
+        default: rc = ndshm_queue_get_many(q, got, sizeof got, goff, 2, ts, timeout, &n); break;
+        }
+        o->dt = now_s() - t0;
+        snprintf(o->detail, sizeof o->detail, "%s", ndshm_last_detail());
+        o->rc = rc;
+        _exit(0);
+    }
+    int st;
+    double t0 = now_s();
+    while (pid > 0 && waitpid(pid, &st, WNOHANG) == 0) {
+        if (now_s() - t0 > limit) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            break;
+        }
+        usleep(2000);
+    }
+    if (o->dt >= 0) res = *o;
+    munmap(o, sizeof *o);
+    return res;
+}
+
+static const char *const op_names[] = {"take", "put", "loan", "put_many", "get_many"};
+
+/* CHECKs that `op` with `timeout` returns `want` (whose detail holds `needle`) within 1 s. */
+#define CHECK_BOUNDED(q, op, timeout, want, needle)                                                         \
+    do {                                                                                                    \
+        outcome_t o_ = bounded((q), (op), (timeout), 1.0);                                                  \
+        if (o_.rc != (want) || o_.dt > 1.0 || strstr(o_.detail, (needle)) == NULL) {                        \
+            fprintf(stderr, "  %s:%d: %s(timeout %g) returned %s after %.3f s (%s), wanted %s with '%s'\n",  \
+                    __FILE__, __LINE__, op_names[op], (double)(timeout), o_.rc == 1 ? "nothing" : ndshm_errname(o_.rc), \
+                    o_.dt, o_.detail, ndshm_errname(want), (needle));                                       \
+            th_current_ok = 0;                                                                              \
+        }                                                                                                   \
+    } while (0)
+
+/* The ring's header words (queue.c's ring_hdr_t): tail at 64, head at 128, claim records
+ * {owner, intent} from 320; slot i's sequence number opens its slot. */
+typedef struct ring_view {
+    char *ring;
+    size_t bytes;
+    _Atomic uint64_t *tail, *head;
+    uint64_t slots, slots_offset, stride;
+} ring_view_t;
+
+static ring_view_t view_of(ndshm_queue_t *q) {
+    ndshm_queue_info_t info;
+    ndshm_queue_info(q, &info);
+    ring_view_t v;
+    v.ring = (char *)info.ring;
+    v.bytes = info.ring_bytes;
+    v.tail = (_Atomic uint64_t *)(v.ring + 64);
+    v.head = (_Atomic uint64_t *)(v.ring + 128);
+    v.slots = info.slots;
+    v.stride = info.slot_stride;
+    v.slots_offset = info.ring_bytes - info.slots * info.slot_stride;
+    return v;
+}
+
+static _Atomic uint64_t *seq_of(const ring_view_t *v, uint64_t slot) {
+    return (_Atomic uint64_t *)(v->ring + v->slots_offset + slot * v->stride);
+}
+
+static int claim_records_free(const ring_view_t *v) {
+    for (int i = 0; i < NDSHM_QUEUE_PARTICIPANTS; i++) {
+        _Atomic uint64_t *rec = (_Atomic uint64_t *)(v->ring + 320 + 16 * i);
+        if (atomic_load(&rec[0]) != 0 || atomic_load(&rec[1]) != 0) return 0;
+    }
+    return 1;
+}
+
+TEST(corrupt_ring_never_spins) {
+    void *mem;
+    size_t len;
+    ndshm_queue_t *q = raw_queue(4, 128, &mem, &len);
+    CHECK(q != NULL);
+    if (!q) return;
+    ring_view_t v = view_of(q);
+    char *snap = malloc(v.bytes);
+    CHECK(atomic_load(seq_of(&v, 0)) == 0 && atomic_load(seq_of(&v, 3)) == 3); /* the layout is as assumed */
+    for (int32_t i = 0; i < 2; i++) CHECK_RC(ndshm_queue_put(q, &i, 4, "<i4", 0, NULL, 0), 0);
+    CHECK(atomic_load(v.tail) == 2 && atomic_load(seq_of(&v, 1)) == 2);
+    ndshm_qmsg_t m;
+    CHECK_RC(ndshm_queue_take(q, 0.05, &m), 0);
+    CHECK(*(int32_t *)m.data == 0);
+    CHECK_RC(ndshm_queue_release(q, &m), 0);
+    CHECK(atomic_load(v.head) == 1 && atomic_load(seq_of(&v, 0)) == 4);
+    const double timeouts[] = {0.05, 0, -1}; /* with a deadline, try once, for ever */
+
+    /* a published slot's sequence number pushed far ahead (the Python repro: + 1 << 40) */
+    atomic_fetch_add(seq_of(&v, 1), (uint64_t)1 << 40);
+    memcpy(snap, v.ring, v.bytes);
+    for (int t = 0; t < 3; t++) {
+        CHECK_BOUNDED(q, OP_TAKE, timeouts[t], NDSHM_ECORRUPT, "corrupt");
+        CHECK_BOUNDED(q, OP_GET_MANY, timeouts[t], NDSHM_ECORRUPT, "corrupt");
+    }
+    CHECK(memcmp(snap, v.ring, v.bytes) == 0); /* the failed calls wrote nothing */
+    /* in this process too (if it cannot hang): the claim record of every failed take is given back */
+    if (bounded(q, OP_TAKE, 0.05, 1.0).rc == NDSHM_ECORRUPT) {
+        for (int i = 0; i < NDSHM_QUEUE_PARTICIPANTS + 4; i++) CHECK_RC(ndshm_queue_take(q, 0.05, &m), NDSHM_ECORRUPT);
+        CHECK_DETAIL("impossible at head 1");
+    }
+    CHECK(claim_records_free(&v));
+    atomic_fetch_sub(seq_of(&v, 1), (uint64_t)1 << 40);
+
+    /* tail behind a published slot, and tail wrapped round */
+    uint64_t tail = atomic_load(v.tail), head = atomic_load(v.head);
+    const uint64_t bad_tails[] = {tail - 1, UINT64_MAX};
+    for (int b = 0; b < 2; b++) {
+        atomic_store(v.tail, bad_tails[b]);
+        memcpy(snap, v.ring, v.bytes);
+        for (int t = 0; t < 3; t++) {
+            CHECK_BOUNDED(q, OP_PUT, timeouts[t], NDSHM_ECORRUPT, "impossible at tail");
+            CHECK_BOUNDED(q, OP_LOAN, timeouts[t], NDSHM_ECORRUPT, "corrupt");
+            CHECK_BOUNDED(q, OP_PUT_MANY, timeouts[t], NDSHM_ECORRUPT, "corrupt");
+        }
+        CHECK(memcmp(snap, v.ring, v.bytes) == 0);
+    }
+    atomic_store(v.tail, tail);
+
+    /* head behind a released slot, and head wrapped round */
+    const uint64_t bad_heads[] = {head - 1, UINT64_MAX};
+    for (int b = 0; b < 2; b++) {
+        atomic_store(v.head, bad_heads[b]);
+        memcpy(snap, v.ring, v.bytes);
+        for (int t = 0; t < 3; t++) {
+            CHECK_BOUNDED(q, OP_TAKE, timeouts[t], NDSHM_ECORRUPT, "impossible at head");
+            CHECK_BOUNDED(q, OP_GET_MANY, timeouts[t], NDSHM_ECORRUPT, "corrupt");
+        }
+        CHECK(memcmp(snap, v.ring, v.bytes) == 0);
+    }
+    atomic_store(v.head, head);
+
+    /* a free slot's sequence number further behind than a ring of 4 slots can explain */
+    uint64_t seq2 = atomic_load(seq_of(&v, 2));
+    atomic_store(seq_of(&v, 2), UINT64_MAX - 100);
+    CHECK_BOUNDED(q, OP_PUT, 0.05, NDSHM_ECORRUPT, "corrupt");
+    CHECK_BOUNDED(q, OP_PUT, 0, NDSHM_ECORRUPT, "corrupt");
+    atomic_store(seq_of(&v, 2), seq2);
+
+    /* repaired, the ring works on: message 1 is still there, then whole laps */
+    CHECK(claim_records_free(&v));
+    CHECK_RC(ndshm_queue_take(q, 0, &m), 0);
+    CHECK(*(int32_t *)m.data == 1);
+    CHECK_RC(ndshm_queue_release(q, &m), 0);
+    for (int32_t i = 0; i < 10; i++) {
+        CHECK_RC(ndshm_queue_put(q, &i, 4, "<i4", 0, NULL, 0.05), 0);
+        CHECK_RC(ndshm_queue_take(q, 0.05, &m), 0);
+        CHECK(*(int32_t *)m.data == i);
+        CHECK_RC(ndshm_queue_release(q, &m), 0);
+    }
+    /* an empty and a full ring still time out as before */
+    CHECK_BOUNDED(q, OP_TAKE, 0, NDSHM_EEMPTY, "empty");
+    CHECK_BOUNDED(q, OP_TAKE, 0.05, NDSHM_ETIMEDOUT, "empty");
+    for (int32_t i = 0; i < 4; i++) CHECK_RC(ndshm_queue_put(q, &i, 4, "<i4", 0, NULL, 0), 0);
+    CHECK_BOUNDED(q, OP_PUT, 0, NDSHM_EFULL, "full");
+    CHECK_BOUNDED(q, OP_PUT, 0.05, NDSHM_ETIMEDOUT, "full");
+    ndshm_queue_close(q);
+    munmap(mem, len);
+
+    /* get_many meeting an impossible slot after two good messages returns those two; the next
+     * call reports the ring */
+    q = raw_queue(4, 128, &mem, &len);
+    CHECK(q != NULL);
+    if (!q) return;
+    v = view_of(q);
+    int64_t one = 1;
+    for (int32_t i = 0; i < 3; i++) CHECK_RC(ndshm_queue_put(q, &i, 4, "<i4", 1, &one, 0), 0);
+    atomic_fetch_add(seq_of(&v, 2), (uint64_t)1 << 40);
+    int32_t got[8];
+    uint64_t goff[5], count = 9;
+    char ts[NDSHM_TYPESTR_MAX];
+    if (bounded(q, OP_TAKE, 0, 1.0).rc == 0) { /* it cannot hang (and took message 0) */
+        CHECK_RC(ndshm_queue_get_many(q, got, sizeof got, goff, 4, ts, 0.05, &count), 0);
+        CHECK(count == 1 && got[0] == 1);
+        CHECK_RC(ndshm_queue_get_many(q, got, sizeof got, goff, 4, ts, 0.05, &count), NDSHM_ECORRUPT);
+        CHECK(count == 0);
+        CHECK_DETAIL("impossible at head 2");
+    } else
+        CHECK(0);
+    CHECK(claim_records_free(&v));
+    free(snap);
+    ndshm_queue_close(q);
+    munmap(mem, len);
+}
+
+/* A process that keeps rewriting tail with impossible values: a put with a deadline still
+ * returns (ECORRUPT when it catches tail standing still, else ETIMEDOUT at its deadline). */
+TEST(hostile_writer_cannot_pin_a_waiter) {
+    void *mem;
+    size_t len;
+    ndshm_queue_t *q = raw_queue(4, 128, &mem, &len);
+    CHECK(q != NULL);
+    if (!q) return;
+    ring_view_t v = view_of(q);
+    for (int32_t i = 0; i < 2; i++) CHECK_RC(ndshm_queue_put(q, &i, 4, "<i4", 0, NULL, 0), 0);
+    pid_t pid = fork();
+    if (pid == 0)
+        for (uint64_t k = 0;; k++) atomic_store(v.tail, (k & 1) ? 1 : UINT64_MAX - (k & 0xff) * 4);
+    for (int t = 0; t < 2; t++) {
+        outcome_t o = bounded(q, OP_PUT, t ? 0.05 : 0, 2.0);
+        CHECK(o.rc == NDSHM_ECORRUPT || o.rc == NDSHM_ETIMEDOUT || o.rc == NDSHM_EFULL);
+        CHECK(o.dt >= 0 && o.dt < 1.0);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    ndshm_queue_close(q);
+    munmap(mem, len);
+}
+
+/* NaN is refused by every call that takes a timeout (it would wait for ever); +inf and
+ * negative timeouts wait for ever. */
+TEST(nan_and_infinite_timeouts) {
+    void *mem;
+    size_t len;
+    ndshm_queue_t *q = raw_queue(4, 64, &mem, &len);
+    CHECK(q != NULL);
+    if (!q) return;
+    for (int op = OP_TAKE; op <= OP_GET_MANY; op++) CHECK_BOUNDED(q, op, NAN, NDSHM_EINVAL, "timeout nan is not a number");
+    CHECK(ndshm_queue_size(q) == 0); /* no NaN put got through */
+    ndshm_qmsg_t m;
+    CHECK_RC(ndshm_queue_take(q, -NAN, &m), NDSHM_EINVAL);
+    CHECK_DETAIL("ndshm_queue_take: timeout nan");
+    int32_t v = 5;
+    for (int i = 0; i < 4; i++) CHECK_RC(ndshm_queue_put(q, &v, 4, "<i4", 0, NULL, 0), 0);
+    for (int op = OP_TAKE; op <= OP_GET_MANY; op++) CHECK_BOUNDED(q, op, NAN, NDSHM_EINVAL, "timeout nan");
+    CHECK(ndshm_queue_size(q) == 4); /* no NaN take got through */
+    /* +inf and -inf on a full queue: wait until a consumer makes room */
+    const double forever[] = {INFINITY, -INFINITY, -1};
+    for (int k = 0; k < 3; k++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            usleep(50000);
+            ndshm_qmsg_t cm;
+            _exit(ndshm_queue_take(q, 1, &cm) == 0 && ndshm_queue_release(q, &cm) == 0 ? 0 : 1);
+        }
+        double t0 = now_s();
+        CHECK_RC(ndshm_queue_put(q, &v, 4, "<i4", 0, NULL, forever[k]), 0);
+        double dt = now_s() - t0;
+        CHECK(dt >= 0.03 && dt < 5);
+        int st;
+        CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        CHECK_RC(ndshm_queue_take(q, INFINITY, &m), 0);
+        CHECK_RC(ndshm_queue_release(q, &m), 0);
+    }
+    /* ... and on an empty one until a producer comes */
+    for (int k = 0; k < 3; k++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            usleep(50000);
+            _exit(ndshm_queue_put(q, &v, 4, "<i4", 0, NULL, 1) == 0 ? 0 : 1);
+        }
+        double t0 = now_s();
+        CHECK_RC(ndshm_queue_take(q, forever[k], &m), 0);
+        double dt = now_s() - t0;
+        CHECK(dt >= 0.03 && dt < 5);
+        CHECK_RC(ndshm_queue_release(q, &m), 0);
+        int st;
+        CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    ndshm_queue_close(q);
+    munmap(mem, len);
 }
 
 TEST(geometry_and_errors) {
@@ -470,5 +774,8 @@ int main(void) {
     RUN(kill_consumer_holding_message);
     RUN(mpmc_4x4x100k);
     RUN(kill_random_points);
+    RUN(corrupt_ring_never_spins);
+    RUN(hostile_writer_cannot_pin_a_waiter);
+    RUN(nan_and_infinite_timeouts);
     return SUMMARY();
 }

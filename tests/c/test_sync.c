@@ -2,7 +2,11 @@
  * test_sync.c -- process-shared lock, event and barrier on zeroed 64-byte areas, across fork(),
  * including a lock whose owner is killed while holding it.
  */
+#include "internal.h" /* ndshm__deadline */
 #include "testhelper.h"
+
+#include <float.h>
+#include <math.h>
 
 #include <signal.h>
 #include <stdatomic.h>
@@ -180,6 +184,131 @@ TEST(barrier_timeout_breaks) {
     munmap(area, 4096);
 }
 
+/* Runs one call on `area` in a fork()ed child, so a call that never returns (a NaN timeout
+ * used to wait for ever) is killed after `limit` s: returns its code, or 1 if it was killed. */
+enum { OP_LOCK, OP_EVENT, OP_BARRIER };
+
+static int bounded(int op, void *area, double timeout, double limit, char *detail, size_t detail_len) {
+    struct shared {
+        int done, rc;
+        char detail[200];
+    } *o = shared_mem(sizeof *o);
+    if (o == NULL) return 1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        uint32_t idx;
+        int rc = op == OP_LOCK ? ndshm_lock_acquire(area, timeout)
+               : op == OP_EVENT ? ndshm_event_wait(area, timeout)
+                                : ndshm_barrier_wait(area, 2, timeout, &idx);
+        o->rc = rc;
+        snprintf(o->detail, sizeof o->detail, "%s", ndshm_last_detail());
+        o->done = 1;
+        _exit(0);
+    }
+    double t0 = now_s();
+    int st;
+    while (pid > 0 && waitpid(pid, &st, WNOHANG) == 0) {
+        if (now_s() - t0 > limit) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            break;
+        }
+        usleep(2000);
+    }
+    int rc = o->done ? o->rc : 1;
+    snprintf(detail, detail_len, "%s", o->done ? o->detail : "killed: still waiting");
+    munmap(o, sizeof *o);
+    return rc;
+}
+
+TEST(nan_timeouts_are_refused) {
+    char *area = shared_mem(4096);
+    char *lock = area, *event = area + 64, *barrier = area + 128;
+    char detail[200];
+    /* the lock held by a live process, the event unset, the barrier one party short: each
+     * would wait, and a NaN deadline never comes */
+    int held[2], go[2];
+    CHECK(pipe(held) == 0 && pipe(go) == 0);
+    pid_t holder = fork();
+    if (holder == 0) {
+        char c;
+        if (ndshm_lock_acquire(lock, 1) != 0) _exit(1);
+        if (write(held[1], "x", 1) != 1 || read(go[0], &c, 1) != 1) _exit(2);
+        _exit(ndshm_lock_release(lock) == 0 ? 0 : 3);
+    }
+    char c;
+    CHECK(read(held[0], &c, 1) == 1);
+    const int ops[] = {OP_LOCK, OP_EVENT, OP_BARRIER};
+    const char *names[] = {"ndshm_lock_acquire", "ndshm_event_wait", "ndshm_barrier_wait"};
+    for (int k = 0; k < 3; k++) {
+        void *a = ops[k] == OP_LOCK ? lock : ops[k] == OP_EVENT ? event : barrier;
+        int rc = bounded(ops[k], a, NAN, 1.0, detail, sizeof detail);
+        if (rc != NDSHM_EINVAL || strstr(detail, "timeout nan is not a number") == NULL ||
+            strstr(detail, names[k]) == NULL) {
+            fprintf(stderr, "  %s(NaN) returned %s (%s)\n", names[k], rc == 1 ? "nothing" : ndshm_errname(rc), detail);
+            th_current_ok = 0;
+        }
+    }
+    uint32_t waiting = 9;
+    int broken = 1;
+    CHECK_RC(ndshm_barrier_state(barrier, NULL, &waiting, &broken), 0);
+    CHECK(waiting == 0 && broken == 0); /* the refused call never arrived */
+    CHECK(write(go[1], "x", 1) == 1);
+    CHECK(wait_ok(holder));
+    /* refused even when there is no need to wait */
+    CHECK_RC(ndshm_lock_acquire(lock, NAN), NDSHM_EINVAL);
+    CHECK_DETAIL("timeout nan");
+    CHECK(ndshm_lock_state(lock) == 0); /* not taken */
+    CHECK_RC(ndshm_event_set(event), 0);
+    CHECK_RC(ndshm_event_wait(event, -NAN), NDSHM_EINVAL);
+    CHECK_RC(ndshm_barrier_wait(barrier, 1, NAN, NULL), NDSHM_EINVAL);
+    for (int i = 0; i < 2; i++) {
+        close(held[i]);
+        close(go[i]);
+    }
+    munmap(area, 4096);
+}
+
+TEST(infinite_timeouts_wait_for_ever) {
+    /* +inf, -inf, negative and huge timeouts have no deadline: nothing overflows into the past */
+    CHECK(ndshm__deadline(INFINITY) == INT64_MAX);
+    CHECK(ndshm__deadline(-INFINITY) == INT64_MAX);
+    CHECK(ndshm__deadline(-1) == INT64_MAX);
+    CHECK(ndshm__deadline(1e300) == INT64_MAX);
+    CHECK(ndshm__deadline(DBL_MAX) == INT64_MAX);
+    int64_t now = ndshm__now_ns(), d = ndshm__deadline(0.5);
+    CHECK(d >= now + 490000000 && d < now + 600000000);
+    d = ndshm__deadline(1e8); /* ~3 years: a real deadline, far off */
+    CHECK(d > now && d != INT64_MAX);
+    char *area = shared_mem(4096);
+    char *lock = area, *event = area + 64, *barrier = area + 128;
+    const double forever[] = {INFINITY, -INFINITY, -1};
+    for (int k = 0; k < 3; k++) {
+        /* a lock released, an event set, a barrier joined 50 ms later */
+        pid_t pid = fork();
+        if (pid == 0) {
+            if (ndshm_lock_acquire(lock, 1) != 0) _exit(1);
+            usleep(100000);
+            if (ndshm_lock_release(lock) != 0) _exit(2);
+            usleep(50000);
+            if (ndshm_event_set(event) != 0) _exit(3);
+            usleep(50000);
+            _exit(ndshm_barrier_wait(barrier, 2, 5, NULL) == 0 ? 0 : 4);
+        }
+        while (ndshm_lock_state(lock) != 2) usleep(1000);
+        double t0 = now_s();
+        CHECK_RC(ndshm_lock_acquire(lock, forever[k]), 0);
+        CHECK_RC(ndshm_event_wait(event, forever[k]), 0);
+        CHECK_RC(ndshm_barrier_wait(barrier, 2, forever[k], NULL), 0);
+        double dt = now_s() - t0;
+        CHECK(dt >= 0.05 && dt < 5);
+        CHECK_RC(ndshm_lock_release(lock), 0);
+        CHECK_RC(ndshm_event_clear(event), 0);
+        CHECK(wait_ok(pid));
+    }
+    munmap(area, 4096);
+}
+
 int main(void) {
     RUN(lock_basics);
     RUN(lock_mutual_exclusion);
@@ -187,5 +316,7 @@ int main(void) {
     RUN(event_across_processes);
     RUN(barrier_across_processes);
     RUN(barrier_timeout_breaks);
+    RUN(nan_timeouts_are_refused);
+    RUN(infinite_timeouts_wait_for_ever);
     return SUMMARY();
 }
