@@ -1,4 +1,5 @@
 /* test_segment.c -- the segment C API at its edges: names, sizes, hostile headers, lifetime. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -474,6 +475,83 @@ TEST(memfd_passed_over_a_socket) {
     CHECK_RC(ndshm_segment_attach_fd(-1, 0, &t), NDSHM_EINVAL);
 }
 
+/* Open descriptors of this process, from /proc/self/fd (the directory's own is counted every time). */
+static int open_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL) return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+/* Sends `count` descriptors in one SCM_RIGHTS message, as a peer other than ndshm_send_fd may. */
+static int send_fds(int sock, const int *fds, int count) {
+    char byte = 'F';
+    struct iovec iov = {&byte, 1};
+    union {
+        char buf[CMSG_SPACE(64 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = CMSG_SPACE(count * sizeof(int));
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(count * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, count * sizeof(int));
+    return sendmsg(sock, &msg, 0) == 1 ? 0 : -1;
+}
+
+TEST(recv_fd_closes_extra_descriptors) {
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    /* three memfds, each holding its index, sent in one message */
+    int fds[20];
+    for (int i = 0; i < 20; i++) {
+        fds[i] = memfd_create("ndshm-test-fd", MFD_CLOEXEC);
+        char b = (char)('a' + i);
+        CHECK(fds[i] >= 0 && pwrite(fds[i], &b, 1, 0) == 1);
+    }
+    CHECK(send_fds(sv[0], fds, 3) == 0);
+    int before = open_fds(), fd = -1;
+    CHECK(before > 0);
+    CHECK_RC(ndshm_recv_fd(sv[1], &fd), 0);
+    CHECK(open_fds() == before + 1); /* the first kept, the other two closed */
+    char b = 0;
+    CHECK(fd >= 0 && pread(fd, &b, 1, 0) == 1 && b == 'a'); /* and it is the first */
+    CHECK(fd >= 0 && (fcntl(fd, F_GETFD) & FD_CLOEXEC));
+    if (fd >= 0) close(fd);
+    CHECK(open_fds() == before);
+    /* more than the receiver has room for: truncated, so nothing is kept and nothing leaks */
+    CHECK(send_fds(sv[0], fds, 20) == 0);
+    fd = 7;
+    CHECK_RC(ndshm_recv_fd(sv[1], &fd), NDSHM_ESYS);
+    CHECK_DETAIL("MSG_CTRUNC");
+    CHECK(fd == -1);
+    CHECK(open_fds() == before);
+    /* a message with no descriptor at all */
+    CHECK(write(sv[0], "x", 1) == 1);
+    CHECK_RC(ndshm_recv_fd(sv[1], &fd), NDSHM_ESYS);
+    CHECK_DETAIL("no descriptor");
+    CHECK(open_fds() == before);
+    /* and one, as ndshm_send_fd sends it, still arrives */
+    CHECK_RC(ndshm_send_fd(sv[0], fds[5]), 0);
+    CHECK_RC(ndshm_recv_fd(sv[1], &fd), 0);
+    CHECK(fd >= 0 && pread(fd, &b, 1, 0) == 1 && b == 'f');
+    if (fd >= 0) close(fd);
+    close(sv[0]);
+    CHECK_RC(ndshm_recv_fd(sv[1], &fd), NDSHM_ESYS); /* the peer closed */
+    CHECK_DETAIL("closed");
+    close(sv[1]);
+    for (int i = 0; i < 20; i++) close(fds[i]);
+}
+
 TEST(hugepages_without_reservation) {
     FILE *f = fopen("/proc/sys/vm/nr_hugepages", "r");
     long n = -1;
@@ -610,6 +688,7 @@ int main(void) {
     RUN(close_never_removes_a_recreated_name);
     RUN(anonymous_shared_with_fork);
     RUN(memfd_passed_over_a_socket);
+    RUN(recv_fd_closes_extra_descriptors);
     RUN(hugepages_without_reservation);
     RUN(raw_attach_and_file_kind);
     RUN(populate_prefaults_and_keeps_the_data);
