@@ -59,10 +59,12 @@ def as_shape(shape: ShapeLike) -> tuple[int, ...]:
 def as_int(value: Any, what: str, lo: int, hi: int) -> int:
     """``value`` as an int in [lo, hi] (NumPy's integers too, bools refused), naming it otherwise."""
     try:
-        v = operator.index(value)
+        if isinstance(value, bool):
+            raise TypeError
+        v = int(operator.index(value))
     except TypeError:
         raise TypeError(f"{what} {value!r} is not an int") from None
-    if isinstance(value, bool) or not lo <= v <= hi:
+    if not lo <= v <= hi:
         raise ValueError(f"{what} {value!r} is not an int from {lo} to {hi}")
     return v
 

@@ -16,7 +16,6 @@ must not be used after the block.
 from __future__ import annotations
 
 import functools
-import operator
 import os
 import sys
 import threading
@@ -156,23 +155,6 @@ def _timeout_slow(timeout: Any) -> float:
     if t < 0:
         raise ValueError(f"timeout {timeout!r} must be a non-negative number")
     return -1.0 if t > _FOREVER else t
-
-
-def _as_int(value: Any, what: str, lo: int, hi: Optional[int]) -> int:
-    """``value`` as an int in [lo, hi] (``hi`` None: no bound) (NumPy's integers too; bools and
-    floats refused), naming it otherwise."""
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} {value!r} is not an int") from None
-    if isinstance(value, bool):
-        raise TypeError(f"{what} {value!r} is a bool, not an int")
-    if hi is None:
-        if v < lo:
-            raise ValueError(f"{what} {value!r} must be at least {lo}")
-    elif not lo <= v <= hi:
-        raise ValueError(f"{what} {value!r} is not an int from {lo} to {hi}")
-    return v
 
 
 def _as_name(name: Any) -> str:
@@ -450,10 +432,10 @@ class Queue:
         if create:
             if name is None:
                 name = f"q-{os.getpid()}-{uuid.uuid4().hex[:16]}"
-            n = _as_int(slots, "slots", 1, _MAX_SLOTS)
+            n = _dtype.as_int(slots, "slots", 1, _MAX_SLOTS)
             n = max(2, 1 << (n - 1).bit_length())
-            nb = _as_int(slot_bytes, "slot_bytes", 0, _MAX_NBYTES)
-            mode = _as_int(mode, "mode", 0, 0o7777)
+            nb = _dtype.as_int(slot_bytes, "slot_bytes", 0, _MAX_NBYTES)
+            mode = _dtype.as_int(mode, "mode", 0, 0o7777)
             rc = lib.ndshm_queue_create(_encode(name), dir_c, n, nb, mode,
                                         (_PERSIST if persist else 0) | (_POPULATE if populate else 0), out)
             if rc:
@@ -690,7 +672,7 @@ class Queue:
         in one C call). ``max_messages=0`` returns ``[]`` without taking anything."""
         mx = max_messages
         if mx.__class__ is not int or mx < 0:
-            mx = _as_int(max_messages, "max_messages", 0, None)  # before anything is taken
+            mx = _dtype.as_int(max_messages, "max_messages", 0, sys.maxsize)  # before anything is taken
         if mx <= 1:
             if mx == 1:
                 return [self.get(True, timeout)]

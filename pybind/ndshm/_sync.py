@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 import os
 from typing import Any, Optional
 
 import numpy as np
 
+from . import _dtype
 from ._errors import BrokenBarrierError, NdshmPermissionError, check, error_from_code
 from ._lib import ffi, lib
 
@@ -60,18 +60,6 @@ def _timeout(blocking: bool, timeout: Optional[float]) -> float:
     if not blocking:
         return 0.0
     return -1.0 if t is None else t
-
-
-def _check_parties(parties: Any) -> int:
-    if isinstance(parties, bool):
-        raise TypeError(f"parties {parties!r} must be an int, not a bool")
-    try:
-        n = operator.index(parties)
-    except TypeError:
-        raise TypeError(f"parties {parties!r} must be an int between 1 and {_MAX_PARTIES}") from None
-    if not 1 <= n <= _MAX_PARTIES:
-        raise ValueError(f"parties {parties!r} must be an int between 1 and {_MAX_PARTIES}")
-    return int(n)
 
 
 def _rebuild(cls: type, segment: Any, index: int, extra: tuple) -> Any:
@@ -233,7 +221,7 @@ class Barrier(_Sync):
         self._standalone(name, dir, create)
 
     def _setup(self, parties: int, timeout: Optional[float]) -> None:
-        self.parties = _check_parties(parties)
+        self.parties = _dtype.as_int(parties, "parties", 1, _MAX_PARTIES)
         _check_timeout(timeout)
         self._timeout = timeout
 

@@ -69,16 +69,7 @@ static outcome_t bounded(ndshm_queue_t *q, int op, double timeout, double limit)
         o->rc = rc;
         _exit(0);
     }
-    int st;
-    double t0 = now_s();
-    while (pid > 0 && waitpid(pid, &st, WNOHANG) == 0) {
-        if (now_s() - t0 > limit) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            break;
-        }
-        usleep(2000);
-    }
+    wait_or_kill(pid, limit);
     if (o->dt >= 0) res = *o;
     munmap(o, sizeof *o);
     return res;

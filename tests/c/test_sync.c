@@ -205,16 +205,7 @@ static int bounded(int op, void *area, double timeout, double limit, char *detai
         o->done = 1;
         _exit(0);
     }
-    double t0 = now_s();
-    int st;
-    while (pid > 0 && waitpid(pid, &st, WNOHANG) == 0) {
-        if (now_s() - t0 > limit) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            break;
-        }
-        usleep(2000);
-    }
+    wait_or_kill(pid, limit);
     int rc = o->done ? o->rc : 1;
     snprintf(detail, detail_len, "%s", o->done ? o->detail : "killed: still waiting");
     munmap(o, sizeof *o);

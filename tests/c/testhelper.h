@@ -12,8 +12,11 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ndshm.h"
 
@@ -69,6 +72,20 @@ static inline double now_s(void) {
 static inline void *shared_mem(size_t bytes) {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? NULL : p;
+}
+
+/* Waits for child `pid` at most `limit` seconds, then kills it: a hang becomes a failure. */
+static inline void wait_or_kill(pid_t pid, double limit) {
+    int st;
+    double t0 = now_s();
+    while (pid > 0 && waitpid(pid, &st, WNOHANG) == 0) {
+        if (now_s() - t0 > limit) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            break;
+        }
+        usleep(2000);
+    }
 }
 
 #define SUMMARY() (printf("%d passed, %d failed\n", th_passed, th_failed), th_failed != 0)
