@@ -410,6 +410,16 @@ static bool retry_expired(waiter_t *w) {
  * (head) has moved past the position. */
 static inline bool dif_out_of_range(int64_t dif, uint64_t n) { return (uint64_t)dif + n > n; }
 
+/* A slot sequence out of that range while tail (head), named `end`, still holds `pos`: the ring
+ * holds what no producer or consumer could have written (shared memory is never trusted), and
+ * retrying would spin. If tail (head) moved on, the read was only stale and the caller retries. */
+static int impossible_seq(const ndshm_queue_t *q, uint64_t pos, uint64_t raw, const char *end) {
+    return ndshm__fail(NDSHM_ECORRUPT, 0,
+                       "queue ring is corrupt: slot %llu holds sequence %llu, impossible at %s %llu (%llu slots)",
+                       (unsigned long long)(pos & q->mask), (unsigned long long)raw, end, (unsigned long long)pos,
+                       (unsigned long long)q->n);
+}
+
 /* Waits for progress after the caller saw `seen` in `word`. Returns 0 to retry, or ETIMEDOUT.
  * Spins (a pause between looks at the ring, the clock read every 8th look) for SPIN_NS, then
  * sleeps on the futex; a waker calls futex_wake only when someone sleeps (`waiters`). */
@@ -484,15 +494,7 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
             continue;
         }
         if (dif_out_of_range(dif, q->n)) {
-            /* tail moved on since we read it; if it did not, the ring holds what no producer or
-             * consumer could have written (shared memory is never trusted): looping would spin */
-            uint64_t now_tail = atomic_load(&r->tail);
-            if (now_tail == pos)
-                return ndshm__fail(NDSHM_ECORRUPT, 0,
-                                   "queue ring is corrupt: slot %llu holds sequence %llu, impossible at tail %llu "
-                                   "(%llu slots)",
-                                   (unsigned long long)(pos & q->mask), (unsigned long long)raw,
-                                   (unsigned long long)pos, (unsigned long long)q->n);
+            if (atomic_load(&r->tail) == pos) return impossible_seq(q, pos, raw, "tail");
             if (retry_expired(&w)) return full_or_timedout(q, timeout);
             continue;
         }
@@ -699,14 +701,8 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
             memcpy(msg->shape, s->shape, ndim * sizeof(int64_t));
             return 0;
         }
-        if (dif_out_of_range(dif, q->n)) { /* as in claim_producer */
-            uint64_t now_head = atomic_load(&r->head);
-            if (now_head == pos)
-                return ndshm__fail(NDSHM_ECORRUPT, 0,
-                                   "queue ring is corrupt: slot %llu holds sequence %llu, impossible at head %llu "
-                                   "(%llu slots)",
-                                   (unsigned long long)(pos & q->mask), (unsigned long long)raw,
-                                   (unsigned long long)pos, (unsigned long long)q->n);
+        if (dif_out_of_range(dif, q->n)) {
+            if (atomic_load(&r->head) == pos) return impossible_seq(q, pos, raw, "head");
             if (retry_expired(&w)) return empty_or_timedout(timeout);
             continue;
         }

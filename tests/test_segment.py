@@ -408,10 +408,6 @@ def test_list_and_probe(unique_name):
 
 
 def test_sync_objects_in_segment(unique_name):
-    try:
-        import ndshm._sync  # noqa: F401
-    except ImportError:
-        pytest.skip("ndshm._sync is not there yet")
     seg = ndshm.Segment.create(unique_name, 4, "i8")
     lock, ev, bar = seg.lock, seg.event, seg.barrier(2)
     assert lock.address == seg.sync_address(0) and ev.address == seg.sync_address(1)

@@ -25,6 +25,15 @@ static ndshm_queue_t *raw_queue(uint64_t slots, uint64_t slot_bytes, void **mem,
     return ndshm_queue_open_raw(*mem, need, &q) == 0 ? q : NULL;
 }
 
+/* Declares `q` on a raw queue of (slots, slot_bytes) in `mem` (`len` bytes); a test that cannot
+ * make one fails and returns. */
+#define RAW_QUEUE_OR_RETURN(q, mem, len, slots, slot_bytes) \
+    void *mem;                                               \
+    size_t len;                                              \
+    ndshm_queue_t *q = raw_queue((slots), (slot_bytes), &mem, &len); \
+    CHECK(q != NULL);                                        \
+    if (!q) return
+
 /* ---- calls that must not hang ------------------------------------------------------- */
 
 enum { OP_TAKE, OP_PUT, OP_LOAN, OP_PUT_MANY, OP_GET_MANY };
@@ -125,11 +134,7 @@ static int claim_records_free(const ring_view_t *v) {
 }
 
 TEST(corrupt_ring_never_spins) {
-    void *mem;
-    size_t len;
-    ndshm_queue_t *q = raw_queue(4, 128, &mem, &len);
-    CHECK(q != NULL);
-    if (!q) return;
+    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 128);
     ring_view_t v = view_of(q);
     char *snap = malloc(v.bytes);
     CHECK(atomic_load(seq_of(&v, 0)) == 0 && atomic_load(seq_of(&v, 3)) == 3); /* the layout is as assumed */
@@ -242,11 +247,7 @@ TEST(corrupt_ring_never_spins) {
 /* A process that keeps rewriting tail with impossible values: a put with a deadline still
  * returns (ECORRUPT when it catches tail standing still, else ETIMEDOUT at its deadline). */
 TEST(hostile_writer_cannot_pin_a_waiter) {
-    void *mem;
-    size_t len;
-    ndshm_queue_t *q = raw_queue(4, 128, &mem, &len);
-    CHECK(q != NULL);
-    if (!q) return;
+    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 128);
     ring_view_t v = view_of(q);
     for (int32_t i = 0; i < 2; i++) CHECK_RC(ndshm_queue_put(q, &i, 4, "<i4", 0, NULL, 0), 0);
     pid_t pid = fork();
@@ -266,11 +267,7 @@ TEST(hostile_writer_cannot_pin_a_waiter) {
 /* NaN is refused by every call that takes a timeout (it would wait for ever); +inf and
  * negative timeouts wait for ever. */
 TEST(nan_and_infinite_timeouts) {
-    void *mem;
-    size_t len;
-    ndshm_queue_t *q = raw_queue(4, 64, &mem, &len);
-    CHECK(q != NULL);
-    if (!q) return;
+    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 64);
     for (int op = OP_TAKE; op <= OP_GET_MANY; op++) CHECK_BOUNDED(q, op, NAN, NDSHM_EINVAL, "timeout nan is not a number");
     CHECK(ndshm_queue_size(q) == 0); /* no NaN put got through */
     ndshm_qmsg_t m;
@@ -354,11 +351,7 @@ TEST(geometry_and_errors) {
 }
 
 TEST(put_take_descriptors) {
-    void *mem;
-    size_t len;
-    ndshm_queue_t *q = raw_queue(4, 256, &mem, &len);
-    CHECK(q != NULL);
-    if (!q) return;
+    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 256);
     ndshm_qmsg_t m;
     CHECK_RC(ndshm_queue_take(q, 0, &m), NDSHM_EEMPTY);
     double t0 = now_s();
@@ -424,11 +417,7 @@ TEST(put_take_descriptors) {
 }
 
 TEST(batches) {
-    void *mem;
-    size_t len;
-    ndshm_queue_t *q = raw_queue(8, 64, &mem, &len);
-    CHECK(q != NULL);
-    if (!q) return;
+    RAW_QUEUE_OR_RETURN(q, mem, len, 8, 64);
     int32_t data[30];
     for (int i = 0; i < 30; i++) data[i] = i;
     uint64_t offs[11], done = 0;
@@ -515,11 +504,7 @@ typedef struct msg16 {
 } msg16_t;
 
 TEST(mpmc_4x4x100k) {
-    void *mem;
-    size_t len;
-    ndshm_queue_t *q = raw_queue(256, 64, &mem, &len);
-    CHECK(q != NULL);
-    if (!q) return;
+    RAW_QUEUE_OR_RETURN(q, mem, len, 256, 64);
     uint8_t *seen = shared_mem((size_t)NP * PER);
     _Atomic uint64_t *remaining = shared_mem(4096);
     atomic_store(remaining, (uint64_t)NP * PER);
@@ -583,11 +568,7 @@ TEST(mpmc_4x4x100k) {
 /* ---- kill -9 at precise points ------------------------------------------------------- */
 
 TEST(kill_producer_holding_loan) {
-    void *mem;
-    size_t len;
-    ndshm_queue_t *q = raw_queue(4, 64, &mem, &len);
-    CHECK(q != NULL);
-    if (!q) return;
+    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 64);
     int fds[2];
     CHECK(pipe(fds) == 0);
     pid_t pid = fork();
@@ -629,11 +610,7 @@ TEST(kill_producer_holding_loan) {
 }
 
 TEST(kill_consumer_holding_message) {
-    void *mem;
-    size_t len;
-    ndshm_queue_t *q = raw_queue(2, 64, &mem, &len);
-    CHECK(q != NULL);
-    if (!q) return;
+    RAW_QUEUE_OR_RETURN(q, mem, len, 2, 64);
     for (int i = 0; i < 2; i++) CHECK_RC(ndshm_queue_put(q, &i, 4, "<i4", 0, NULL, 0), 0);
     int fds[2];
     CHECK(pipe(fds) == 0);
