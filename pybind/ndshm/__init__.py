@@ -17,9 +17,10 @@ from ._buffer import (
     zeros_like,
 )
 from ._segment import (
-    Segment, SegmentRecord, SharedArray, attach, attach_raw, create, exists, recv_fd, segment_of, send_fd, unlink,
+    Segment, SharedArray, attach, attach_raw, create, exists, recv_fd, segment_of, send_fd, unlink,
 )
-from ._segment import list_segments as list  # noqa: A001 - ndshm.list(), kept out of __all__
+from ._listing import SegmentRecord
+from ._listing import list_segments as list  # noqa: A001 - ndshm.list(), kept out of __all__
 from ._queue import Queue
 from ._sync import Barrier, Event, Lock
 

@@ -17,7 +17,8 @@ import time
 from typing import Optional, Sequence
 
 from ._errors import NdshmError
-from ._segment import SegmentRecord, default_dir, list_segments, probe, unlink
+from ._listing import SegmentRecord, list_segments, probe
+from ._segment import default_dir, unlink
 
 GRACE_SECONDS = 5.0
 _MAGIC = b"NDSHMSEG"

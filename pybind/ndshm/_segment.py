@@ -26,7 +26,7 @@ import sys
 import threading
 import uuid
 import weakref
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import numpy as np
 from numpy.lib import format as _npformat
@@ -35,8 +35,8 @@ from . import _dtype
 from ._errors import ClosedError, CorruptSegmentError, SegmentNotFoundError, check, error_from_code
 from ._lib import ffi, lib
 
-__all__ = ["Segment", "SharedArray", "SegmentRecord", "create", "attach", "attach_raw", "unlink", "exists",
-           "list_segments", "segment_of", "send_fd", "recv_fd", "default_dir"]
+__all__ = ["Segment", "SharedArray", "create", "attach", "attach_raw", "unlink", "exists",
+           "segment_of", "send_fd", "recv_fd", "default_dir"]
 
 _KINDS = {"named": lib.NDSHM_KIND_NAMED, "anonymous": lib.NDSHM_KIND_ANONYMOUS, "memfd": lib.NDSHM_KIND_MEMFD,
           "file": lib.NDSHM_KIND_FILE}
@@ -364,19 +364,6 @@ class _View:
         self.__array_interface__ = iface
 
 
-class SegmentRecord(NamedTuple):
-    """One named segment as :func:`list_segments` sees it."""
-    name: str
-    size: int
-    dtype: Optional[np.dtype]
-    shape: Optional[tuple]
-    creator_pid: Optional[int]
-    created: Optional[_dt.datetime]
-    in_use: bool
-    persist: bool
-    status: str          # 'ready', 'initializing' or 'corrupt'
-    path: str
-    meta: Any = None
 
 
 class Segment:
@@ -869,56 +856,6 @@ def exists(name: str, *, dir: Optional[str] = None) -> bool:
     return os.path.exists(os.path.join(default_dir(dir), _PREFIX + name))
 
 
-def probe(name: str, *, dir: Optional[str] = None) -> SegmentRecord:
-    """Describe named segment ``name`` without mapping it."""
-    _str_name(name)
-    d = default_dir(dir)
-    path = os.path.join(d, _PREFIX + name)
-    info = ffi.new("ndshm_segment_info_t *")
-    in_use = ffi.new("int *")
-    rc = lib.ndshm_segment_probe(lib.NDSHM_KIND_NAMED, _cstr(name), _cstr(d), info, in_use)
-    if rc == lib.NDSHM_ENOENT:
-        raise error_from_code(rc, path)
-    if rc == lib.NDSHM_EINVAL:
-        raise error_from_code(rc, path)
-    status, dt, shape, pid, created, persist, meta = "ready", None, None, None, None, False, None
-    size = int(info.segment_size)
-    if rc == lib.NDSHM_EBUSY:
-        status = "initializing"
-    elif rc:
-        status = "corrupt"
-    else:
-        lay = info.layout
-        try:
-            dt = _decode_dtype(ffi.string(lay.typestr).decode("ascii", "replace"),
-                               bytes(ffi.buffer(info.descr, info.descr_len)), int(lay.itemsize), name)
-            meta = _decode_meta(bytes(ffi.buffer(info.meta, info.meta_len)))
-        except CorruptSegmentError:
-            status = "corrupt"
-        shape = tuple(int(lay.shape[i]) for i in range(lay.ndim))
-        pid = int(info.creator_pid)
-        created = _dt.datetime.fromtimestamp(info.created_ns / 1e9, tz=_dt.timezone.utc)
-        persist = bool(info.flags & _PERSIST)
-    return SegmentRecord(name, size, dt, shape, pid, created, bool(in_use[0]), persist, status, path, meta)
-
-
-def list_segments(dir: Optional[str] = None) -> list[SegmentRecord]:
-    """Every named segment in ``dir`` (default: ``$NDSHM_DIR`` or ``/dev/shm``), sorted by name."""
-    d = default_dir(dir)
-    out = []
-    try:
-        entries = sorted(os.listdir(d))
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        if not entry.startswith(_PREFIX):
-            continue
-        name = entry[len(_PREFIX):]
-        try:
-            out.append(probe(name, dir=d))
-        except (SegmentNotFoundError, ValueError):
-            continue  # removed meanwhile, or not a valid name
-    return out
 
 
 def segment_of(arr: Any) -> Segment:
