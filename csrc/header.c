@@ -230,8 +230,7 @@ int ndshm__header_validate(const void *bytes, size_t len, uint64_t file_size, nd
         return CORRUPT("header checksum 0x%016llx does not match its contents (0x%016llx)",
                        (unsigned long long)h.checksum, (unsigned long long)sum);
     if (h.kind > NDSHM_KIND_FILE) return CORRUPT("kind %u is unknown", h.kind);
-    const unsigned known = NDSHM_SEG_PERSIST | NDSHM_SEG_POPULATE | NDSHM_SEG_HUGEPAGES | NDSHM_SEG_FORTRAN |
-                           NDSHM_SEG_QUEUE;
+    const unsigned known = NDSHM__SEG_STORED_FLAGS;
     if (h.flags & ~known) return CORRUPT("flags 0x%x has unknown bits", h.flags);
     if (h.alignment == 0 || (h.alignment & (h.alignment - 1)) || h.alignment > NDSHM_MAX_ALIGNMENT)
         return CORRUPT("alignment %llu is not a power of two up to %d", (unsigned long long)h.alignment,

@@ -17,6 +17,10 @@
 #define NDSHM_HIDDEN __attribute__((visibility("hidden")))
 #define NDSHM_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
+/* The segment flags a header records (create accepts them; attach refuses a header with others). */
+#define NDSHM__SEG_STORED_FLAGS \
+    (NDSHM_SEG_PERSIST | NDSHM_SEG_POPULATE | NDSHM_SEG_HUGEPAGES | NDSHM_SEG_FORTRAN | NDSHM_SEG_QUEUE | NDSHM_SEG_SYNC)
+
 /* ---- errors (error.c) ------------------------------------------------------------- */
 
 /* Records `code`, `err` (an errno or 0) and a formatted detail for this thread; returns `code`. */

@@ -182,7 +182,8 @@ enum ndshm_segment_flags {
     NDSHM_SEG_HUGEPAGES = 4, /* create: hugetlb pages (memfd MFD_HUGETLB, or a hugetlbfs directory) */
     NDSHM_SEG_READONLY = 8,  /* attach: map PROT_READ */
     NDSHM_SEG_FORTRAN = 16,  /* layout: Fortran order (recorded; strides are authoritative) */
-    NDSHM_SEG_QUEUE = 32     /* the data holds an ndshm queue, not an array */
+    NDSHM_SEG_QUEUE = 32,    /* the data holds an ndshm queue, not an array */
+    NDSHM_SEG_SYNC = 64      /* a standalone Lock, Event or Barrier: its sync slots are the content */
 };
 
 enum ndshm_segment_limits {

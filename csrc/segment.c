@@ -244,8 +244,7 @@ int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out)
     if (p == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_create: params is NULL");
     if (p->kind < NDSHM_KIND_NAMED || p->kind > NDSHM_KIND_FILE)
         return ndshm__fail(NDSHM_EINVAL, 0, "segment kind %d is unknown", p->kind);
-    const unsigned known = NDSHM_SEG_PERSIST | NDSHM_SEG_POPULATE | NDSHM_SEG_HUGEPAGES | NDSHM_SEG_FORTRAN |
-                           NDSHM_SEG_QUEUE;
+    const unsigned known = NDSHM__SEG_STORED_FLAGS;
     if (p->flags & ~known) return ndshm__fail(NDSHM_EINVAL, 0, "segment flags 0x%x are unknown for create",
                                               p->flags & ~known);
     size_t alignment = p->alignment;

@@ -449,7 +449,7 @@ class Segment:
     def create(cls, name: Optional[str] = None, shape: Any = (), dtype: Any = np.uint8, order: str = "C", *,
                kind: str = "named", path: Optional[str] = None, dir: Optional[str] = None, fill: Any = None,
                align: Any = 64, persist: bool = False, mode: int = 0o600, hugepages: bool = False,
-               populate: bool = False, meta: Any = None) -> "Segment":
+               populate: bool = False, meta: Any = None, _flags: int = 0) -> "Segment":
         """Create a segment holding one array of ``shape`` and ``dtype`` (zero-filled, or ``fill``).
 
         ``kind``: 'named' (``name`` in ``dir``; ``name=None`` picks a unique one), 'anonymous'
@@ -499,7 +499,7 @@ class Segment:
         p.dir = keep[1]
         p.mode = mode if mode.__class__ is int and 0 <= mode <= 0o7777 else _dtype.as_int(mode, "mode", 0, 0o7777)
         p.flags = ((_PERSIST if persist else 0) | (_POPULATE if populate else 0) | (_HUGE if hugepages else 0)
-                   | (_FORTRAN if order == "F" and len(dims) > 1 else 0))
+                   | (_FORTRAN if order == "F" and len(dims) > 1 else 0) | _flags)
         p.alignment = alignment
         lay = p.layout
         tb = typestr.encode()

@@ -84,7 +84,7 @@ class _Sync:
         if dir is not None and not isinstance(dir, (str, os.PathLike)):
             raise TypeError(f"{kind} dir {dir!r} is not a str or path")
         if create:
-            seg = Segment.create(name, shape=(0,), dtype=np.uint8, dir=dir)
+            seg = Segment.create(name, shape=(0,), dtype=np.uint8, dir=dir, _flags=lib.NDSHM_SEG_SYNC)
         else:
             if name is None:
                 raise ValueError("attaching needs a name")
