@@ -15,6 +15,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPY = platform.python_implementation() == "PyPy"
+CI = bool(os.environ.get("CI"))
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose prerequisite this machine lacks; under CI (``CI`` set, as .ci/run does) fail
+    instead, so a broken setup can never pass as a skip."""
+    if CI:
+        pytest.fail(f"CI must be able to run this test, but: {reason}")
+    pytest.skip(reason)
 
 
 def collect() -> None:
