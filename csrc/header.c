@@ -21,7 +21,8 @@
  *       64     8  creator_pid
  *       72     8  created_ns    CLOCK_REALTIME
  *       80    32  typestr       NumPy typestr, NUL-terminated, printable ASCII
- *      112   256  shape[32]     int64, >= 0 (entries past ndim are 0)
+ *      112   256  shape[32]     int64, >= 0 (entries past ndim are 0); itemsize (1 if 0) times
+ *                               the product of the non-zero entries <= INT64_MAX, as NumPy insists
  *      368   256  strides[32]   int64 bytes, >= 0; itemsize + sum((shape-1)*stride) <= data_size
  *      624     4  descr_len     <= 4096
  *      628     4  meta_len      <= 4096
@@ -130,11 +131,22 @@ int ndshm__layout_extent(const ndshm_layout_t *l, uint64_t *extent) {
         return ndshm__fail(NDSHM_EINVAL, 0, "ndim %u exceeds the maximum %d", l->ndim, NDSHM_MAXDIM);
     if (l->itemsize > (uint64_t)PTRDIFF_MAX)
         return ndshm__fail(NDSHM_EOVERFLOW, 0, "itemsize %llu is too large", (unsigned long long)l->itemsize);
+    /* NumPy refuses an array whose itemsize times the product of its non-zero dimensions
+     * exceeds npy_intp (even if another dimension is 0), and a zero itemsize would let the
+     * element count wrap (a V0 array of shape (2**62, 2**62) has size 0): both must fit. */
     int empty = 0;
+    uint64_t bytes = l->itemsize ? l->itemsize : 1;
     for (uint32_t i = 0; i < l->ndim; i++) {
         if (l->shape[i] < 0)
             return ndshm__fail(NDSHM_EINVAL, 0, "shape[%u] = %lld is negative", i, (long long)l->shape[i]);
-        if (l->shape[i] == 0) empty = 1;
+        if (l->shape[i] == 0) {
+            empty = 1;
+            continue;
+        }
+        if (__builtin_mul_overflow(bytes, (uint64_t)l->shape[i], &bytes) || bytes > (uint64_t)PTRDIFF_MAX)
+            return ndshm__fail(NDSHM_EOVERFLOW, 0, "shape[%u] = %lld makes the array too big: its %s exceed %lld%s",
+                               i, (long long)l->shape[i], l->itemsize ? "elements times the itemsize" : "elements",
+                               (long long)PTRDIFF_MAX, l->itemsize ? " bytes" : "");
     }
     if (empty) {
         *extent = 0;

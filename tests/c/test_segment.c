@@ -260,6 +260,92 @@ static void write_file(const char *path, const void *data, size_t n) {
     close(fd);
 }
 
+/* A copy of `good` (a header of `total` bytes) with the layout replaced and the checksum
+ * recomputed: hostile, but consistent. */
+static void forge_layout(unsigned char *bad, const unsigned char *good, size_t total, const char *typestr,
+                         uint64_t itemsize, uint32_t ndim, const int64_t *shape, const int64_t *strides) {
+    memcpy(bad, good, total);
+    memcpy(bad + 28, &ndim, 4);
+    memcpy(bad + 56, &itemsize, 8);
+    memset(bad + 80, 0, NDSHM_TYPESTR_MAX);
+    memcpy(bad + 80, typestr, strlen(typestr));
+    memset(bad + 112, 0, 2 * 8 * NDSHM_MAXDIM);
+    memcpy(bad + 112, shape, 8 * ndim);
+    memcpy(bad + 112 + 8 * NDSHM_MAXDIM, strides, 8 * ndim);
+    ndshm__header_reseal(bad, total);
+}
+
+TEST(shapes_numpy_cannot_represent_are_refused) {
+    /* zero strides make the extent one item, so only the element count and byte size of the
+     * whole shape can catch these: NumPy would raise a bare "array is too big" (or, for a zero
+     * itemsize, wrap the element count to a wrong size) */
+    const char *name = uname_();
+    ndshm_segment_params_t p = params(name, 1);
+    p.flags = NDSHM_SEG_PERSIST;
+    ndshm_segment_t *s = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_info_t info;
+    ndshm_segment_info(s, &info);
+    size_t total = (size_t)info.segment_size;
+    unsigned char *good = malloc(total), *bad = malloc(total);
+    memcpy(good, (void *)(info.data - info.data_offset), total);
+    ndshm_segment_close(s);
+    const int64_t zero[3] = {0, 0, 0};
+    static const struct {
+        const char *typestr;
+        uint64_t itemsize;
+        uint32_t ndim;
+        int64_t shape[3];
+        const char *detail; /* NULL: accepted */
+    } cases[] = {
+        {"|u1", 1, 2, {(int64_t)1 << 62, (int64_t)1 << 62}, "shape[1] = 4611686018427387904"},
+        {"|u1", 1, 2, {(int64_t)1 << 32, (int64_t)1 << 32}, "shape[1] = 4294967296"},
+        {"<f8", 8, 2, {(int64_t)1 << 32, (int64_t)1 << 32}, "shape[1] = 4294967296"},
+        {"<f8", 8, 1, {(int64_t)1 << 60}, "shape[0] = 1152921504606846976"},       /* 2**63 bytes */
+        {"|u1", 1, 3, {0, (int64_t)1 << 62, (int64_t)1 << 62}, "shape[2]"},        /* NumPy refuses it too */
+        {"|V0", 0, 2, {(int64_t)1 << 62, (int64_t)1 << 62}, "shape[1]"},           /* would have size 0 */
+        {"|u1", 1, 1, {INT64_MAX}, NULL},                                          /* the largest NumPy takes */
+        {"<f8", 8, 2, {(int64_t)1 << 30, (int64_t)1 << 29}, NULL},                 /* 2**62 bytes fit */
+        {"|V0", 0, 2, {(int64_t)1 << 31, (int64_t)1 << 31}, NULL},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        forge_layout(bad, good, total, cases[k].typestr, cases[k].itemsize, cases[k].ndim, cases[k].shape, zero);
+        int rc = ndshm__header_validate(bad, total, total, NULL);
+        if (cases[k].detail == NULL) {
+            CHECK_RC(rc, 0);
+            continue;
+        }
+        CHECK_RC(rc, NDSHM_ECORRUPT);
+        CHECK_DETAIL(cases[k].detail);
+        CHECK_DETAIL("too big");
+    }
+    /* through the file system, as attach and probe see it */
+    forge_layout(bad, good, total, "|u1", 1, 2, cases[0].shape, zero);
+    write_file(path_of(name), bad, total);
+    ndshm_segment_t *t = NULL;
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), NDSHM_ECORRUPT);
+    CHECK_DETAIL("shape[1] = 4611686018427387904");
+    CHECK(t == NULL);
+    if (t != NULL) ndshm_segment_close(t);
+    int used = -1;
+    CHECK_RC(ndshm_segment_probe(NDSHM_KIND_NAMED, name, dir, &info, &used), NDSHM_ECORRUPT);
+    CHECK_DETAIL("shape[1]");
+    unlink(path_of(name));
+    /* create checks the same (shared) layout rule: a zero itemsize does not let a shape through */
+    p = params(uname_(), 1);
+    snprintf(p.layout.typestr, sizeof p.layout.typestr, "|V0");
+    p.layout.itemsize = 0;
+    p.layout.ndim = 2;
+    p.layout.shape[0] = p.layout.shape[1] = (int64_t)1 << 62;
+    p.layout.strides[0] = p.layout.strides[1] = 0;
+    CHECK_RC(ndshm_segment_create(&p, &s), NDSHM_EOVERFLOW);
+    CHECK_DETAIL("shape[1] = 4611686018427387904");
+    CHECK(s == NULL);
+    if (s != NULL) ndshm_segment_close(s);
+    free(good);
+    free(bad);
+}
+
 TEST(hostile_headers_never_crash) {
     const char *name = uname_();
     ndshm_segment_params_t p = params(name, 16);
@@ -682,6 +768,7 @@ int main(void) {
     RUN(largest_header_is_read_whole);
     RUN(overflowing_and_invalid_layouts);
     RUN(hostile_headers_never_crash);
+    RUN(shapes_numpy_cannot_represent_are_refused);
     RUN(initialising_segment_waits_then_busy);
     RUN(attach_waits_for_a_creator_then_still_holds_its_lock);
     RUN(probe_tells_liveness_and_persist_survives);
