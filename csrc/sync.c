@@ -203,9 +203,13 @@ int ndshm_lock_release(void *area) {
     if (rc) return rc;
     lock_area_t *l = area;
     uint64_t me = ndshm__self_key(), cur = me;
-    if (!atomic_compare_exchange_strong(&l->owner, &cur, 0))
+    if (!atomic_compare_exchange_strong(&l->owner, &cur, 0)) {
+        if (cur == 0)
+            return ndshm__fail(NDSHM_EPERM, 0, "lock %p is not held by any process: pid %llu cannot release it",
+                               area, (unsigned long long)(me & 0xffffffffu));
         return ndshm__fail(NDSHM_EPERM, 0, "lock %p is not held by this process (pid %llu) but by pid %llu", area,
                            (unsigned long long)(me & 0xffffffffu), (unsigned long long)(cur & 0xffffffffu));
+    }
     atomic_fetch_add(&l->seq, 1);
     if (atomic_load(&l->waiters) != 0) ndshm__futex_wake(&l->seq, 1);
     return 0;

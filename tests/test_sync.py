@@ -28,8 +28,9 @@ def test_lock_basics(unique_name):
     assert lock.acquire(timeout=0.05) is False
     assert time.monotonic() - t0 >= 0.045
     lock.release()
-    with pytest.raises(ndshm.NdshmPermissionError):
+    with pytest.raises(ndshm.NdshmPermissionError, match="not held by any process") as ei:
         lock.release()
+    assert "pid 0" not in str(ei.value)
     with lock:
         assert lock.locked()
     assert not lock.locked()
@@ -45,6 +46,14 @@ print(lock.acquire(blocking=False), flush=True)
 """
     with lock:
         assert run_python(code).stdout.strip() == "False"
+        held = run_python(f"""
+import ndshm
+try:
+    ndshm.Lock({unique_name!r}, create=False).release()
+except ndshm.NdshmPermissionError as exc:
+    print(exc)
+""").stdout
+        assert f"but by pid {os.getpid()}" in held and "not held by any" not in held
     assert run_python(code).stdout.strip() == "True"
     # the child exited holding it: the lock is ours, with the news
     assert lock.acquire(timeout=5)

@@ -28,6 +28,8 @@ TEST(lock_basics) {
     CHECK_RC(ndshm_lock_acquire(area + 4, 0), NDSHM_EINVAL);
     CHECK(ndshm_lock_state(area) == 0);
     CHECK_RC(ndshm_lock_release(area), NDSHM_EPERM);
+    CHECK_DETAIL("is not held by any process");
+    CHECK(strstr(ndshm_last_detail(), "pid 0") == NULL);
     CHECK_RC(ndshm_lock_acquire(area, 0), 0);
     CHECK(ndshm_lock_state(area) == 1);
     CHECK_RC(ndshm_lock_acquire(area, 0), NDSHM_EBUSY); /* not recursive */
@@ -78,6 +80,9 @@ TEST(lock_owner_killed) {
     CHECK(read(fds[0], &c, 1) == 1);
     CHECK(ndshm_lock_state(area) == 2);
     CHECK_RC(ndshm_lock_release(area), NDSHM_EPERM);
+    char held_by[64];
+    snprintf(held_by, sizeof held_by, "but by pid %d", (int)pid);
+    CHECK_DETAIL(held_by);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     CHECK(ndshm_lock_state(area) == 3);
