@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import PYPY, collect, run_python
+from conftest import PYPY, collect, run_python, skip_or_fail
 
 
 def shm_path(name: str, d: str | None = None) -> str:
@@ -238,10 +238,10 @@ def test_hugepages_without_reservation(unique_name, monkeypatch):
     from ndshm._segment import _huge_dir
     with open("/proc/sys/vm/nr_hugepages") as f:
         if int(f.read()) != 0:
-            pytest.skip("huge pages are reserved here")
+            skip_or_fail("huge pages are reserved here")
     monkeypatch.delenv("NDSHM_DIR", raising=False)
     if _huge_dir(None)[0] is not None:
-        pytest.skip("a huge-page tmpfs is mounted here: named segments would use it")
+        skip_or_fail("a huge-page tmpfs is mounted here: named segments would use it")
     with pytest.raises(ndshm.NotSupportedError, match="/proc/sys/vm/nr_hugepages"):
         ndshm.Segment.create(unique_name, 10, dir="/dev/shm", hugepages=True)  # not a huge-page mount
     for kind in ("memfd", "named"):
@@ -470,3 +470,122 @@ def test_default_dir_follows_the_environment(unique_name, tmp_path, monkeypatch)
     assert (ndshm.attach(unique_name, dir=str(d)) == 9).all()
     del a
     collect()
+
+
+def test_hostile_meta_is_a_corrupt_segment_error(unique_name, monkeypatch):
+    """Nested JSON deeper than the interpreter recurses, bad UTF-8 and bad JSON in a segment's
+    metadata are a CorruptSegmentError naming the segment, never a RecursionError."""
+    from ndshm._segment import _decode_meta
+    for data in (b"J" + b"[" * 100000 + b"]" * 100000, b"J\xff\xfe", b"J{not json"):
+        with pytest.raises(ndshm.CorruptSegmentError, match=unique_name):
+            _decode_meta(data, unique_name)
+    # a real planted segment (valid checksum, under the meta limit), read by another process
+    monkeypatch.setattr(ndshm._segment, "_encode_meta", lambda meta: b"J" + b"[" * 3000 + b"]" * 1000)
+    seg = ndshm.Segment.create(unique_name, 4, meta="anything")
+    child = run_python(f"""
+        import ndshm
+        seg = ndshm.Segment.attach({unique_name!r})
+        try:
+            seg.meta
+        except ndshm.CorruptSegmentError as exc:
+            print(type(exc).__name__, exc)
+    """)
+    assert child.stdout.startswith("CorruptSegmentError segment " + unique_name), child.stdout
+    seg.close()
+
+
+def test_hostile_descr_is_a_corrupt_segment_error():
+    from ndshm._segment import _lookup_dtype
+    for descr in (b"[" * 100000, b"\xff\xfe", b"[('x', '<i4')" + b"," * 10, b"__import__('os')"):
+        with pytest.raises(ndshm.CorruptSegmentError, match="planted"):
+            _lookup_dtype(b"|V4", descr, 4, "planted")
+    with pytest.raises(ndshm.CorruptSegmentError, match="planted"):
+        _lookup_dtype(b"\xff<f4", b"", 4, "planted")
+
+
+def test_forgotten_name_says_so():
+    for call in (lambda: ndshm.create((3, 4), np.uint8), lambda: ndshm.Segment.create((3, 4), np.uint8)):
+        with pytest.raises(TypeError, match=r"segment name \(3, 4\) is not a str: the name comes first"):
+            call()
+
+
+def test_flags_are_bools_and_keyword_only(unique_name):
+    a = ndshm.create(unique_name, 4, "f4")
+    with pytest.raises(TypeError):
+        ndshm.attach(unique_name, np.float32)  # readonly is keyword-only: a dtype there is refused
+    with pytest.raises(TypeError):
+        ndshm.Segment.attach(unique_name, True)
+    for call, what in [(lambda: ndshm.attach(unique_name, readonly="yes"), "readonly 'yes'"),
+                       (lambda: ndshm.attach(unique_name, populate=1), "populate 1"),
+                       (lambda: ndshm.Segment.attach(unique_name, readonly=np.float32), "readonly <class"),
+                       (lambda: ndshm.create(unique_name + "x", 3, persist="yes"), "persist 'yes'"),
+                       (lambda: ndshm.create(unique_name + "x", 3, populate=None), "populate None"),
+                       (lambda: ndshm.create(unique_name + "x", 3, hugepages="no"), "hugepages 'no'"),
+                       (lambda: ndshm.segment_of(a).asarray(readonly="no"), "readonly 'no'"),
+                       (lambda: ndshm.attach_raw(unique_name, 3, "u1", readonly=2), "readonly 2")]:
+        with pytest.raises(TypeError, match=what + ".* is not a bool"):
+            call()
+    assert not os.path.exists(shm_path(unique_name + "x"))
+    # NumPy's bools are bools
+    r = ndshm.attach(unique_name, readonly=np.bool_(True), populate=np.True_)
+    assert not r.flags.writeable
+    assert ndshm.attach(unique_name, readonly=np.False_).flags.writeable
+
+
+def test_attach_refuses_queues_and_sync_segments(unique_name):
+    q = ndshm.Queue(unique_name + "q", slots=2, slot_bytes=64)
+    with pytest.raises(TypeError, match=r"queue.*ndshm\.Queue\.attach"):
+        ndshm.attach(unique_name + "q")
+    with pytest.raises(TypeError, match=r"queue.*ndshm\.Queue\.attach"):
+        ndshm.Segment.attach(unique_name + "q").asarray()
+    lock = ndshm.Lock(unique_name + "l")
+    with pytest.raises(TypeError, match="Lock, Event or Barrier"):
+        ndshm.attach(unique_name + "l")
+    assert ndshm.Lock(unique_name + "l", create=False).acquire()  # the proper way still works
+    lock.release()
+    q.close()
+
+
+def test_asarray_of_a_closed_buffer_or_segment_is_a_closed_error(unique_name):
+    b = ndshm.Buffer(64)
+    b.close()
+    assert b.closed
+    with pytest.raises(ndshm.ClosedError, match="Buffer of 64 bytes at 0x"):
+        np.asarray(b)
+    with pytest.raises(ndshm.ClosedError, match="Buffer"):
+        b.asarray()
+    seg = ndshm.Segment.create(unique_name, 4)
+    seg.close()
+    with pytest.raises(ndshm.ClosedError, match=unique_name):
+        np.asarray(seg)
+
+
+def _rss_kib(path: str) -> int:
+    """Resident KiB of this process's mappings of ``path`` (smaps ``Rss``)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(" ", 1)[0]
+            if "-" in first and not first.endswith(":"):
+                inside = line.rstrip("\n").endswith(path)
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_populate_makes_the_mapping_resident(unique_name):
+    size = 8 << 20
+    a = ndshm.create(unique_name, size, "u1", populate=True)
+    assert _rss_kib(ndshm.segment_of(a).path) >= size // 1024
+    plain = ndshm.create(unique_name + "n", size, "u1")
+    assert _rss_kib(ndshm.segment_of(plain).path) < size // 1024 // 4
+    # a fresh process: attach(populate=True) faults the pages in, a plain attach does not
+    code = f"""
+        import ndshm, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_segment import _rss_kib
+        a = ndshm.attach(sys.argv[1], populate=sys.argv[2] == "1")
+        print(_rss_kib(ndshm.segment_of(a).path))
+    """
+    assert int(run_python(code, unique_name, "1").stdout) >= size // 1024
+    assert int(run_python(code, unique_name, "0").stdout) < size // 1024 // 4

@@ -88,13 +88,13 @@ class Buffer:
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
-        return self.__array_interface__ is None
+        return self.__class__ is _ClosedBuffer
 
     def asarray(self, shape: Optional[ShapeLike] = None, dtype: Any = np.uint8, order: str = "C",
                 offset: int = 0) -> np.ndarray:
         """A zero-copy ndarray over the buffer's bytes (``shape=None``: as many items as fit)."""
-        if self.__array_interface__ is None:
-            raise ClosedError(f"Buffer at 0x{self.address:x} is closed")
+        if self.__class__ is _ClosedBuffer:
+            self.__array_interface__  # raises ClosedError
         dt = _dtype.as_dtype(dtype)
         order = _dtype.check_order(order)
         offset = _dtype.as_offset(offset)
@@ -118,7 +118,10 @@ class Buffer:
 
     def close(self) -> None:
         """End this buffer's use. The memory is freed when the last view of it is gone."""
-        self.__array_interface__ = None
+        if self.__class__ is Buffer:
+            # A closed buffer's class answers __array_interface__ with a ClosedError (a None
+            # there would get NumPy's "must be a dict", and no interface at all an object array).
+            self.__class__ = _ClosedBuffer
 
     def __enter__(self) -> "Buffer":
         return self
@@ -129,6 +132,17 @@ class Buffer:
     def __repr__(self) -> str:
         state = "closed " if self.closed else ""
         return f"<ndshm.Buffer {state}{self.nbytes} bytes at 0x{self.address:x}, align={self.alignment}>"
+
+
+class _ClosedBuffer(Buffer):
+    """What a :class:`Buffer` becomes when closed: the same object, whose ``__array_interface__``
+    raises :class:`ClosedError` (so ``np.asarray(closed)`` names the buffer)."""
+
+    __slots__ = ()
+
+    @property
+    def __array_interface__(self) -> dict:  # type: ignore[override]
+        raise ClosedError(f"Buffer of {self.nbytes} bytes at 0x{self.address:x} is closed")
 
 
 def _c_alloc(nbytes: int, alignment: int, flags: int) -> tuple[Any, int]:

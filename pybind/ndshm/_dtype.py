@@ -69,6 +69,16 @@ def as_int(value: Any, what: str, lo: int, hi: int) -> int:
     return v
 
 
+def as_flag(value: Any, what: str) -> bool:
+    """``value`` as a bool: ``True``/``False`` or a NumPy bool, a TypeError naming ``what`` otherwise
+    (``persist="yes"`` or a dtype passed where ``readonly`` goes must not pass as true)."""
+    if value.__class__ is bool:
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{what} {value!r:.80} is not a bool")
+
+
 def as_offset(offset: Any) -> int:
     """A byte offset: a non-negative int (NumPy's integers too)."""
     try:

@@ -43,6 +43,8 @@ _KINDS = {"named": lib.NDSHM_KIND_NAMED, "anonymous": lib.NDSHM_KIND_ANONYMOUS, 
 _KIND_NAMES = {v: k for k, v in _KINDS.items()}
 _PERSIST, _POPULATE, _HUGE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE, lib.NDSHM_SEG_HUGEPAGES
 _READONLY, _FORTRAN = lib.NDSHM_SEG_READONLY, lib.NDSHM_SEG_FORTRAN
+_QUEUE, _SYNC = lib.NDSHM_SEG_QUEUE, lib.NDSHM_SEG_SYNC
+_CONTENT = _QUEUE | _SYNC  # segments whose data is not an array
 _PREFIX = "ndshm."
 _close = lib.ndshm_segment_close
 # Functions and constants read once: attribute lookups on an ABI-mode cffi library are slow.
@@ -234,7 +236,10 @@ def _encode_meta(meta: Any) -> bytes:
     return data
 
 
-def _decode_meta(data: bytes) -> Any:
+def _decode_meta(data: bytes, where: Optional[str] = None) -> Any:
+    """The metadata a header holds. Whatever its bytes provoke while decoding (bad UTF-8, bad JSON,
+    JSON nested deeper than the interpreter recurses, no memory) is a CorruptSegmentError naming
+    the segment, so one hostile file cannot stop a listing or a gc of the others."""
     if not data:
         return None
     tag, body = data[:1], data[1:]
@@ -243,8 +248,10 @@ def _decode_meta(data: bytes) -> Any:
     if tag == b"J":
         try:
             return json.loads(body.decode())
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise CorruptSegmentError(f"segment meta is not valid JSON: {exc}") from None
+        except Exception as exc:  # anything a hostile header can provoke (RecursionError, MemoryError...)
+            what = f"segment {where}" if where else "a segment"
+            raise CorruptSegmentError(f"{what} has metadata that is not valid JSON: "
+                                      f"{type(exc).__name__}: {str(exc):.200}") from None
     return bytes(data)  # written by another tool: hand back the raw bytes
 
 
@@ -276,7 +283,8 @@ def _lookup_dtype(typestr: bytes, descr: bytes, itemsize: int, where: str) -> tu
             entry = (dt, ts, dt.names is not None or np.dtype(ts) != dt)
         except Exception as exc:  # anything a hostile header can provoke
             raise CorruptSegmentError(f"segment {where} has an unusable dtype "
-                                      f"{typestr.decode('ascii', 'replace')!r}: {exc}") from None
+                                      f"{typestr.decode('ascii', 'replace')!r}: {type(exc).__name__}: "
+                                      f"{str(exc):.200}") from None
         if len(_DTYPES) < 256:
             _DTYPES[key] = entry
     if entry[0].itemsize != itemsize:
@@ -347,6 +355,9 @@ def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
 def _rebuild(name: str, dir: str, offset: int, shape: tuple, strides: tuple, descr: Any,
              readonly: bool = False, dev: Optional[int] = None, ino: Optional[int] = None) -> np.ndarray:
     seg = Segment.attach(name, readonly=readonly, dir=dir)
+    if seg._content:
+        raise CorruptSegmentError(f"segment {name!r} in {dir} now holds a {seg._content}, not the array that "
+                                  "was pickled")
     if dev is not None and not seg._same_file(dev, ino):
         raise SegmentNotFoundError(f"segment {name!r} in {dir} was replaced by another one since this array "
                                    "was pickled")
@@ -374,7 +385,7 @@ class Segment:
 
     __slots__ = ("_handle", "_info", "_name", "_kind", "_dir", "_path", "_closed", "_creator", "_persist",
                  "_readonly", "_shape", "_strides", "_dtype", "_typestr", "_needs_view", "_meta", "address",
-                 "_data_size", "_raw", "_pid", "_key", "_fd", "_dev", "_ino", "__weakref__")
+                 "_data_size", "_raw", "_pid", "_key", "_fd", "_dev", "_ino", "_content", "__weakref__")
     _lib = lib  # kept reachable for the handles' finalizers at interpreter exit
 
     def __init__(self) -> None:  # pragma: no cover - use the classmethods
@@ -404,6 +415,7 @@ class Segment:
         self._path = path
         self._closed = False
         flags = v[2]
+        self._content = None if not flags & _CONTENT else "queue" if flags & _QUEUE else "sync"
         self._creator = creator = v[3] != 0
         self._persist = flags & _PERSIST != 0
         self._readonly = flags & _READONLY != 0
@@ -466,6 +478,12 @@ class Segment:
         NotSupportedError names /proc/sys/vm/nr_hugepages."""
         if kind not in _KINDS:
             raise ValueError(f"kind {kind!r} is not one of {sorted(_KINDS)}")
+        if kind == "named" and name is not None and not isinstance(name, str):
+            raise TypeError(f"segment name {name!r:.80} is not a str: the name comes first, as in "
+                            "create(name, shape, dtype) (None picks a unique name)")
+        persist = _dtype.as_flag(persist, "persist")
+        hugepages = _dtype.as_flag(hugepages, "hugepages")
+        populate = _dtype.as_flag(populate, "populate")
         order = _dtype.check_order(order)
         dims, dt = _dtype.normalize(shape, dtype)
         _dtype.nbytes_of(dims, dt)
@@ -555,11 +573,15 @@ class Segment:
         return self._dev == dev and self._ino == ino
 
     @classmethod
-    def attach(cls, name: str, readonly: bool = False, *, dir: Optional[str] = None,
+    def attach(cls, name: str, *, readonly: bool = False, dir: Optional[str] = None,
                populate: bool = False) -> "Segment":
         """Map the named segment ``name`` (in ``dir``); a mapping this process holds already is reused."""
         if name.__class__ is not str and not isinstance(name, str):
             raise TypeError(f"segment name {name!r} is not a str")
+        if readonly.__class__ is not bool:
+            readonly = _dtype.as_flag(readonly, "readonly")
+        if populate.__class__ is not bool:
+            populate = _dtype.as_flag(populate, "populate")
         if not dir:
             dir = _env_dir()
         elif dir.__class__ is not str:
@@ -591,8 +613,9 @@ class Segment:
             return seg
 
     @classmethod
-    def open_file(cls, path: str, readonly: bool = False, *, populate: bool = False) -> "Segment":
+    def open_file(cls, path: str, *, readonly: bool = False, populate: bool = False) -> "Segment":
         """Map the file-backed segment at ``path``."""
+        readonly, populate = _dtype.as_flag(readonly, "readonly"), _dtype.as_flag(populate, "populate")
         path = os.path.abspath(os.fspath(path))
         out = ffi.new(_SEG_PP)
         rc = lib.ndshm_segment_attach(lib.NDSHM_KIND_FILE, _cstr(path), ffi.NULL,
@@ -602,9 +625,10 @@ class Segment:
         return cls._wrap(out[0], None, "file", None, path)
 
     @classmethod
-    def from_fd(cls, fd: int, readonly: bool = False) -> "Segment":
+    def from_fd(cls, fd: int, *, readonly: bool = False) -> "Segment":
         """Map the memfd segment behind descriptor ``fd`` (the caller still owns ``fd``)."""
         fd = _dtype.as_int(fd, "file descriptor", 0, 2**31 - 1)
+        readonly = _dtype.as_flag(readonly, "readonly")
         out = ffi.new(_SEG_PP)
         rc = lib.ndshm_segment_attach_fd(fd, _READONLY if readonly else 0, out)
         if rc:
@@ -642,7 +666,7 @@ class Segment:
         if raw is _UNREAD:
             info = self._full_info()
             self._meta = raw = ffi.buffer(info.meta, info.meta_len)[:]
-        return _decode_meta(raw) if raw is not None else None
+        return _decode_meta(raw, self._name or self._path) if raw is not None else None
 
     @property
     def creator_pid(self) -> int:
@@ -654,6 +678,13 @@ class Segment:
 
     # ---- views -----------------------------------------------------------------------------
 
+    def _refuse_content(self) -> None:
+        what = self._name or self._path
+        if self._content == "queue":
+            raise TypeError(f"segment {what!r} holds an ndshm queue, not an array: use ndshm.Queue.attach({what!r})")
+        raise TypeError(f"segment {what!r} holds a standalone ndshm Lock, Event or Barrier, not an array: use "
+                        f"ndshm.Lock(name, create=False) (or Event, Barrier)")
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"segment {self._name or self._path or self._kind} is closed")
@@ -662,6 +693,9 @@ class Segment:
         """The array the segment describes (zero-copy; a :class:`SharedArray`); ``readonly`` gives
         a view that cannot write even if the mapping can."""
         self._check_open()
+        readonly = _dtype.as_flag(readonly, "readonly")
+        if self._content:
+            self._refuse_content()
         return self._view(0, self._shape, self._dtype, self._strides, readonly, True)
 
     @property
@@ -765,7 +799,7 @@ class Segment:
 
 
 def _attach_segment(name: str, dir: str, readonly: bool) -> Segment:
-    return Segment.attach(name, readonly, dir=dir)
+    return Segment.attach(name, readonly=readonly, dir=dir)
 
 
 _exit_hook_pid = 0
@@ -811,9 +845,12 @@ def create(name: Optional[str], shape: Any, dtype: Any = float, order: str = "C"
                           mode=mode, hugepages=hugepages, populate=populate, meta=meta).asarray()
 
 
-def attach(name: str, readonly: bool = False, populate: bool = False, *, dir: Optional[str] = None) -> np.ndarray:
-    """The array in named segment ``name``, zero-copy, with dtype and shape restored."""
-    seg = Segment.attach(name, readonly, dir=dir, populate=populate)
+def attach(name: str, *, readonly: bool = False, populate: bool = False, dir: Optional[str] = None) -> np.ndarray:
+    """The array in named segment ``name``, zero-copy, with dtype and shape restored. A queue's or a
+    standalone Lock's, Event's or Barrier's segment is refused (attach those with their class)."""
+    seg = Segment.attach(name, readonly=readonly, dir=dir, populate=populate)
+    if seg._content:
+        seg._refuse_content()
     if readonly and not seg._readonly:
         return seg._view(0, seg._shape, seg._dtype, seg._strides, True, True)
     arr = np.asarray(seg)
@@ -822,7 +859,7 @@ def attach(name: str, readonly: bool = False, populate: bool = False, *, dir: Op
     return arr.view(SharedArray)
 
 
-def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, readonly: bool = False) -> np.ndarray:
+def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, *, readonly: bool = False) -> np.ndarray:
     """Map a headerless segment or file made by another tool: a bare name means ``/dev/shm/<name>``
     (as ``multiprocessing.shared_memory`` makes them). The view is bounds-checked against its size."""
     path = os.fspath(name_or_path)
@@ -830,7 +867,7 @@ def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, reado
         path = os.path.join("/dev/shm", path.lstrip("/"))
     dims, dt = _dtype.normalize(shape, dtype)
     offset = _dtype.as_offset(offset)
-    seg = Segment._attach_raw(path, readonly)
+    seg = Segment._attach_raw(path, _dtype.as_flag(readonly, "readonly"))
     need = _dtype.nbytes_of(dims, dt)
     if offset + need > seg.nbytes:
         raise ValueError(f"shape {dims} of dtype {dt} at offset {offset} needs {offset + need} bytes; "
