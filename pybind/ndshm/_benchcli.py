@@ -26,14 +26,23 @@ def find_bench_dir() -> Optional[Path]:
     return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+# Runs bench/run_all.py as a script would run (its directory first on sys.path, __name__ ==
+# "__main__"), but with sys.argv[0] set to the command the user typed, so that its --help and
+# usage errors name `python -m ndshm bench`, not run_all.py.
+# (runpy.run_path would set sys.argv[0] back to the file's path.)
+_RUN_AS = ("import __main__, os, sys; path, sys.argv = sys.argv[1], sys.argv[2:]; sys.path[0] = os.path.dirname(path); "
+           "__main__.__file__ = path; exec(compile(open(path, 'rb').read(), path, 'exec'), __main__.__dict__)")
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m ndshm bench") -> int:
     """Run bench/run_all.py with ``argv`` (``--quick``, ``--smoke``, ``--out DIR``, ``--only ...``);
-    returns its exit status, or 2 with a message when bench/ cannot be found."""
+    returns its exit status, or 2 with a message when bench/ cannot be found. ``prog`` is how its
+    help names the command."""
     args: List[str] = list(sys.argv[1:] if argv is None else argv)
     bench = find_bench_dir()
     if bench is None:
         here = Path(__file__).resolve().parent
-        print("ndshm bench: the benchmarks were not found. They live in the ndshm source repository's bench/ "
+        print(f"{prog}: the benchmarks were not found. They live in the ndshm source repository's bench/ "
               f"directory (looked in {here.parent.parent / 'bench'}"
               + (f" and NDSHM_BENCH_DIR={os.environ['NDSHM_BENCH_DIR']}" if os.environ.get("NDSHM_BENCH_DIR") else "")
               + "). Run this from a source checkout with an editable install (`make bench`, or "
@@ -42,4 +51,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = dict(os.environ)
     pkg_parent = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH")) if p)
-    return subprocess.call([sys.executable, str(bench / "run_all.py"), *args], env=env)
+    return subprocess.call([sys.executable, "-c", _RUN_AS, str(bench / "run_all.py"), prog, *args], env=env)

@@ -1,35 +1,38 @@
-"""``python -m ndshm ls | info NAME | rm NAME... | gc``: inspect and clean named segments.
+"""``python -m ndshm ls | info | rm | gc | bench``: inspect and clean named segments.
 
-Every command takes ``--dir DIR`` (default ``$NDSHM_DIR``, else ``/dev/shm``). ``gc`` removes
-segments that no live process maps (nobody holds their flock) and that were not created with
-``persist=True``; it skips anything younger than a few seconds (a creator may be mid-way) and
-leaves foreign or corrupt files alone unless they are blank ndshm headers of a dead creator.
+Every command takes ``--dir DIR`` (default ``$NDSHM_DIR``, else ``/dev/shm``), before or after
+the command's name. ``gc`` removes segments that no live process maps (nobody holds their flock)
+and that were not created with ``persist=True``; it skips anything younger than a few seconds (a
+creator may be mid-way) and leaves foreign or corrupt files alone unless they carry an ndshm
+header (or are blank) and nobody maps them. Exit status: 0 on success, 1 when a named segment
+could not be found or handled, 2 for a usage error (one line on stderr naming the bad option).
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
 import fcntl
+import fnmatch
+import json
 import math
 import os
 import stat
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 from ._errors import NdshmError
-from ._listing import SegmentRecord, list_segments, probe
+from ._listing import SegmentRecord, list_segments, named_segments, open_regular, probe
 from ._segment import default_dir, unlink
 
 GRACE_SECONDS = 5.0
 _MAGIC = b"NDSHMSEG"
+_VALUE_OPTIONS = ("--dir", "--min-age")  # options that take the next word whatever it looks like
 
-USAGE = """usage: python -m ndshm [--dir DIR] COMMAND
-  ls              list named segments
-  info NAME       describe one segment
-  rm NAME...      remove segments by name
-  gc [--dry-run] [--min-age SECONDS]
-                  remove segments no live process maps (persistent ones, and ones younger
-                  than --min-age, default 5 s, are kept)"""
+_EPILOG = """\
+DIR defaults to $NDSHM_DIR, else /dev/shm. `COMMAND --help` describes one command.
+Exit status: 0 success, 1 a segment could not be found or handled, 2 a usage error."""
 
 
 def human(n: Optional[int]) -> str:
@@ -48,81 +51,124 @@ def _created(rec: SegmentRecord) -> str:
     return rec.created.astimezone().strftime("%Y-%m-%d %H:%M:%S") if rec.created else "-"
 
 
+def _layout(rec: SegmentRecord) -> tuple[str, str]:
+    """The DTYPE and SHAPE cells: a queue shows its slots, a sync object nothing (its header's
+    layout is the ring's bytes, or empty)."""
+    if rec.kind == "queue":
+        geometry = f"{rec.slots} slots x {human(rec.slot_bytes)}" if rec.slots is not None else "-"
+        return "-", geometry
+    if rec.kind == "sync":
+        return "-", "-"
+    return (str(rec.dtype) if rec.dtype is not None else "-"), (str(rec.shape) if rec.shape is not None else "-")
+
+
+def as_json(rec: SegmentRecord) -> dict[str, Any]:
+    """``rec`` as a JSON-ready dict: every field of the record (dtype as its NumPy name, created as
+    ISO 8601). ``meta`` is the JSON value stored, or bytes in base64 (``meta_encoding`` says which)."""
+    d = rec._asdict()
+    d["dtype"] = str(rec.dtype) if rec.dtype is not None else None
+    d["shape"] = list(rec.shape) if rec.shape is not None else None
+    d["created"] = rec.created.isoformat() if rec.created is not None else None
+    if isinstance(rec.meta, bytes):
+        d["meta"], d["meta_encoding"] = base64.b64encode(rec.meta).decode("ascii"), "base64"
+    else:
+        d["meta_encoding"] = None if rec.meta is None else "json"
+    return d
+
+
+def _dump_json(recs: Sequence[SegmentRecord], out) -> None:
+    """One JSON array, one segment's object per line (``| python -m json.tool`` and ``| jq`` read it)."""
+    if not recs:
+        print("[]", file=out)
+        return
+    rows = [json.dumps(as_json(r)) for r in recs]
+    print("[\n" + ",\n".join(rows) + "\n]", file=out)
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def cmd_ls(d: str, out) -> int:
+def _why(exc: BaseException) -> str:
+    """An exception as the rest of one error line, naming its path once (an OSError's str()
+    repeats the filename its message already names)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        msg = str(exc.strerror)
+        if exc.filename is not None and os.fsdecode(exc.filename) not in msg:
+            msg = f"{os.fsdecode(exc.filename)}: {msg}"
+        return msg
+    return str(exc)
+
+
+def _error(cmd: str, what: str, exc: BaseException, err) -> None:
+    msg = _why(exc)
+    print(f"{cmd}: {msg}" if what in msg else f"{cmd}: {what}: {msg}", file=err)
+
+
+def cmd_ls(d: str, patterns: Sequence[str], as_json_: bool, out, err) -> int:
     recs = list_segments(d)
-    rows = [["NAME", "SIZE", "DTYPE", "SHAPE", "PID", "CREATED", "IN USE", "PERSIST", "STATUS"]]
+    rc = 0
+    if patterns:
+        for p in patterns:
+            if not any(fnmatch.fnmatchcase(r.name, p) for r in recs):
+                print(f"ls: no segment matches {p!r} in {d}", file=err)
+                rc = 1
+        recs = [r for r in recs if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+    if as_json_:
+        _dump_json(recs, out)
+        return rc
+    rows = [["NAME", "KIND", "SIZE", "DTYPE", "SHAPE", "PID", "CREATED", "IN USE", "PERSIST", "STATUS"]]
     for r in recs:
-        rows.append([r.name, human(r.size), str(r.dtype) if r.dtype is not None else "-",
-                     str(r.shape) if r.shape is not None else "-", str(r.creator_pid or "-"), _created(r),
+        rows.append([r.name, r.kind or "-", human(r.size), *_layout(r), str(r.creator_pid or "-"), _created(r),
                      "yes" if r.in_use else "no", "yes" if r.persist else "no", r.status])
     print(_table(rows), file=out)
     print(f"{len(recs)} segment{'s' if len(recs) != 1 else ''} in {d}", file=out)
-    return 0
+    return rc
 
 
-def cmd_info(d: str, names: Sequence[str], out, err) -> int:
-    if not names:
-        print("info: give a segment NAME", file=err)
-        return 2
+def cmd_info(d: str, names: Sequence[str], as_json_: bool, out, err) -> int:
     rc = 0
+    found = []
     for name in names:
         try:
-            r = probe(name, dir=d)
+            found.append(probe(name, dir=d))
         except (NdshmError, OSError, ValueError) as exc:
-            print(f"info: {name}: {exc}", file=err)
+            _error("info", name, exc, err)
             rc = 1
-            continue
-        for key, value in (("name", r.name), ("path", r.path), ("size", f"{human(r.size)} ({r.size} bytes)"),
-                           ("dtype", r.dtype), ("shape", r.shape), ("creator pid", r.creator_pid),
-                           ("created", _created(r)), ("in use", r.in_use), ("persist", r.persist),
-                           ("status", r.status), ("meta", r.meta)):
+    if as_json_:
+        _dump_json(found, out)
+        return rc
+    for i, r in enumerate(found):
+        if i:
+            print(file=out)
+        dtype, shape = _layout(r)
+        rows = [("name", r.name), ("path", r.path), ("kind", r.kind or "-"),
+                ("size", f"{human(r.size)} ({r.size} bytes)")]
+        if r.kind == "queue":
+            rows += [("slots", r.slots if r.slots is not None else "-"), ("slot bytes", human(r.slot_bytes))]
+        elif r.kind != "sync":
+            rows += [("dtype", dtype), ("shape", shape)]
+        rows += [("creator pid", r.creator_pid), ("created", _created(r)), ("in use", r.in_use),
+                 ("persist", r.persist), ("status", r.status), ("meta", repr(r.meta))]  # repr: no raw escapes
+        for key, value in rows:
             print(f"{key + ':':13} {value}", file=out)
     return rc
 
 
 def cmd_rm(d: str, names: Sequence[str], err) -> int:
-    if not names:
-        print("rm: give at least one segment NAME", file=err)
-        return 2
     rc = 0
     for name in names:
         try:
             unlink(name, dir=d)
         except (NdshmError, OSError, ValueError) as exc:
-            print(f"rm: {name}: {exc}", file=err)
+            _error("rm", name, exc, err)
             rc = 1
     return rc
 
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
-
-
-def _open_regular(path: str) -> Optional[int]:
-    """A read-only descriptor of ``path`` if it is a regular file (not a symlink, FIFO, device,
-    socket or directory), else None. Never blocks: /dev/shm is world-writable, so anyone may
-    plant a FIFO there, and a plain open() of one waits for a writer for ever."""
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError:
-        return None
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between lstat and open
-            return fd
-    except OSError:
-        pass
-    os.close(fd)
-    return None
-
-
 def _blank_or_ours(path: str) -> bool:
-    fd = _open_regular(path)
+    fd = open_regular(path)
     if fd is None:
         return False
     try:
@@ -136,7 +182,7 @@ def _blank_or_ours(path: str) -> bool:
 
 def _remove_if_unused(path: str) -> bool:
     """Unlink ``path`` while holding its exclusive flock, so no attacher can slip in."""
-    fd = _open_regular(path)
+    fd = open_regular(path)
     if fd is None:
         return False
     try:
@@ -159,38 +205,16 @@ def _min_age(text: str) -> float:
     try:
         grace = float(text)
     except ValueError:
-        raise ValueError(f"--min-age {text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(grace) or grace < 0:
-        raise ValueError(f"--min-age {text!r} must be a finite number of seconds >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
     return grace
 
 
-def cmd_gc(d: str, args: Sequence[str], out) -> int:
-    dry = False
-    grace = GRACE_SECONDS
-    args = list(args)
-    i = 0
-    try:
-        while i < len(args):
-            a = args[i]
-            if a in ("--dry-run", "-n"):
-                dry = True
-            elif a == "--min-age":
-                if i + 1 >= len(args):
-                    raise ValueError("--min-age needs a number of seconds")
-                grace = _min_age(args[i + 1])
-                i += 1
-            elif a.startswith("--min-age="):
-                grace = _min_age(a[len("--min-age="):])
-            else:
-                raise ValueError(f"unknown option {a!r}")
-            i += 1
-    except ValueError as exc:
-        print(f"gc: {exc}", file=sys.stderr)
-        return 2
+def cmd_gc(d: str, dry: bool, grace: float, out) -> int:
     removed = 0
     now = time.time()
-    for r in list_segments(d):
+    for r in named_segments(d):  # only ndshm.<name> files: nothing else is gc's to remove
         if r.in_use or r.persist:
             continue
         try:
@@ -213,38 +237,124 @@ def cmd_gc(d: str, args: Sequence[str], out) -> int:
     return 0
 
 
-def main(argv: Sequence[str]) -> int:
+class _Help(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (try --help)\n")
+
+
+def prog_name() -> str:
+    """How the user started us: ``python -m ndshm`` or the ``ndshm`` console script."""
+    argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m ndshm" if argv0 in ("", "-c", "-m", "__main__.py") else argv0
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The command line's parser: ``[--dir DIR] {ls,info,rm,gc,bench,help} ...``."""
+    from . import __version__
+
+    def add_dir(p: argparse.ArgumentParser, default: Any) -> None:
+        p.add_argument("--dir", metavar="DIR", default=default,
+                       help="directory of the segments (default: $NDSHM_DIR, else /dev/shm)")
+
+    top = _Parser(prog=prog, description="Inspect and clean ndshm's named shared-memory segments.",
+                  epilog=_EPILOG, formatter_class=_Help, allow_abbrev=False)
+    add_dir(top, None)
+    top.add_argument("--version", action="version", version=f"ndshm {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", allow_abbrev=False, **kw)
+        add_dir(p, argparse.SUPPRESS)  # after the command too; the top level's otherwise
+        return p
+
+    p = command("ls", "list named segments (all, or those matching NAME or a glob)", aliases=["list"])
+    p.add_argument("--json", action="store_true",
+                   help="a JSON array, one object per segment with every field of ndshm.list()")
+    p.add_argument("patterns", nargs="*", metavar="NAME", help="a segment name or a glob such as 'job-*'")
+    p = command("info", "describe segments")
+    p.add_argument("--json", action="store_true", help="as ls --json")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p = command("rm", "remove segments by name")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p = command("gc", "remove segments no live process maps (persistent and young ones are kept)")
+    p.add_argument("-n", "--dry-run", action="store_true", help="say what would be removed; remove nothing")
+    p.add_argument("--min-age", metavar="SECONDS", type=_min_age, default=GRACE_SECONDS,
+                   help=f"keep segments changed less than this long ago (default {GRACE_SECONDS:g})")
+    p = sub.add_parser("bench", add_help=False, prefix_chars="\0",
+                       help=f"run the benchmarks in the source tree's bench/ ({prog} bench --help)")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("help", help="this help, or COMMAND's", allow_abbrev=False)
+    p.add_argument("topic", nargs="?", metavar="COMMAND")
+    return top
+
+
+def _getopt_values(args: Sequence[str]) -> list[str]:
+    """``--dir X`` as ``--dir=X``: an option that takes a value takes the next word as getopt
+    does, even one that starts with '-' (argparse would call ``--min-age -inf`` a missing value)."""
+    out: list[str] = []
+    it = iter(args)
+    for a in it:
+        if a == "--":
+            out.append(a)
+            out.extend(it)
+            break
+        if a in _VALUE_OPTIONS:
+            value = next(it, None)
+            out.append(a if value is None else f"{a}={value}")
+        else:
+            out.append(a)
+    return out
+
+
+def main(argv: Sequence[str], prog: Optional[str] = None) -> int:
     """Run one command; returns the exit status."""
-    args = list(argv)
     out, err = sys.stdout, sys.stderr
-    d: Optional[str] = None
-    while "--dir" in args:
-        i = args.index("--dir")
-        if i + 1 >= len(args):
-            print("--dir needs a DIR", file=err)
-            return 2
-        d = args[i + 1]
-        del args[i:i + 2]
-    d = default_dir(d)
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE, file=out if args else err)
-        return 0 if args else 2
-    cmd, rest = args[0], args[1:]
-    if cmd not in ("ls", "list", "info", "rm", "gc"):
-        print(f"unknown command {cmd!r}\n{USAGE}", file=err)
+    prog = prog or prog_name()
+    parser = build_parser(prog)
+    try:
+        ns, extra = parser.parse_known_args(_getopt_values(list(argv)))
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    cmd = ns.command
+    if extra and cmd != "bench":
+        what = "unknown option" if extra[0].startswith("-") else "unexpected argument"
+        print(f"{prog}{' ' + cmd if cmd else ''}: {what} {extra[0]!r} (try --help)", file=err)
         return 2
+    if cmd is None:
+        parser.print_help(err)
+        return 2
+    if cmd == "help":
+        if ns.topic is None:
+            parser.print_help(out)
+            return 0
+        return main([ns.topic, "--help"], prog)
+    if cmd == "bench":
+        from ._benchcli import main as bench_main
+
+        return bench_main(ns.args, prog=f"{prog} bench")
+    cmd = "ls" if cmd == "list" else cmd
+    d = default_dir(ns.dir)
     if not os.path.isdir(d):
         why = "not a directory" if os.path.lexists(d) else "no such directory"
         print(f"{cmd}: --dir {d!r}: {why}", file=err)
         return 2
     try:
-        if cmd in ("ls", "list"):
-            return cmd_ls(d, out)
+        if cmd == "ls":
+            return cmd_ls(d, ns.patterns, ns.json, out, err)
         if cmd == "info":
-            return cmd_info(d, rest, out, err)
+            return cmd_info(d, ns.names, ns.json, out, err)
         if cmd == "rm":
-            return cmd_rm(d, rest, err)
-        return cmd_gc(d, rest, out)
+            return cmd_rm(d, ns.names, err)
+        return cmd_gc(d, ns.dry_run, ns.min_age, out)
+    except BrokenPipeError:
+        raise  # the reader went away: the entry point ends quietly
     except (NdshmError, OSError) as exc:  # e.g. the directory went, or may not be read
-        print(f"{cmd}: {d}: {exc}", file=err)
+        _error(cmd, d, exc, err)
         return 1

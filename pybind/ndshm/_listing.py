@@ -1,26 +1,40 @@
 """Listing named segments without mapping them: :func:`probe` one, :func:`list_segments` a directory.
 
-What a segment's header says is decoded here for ``ndshm.list()`` and the command line; a segment
-whose header or metadata cannot be decoded is reported with status ``'corrupt'``, never raised
-out of a listing.
+What a segment's header says is decoded here for ``ndshm.list()`` and the command line. Anyone
+who may write to the directory (``/dev/shm`` is world-writable) can plant a file there, so a
+listing trusts nothing it reads: a segment whose header, dtype or metadata cannot be decoded,
+whatever the decoder raises, is reported with status ``'corrupt'`` and the listing goes on with
+the others; it never raises out of a listing.
+
+Every record has a ``kind``: ``'array'``, ``'queue'`` (a :class:`~ndshm.Queue`'s ring) or
+``'sync'`` (a standalone Lock, Event or Barrier), from its header's flags; ``None`` when the
+header could not be read. Sources of segments that are not ``ndshm.<name>`` files with a header
+(compat blocks: headerless files) add themselves to :data:`LISTERS` and give their own kind.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
-from typing import Any, NamedTuple, Optional
+import stat
+import struct
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import numpy as np
 
-from ._errors import CorruptSegmentError, SegmentNotFoundError, error_from_code
+from ._errors import SegmentNotFoundError, error_from_code
 from ._lib import ffi, lib
 from ._segment import _PERSIST, _PREFIX, _cstr, _decode_dtype, _decode_meta, _str_name, default_dir
 
-__all__ = ["SegmentRecord", "probe", "list_segments"]
+__all__ = ["SegmentRecord", "probe", "list_segments", "LISTERS"]
+
 
 class SegmentRecord(NamedTuple):
-    """One named segment as :func:`list_segments` sees it."""
+    """One named segment as :func:`list_segments` sees it.
+
+    ``dtype`` and ``shape`` are the header's layout (a queue's is its ring as ``uint8`` bytes);
+    ``kind`` says what the segment holds; ``slots`` and ``slot_bytes`` are a queue's geometry
+    (None for other kinds, or when its ring header cannot be read)."""
     name: str
     size: int
     dtype: Optional[np.dtype]
@@ -32,44 +46,110 @@ class SegmentRecord(NamedTuple):
     status: str          # 'ready', 'initializing' or 'corrupt'
     path: str
     meta: Any = None
+    kind: Optional[str] = "array"   # 'array', 'queue', 'sync'; None if the header is unreadable
+    slots: Optional[int] = None
+    slot_bytes: Optional[int] = None
+
+
+def _kind_of(flags: int) -> str:
+    if flags & lib.NDSHM_SEG_QUEUE:
+        return "queue"
+    if flags & lib.NDSHM_SEG_SYNC:
+        return "sync"
+    return "array"
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+
+
+def open_regular(path: str) -> Optional[int]:
+    """A read-only descriptor of ``path`` if it is a regular file (not a symlink, FIFO, device,
+    socket or directory), else None. Never blocks: /dev/shm is world-writable, so anyone may
+    plant a FIFO there, and a plain open() of one waits for a writer for ever."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between lstat and open
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+# The head of a queue's ring (csrc/queue.c, ring_hdr_t, version 1): magic, version, hdr_bytes,
+# slots, slot_bytes, in the creator's byte order. Read with pread (a mapping would let whoever
+# truncates the file kill the lister with SIGBUS); any other version shows no geometry.
+_RING_HEAD = struct.Struct("=QIIQQ")
+_RING_MAGIC, _RING_VERSION = 0x51554555534D444E, 1
+
+
+def _queue_geometry(path: str, data_offset: int, data_size: int) -> tuple[Optional[int], Optional[int]]:
+    """(slots, slot_bytes) of the queue ring at ``data_offset`` of ``path``, or (None, None)."""
+    fd = open_regular(path)
+    if fd is None:
+        return None, None
+    try:
+        head = os.pread(fd, _RING_HEAD.size, data_offset)
+    except OSError:
+        return None, None
+    finally:
+        os.close(fd)
+    if len(head) != _RING_HEAD.size:
+        return None, None
+    magic, version, _, slots, slot_bytes = _RING_HEAD.unpack(head)
+    need = ffi.new("uint64_t *")
+    if (magic != _RING_MAGIC or version != _RING_VERSION
+            or lib.ndshm_queue_ring_bytes(slots, slot_bytes, need) != 0 or need[0] > data_size):
+        return None, None
+    return int(slots), int(slot_bytes)
 
 
 def probe(name: str, *, dir: Optional[str] = None) -> SegmentRecord:
-    """Describe named segment ``name`` without mapping it."""
+    """Describe named segment ``name`` without mapping it.
+
+    Raises :class:`SegmentNotFoundError` if there is none and ``ValueError`` for a bad name; a
+    segment that exists but cannot be decoded is a record with status ``'corrupt'``."""
     _str_name(name)
     d = default_dir(dir)
     path = os.path.join(d, _PREFIX + name)
     info = ffi.new("ndshm_segment_info_t *")
     in_use = ffi.new("int *")
     rc = lib.ndshm_segment_probe(lib.NDSHM_KIND_NAMED, _cstr(name), _cstr(d), info, in_use)
-    if rc == lib.NDSHM_ENOENT:
+    if rc in (lib.NDSHM_ENOENT, lib.NDSHM_EINVAL):
         raise error_from_code(rc, path)
-    if rc == lib.NDSHM_EINVAL:
-        raise error_from_code(rc, path)
-    status, dt, shape, pid, created, persist, meta = "ready", None, None, None, None, False, None
     size = int(info.segment_size)
-    if rc == lib.NDSHM_EBUSY:
-        status = "initializing"
-    elif rc:
+    if rc:
+        status = "initializing" if rc == lib.NDSHM_EBUSY else "corrupt"
+        return SegmentRecord(name, size, None, None, None, None, bool(in_use[0]), False, status, path, None, None)
+    status, dt, meta, slots, slot_bytes = "ready", None, None, None, None
+    lay = info.layout
+    # Each decoder may fail in its own way on hostile bytes (RecursionError, MemoryError,
+    # UnicodeDecodeError, ValueError, ...): the segment is corrupt, the listing goes on.
+    try:
+        dt = _decode_dtype(ffi.string(lay.typestr).decode("ascii", "replace"),
+                           bytes(ffi.buffer(info.descr, info.descr_len)), int(lay.itemsize), name)
+    except Exception:
         status = "corrupt"
-    else:
-        lay = info.layout
-        try:
-            dt = _decode_dtype(ffi.string(lay.typestr).decode("ascii", "replace"),
-                               bytes(ffi.buffer(info.descr, info.descr_len)), int(lay.itemsize), name)
-            meta = _decode_meta(bytes(ffi.buffer(info.meta, info.meta_len)))
-        except CorruptSegmentError:
-            status = "corrupt"
-        shape = tuple(int(lay.shape[i]) for i in range(lay.ndim))
-        pid = int(info.creator_pid)
-        created = _dt.datetime.fromtimestamp(info.created_ns / 1e9, tz=_dt.timezone.utc)
-        persist = bool(info.flags & _PERSIST)
-    return SegmentRecord(name, size, dt, shape, pid, created, bool(in_use[0]), persist, status, path, meta)
+    try:
+        meta = _decode_meta(bytes(ffi.buffer(info.meta, info.meta_len)))
+    except Exception:
+        status = "corrupt"
+    flags = int(info.flags)
+    kind = _kind_of(flags)
+    if kind == "queue":
+        slots, slot_bytes = _queue_geometry(path, int(info.data_offset), int(info.data_size))
+    created = _dt.datetime.fromtimestamp(info.created_ns / 1e9, tz=_dt.timezone.utc)  # any int64 ns fits
+    return SegmentRecord(name, size, dt, tuple(int(lay.shape[i]) for i in range(lay.ndim)), int(info.creator_pid),
+                         created, bool(in_use[0]), bool(flags & _PERSIST), status, path, meta, kind, slots, slot_bytes)
 
 
-def list_segments(dir: Optional[str] = None) -> list[SegmentRecord]:
-    """Every named segment in ``dir`` (default: ``$NDSHM_DIR`` or ``/dev/shm``), sorted by name."""
-    d = default_dir(dir)
+def named_segments(d: str) -> list[SegmentRecord]:
+    """Every ``ndshm.<name>`` segment in directory ``d``, sorted by name."""
     out = []
     try:
         entries = sorted(os.listdir(d))
@@ -78,9 +158,24 @@ def list_segments(dir: Optional[str] = None) -> list[SegmentRecord]:
     for entry in entries:
         if not entry.startswith(_PREFIX):
             continue
-        name = entry[len(_PREFIX):]
         try:
-            out.append(probe(name, dir=d))
+            out.append(probe(entry[len(_PREFIX):], dir=d))
         except (SegmentNotFoundError, ValueError):
             continue  # removed meanwhile, or not a valid name
     return out
+
+
+#: Where :func:`list_segments` finds segments: callables taking a directory and returning
+#: records. A kind of segment that is not an ``ndshm.<name>`` file appends its own.
+LISTERS: list[Callable[[str], Iterable[SegmentRecord]]] = [named_segments]
+
+
+def list_segments(dir: Optional[str] = None) -> list[SegmentRecord]:
+    """Every named segment in ``dir`` (default: ``$NDSHM_DIR`` or ``/dev/shm``), sorted by name."""
+    d = default_dir(dir)
+    recs: list[SegmentRecord] = []
+    for lister in LISTERS:
+        recs.extend(lister(d))
+    if len(LISTERS) > 1:
+        recs.sort(key=lambda r: r.name)
+    return recs
