@@ -46,6 +46,7 @@ _PYPY = sys.implementation.name == "pypy"
 _SLICE = 0.25  # a wait "forever" returns to Python this often, so Ctrl-C works
 
 _tls = threading.local()
+_PINNED: dict = {}  # (dir, name) -> slots of that queue held past their block by views in this process
 _QMSG_P, _UPTR, _VOIDP = ffi.typeof("ndshm_qmsg_t *"), ffi.typeof("uintptr_t"), ffi.typeof("void *")
 
 
@@ -117,10 +118,12 @@ def _dtype_of(ts: bytes) -> np.dtype:
     except KeyError:
         try:
             dt = np.dtype(ts.decode("ascii"))
-        except (TypeError, ValueError, UnicodeDecodeError):
+        except Exception:  # whatever the bytes make NumPy raise (RecursionError, MemoryError, a warning as error)
             raise CorruptSegmentError(f"queue message has an unknown typestr {ts!r}") from None
         if dt.hasobject:  # never build Python objects out of bytes from shared memory
             raise CorruptSegmentError(f"queue message has an object typestr {ts!r}")
+        if dt.subdtype is not None:  # no array has one: NumPy would move it into the shape
+            raise CorruptSegmentError(f"queue message has a subarray typestr {ts!r}")
         if len(_TS_DTYPE) < 1024:
             _TS_DTYPE[ts] = dt
         return dt
@@ -208,6 +211,12 @@ def _unlink_if(name: str, dir: Optional[str], pid: int) -> None:
         lib.ndshm_unlink(_encode(name), os.fsencode(dir) if dir else ffi.NULL)
 
 
+def _path_of(name: str, dir: Optional[str]) -> str:
+    """The file of queue ``name`` in ``dir`` (for error messages, as segments name theirs)."""
+    from ._segment import _PREFIX, default_dir
+    return os.path.join(default_dir(dir), _PREFIX + name)
+
+
 def _attach(name: str, dir: Optional[str], shape: Any, dtype: Any) -> "Queue":
     return Queue(name, dir=dir, create=False, shape=shape, dtype=dtype)
 
@@ -222,8 +231,13 @@ class _Slot:
         self.__array_interface__ = iface
 
 
-def _release_later(handle: Any, mw: tuple) -> None:
+def _release_later(handle: Any, mw: tuple, key: tuple) -> None:
     _release(handle, mw[0])
+    n = _PINNED.get(key, 0) - 1
+    if n > 0:
+        _PINNED[key] = n
+    else:
+        _PINNED.pop(key, None)
 
 
 class _Receive:
@@ -244,7 +258,7 @@ class _Receive:
         rc = _take_waiting(h, self._timeout, m)
         if rc:
             _push_msg(mw)
-            q._raise(rc, True)
+            raise q._error(rc, True)
         try:
             dt, shape = q._describe(m, mw[1])
             if dt.itemsize:
@@ -258,6 +272,12 @@ class _Receive:
                                  "typestr": dt.str if dt.names is None else f"|V{dt.itemsize}", "strides": None})
                 inner = np.asarray(slot)
             arr = inner.view(dt)
+        except Exception as e:
+            _release(h, m)
+            _push_msg(mw)
+            if isinstance(e, CorruptSegmentError):
+                raise
+            raise CorruptSegmentError(f"queue message cannot be viewed as an array: {e}") from None
         except BaseException:
             _release(h, m)
             _push_msg(mw)
@@ -273,10 +293,13 @@ class _Receive:
         self._arr = self._slot = self._msg = None
         _neuter(arr, self._dt)
         del arr
-        h = self._q._handle
+        q = self._q
+        h = q._handle
         # CPython: references to `inner` beyond ours and getrefcount's own are derived views.
         if not _PYPY and sys.getrefcount(slot) > 2:
-            weakref.finalize(slot, _release_later, h, mw)
+            key = (q.dir, q.name)
+            _PINNED[key] = _PINNED.get(key, 0) + 1
+            weakref.finalize(slot, _release_later, h, mw, key)
         else:
             _release(h, mw[0])
             _push_msg(mw)
@@ -345,7 +368,7 @@ class _Loan:
             rc = _loan(h, nbytes, t, m)
         if rc:
             _push_msg(mw)
-            q._raise(rc, False)
+            raise q._error(rc, False)
         try:
             word = self._word
             if word is not None:  # 1-D, short typestr: typestr, ndim and shape[0] as three words
@@ -397,9 +420,10 @@ class Queue:
     """A bounded multi-producer multi-consumer queue of NumPy arrays in shared memory.
 
     ``Queue(name=None, *, slots=16, slot_bytes=1 MiB, shape=None, dtype=None, dir=None,
-    create=True, persist=False, mode=0o600, populate=False)``
+    create=True, persist=False, mode=0o600, populate=True)``
 
-    ``slots`` (1 .. 2**20) is rounded up to a power of two (2 at least); ``mode`` is an int
+    ``slots`` (1 .. 2**20) is rounded up to a power of two (2 at least); ``slot_bytes`` is at
+    least 1; ``mode`` is an int
     0 .. 0o7777; ``dir`` a str, bytes or os.PathLike (kept as a str in ``.dir``). A typed queue
     (``shape`` and ``dtype``) sizes its slots for exactly that array and makes it the default of :meth:`loan`. ``create=False``
     attaches to the existing queue ``name`` (as :meth:`attach` does). The creator removes the
@@ -434,12 +458,12 @@ class Queue:
                 name = f"q-{os.getpid()}-{uuid.uuid4().hex[:16]}"
             n = _dtype.as_int(slots, "slots", 1, _MAX_SLOTS)
             n = max(2, 1 << (n - 1).bit_length())
-            nb = _dtype.as_int(slot_bytes, "slot_bytes", 0, _MAX_NBYTES)
+            nb = slot_bytes if self._dtype is not None else _dtype.as_int(slot_bytes, "slot_bytes", 1, _MAX_NBYTES)
             mode = _dtype.as_int(mode, "mode", 0, 0o7777)
             rc = lib.ndshm_queue_create(_encode(name), dir_c, n, nb, mode,
                                         (_PERSIST if persist else 0) | (_POPULATE if populate else 0), out)
             if rc:
-                raise error_from_code(rc, name)
+                raise error_from_code(rc, _path_of(name, dir))
             if not persist:
                 self._finalizer = weakref.finalize(self, _unlink_if, name, dir, os.getpid())
         else:
@@ -447,7 +471,7 @@ class Queue:
                 raise ValueError("attaching needs the queue's name")
             rc = lib.ndshm_queue_attach(_encode(name), dir_c, out)
             if rc:
-                raise error_from_code(rc, name)
+                raise error_from_code(rc, _path_of(name, dir))
         self._handle = ffi.gc(out[0], _close)
         self._lib = lib
         self._closed = False
@@ -481,26 +505,30 @@ class Queue:
     def _toobig(self, nbytes: int, dims: tuple, dt: np.dtype) -> int:
         return lib.ndshm_queue_loan(self._handle, nbytes, 0.0, _msg()[0])  # sets ETOOBIG naming both sizes
 
-    def _wait(self, fn: Any, *args: Any, empty: bool) -> None:
-        """Call ``fn(*args)`` whose timeout is args[-2]; waits forever in slices."""
-        timeout = args[-2]
-        if timeout < 0:
-            args = args[:-2] + (_SLICE, args[-1])
-            while True:
-                rc = fn(*args)
-                if rc != _ETIMEDOUT:
-                    break
-        else:
-            rc = fn(*args)
-        if rc:
-            self._raise(rc, empty)
+    def _error(self, rc: int, empty: bool, done: Optional[int] = None, count: int = 0) -> Exception:
+        """The exception for the failed call ``rc`` of a consumer (``empty``) or a producer.
 
-    def _raise(self, rc: int, empty: bool) -> None:
-        if rc == _ETIMEDOUT:
-            exc = (Empty if empty else Full)(ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace"))
-            exc.code, exc.errname = rc, "NDSHM_ETIMEDOUT"
-            raise exc
-        raise error_from_code(rc)
+        Returned, never raised here: a frame that raises an exception held in one of its locals
+        makes the cycle exception -> traceback -> frame -> exception, which keeps this queue (and
+        its descriptor and mapping) alive until the cyclic collector runs. ``done`` (put_many):
+        how many of its ``count`` arrays went in."""
+        if rc != _ETIMEDOUT and rc != _EFULL and rc != _EEMPTY:
+            return error_from_code(rc)
+        detail = ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace")
+        if not empty:
+            pinned = _PINNED.get((self.dir, self.name), 0)
+            if pinned:
+                detail += (f"; {pinned} of the {self.slots} slots are held by live views of received messages in "
+                           "this process (a view derived from a receive() view, or a tensor, memoryview or list "
+                           "keeping one, holds its slot until it dies): copy what you keep inside the with block "
+                           "(np.array(view[...])) and drop the views")
+            if done is not None:
+                detail += f"; put_many put {done} of its {count} arrays"
+        exc = (Empty if empty else Full)(detail)
+        exc.code, exc.errname = rc, ffi.string(lib.ndshm_errname(rc)).decode()
+        if done is not None:
+            exc.arrays_put = done
+        return exc
 
     def _offset(self, m: Any) -> int:
         """Offset in the ring of the data of message ``m``'s slot."""
@@ -528,13 +556,18 @@ class Queue:
             d = w[_W_SHAPE0]
             shape = (d,)
             n = dt.itemsize * d
+            if d < 0:
+                raise CorruptSegmentError(f"queue message has a negative dimension in shape {shape}")
         else:
             shape = tuple(m.shape[0:ndim]) if ndim else ()
-            n = dt.itemsize
+            count = 1
             for d in shape:
                 if d < 0:
                     raise CorruptSegmentError(f"queue message has a negative dimension in shape {shape}")
-                n *= d
+                count *= d
+            if count > _MAX_NBYTES:  # zero-size items: NumPy cannot count that many
+                raise CorruptSegmentError(f"queue message of shape {shape} has more items than NumPy can count")
+            n = dt.itemsize * count
         sdt = self._dtype
         if sdt is not None and sdt.names is not None and dt.kind == "V" and dt.itemsize == sdt.itemsize:
             dt = sdt
@@ -569,7 +602,7 @@ class Queue:
         else:
             rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, t)
         if rc:
-            self._raise(rc, False)
+            raise self._error(rc, False)
 
     def put_nowait(self, arr: Any) -> None:
         self.put(arr, False)
@@ -583,7 +616,7 @@ class Queue:
         m, w = _msg()
         rc = _take_waiting(h, -1.0 if block and timeout is None else _timeout(block, timeout), m)
         if rc:
-            self._raise(rc, True)
+            raise self._error(rc, True)
         try:
             dt, shape = self._describe(m, w)
             out = np.empty(shape, dt)
@@ -591,6 +624,11 @@ class Queue:
                 dst = ffi.from_buffer(out)
             except (TypeError, ValueError, BufferError):  # dtypes without a buffer format (datetime64, ...)
                 dst = ffi.cast(_VOIDP, out.__array_interface__["data"][0])
+        except Exception as e:
+            _release(h, m)
+            if isinstance(e, CorruptSegmentError):
+                raise
+            raise CorruptSegmentError(f"queue message cannot be made into an array: {e}") from None
         except BaseException:
             _release(h, m)
             raise
@@ -628,7 +666,8 @@ class Queue:
 
     def put_many(self, arrays: Iterable[Any], timeout: Optional[float] = None) -> None:
         """Put every array (in order). 1-D arrays of one dtype go through one C call per batch.
-        Every array is checked (dtype, size) before the first is put."""
+        Every array is checked (dtype, size) before the first is put. On a timeout the
+        :class:`Full` says how many went in (also as its ``arrays_put``); those stay queued."""
         h = self._live()
         t = _timeout(True, timeout)
         arrs = [a if a.__class__ is np.ndarray else np.asarray(a) for a in arrays]
@@ -637,9 +676,15 @@ class Queue:
         dt = arrs[0].dtype
         if self._dtype is not None or dt.itemsize == 0 or any(a.ndim != 1 or a.dtype != dt for a in arrs):
             arrs = [self._prepare(a) for a in arrs]  # all refusals happen before any put
-            for a in arrs:
-                self.put(a, timeout=timeout)
-            return
+            for i, a in enumerate(arrs):
+                try:
+                    self.put(a, timeout=timeout)
+                except Full as e:
+                    rc = e.code
+                    break
+            else:
+                return
+            raise self._error(rc, False, i, len(arrs))
         ts = _typestr_bytes(dt)
         data = np.concatenate(arrs) if len(arrs) > 1 else np.ascontiguousarray(arrs[0])
         if data.dtype != dt:
@@ -663,7 +708,7 @@ class Queue:
             if rc == _ETIMEDOUT and t < 0:
                 continue
             if rc:
-                self._raise(rc, False)
+                raise self._error(rc, False, start + done[0], count)
             start += done[0]
 
     def get_many(self, max_messages: int = 64, timeout: Optional[float] = None) -> List[np.ndarray]:
@@ -711,7 +756,10 @@ class Queue:
         offs = offsets[: n + 1].tolist()
         if dt.itemsize:
             for i in range(n):
-                out.append(buf[offs[i]:offs[i + 1]].view(dt))
+                try:
+                    out.append(buf[offs[i]:offs[i + 1]].view(dt))
+                except Exception:  # a hostile length (not a multiple of the itemsize): the rest is dropped
+                    break
         else:  # pragma: no cover - zero-itemsize messages behind a first one that is not (lengths lost)
             for i in range(n):
                 out.append(np.empty(0, dt))
