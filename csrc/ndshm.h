@@ -481,6 +481,23 @@ NDSHM_API int ndshm_event_wait(void *area, double timeout);
  *  @return : 0, or NDSHM_EBROKEN, NDSHM_EINVAL (parties differs from the first caller's). */
 NDSHM_API int ndshm_barrier_wait(void *area, uint32_t parties, double timeout, uint32_t *index);
 
+/*! ndshm_barrier_wait_sliced() :
+ *  ndshm_barrier_wait for a caller that must regain control while it waits (to run signal
+ *  handlers): with *ticket 0 it arrives; with a ticket it stored, it resumes that arrival's
+ *  wait. After `slice` seconds (0 < slice <= 1e9) it returns NDSHM_ETIMEDOUT with *ticket set
+ *  and the barrier untouched: call again with the time that remains of the timeout. `timeout`
+ *  running out breaks the barrier, as in ndshm_barrier_wait. *ticket is 0 after any other
+ *  return. A caller that stops waiting holding a ticket calls ndshm_barrier_leave().
+ *  @return : 0, NDSHM_ETIMEDOUT (the slice ran out), NDSHM_EBROKEN or NDSHM_EINVAL. */
+NDSHM_API int ndshm_barrier_wait_sliced(void *area, uint32_t parties, double timeout, double slice,
+                                        uint64_t *ticket, uint32_t *index);
+
+/*! ndshm_barrier_leave() : gives up the wait of `ticket` (from ndshm_barrier_wait_sliced; 0
+ *  does nothing): breaks the barrier unless it tripped since that arrival, so the other
+ *  parties are not left waiting for one that went away.
+ *  @return : 0 (nothing to do: it had tripped), NDSHM_EBROKEN (the barrier is broken). */
+NDSHM_API int ndshm_barrier_leave(void *area, uint64_t ticket);
+
 /*! ndshm_barrier_abort() / ndshm_barrier_reset() : break the barrier (waiters get NDSHM_EBROKEN);
  *  reset makes it usable again (and releases waiters still inside as if it had tripped). */
 NDSHM_API int ndshm_barrier_abort(void *area);

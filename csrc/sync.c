@@ -313,9 +313,16 @@ int ndshm_barrier_state(void *area, uint32_t *parties, uint32_t *waiting, int *b
     return 0;
 }
 
-int ndshm_barrier_wait(void *area, uint32_t parties, double timeout, uint32_t *index) {
-    int rc = check_area(area, "ndshm_barrier_wait");
-    if (rc == 0) rc = ndshm__check_timeout(timeout, "ndshm_barrier_wait"); /* before arriving */
+/* A ticket: bit 63 set, the generation of the arrival in bits 32..62, its index in bits 0..31. */
+#define B_TICKET(gen, idx) (((uint64_t)1 << 63) | B_MAKE(gen, idx))
+
+/* Arrives (*ticket 0) or resumes the wait of the arrival in *ticket. With slice_ns > 0 it comes
+ * back after slice_ns with NDSHM_ETIMEDOUT and *ticket set, unless the deadline of `timeout`
+ * comes first (which breaks the barrier). *ticket is 0 after every other return. */
+static int barrier_wait(void *area, uint32_t parties, double timeout, int64_t slice_ns, uint64_t *ticket,
+                        uint32_t *index, const char *fn) {
+    int rc = check_area(area, fn);
+    if (rc == 0) rc = ndshm__check_timeout(timeout, fn); /* before arriving */
     if (rc) return rc;
     if (parties == 0 || parties > (1u << 20))
         return ndshm__fail(NDSHM_EINVAL, 0, "barrier parties %u is not between 1 and %u", parties, 1u << 20);
@@ -323,21 +330,35 @@ int ndshm_barrier_wait(void *area, uint32_t parties, double timeout, uint32_t *i
     uint32_t p = 0;
     if (!atomic_compare_exchange_strong(&b->parties, &p, parties) && p != parties)
         return ndshm__fail(NDSHM_EINVAL, 0, "barrier %p has %u parties, not %u", area, p, parties);
-    int64_t deadline = ndshm__deadline(timeout);
-    uint64_t s = atomic_load(&b->state), mygen;
+    int64_t deadline = ndshm__deadline(timeout), until = deadline;
+    if (slice_ns > 0) {
+        int64_t now = ndshm__now_ns();
+        if (deadline - now > slice_ns) until = now + slice_ns;
+    }
+    uint64_t s, mygen;
     uint32_t idx;
-    for (;;) {
-        if (s & B_BROKEN) return ndshm__fail(NDSHM_EBROKEN, 0, "barrier %p is broken", area);
-        idx = B_COUNT(s);
-        if (idx + 1 == parties) {
-            if (atomic_compare_exchange_weak(&b->state, &s, B_MAKE(B_GEN(s) + 1, 0))) {
-                barrier_bump(b);
-                if (index) *index = idx;
-                return 0;
+    if (*ticket != 0) {
+        if (!(*ticket >> 63) || B_COUNT(*ticket) >= parties)
+            return ndshm__fail(NDSHM_EINVAL, 0, "barrier %p: ticket 0x%llx was not stored by %s", area,
+                               (unsigned long long)*ticket, fn);
+        mygen = B_GEN(*ticket);
+        idx = B_COUNT(*ticket);
+        *ticket = 0;
+    } else {
+        s = atomic_load(&b->state);
+        for (;;) {
+            if (s & B_BROKEN) return ndshm__fail(NDSHM_EBROKEN, 0, "barrier %p is broken", area);
+            idx = B_COUNT(s);
+            if (idx + 1 == parties) {
+                if (atomic_compare_exchange_weak(&b->state, &s, B_MAKE(B_GEN(s) + 1, 0))) {
+                    barrier_bump(b);
+                    if (index) *index = idx;
+                    return 0;
+                }
+            } else if (atomic_compare_exchange_weak(&b->state, &s, s + 1)) {
+                mygen = B_GEN(s);
+                break;
             }
-        } else if (atomic_compare_exchange_weak(&b->state, &s, s + 1)) {
-            mygen = B_GEN(s);
-            break;
         }
     }
     for (;;) {
@@ -349,15 +370,54 @@ int ndshm_barrier_wait(void *area, uint32_t parties, double timeout, uint32_t *i
         }
         if (s & B_BROKEN) return ndshm__fail(NDSHM_EBROKEN, 0, "barrier %p is broken", area);
         atomic_fetch_add(&b->waiters, 1);
-        int w = ndshm__futex_wait(&b->gen, g, deadline, 0);
+        int w = ndshm__futex_wait(&b->gen, g, until, 0);
         atomic_fetch_sub(&b->waiters, 1);
         if (w == ETIMEDOUT) {
             s = atomic_load(&b->state);
             if (B_GEN(s) != mygen) continue; /* tripped just now */
+            if (until != deadline) {         /* the slice ran out, not the timeout */
+                *ticket = B_TICKET(mygen, idx);
+                return ndshm__fail(NDSHM_ETIMEDOUT, 0, "barrier %p: still waiting (%u of %u parties arrived)", area,
+                                   B_COUNT(s), parties);
+            }
             atomic_fetch_or(&b->state, B_BROKEN);
             barrier_bump(b);
+            if (slice_ns > 0)
+                return ndshm__fail(NDSHM_EBROKEN, 0, "barrier %p: %u of %u parties arrived before the timeout; broken",
+                                   area, B_COUNT(s), parties);
             return ndshm__fail(NDSHM_EBROKEN, 0, "barrier %p: %u of %u parties arrived within %g s; broken", area,
                                B_COUNT(s), parties, timeout);
         }
     }
+}
+
+int ndshm_barrier_wait(void *area, uint32_t parties, double timeout, uint32_t *index) {
+    uint64_t ticket = 0;
+    return barrier_wait(area, parties, timeout, 0, &ticket, index, "ndshm_barrier_wait");
+}
+
+int ndshm_barrier_wait_sliced(void *area, uint32_t parties, double timeout, double slice, uint64_t *ticket,
+                              uint32_t *index) {
+    if (ticket == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_barrier_wait_sliced: ticket is NULL");
+    if (!(slice > 0) || slice > 1e9)
+        return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_barrier_wait_sliced: slice %g is not between 0 and 1e9 s", slice);
+    return barrier_wait(area, parties, timeout, (int64_t)(slice * 1e9) + 1, ticket, index,
+                        "ndshm_barrier_wait_sliced");
+}
+
+int ndshm_barrier_leave(void *area, uint64_t ticket) {
+    int rc = check_area(area, "ndshm_barrier_leave");
+    if (rc || ticket == 0) return rc;
+    if (!(ticket >> 63))
+        return ndshm__fail(NDSHM_EINVAL, 0, "barrier %p: ticket 0x%llx was not stored by ndshm_barrier_wait_sliced",
+                           area, (unsigned long long)ticket);
+    barrier_area_t *b = area;
+    uint64_t s = atomic_load(&b->state);
+    for (;;) {
+        if (B_GEN(s) != B_GEN(ticket)) return 0; /* it tripped after all: the caller passed */
+        if (s & B_BROKEN) return ndshm__fail(NDSHM_EBROKEN, 0, "barrier %p is broken", area);
+        if (atomic_compare_exchange_weak(&b->state, &s, s | B_BROKEN)) break;
+    }
+    barrier_bump(b);
+    return ndshm__fail(NDSHM_EBROKEN, 0, "barrier %p: a party stopped waiting; broken", area);
 }

@@ -186,6 +186,57 @@ b.wait(30)
         b.wait(timeout=0.2)
 
 
+def test_barrier_wait_without_timeout_is_interrupted_by_ctrl_c(unique_name):
+    b = ndshm.Barrier(2, unique_name)
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import ndshm
+b = ndshm.Barrier(2, {unique_name!r}, create=False)
+try:
+    b.wait()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    raise
+print("passed", flush=True)
+"""], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while b.n_waiting < 1 and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.01)
+        assert b.n_waiting == 1  # the child is inside wait()
+        time.sleep(0.3)  # well asleep in the C call
+        t0 = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert out.strip() == "interrupted" and "KeyboardInterrupt" in err, (out, err)
+    assert child.returncode != 0
+    assert elapsed < 2, elapsed
+    # the party that left broke the barrier: nobody waits for it for ever
+    assert b.broken
+    t0 = time.monotonic()
+    with pytest.raises(ndshm.BrokenBarrierError):
+        b.wait()
+    assert time.monotonic() - t0 < 1
+
+
+def test_barrier_waits_in_slices_keep_their_timeout(unique_name):
+    b = ndshm.Barrier(2, unique_name)
+    t0 = time.monotonic()
+    with pytest.raises(ndshm.BrokenBarrierError, match="before the timeout"):
+        b.wait(timeout=0.6)  # longer than a slice: the remainder is passed on, not restarted
+    assert 0.55 <= time.monotonic() - t0 < 1.5
+    b.reset()
+    other = ndshm.Barrier(2, unique_name, create=False)
+    threading.Timer(0.7, other.wait, (5,)).start()  # arrives after a few slices
+    t0 = time.monotonic()
+    assert b.wait() == 0 and 0.6 <= time.monotonic() - t0 < 5
+    assert not b.broken and b.n_waiting == 0
+
+
 def test_in_segment_objects(unique_name):
     arr = ndshm.create(unique_name, (4,), np.float32)
     seg = ndshm.segment_of(arr)

@@ -8,7 +8,8 @@ The lock is robust: owners are processes (pid + start time). If the holder dies,
 acquirer gets the lock, ``acquire()`` returns True and ``lock.owner_died`` is True until the next
 acquire (the data it protects may be half-updated; check it). A barrier is broken
 (:class:`BrokenBarrierError` for every waiter) when a wait times out, which is how a dead party is
-noticed: give ``wait`` a timeout when a party may die.
+noticed: give ``wait`` a timeout when a party may die. A wait interrupted by an exception
+(Ctrl-C) breaks it too. Every wait comes back to Python a few times a second, so Ctrl-C works.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -31,7 +33,7 @@ _EOWNERDEAD, _EBUSY, _ETIMEDOUT, _EBROKEN = lib.NDSHM_EOWNERDEAD, lib.NDSHM_EBUS
 _acquire, _lock_release, _lock_state = lib.ndshm_lock_acquire, lib.ndshm_lock_release, lib.ndshm_lock_state
 _ev_set, _ev_clear, _ev_is_set, _ev_wait = lib.ndshm_event_set, lib.ndshm_event_clear, lib.ndshm_event_is_set, \
     lib.ndshm_event_wait
-_b_wait = lib.ndshm_barrier_wait
+_b_wait, _b_leave = lib.ndshm_barrier_wait_sliced, lib.ndshm_barrier_leave
 _SLICE = 0.25  # waits "forever" come back to Python this often, so Ctrl-C works
 _MAX_PARTIES = 1 << 20  # what ndshm_barrier_wait accepts (parties is a uint32_t, 1 .. 2^20)
 
@@ -237,12 +239,24 @@ class Barrier(_Sync):
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for all parties; returns this caller's arrival index (0 .. parties-1). A timeout
-        breaks the barrier: :class:`BrokenBarrierError` here and in every other waiter."""
+        breaks the barrier: :class:`BrokenBarrierError` here and in every other waiter. The wait
+        comes back to Python every quarter second, so Ctrl-C works; an exception that ends it
+        (KeyboardInterrupt) breaks the barrier too, as the others would otherwise wait for a
+        party that is gone."""
         if timeout is None:
             timeout = self._timeout
         t = _timeout(True, timeout)
-        idx = ffi.new("uint32_t *")
-        rc = _b_wait(self._area, self.parties, t, idx)
+        area, parties = self._area, self.parties
+        ticket, idx = ffi.new("uint64_t *"), ffi.new("uint32_t *")
+        deadline = None if t < 0 else time.monotonic() + t
+        try:
+            rc = _b_wait(area, parties, t, _SLICE, ticket, idx)
+            while rc == _ETIMEDOUT:  # the slice ran out: Python's signal handlers have run
+                left = -1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+                rc = _b_wait(area, parties, left, _SLICE, ticket, idx)
+        except BaseException:
+            _b_leave(area, ticket[0])  # ticket 0 (not waiting) leaves the barrier alone
+            raise
         if rc:
             raise error_from_code(rc)
         return int(idx[0])

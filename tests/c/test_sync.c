@@ -189,6 +189,81 @@ TEST(barrier_timeout_breaks) {
     munmap(area, 4096);
 }
 
+TEST(barrier_sliced_wait_resumes_and_leave_breaks) {
+    char *area = shared_mem(4096);
+    uint64_t ticket = 0;
+    uint32_t idx = 99, waiting = 9;
+    int broken = 1;
+    /* bad arguments: nothing arrives */
+    CHECK_RC(ndshm_barrier_wait_sliced(area, 2, -1, 0.05, NULL, &idx), NDSHM_EINVAL);
+    CHECK_RC(ndshm_barrier_wait_sliced(area, 2, -1, 0, &ticket, &idx), NDSHM_EINVAL);
+    CHECK_RC(ndshm_barrier_wait_sliced(area, 2, -1, NAN, &ticket, &idx), NDSHM_EINVAL);
+    CHECK_RC(ndshm_barrier_state(area, NULL, &waiting, NULL), 0);
+    CHECK(waiting == 0);
+    /* each slice comes back without touching the barrier; a resumed wait is the same arrival */
+    double t0 = now_s();
+    CHECK_RC(ndshm_barrier_wait_sliced(area, 2, -1, 0.05, &ticket, &idx), NDSHM_ETIMEDOUT);
+    CHECK(now_s() - t0 >= 0.045 && now_s() - t0 < 2);
+    CHECK(ticket != 0);
+    CHECK_RC(ndshm_barrier_wait_sliced(area, 2, -1, 0.05, &ticket, &idx), NDSHM_ETIMEDOUT);
+    CHECK_RC(ndshm_barrier_state(area, NULL, &waiting, &broken), 0);
+    CHECK(waiting == 1 && broken == 0);
+    uint64_t forged = 0x1234; /* not a ticket */
+    CHECK_RC(ndshm_barrier_wait_sliced(area, 2, -1, 0.05, &forged, &idx), NDSHM_EINVAL);
+    forged = ((uint64_t)1 << 63) | 7; /* index 7 of 2 parties */
+    CHECK_RC(ndshm_barrier_wait_sliced(area, 2, -1, 0.05, &forged, &idx), NDSHM_EINVAL);
+    CHECK_DETAIL("ticket");
+    pid_t pid = fork();
+    if (pid == 0) {
+        uint32_t i;
+        _exit(ndshm_barrier_wait(area, 2, 5, &i) == 0 && i == 1 ? 0 : 1);
+    }
+    int rc;
+    while ((rc = ndshm_barrier_wait_sliced(area, 2, 5, 0.05, &ticket, &idx)) == NDSHM_ETIMEDOUT) {
+    }
+    CHECK_RC(rc, 0);
+    CHECK(idx == 0 && ticket == 0);
+    CHECK(wait_ok(pid));
+    CHECK_RC(ndshm_barrier_state(area, NULL, &waiting, &broken), 0);
+    CHECK(waiting == 0 && broken == 0);
+    /* a party that stops waiting breaks the barrier for the others (a barrier of 3 this time) */
+    char *b3 = area + 64;
+    pid = fork();
+    if (pid == 0) {
+        uint32_t i;
+        _exit(ndshm_barrier_wait(b3, 3, 10, &i) == NDSHM_EBROKEN ? 0 : 1);
+    }
+    waiting = 0;
+    for (int k = 0; k < 5000 && waiting != 1; k++) {
+        usleep(1000);
+        ndshm_barrier_state(b3, NULL, &waiting, NULL);
+    }
+    CHECK_RC(ndshm_barrier_wait_sliced(b3, 3, -1, 0.02, &ticket, &idx), NDSHM_ETIMEDOUT);
+    CHECK_RC(ndshm_barrier_state(b3, NULL, &waiting, NULL), 0);
+    CHECK(waiting == 2);
+    t0 = now_s();
+    CHECK_RC(ndshm_barrier_leave(b3, ticket), NDSHM_EBROKEN);
+    CHECK_DETAIL("stopped waiting");
+    CHECK(wait_ok(pid)); /* released at once, broken */
+    CHECK(now_s() - t0 < 5);
+    CHECK_RC(ndshm_barrier_state(b3, NULL, NULL, &broken), 0);
+    CHECK(broken == 1);
+    CHECK_RC(ndshm_barrier_leave(b3, 0), 0); /* no ticket: nothing to undo */
+    CHECK_RC(ndshm_barrier_leave(b3, 1), NDSHM_EINVAL);
+    /* a ticket whose barrier tripped (or was reset) since is not held against the next round */
+    CHECK_RC(ndshm_barrier_reset(b3), 0);
+    CHECK_RC(ndshm_barrier_leave(b3, ticket), 0);
+    CHECK_RC(ndshm_barrier_state(b3, NULL, NULL, &broken), 0);
+    CHECK(broken == 0);
+    /* the timeout (not a slice) running out breaks it, as ndshm_barrier_wait does */
+    ticket = 0;
+    t0 = now_s();
+    CHECK_RC(ndshm_barrier_wait_sliced(b3, 3, 0.02, 1, &ticket, &idx), NDSHM_EBROKEN);
+    CHECK_DETAIL("before the timeout");
+    CHECK(ticket == 0 && now_s() - t0 < 0.5);
+    munmap(area, 4096);
+}
+
 /* Runs one call on `area` in a fork()ed child, so a call that never returns (a NaN timeout
  * used to wait for ever) is killed after `limit` s: returns its code, or 1 if it was killed. */
 enum { OP_LOCK, OP_EVENT, OP_BARRIER };
@@ -312,6 +387,7 @@ int main(void) {
     RUN(event_across_processes);
     RUN(barrier_across_processes);
     RUN(barrier_timeout_breaks);
+    RUN(barrier_sliced_wait_resumes_and_leave_breaks);
     RUN(nan_timeouts_are_refused);
     RUN(infinite_timeouts_wait_for_ever);
     return SUMMARY();
