@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import math
 import multiprocessing as mp
 import os
 import pickle
@@ -10,12 +12,13 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
 
 import ndshm
-from conftest import child_env, run_python
+from conftest import PYPY, child_env, run_python
 
 
 def test_lock_basics(unique_name):
@@ -335,3 +338,80 @@ def test_standalone_name_and_dir_types(unique_name):
                 cls(b"x", create=create)
             with pytest.raises(TypeError, match="4567"):
                 cls(unique_name, dir=4567, create=create)
+
+
+def _message(exc_type: type, call, *args) -> str:
+    """The message of the ``exc_type`` that ``call(*args)`` raises (and nothing else of it)."""
+    try:
+        call(*args)
+    except exc_type as exc:
+        return str(exc)
+    raise AssertionError(f"{call} did not raise {exc_type.__name__}")
+
+
+def _assert_freed_after(make, poke) -> None:
+    """``poke(obj)`` on a fresh ``make()`` runs error paths; with the cyclic collector off, ``del``
+    must free the object at once, and the error paths must have left no cyclic garbage: no
+    exception it raised (exception -> traceback -> frame -> object) keeps anything alive."""
+    gc.collect()
+    gc.disable()
+    try:
+        obj = make()
+        ref = weakref.ref(obj)
+        poke(obj)
+        del obj
+        assert ref() is None, gc.get_referrers(ref())
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupted(call) -> str:
+    """Runs ``call()`` with a SIGALRM handler that raises _Interrupt 0.1 s in, as Ctrl-C would."""
+    def handler(signum, frame):
+        raise _Interrupt("alarm")
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        return _message(_Interrupt, call)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.skipif(PYPY, reason="PyPy frees objects only when its collector runs: nothing is freed at del")
+def test_errors_raised_by_sync_objects_do_not_keep_them_alive(unique_name):
+    nan = math.nan
+
+    def lock_errors(lock):
+        assert lock.acquire()
+        assert lock.acquire(timeout=0.02) is False  # the timed-out path
+        assert lock.acquire(blocking=False) is False
+        lock.release()
+        assert "not held by any process" in _message(ndshm.NdshmPermissionError, lock.release)
+        assert "nan" in _message(ValueError, lock.acquire, True, nan)
+        assert "'x'" in _message(TypeError, lock.acquire, True, "x")
+
+    def event_errors(ev):
+        assert ev.wait(0.02) is False
+        assert "nan" in _message(ValueError, ev.wait, nan)
+
+    def barrier_errors(b):
+        assert "before the timeout" in _message(ndshm.BrokenBarrierError, b.wait, 0.02)
+        assert "broken" in _message(ndshm.BrokenBarrierError, b.wait)  # already broken
+        assert "nan" in _message(ValueError, b.wait, nan)
+        b.reset()
+        assert _interrupted(b.wait) == "alarm"  # an exception inside the sliced wait
+        assert b.broken
+
+    _assert_freed_after(lambda: ndshm.Lock(unique_name), lock_errors)
+    _assert_freed_after(lambda: ndshm.Event(unique_name + "-ev"), event_errors)
+    _assert_freed_after(lambda: ndshm.Barrier(2, unique_name + "-b"), barrier_errors)
+    seg = ndshm.segment_of(ndshm.create(unique_name + "-arr", 4))
+    _assert_freed_after(lambda: seg.lock, lock_errors)
+    _assert_freed_after(lambda: seg.event, event_errors)
+    _assert_freed_after(lambda: seg.barrier(2), barrier_errors)
