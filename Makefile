@@ -7,6 +7,9 @@ PYTHON ?= python3
 PYPY ?= pypy3
 VENV ?= .venv
 PYPY_VENV ?= .venv-pypy
+OLDNUMPY_VENV ?= .venv-oldnumpy
+# The oldest NumPy pyproject.toml declares (numpy>=X): `make oldnumpy-test` proves it, on CPython.
+NUMPY_FLOOR := $(shell sed -n 's/.*"numpy>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 PKG := pybind/ndshm
 BUILD := build
 
@@ -22,14 +25,14 @@ CTEST_SRCS := $(wildcard tests/c/test_*.c)
 SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 CTEST_BINS := $(patsubst tests/c/%.c,$(BUILD)/ctest/%,$(CTEST_SRCS))
 
-.PHONY: all help lib venv test ctest pytest pypy-test bench bench-quick clean
+.PHONY: all help lib venv test ctest pytest pypy-test oldnumpy-test bench bench-quick clean
 
 all: lib
 
 help:
 	@echo "make lib        build $(PKG)/libndshm.so (a C compiler is all it needs)"
 	@echo "make venv       create $(VENV) with ndshm (editable) and the test dependencies"
-	@echo "make test       C tests under ASan+UBSan, then pytest on CPython, then on PyPy if installed"
+	@echo "make test       C tests under ASan+UBSan, then pytest on CPython, on the oldest NumPy, on PyPy"
 	@echo "make bench      install the peers into $(VENV) and run every benchmark (the main job)"
 	@echo "make clean      remove build products"
 
@@ -74,6 +77,10 @@ venv: lib $(VENV)/.stamp
 pytest: lib $(VENV)/.stamp
 	$(VENV)/bin/python -m pytest -q tests
 
+# The runs on PyPy and on the oldest NumPy have numpy, cffi and pytest only: the tests of optional
+# packages (torch, OpenCV, matplotlib) skip there, saying why; the CPython run above must run them.
+MINIMAL_DEPS = NDSHM_TEST_MINIMAL_DEPS
+
 $(PYPY_VENV)/.stamp: pyproject.toml
 	$(PYPY) -m venv $(PYPY_VENV)
 	$(PYPY_VENV)/bin/python -m pip install -q --upgrade pip
@@ -84,12 +91,23 @@ $(PYPY_VENV)/.stamp: pyproject.toml
 pypy-test: lib
 	@if command -v $(PYPY) >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory $(PYPY_VENV)/.stamp && \
-		PYTHONPATH=$(CURDIR)/pybind $(PYPY_VENV)/bin/python -m pytest -q tests; \
+		PYTHONPATH=$(CURDIR)/pybind $(MINIMAL_DEPS)="the PyPy run has no build of it; the CPython run covers it" \
+			$(PYPY_VENV)/bin/python -m pytest -q tests; \
 	else \
 		echo "pypy-test: $(PYPY) is not installed, so the PyPy run is skipped (apt-get install -y pypy3 pypy3-venv)"; \
 	fi
 
-test: lib ctest pytest pypy-test
+# The Python suite against numpy==$(NUMPY_FLOOR) (CPython; ndshm from the source tree, as for PyPy).
+$(OLDNUMPY_VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(OLDNUMPY_VENV)
+	$(OLDNUMPY_VENV)/bin/python -m pip install -q numpy==$(NUMPY_FLOOR) cffi pytest
+	touch $@
+
+oldnumpy-test: lib $(OLDNUMPY_VENV)/.stamp
+	PYTHONPATH=$(CURDIR)/pybind $(MINIMAL_DEPS)="the numpy==$(NUMPY_FLOOR) run has numpy, cffi and pytest only; the main CPython run covers it" \
+		$(OLDNUMPY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+
+test: lib ctest pytest oldnumpy-test pypy-test
 
 $(VENV)/.bench-stamp: $(VENV)/.stamp
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'

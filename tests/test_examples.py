@@ -1,15 +1,15 @@
 """The six examples of examples/: each runs as a script, and its claims hold (addresses, write-through,
 lifetimes, real processes).
 
-torch and cv2 are optional: missing, the tests skip and say why, except in CI (CI set) on CPython,
-where they must be installed. Examples whose ndshm feature has not landed yet skip naming it.
+torch and cv2 come with `make venv`: missing, a test skips locally and fails under CI
+(conftest.skip_or_fail); the PyPy and oldest-NumPy runs have neither and skip them saying so
+(optional_deps.require).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import platform
 import subprocess
 import sys
 
@@ -17,21 +17,13 @@ import pytest
 
 import ndshm
 from conftest import ROOT, child_env
+from optional_deps import require
 
 EXAMPLES = ROOT / "examples"
-PYPY = platform.python_implementation() == "PyPy"
 
 
 def requires(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError as e:
-        if os.environ.get("CI") and not PYPY:
-            pytest.fail(f"{module} is required in CI (install torch / opencv-python-headless): {e}")
-        where = "PyPy has no build of it; the CPython run covers this" if PYPY else "CI installs it and runs this"
-        pytest.skip(f"{module} is not installed ({e}); {where} example")
-
-
+    require(module, "example")
 
 
 @pytest.fixture

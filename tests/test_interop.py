@@ -1,15 +1,12 @@
 """Zero-copy interop with PyTorch, OpenCV and DLPack: shared addresses and write-through, not just "it runs".
 
-torch and cv2 are optional installs. Where they are missing the tests skip and say why, except
-in CI (the environment variable CI is set), where CPython must have them: a skip there would
-hide a lost interop guarantee.
+torch and cv2 come with `make venv`: missing, a test skips locally and fails under CI
+(conftest.skip_or_fail); the PyPy and oldest-NumPy runs have neither and skip them saying so
+(optional_deps.require).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import platform
 import weakref
 
 import numpy as np
@@ -17,21 +14,7 @@ import pytest
 
 import ndshm
 from conftest import collect, run_python
-
-PYPY = platform.python_implementation() == "PyPy"
-
-
-def requires(module: str):
-    """Import ``module`` or skip (fail under CI on CPython, where it must be installed)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        if os.environ.get("CI") and not PYPY:
-            pytest.fail(f"{module} is required in CI (install torch / opencv-python-headless): {e}")
-        where = "PyPy has no build of it; the CPython run covers this" if PYPY else "CI installs it and runs this"
-        pytest.skip(f"{module} is not installed ({e}); {where} test")
-
-
+from optional_deps import require as requires
 
 
 def addr(a: np.ndarray) -> int:
