@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import subprocess
 import sys
 import threading
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 import ndshm
+from ndshm._lib import lib
 from conftest import PYPY, child_env, collect
 
 ALIGNS = [8, 16, 64, 256, 4096, "page", "huge", 1 << 20]
@@ -112,7 +115,8 @@ def test_asaligned_copies_only_when_needed():
     (lambda: ndshm.empty(3, [("a", "O")]), TypeError, "O"),
     (lambda: ndshm.empty(3, order="X"), ValueError, "X"),
     (lambda: ndshm.empty(2.5), TypeError, "2.5"),
-    (lambda: ndshm.empty((1,) * 33), ValueError, "33"),
+    # ndshm's own limit (NDSHM_MAXDIM, NumPy 1.x's too), named by ndshm before NumPy sees the shape:
+    (lambda: ndshm.empty((1,) * (lib.NDSHM_MAXDIM + 1)), ValueError, f"at most {lib.NDSHM_MAXDIM} are supported"),
     (lambda: ndshm.empty((np.int64(2), -1)), ValueError, "-1"),
     (lambda: ndshm.empty((True, 2)), TypeError, "True"),
     (lambda: ndshm.empty(False), TypeError, "False"),
@@ -166,6 +170,58 @@ def test_lock_refused_by_rlimit_names_it():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("refused") and "RLIMIT_MEMLOCK" in proc.stdout, proc.stdout
+
+
+def test_the_dimension_limit_is_ndshms_and_reaches_it():
+    assert lib.NDSHM_MAXDIM == 32
+    a = ndshm.zeros((1,) * lib.NDSHM_MAXDIM, np.int8)
+    assert a.ndim == lib.NDSHM_MAXDIM and a.shape == np.zeros((1,) * lib.NDSHM_MAXDIM).shape
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+
+
+def resident_pages(a: np.ndarray) -> int:
+    """How many of the pages under ``a`` are in RAM now (mincore), without touching them."""
+    page = mmap.PAGESIZE
+    start = a.ctypes.data // page * page
+    n = (a.ctypes.data + a.nbytes - start + page - 1) // page
+    vec = ctypes.create_string_buffer(n)
+    if _libc.mincore(ctypes.c_void_p(start), n * page, vec) != 0:
+        raise OSError(ctypes.get_errno(), "mincore")
+    return sum(b & 1 for b in vec.raw)
+
+
+def locked_kib() -> int:
+    """VmLck of this process (/proc/self/status): memory it holds locked with mlock."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmLck:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmLck in /proc/self/status")
+
+
+@pytest.mark.parametrize("hugepages", [False, None])
+def test_populate_makes_every_page_resident_before_first_touch(hugepages):
+    n = 8 << 20
+    pages = n // mmap.PAGESIZE
+    plain = ndshm.empty(n, np.uint8, align="page", hugepages=hugepages)
+    populated = ndshm.empty(n, np.uint8, align="page", hugepages=hugepages, populate=True)
+    assert resident_pages(populated) == pages
+    assert resident_pages(plain) < pages // 4, "without populate the fresh pages are not there yet"
+
+
+def test_lock_locks_the_whole_buffer_in_ram():
+    n = 8 << 20
+    before = locked_kib()
+    plain = ndshm.empty(n, np.uint8, align="page")
+    assert locked_kib() == before
+    locked = ndshm.empty(n, np.uint8, align="page", lock=True)
+    assert locked_kib() - before >= n >> 10
+    assert resident_pages(locked) == n // mmap.PAGESIZE
+    del plain, locked
+    collect()
+    assert locked_kib() == before, "freeing a locked buffer unlocks it"
 
 
 def test_options_allocate_usable_memory():
