@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
+import json
 import os
 import subprocess
 import sys
@@ -174,3 +177,140 @@ def test_gc_min_age_must_be_finite_and_not_negative(tmp_path):
     out = cli("--dir", d, "gc", "--min-age", "1e6")
     assert out.returncode == 0 and "removed 0 segments" in out.stdout
     assert os.path.exists(os.path.join(d, "ndshm.blank"))
+
+
+def _segments_of_every_kind(d: str) -> list:
+    """An array with JSON meta, one with bytes meta, a queue and a lock in ``d``; keep the result alive."""
+    return [ndshm.create("arr", (2, 3), "f4", dir=d, meta={"who": "test", "n": [1, 2]}),
+            ndshm.create("raw", 7, "u1", dir=d, meta=b"\x00\xffbytes"),
+            ndshm.Queue("que", slots=16, slot_bytes=64, dir=d),
+            ndshm.Lock("lck", dir=d)]
+
+
+def test_ls_json_has_every_field_of_list_and_reads_with_json_tool(tmp_path):
+    d = str(tmp_path)
+    keep = _segments_of_every_kind(d)
+    pipe = subprocess.run(f"'{sys.executable}' -m ndshm ls --json --dir '{d}' | '{sys.executable}' -m json.tool",
+                          shell=True, capture_output=True, text=True, timeout=60, env=child_env())
+    assert pipe.returncode == 0 and "Traceback" not in pipe.stderr, pipe.stderr
+    objs = {o["name"]: o for o in json.loads(pipe.stdout)}
+    recs = {r.name: r for r in ndshm.list(d)}
+    assert sorted(objs) == sorted(recs) == ["arr", "lck", "que", "raw"]
+    for name, r in recs.items():
+        o = objs[name]
+        assert set(r._fields) <= set(o) and "kind" in o, o
+        for field in ("name", "size", "creator_pid", "in_use", "persist", "status", "path", "kind", "slots",
+                      "slot_bytes"):
+            assert o[field] == getattr(r, field), (name, field)
+        assert o["dtype"] == str(r.dtype) and tuple(o["shape"]) == r.shape
+        assert datetime.datetime.fromisoformat(o["created"]) == r.created
+    assert objs["arr"]["meta"] == {"who": "test", "n": [1, 2]} and objs["arr"]["meta_encoding"] == "json"
+    assert base64.b64decode(objs["raw"]["meta"]) == b"\x00\xffbytes" and objs["raw"]["meta_encoding"] == "base64"
+    assert (objs["que"]["kind"], objs["que"]["slots"], objs["que"]["slot_bytes"]) == ("queue", 16, 64)
+    assert objs["lck"]["kind"] == "sync" and objs["arr"]["kind"] == "array"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert json.loads(cli("--dir", str(empty), "ls", "--json").stdout) == []
+    keep[2].close()
+
+
+def test_ls_kind_column_shows_queues_as_queues(tmp_path):
+    d = str(tmp_path)
+    keep = _segments_of_every_kind(d)
+    out = cli("--dir", d, "ls")
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.splitlines()
+    assert header.split()[:3] == ["NAME", "KIND", "SIZE"]
+    kinds = {ln.split()[0]: ln.split()[1] for ln in rows[:-1]}
+    assert kinds == {"arr": "array", "raw": "array", "que": "queue", "lck": "sync"}
+    que = [ln for ln in rows if ln.startswith("que ")][0]
+    assert "uint8" not in que and "16 slots x 64 B" in que, que
+    info = cli("--dir", d, "info", "que")
+    assert info.returncode == 0, info.stderr
+    fields = dict((k, v.strip()) for k, v in (ln.split(":", 1) for ln in info.stdout.splitlines()))
+    assert (fields["kind"], fields["slots"], fields["slot bytes"]) == ("queue", "16", "64 B")
+    assert "dtype" not in fields and "shape" not in fields
+    keep[2].close()
+
+
+def test_ls_filters_by_name_and_glob(tmp_path):
+    d = str(tmp_path)
+    keep = [ndshm.create(n, 1, dir=d) for n in ("job-1", "job-2", "other")]
+    names = lambda out: [ln.split()[0] for ln in out.stdout.splitlines()[1:-1]]  # noqa: E731
+    out = cli("--dir", d, "ls", "job-*")
+    assert out.returncode == 0 and names(out) == ["job-1", "job-2"] and "2 segments" in out.stdout
+    out = cli("--dir", d, "ls", "other", "job-2")
+    assert out.returncode == 0 and names(out) == ["job-2", "other"]
+    out = cli("--dir", d, "ls", "--json", "job-?")
+    assert [o["name"] for o in json.loads(out.stdout)] == ["job-1", "job-2"]
+    out = cli("--dir", d, "ls", "other", "missing", "nomatch*")
+    assert out.returncode == 1 and names(out) == ["other"]
+    assert "'missing'" in out.stderr and "'nomatch*'" in out.stderr and len(out.stderr.splitlines()) == 2
+    del keep
+
+
+def test_unknown_options_are_one_line_errors_for_every_command(tmp_path):
+    d = str(tmp_path)
+    for args in (("ls", "-l"), ("ls", "--bogus"), ("list", "-l"), ("info", "-l", "x"), ("rm", "--force", "x"),
+                 ("gc", "-l"), ("-l", "ls"), ("--bogus",)):
+        bad = [a for a in args if a.startswith("-")][0]
+        out = cli("--dir", d, *args)
+        assert out.returncode == 2, (args, out.stderr)
+        _one_line_error(out, bad)
+    _one_line_error(cli("--dir", d, "gc", "extra"), "'extra'")
+    assert os.listdir(d) == []
+
+
+def test_help_version_and_dir_forms(tmp_path):
+    d = str(tmp_path)
+    keep = ndshm.create("seg", 3, dir=d)
+    for cmd in ("info", "ls", "rm", "gc"):
+        out = cli(cmd, "--help")
+        assert out.returncode == 0 and out.stdout.startswith("usage:") and f" {cmd} " in out.stdout.splitlines()[0]
+        assert "no segment" not in out.stdout + out.stderr
+    assert cli("help", "info").stdout == cli("info", "--help").stdout
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"ndshm {ndshm.__version__}"
+    for args in (("--dir=" + d, "ls"), ("ls", "--dir=" + d), ("ls", "--dir", d), ("--dir", d, "ls")):
+        out = cli(*args)
+        assert out.returncode == 0 and "seg " in out.stdout and f"1 segment in {d}" in out.stdout, args
+    out = cli("--dir=" + d, "info", "seg")
+    assert out.returncode == 0 and f"{d}/ndshm.seg" in out.stdout
+    del keep
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
+    d = str(tmp_path)
+    keep = [ndshm.create(f"s{i}", 1, dir=d) for i in range(3)]
+    for args in (("--help",), ("--dir", d, "ls"), ("--dir", d, "ls", "--json"), ("--dir", d, "info", "s1")):
+        r, w = os.pipe()
+        os.close(r)  # the reader is gone before the command writes a byte, as `| head -1` is after one line
+        try:
+            proc = subprocess.run([sys.executable, "-m", "ndshm", *args], stdout=w, stderr=subprocess.PIPE,
+                                  text=True, timeout=60, env=child_env())
+        finally:
+            os.close(w)
+        assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr and proc.stderr == "", proc.stderr
+        assert proc.returncode in (0, 1), proc.returncode
+    head = subprocess.run(f"'{sys.executable}' -m ndshm --help | head -1", shell=True, capture_output=True, text=True,
+                          timeout=60, env=child_env())
+    assert head.stdout.startswith("usage: ") and head.stderr == ""
+    del keep
+
+
+def test_bench_help_names_the_command():
+    out = cli("bench", "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python -m ndshm bench") and "run_all.py" not in out.stdout
+    out = cli("bench", "--bogus")
+    assert out.returncode == 2 and "python -m ndshm bench" in out.stderr and "run_all.py" not in out.stderr
+
+
+def test_error_lines_name_the_path_once(tmp_path):
+    d = str(tmp_path)
+    path = os.path.join(d, "ndshm.nope")
+    for cmd in ("info", "rm"):
+        out = cli("--dir", d, cmd, "nope")
+        _one_line_error(out, path)
+        assert out.stderr.count(path) == 1 and out.stderr.count("nope") == 1, out.stderr
+        assert out.returncode == 1
