@@ -181,12 +181,17 @@ b = ndshm.Barrier(3, {unique_name!r}, create=False)
 b.wait(30)
 """], env=child_env())
     deadline = time.monotonic() + 20
-    while b.n_waiting < 1 and time.monotonic() < deadline:
+    while b.n_waiting < 1 and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.01)
+    assert b.n_waiting == 1 and child.poll() is None  # the child is a party, waiting
     child.kill()  # a party dies; the third never comes
     child.wait(10)
-    with pytest.raises(ndshm.BrokenBarrierError):
+    assert b.n_waiting == 1 and not b.broken  # nothing noticed the death yet
+    t0 = time.monotonic()
+    with pytest.raises(ndshm.BrokenBarrierError, match="2 of 3 parties"):
         b.wait(timeout=0.2)
+    assert 0.15 <= time.monotonic() - t0 < 2
+    assert b.broken
 
 
 def test_barrier_wait_without_timeout_is_interrupted_by_ctrl_c(unique_name):

@@ -132,10 +132,25 @@ TEST(event_across_processes) {
     munmap(area, 4096);
 }
 
+/* 1 if the P indices at `got` are 0 .. P-1, each once. */
+static int is_permutation(const _Atomic uint32_t *got, int P) {
+    unsigned seen = 0;
+    for (int k = 0; k < P; k++) {
+        uint32_t i = atomic_load(&got[k]);
+        if (i >= (uint32_t)P || (seen & (1u << i))) return 0;
+        seen |= 1u << i;
+    }
+    return 1;
+}
+
 TEST(barrier_across_processes) {
+    enum { P = 4, ROUNDS = 50 };
     char *area = shared_mem(4096);
     _Atomic int *seen = (_Atomic int *)(area + 64);
-    enum { P = 4, ROUNDS = 50 };
+    /* got[r][w][k]: the index party k drew in round r at wait w (two waits a round) */
+    _Atomic uint32_t(*got)[2][P] = (_Atomic uint32_t(*)[2][P])(area + 128);
+    _Static_assert(128 + sizeof(uint32_t) * ROUNDS * 2 * P <= 4096, "indices fit");
+    memset((void *)got, 0xff, sizeof(uint32_t) * ROUNDS * 2 * P);
     pid_t pids[P - 1];
     for (int k = 0; k < P - 1; k++) {
         pids[k] = fork();
@@ -143,24 +158,37 @@ TEST(barrier_across_processes) {
             for (int r = 0; r < ROUNDS; r++) {
                 uint32_t idx;
                 atomic_fetch_add(seen, 1);
-                if (ndshm_barrier_wait(area, P, 5, &idx) != 0 || idx >= P) _exit(2);
+                if (ndshm_barrier_wait(area, P, 5, &idx) != 0) _exit(2);
+                atomic_store(&got[r][0][k], idx);
                 if (atomic_load(seen) < (r + 1) * P) _exit(3); /* everyone of this round arrived */
                 if (ndshm_barrier_wait(area, P, 5, &idx) != 0) _exit(4);
+                atomic_store(&got[r][1][k], idx);
             }
             _exit(0);
         }
     }
-    int ok = 1, indices = 0;
+    int ok = 1;
     for (int r = 0; r < ROUNDS; r++) {
         uint32_t idx = 99;
         atomic_fetch_add(seen, 1);
         if (ndshm_barrier_wait(area, P, 5, &idx) != 0) ok = 0;
-        indices |= 1 << idx;
+        atomic_store(&got[r][0][P - 1], idx);
+        idx = 99;
         if (ndshm_barrier_wait(area, P, 5, &idx) != 0) ok = 0;
+        atomic_store(&got[r][1][P - 1], idx);
     }
     for (int k = 0; k < P - 1; k++) ok &= wait_ok(pids[k]);
     CHECK(ok);
-    CHECK(indices != 0);
+    /* every wait of every round handed out each arrival index once */
+    int bad = 0;
+    for (int r = 0; r < ROUNDS; r++)
+        for (int w = 0; w < 2; w++)
+            if (!is_permutation(got[r][w], P)) {
+                if (bad++ == 0)
+                    fprintf(stderr, "  round %d wait %d indices %u %u %u %u\n", r, w, atomic_load(&got[r][w][0]),
+                            atomic_load(&got[r][w][1]), atomic_load(&got[r][w][2]), atomic_load(&got[r][w][3]));
+            }
+    CHECK(bad == 0);
     uint32_t idx;
     CHECK_RC(ndshm_barrier_wait(area, P + 1, 0, &idx), NDSHM_EINVAL);
     CHECK_RC(ndshm_barrier_wait(area, 0, 0, &idx), NDSHM_EINVAL);
