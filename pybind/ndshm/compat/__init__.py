@@ -1,5 +1,6 @@
-"""Drop-in replacements for standard-library shared-memory APIs, built on ndshm."""
+"""Drop-in replacements for shared-memory APIs, built on ndshm: ``shared_memory`` and ``managers``
+(the standard library's), ``sharedarray`` (the SharedArray package's)."""
 
-from . import shared_memory
+from . import managers, shared_memory
 
-__all__ = ["shared_memory"]
+__all__ = ["managers", "shared_memory"]

@@ -1,44 +1,266 @@
-"""``multiprocessing.shared_memory.SharedMemory`` with the same API and the same blocks, minus its traps.
+"""``multiprocessing.shared_memory`` (``SharedMemory``, ``ShareableList``) with the same API and the
+same blocks, minus its traps.
 
 Blocks live where the standard library puts them (``/dev/shm/<name>``, no header), so a block
-created by either class attaches in the other. Differences, all deliberate:
+created by either module attaches in the other, and a :class:`ShareableList` made by either reads
+in the other (the same binary layout). Differences, all deliberate:
 
 * no resource tracker: a block is removed only by :meth:`SharedMemory.unlink` (the standard
-  library's tracker unlinks blocks that other processes still use);
+  library's tracker unlinks blocks that other processes still use). A block ndshm created is
+  marked as such (see :func:`_ndshm_blocks`); once its creator is dead and no ndshm process maps
+  it, ``python -m ndshm gc`` may remove it, as the stdlib's tracker would have at the creator's exit;
 * the space is reserved at creation (``posix_fallocate``): a full ``/dev/shm`` raises
   ``OSError(ENOSPC)`` here instead of SIGBUS later;
 * :meth:`SharedMemory.close` never raises ``BufferError`` while NumPy arrays or memoryviews of
   ``buf`` exist: the mapping lives until the last of them is gone (numpy/numpy#23305);
+* a :class:`ShareableList` attached by name checks the block's layout, so a foreign or corrupt
+  block raises ``ValueError`` instead of reading garbage;
 * it works on PyPy (no ``_posixshmem``).
+
+Liveness: every ndshm process that maps a block holds a shared ``flock`` on it (as for ndshm's own
+segments), so "does any ndshm process still map it?" has a true answer after ``kill -9``.
+Processes using the standard library's class take no lock: a block only they still use is not
+protected from ``gc`` once its ndshm creator is dead.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
-from typing import Any, Optional
+import stat
+import struct
+import types
+from functools import partial
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import numpy as np
 
+from .._dtype import as_int
 from .._segment import Segment
 
-__all__ = ["SharedMemory", "SHM_DIR"]
+__all__ = ["SharedMemory", "ShareableList", "ShareableListTypeError", "SHM_DIR"]
 
 SHM_DIR = "/dev/shm"
 _PREFIX = "psm_"
+_NAME_MAX = 255
 
 
-def _path(name: str) -> str:
+def _bare(name: str, reported: str) -> str:
+    """The file name glibc's ``shm_open`` would use for ``name`` (leading slashes dropped);
+    ``OSError(EINVAL)`` naming ``reported`` where ``shm_open`` refuses it."""
     bare = name.lstrip("/")
     if not bare or "/" in bare:
-        raise ValueError(f"shared memory name {name!r} is not a valid POSIX shm name")
-    return os.path.join(SHM_DIR, bare)
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), reported)
+    if len(bare.encode("utf-8", "surrogateescape")) > _NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), reported)
+    return bare
 
+
+# ---- marking the blocks ndshm made, and telling whether their creator lives -------------------
+
+_XATTR = "user.ndshm.compat"
+_USE_XATTR = True  # tmpfs has user xattrs from Linux 6.6; before that a per-user registry is used
+
+
+def _start_time(pid: int) -> Optional[int]:
+    """The start time of process ``pid`` (clock ticks since boot); -1 for a zombie (it is dead);
+    None when /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        if fields[0] in (b"Z", b"X"):
+            return -1
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _creator_alive(pid: int, start: int) -> bool:
+    """Whether the process that wrote a mark (``pid``, started at ``start``) still runs: the pid
+    exists, is no zombie, and (where /proc tells) started when the mark says, so a reused pid
+    does not keep a block alive."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    now = _start_time(pid)
+    if now is None:
+        return True
+    return now != -1 and (start == 0 or now == start)
+
+
+def _registry(d: str) -> str:
+    return os.path.join(d, f".ndshm-compat-{os.getuid()}")
+
+
+def _mark(fd: int, d: str, bare: str) -> None:
+    """Record in block ``bare`` (open as ``fd``) that this process created it."""
+    global _USE_XATTR
+    value = f"{os.getpid()} {_start_time(os.getpid()) or 0}"
+    if _USE_XATTR:
+        try:
+            os.setxattr(fd, _XATTR, value.encode())
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            _USE_XATTR = False
+    st = os.fstat(fd)
+    reg = _registry(d)
+    try:
+        os.mkdir(reg, 0o700)
+    except FileExistsError:
+        pass
+    entry = os.path.join(reg, bare)
+    tmp = f"{entry}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{st.st_dev} {st.st_ino} {value}\n")
+    os.replace(tmp, entry)
+
+
+def _read_mark(path: str, d: str, bare: str, st: os.stat_result) -> Optional[tuple[int, int]]:
+    """(creator pid, creator start time) if ndshm made the block at ``path``, else None."""
+    raw: Optional[bytes] = None
+    try:
+        raw = os.getxattr(path, _XATTR, follow_symlinks=False)
+    except OSError:
+        pass
+    if raw is None:
+        try:
+            with open(os.path.join(_registry(d), bare), "rb") as f:
+                dev, ino, *rest = f.read().split()
+            if (int(dev), int(ino)) != (st.st_dev, st.st_ino):
+                return None  # a stale entry: that name now holds another file
+            raw = b" ".join(rest)
+        except (OSError, ValueError):
+            return None
+    try:
+        pid, start = (int(v) for v in raw.split())
+    except ValueError:
+        return None
+    return pid, start
+
+
+def _unmark(d: str, bare: str) -> None:
+    try:
+        os.unlink(os.path.join(_registry(d), bare))
+    except OSError:
+        pass
+
+
+class CompatBlock(NamedTuple):
+    """A block made through ``ndshm.compat`` as :func:`_ndshm_blocks` sees it."""
+    name: str
+    path: str
+    size: int
+    in_use: bool              # an ndshm process maps it (holds its shared flock)
+    creator_pid: int
+    creator_alive: bool
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+
+
+def _locked_by_others(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def _ndshm_blocks(dir: Optional[str] = None) -> list[CompatBlock]:
+    """Every block in ``dir`` (default :data:`SHM_DIR`) that ``ndshm.compat`` created, sorted by name:
+    (name, path, size, in_use, creator_pid, creator_alive). Blocks of other tools, ndshm's own
+    ``ndshm.*`` segments and anything not a regular file are left out; never raises for one entry."""
+    d = os.fspath(dir) if dir else SHM_DIR
+    out = []
+    try:
+        entries = sorted(os.listdir(d))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if entry.startswith((".", "ndshm.")):
+            continue
+        path = os.path.join(d, entry)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        mark = _read_mark(path, d, entry, st)
+        if mark is None:
+            continue
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError:
+            in_use = True  # cannot tell: say it is used, so nothing removes it
+        else:
+            try:
+                in_use = _locked_by_others(fd)
+            finally:
+                os.close(fd)
+        out.append(CompatBlock(entry, path, int(st.st_size), in_use, mark[0], _creator_alive(*mark)))
+    return out
+
+
+def _reclaim_dead(dir: Optional[str] = None, *, dry_run: bool = False) -> list[str]:
+    """Remove the ``ndshm.compat`` blocks in ``dir`` whose creator is dead and that no ndshm process
+    maps; return their names. A block is unlinked while holding its exclusive flock, so no ndshm
+    attacher can slip in; with ``dry_run`` nothing is removed."""
+    d = os.fspath(dir) if dir else SHM_DIR
+    removed = []
+    for blk in _ndshm_blocks(d):
+        if blk.in_use or blk.creator_alive:
+            continue
+        try:
+            fd = os.open(blk.path, _OPEN_FLAGS)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # mapped meanwhile
+            st, now = os.fstat(fd), os.lstat(blk.path)
+            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                continue
+            mark = _read_mark(blk.path, d, blk.name, st)
+            if mark is None or mark[0] != blk.creator_pid or _creator_alive(*mark):
+                continue
+            if not dry_run:
+                os.unlink(blk.path)
+                _unmark(d, blk.name)
+            removed.append(blk.name)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
+# ---- SharedMemory -------------------------------------------------------------------------------
 
 class SharedMemory:
-    """Create (``create=True``) or attach to a shared-memory block ``name`` of ``size`` bytes."""
+    """Create (``create=True``) or attach to a shared-memory block ``name`` of ``size`` bytes.
 
+    As in the standard library: ``name`` is kept as given (``"/x"`` stays ``"/x"``), names glibc's
+    ``shm_open`` refuses (``""``, ``"/"``, ``"a/b"``) raise ``OSError(EINVAL)``, ``size`` is the
+    block's size as an ``int``, and a subclass may set ``_mode`` (the new block's permissions) and
+    ``_prepend_leading_slash``. ``track`` (Python 3.13's argument) is accepted: there is no tracker."""
+
+    _name: Optional[str] = None
+    _buf: Optional[memoryview] = None
+    _seg: Optional[Segment] = None
+    _mode = 0o600
     _prepend_leading_slash = True
 
     def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0, *, track: bool = True):
@@ -49,50 +271,61 @@ class SharedMemory:
         if create:
             if size == 0:
                 raise ValueError("'size' must be a positive number different from zero")
+            size = as_int(size, "shared memory size", 1, 2**63 - 1)
         elif name is None:
             raise ValueError("'name' can only be None if create=True")
-        if create:
-            name = self._create(name, size)
-        path = _path(name)
-        self._seg: Optional[Segment] = Segment._attach_raw(path, False)
-        self._name = "/" + name.lstrip("/")
+        d = SHM_DIR
+        if name is None:
+            name = self._create_unique(d, size)
+        else:
+            name = "/" + name if self._prepend_leading_slash else name
+            if create:
+                self._create(d, name, size)
+        path = os.path.join(d, _bare(name, name))
+        self._seg = Segment._attach_raw(path, False)
+        self._name = name
         self._path = path
-        self._size = size if create else self._seg.nbytes
+        self._size = int(self._seg.nbytes)
         arr = self._seg._view(0, (self._size,), np.dtype(np.uint8), (1,), False)
-        self._buf: Optional[memoryview] = memoryview(arr)
+        self._buf = memoryview(arr)
 
-    @staticmethod
-    def _create(name: Optional[str], size: int) -> str:
+    def _create_unique(self, d: str, size: int) -> str:
         while True:
-            candidate = name if name is not None else _PREFIX + secrets.token_hex(4)
-            path = _path(candidate)
+            name = "/" + _PREFIX + secrets.token_hex(4)
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+                self._create(d, name, size)
             except FileExistsError:
-                if name is not None:
-                    raise
                 continue
+            return name
+
+    def _create(self, d: str, name: str, size: int) -> None:
+        bare = _bare(name, name)
+        path = os.path.join(d, bare)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, self._mode)
+        try:
             try:
-                try:
-                    os.posix_fallocate(fd, 0, size)
-                except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        if exc.errno == errno.ENOSPC:
-                            raise OSError(errno.ENOSPC, f"no space in {SHM_DIR} for a block of {size} bytes",
-                                          path) from None
-                        raise
-                    os.ftruncate(fd, size)
-            except BaseException:
-                os.unlink(path)
-                raise
-            finally:
-                os.close(fd)
-            return candidate
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    if exc.errno == errno.ENOSPC:
+                        raise OSError(errno.ENOSPC, f"no space in {d} for a block of {size} bytes",
+                                      path) from None
+                    raise
+                os.ftruncate(fd, size)
+            _mark(fd, d, bare)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
 
     @property
     def name(self) -> str:
-        """Unique name that identifies the block (without the leading slash)."""
-        return self._name[1:] if self._prepend_leading_slash else self._name
+        """Unique name that identifies the block (as given; one leading slash added here is not shown)."""
+        reported = self._name or ""
+        if self._prepend_leading_slash and reported.startswith("/"):
+            reported = reported[1:]
+        return reported
 
     @property
     def size(self) -> int:
@@ -112,13 +345,17 @@ class SharedMemory:
                 buf.release()
             except BufferError:
                 pass  # exported to NumPy or another memoryview: the mapping lives on with them
-        if self._seg is not None:
-            self._seg.close()
-            self._seg = None
+        seg, self._seg = self._seg, None
+        if seg is not None:
+            seg.close()
 
     def unlink(self) -> None:
         """Remove the block's name (once, from any one process)."""
-        os.unlink(self._path)
+        if self._name:
+            bare = _bare(self._name, self._name)
+            d = os.path.dirname(self._path)
+            os.unlink(self._path)
+            _unmark(d, bare)
 
     def __del__(self) -> None:
         try:
@@ -127,7 +364,250 @@ class SharedMemory:
             pass
 
     def __reduce__(self) -> Any:
-        return (self.__class__, (self.name, False, 0))
+        return (self.__class__, (self.name, False, self.size))
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.name!r}, size={self.size})"
+
+
+# ---- ShareableList ------------------------------------------------------------------------------
+#
+# The block's layout, the standard library's (so either module reads the other's lists):
+#   8 bytes               number of items N (int64)
+#   (N + 1) * 8 bytes     offset of each item in the data area, and the data area's end (int64)
+#   K bytes               the data area: 8 bytes per int/float/bool/None, str and bytes rounded
+#                         up to a multiple of 8 with at least one NUL after the encoded value
+#   N * 8 bytes           each item's struct format, NUL-padded
+#   N bytes               each item's back-transform code (0 as is, 1 str, 2 bytes, 3 None)
+
+_ENCODING = "utf8"
+_FIXED_FORMATS = frozenset({"q", "d", "xxxxxxx?", "xxxxxx?x"})
+_MAX_SLOT = 9_999_999  # the longest str/bytes slot whose format ("9999999s") fits its 8 bytes
+
+
+class ShareableListTypeError(TypeError, KeyError):
+    """An item of a type a :class:`ShareableList` cannot hold. A ``TypeError``, and a ``KeyError``
+    as the standard library raises there."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ShareableList:
+    """A fixed-length list of ``int``, ``float``, ``bool``, ``str``, ``bytes`` and ``None`` values in
+    one shared-memory block: ``ShareableList(sequence)`` creates it (``name=`` to choose the block's
+    name), ``ShareableList(name=name)`` attaches to an existing one. Items can be replaced (a
+    ``str``/``bytes`` item by one that fits its slot), not added or removed; ``shm`` is the
+    :class:`SharedMemory` holding it."""
+
+    _types_mapping: dict = {
+        int: "q",
+        float: "d",
+        bool: "xxxxxxx?",
+        str: "%ds",
+        bytes: "%ds",
+        type(None): "xxxxxx?x",
+    }
+    _alignment = 8
+    _back_transforms_mapping: dict[int, Callable[[Any], Any]] = {
+        0: lambda value: value,                                      # int, float, bool
+        1: lambda value: value.rstrip(b"\x00").decode(_ENCODING),   # str
+        2: lambda value: value.rstrip(b"\x00"),                      # bytes
+        3: lambda _value: None,                                      # None
+    }
+
+    @staticmethod
+    def _extract_recreation_code(value: Any) -> int:
+        """The back-transform code that turns the stored form of ``value`` into ``value`` again."""
+        if isinstance(value, str):
+            return 1
+        if isinstance(value, bytes):
+            return 2
+        if value is None:
+            return 3
+        return 0
+
+    def __init__(self, sequence: Optional[Iterable[Any]] = None, *, name: Optional[str] = None):
+        if name is None or sequence is not None:
+            items = list(sequence or ())
+            formats = [self._format_of(item, i) for i, item in enumerate(items)]
+            self._list_len = len(formats)
+            offsets = [0]
+            for fmt in formats:
+                offsets.append(offsets[-1] + (int(fmt[:-1]) if fmt[-1] == "s" else self._alignment))
+            self._allocated_offsets = offsets
+            size = struct.calcsize("q" + self._format_size_metainfo + "".join(formats)
+                                   + self._format_packing_metainfo + self._format_back_transform_codes)
+            self.shm = SharedMemory(name, create=True, size=size)
+            buf = self.shm.buf
+            struct.pack_into("q" + self._format_size_metainfo, buf, 0, self._list_len, *offsets)
+            struct.pack_into("".join(formats), buf, self._offset_data_start,
+                             *(v.encode(_ENCODING) if isinstance(v, str) else v for v in items))
+            struct.pack_into(self._format_packing_metainfo, buf, self._offset_packing_formats,
+                             *(f.encode(_ENCODING) for f in formats))
+            struct.pack_into(self._format_back_transform_codes, buf, self._offset_back_transform_codes,
+                             *(self._extract_recreation_code(v) for v in items))
+        else:
+            self.shm = SharedMemory(name)
+            try:
+                self._read_layout()
+            except BaseException:
+                self.shm.close()
+                raise
+
+    def _format_of(self, item: Any, position: int) -> str:
+        kind = type(item)
+        if kind not in self._types_mapping:
+            raise ShareableListTypeError(f"item {position} ({item!r:.60}) is a {kind.__name__}: a "
+                                         "ShareableList holds int, float, bool, str, bytes and None")
+        if kind is str or kind is bytes:
+            n = len(item.encode(_ENCODING) if kind is str else item)
+            slot = self._alignment * (n // self._alignment + 1)
+            if slot > _MAX_SLOT:
+                raise ValueError(f"item {position} is {n} bytes long: a ShareableList's str or bytes "
+                                 f"item holds at most {_MAX_SLOT // 8 * 8 - 1} bytes")
+            return self._types_mapping[kind] % slot
+        return self._types_mapping[kind]
+
+    def _corrupt(self, why: str) -> ValueError:
+        return ValueError(f"shared memory block {self.shm.name!r} does not hold a ShareableList: {why}")
+
+    def _read_layout(self) -> None:
+        """Read and check the item count and offsets of an attached block (never trusted)."""
+        size = self.shm.size
+        if size < 16:
+            raise self._corrupt(f"{size} bytes is too small")
+        n = struct.unpack_from("q", self.shm.buf, 0)[0]
+        # N items need at least 8 (count) + 8 (N + 1) offsets + 8 N formats + N codes bytes
+        if not 0 <= n <= (size - 16) // 25:
+            raise self._corrupt(f"its item count {n} does not fit in {size} bytes")
+        self._list_len = n
+        offsets = list(struct.unpack_from(self._format_size_metainfo, self.shm.buf, 8))
+        if offsets[0] != 0 or any(b - a < self._alignment for a, b in zip(offsets, offsets[1:])):
+            raise self._corrupt(f"its item offsets {offsets[:8]}... are not increasing by 8 or more")
+        self._allocated_offsets = offsets
+        if self._offset_back_transform_codes + n > size:
+            raise self._corrupt(f"its {n} items reach past its {size} bytes")
+
+    def _check_position(self, position: int) -> int:
+        position = position if position >= 0 else position + self._list_len
+        if not 0 <= position < self._list_len:
+            raise IndexError("Requested position out of range.")
+        return position
+
+    def _get_packing_format(self, position: int) -> str:
+        """The struct format of the item at ``position`` (read from the block)."""
+        position = self._check_position(position)
+        raw = struct.unpack_from("8s", self.shm.buf, self._offset_packing_formats + position * 8)[0]
+        try:
+            fmt = raw.rstrip(b"\x00").decode(_ENCODING)
+        except UnicodeDecodeError:
+            fmt = repr(raw)
+        slot = self._allocated_offsets[position + 1] - self._allocated_offsets[position]
+        if fmt not in _FIXED_FORMATS and not (fmt[-1:] == "s" and fmt[:-1].isdigit()
+                                              and 0 < int(fmt[:-1]) <= slot):
+            raise self._corrupt(f"item {position} has format {fmt!r}")
+        return fmt
+
+    def _get_back_transform(self, position: int) -> Callable[[Any], Any]:
+        """The function that turns the stored form of the item at ``position`` into its value."""
+        position = self._check_position(position)
+        code = struct.unpack_from("b", self.shm.buf, self._offset_back_transform_codes + position)[0]
+        try:
+            return self._back_transforms_mapping[code]
+        except KeyError:
+            raise self._corrupt(f"item {position} has type code {code}") from None
+
+    def _set_packing_format_and_transform(self, position: int, fmt_as_str: str, value: Any) -> None:
+        """Store the format and back-transform code of ``value`` at ``position``."""
+        position = self._check_position(position)
+        struct.pack_into("8s", self.shm.buf, self._offset_packing_formats + position * 8,
+                         fmt_as_str.encode(_ENCODING))
+        struct.pack_into("b", self.shm.buf, self._offset_back_transform_codes + position,
+                         self._extract_recreation_code(value))
+
+    def __getitem__(self, position: int) -> Any:
+        try:
+            position = self._check_position(position)
+        except IndexError:
+            raise IndexError("index out of range") from None
+        fmt = self._get_packing_format(position)
+        (v,) = struct.unpack_from(fmt, self.shm.buf, self._offset_data_start + self._allocated_offsets[position])
+        try:
+            return self._get_back_transform(position)(v)
+        except (AttributeError, UnicodeDecodeError) as exc:
+            raise self._corrupt(f"item {position} cannot be decoded ({exc})") from None
+
+    def __setitem__(self, position: int, value: Any) -> None:
+        try:
+            position = self._check_position(position)
+        except IndexError:
+            raise IndexError("assignment index out of range") from None
+        item_offset = self._allocated_offsets[position]
+        current = self._get_packing_format(position)
+        if isinstance(value, (str, bytes)):
+            allocated = self._allocated_offsets[position + 1] - item_offset
+            encoded = value.encode(_ENCODING) if isinstance(value, str) else value
+            if len(encoded) > allocated:
+                raise ValueError("bytes/str item exceeds available storage")
+            new_format = current if current[-1] == "s" else self._types_mapping[str] % (allocated,)
+        else:
+            if type(value) not in self._types_mapping:
+                raise ShareableListTypeError(f"{value!r:.60} is a {type(value).__name__}: a ShareableList "
+                                             "holds int, float, bool, str, bytes and None")
+            new_format = self._types_mapping[type(value)]
+            encoded = value
+        self._set_packing_format_and_transform(position, new_format, value)
+        struct.pack_into(new_format, self.shm.buf, self._offset_data_start + item_offset, encoded)
+
+    def __reduce__(self) -> Any:
+        return partial(self.__class__, name=self.shm.name), ()
+
+    def __len__(self) -> int:
+        return struct.unpack_from("q", self.shm.buf, 0)[0]
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({list(self)}, name={self.shm.name!r})"
+
+    @property
+    def format(self) -> str:
+        """The struct packing format used by all currently stored items."""
+        return "".join(self._get_packing_format(i) for i in range(self._list_len))
+
+    @property
+    def _format_size_metainfo(self) -> str:
+        return "q" * (self._list_len + 1)
+
+    @property
+    def _format_packing_metainfo(self) -> str:
+        return "8s" * self._list_len
+
+    @property
+    def _format_back_transform_codes(self) -> str:
+        return "b" * self._list_len
+
+    @property
+    def _offset_data_start(self) -> int:
+        return (self._list_len + 2) * 8
+
+    @property
+    def _offset_packing_formats(self) -> int:
+        return self._offset_data_start + self._allocated_offsets[-1]
+
+    @property
+    def _offset_back_transform_codes(self) -> int:
+        return self._offset_packing_formats + self._list_len * 8
+
+    def count(self, value: Any) -> int:
+        """L.count(value) -> integer -- return number of occurrences of value."""
+        return sum(value == entry for entry in self)
+
+    def index(self, value: Any) -> int:
+        """L.index(value) -> integer -- return first index of value.
+        Raises ValueError if the value is not present."""
+        for position, entry in enumerate(self):
+            if value == entry:
+                return position
+        raise ValueError(f"{value!r} not in this container")
+
+    __class_getitem__ = classmethod(types.GenericAlias)
