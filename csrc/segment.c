@@ -38,6 +38,13 @@
 
 #define ATTACH_WAIT_NS 2000000000LL
 
+/* create: this handle's close leaves the name alone (a binding that decides itself when the name
+ * goes, e.g. after handing the segment over to another process). Held by the handle only, never
+ * stored in the header. ndshm.h does not declare it yet: the value is reserved here. */
+#ifndef NDSHM_SEG_KEEP_NAME
+#define NDSHM_SEG_KEEP_NAME 128
+#endif
+
 struct ndshm_segment_s {
     int kind;
     unsigned flags;
@@ -181,7 +188,7 @@ static void release(ndshm_segment_t *seg) {
 
 void ndshm_segment_close(ndshm_segment_t *seg) {
     if (seg == NULL) return;
-    if (seg->creator && !(seg->flags & NDSHM_SEG_PERSIST) && !seg->unlinked && seg->path != NULL &&
+    if (seg->creator && !(seg->flags & (NDSHM_SEG_PERSIST | NDSHM_SEG_KEEP_NAME)) && !seg->unlinked && seg->path != NULL &&
         getpid() == seg->creator_pid) {
         int saved = errno;
         (void)unlink_if_same(seg);
@@ -244,7 +251,7 @@ int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out)
     if (p == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_create: params is NULL");
     if (p->kind < NDSHM_KIND_NAMED || p->kind > NDSHM_KIND_FILE)
         return ndshm__fail(NDSHM_EINVAL, 0, "segment kind %d is unknown", p->kind);
-    const unsigned known = NDSHM__SEG_STORED_FLAGS;
+    const unsigned known = NDSHM__SEG_STORED_FLAGS | NDSHM_SEG_KEEP_NAME;
     if (p->flags & ~known) return ndshm__fail(NDSHM_EINVAL, 0, "segment flags 0x%x are unknown for create",
                                               p->flags & ~known);
     size_t alignment = p->alignment;
@@ -363,7 +370,9 @@ int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out)
     count_map(file_size, 1);
     if (p->flags & NDSHM_SEG_POPULATE) populate_mapping(base, file_size, seg->fd, true);
 
-    ndshm__header_write(base, p, data_offset, data_size, alignment, (int64_t)getpid(), now_ns(CLOCK_REALTIME));
+    ndshm_segment_params_t stored = *p; /* the header records what every mapper must know, not KEEP_NAME */
+    stored.flags &= ~(unsigned)NDSHM_SEG_KEEP_NAME;
+    ndshm__header_write(base, &stored, data_offset, data_size, alignment, (int64_t)getpid(), now_ns(CLOCK_REALTIME));
     ndshm__header_publish(base);
     rc = ndshm__header_validate(base, header_size, file_size, &seg->info);
     if (rc) goto fail; /* cannot happen: our own header */

@@ -138,7 +138,12 @@ def test_lifetime_with_block_and_collection(unique_name):
         assert os.path.exists(shm_path(unique_name))
         assert seg.asarray().shape == (4,)
     assert not os.path.exists(shm_path(unique_name))
-    ndshm.create(unique_name, 4)  # the result is dropped: the segment goes with it
+    ndshm.create(unique_name, 4)  # the result is dropped: the name stays (the creator owns it) until close
+    collect()
+    assert os.path.exists(shm_path(unique_name))
+    ndshm.Segment.attach(unique_name).close()  # the creator's close, through the shared mapping
+    assert not os.path.exists(shm_path(unique_name))
+    ndshm.create(unique_name, 4, owner="views")  # a temporary: the name goes with its last view
     collect()
     assert not os.path.exists(shm_path(unique_name))
     p = ndshm.Segment.create(unique_name, 4, persist=True)
@@ -402,8 +407,7 @@ def test_list_and_probe(unique_name):
     r = recs[unique_name]
     assert r.shape == (2, 3) and r.dtype == np.uint16 and r.in_use and r.status == "ready"
     assert r.creator_pid == os.getpid() and r.meta == [1] and not r.persist and r.size >= 12
-    del a
-    collect()
+    ndshm.segment_of(a).close()
     assert unique_name not in {r.name for r in ndshm.list()}
 
 

@@ -291,7 +291,7 @@ def _as_nobody_attach(name: str, readonly: bool) -> int:
     if pid == 0:
         code = 1
         try:
-            ndshm._segment._cache.clear()  # the fork inherited this process's mappings: attach afresh
+            ndshm._mappings.clear()  # the fork inherited this process's mappings: attach afresh
             os.setgid(65534)
             os.setuid(65534)
             try:
@@ -440,6 +440,7 @@ def test_hugepages_backed_by_hugetlb(hugetlb, unique_name, monkeypatch):
     auto = ndshm.Segment.create(unique_name + "a", 10, hugepages=True)
     assert auto.dir != "/dev/shm" and os.path.exists(auto.path)
     auto.close()
+    ndshm.segment_of(arr).close()  # the creator owns the name until it closes the segment
     del arr, auto
     collect()
     assert not os.path.exists(os.path.join(hugetlb, "ndshm." + unique_name)) and _huge_free() == free0

@@ -19,6 +19,8 @@ from ._buffer import (
 from ._segment import (
     Segment, SharedArray, attach, attach_raw, create, exists, recv_fd, segment_of, send_fd, unlink,
 )
+from ._mappings import set_mapping_cache
+from ._ownership import cleanup_on_signals
 from ._listing import SegmentRecord
 from ._listing import list_segments as list  # noqa: A001 - ndshm.list(), kept out of __all__
 from ._queue import Queue
@@ -40,6 +42,8 @@ __all__ = [
     # segments
     "Segment", "SegmentRecord", "SharedArray", "create", "attach", "attach_raw", "unlink", "exists",
     "segment_of", "send_fd", "recv_fd",
+    # lifetime
+    "set_mapping_cache", "cleanup_on_signals",
     # queue and process-shared synchronisation
     "Queue", "Lock", "Event", "Barrier",
 ]

@@ -339,9 +339,13 @@ def asaligned(a: Any, align: AlignLike = 64, dtype: Any = None) -> np.ndarray:
 
 def stats() -> dict[str, int]:
     """The C library's process-wide counters (live buffers and bytes, segments, mappings, queues),
-    plus ``cached_buffers``: small blocks kept for reuse, which ``live_buffers`` includes."""
+    plus ``cached_buffers``: small blocks kept for reuse, which ``live_buffers`` includes, and the
+    mapping cache's ``cached_mappings`` / ``cached_mapping_bytes`` (segments kept mapped after
+    their last view died, which ``live_mappings`` includes) with its limits."""
+    from ._mappings import mapping_cache_info
     s = ffi.new("ndshm_stats_t *")
     lib.ndshm_get_stats(s)
     counters = {name: getattr(s, name) for name, _ in ffi.typeof("ndshm_stats_t").fields}
     counters["cached_buffers"] = sum(map(len, _cache))
+    counters.update(mapping_cache_info())
     return counters

@@ -18,7 +18,6 @@ is stored as JSON and comes back decoded (a one-byte tag tells them apart). At m
 from __future__ import annotations
 
 import ast
-import atexit
 import datetime as _dt
 import json
 import os
@@ -31,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 from numpy.lib import format as _npformat
 
-from . import _dtype
+from . import _dtype, _mappings, _ownership
 from ._errors import ClosedError, CorruptSegmentError, SegmentNotFoundError, check, error_from_code
 from ._lib import ffi, lib
 
@@ -65,20 +64,8 @@ class _Scratch(threading.local):
 
 
 _scratch = _Scratch()
-_lock = threading.RLock()
-_cache: dict[tuple[str, str], "weakref.ref[Segment]"] = {}
-_creators: "weakref.WeakSet[Segment]" = weakref.WeakSet()
-_PID = os.getpid()
-
-
-def _after_fork_in_child() -> None:
-    global _lock, _PID
-    _lock = threading.RLock()  # another thread may have held it at the fork
-    _PID = os.getpid()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_live = _mappings.live  # (real dir, name) -> weakref to the mapped Segment (see _mappings)
+_KEEP_NAME = getattr(lib, "NDSHM_SEG_KEEP_NAME", 128)  # create: the handle's close leaves the name (segment.c)
 
 
 def default_dir(dir: Optional[str] = None) -> str:
@@ -335,8 +322,11 @@ def _reference(arr: np.ndarray) -> Optional[tuple]:
         return None
     if not seg._same_file(st.st_dev, st.st_ino):
         return None
+    claim = seg._owner == "receiver" or seg._owner == "handed"
+    if seg._owner == "receiver":
+        _ownership.hand_over(seg)
     return (_rebuild, (seg._name, seg._dir, offset, arr.shape, strides, _npformat.dtype_to_descr(arr.dtype),
-                       not arr.flags.writeable, seg._dev, seg._ino))
+                       not arr.flags.writeable, seg._dev, seg._ino, claim))
 
 
 def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
@@ -353,7 +343,8 @@ def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
 
 
 def _rebuild(name: str, dir: str, offset: int, shape: tuple, strides: tuple, descr: Any,
-             readonly: bool = False, dev: Optional[int] = None, ino: Optional[int] = None) -> np.ndarray:
+             readonly: bool = False, dev: Optional[int] = None, ino: Optional[int] = None,
+             claim: bool = False) -> np.ndarray:
     seg = Segment.attach(name, readonly=readonly, dir=dir)
     if seg._content:
         raise CorruptSegmentError(f"segment {name!r} in {dir} now holds a {seg._content}, not the array that "
@@ -361,8 +352,16 @@ def _rebuild(name: str, dir: str, offset: int, shape: tuple, strides: tuple, des
     if dev is not None and not seg._same_file(dev, ino):
         raise SegmentNotFoundError(f"segment {name!r} in {dir} was replaced by another one since this array "
                                    "was pickled")
+    if claim and seg._owner is None:
+        _claim(seg)
     dt = _npformat.descr_to_dtype(descr)
     return seg._view(offset, tuple(shape), dt, tuple(strides), readonly)
+
+
+def _claim(seg: "Segment") -> None:
+    """Take over a handed-over segment (owner="receiver"); then it dies with this process's views."""
+    if _ownership.claim(seg):
+        _mappings.unkeep(seg)
 
 
 class _View:
@@ -385,7 +384,7 @@ class Segment:
 
     __slots__ = ("_handle", "_info", "_name", "_kind", "_dir", "_path", "_closed", "_creator", "_persist",
                  "_readonly", "_shape", "_strides", "_dtype", "_typestr", "_needs_view", "_meta", "address",
-                 "_data_size", "_raw", "_pid", "_key", "_fd", "_dev", "_ino", "_content", "__weakref__")
+                 "_data_size", "_raw", "_pid", "_key", "_fd", "_dev", "_ino", "_content", "_owner", "__weakref__")
     _lib = lib  # kept reachable for the handles' finalizers at interpreter exit
 
     def __init__(self) -> None:  # pragma: no cover - use the classmethods
@@ -422,6 +421,7 @@ class Segment:
         self._raw = raw
         self._pid = os.getpid() if creator else 0  # only a creator's close() compares it
         self._key = None
+        self._owner = None  # who removes the name: see _ownership (None: not this process)
         self._fd = v[4]
         self._dev = v[5] if v[5] >= 0 else v[5] + _ADDR_WRAP
         self._ino = v[6] if v[6] >= 0 else v[6] + _ADDR_WRAP
@@ -461,13 +461,20 @@ class Segment:
     def create(cls, name: Optional[str] = None, shape: Any = (), dtype: Any = np.uint8, order: str = "C", *,
                kind: str = "named", path: Optional[str] = None, dir: Optional[str] = None, fill: Any = None,
                align: Any = 64, persist: bool = False, mode: int = 0o600, hugepages: bool = False,
-               populate: bool = False, meta: Any = None, _flags: int = 0) -> "Segment":
+               populate: bool = False, meta: Any = None, owner: str = "creator", _flags: int = 0) -> "Segment":
         """Create a segment holding one array of ``shape`` and ``dtype`` (zero-filled, or ``fill``).
 
         ``kind``: 'named' (``name`` in ``dir``; ``name=None`` picks a unique one), 'anonymous'
         (shared with fork()ed children), 'memfd' (share :attr:`fd` with :func:`send_fd`) or 'file'
-        (at ``path``). ``persist=False`` removes the name when the creator closes the segment,
-        leaves its ``with`` block, drops its last reference, or exits.
+        (at ``path``).
+
+        Who removes the name (``persist=True``: nobody but :meth:`unlink`): ``owner="creator"``
+        (default) when the creator closes or unlinks the segment, leaves its ``with`` block, or
+        exits, not when its last view dies; ``owner="views"`` when the creator's last view dies
+        (temporaries); ``owner="receiver"`` (named only) hands it to the first process that
+        unpickles a reference to it, and the name goes when that process's last view dies or it
+        exits. Creating a named segment also removes dead owners' segments in ``dir`` (see
+        ``ndshm._ownership``).
 
         ``hugepages=True`` for a named segment: in ``dir`` (or ``$NDSHM_DIR``) if given, which
         must be a hugetlbfs mount (with pages reserved in /proc/sys/vm/nr_hugepages) or a tmpfs
@@ -484,6 +491,9 @@ class Segment:
         persist = _dtype.as_flag(persist, "persist")
         hugepages = _dtype.as_flag(hugepages, "hugepages")
         populate = _dtype.as_flag(populate, "populate")
+        owner = _ownership.check_owner(owner, persist)
+        if owner == "receiver" and kind != "named":
+            raise ValueError(f"owner='receiver' applies to named segments, not kind={kind!r}")
         order = _dtype.check_order(order)
         dims, dt = _dtype.normalize(shape, dtype)
         _dtype.nbytes_of(dims, dt)
@@ -517,7 +527,8 @@ class Segment:
         p.dir = keep[1]
         p.mode = mode if mode.__class__ is int and 0 <= mode <= 0o7777 else _dtype.as_int(mode, "mode", 0, 0o7777)
         p.flags = ((_PERSIST if persist else 0) | (_POPULATE if populate else 0) | (_HUGE if hugepages else 0)
-                   | (_FORTRAN if order == "F" and len(dims) > 1 else 0) | _flags)
+                   | (_FORTRAN if order == "F" and len(dims) > 1 else 0) | (_KEEP_NAME if owner == "receiver" else 0)
+                   | _flags)
         p.alignment = alignment
         lay = p.layout
         tb = typestr.encode()
@@ -545,11 +556,18 @@ class Segment:
         if kind in ("named", "file"):
             self._path = path if kind == "file" else os.path.join(dir, _PREFIX + name)
             if kind == "named":
-                self._remember()
+                key = _cache_key(dir, name)
+                with _mappings.lock:
+                    _mappings.remember(key, self)
             if not persist:
-                with _lock:
-                    _creators.add(self)
-                _ensure_exit_hook()
+                self._owner = owner
+                if owner == "receiver":
+                    _ownership.mark_handover(self)
+                if owner != "views":
+                    _ownership.own(self)
+            if kind == "named":
+                _ownership.sweep(dir)
+                _mappings.drop_removed()
         if fill is not None:
             try:
                 self.asarray()[...] = fill
@@ -559,15 +577,6 @@ class Segment:
                 self.close()
                 raise
         return self
-
-    def _remember(self) -> None:
-        self._key = _cache_key(self._dir, self._name)
-        with _lock:
-            cur = _cache.get(self._key)
-            old = cur() if cur is not None else None
-            if old is None or old._closed or old._readonly or not old._same_file(self._dev, self._ino) or \
-                    not self._readonly:
-                _cache[self._key] = weakref.ref(self)
 
     def _same_file(self, dev: int, ino: int) -> bool:
         return self._dev == dev and self._ino == ino
@@ -588,17 +597,12 @@ class Segment:
             dir = os.fspath(dir)
         real = _REALDIRS.get(dir)
         key = (real, name) if real is not None else _cache_key(dir, name)
-        with _lock:
-            ref = _cache.get(key)
+        with _mappings.lock:
+            ref = _live.get(key)
             if ref is not None:
-                seg = ref()
-                if seg is not None and not seg._closed and (readonly or not seg._readonly):
-                    try:
-                        st = os.stat(seg._path)
-                    except OSError:
-                        st = None
-                    if st is not None and seg._same_file(st.st_dev, st.st_ino):
-                        return seg
+                seg = _mappings.lookup(key, readonly)
+                if seg is not None:
+                    return seg
             nb = _NAMEBYTES.get(name) or _name_bytes(name)
             db = _DIRBYTES.get(dir) or _dir_bytes(dir)
             out = _scratch.out
@@ -607,10 +611,12 @@ class Segment:
             if rc:
                 raise error_from_code(rc, path)
             seg = cls._wrap(out[0], name, "named", dir, path)
-            # Reached only when no usable mapping of this very file is cached: replace the entry.
-            seg._key = key
-            _cache[key] = weakref.ref(seg)
-            return seg
+            # Reached only when no usable mapping of this very file is cached: replace the entry,
+            # and keep the mapping after the last view dies (the next task's attach reuses it).
+            _mappings.remember(key, seg)
+            _mappings.keep(key, seg)
+        _mappings.drop_removed()
+        return seg
 
     @classmethod
     def open_file(cls, path: str, *, readonly: bool = False, populate: bool = False) -> "Segment":
@@ -758,10 +764,20 @@ class Segment:
     # ---- lifetime --------------------------------------------------------------------------
 
     def unlink(self) -> None:
-        """Remove the segment's name now (mappings stay valid)."""
+        """Remove the segment's name now (mappings stay valid). Ownership ends with it: this process
+        no longer keeps the segment mapped for its name's sake."""
         if self._kind not in ("named", "file") or self._raw:
             raise ValueError(f"a {self._kind} segment has no name to remove")
         check(lib.ndshm_segment_unlink(self._handle), self._path)
+        self._end_ownership()
+        _mappings.unkeep(self)
+
+    def _end_ownership(self) -> None:
+        if self._owner == "received":
+            _ownership.release_received(self)
+        elif self._owner is not None:
+            _ownership.disown(self)
+        self._owner = None
 
     def close(self) -> None:
         """End this segment's use: no new views; a creator's non-persistent segment loses its name.
@@ -769,16 +785,13 @@ class Segment:
         if self._closed:
             return
         self._closed = True
-        if self._creator and not self._persist and self._pid == os.getpid() and self._kind in ("named", "file"):
+        _mappings.release(self)
+        if (self._creator and not self._persist and self._owner != "handed" and self._pid == os.getpid()
+                and self._kind in ("named", "file")):
             rc = lib.ndshm_segment_unlink(self._handle)
             if rc and rc != lib.NDSHM_ENOENT:
                 raise error_from_code(rc, self._path)
-        with _lock:
-            _creators.discard(self)
-            if self._key is not None:
-                ref = _cache.get(self._key)
-                if ref is not None and ref() is self:
-                    del _cache[self._key]
+        self._end_ownership()
 
     def __enter__(self) -> "Segment":
         return self
@@ -789,7 +802,10 @@ class Segment:
     def __reduce__(self):
         if self._kind != "named" or self._raw:
             raise TypeError(f"a {self._kind} segment cannot be pickled; pickle its arrays or pass its fd")
-        return (_attach_segment, (self._name, self._dir, self._readonly))
+        claim = self._owner == "receiver" or self._owner == "handed"
+        if self._owner == "receiver":
+            _ownership.hand_over(self)
+        return (_attach_segment, (self._name, self._dir, self._readonly, claim))
 
     def __repr__(self) -> str:
         state = "closed " if self._closed else ""
@@ -798,51 +814,25 @@ class Segment:
                 f"{self._data_size} bytes{' readonly' if self._readonly else ''}>")
 
 
-def _attach_segment(name: str, dir: str, readonly: bool) -> Segment:
-    return Segment.attach(name, readonly=readonly, dir=dir)
-
-
-_exit_hook_pid = 0
-
-
-def _ensure_exit_hook() -> None:
-    """multiprocessing's children end with os._exit (no atexit) after running its finalizers:
-    register one there too, once per process (a forked child ignores its parent's)."""
-    global _exit_hook_pid
-    pid = os.getpid()
-    if _exit_hook_pid == pid:
-        return
-    _exit_hook_pid = pid
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        try:
-            mp_util.Finalize(None, _unlink_at_exit, exitpriority=100)
-        except Exception:  # pragma: no cover - defensive
-            pass
-
-
-@atexit.register
-def _unlink_at_exit() -> None:
-    pid = os.getpid()
-    with _lock:
-        segs = [s for s in _creators if s._pid == pid]
-    for seg in segs:
-        try:
-            seg.close()
-        except Exception:
-            pass
+def _attach_segment(name: str, dir: str, readonly: bool, claim: bool = False) -> Segment:
+    seg = Segment.attach(name, readonly=readonly, dir=dir)
+    if claim and seg._owner is None:
+        _claim(seg)
+    return seg
 
 
 # ---- module-level API ---------------------------------------------------------------------
 
 def create(name: Optional[str], shape: Any, dtype: Any = float, order: str = "C", *, fill: Any = None,
            align: Any = 64, persist: bool = False, mode: int = 0o600, hugepages: bool = False,
-           populate: bool = False, meta: Any = None, dir: Optional[str] = None) -> np.ndarray:
+           populate: bool = False, meta: Any = None, owner: str = "creator", dir: Optional[str] = None) -> np.ndarray:
     """Create the named segment ``name`` (``None``: a unique name) holding a zeroed array (or
-    ``fill``) and return the array. The segment lives while the array (or any view) does; with
-    ``persist=False`` its name goes when the creator closes it or the last view is gone."""
+    ``fill``) and return the array. The name lives until this process closes the segment
+    (``ndshm.segment_of(arr).close()``), unlinks it, or exits; ``owner="views"``: until the last
+    view is gone; ``owner="receiver"``: handed to the process that unpickles it (see
+    :meth:`Segment.create`); ``persist=True``: until :func:`unlink`."""
     return Segment.create(name, shape, dtype, order, kind="named", dir=dir, fill=fill, align=align, persist=persist,
-                          mode=mode, hugepages=hugepages, populate=populate, meta=meta).asarray()
+                          mode=mode, hugepages=hugepages, populate=populate, meta=meta, owner=owner).asarray()
 
 
 def attach(name: str, *, readonly: bool = False, populate: bool = False, dir: Optional[str] = None) -> np.ndarray:

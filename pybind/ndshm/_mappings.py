@@ -1,0 +1,223 @@
+"""The per-process mapping cache: one mapping per named segment, kept after its last view dies.
+
+Mapping a segment is cheap; touching its pages through a *new* mapping is not (every 4 KiB page
+faults again, about 20 us each, even though the memory exists already). So a process keeps the
+segments it attached mapped, in a bounded least-recently-used list (by count and by bytes, see
+:func:`set_mapping_cache`), and the next attach of the same segment (the next Pool or engine task)
+reuses the mapping and its page tables.
+
+Two tables, both keyed by (real directory, name):
+
+- ``live``: a weak reference to every mapped :class:`~ndshm.Segment` (creator's or attacher's),
+  so that all views of one segment in a process share one mapping;
+- ``kept``: strong references to recently attached segments, which keep them mapped after their
+  last view died.
+
+A cached mapping is reused only while its name still leads to the very same file (device and
+inode are checked on every reuse). Mappings whose file was removed are dropped promptly (checked
+at most every ``CHECK_SECONDS`` on attach and create, and by a daemon thread while anything is
+kept), so the cache never keeps a removed segment's memory alive for long.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from typing import Any, Optional
+
+__all__ = ["set_mapping_cache", "mapping_cache_info"]
+
+_LIMIT_COUNT_ENV, _LIMIT_BYTES_ENV = "NDSHM_MAPPING_CACHE_COUNT", "NDSHM_MAPPING_CACHE_BYTES"
+CHECK_SECONDS = 1.0
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw, 0)
+    except ValueError:
+        raise ValueError(f"${name}={raw!r} is not an int") from None
+    if value < 0:
+        raise ValueError(f"${name}={raw!r} is negative")
+    return value
+
+
+_max_count = _env_int(_LIMIT_COUNT_ENV, 64)
+_max_bytes = _env_int(_LIMIT_BYTES_ENV, 8 << 30)
+
+lock = threading.RLock()
+live: "dict[tuple[str, str], weakref.ref[Any]]" = {}
+kept: "OrderedDict[tuple[str, str], Any]" = OrderedDict()
+_kept_bytes = 0
+_last_check = 0.0
+_watcher_pid = 0
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global lock, _watcher_pid, _pid
+    lock = threading.RLock()  # another thread may have held it at the fork
+    _watcher_pid = 0  # the watcher thread did not survive the fork
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def set_mapping_cache(max_bytes: Optional[int] = None, max_count: Optional[int] = None) -> dict:
+    """Bound the mappings this process keeps after their last view died: at most ``max_count``
+    segments and ``max_bytes`` bytes (``0`` keeps none; ``None`` leaves a limit as it is). Defaults:
+    64 segments, 8 GiB, or ``$NDSHM_MAPPING_CACHE_COUNT`` / ``$NDSHM_MAPPING_CACHE_BYTES``. A kept
+    mapping costs address space and page tables, not memory: the memory belongs to the segment's
+    name, and mappings of removed segments are dropped. Returns the limits now in force."""
+    from ._dtype import as_int
+    global _max_bytes, _max_count
+    with lock:
+        if max_bytes is not None:
+            _max_bytes = as_int(max_bytes, "max_bytes", 0, 1 << 62)
+        if max_count is not None:
+            _max_count = as_int(max_count, "max_count", 0, 1 << 20)
+        _evict()
+    return {"max_bytes": _max_bytes, "max_count": _max_count}
+
+
+def mapping_cache_info() -> dict:
+    """What the cache holds: ``cached_mappings`` (segments kept mapped), ``cached_mapping_bytes``,
+    and the limits."""
+    with lock:
+        return {"cached_mappings": len(kept), "cached_mapping_bytes": _kept_bytes, "mapping_cache_max_count": _max_count,
+                "mapping_cache_max_bytes": _max_bytes}
+
+
+def lookup(key: tuple[str, str], readonly: bool) -> Any:
+    """The live segment under ``key`` if it may serve an attach (open, writable if asked, and its
+    name still leads to the same file), else None. Caller holds ``lock``."""
+    ref = live.get(key)
+    if ref is None:
+        return None
+    seg = ref()
+    if seg is None or seg._closed or (seg._readonly and not readonly):
+        return None
+    try:
+        st = os.stat(seg._path)
+    except OSError:
+        return None
+    if seg._dev != st.st_dev or seg._ino != st.st_ino:
+        return None
+    if key in kept:
+        kept.move_to_end(key)
+    return seg
+
+
+def remember(key: tuple[str, str], seg: Any) -> None:
+    """Make ``seg`` the mapping of ``key`` for later attaches (caller holds ``lock``)."""
+    seg._key = key
+    live[key] = weakref.ref(seg)
+
+
+def keep(key: tuple[str, str], seg: Any) -> None:
+    """Keep ``seg`` mapped after its last view dies (a new attach's mapping; caller holds ``lock``)."""
+    global _kept_bytes
+    old = kept.pop(key, None)
+    if old is not None:
+        _kept_bytes -= old._data_size
+    if _max_count == 0 or seg._data_size > _max_bytes:
+        return
+    kept[key] = seg
+    _kept_bytes += seg._data_size
+    _evict()
+    _start_watcher()
+
+
+def release(seg: Any) -> None:
+    """Forget ``seg`` everywhere (it was closed, unlinked by its owner, or must die with its views)."""
+    global _kept_bytes
+    key = seg._key
+    if key is None:
+        return
+    with lock:
+        if kept.get(key) is seg:
+            del kept[key]
+            _kept_bytes -= seg._data_size
+        ref = live.get(key)
+        if ref is not None and ref() is seg:
+            del live[key]
+
+
+def unkeep(seg: Any) -> None:
+    """Stop keeping ``seg`` mapped past its views (it is owned here and must die with them, or
+    its name was removed); later attaches still share it while it lives."""
+    global _kept_bytes
+    key = seg._key
+    if key is None:
+        return
+    with lock:
+        if kept.get(key) is seg:
+            del kept[key]
+            _kept_bytes -= seg._data_size
+
+
+def _evict() -> None:
+    global _kept_bytes
+    while kept and (len(kept) > _max_count or _kept_bytes > _max_bytes):
+        _, seg = kept.popitem(last=False)
+        _kept_bytes -= seg._data_size
+
+
+def drop_removed(force: bool = False) -> int:
+    """Drop kept mappings whose file was removed (at most every CHECK_SECONDS unless ``force``):
+    their memory must not outlive the name because of this cache. Returns how many went."""
+    global _last_check, _kept_bytes
+    now = time.monotonic()
+    if not force and now - _last_check < CHECK_SECONDS:
+        return 0
+    _last_check = now
+    gone = []
+    with lock:
+        for key, seg in kept.items():
+            try:
+                if os.fstat(seg._fd).st_nlink == 0:
+                    gone.append(key)
+            except OSError:
+                gone.append(key)
+        for key in gone:
+            _kept_bytes -= kept.pop(key)._data_size
+    return len(gone)
+
+
+def clear() -> None:
+    """Forget every mapping (views alive keep theirs): tests, and a forked child that wants its own."""
+    global _kept_bytes
+    with lock:
+        kept.clear()
+        live.clear()
+        _kept_bytes = 0
+
+
+def _start_watcher() -> None:
+    global _watcher_pid
+    if _watcher_pid == _pid:
+        return
+    _watcher_pid = _pid
+    threading.Thread(target=_watch, name="ndshm-mapping-cache", daemon=True).start()
+
+
+def _watch() -> None:
+    """While anything is kept: every CHECK_SECONDS, drop mappings of removed segments."""
+    global _watcher_pid
+    me = _pid
+    while True:
+        time.sleep(CHECK_SECONDS)
+        if _pid != me:
+            return
+        drop_removed(force=True)
+        with lock:
+            if not kept:
+                _watcher_pid = 0
+                return

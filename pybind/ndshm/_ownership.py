@@ -1,0 +1,316 @@
+"""Who removes a segment's name, and when.
+
+A named segment is created with one of three owners (``create(..., owner=...)``):
+
+- ``"creator"`` (the default): the name lives until the creator closes or unlinks the segment,
+  leaves its ``with`` block, or exits; not when its last view dies, so a bare ``create(...)``
+  statement works. The creator keeps the segment here (and so mapped) until then.
+- ``"views"``: the name goes when the creator's last view of it dies (temporaries).
+- ``"receiver"``: the creator hands the segment over to whoever receives its reference. Once a
+  reference to it was pickled, the creator no longer removes the name (not at close, not at exit);
+  the first process that unpickles it becomes its owner, and the name goes when *that* process's
+  last view dies or it exits. Ownership is the robust lock in sync slot 3 of the header (the
+  owner's pid and start time, taken atomically); a hand-over nobody claimed is recognised by a
+  marker word in the same slot, so the name survives its creator's exit until someone claims it.
+
+``persist=True`` segments have no owner: only ``unlink`` (or ``ndshm rm``) removes them.
+
+Dead owners' segments are reclaimed by :func:`sweep`: at most every ``SWEEP_SECONDS`` per
+directory, creating a segment removes the segments there that nobody maps (no one holds their
+flock), that are not persistent and older than ``GRACE_SECONDS``; an unclaimed hand-over only
+after ``HANDOVER_SECONDS`` (its receiver may not have unpickled it yet). ``ndshm gc`` applies the
+same rule (:func:`reclaimable`). :func:`cleanup_on_signals` makes SIGTERM, SIGHUP and SIGINT
+remove this process's names before it dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import os
+import signal
+import stat
+import sys
+import threading
+import time
+import weakref
+from typing import Any, Iterable, Optional
+
+from ._lib import ffi, lib
+
+__all__ = ["cleanup_on_signals", "sweep", "reclaimable"]
+
+OWNERS = ("creator", "views", "receiver")
+GRACE_SECONDS = 5.0
+HANDOVER_SECONDS = 600.0
+SWEEP_SECONDS = 10.0
+OWNER_SLOT = 3  # the header's sync slot holding the ownership lock and the hand-over marker
+_SYNC_OFFSET = 640  # where the header's sync slots begin (csrc/header.c: sync[4][64] at 640)
+_MARKER_OFFSET = 16  # in the slot, after the 16-byte lock
+_HANDOVER = 0x48414E44  # "HAND": a segment whose creator hands it to the first receiver
+_MAGIC = b"NDSHMSEG"
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+
+_lock = threading.RLock()
+_owned: dict[int, Any] = {}  # id -> Segment this process owns as creator (kept mapped until then)
+_received: "dict[int, tuple[str, int, int]]" = {}  # id(segment) -> (path, dev, ino) owned as receiver
+_last_sweep: dict[str, float] = {}
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+    _owned.clear()  # a forked child owns nothing its parent made
+    _received.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def check_owner(owner: Any, persist: bool) -> str:
+    if owner not in OWNERS:
+        raise ValueError(f"owner {owner!r} is not one of {', '.join(map(repr, OWNERS))}")
+    if persist and owner != "creator":
+        raise ValueError(f"owner={owner!r} does not apply to persist=True segments, which no process owns")
+    return owner
+
+
+# ---- the creator's side --------------------------------------------------------------------------
+
+def own(seg: Any) -> None:
+    """Keep ``seg`` (a creator's non-persistent segment) until it is closed, handed over or the
+    process exits, and make sure exits remove its name."""
+    with _lock:
+        _owned[id(seg)] = seg
+    _ensure_exit_hook()
+
+
+def disown(seg: Any) -> None:
+    with _lock:
+        _owned.pop(id(seg), None)
+
+
+def mark_handover(seg: Any) -> None:
+    """Write the hand-over marker into a new receiver-owned segment (before anyone can claim it)."""
+    area = ffi.cast("uint32_t *", seg.sync_address(OWNER_SLOT) + _MARKER_OFFSET)
+    area[0] = _HANDOVER
+
+
+def hand_over(seg: Any) -> None:
+    """A reference to ``seg`` is leaving this process: from now on its creator does not remove
+    the name (the first receiver will). Its handle was created with KEEP_NAME, so even its last
+    view dying here leaves the name alone."""
+    seg._owner = "handed"
+    disown(seg)
+
+
+# ---- the receiver's side -------------------------------------------------------------------------
+
+def claim(seg: Any) -> bool:
+    """Become the owner of a handed-over segment just attached, if nobody (alive) is: the name then
+    goes when this process's last view of it dies, or when it exits. False if another process
+    owns it already, or the mapping is read-only (it cannot take the lock)."""
+    if seg._readonly or seg._owner == "received":
+        return seg._owner == "received"
+    address = seg.sync_address(OWNER_SLOT)
+    if ffi.cast("uint32_t *", address + _MARKER_OFFSET)[0] != _HANDOVER:
+        return False  # not a hand-over segment (the name was reused since the pickling)
+    rc = lib.ndshm_lock_acquire(ffi.cast("void *", address), 0.0)
+    if rc not in (0, lib.NDSHM_EOWNERDEAD):
+        return False
+    seg._owner = "received"
+    with _lock:
+        _received[id(seg)] = (seg._path, seg._dev, seg._ino)
+    weakref.finalize(seg, _drop_received, id(seg), seg._path, seg._dev, seg._ino).atexit = False
+    _ensure_exit_hook()
+    return True
+
+
+def release_received(seg: Any) -> None:
+    """The receiver closed or unlinked ``seg``: its name goes now (if it still names that file)."""
+    _drop_received(id(seg), seg._path, seg._dev, seg._ino)
+
+
+def _drop_received(key: int, path: str, dev: int, ino: int) -> None:
+    with _lock:
+        if _received.pop(key, None) is None:
+            return
+    _unlink_same(path, dev, ino)
+
+
+def _unlink_same(path: str, dev: int, ino: int) -> None:
+    """Remove ``path`` if it still names the file (dev, ino): never a segment made since under that name."""
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+# ---- exits and signals ---------------------------------------------------------------------------
+
+def release_all() -> None:
+    """Remove the names this process owns (creator- and receiver-owned): at exit and on a signal."""
+    pid = os.getpid()
+    with _lock:
+        created = [s for s in _owned.values() if s._pid == pid]
+        received = list(_received.items())
+        _received.clear()
+    for seg in created:
+        try:
+            seg.close()
+        except Exception:
+            pass
+    for _, (path, dev, ino) in received:
+        _unlink_same(path, dev, ino)
+
+
+_exit_hook_pid = 0
+
+
+def _ensure_exit_hook() -> None:
+    """multiprocessing's children end with os._exit (no atexit) after running its finalizers:
+    register one there too, once per process (a forked child ignores its parent's)."""
+    global _exit_hook_pid
+    pid = os.getpid()
+    if _exit_hook_pid == pid:
+        return
+    _exit_hook_pid = pid
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        try:
+            mp_util.Finalize(None, release_all, exitpriority=100)
+        except Exception:  # pragma: no cover - defensive
+            pass
+
+
+atexit.register(release_all)
+
+_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
+_installed: dict[int, Any] = {}
+
+
+def cleanup_on_signals(signals: Iterable[str] = _SIGNALS) -> None:
+    """Remove this process's segment names (those it owns) when SIGTERM, SIGHUP or SIGINT arrives,
+    then let the signal do what it did before: the previous Python handler runs (SIGINT raises
+    KeyboardInterrupt as usual), and a signal whose action was the default kills the process as
+    before. Call it from the main thread (as :func:`signal.signal` requires); idempotent."""
+    for sig_name in signals:
+        signum = getattr(signal, sig_name, None)
+        if not isinstance(signum, int) and not isinstance(signum, signal.Signals):
+            raise ValueError(f"{sig_name!r} is not a signal name such as 'SIGTERM'")
+        signum = int(signum)
+        if signum in _installed:
+            continue
+        previous = signal.getsignal(signum)
+        _installed[signum] = previous
+        signal.signal(signum, _on_signal)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    release_all()
+    previous = _installed.get(signum)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    if previous == signal.SIG_IGN:
+        return
+    signal.signal(signum, signal.SIG_DFL)  # the default action: die by this very signal
+    os.kill(os.getpid(), signum)
+
+
+# ---- reclaiming dead owners' segments ------------------------------------------------------------
+
+def reclaimable(fd: int, age: float, grace: float = GRACE_SECONDS) -> bool:
+    """The rule ``gc`` and :func:`sweep` share, for a regular file ``fd`` (open, not locked) of a
+    non-persistent segment ``age`` seconds old that no process maps: True if it may go. A segment
+    handed over and not yet claimed waits HANDOVER_SECONDS; one whose owner is alive stays."""
+    if age < grace:
+        return False
+    try:
+        slot = os.pread(fd, 64, _SYNC_OFFSET + OWNER_SLOT * 64)
+    except OSError:
+        return False
+    if len(slot) < 64:
+        return True  # too short to be owned by anyone
+    copy = ffi.new("uint64_t[8]")
+    ffi.memmove(copy, slot, 64)
+    state = lib.ndshm_lock_state(copy)
+    if state in (1, 2):  # owned by this or another live process
+        return False
+    marker = int(ffi.cast("uint32_t *", copy)[_MARKER_OFFSET // 4])
+    if marker == _HANDOVER and state == 0 and age < HANDOVER_SECONDS:
+        return False  # handed over, not yet claimed: its receiver may still be on the way
+    return True
+
+
+def remove_if_unused(path: str, grace: float = GRACE_SECONDS, now: Optional[float] = None) -> bool:
+    """Unlink segment file ``path`` if :func:`reclaimable` says so, holding its exclusive flock
+    while checking and removing (no attacher can slip in). Never follows links or opens FIFOs."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # someone maps it
+        if os.pread(fd, 8, 0) not in (_MAGIC, b"\0" * 8, b""):
+            return False  # not ours
+        age = (time.time() if now is None else now) - max(st.st_mtime, st.st_ctime)
+        if not _persistent(fd) and reclaimable(fd, age, grace):
+            cur = os.lstat(path)
+            if (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino):
+                os.unlink(path)
+                return True
+        return False
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _persistent(fd: int) -> bool:
+    """The header's PERSIST flag (offset 24, csrc/header.c); a blank or short header is not."""
+    raw = os.pread(fd, 4, 24)
+    return len(raw) == 4 and int.from_bytes(raw, sys.byteorder) & lib.NDSHM_SEG_PERSIST != 0
+
+
+def sweep(dir: str, force: bool = False) -> int:
+    """Remove dead owners' segments in ``dir`` (at most every SWEEP_SECONDS unless ``force``);
+    returns how many went. Cheap: names and ages come from one directory scan, and only files
+    older than the grace are opened."""
+    now = time.time()
+    if not force:
+        last = _last_sweep.get(dir)
+        mono = time.monotonic()
+        if last is not None and mono - last < SWEEP_SECONDS:
+            return 0
+        if len(_last_sweep) > 256:
+            _last_sweep.clear()
+        _last_sweep[dir] = mono
+    removed = 0
+    try:
+        entries = os.scandir(dir)
+    except OSError:
+        return 0
+    with entries:
+        for entry in entries:
+            if not entry.name.startswith("ndshm."):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or now - max(st.st_mtime, st.st_ctime) < GRACE_SECONDS:
+                continue
+            removed += remove_if_unused(entry.path, GRACE_SECONDS, now)
+    return removed
