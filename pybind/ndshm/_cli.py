@@ -237,11 +237,6 @@ def cmd_gc(d: str, dry: bool, grace: float, out) -> int:
     return 0
 
 
-class _Help(argparse.RawDescriptionHelpFormatter):
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=30)
-
-
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line on stderr and exit status 2."""
 
@@ -264,20 +259,22 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                        help="directory of the segments (default: $NDSHM_DIR, else /dev/shm)")
 
     top = _Parser(prog=prog, description="Inspect and clean ndshm's named shared-memory segments.",
-                  epilog=_EPILOG, formatter_class=_Help, allow_abbrev=False)
+                  epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     add_dir(top, None)
     top.add_argument("--version", action="version", version=f"ndshm {__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def command(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", allow_abbrev=False, **kw)
+    def command(name: str, help: str, listed: bool = True) -> argparse.ArgumentParser:
+        kw = {"help": help} if listed else {}  # a subparser without help= is left out of the list
+        p = sub.add_parser(name, description=help[:1].upper() + help[1:] + ".", allow_abbrev=False, **kw)
         add_dir(p, argparse.SUPPRESS)  # after the command too; the top level's otherwise
         return p
 
-    p = command("ls", "list named segments (all, or those matching NAME or a glob)", aliases=["list"])
-    p.add_argument("--json", action="store_true",
-                   help="a JSON array, one object per segment with every field of ndshm.list()")
-    p.add_argument("patterns", nargs="*", metavar="NAME", help="a segment name or a glob such as 'job-*'")
+    for name in ("ls", "list"):  # 'list' is an alias (argparse's aliases= would wrap the help's layout)
+        p = command(name, "list named segments (all, or those matching NAME or a glob)", listed=name == "ls")
+        p.add_argument("--json", action="store_true",
+                       help="a JSON array, one object per segment with every field of ndshm.list()")
+        p.add_argument("patterns", nargs="*", metavar="NAME", help="a segment name or a glob such as 'job-*'")
     p = command("info", "describe segments")
     p.add_argument("--json", action="store_true", help="as ls --json")
     p.add_argument("names", nargs="+", metavar="NAME")
