@@ -231,6 +231,53 @@ print("passed", flush=True)
     assert time.monotonic() - t0 < 1
 
 
+@pytest.mark.parametrize("kind", ["lock", "event"])
+def test_long_timed_waits_are_interrupted_by_ctrl_c(unique_name, kind):
+    lock, ev = ndshm.Lock(unique_name), ndshm.Event(unique_name + "-ev")
+    assert lock.acquire()  # held here: the child's acquire waits
+    call = "ndshm.Lock(n, create=False).acquire(timeout=60)" if kind == "lock" else \
+        "ndshm.Event(n + '-ev', create=False).wait(60)"
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import ndshm
+n = {unique_name!r}
+print("waiting", flush=True)
+try:
+    {call}
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    raise
+"""], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "waiting"
+        time.sleep(0.5)  # inside the C call
+        t0 = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert out.strip() == "interrupted" and "KeyboardInterrupt" in err, (out, err)
+    assert elapsed < 2, elapsed
+    lock.release()
+
+
+def test_long_timed_waits_keep_their_timeout(unique_name):
+    lock, ev = ndshm.Lock(unique_name), ndshm.Event(unique_name + "-ev")
+    assert lock.acquire()
+    for wait in (lambda: lock.acquire(timeout=0.6), lambda: ev.wait(0.6)):
+        t0 = time.monotonic()
+        assert wait() is False
+        assert 0.55 <= time.monotonic() - t0 < 1.5
+    threading.Timer(0.7, lock.release).start()  # after a few slices
+    threading.Timer(0.7, ev.set).start()
+    t0 = time.monotonic()
+    assert lock.acquire(timeout=30) and ev.wait(30)
+    assert 0.6 <= time.monotonic() - t0 < 5
+    lock.release()
+
+
 def test_barrier_waits_in_slices_keep_their_timeout(unique_name):
     b = ndshm.Barrier(2, unique_name)
     t0 = time.monotonic()

@@ -9,7 +9,8 @@ acquirer gets the lock, ``acquire()`` returns True and ``lock.owner_died`` is Tr
 acquire (the data it protects may be half-updated; check it). A barrier is broken
 (:class:`BrokenBarrierError` for every waiter) when a wait times out, which is how a dead party is
 noticed: give ``wait`` a timeout when a party may die. A wait interrupted by an exception
-(Ctrl-C) breaks it too. Every wait comes back to Python a few times a second, so Ctrl-C works.
+(Ctrl-C) breaks it too. Every wait (with a timeout or without) comes back to Python a few times
+a second, so Ctrl-C works.
 """
 
 from __future__ import annotations
@@ -62,6 +63,17 @@ def _timeout(blocking: bool, timeout: Optional[float]) -> float:
     if not blocking:
         return 0.0
     return -1.0 if t is None else t
+
+
+def _wait_in_slices(wait: Any, area: Any, t: float) -> int:
+    """``wait(area, seconds)`` (a C wait: 0, NDSHM_ETIMEDOUT or another code) for ``t`` seconds in
+    all (> _SLICE), called in slices of at most _SLICE so that Ctrl-C is noticed between them."""
+    deadline = time.monotonic() + t
+    while True:
+        s = min(max(deadline - time.monotonic(), 0.0), _SLICE)
+        rc = wait(area, s)
+        if rc != _ETIMEDOUT or s < _SLICE:
+            return rc
 
 
 def _rebuild(cls: type, segment: Any, index: int, extra: tuple) -> Any:
@@ -138,8 +150,10 @@ class Lock(_Sync):
             rc = _acquire(area, _SLICE)
             while rc == _ETIMEDOUT:
                 rc = _acquire(area, _SLICE)
-        else:
+        elif t <= _SLICE:
             rc = _acquire(area, t)
+        else:
+            rc = _wait_in_slices(_acquire, area, t)
         if rc == 0:
             self.owner_died = False
             return True
@@ -206,7 +220,9 @@ class Event(_Sync):
             while _ev_wait(area, _SLICE) == _ETIMEDOUT:
                 pass
             return True
-        return _ev_wait(area, t) == 0
+        if t <= _SLICE:
+            return _ev_wait(area, t) == 0
+        return _wait_in_slices(_ev_wait, area, t) == 0
 
     def __repr__(self) -> str:
         return f"<ndshm.Event {'set' if self.is_set() else 'unset'} at 0x{self.address:x}>"
