@@ -31,7 +31,9 @@
     X(ENOTSUP, "not supported on this system")                                   \
     X(EPERM, "operation not permitted")                                          \
     X(ESYS, "operating-system error")                                            \
-    X(EBROKEN, "barrier is broken")
+    X(EBROKEN, "barrier is broken")                                             \
+    X(ESHUTDOWN, "shut down")                                                    \
+    X(ELAGGED, "subscriber lagged: messages were overwritten")
 
 #define NDSHM_COUNT_ONE(name, msg) +1
 _Static_assert(0 NDSHM_ERRORS(NDSHM_COUNT_ONE) == 1 - NDSHM_ERROR_MIN_,

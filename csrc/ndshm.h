@@ -74,7 +74,9 @@ typedef enum ndshm_error {
     NDSHM_EPERM = -17,      /* operation not permitted (e.g. releasing a lock one does not hold) */
     NDSHM_ESYS = -18,       /* another operating-system error: see ndshm_last_errno() */
     NDSHM_EBROKEN = -19,    /* barrier: broken by a timeout or a dead party */
-    NDSHM_ERROR_MIN_ = -19  /* the most negative code; not an error itself */
+    NDSHM_ESHUTDOWN = -20,  /* the queue or broadcast was shut down (and, for readers, drained) */
+    NDSHM_ELAGGED = -21,    /* broadcast: the subscriber fell behind and messages were overwritten */
+    NDSHM_ERROR_MIN_ = -21  /* the most negative code; not an error itself */
 } ndshm_error_t;
 
 /*! ndshm_strerror() :
@@ -183,7 +185,8 @@ enum ndshm_segment_flags {
     NDSHM_SEG_READONLY = 8,  /* attach: map PROT_READ */
     NDSHM_SEG_FORTRAN = 16,  /* layout: Fortran order (recorded; strides are authoritative) */
     NDSHM_SEG_QUEUE = 32,    /* the data holds an ndshm queue, not an array */
-    NDSHM_SEG_SYNC = 64      /* a standalone Lock, Event or Barrier: its sync slots are the content */
+    NDSHM_SEG_SYNC = 64,     /* a standalone Lock, Event or Barrier: its sync slots are the content */
+    NDSHM_SEG_BROADCAST = 256 /* the data holds an ndshm broadcast ring, not an array (128 is reserved) */
 };
 
 enum ndshm_segment_limits {
@@ -508,6 +511,121 @@ NDSHM_API int ndshm_barrier_state(void *area, uint32_t *parties, uint32_t *waiti
 /*! ndshm_process_alive() : @return : 1 if process `pid` runs and started at `start_time`
  *  (clock ticks since boot, /proc/<pid>/stat field 22; 0 = do not compare), else 0. */
 NDSHM_API int ndshm_process_alive(int64_t pid, uint64_t start_time);
+
+/* ======================================================================================
+ * Broadcast
+ * A publish-subscribe ring of aligned slots inside one NAMED segment (flag
+ * NDSHM_SEG_BROADCAST): any number of publishers; up to NDSHM_BCAST_MAX_SUBSCRIBERS
+ * subscriptions, from any process, joining and leaving at any time; each receives every
+ * message claimed after it joined, in order. Messages are described as in the queue
+ * (ndshm_qmsg_t). The policy is fixed at creation: NDSHM_BCAST_BLOCK (a publisher waits until
+ * every subscriber has read the message its slot holds) or NDSHM_BCAST_OVERWRITE (publishers
+ * overwrite the oldest message; a subscriber that fell behind gets NDSHM_ELAGGED with the
+ * count it missed and resumes at the oldest message retained; a message being read in place
+ * is never overwritten under its reader: its publisher waits for the release).
+ * Shutdown: put and loan then fail with NDSHM_ESHUTDOWN; subscribers drain what was claimed
+ * before it, then get NDSHM_ESHUTDOWN (immediate: at once). Faults: a subscriber killed at any
+ * point never blocks publishers for longer than a liveness check (~20 ms); a publisher killed
+ * inside loan leaves its position SKIPPED (no subscriber sees it; the others go on).
+ * Timeouts as for the queue. A ring handle is thread safe; a subscription (ndshm_bsub_t) and
+ * the message it took belong to one thread at a time.
+ * ====================================================================================== */
+
+typedef struct ndshm_bcast_s ndshm_bcast_t;
+typedef struct ndshm_bsub_s ndshm_bsub_t;
+
+enum ndshm_bcast_policy {
+    NDSHM_BCAST_BLOCK = 0,     /* publishers wait for the slowest subscriber (backpressure) */
+    NDSHM_BCAST_OVERWRITE = 1  /* the oldest messages are overwritten; laggards get NDSHM_ELAGGED */
+};
+
+enum ndshm_bcast_limits {
+    NDSHM_BCAST_MAX_SLOTS = 1048576,     /* slots of one ring (a power of two) */
+    NDSHM_BCAST_MAX_SUBSCRIBERS = 128    /* subscriptions at one time */
+};
+
+/* What a broadcast handle knows. */
+typedef struct ndshm_bcast_info {
+    uint64_t slots;
+    uint64_t slot_bytes;
+    uint64_t slot_stride;
+    uintptr_t ring;                  /* first byte of the ring in this process */
+    uint64_t ring_bytes;
+    int policy;                      /* enum ndshm_bcast_policy */
+    int max_subscribers;
+    char name[NDSHM_NAME_MAX + 1];
+} ndshm_bcast_info_t;
+
+/*! ndshm_bcast_create() :
+ *  Creates NAMED segment `name` in `dir` (NULL: default) holding a broadcast ring of `slots` (a
+ *  power of two, 2 .. NDSHM_BCAST_MAX_SLOTS) slots of `slot_bytes`, with `policy`. `mode` 0
+ *  means 0600; `flags`: NDSHM_SEG_PERSIST, NDSHM_SEG_POPULATE.
+ *  @return : 0, or NDSHM_EINVAL, NDSHM_EOVERFLOW, NDSHM_EEXIST and the errors of segment_create. */
+NDSHM_API int ndshm_bcast_create(const char *name, const char *dir, uint64_t slots, uint64_t slot_bytes,
+                                 int policy, unsigned mode, unsigned flags, ndshm_bcast_t **out);
+
+/*! ndshm_bcast_attach() : attaches the broadcast `name` in `dir`, validating its ring header.
+ *  @return : 0, or NDSHM_ENOENT, NDSHM_EINVAL (not a broadcast), NDSHM_ECORRUPT, and the errors
+ *            of segment_attach. */
+NDSHM_API int ndshm_bcast_attach(const char *name, const char *dir, ndshm_bcast_t **out);
+
+/*! ndshm_bcast_close() : releases the handle (the creator's non-persistent name is unlinked);
+ *  NULL is accepted. Its subscriptions must be unsubscribed first. */
+NDSHM_API void ndshm_bcast_close(ndshm_bcast_t *b);
+
+/*! ndshm_bcast_info() : @return : 0, or NDSHM_EINVAL. */
+NDSHM_API int ndshm_bcast_info(const ndshm_bcast_t *b, ndshm_bcast_info_t *out);
+
+/*! ndshm_bcast_loan() / ndshm_bcast_publish() / ndshm_bcast_discard() / ndshm_bcast_put() :
+ *  as for the queue. @return : 0, or NDSHM_ETOOBIG, NDSHM_EFULL (timeout 0), NDSHM_ETIMEDOUT,
+ *  NDSHM_ESHUTDOWN, NDSHM_EINVAL, NDSHM_ECORRUPT. */
+NDSHM_API int ndshm_bcast_loan(ndshm_bcast_t *b, uint64_t nbytes, double timeout, ndshm_qmsg_t *msg);
+NDSHM_API int ndshm_bcast_publish(ndshm_bcast_t *b, ndshm_qmsg_t *msg);
+NDSHM_API int ndshm_bcast_discard(ndshm_bcast_t *b, ndshm_qmsg_t *msg);
+NDSHM_API int ndshm_bcast_put(ndshm_bcast_t *b, const void *data, uint64_t nbytes, const char *typestr,
+                              uint32_t ndim, const int64_t *shape, double timeout);
+
+/*! ndshm_bcast_shutdown() : from any process; `immediate` also ends subscribers' reads at once.
+ *  @return : 0, or NDSHM_EINVAL. */
+NDSHM_API int ndshm_bcast_shutdown(ndshm_bcast_t *b, int immediate);
+
+/*! ndshm_bcast_is_shutdown() : @return : 0 running, 1 shut down, 2 shut down immediately. */
+NDSHM_API int ndshm_bcast_is_shutdown(const ndshm_bcast_t *b);
+
+/*! ndshm_bcast_published() : @return : positions claimed so far (messages put or in flight). */
+NDSHM_API uint64_t ndshm_bcast_published(const ndshm_bcast_t *b);
+
+/*! ndshm_bcast_subscribers() : @return : live subscriptions (approximate under concurrency). */
+NDSHM_API int ndshm_bcast_subscribers(const ndshm_bcast_t *b);
+
+/*! ndshm_bcast_subscribe() : a new subscription that receives every message claimed from now on.
+ *  @return : 0, or NDSHM_EBUSY (every record is in use by live processes), NDSHM_ENOMEM. */
+NDSHM_API int ndshm_bcast_subscribe(ndshm_bcast_t *b, ndshm_bsub_t **out);
+
+/*! ndshm_bcast_unsubscribe() : ends the subscription (a taken message is released); NULL ok. */
+NDSHM_API void ndshm_bcast_unsubscribe(ndshm_bsub_t *sub);
+
+/*! ndshm_bcast_pending() : @return : messages claimed that this subscription has not read. */
+NDSHM_API uint64_t ndshm_bcast_pending(const ndshm_bsub_t *sub);
+
+/*! ndshm_bcast_take() : the subscription's next message, in place (read-only until release).
+ *  @return : 0; NDSHM_EEMPTY (timeout 0), NDSHM_ETIMEDOUT; NDSHM_ELAGGED with *missed set (the
+ *            subscription moved to the oldest message retained: take again); NDSHM_ESHUTDOWN;
+ *            NDSHM_ECORRUPT (the ring is damaged, or the message's descriptor is impossible: it
+ *            was passed over);
+ *            NDSHM_ECLOSED (the record was taken over), NDSHM_EINVAL. */
+NDSHM_API int ndshm_bcast_take(ndshm_bsub_t *sub, double timeout, ndshm_qmsg_t *msg, uint64_t *missed);
+
+/*! ndshm_bcast_release() / ndshm_bcast_release_copy() : end the read of a taken message (copying
+ *  its nbytes to `dst` first). @return : 0, or NDSHM_EINVAL. */
+NDSHM_API int ndshm_bcast_release(ndshm_bsub_t *sub, ndshm_qmsg_t *msg);
+NDSHM_API int ndshm_bcast_release_copy(ndshm_bsub_t *sub, ndshm_qmsg_t *msg, void *dst);
+
+/*! ndshm_bcast_ring_bytes() / ndshm_bcast_init_raw() / ndshm_bcast_open_raw() : a ring in
+ *  caller-provided shared memory (tests, embedding), as for the queue. */
+NDSHM_API int ndshm_bcast_ring_bytes(uint64_t slots, uint64_t slot_bytes, uint64_t *out);
+NDSHM_API int ndshm_bcast_init_raw(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes, int policy);
+NDSHM_API int ndshm_bcast_open_raw(void *mem, uint64_t bytes, ndshm_bcast_t **out);
 
 #ifdef __cplusplus
 }

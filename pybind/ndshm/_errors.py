@@ -18,7 +18,8 @@ __all__ = [
     "NdshmError", "InvalidValueError", "CorruptSegmentError", "SegmentExistsError",
     "SegmentNotFoundError", "NdshmPermissionError", "OutOfMemoryError", "NoSpaceError",
     "NdshmTimeoutError", "BusyError", "Empty", "Full", "MessageTooBigError", "OwnerDiedError",
-    "ClosedError", "NotSupportedError", "NdshmOSError", "BrokenBarrierError", "error_from_code", "check",
+    "ClosedError", "NotSupportedError", "NdshmOSError", "BrokenBarrierError", "ShutDown", "Lagged",
+    "error_from_code", "check",
 ]
 
 
@@ -97,6 +98,25 @@ class BrokenBarrierError(NdshmError, _threading.BrokenBarrierError):
     """A barrier was broken by a timeout or a dead party."""
 
 
+# Python 3.13's queue.ShutDown where it exists (so `except queue.ShutDown` catches ours too).
+_ShutDownBase: tuple = (_queue.ShutDown,) if hasattr(_queue, "ShutDown") else ()
+
+
+class ShutDown(NdshmError, *_ShutDownBase):  # type: ignore[misc]
+    """The queue or broadcast was shut down (NDSHM_ESHUTDOWN), as Python 3.13's
+    ``queue.ShutDown`` (also one of those on 3.13+): ``put`` raises it at once; readers get it
+    once they have drained what was published before the shutdown (``immediate``: at once), and
+    iteration ends."""
+
+
+class Lagged(NdshmError):
+    """A broadcast subscriber fell behind an ``overwrite`` broadcast and ``missed`` messages
+    were overwritten before it read them (NDSHM_ELAGGED), like tokio's ``RecvError::Lagged``.
+    Nothing is wrong with the subscription: the next read returns the oldest message retained."""
+
+    missed: int = 0
+
+
 # code -> (class, errno for OSError subclasses or None)
 _TABLE: dict[int, tuple[type[NdshmError], int | None]] = {
     lib.NDSHM_EINVAL: (InvalidValueError, None),
@@ -109,6 +129,8 @@ _TABLE: dict[int, tuple[type[NdshmError], int | None]] = {
     lib.NDSHM_EFULL: (Full, None),
     lib.NDSHM_EOWNERDEAD: (OwnerDiedError, None),
     lib.NDSHM_EBROKEN: (BrokenBarrierError, None),
+    lib.NDSHM_ESHUTDOWN: (ShutDown, None),
+    lib.NDSHM_ELAGGED: (Lagged, None),
     lib.NDSHM_EEXIST: (SegmentExistsError, _errno.EEXIST),
     lib.NDSHM_ENOENT: (SegmentNotFoundError, _errno.ENOENT),
     lib.NDSHM_EACCES: (NdshmPermissionError, _errno.EACCES),
