@@ -35,7 +35,7 @@ _acquire, _lock_release, _lock_state = lib.ndshm_lock_acquire, lib.ndshm_lock_re
 _ev_set, _ev_clear, _ev_is_set, _ev_wait = lib.ndshm_event_set, lib.ndshm_event_clear, lib.ndshm_event_is_set, \
     lib.ndshm_event_wait
 _b_wait, _b_leave = lib.ndshm_barrier_wait_sliced, lib.ndshm_barrier_leave
-_SLICE = 0.25  # waits "forever" come back to Python this often, so Ctrl-C works
+_SLICE = 0.25  # every wait longer than this comes back to Python this often, so Ctrl-C works
 _MAX_PARTIES = 1 << 20  # what ndshm_barrier_wait accepts (parties is a uint32_t, 1 .. 2^20)
 
 
