@@ -388,6 +388,14 @@ def test_size_is_an_int(shm_name):
         a.unlink()
 
 
+def test_a_full_shm_dir_fails_at_create_with_enospc(shm_name):
+    # PyPy's os.posix_fallocate returns the error instead of raising it: it must still be raised
+    vfs = os.statvfs("/dev/shm")
+    with pytest.raises(OSError) as info:
+        SharedMemory(shm_name, create=True, size=vfs.f_bavail * vfs.f_frsize + (1 << 30))
+    assert info.value.errno == errno.ENOSPC and _gone(shm_name)
+
+
 def test_mode_hook_of_a_subclass(shm_name):
     class Shared(SharedMemory):
         _mode = 0o640

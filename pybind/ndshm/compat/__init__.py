@@ -3,4 +3,4 @@
 
 from . import managers, shared_memory
 
-__all__ = ["managers", "shared_memory"]
+__all__ = ["managers", "shared_memory", "sharedarray"]  # sharedarray is imported on first use

@@ -247,6 +247,30 @@ def _reclaim_dead(dir: Optional[str] = None, *, dry_run: bool = False) -> list[s
     return removed
 
 
+def _new_file(path: str, size: int, mode: int) -> int:
+    """Create ``path`` exclusively with ``size`` bytes reserved (``posix_fallocate``, so a full
+    tmpfs fails here with ``OSError(ENOSPC)`` instead of SIGBUS later); return its descriptor.
+    Nothing is left behind if it fails."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            rc = os.posix_fallocate(fd, 0, size)
+            if rc:  # PyPy returns the error number instead of raising it
+                raise OSError(rc, os.strerror(rc), path)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise OSError(errno.ENOSPC, f"no space in {os.path.dirname(path)} for {size} bytes",
+                              path) from None
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.ftruncate(fd, size)  # a file system without fallocate
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return fd
+
+
 # ---- SharedMemory -------------------------------------------------------------------------------
 
 class SharedMemory:
@@ -301,17 +325,8 @@ class SharedMemory:
     def _create(self, d: str, name: str, size: int) -> None:
         bare = _bare(name, name)
         path = os.path.join(d, bare)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, self._mode)
+        fd = _new_file(path, size, self._mode)
         try:
-            try:
-                os.posix_fallocate(fd, 0, size)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    if exc.errno == errno.ENOSPC:
-                        raise OSError(errno.ENOSPC, f"no space in {d} for a block of {size} bytes",
-                                      path) from None
-                    raise
-                os.ftruncate(fd, size)
             _mark(fd, d, bare)
         except BaseException:
             os.unlink(path)
