@@ -54,15 +54,17 @@ lock = threading.RLock()
 live: "dict[tuple[str, str], weakref.ref[Any]]" = {}
 kept: "OrderedDict[tuple[str, str], Any]" = OrderedDict()
 _kept_bytes = 0
+_fresh = 0  # attaches that had to map a segment afresh (no live or kept mapping served them)
 _last_check = 0.0
 _watcher_pid = 0
 _pid = os.getpid()
 
 
 def _after_fork_in_child() -> None:
-    global lock, _watcher_pid, _pid
+    global lock, _watcher_pid, _pid, _fresh
     lock = threading.RLock()  # another thread may have held it at the fork
     _watcher_pid = 0  # the watcher thread did not survive the fork
+    _fresh = 0
     _pid = os.getpid()
 
 
@@ -89,10 +91,10 @@ def set_mapping_cache(max_bytes: Optional[int] = None, max_count: Optional[int] 
 
 def mapping_cache_info() -> dict:
     """What the cache holds: ``cached_mappings`` (segments kept mapped), ``cached_mapping_bytes``,
-    and the limits."""
+    ``fresh_attach_mappings`` (attaches since start that had to map afresh), and the limits."""
     with lock:
-        return {"cached_mappings": len(kept), "cached_mapping_bytes": _kept_bytes, "mapping_cache_max_count": _max_count,
-                "mapping_cache_max_bytes": _max_bytes}
+        return {"cached_mappings": len(kept), "cached_mapping_bytes": _kept_bytes, "fresh_attach_mappings": _fresh,
+                "mapping_cache_max_count": _max_count, "mapping_cache_max_bytes": _max_bytes}
 
 
 def lookup(key: tuple[str, str], readonly: bool) -> Any:
@@ -123,7 +125,8 @@ def remember(key: tuple[str, str], seg: Any) -> None:
 
 def keep(key: tuple[str, str], seg: Any) -> None:
     """Keep ``seg`` mapped after its last view dies (a new attach's mapping; caller holds ``lock``)."""
-    global _kept_bytes
+    global _kept_bytes, _fresh
+    _fresh += 1
     old = kept.pop(key, None)
     if old is not None:
         _kept_bytes -= old._data_size

@@ -53,6 +53,7 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
 
 _lock = threading.RLock()
 _owned: dict[int, Any] = {}  # id -> Segment this process owns as creator (kept mapped until then)
+_temporaries: "weakref.WeakSet[Any]" = weakref.WeakSet()  # owner="views": removed at exit if still alive
 _received: "dict[int, tuple[str, int, int]]" = {}  # id(segment) -> (path, dev, ino) owned as receiver
 _last_sweep: dict[str, float] = {}
 
@@ -61,6 +62,7 @@ def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.RLock()
     _owned.clear()  # a forked child owns nothing its parent made
+    _temporaries.clear()
     _received.clear()
 
 
@@ -80,15 +82,20 @@ def check_owner(owner: Any, persist: bool) -> str:
 
 def own(seg: Any) -> None:
     """Keep ``seg`` (a creator's non-persistent segment) until it is closed, handed over or the
-    process exits, and make sure exits remove its name."""
+    process exits (``owner="views"``: only until its last view dies), and make sure exits and
+    :func:`cleanup_on_signals` remove its name."""
     with _lock:
-        _owned[id(seg)] = seg
+        if seg._owner == "views":
+            _temporaries.add(seg)
+        else:
+            _owned[id(seg)] = seg
     _ensure_exit_hook()
 
 
 def disown(seg: Any) -> None:
     with _lock:
         _owned.pop(id(seg), None)
+        _temporaries.discard(seg)
 
 
 def mark_handover(seg: Any) -> None:
@@ -155,7 +162,7 @@ def release_all() -> None:
     """Remove the names this process owns (creator- and receiver-owned): at exit and on a signal."""
     pid = os.getpid()
     with _lock:
-        created = [s for s in _owned.values() if s._pid == pid]
+        created = [s for s in _owned.values() if s._pid == pid] + [s for s in _temporaries if s._pid == pid]
         received = list(_received.items())
         _received.clear()
     for seg in created:

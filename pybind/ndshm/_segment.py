@@ -563,8 +563,7 @@ class Segment:
                 self._owner = owner
                 if owner == "receiver":
                     _ownership.mark_handover(self)
-                if owner != "views":
-                    _ownership.own(self)
+                _ownership.own(self)
             if kind == "named":
                 _ownership.sweep(dir)
                 _mappings.drop_removed()
