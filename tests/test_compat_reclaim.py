@@ -164,3 +164,38 @@ def test_unlink_drops_the_registry_entry(shm_dir, monkeypatch):
         f.write(bytes(32))
     assert _ndshm_blocks(shm_dir) == []
     other.close()
+
+
+def test_a_planted_registry_is_neither_written_nor_trusted(shm_dir, monkeypatch):
+    monkeypatch.setattr(shared_memory, "_USE_XATTR", False)
+    reg = os.path.join(shm_dir, ".ndshm-compat-%d" % os.getuid())
+    os.mkdir(reg)
+    os.chmod(reg, 0o777)  # anyone could have made it (the directory is world-writable)
+    victim = os.path.join(shm_dir, "psm_victim")  # someone's block that ndshm did not make
+    with open(victim, "wb") as f:
+        f.write(bytes(16))
+    st = os.stat(victim)
+    with open(os.path.join(reg, "psm_victim"), "w") as f:  # a forged entry: "made by a dead pid"
+        f.write(f"{st.st_dev} {st.st_ino} 999999999 0\n")
+    shm = shared_memory.SharedMemory(create=True, size=16)
+    try:
+        assert os.listdir(reg) == ["psm_victim"]  # nothing written into it
+        assert _ndshm_blocks(shm_dir) == [] and _reclaim_dead(shm_dir) == []
+        assert os.path.exists(victim)
+        os.chmod(reg, 0o700)  # the same entry in a safe registry is believed
+        assert [b.name for b in _ndshm_blocks(shm_dir)] == ["psm_victim"]
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def test_a_block_whose_attach_fails_after_create_is_removed(shm_dir, monkeypatch):
+    from ndshm._segment import Segment
+
+    def refuse(path, readonly):
+        raise OSError(12, "no mapping today", path)
+
+    monkeypatch.setattr(Segment, "_attach_raw", classmethod(lambda cls, p, ro: refuse(p, ro)))
+    with pytest.raises(OSError, match="no mapping today"):
+        shared_memory.SharedMemory("psm_failing", create=True, size=16)
+    assert os.listdir(shm_dir) == []

@@ -268,7 +268,17 @@ def test_refuses_what_sharedarray_would_crash_on_or_lose(names):
         sa.create(names + "o", 3, object)  # SharedArray stores pointers no other process can follow
     with pytest.raises(TypeError, match="unit"):
         sa.create(names + "m", 3, "M8[s]")  # its metadata has no unit: it would read back as 'M8'
+    if hasattr(np.dtypes, "StringDType"):
+        with pytest.raises(TypeError, match="Python objects"):
+            sa.create(names + "t", 3, np.dtypes.StringDType())  # its items point into a private arena
     assert not [e for e in os.listdir("/dev/shm") if e.startswith(names)]
+
+
+def test_a_dtype_the_metadata_cannot_name_is_refused(names, monkeypatch):
+    monkeypatch.setattr(sa, "_BY_TYPENUM", {k: v for k, v in sa._BY_TYPENUM.items() if v != np.float16})
+    with pytest.raises(TypeError, match="float16 cannot be described"):
+        sa.create(names + "h", 3, np.float16)
+    assert not os.path.exists("/dev/shm/" + names + "h")
 
 
 def test_attached_and_created_arrays_hold_a_shared_flock(names):

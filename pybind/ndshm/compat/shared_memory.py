@@ -95,12 +95,28 @@ def _creator_alive(pid: int, start: int) -> bool:
     return now != -1 and (start == 0 or now == start)
 
 
-def _registry(d: str) -> str:
-    return os.path.join(d, f".ndshm-compat-{os.getuid()}")
+def _registry(d: str, uid: int, create: bool = False) -> Optional[str]:
+    """User ``uid``'s registry of the blocks it made in ``d`` (the fallback where tmpfs has no user
+    xattrs): ``d/.ndshm-compat-<uid>``, used only if it is a real directory that ``uid`` owns and
+    nobody else may write (``d`` is world-writable: anyone could plant a look-alike)."""
+    reg = os.path.join(d, f".ndshm-compat-{uid}")
+    if create:
+        try:
+            os.mkdir(reg, 0o700)
+        except FileExistsError:
+            pass
+    try:
+        st = os.lstat(reg)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
+        return None
+    return reg
 
 
 def _mark(fd: int, d: str, bare: str) -> None:
-    """Record in block ``bare`` (open as ``fd``) that this process created it."""
+    """Record in block ``bare`` (open as ``fd``) that this process created it. Where neither an
+    xattr nor a safe registry can be written, the block stays unmarked (``gc`` leaves it alone)."""
     global _USE_XATTR
     value = f"{os.getpid()} {_start_time(os.getpid()) or 0}"
     if _USE_XATTR:
@@ -112,11 +128,9 @@ def _mark(fd: int, d: str, bare: str) -> None:
                 raise
             _USE_XATTR = False
     st = os.fstat(fd)
-    reg = _registry(d)
-    try:
-        os.mkdir(reg, 0o700)
-    except FileExistsError:
-        pass
+    reg = _registry(d, st.st_uid, create=True)
+    if reg is None:
+        return
     entry = os.path.join(reg, bare)
     tmp = f"{entry}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
@@ -132,8 +146,11 @@ def _read_mark(path: str, d: str, bare: str, st: os.stat_result) -> Optional[tup
     except OSError:
         pass
     if raw is None:
+        reg = _registry(d, st.st_uid)
+        if reg is None:
+            return None
         try:
-            with open(os.path.join(_registry(d), bare), "rb") as f:
+            with open(os.path.join(reg, bare), "rb") as f:
                 dev, ino, *rest = f.read().split()
             if (int(dev), int(ino)) != (st.st_dev, st.st_ino):
                 return None  # a stale entry: that name now holds another file
@@ -147,11 +164,14 @@ def _read_mark(path: str, d: str, bare: str, st: os.stat_result) -> Optional[tup
     return pid, start
 
 
-def _unmark(d: str, bare: str) -> None:
-    try:
-        os.unlink(os.path.join(_registry(d), bare))
-    except OSError:
-        pass
+def _unmark(d: str, bare: str, uid: Optional[int] = None) -> None:
+    """Drop block ``bare``'s registry entry, if it has one (its owner ``uid``, default this user)."""
+    reg = _registry(d, os.getuid() if uid is None else uid)
+    if reg is not None:
+        try:
+            os.unlink(os.path.join(reg, bare))
+        except OSError:
+            pass
 
 
 class CompatBlock(NamedTuple):
@@ -238,7 +258,7 @@ def _reclaim_dead(dir: Optional[str] = None, *, dry_run: bool = False) -> list[s
                 continue
             if not dry_run:
                 os.unlink(blk.path)
-                _unmark(d, blk.name)
+                _unmark(d, blk.name, st.st_uid)
             removed.append(blk.name)
         except OSError:
             continue
@@ -306,7 +326,13 @@ class SharedMemory:
             if create:
                 self._create(d, name, size)
         path = os.path.join(d, _bare(name, name))
-        self._seg = Segment._attach_raw(path, False)
+        try:
+            self._seg = Segment._attach_raw(path, False)
+        except BaseException:
+            if create:  # as the stdlib does when its mmap fails
+                os.unlink(path)
+                _unmark(d, path.rsplit("/", 1)[1])
+            raise
         self._name = name
         self._path = path
         self._size = int(self._seg.nbytes)

@@ -218,7 +218,10 @@ def create(name: str, shape: Any, dtype: Any = float) -> np.ndarray:
         raise ValueError("unsupported data type has element size of 0!")
     if dt.kind in "mM" and np.datetime_data(dt)[0] != "generic":
         raise TypeError(f"dtype {dt} has a unit, which a SharedArray segment cannot record")
-    dt = _dtype_of(dt.num, dt.itemsize) or dt  # what the metadata can say: no byte order or fields
+    described = _dtype_of(dt.num, dt.itemsize)  # what the metadata can say: no byte order or fields
+    if described is None:
+        raise TypeError(f"dtype {dt} cannot be described by a SharedArray segment's metadata")
+    dt = described
     nbytes = nbytes_of(dims, dt)
     meta = _meta_bytes(dt, dims, nbytes)
     try:
