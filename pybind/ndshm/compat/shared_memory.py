@@ -15,7 +15,7 @@ in the other (the same binary layout). Differences, all deliberate:
   ``buf`` exist: the mapping lives until the last of them is gone (numpy/numpy#23305);
 * a :class:`ShareableList` attached by name checks the block's layout, so a foreign or corrupt
   block raises ``ValueError`` instead of reading garbage;
-* it works on PyPy (no ``_posixshmem``).
+* it needs no ``_posixshmem`` (some PyPy builds lack it).
 
 Liveness: every ndshm process that maps a block holds a shared ``flock`` on it (as for ndshm's own
 segments), so "does any ndshm process still map it?" has a true answer after ``kill -9``.
