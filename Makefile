@@ -30,7 +30,7 @@ CTEST_BINS := $(patsubst tests/c/%.c,$(BUILD)/ctest/%,$(CTEST_SRCS))
 all: lib
 
 help:
-	@echo "make lib        build $(PKG)/libndshm.so (a C compiler is all it needs)"
+	@echo "make lib        build $(PKG)/libndshm.so and its cffi module (a C compiler, and cffi in $(PYTHON))"
 	@echo "make venv       create $(VENV) with ndshm (editable) and the test dependencies"
 	@echo "make test       C tests under ASan+UBSan, then pytest on CPython, on the oldest NumPy, on PyPy"
 	@echo "make bench      install the peers into $(VENV) and run every benchmark (the main job)"
@@ -42,7 +42,7 @@ help:
 # would change its code under it.
 LIBOUT := $(BUILD)/$(notdir $(CC))/libndshm.so
 
-lib: $(LIBOUT) $(PKG)/ndshm.h
+lib: $(LIBOUT) $(PKG)/ndshm.h $(PKG)/_ndshm_cffi.py
 	@cmp -s $(LIBOUT) $(PKG)/libndshm.so || { cp -f $(LIBOUT) $(PKG)/.libndshm.so.tmp && \
 		mv -f $(PKG)/.libndshm.so.tmp $(PKG)/libndshm.so && echo "installed $(LIBOUT) into $(PKG)"; }
 
@@ -52,6 +52,11 @@ $(LIBOUT): $(SRCS) $(HDRS) Makefile
 
 $(PKG)/ndshm.h: csrc/ndshm.h
 	cp -f $< $@.tmp && mv -f $@.tmp $@
+
+# The cffi binding, generated from the header (out-of-line ABI mode: pure Python, imported without
+# parsing C). Needs cffi in $(PYTHON) at build time only.
+$(PKG)/_ndshm_cffi.py: csrc/ndshm.h build_cffi.py
+	$(PYTHON) build_cffi.py csrc/ndshm.h $@
 
 $(BUILD)/ctest/%: tests/c/%.c $(SRCS) $(HDRS) $(wildcard tests/c/*.h) Makefile
 	@mkdir -p $(BUILD)/ctest
@@ -120,5 +125,5 @@ bench-quick: lib $(VENV)/.bench-stamp
 	$(VENV)/bin/python -m ndshm bench --quick
 
 clean:
-	rm -rf $(BUILD) $(PKG)/libndshm.so $(PKG)/ndshm.h dist *.egg-info
+	rm -rf $(BUILD) $(PKG)/libndshm.so $(PKG)/ndshm.h $(PKG)/_ndshm_cffi.py dist *.egg-info
 

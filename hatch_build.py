@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -24,6 +25,6 @@ class BuildLibrary(BuildHookInterface):
     """Build libndshm.so with the Makefile and tag the wheel for the platform, not the interpreter."""
 
     def initialize(self, version: str, build_data: dict) -> None:
-        subprocess.run(["make", "lib"], cwd=self.root, check=True)
+        subprocess.run(["make", "lib", f"PYTHON={sys.executable}"], cwd=self.root, check=True)
         build_data["pure_python"] = False
         build_data["tag"] = "py3-none-" + sysconfig.get_platform().replace("-", "_").replace(".", "_")

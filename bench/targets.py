@@ -28,6 +28,7 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     """One entry per target: what, the measured value (text), and met True/False/None (no data)."""
     b = report.get("benchmarks", {})
     alloc, ipc, q = _get(b, "alloc", "data") or {}, _get(b, "ipc", "data") or {}, _get(b, "queue", "data") or {}
+    imp = _get(b, "import", "data") or {}
     out: List[Dict[str, Any]] = []
 
     def add(what: str, value: Optional[float], ok: Optional[bool], shown: str) -> None:
@@ -102,6 +103,12 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
             f"{C.fmt(v)} µs" + (f" (bare futex wake-up: {C.fmt(floor)} µs)" if label == "asleep" else ""))
     v = _get(q, "batches_64B", "figures", "ndshm", "msgs_per_s")
     add("queue 64 B put_many/get_many ≥ 200k msgs/s", v, None if v is None else v >= 2e5, f"{C.fmt(v)} msgs/s")
+    v, limit = imp.get("ndshm_over_numpy_cffi_ms"), imp.get("target_ms", 40.0)
+    if imp.get("implementation", "CPython") == "CPython":
+        add(f"import ndshm ≤ {limit:.0f} ms more than import numpy, cffi (CPython, median of "
+            f"{imp.get('runs', 20)} interpreters)", v, None if v is None else v <= limit,
+            f"{v:+.1f} ms CPU ({imp.get('ndshm_over_numpy_cffi_wall_ms', float('nan')):+.1f} ms wall)"
+            if v is not None else "")
     return out
 
 

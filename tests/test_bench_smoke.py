@@ -14,7 +14,7 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from conftest import CI, ROOT, child_env
+from conftest import CI, PYPY, ROOT, child_env
 from optional_deps import minimal_deps_reason
 
 
@@ -36,16 +36,16 @@ def test_python_m_ndshm_bench_smoke(tmp_path):
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env=child_env(), cwd=str(ROOT))
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     # progress on stderr, tables on stdout
-    assert "bench_alloc" in proc.stderr and "bench_ipc" in proc.stderr and "bench_queue" in proc.stderr
+    assert all(f"bench_{b}" in proc.stderr for b in ("alloc", "ipc", "queue", "import"))
     for title in ("Allocation cost", "Classic table", "Attach latency", "Pool.map", "Creating and touching",
-                  "float32 messages between two processes", "put_many/get_many", "without Python"):
+                  "float32 messages between two processes", "put_many/get_many", "without Python", "Import time"):
         assert title in proc.stdout, f"missing table {title!r}"
     assert "| ndshm" in proc.stdout and "numpy/ndshm" in proc.stdout
     assert "error:" not in proc.stdout, proc.stdout  # a feature may be missing, never broken
     check_tables(proc.stdout)
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["mode"] == "smoke" and not report["failed"]
-    assert set(report["benchmarks"]) == {"alloc", "ipc", "queue"}
+    assert set(report["benchmarks"]) == {"alloc", "ipc", "queue", "import"}
     for key in ("cpu_model", "cores", "kernel", "memory_bytes"):
         assert report["machine"][key]
     assert report["versions"]["numpy"] and report["versions"]["ndshm"] and report["versions"]["python"]
@@ -60,6 +60,11 @@ def test_python_m_ndshm_bench_smoke(tmp_path):
     assert ipc["create_touch"]["s"]["ndshm populate=True"] > 0 and ipc["create_touch"]["s"]["ndshm (plain)"] > 0, \
         ipc["create_touch"]
     assert ipc["classic"]["rows"]["ndshm"]["wall_s"] > 0
+    imp = report["benchmarks"]["import"]["data"]
+    assert imp["figures"]["import ndshm"]["import_cpu_ms"] > imp["figures"]["nothing (python -c pass)"]["import_cpu_ms"]
+    assert isinstance(imp["ndshm_over_numpy_cffi_ms"], float)
+    if not PYPY:
+        assert any(t["target"].startswith("import ndshm") and t["value"] is not None for t in report["targets"])
     if plots:
         for png in ("alloc_cost.png", "ipc_classic.png", "queue_throughput.png"):
             data = (tmp_path / png).read_bytes()

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 import ndshm
 from ndshm import _errors
-from ndshm._lib import HEADER_ABI, LIBRARY_PATH, cdef_from_header, ffi, lib
+from ndshm._lib import HEADER_ABI, HEADER_VERSION, LIBRARY_PATH, ffi, lib
 from conftest import ROOT, run_python
 
 HEADER = (ROOT / "csrc" / "ndshm.h").read_text()
+
+
+def _load_build_cffi():
+    spec = importlib.util.spec_from_file_location("build_cffi", ROOT / "build_cffi.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_cffi = _load_build_cffi()
+cdef_from_header = build_cffi.cdef_from_header
 
 
 def declared_functions() -> set[str]:
@@ -27,6 +40,47 @@ def exported_functions() -> set[str]:
 
 def test_packaged_header_is_the_source_header():
     assert (ROOT / "pybind" / "ndshm" / "ndshm.h").read_text() == HEADER
+
+
+def test_generated_module_is_the_one_the_header_gives():
+    """The drift test: the imported cffi module is exactly what build_cffi.py makes of csrc/ndshm.h
+    today (a header edited without `make lib` fails here), and it is the module ndshm uses."""
+    from ndshm import _ndshm_cffi
+
+    assert _ndshm_cffi.ffi is ffi
+    try:
+        expected = build_cffi.generate(HEADER)
+    except ImportError as e:  # PyPy's cffi is built in; CPython's needs pycparser to generate
+        pytest.fail(f"cannot regenerate the module to compare: {e}")
+    with open(_ndshm_cffi.__file__) as f:
+        assert f.read() == expected, "pybind/ndshm/_ndshm_cffi.py is stale: run `make lib`"
+    assert (HEADER_VERSION, HEADER_ABI) == build_cffi.versions(HEADER)
+
+
+def test_drift_is_detected():
+    """A declaration added to (or changed in) the header changes the generated module."""
+    edited = HEADER.replace("NDSHM_API int ndshm_abi_version(void);",
+                            "NDSHM_API int ndshm_abi_version(void);\nNDSHM_API int ndshm_new_thing(int x);")
+    assert edited != HEADER, "the header no longer declares ndshm_abi_version as expected"
+    assert build_cffi.generate(edited) != build_cffi.generate(HEADER)
+    bumped = re.sub(r"(#define NDSHM_ABI_VERSION )(\d+)", lambda m: m.group(1) + str(int(m.group(2)) + 1), HEADER)
+    assert build_cffi.generate(bumped) != build_cffi.generate(HEADER)
+
+
+def test_import_parses_no_c():
+    """Out-of-line mode: importing ndshm loads neither pycparser nor cffi's in-line machinery."""
+    proc = run_python("import sys, ndshm; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                      "('pycparser', 'cffi')))")
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_missing_generated_module_is_an_import_error_that_says_what_to_do(tmp_path):
+    pkg = tmp_path / "ndshm"
+    shutil.copytree(ROOT / "pybind" / "ndshm", pkg, ignore=shutil.ignore_patterns("_ndshm_cffi.py", "__pycache__"))
+    proc = subprocess.run([sys.executable, "-c", "import ndshm"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}, cwd=str(tmp_path))
+    assert proc.returncode != 0
+    assert "ndshm._ndshm_cffi" in proc.stderr and "make lib" in proc.stderr, proc.stderr
 
 
 def test_every_declared_function_is_exported_and_nothing_else():
@@ -51,7 +105,9 @@ def test_struct_layouts_and_enums_match_the_compiler(tmp_path):
     lines, expected = [], []
     for st in structs:
         t = ffi.typeof(f"struct {st}")
-        if t.fields is None:  # an opaque handle: only pointers to it cross the boundary
+        try:  # sizeof first: out-of-line cffi asserts (aborts) on .fields of a never-completed struct
+            ffi.sizeof(t)
+        except ffi.error:  # an opaque handle: only pointers to it cross the boundary
             continue
         lines.append(f'printf("sizeof {st} %zu\\n", sizeof(struct {st}));')
         expected.append(f"sizeof {st} {ffi.sizeof(t)}")

@@ -1,72 +1,43 @@
-"""Loading libndshm through cffi in ABI mode.
+"""Loading libndshm through cffi in ABI mode, out of line.
 
-The declarations are read from ``ndshm.h`` itself (the copy that ``make lib`` places next to
-the library), never typed twice: :func:`cdef_from_header` strips comments, preprocessor lines,
-the C++ guards and the ``NDSHM_API`` export macro, and cffi parses what is left. The version
-macros are read from the same text so that a library built from another header is refused.
+The declarations come from ``_ndshm_cffi.py``, which ``build_cffi.py`` generates from ``ndshm.h``
+when the library is built (``make lib``, or the wheel build): pure Python that hands cffi's backend
+the already-parsed types, so importing ndshm runs no C parser and needs no compiler or headers.
+The same module carries the header's version macros, so that a library built from another header
+is refused.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from importlib import resources
-from pathlib import Path
+from typing import Any, Tuple
 
-from cffi import FFI
-
-__all__ = ["ffi", "lib", "LIBRARY_PATH", "HEADER_VERSION", "HEADER_ABI", "cdef_from_header"]
+__all__ = ["ffi", "lib", "LIBRARY_PATH", "HEADER_VERSION", "HEADER_ABI"]
 
 _LIBNAME = "libndshm.so"
+_BUILD_HINT = "build the library with `make lib` or reinstall with `pip install .`"
+
+try:
+    from ._ndshm_cffi import HEADER_ABI, HEADER_VERSION, ffi
+except ImportError as _exc:  # a source tree that was never built, or a damaged install
+    raise ImportError(f"ndshm: cannot import its generated cffi module ndshm._ndshm_cffi ({_exc}); "
+                      + _BUILD_HINT) from None
 
 
-def cdef_from_header(text: str) -> str:
-    """Return the cffi declarations contained in the text of ``ndshm.h``."""
-    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
-    text = re.sub(r"//[^\n]*", "", text)
-    text = re.sub(r"#\s*ifdef\s+__cplusplus.*?#\s*endif", "", text, flags=re.S)
-    kept, continued = [], False
-    for line in text.splitlines():
-        if continued or line.lstrip().startswith("#"):
-            continued = line.rstrip().endswith("\\")
-            continue
-        kept.append(line)
-    return re.sub(r"\bNDSHM_API\b", "", "\n".join(kept))
+def _package_file(name: str) -> str:
+    # Next to this module: wheels and editable installs (a path to the source tree) both put the
+    # library there. Plain os.path, not importlib.resources: that costs ~40 ms of imports.
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
 
 
-def _define(text: str, name: str) -> int:
-    m = re.search(rf"^\s*#\s*define\s+{name}\s+(\d+)\s*$", text, flags=re.M)
-    if m is None:
-        raise ImportError(f"ndshm.h does not define {name}; the installed header is damaged")
-    return int(m.group(1))
-
-
-def _package_file(name: str) -> Path:
-    # importlib.resources rather than __file__: editable installs may put files elsewhere.
-    return Path(str(resources.files("ndshm").joinpath(name)))
-
-
-def _load() -> tuple[FFI, object, str, tuple[int, int, int], int]:
-    header_path = _package_file("ndshm.h")
-    try:
-        header = header_path.read_text()
-    except OSError as exc:
-        raise ImportError(
-            f"ndshm: cannot read the C header {header_path} ({exc.strerror}); "
-            "build the library with `make lib` or reinstall with `pip install .`"
-        ) from None
-    version = tuple(_define(header, f"NDSHM_VERSION_{part}") for part in ("MAJOR", "MINOR", "PATCH"))
-    abi = _define(header, "NDSHM_ABI_VERSION")
-
-    ffi = FFI()
-    ffi.cdef(cdef_from_header(header))
-
+def _load() -> Tuple[Any, str]:
+    version, abi = HEADER_VERSION, HEADER_ABI
     env = os.environ.get("NDSHM_LIBRARY")
-    candidates = [Path(env)] if env else [_package_file(_LIBNAME)]
+    candidates = [env] if env else [_package_file(_LIBNAME)]
     tried = []
     for path in candidates:
         try:
-            lib = ffi.dlopen(str(path))
+            lib = ffi.dlopen(path)
         except OSError as exc:
             tried.append(f"{path} ({exc})")
             continue
@@ -79,11 +50,11 @@ def _load() -> tuple[FFI, object, str, tuple[int, int, int], int]:
                 "rebuild it with `make lib`"
                 + (" or unset NDSHM_LIBRARY" if env else "")
             )
-        return ffi, lib, str(path), version, abi
+        return lib, path
     hint = "unset NDSHM_LIBRARY or point it at a built libndshm.so" if env else (
         "build it with `make lib` (or reinstall with `pip install .`), or set NDSHM_LIBRARY=/path/libndshm.so"
     )
     raise ImportError("ndshm: cannot load libndshm; tried " + "; ".join(tried) + f". To fix: {hint}")
 
 
-ffi, lib, LIBRARY_PATH, HEADER_VERSION, HEADER_ABI = _load()
+lib, LIBRARY_PATH = _load()
