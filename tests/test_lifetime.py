@@ -248,3 +248,25 @@ def test_sigkilled_creator_is_reclaimed_by_the_next_create(tmp_path, monkeypatch
     monkeypatch.setattr(_ownership, "HANDOVER_SECONDS", 0.0)
     assert _ownership.sweep(d, force=True) == 1
     assert sorted(os.listdir(d)) == ["ndshm.kept"]
+
+
+def test_a_removed_name_ends_ownership(unique_name):
+    """The creator keeps its segment mapped for its name's sake only: once the name is removed (by
+    ndshm.unlink here, or by another process), the mapping goes with the last view."""
+    from ndshm import _ownership
+    a = ndshm.create(unique_name, 1 << 20, "u1")
+    path = ndshm.segment_of(a).path
+    ndshm.unlink(unique_name)
+    assert not any(s.path == path for s in _ownership._owned.values())
+    del a
+    collect()
+    assert _maps_of(path) + _maps_of(path + " (deleted)") == 0
+    b = ndshm.create(unique_name + "o", 1 << 20, "u1")
+    path = ndshm.segment_of(b).path
+    del b
+    run_python(f"import ndshm; ndshm.unlink({unique_name + 'o'!r})")  # another process removes it
+    deadline = time.monotonic() + 10
+    while _maps_of(path + " (deleted)") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        collect()
+    assert _maps_of(path + " (deleted)") == 0  # the watcher let go: the memory is free

@@ -58,6 +58,9 @@ _fresh = 0  # attaches that had to map a segment afresh (no live or kept mapping
 _last_check = 0.0
 _watcher_pid = 0
 _pid = os.getpid()
+# More checks run with drop_removed (the ownership registry's: see _ownership.drop_removed); each
+# returns True while it still has something to watch.
+checks: list = []
 
 
 def _after_fork_in_child() -> None:
@@ -66,6 +69,9 @@ def _after_fork_in_child() -> None:
     _watcher_pid = 0  # the watcher thread did not survive the fork
     _fresh = 0
     _pid = os.getpid()
+# More checks run with drop_removed (the ownership registry's: see _ownership.drop_removed); each
+# returns True while it still has something to watch.
+checks: list = []
 
 
 if hasattr(os, "register_at_fork"):
@@ -191,6 +197,8 @@ def drop_removed(force: bool = False) -> int:
                 gone.append(key)
         for key in gone:
             _kept_bytes -= kept.pop(key)._data_size
+    for check in checks:
+        check()
     return len(gone)
 
 
@@ -201,6 +209,11 @@ def clear() -> None:
         kept.clear()
         live.clear()
         _kept_bytes = 0
+
+
+def start_watcher() -> None:
+    """Make sure the watcher thread runs (it stops by itself when there is nothing to watch)."""
+    _start_watcher()
 
 
 def _start_watcher() -> None:
@@ -221,6 +234,6 @@ def _watch() -> None:
             return
         drop_removed(force=True)
         with lock:
-            if not kept:
+            if not kept and not any(check() for check in checks):
                 _watcher_pid = 0
                 return

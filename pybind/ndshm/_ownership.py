@@ -36,6 +36,7 @@ import time
 import weakref
 from typing import Any, Iterable, Optional
 
+from . import _mappings
 from ._lib import ffi, lib
 
 __all__ = ["cleanup_on_signals", "sweep", "reclaimable"]
@@ -90,6 +91,30 @@ def own(seg: Any) -> None:
         else:
             _owned[id(seg)] = seg
     _ensure_exit_hook()
+    if seg._owner != "views":
+        _mappings.start_watcher()
+
+
+def drop_removed() -> bool:
+    """Let go of owned segments whose name someone removed (``ndshm.unlink``, ``ndshm rm``, another
+    process): ownership ends with the name, and holding the mapping would keep the memory of a
+    removed file alive. True while anything is still owned (the watcher keeps running)."""
+    with _lock:
+        gone = []
+        for key, seg in _owned.items():
+            try:
+                if os.fstat(seg._fd).st_nlink == 0:
+                    gone.append(key)
+            except OSError:
+                gone.append(key)
+        for key in gone:
+            seg = _owned.pop(key)
+            if seg._owner == "creator" or seg._owner == "receiver":
+                seg._owner = None
+        return bool(_owned)
+
+
+_mappings.checks.append(drop_removed)
 
 
 def disown(seg: Any) -> None:

@@ -871,9 +871,24 @@ def _str_name(name: Any) -> str:
 
 
 def unlink(name: str, *, dir: Optional[str] = None) -> None:
-    """Remove the named segment ``name`` (processes that map it keep their mappings)."""
+    """Remove the named segment ``name`` (processes that map it keep their mappings). If this
+    process owns it, ownership ends: the segment is no longer kept mapped for its name's sake."""
     _str_name(name)
-    check(lib.ndshm_unlink(_cstr(name), _cstr(dir)), os.path.join(default_dir(dir), _PREFIX + name))
+    d = default_dir(dir)
+    with _mappings.lock:
+        ref = _live.get(_cache_key(d, name))
+    seg = ref() if ref is not None else None
+    path = os.path.join(d, _PREFIX + name)
+    st = None
+    if seg is not None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            pass
+    check(lib.ndshm_unlink(_cstr(name), _cstr(dir)), path)
+    if seg is not None and st is not None and seg._same_file(st.st_dev, st.st_ino):
+        seg._end_ownership()
+        _mappings.unkeep(seg)
 
 
 def exists(name: str, *, dir: Optional[str] = None) -> bool:
