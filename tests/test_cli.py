@@ -147,8 +147,9 @@ def test_blank_or_ours_skips_non_regular_files(tmp_path):
     # in a child, so that a blocking open cannot hang the test run itself
     out = run_python(f"""
         from ndshm import _cli
+        from ndshm._ownership import remove_if_unused
         print(_cli._blank_or_ours({fifo!r}), _cli._blank_or_ours({link!r}), _cli._blank_or_ours({str(blank)!r}),
-              _cli._blank_or_ours({str(tmp_path)!r}), _cli._remove_if_unused({link!r}))
+              _cli._blank_or_ours({str(tmp_path)!r}), remove_if_unused({link!r}, 0))
     """, timeout=20)
     assert out.stdout.split() == ["False", "False", "True", "False", "False"]
     assert os.path.lexists(link)
@@ -314,3 +315,20 @@ def test_error_lines_name_the_path_once(tmp_path):
         _one_line_error(out, path)
         assert out.stderr.count(path) == 1 and out.stderr.count("nope") == 1, out.stderr
         assert out.returncode == 1
+
+
+def test_gc_keeps_a_handed_over_segment_until_its_receiver_claims_it(tmp_path):
+    d = str(tmp_path)
+    run_python("""
+        import ndshm, os, pickle, sys
+        handed = ndshm.create("handed", 4, dir=sys.argv[1], owner="receiver")
+        ref = pickle.dumps(handed)  # its receiver has not unpickled it yet
+        orphan = ndshm.create("orphan", 4, dir=sys.argv[1])
+        os._exit(0)
+    """, d)
+    for args in (("--dry-run",), ()):  # --min-age 0 for both, but a hand-over waits longer for its receiver
+        out = cli("--dir", d, "gc", "--min-age", "0", *args)
+        assert out.returncode == 0, out.stderr
+        assert " orphan (" in out.stdout and " handed (" not in out.stdout, out.stdout
+        assert " 1 segment from" in out.stdout, out.stdout
+    assert os.listdir(d) == ["ndshm.handed"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import fcntl
 import fnmatch
 import json
 import math
@@ -24,6 +23,7 @@ from typing import Any, NoReturn, Optional, Sequence
 
 from ._errors import NdshmError
 from ._listing import SegmentRecord, list_segments, named_segments, open_regular, probe
+from ._ownership import reclaimable, remove_if_unused
 from ._segment import default_dir, unlink
 
 GRACE_SECONDS = 5.0
@@ -180,27 +180,6 @@ def _blank_or_ours(path: str) -> bool:
     return head == _MAGIC or head.strip(b"\0") == b""
 
 
-def _remove_if_unused(path: str) -> bool:
-    """Unlink ``path`` while holding its exclusive flock, so no attacher can slip in."""
-    fd = open_regular(path)
-    if fd is None:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False  # someone maps it
-        st, now = os.fstat(fd), os.lstat(path)
-        if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
-            return False
-        os.unlink(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def _min_age(text: str) -> float:
     try:
         grace = float(text)
@@ -211,7 +190,20 @@ def _min_age(text: str) -> float:
     return grace
 
 
+def _would_remove(path: str, age: float, grace: float) -> bool:
+    fd = open_regular(path)
+    if fd is None:
+        return False
+    try:
+        return reclaimable(fd, age, grace)
+    finally:
+        os.close(fd)
+
+
 def cmd_gc(d: str, dry: bool, grace: float, out) -> int:
+    """Remove what nobody maps and nobody owns, by the rule segment creation sweeps with
+    (:func:`ndshm._ownership.reclaimable`: a live owner keeps its segment, an unclaimed hand-over
+    waits for its receiver)."""
     removed = 0
     now = time.time()
     for r in named_segments(d):  # only ndshm.<name> files: nothing else is gc's to remove
@@ -223,14 +215,16 @@ def cmd_gc(d: str, dry: bool, grace: float, out) -> int:
             continue
         if not stat.S_ISREG(st.st_mode):
             continue  # a symlink, FIFO, device or directory: never ours to open or remove
-        if now - max(st.st_mtime, st.st_ctime) < grace:
+        age = now - max(st.st_mtime, st.st_ctime)
+        if age < grace:
             continue
         if r.status != "ready" and not _blank_or_ours(r.path):
             continue
         if dry:
-            print(f"would remove {r.name} ({human(r.size)}, {r.status})", file=out)
-            removed += 1
-        elif _remove_if_unused(r.path):
+            if _would_remove(r.path, age, grace):
+                print(f"would remove {r.name} ({human(r.size)}, {r.status})", file=out)
+                removed += 1
+        elif remove_if_unused(r.path, grace, now):  # under the file's exclusive flock: no attacher slips in
             print(f"removed {r.name} ({human(r.size)}, {r.status})", file=out)
             removed += 1
     print(f"{'would remove' if dry else 'removed'} {removed} segment{'s' if removed != 1 else ''} from {d}", file=out)
