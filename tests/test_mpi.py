@@ -93,6 +93,8 @@ def test_every_rank_sees_one_segment_and_free_removes_it(n, shm_dir):
         # free(): collective; when it returns on any rank the name is gone, nothing is left
         assert r["freed"] and not r["exists_after"] and r["after"] == [] and r["after_all"] == []
         assert r["array_after"]["type"] == "ClosedError" and name in r["array_after"]["message"]
+        assert r["segment_after"]["type"] == "ClosedError"
+        assert r["mapped_after"] == []  # every rank dropped its mapping (no cache keeps it)
     assert os.listdir(shm_dir) == []
 
 
@@ -139,6 +141,15 @@ def test_readonly_maps_read_only_on_the_other_ranks(n, shm_dir):
             assert not r["writeable"] and r["mapping_readonly"]
             assert r["write"]["type"] == "ValueError" and "read-only" in r["write"]["message"]
         assert r["after"] == []
+
+
+def test_populate_maps_every_page_on_every_rank(shm_dir):
+    res, _ = mpirun("populate", 2, shm_dir)
+    for r in res.values():
+        kib = r["nbytes"] // 1024
+        assert r["True"] >= kib, r  # resident before any touch, on the leader and on the others
+        assert 0 <= r["False"] < kib // 2, r
+        assert r["True-slots"] == r["False-slots"] == [1.0, 2.0] and r["after"] == []
 
 
 def test_comm_must_be_an_intracomm(shm_dir):

@@ -100,7 +100,13 @@ class SharedWindow:
                                                      "which created the segment.")
     name = property(lambda self: self._name, doc="The segment's name (the same on every rank of the node).")
     dir = property(lambda self: self._dir, doc="The directory holding the segment.")
-    segment = property(lambda self: self._segment, doc="This rank's :class:`ndshm.Segment` of the array.")
+    @property
+    def segment(self) -> Segment:
+        """This rank's :class:`ndshm.Segment` of the array."""
+        if self._freed:
+            raise ClosedError(f"shared window {self._name!r} was freed")
+        return self._segment
+
     freed = property(lambda self: self._freed, doc="True once :meth:`free` (or the ``with`` block) ended.")
 
     def free(self) -> None:
@@ -133,9 +139,9 @@ class SharedWindow:
     def _release(self) -> None:
         """Drop this rank's use of the segment (local: no communication)."""
         self._freed = True
-        self._array = None
+        seg, self._segment, self._array = self._segment, None, None  # the mapping goes with the last view
         try:
-            self._segment.close()
+            seg.close()
         except FileNotFoundError:
             pass
 
@@ -163,7 +169,8 @@ class SharedWindow:
 
 
 def allocate_shared(comm: "MPI.Intracomm", shape: Any, dtype: Any = float, *, order: str = "C",
-                    fill: Any = None, readonly: bool = False, dir: Optional[str] = None) -> SharedWindow:
+                    fill: Any = None, readonly: bool = False, populate: bool = False,
+                    dir: Optional[str] = None) -> SharedWindow:
     """Allocate one array of ``shape`` and ``dtype`` per node, shared by the node's ranks of ``comm``.
 
     Collective over ``comm`` (every rank calls it, with the same ``shape``, ``dtype`` and ``order``),
@@ -172,7 +179,9 @@ def allocate_shared(comm: "MPI.Intracomm", shape: Any, dtype: Any = float, *, or
     ``dir`` (default ``$NDSHM_DIR`` or ``/dev/shm``) zero-filled, or filled with ``fill``; the
     others attach it before anyone may remove it. ``readonly=True`` maps it read-only on the other
     ranks (their arrays are not writeable); the leader's array stays writeable, so the leader can
-    load the data.
+    load the data. ``populate=True`` pre-faults the memory (``ndshm.create(populate=True)``: split
+    over the CPUs on the leader) and every other rank's mapping of it, so that no rank pays page
+    faults at first touch.
 
     Returns a :class:`SharedWindow`: ``with allocate_shared(...) as a:`` gives the array and frees
     it collectively at the end of the block; or keep ``win = allocate_shared(...)``, use
@@ -189,7 +198,7 @@ def allocate_shared(comm: "MPI.Intracomm", shape: Any, dtype: Any = float, *, or
                         f"not {type(comm).__module__}.{type(comm).__qualname__} {comm!r}")
     node = _node_comm(comm)
     try:
-        return _allocate_on_node(comm, node, shape, dtype, order, fill, readonly, dir)
+        return _allocate_on_node(comm, node, shape, dtype, order, fill, readonly, populate, dir)
     except BaseException:
         node.Free()  # every rank gets here together: failures are agreed collectively
         raise
@@ -201,7 +210,7 @@ def _node_comm(comm: "MPI.Intracomm") -> "MPI.Intracomm":
 
 
 def _allocate_on_node(comm: "MPI.Intracomm", node: "MPI.Intracomm", shape: Any, dtype: Any, order: str,
-                      fill: Any, readonly: bool, dir: Optional[str]) -> SharedWindow:
+                      fill: Any, readonly: bool, populate: bool, dir: Optional[str]) -> SharedWindow:
     """The protocol: the node leader creates and broadcasts (name, dir) or its error on the node;
     the others attach; every rank's outcome is gathered on the node (so no name is removed before
     all attached) and, across nodes, agreed on ``comm``: all succeed or all raise the first error."""
@@ -212,7 +221,8 @@ def _allocate_on_node(comm: "MPI.Intracomm", node: "MPI.Intracomm", shape: Any, 
     if leader:
         try:
             name = f"mpi-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-            seg = Segment.create(name, shape=shape, dtype=dtype, order=order, dir=dir, fill=fill)
+            seg = Segment.create(name, shape=shape, dtype=dtype, order=order, dir=dir, fill=fill,
+                                 populate=populate)
             arr = seg.asarray()
         except Exception as e:
             mine = e
@@ -221,7 +231,7 @@ def _allocate_on_node(comm: "MPI.Intracomm", node: "MPI.Intracomm", shape: Any, 
         where = node.bcast(None, root=0)
         if where is not None:  # None: the leader failed and sends its error below
             try:
-                seg = Segment.attach(where[0], readonly=readonly, dir=where[1])
+                seg = Segment.attach(where[0], readonly=readonly, dir=where[1], populate=populate)
                 _check_same(seg, shape, dtype, order, node.Get_rank())
                 arr = seg.asarray()
             except Exception as e:

@@ -8,6 +8,7 @@ private directory for the segments, so the test can count what is in it.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -80,10 +81,15 @@ def share(d: str) -> None:
     info = dict(name=name, segment_name=seg.name, in_segment=in_segment, mapped=mapped_file(addr),
                 expected_file=expected_file, during=during, seen=seen, slots=slots, leader=win.leader,
                 node_size=win.comm.Get_size(), writeable=bool(a.flags.writeable), n=n)
-    del a
+    del a, seg
     win.free()
+    for _ in range(4):  # PyPy releases the handle at a collection
+        gc.collect()
+    with open("/proc/self/maps") as f:
+        mapped_after = [line for line in f if expected_file in line]
     info.update(exists_after=ndshm.exists(name, dir=where), after=files(d), freed=win.freed,
-                array_after=failure(lambda: win.array))
+                array_after=failure(lambda: win.array), segment_after=failure(lambda: win.segment),
+                mapped_after=mapped_after)
     WORLD.Barrier()
     info["after_all"] = files(d)
     win.free()  # a second free does nothing (and communicates nothing)
@@ -143,6 +149,34 @@ def readonly(d: str) -> None:
     report(after=files(d), **info)
 
 
+def resident_kib(address: int) -> int:
+    """Rss (KiB) of the mapping holding ``address``, from /proc/self/smaps."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "Rss:":
+                return int(line.split()[1])
+    return -1
+
+
+def populate(d: str) -> None:
+    """populate=True: every rank's mapping is resident before anyone touches it; without, it is not."""
+    info = {}
+    for pop in (False, True):
+        with ndshm.mpi.allocate_shared(WORLD, 1 << 20, "f4", populate=pop, dir=d) as a:
+            info[str(pop)] = resident_kib(a.__array_interface__["data"][0])
+            WORLD.Barrier()
+            a[RANK] = RANK + 1
+            WORLD.Barrier()
+            info[f"{pop}-slots"] = a[:WORLD.Get_size()].tolist()
+            del a
+    report(nbytes=4 << 20, after=files(d), **info)
+
+
 def bad_comm(d: str) -> None:
     """A comm that is not an MPI.Intracomm: TypeError naming it, before any communication."""
     report(string=failure(lambda: ndshm.mpi.allocate_shared("COMM_WORLD", 4)),
@@ -182,8 +216,8 @@ def raise_in_block(d: str) -> None:
     WORLD.Barrier()
 
 
-SCENARIOS = {f.__name__: f for f in (share, context, leader_error, mismatch, readonly, bad_comm, two_nodes,
-                                     raise_in_block)}
+SCENARIOS = {f.__name__: f for f in (share, context, leader_error, mismatch, readonly, populate, bad_comm,
+                                     two_nodes, raise_in_block)}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]](sys.argv[2])
