@@ -593,3 +593,14 @@ def test_populate_makes_the_mapping_resident(unique_name):
     """
     assert int(run_python(code, unique_name, "1").stdout) >= size // 1024
     assert int(run_python(code, unique_name, "0").stdout) < size // 1024 // 4
+
+
+def test_allocation_flags_are_bools():
+    for call, what in [(lambda: ndshm.empty(4, populate="no"), "populate 'no'"),
+                       (lambda: ndshm.zeros(4, lock=1), "lock 1"),
+                       (lambda: ndshm.zeros(4, populate=0), "populate 0"),
+                       (lambda: ndshm.Buffer(64, zero="yes"), "zero 'yes'"),
+                       (lambda: ndshm.empty(4, hugepages="auto"), "hugepages .*'auto'")]:
+        with pytest.raises(TypeError, match=what + ".* is not a bool"):
+            call()
+    assert ndshm.zeros(4, populate=np.True_, hugepages=np.False_).sum() == 0

@@ -40,7 +40,13 @@ _POPULATE, _LOCK = lib.NDSHM_ALLOC_POPULATE, lib.NDSHM_ALLOC_LOCK
 
 
 def _flags(zero: bool, hugepages: Optional[bool], populate: bool, lock: bool) -> int:
-    """C allocation flags; ``hugepages=None`` leaves the choice to the size (like NumPy)."""
+    """C allocation flags; ``hugepages=None`` leaves the choice to the size (like NumPy). The flags
+    must be bools (``populate="no"`` is a TypeError naming it, not a request to populate)."""
+    if populate.__class__ is not bool or lock.__class__ is not bool or zero.__class__ is not bool:
+        populate, lock = _dtype.as_flag(populate, "populate"), _dtype.as_flag(lock, "lock")
+        zero = _dtype.as_flag(zero, "zero")
+    if hugepages is not None and hugepages.__class__ is not bool:
+        hugepages = _dtype.as_flag(hugepages, "hugepages (True, False or None)")
     huge = 0 if hugepages is None else _HUGEPAGES if hugepages else _NO_HUGEPAGES
     return (_ZERO if zero else 0) | huge | (_POPULATE if populate else 0) | (_LOCK if lock else 0)
 
@@ -253,14 +259,15 @@ def empty(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: Alig
     ``'huge'``). ``hugepages``: transparent huge pages always (True), never (False), or, by default,
     from 4 MiB up as NumPy does. ``populate`` pre-faults the pages, ``lock`` keeps them in RAM
     (``mlock``)."""
-    flags = 0 if hugepages is None and not populate and not lock else _flags(False, hugepages, populate, lock)
+    flags = 0 if hugepages is None and populate is False and lock is False else _flags(False, hugepages, populate, lock)
     return _new_array(shape, dtype, order, align, flags)
 
 
 def zeros(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: AlignLike = 64,
           hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> np.ndarray:
     """Like ``numpy.zeros``, aligned as :func:`empty` describes."""
-    flags = _ZERO if hugepages is None and not populate and not lock else _flags(True, hugepages, populate, lock)
+    flags = _ZERO if hugepages is None and populate is False and lock is False else \
+        _flags(True, hugepages, populate, lock)
     return _new_array(shape, dtype, order, align, flags)
 
 
