@@ -114,6 +114,20 @@ def test_kind_of_arrays_queues_and_sync_objects(tmp_path):
     del arr, lock, ev, bar
 
 
+def test_a_broadcast_ring_is_kind_broadcast(tmp_path):
+    d = str(tmp_path)
+    out = ffi.new("ndshm_bcast_t **")
+    assert lib.ndshm_bcast_create(b"bc", d.encode(), 4, 64, lib.NDSHM_BCAST_BLOCK, 0, 0, out) == 0
+    try:
+        (r,) = ndshm.list(d)
+        assert (r.name, r.kind, r.status) == ("bc", "broadcast", "ready")
+        ls = cli("--dir", d, "ls")
+        assert ls.returncode == 0 and ls.stdout.splitlines()[1].split()[:2] == ["bc", "broadcast"], ls.stdout
+        assert "uint8" not in ls.stdout
+    finally:
+        lib.ndshm_bcast_close(out[0])
+
+
 def test_a_queue_with_a_damaged_ring_header_lists_without_geometry(tmp_path):
     d = str(tmp_path)
     q = ndshm.Queue("que", slots=4, slot_bytes=64, dir=d, persist=True)

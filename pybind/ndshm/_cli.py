@@ -52,14 +52,11 @@ def _created(rec: SegmentRecord) -> str:
 
 
 def _layout(rec: SegmentRecord) -> tuple[str, str]:
-    """The DTYPE and SHAPE cells: a queue shows its slots, a sync object nothing (its header's
-    layout is the ring's bytes, or empty)."""
-    if rec.kind == "queue":
-        geometry = f"{rec.slots} slots x {human(rec.slot_bytes)}" if rec.slots is not None else "-"
-        return "-", geometry
-    if rec.kind == "sync":
-        return "-", "-"
-    return (str(rec.dtype) if rec.dtype is not None else "-"), (str(rec.shape) if rec.shape is not None else "-")
+    """The DTYPE and SHAPE cells. Only an array's header layout describes its content (a queue's
+    is its ring's bytes): other kinds show their slots when known, else nothing."""
+    if rec.kind in ("array", None):
+        return (str(rec.dtype) if rec.dtype is not None else "-"), (str(rec.shape) if rec.shape is not None else "-")
+    return "-", (f"{rec.slots} slots x {human(rec.slot_bytes)}" if rec.slots is not None else "-")
 
 
 def as_json(rec: SegmentRecord) -> dict[str, Any]:
@@ -145,10 +142,10 @@ def cmd_info(d: str, names: Sequence[str], as_json_: bool, out, err) -> int:
         dtype, shape = _layout(r)
         rows = [("name", r.name), ("path", r.path), ("kind", r.kind or "-"),
                 ("size", f"{human(r.size)} ({r.size} bytes)")]
-        if r.kind == "queue":
-            rows += [("slots", r.slots if r.slots is not None else "-"), ("slot bytes", human(r.slot_bytes))]
-        elif r.kind != "sync":
+        if r.kind in ("array", None):
             rows += [("dtype", dtype), ("shape", shape)]
+        elif r.slots is not None:
+            rows += [("slots", r.slots), ("slot bytes", human(r.slot_bytes))]
         rows += [("creator pid", r.creator_pid), ("created", _created(r)), ("in use", r.in_use),
                  ("persist", r.persist), ("status", r.status), ("meta", repr(r.meta))]  # repr: no raw escapes
         for key, value in rows:

@@ -6,9 +6,9 @@ listing trusts nothing it reads: a segment whose header, dtype or metadata canno
 whatever the decoder raises, is reported with status ``'corrupt'`` and the listing goes on with
 the others; it never raises out of a listing.
 
-Every record has a ``kind``: ``'array'``, ``'queue'`` (a :class:`~ndshm.Queue`'s ring) or
-``'sync'`` (a standalone Lock, Event or Barrier), from its header's flags; ``None`` when the
-header could not be read. Sources of segments that are not ``ndshm.<name>`` files with a header
+Every record has a ``kind``: ``'array'``, ``'queue'`` (a :class:`~ndshm.Queue`'s ring),
+``'broadcast'`` (a broadcast ring) or ``'sync'`` (a standalone Lock, Event or Barrier), from its
+header's flags; ``None`` when the header could not be read. Sources of segments that are not ``ndshm.<name>`` files with a header
 (compat blocks: headerless files) add themselves to :data:`LISTERS` and give their own kind.
 """
 
@@ -46,16 +46,19 @@ class SegmentRecord(NamedTuple):
     status: str          # 'ready', 'initializing' or 'corrupt'
     path: str
     meta: Any = None
-    kind: Optional[str] = "array"   # 'array', 'queue', 'sync'; None if the header is unreadable
+    kind: Optional[str] = "array"   # 'array', 'queue', 'broadcast', 'sync'; None if the header is unreadable
     slots: Optional[int] = None
     slot_bytes: Optional[int] = None
 
 
+# What a header's flags say its data holds; anything else is an array.
+_KINDS = ((lib.NDSHM_SEG_QUEUE, "queue"), (lib.NDSHM_SEG_BROADCAST, "broadcast"), (lib.NDSHM_SEG_SYNC, "sync"))
+
+
 def _kind_of(flags: int) -> str:
-    if flags & lib.NDSHM_SEG_QUEUE:
-        return "queue"
-    if flags & lib.NDSHM_SEG_SYNC:
-        return "sync"
+    for flag, kind in _KINDS:
+        if flags & flag:
+            return kind
     return "array"
 
 
