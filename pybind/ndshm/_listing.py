@@ -8,8 +8,9 @@ the others; it never raises out of a listing.
 
 Every record has a ``kind``: ``'array'``, ``'queue'`` (a :class:`~ndshm.Queue`'s ring),
 ``'broadcast'`` (a broadcast ring) or ``'sync'`` (a standalone Lock, Event or Barrier), from its
-header's flags; ``None`` when the header could not be read. Sources of segments that are not ``ndshm.<name>`` files with a header
-(compat blocks: headerless files) add themselves to :data:`LISTERS` and give their own kind.
+header's flags; ``None`` when the header could not be read. Sources of segments that are not
+``ndshm.<name>`` files with a header (compat blocks: headerless files) add themselves to
+:data:`LISTERS` and give their own kind.
 """
 
 from __future__ import annotations
