@@ -9,18 +9,22 @@ node leader) creates it, broadcasts its name, every other rank of the node attac
     from mpi4py import MPI
     import ndshm.mpi
 
-    with ndshm.mpi.allocate_shared(MPI.COMM_WORLD, (1000, 1000), "f4") as a:
-        node = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)   # or win.comm
-        ...                                                      # every rank of a node sees one array
+    comm = MPI.COMM_WORLD
+    with ndshm.mpi.allocate_shared(comm, (comm.Get_size(), 1000), "f4") as a:
+        a[comm.Get_rank()] = comm.Get_rank()     # each rank writes its row, in place
+        comm.Barrier()
+        print(a[:, 0])                           # and reads the rows of every rank on its node
 
 Between nodes nothing is shared: each node has its own array, and data moves between nodes with
 MPI itself (for example ``comm.Bcast`` among the node leaders). This is a thin layer over
 :func:`ndshm.Segment.create` / :meth:`ndshm.Segment.attach`, not a new MPI: the data is a plain
 NumPy array (an :class:`ndshm.SharedArray`), so ``comm.Send(a, ...)`` and friends take it as is.
 
-Errors are collective too: a failure on any rank of a node (a shape no memory can hold on the
-leader, a full ``/dev/shm``, arguments that differ between ranks) raises the same exception, with
-the same message, on every rank of that node, and nothing is left behind.
+Errors are collective too: a failure on any rank (a shape no memory can hold on a leader, a full
+``/dev/shm``, arguments that differ between ranks) raises the same exception, with the same
+message, on every rank of ``comm``, and nothing is left behind. Run MPI programs with ``python -m
+mpi4py`` so that an exception one rank does not catch aborts the job instead of leaving the other
+ranks waiting in a collective.
 
 mpi4py is imported here only: ``import ndshm`` does not load it.
 """
@@ -115,7 +119,8 @@ class SharedWindow:
         A node barrier (every rank is done with the array), then the leader removes the segment's
         name, every rank drops its mapping and the node communicator is freed. When it returns, on
         any rank, the name is gone. Arrays still referenced stay valid memory (ndshm never unmaps
-        under a live view) but are private leftovers: drop them. Calling it again does nothing."""
+        under a live view) but are private leftovers: drop them. Calling it again does nothing. A
+        window never freed keeps its segment until the leader's process ends."""
         if self._freed:
             return
         comm = self._comm
@@ -152,9 +157,11 @@ class SharedWindow:
         if exc_type is None:
             self.free()
             return
+        if self._freed:
+            return
         # The block raised on this rank, perhaps on this rank only: a collective free() could wait
         # for ever on ranks that are elsewhere. Release locally (the leader removes the name) and
-        # let the exception end the rank; mpirun (or `python -m mpi4py`) then aborts the job.
+        # let the exception propagate; under `python -m mpi4py`, an uncaught one aborts the job.
         if self._leader:
             try:
                 self._segment.unlink()
@@ -177,7 +184,8 @@ def allocate_shared(comm: "MPI.Intracomm", shape: Any, dtype: Any = float, *, or
     like ``MPI.Win.Allocate_shared``. The ranks of ``comm`` on one node form the node communicator
     ``comm.Split_type(MPI.COMM_TYPE_SHARED)``; its rank 0, the node leader, creates the segment in
     ``dir`` (default ``$NDSHM_DIR`` or ``/dev/shm``) zero-filled, or filled with ``fill``; the
-    others attach it before anyone may remove it. ``readonly=True`` maps it read-only on the other
+    others attach it before anyone may remove it (the leader's ``fill`` and ``dir`` are the ones
+    used). ``readonly=True`` maps it read-only on the other
     ranks (their arrays are not writeable); the leader's array stays writeable, so the leader can
     load the data. ``populate=True`` pre-faults the memory (``ndshm.create(populate=True)``: split
     over the CPUs on the leader) and every other rank's mapping of it, so that no rank pays page

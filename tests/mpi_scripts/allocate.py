@@ -104,7 +104,23 @@ def context(d: str) -> None:
         info = dict(sum=int(a.sum()), f=bool(a.flags.f_contiguous and not a.flags.c_contiguous),
                     name=ndshm.segment_of(a).name, dtype=str(a.dtype), shape=list(a.shape))
         del a
-    report(after=files(d), during=during, **info)
+    after = files(d)
+    # every rank raises in the block and catches it: each releases locally, the leader removes the name
+    try:
+        with ndshm.mpi.allocate_shared(WORLD, 3, dir=d) as a:
+            raise KeyError("everyone")
+    except KeyError:
+        pass
+    WORLD.Barrier()
+    after_raise = files(d)
+    win = ndshm.mpi.allocate_shared(WORLD, 3, dir=d)
+    try:
+        with win:
+            win.free()  # freed inside the block, then an exception: nothing is released twice
+            raise KeyError("after free")
+    except KeyError as e:
+        late = repr(e)
+    report(after=after, during=during, after_raise=after_raise, late=late, after_late=files(d), **info)
 
 
 def leader_error(d: str) -> None:
