@@ -224,6 +224,10 @@ def cmd_gc(d: str, dry: bool, grace: float, out) -> int:
         elif remove_if_unused(r.path, grace, now):  # under the file's exclusive flock: no attacher slips in
             print(f"removed {r.name} ({human(r.size)}, {r.status})", file=out)
             removed += 1
+    from .compat.shared_memory import _reclaim_dead
+    for name in _reclaim_dead(d, dry_run=dry):  # compat blocks: their creator is dead and no ndshm process maps them
+        print(f"{'would remove' if dry else 'removed'} compat block {name}", file=out)
+        removed += 1
     print(f"{'would remove' if dry else 'removed'} {removed} segment{'s' if removed != 1 else ''} from {d}", file=out)
     return 0
 

@@ -171,7 +171,15 @@ def named_segments(d: str) -> list[SegmentRecord]:
 
 #: Where :func:`list_segments` finds segments: callables taking a directory and returning
 #: records. A kind of segment that is not an ``ndshm.<name>`` file appends its own.
-LISTERS: list[Callable[[str], Iterable[SegmentRecord]]] = [named_segments]
+def compat_blocks(d: str) -> list[SegmentRecord]:
+    """The blocks ``ndshm.compat`` made in ``d`` (headerless, named as the standard library names
+    them), as records of kind ``'compat'``; ``in_use`` says whether an ndshm process maps one."""
+    from .compat.shared_memory import _ndshm_blocks  # imported here: listing arrays never pays for it
+    return [SegmentRecord(b.name, b.size, None, None, b.creator_pid, None, b.in_use, False, "ready", b.path,
+                          None, "compat") for b in _ndshm_blocks(d)]
+
+
+LISTERS: list[Callable[[str], Iterable[SegmentRecord]]] = [named_segments, compat_blocks]
 
 
 def list_segments(dir: Optional[str] = None) -> list[SegmentRecord]:
