@@ -21,13 +21,7 @@ import mpi4py
 import numpy as np
 from mpi4py import MPI
 
-try:
-    import ndshm.mpi
-except ImportError:  # run from a source tree without an installed ndshm
-    import os
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pybind"))
-    import ndshm.mpi
+import ndshm.mpi  # bench_engines.py puts this tree's pybind/ on PYTHONPATH
 
 F4 = np.dtype(np.float32)
 
