@@ -131,6 +131,10 @@ def test_arguments_differing_from_the_leaders_raise_on_every_rank(shm_dir):
     msg = messages.pop()
     assert "rank 1" in msg and "(11,)" in msg and "(10,)" in msg
     assert all(r["error"]["type"] == "ValueError" and r["after"] == [] for r in res.values())
+    for case, words in (("order", ("rank 2", "order 'F'", "order C")), ("dtype", ("rank 1", "float64", "float32"))):
+        assert len({r[case]["message"] for r in res.values()}) == 1, case
+        assert all(r[case]["type"] == "ValueError" for r in res.values()), case
+        assert all(w in res[0][case]["message"] for w in words), res[0][case]
 
 
 @pytest.mark.parametrize("n", [2, 3])

@@ -141,11 +141,13 @@ def leader_error(d: str) -> None:
 
 
 def mismatch(d: str) -> None:
-    """Rank 1 asks for another shape than the leader: every rank raises the same ValueError."""
+    """A rank asks for another shape, order or dtype than the leader: every rank raises the same ValueError."""
     shape = (10,) if RANK != 1 else (11,)
     got = failure(lambda: ndshm.mpi.allocate_shared(WORLD, shape, "f4", dir=d))
+    order = failure(lambda: ndshm.mpi.allocate_shared(WORLD, (3, 4), "f4", order="F" if RANK == 2 else "C", dir=d))
+    dtype = failure(lambda: ndshm.mpi.allocate_shared(WORLD, 10, "f8" if RANK == 1 else "f4", dir=d))
     WORLD.Barrier()
-    report(error=got, after=files(d))
+    report(error=got, order=order, dtype=dtype, after=files(d))
 
 
 def readonly(d: str) -> None:
