@@ -68,7 +68,8 @@ def _mpi_job(argv: List[str], impl: str, nbytes: int, iterations: int, reads: in
 
 def mpi_allocate(res: C.Results, mode: str) -> None:
     nbytes, jobs, iterations, reads = MPI_SIZES[mode]
-    title = (f"MPI: one {C.human_bytes(nbytes)} float32 array per node, {MPI_RANKS} ranks "
+    size = f"{nbytes // 10**6} MB" if nbytes % 10**6 == 0 else C.human_bytes(nbytes)
+    title = (f"MPI: one {size} float32 array per node, {MPI_RANKS} ranks "
              f"(target: ndshm within noise of MPI.Win.Allocate_shared, or faster)")
     try:
         argv = mpirun_argv(MPI_RANKS)
