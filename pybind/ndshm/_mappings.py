@@ -233,7 +233,8 @@ def _watch() -> None:
         if _pid != me:
             return
         drop_removed(force=True)
+        more = any([check() for check in checks])  # outside the lock: checks take their own
         with lock:
-            if not kept and not any(check() for check in checks):
+            if not kept and not more:
                 _watcher_pid = 0
                 return

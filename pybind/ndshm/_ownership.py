@@ -228,7 +228,10 @@ def cleanup_on_signals(signals: Iterable[str] = _SIGNALS) -> None:
     """Remove this process's segment names (those it owns) when SIGTERM, SIGHUP or SIGINT arrives,
     then let the signal do what it did before: the previous Python handler runs (SIGINT raises
     KeyboardInterrupt as usual), and a signal whose action was the default kills the process as
-    before. Call it from the main thread (as :func:`signal.signal` requires); idempotent."""
+    before. The names go before that, so a program that catches the KeyboardInterrupt and goes on
+    keeps its mappings but no longer its names. Useful where exit handlers do not run: SIGTERM
+    (``docker stop``, systemd) on CPython, Ctrl-C on PyPy. Call it from the main thread (as
+    :func:`signal.signal` requires); calling it again changes nothing."""
     for sig_name in signals:
         signum = getattr(signal, sig_name, None)
         if not isinstance(signum, int) and not isinstance(signum, signal.Signals):
