@@ -209,6 +209,19 @@ def test_import_ndshm_does_not_import_mpi4py():
     assert out == ["False", "4.5", "True", "1"]
 
 
+def test_without_mpi4py_allocate_shared_says_what_to_install():
+    out = run_python("""
+        import sys
+        sys.modules["mpi4py"] = None        # as if it were not installed
+        import ndshm.mpi                    # importing the module needs nothing
+        try:
+            ndshm.mpi.allocate_shared(object(), 3)
+        except ImportError as e:
+            print("ImportError:", e)
+    """).stdout
+    assert "ImportError: ndshm.mpi needs mpi4py" in out and "ndshm[mpi]" in out, out
+
+
 def test_the_example_runs_under_mpirun(shm_dir):
     """examples/mpi_allocate_shared.py on 3 ranks (its arguments are ignored; NDSHM_DIR is private)."""
     _, done = mpirun("-", 3, shm_dir, script=ROOT / "examples" / "mpi_allocate_shared.py", NDSHM_DIR=shm_dir)

@@ -52,7 +52,7 @@ def _mpi() -> Any:
     """The mpi4py ``MPI`` module, imported on first use (so that ``import ndshm`` never pays for it)."""
     try:
         from mpi4py import MPI
-    except ImportError as e:  # pragma: no cover - exercised only where mpi4py is missing
+    except ImportError as e:
         raise ImportError("ndshm.mpi needs mpi4py: pip install 'ndshm[mpi]' (or mpi4py) "
                           "against the MPI library mpirun uses") from e
     return MPI
