@@ -104,6 +104,7 @@ class SharedWindow:
                                                      "which created the segment.")
     name = property(lambda self: self._name, doc="The segment's name (the same on every rank of the node).")
     dir = property(lambda self: self._dir, doc="The directory holding the segment.")
+
     @property
     def segment(self) -> Segment:
         """This rank's :class:`ndshm.Segment` of the array."""
