@@ -21,6 +21,7 @@ from ._segment import (
 )
 from ._mappings import set_mapping_cache
 from ._ownership import cleanup_on_signals
+from ._reference import Reference, WrongNodeError, from_reference, node_identity, reference
 from ._listing import SegmentRecord
 from ._listing import list_segments as list  # noqa: A001 - ndshm.list(), kept out of __all__
 from ._queue import Queue
@@ -44,6 +45,8 @@ __all__ = [
     "segment_of", "send_fd", "recv_fd",
     # lifetime
     "set_mapping_cache", "cleanup_on_signals",
+    # references across processes, and the node they belong to
+    "Reference", "reference", "from_reference", "node_identity", "WrongNodeError",
     # queue and process-shared synchronisation
     "Queue", "Lock", "Event", "Barrier",
 ]
