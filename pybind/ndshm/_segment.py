@@ -17,21 +17,18 @@ is stored as JSON and comes back decoded (a one-byte tag tells them apart). At m
 
 from __future__ import annotations
 
-import ast
 import datetime as _dt
-import json
 import os
-import sys
 import threading
 import uuid
-import weakref
 from typing import Any, Optional
 
 import numpy as np
 from numpy.lib import format as _npformat
 
 from . import _dtype, _mappings, _ownership
-from . import _reference as _refmod
+from ._codec import _DTYPES, _decode_dtype, _decode_meta, _encode_dtype, _encode_meta, _lookup_dtype  # noqa: F401
+from ._dirs import _REALDIRS, _cache_key, _env_dir, _huge_dir, _huge_kind, _mounts, default_dir  # noqa: F401
 from ._errors import ClosedError, CorruptSegmentError, SegmentNotFoundError, check, error_from_code
 from ._lib import ffi, lib
 
@@ -69,110 +66,9 @@ _live = _mappings.live  # (real dir, name) -> weakref to the mapped Segment (see
 _KEEP_NAME = getattr(lib, "NDSHM_SEG_KEEP_NAME", 128)  # create: the handle's close leaves the name (segment.c)
 
 
-def default_dir(dir: Optional[str] = None) -> str:
-    """The directory holding named segments: ``dir``, else ``$NDSHM_DIR``, else ``/dev/shm``."""
-    return dir or _env_dir()
-
-
-_ENV_DIRS: dict[bytes, str] = {}
-
-
-def _env_dir() -> str:
-    """``$NDSHM_DIR`` or ``/dev/shm``. ``os.environ.get`` of a missing key raises and catches a
-    KeyError inside (about 2 us here); the bytes dict that ``os.environ`` keeps in step with
-    the environment (CPython and PyPy alike) answers in 0.1 us."""
-    data = getattr(os.environ, "_data", None)
-    if data.__class__ is not dict:
-        return os.environ.get("NDSHM_DIR") or "/dev/shm"
-    raw = data.get(b"NDSHM_DIR")
-    if not raw:
-        return "/dev/shm"
-    got = _ENV_DIRS.get(raw)
-    if got is None:
-        got = os.fsdecode(raw)
-        if len(_ENV_DIRS) < 16:
-            _ENV_DIRS[raw] = got
-    return got
-
-
 _UNREAD = object()  # Segment._meta before the metadata was read from the handle
-_REALDIRS: dict[str, str] = {}
 _DIRBYTES: dict[str, bytes] = {}
-# (typestr bytes, descr bytes) -> (dtype, its __array_interface__ typestr, whether a view to the
-# dtype is needed after np.asarray): decoding a dtype costs 1-30 us, a lookup 0.05 us.
-_DTYPES: dict[tuple[bytes, bytes], tuple[np.dtype, str, bool]] = {}
 
-
-def _mounts() -> list[tuple[str, str, set]]:
-    """(mount point, file system type, options) of every mount /proc/self/mounts lists."""
-    out = []
-    try:
-        with open("/proc/self/mounts", "rb") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 4:
-                    # mount points escape blanks and backslashes as octal: decode them
-                    raw = parts[1]
-                    for esc, ch in ((b"\\040", b" "), (b"\\011", b"\t"), (b"\\012", b"\n"), (b"\\134", b"\\")):
-                        raw = raw.replace(esc, ch)
-                    mnt = os.fsdecode(raw)
-                    out.append((mnt, os.fsdecode(parts[2]), set(os.fsdecode(parts[3]).split(","))))
-    except OSError:
-        pass
-    return out
-
-
-def _huge_kind(fstype: str, opts: set) -> Optional[str]:
-    if fstype == "hugetlbfs":
-        return "hugetlbfs"
-    if fstype == "tmpfs" and opts & {"huge=always", "huge=within_size"}:
-        return "tmpfs"
-    return None
-
-
-def _nr_hugepages() -> int:
-    try:
-        with open("/proc/sys/vm/nr_hugepages") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _huge_dir(dir: Optional[str]) -> tuple[Optional[str], bool]:
-    """Where a named ``hugepages=True`` segment goes, and whether C must use hugetlb pages there:
-    (that directory, True) for a hugetlbfs, (it, False) for a huge-page tmpfs (ordinary files
-    whose pages the kernel makes huge), (None, True) to let C refuse with its nr_hugepages
-    message when there is no such mount."""
-    mounts = _mounts()
-    explicit = dir or os.environ.get("NDSHM_DIR")
-    if explicit:
-        real = os.path.realpath(os.fspath(explicit))
-        best = None
-        for mnt, fstype, opts in mounts:  # the longest mount point containing the directory; later wins
-            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and (best is None or len(mnt) >= len(best[0])):
-                best = (mnt, fstype, opts)
-        kind = _huge_kind(best[1], best[2]) if best else None
-        return explicit, kind != "tmpfs"
-    found: dict[str, str] = {}
-    for mnt, fstype, opts in mounts:
-        kind = _huge_kind(fstype, opts)
-        if kind and kind not in found and os.access(mnt, os.W_OK | os.X_OK):
-            found[kind] = mnt
-    if "hugetlbfs" in found and _nr_hugepages() > 0:
-        return found["hugetlbfs"], True
-    if "tmpfs" in found:
-        return found["tmpfs"], False
-    return None, True
-
-
-def _cache_key(dir: str, name: str) -> tuple[str, str]:
-    """The mapping cache's key: the directory's real path (cached: realpath costs ~30 us), and the name."""
-    real = _REALDIRS.get(dir)
-    if real is None:
-        real = os.path.realpath(dir)
-        if len(_REALDIRS) < 256:
-            _REALDIRS[dir] = real
-    return real, name
 
 
 def _cstr(s: Any) -> Any:
@@ -207,78 +103,6 @@ def _dir_bytes(dir: str) -> bytes:
 
 def _cbuf(s: Any) -> Any:
     return ffi.NULL if s is None else ffi.new("char[]", _cstr(s))
-
-
-def _encode_meta(meta: Any) -> bytes:
-    if meta is None:
-        return b""
-    if isinstance(meta, (bytes, bytearray, memoryview)):
-        data = b"B" + bytes(meta)
-    else:
-        try:
-            data = b"J" + json.dumps(meta, separators=(",", ":")).encode()
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"meta {meta!r:.80} is neither bytes nor JSON-serialisable: {exc}") from None
-    if len(data) > lib.NDSHM_META_MAX:
-        raise ValueError(f"meta takes {len(data) - 1} bytes; at most {lib.NDSHM_META_MAX - 1} fit")
-    return data
-
-
-def _decode_meta(data: bytes, where: Optional[str] = None) -> Any:
-    """The metadata a header holds. Whatever its bytes provoke while decoding (bad UTF-8, bad JSON,
-    JSON nested deeper than the interpreter recurses, no memory) is a CorruptSegmentError naming
-    the segment, so one hostile file cannot stop a listing or a gc of the others."""
-    if not data:
-        return None
-    tag, body = data[:1], data[1:]
-    if tag == b"B":
-        return body
-    if tag == b"J":
-        try:
-            return json.loads(body.decode())
-        except Exception as exc:  # anything a hostile header can provoke (RecursionError, MemoryError...)
-            what = f"segment {where}" if where else "a segment"
-            raise CorruptSegmentError(f"{what} has metadata that is not valid JSON: "
-                                      f"{type(exc).__name__}: {str(exc):.200}") from None
-    return bytes(data)  # written by another tool: hand back the raw bytes
-
-
-def _encode_dtype(dt: np.dtype) -> tuple[str, bytes]:
-    if dt.names is None and dt.subdtype is None:
-        return dt.str, b""
-    descr = repr(_npformat.dtype_to_descr(dt)).encode()
-    if len(descr) > lib.NDSHM_DESCR_MAX:
-        raise ValueError(f"dtype {dt} has a description of {len(descr)} bytes; at most {lib.NDSHM_DESCR_MAX} fit")
-    return f"|V{dt.itemsize}", descr
-
-
-def _decode_dtype(typestr: str, descr: bytes, itemsize: int, where: str) -> np.dtype:
-    return _lookup_dtype(typestr.encode("ascii", "replace"), descr, itemsize, where)[0]
-
-
-def _lookup_dtype(typestr: bytes, descr: bytes, itemsize: int, where: str) -> tuple[np.dtype, str, bool]:
-    """The dtype a header describes (cached by (typestr, descr)), its interface typestr, and
-    whether ``np.asarray`` of that typestr needs a ``.view(dtype)`` to become it."""
-    key = (typestr, descr)
-    entry = _DTYPES.get(key)
-    if entry is None:
-        try:
-            if descr:
-                dt = _dtype.as_dtype(_npformat.descr_to_dtype(ast.literal_eval(descr.decode())))
-            else:
-                dt = _dtype.as_dtype(np.dtype(typestr.decode("ascii")))
-            ts = _dtype.typestr_of(dt)
-            entry = (dt, ts, dt.names is not None or np.dtype(ts) != dt)
-        except Exception as exc:  # anything a hostile header can provoke
-            raise CorruptSegmentError(f"segment {where} has an unusable dtype "
-                                      f"{typestr.decode('ascii', 'replace')!r}: {type(exc).__name__}: "
-                                      f"{str(exc):.200}") from None
-        if len(_DTYPES) < 256:
-            _DTYPES[key] = entry
-    if entry[0].itemsize != itemsize:
-        dt = entry[0]
-        raise CorruptSegmentError(f"segment {where}: dtype {dt} has itemsize {dt.itemsize}, header says {itemsize}")
-    return entry
 
 
 class SharedArray(np.ndarray):
@@ -327,7 +151,7 @@ def _reference(arr: np.ndarray) -> Optional[tuple]:
     if seg._owner == "receiver":
         _ownership.hand_over(seg)
     return (_rebuild, (seg._name, seg._dir, offset, arr.shape, strides, _npformat.dtype_to_descr(arr.dtype),
-                       not arr.flags.writeable, seg._dev, seg._ino, claim, _refmod._node or _refmod.node_identity()))
+                       not arr.flags.writeable, seg._dev, seg._ino, claim))
 
 
 def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
@@ -345,20 +169,8 @@ def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
 
 def _rebuild(name: str, dir: str, offset: int, shape: tuple, strides: tuple, descr: Any,
              readonly: bool = False, dev: Optional[int] = None, ino: Optional[int] = None,
-             claim: bool = False, node: Optional[str] = None) -> np.ndarray:
-    """Unpickle a reference (see :mod:`ndshm._reference`): WrongNodeError if it was made on another
-    node or in another container, else attach and view. A hand-over (``claim``) maps the segment
-    writeable even for a read-only view: taking ownership writes the header's owner lock."""
-    if node is not None and node != _refmod._node:
-        _refmod.check_node(node, name, dir)
-    seg = None
-    if claim and readonly:
-        try:
-            seg = Segment.attach(name, readonly=False, dir=dir)
-        except PermissionError:
-            seg = None
-    if seg is None:
-        seg = Segment.attach(name, readonly=readonly, dir=dir)
+             claim: bool = False) -> np.ndarray:
+    seg = Segment.attach(name, readonly=readonly, dir=dir)
     if seg._content:
         raise CorruptSegmentError(f"segment {name!r} in {dir} now holds a {seg._content}, not the array that "
                                   "was pickled")
