@@ -260,7 +260,7 @@ def test_a_removed_name_ends_ownership(unique_name):
     a = ndshm.create(unique_name, 1 << 20, "u1")
     path = ndshm.segment_of(a).path
     ndshm.unlink(unique_name)
-    assert not any(s.path == path for s in _ownership._owned.values())
+    assert path not in _ownership._owned
     del a
     collect()
     assert _maps_of(path) + _maps_of(path + " (deleted)") == 0
@@ -273,3 +273,28 @@ def test_a_removed_name_ends_ownership(unique_name):
         time.sleep(0.1)
         collect()
     assert _maps_of(path + " (deleted)") == 0  # the watcher let go: the memory is free
+
+
+def test_owning_many_names_holds_few_descriptors(unique_name):
+    """Owning a name is a record, not an open segment: a loop of bare creates keeps every name but
+    at most the mapping cache's worth of descriptors and mappings."""
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import gc, os, sys, ndshm
+        fds = len(os.listdir("/proc/self/fd"))
+        for i in range(300):
+            ndshm.create("{unique_name}-" + str(i), 10)
+        for _ in range(4):
+            gc.collect()
+        print(len(os.listdir("/proc/self/fd")) - fds, ndshm.stats()["live_mappings"], flush=True)
+        sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        extra_fds, mappings = map(int, child.stdout.readline().split())
+        assert extra_fds <= 70 and mappings <= 70, (extra_fds, mappings)
+        assert all(os.path.exists(shm_path(f"{unique_name}-{i}")) for i in range(300))
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(30) == 0
+    finally:
+        child.kill()
+    assert not any(os.path.exists(shm_path(f"{unique_name}-{i}")) for i in range(300))

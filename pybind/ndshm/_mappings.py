@@ -129,10 +129,12 @@ def remember(key: tuple[str, str], seg: Any) -> None:
     live[key] = weakref.ref(seg)
 
 
-def keep(key: tuple[str, str], seg: Any) -> None:
-    """Keep ``seg`` mapped after its last view dies (a new attach's mapping; caller holds ``lock``)."""
+def keep(key: tuple[str, str], seg: Any, fresh: bool = True) -> None:
+    """Keep ``seg`` mapped after its last view dies (a new attach's mapping, or a creator's;
+    caller holds ``lock``). ``fresh``: count it as an attach that had to map afresh."""
     global _kept_bytes, _fresh
-    _fresh += 1
+    if fresh:
+        _fresh += 1
     old = kept.pop(key, None)
     if old is not None:
         _kept_bytes -= old._data_size

@@ -53,7 +53,9 @@ _MAGIC = b"NDSHMSEG"
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
 
 _lock = threading.RLock()
-_owned: dict[int, Any] = {}  # id -> Segment this process owns as creator (kept mapped until then)
+# path -> (dev, ino, pid) of each name this process owns as creator: a record, not the segment (no
+# descriptor or mapping is held for it; the mapping cache may keep the mapping, within its limits)
+_owned: dict[str, tuple[int, int, int]] = {}
 _temporaries: "weakref.WeakSet[Any]" = weakref.WeakSet()  # owner="views": removed at exit if still alive
 _received: "dict[int, tuple[str, int, int]]" = {}  # id(segment) -> (path, dev, ino) owned as receiver
 _last_sweep: dict[str, float] = {}
@@ -89,29 +91,35 @@ def own(seg: Any) -> None:
         if seg._owner == "views":
             _temporaries.add(seg)
         else:
-            _owned[id(seg)] = seg
+            _owned[seg._path] = (seg._dev, seg._ino, os.getpid())
     _ensure_exit_hook()
-    if seg._owner != "views":
-        _mappings.start_watcher()
+
+
+def owns(seg: Any) -> bool:
+    """True if this process owns the name of ``seg``'s very file (as its creator)."""
+    rec = _owned.get(seg._path) if seg._path else None
+    return rec is not None and rec[0] == seg._dev and rec[1] == seg._ino and rec[2] == os.getpid()
+
+
+_DROP_CHECK = 256
 
 
 def drop_removed() -> bool:
-    """Let go of owned segments whose name someone removed (``ndshm.unlink``, ``ndshm rm``, another
-    process): ownership ends with the name, and holding the mapping would keep the memory of a
-    removed file alive. True while anything is still owned (the watcher keeps running)."""
+    """Forget the records of owned names someone else removed (``ndshm.unlink``, ``ndshm rm``,
+    another process); checked when there are many, so the table stays small. Nothing to watch:
+    a record holds no memory."""
+    if len(_owned) < _DROP_CHECK:
+        return False
     with _lock:
-        gone = []
-        for key, seg in _owned.items():
+        for path, (dev, ino, _) in list(_owned.items()):
             try:
-                if os.fstat(seg._fd).st_nlink == 0:
-                    gone.append(key)
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    continue
             except OSError:
-                gone.append(key)
-        for key in gone:
-            seg = _owned.pop(key)
-            if seg._owner == "creator" or seg._owner == "receiver":
-                seg._owner = None
-        return bool(_owned)
+                pass
+            del _owned[path]
+    return False
 
 
 _mappings.checks.append(drop_removed)
@@ -119,7 +127,8 @@ _mappings.checks.append(drop_removed)
 
 def disown(seg: Any) -> None:
     with _lock:
-        _owned.pop(id(seg), None)
+        if owns(seg):
+            del _owned[seg._path]
         _temporaries.discard(seg)
 
 
@@ -133,8 +142,8 @@ def hand_over(seg: Any) -> None:
     """A reference to ``seg`` is leaving this process: from now on its creator does not remove
     the name (the first receiver will). Its handle was created with KEEP_NAME, so even its last
     view dying here leaves the name alone."""
-    seg._owner = "handed"
     disown(seg)
+    seg._owner = "handed"
 
 
 # ---- the receiver's side -------------------------------------------------------------------------
@@ -187,15 +196,17 @@ def release_all() -> None:
     """Remove the names this process owns (creator- and receiver-owned): at exit and on a signal."""
     pid = os.getpid()
     with _lock:
-        created = [s for s in _owned.values() if s._pid == pid] + [s for s in _temporaries if s._pid == pid]
-        received = list(_received.items())
+        names = [(path, dev, ino) for path, (dev, ino, p) in _owned.items() if p == pid]
+        _owned.clear()
+        temporaries = [s for s in _temporaries if s._pid == pid]
+        names += [(path, dev, ino) for path, dev, ino in _received.values()]
         _received.clear()
-    for seg in created:
+    for seg in temporaries:
         try:
             seg.close()
         except Exception:
             pass
-    for _, (path, dev, ino) in received:
+    for path, dev, ino in names:
         _unlink_same(path, dev, ino)
 
 

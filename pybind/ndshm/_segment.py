@@ -352,7 +352,7 @@ class Segment:
         p.dir = keep[1]
         p.mode = mode if mode.__class__ is int and 0 <= mode <= 0o7777 else _dtype.as_int(mode, "mode", 0, 0o7777)
         p.flags = ((_PERSIST if persist else 0) | (_POPULATE if populate else 0) | (_HUGE if hugepages else 0)
-                   | (_FORTRAN if order == "F" and len(dims) > 1 else 0) | (_KEEP_NAME if owner == "receiver" else 0)
+                   | (_FORTRAN if order == "F" and len(dims) > 1 else 0) | (_KEEP_NAME if owner != "views" else 0)
                    | _flags)
         p.alignment = alignment
         lay = p.layout
@@ -380,15 +380,17 @@ class Segment:
         self = cls._wrap(out[0], name, kind, dir, path)
         if kind in ("named", "file"):
             self._path = path if kind == "file" else os.path.join(dir, _PREFIX + name)
-            if kind == "named":
-                key = _cache_key(dir, name)
-                with _mappings.lock:
-                    _mappings.remember(key, self)
             if not persist:
                 self._owner = owner
                 if owner == "receiver":
                     _ownership.mark_handover(self)
                 _ownership.own(self)
+            if kind == "named":
+                key = _cache_key(dir, name)
+                with _mappings.lock:
+                    _mappings.remember(key, self)
+                    if owner != "views":  # the creator's mapping is kept for reuse too, within the limits
+                        _mappings.keep(key, self, fresh=False)
             if kind == "named":
                 _ownership.sweep(dir)
                 _mappings.drop_removed()
@@ -588,8 +590,7 @@ class Segment:
     # ---- lifetime --------------------------------------------------------------------------
 
     def unlink(self) -> None:
-        """Remove the segment's name now (mappings stay valid). Ownership ends with it: this process
-        no longer keeps the segment mapped for its name's sake."""
+        """Remove the segment's name now (mappings stay valid). Ownership ends with it."""
         if self._kind not in ("named", "file") or self._raw:
             raise ValueError(f"a {self._kind} segment has no name to remove")
         check(lib.ndshm_segment_unlink(self._handle), self._path)
@@ -599,7 +600,7 @@ class Segment:
     def _end_ownership(self) -> None:
         if self._owner == "received":
             _ownership.release_received(self)
-        elif self._owner is not None:
+        else:
             _ownership.disown(self)
         self._owner = None
 
@@ -610,8 +611,9 @@ class Segment:
             return
         self._closed = True
         _mappings.release(self)
-        if (self._creator and not self._persist and self._owner != "handed" and self._pid == os.getpid()
-                and self._kind in ("named", "file")):
+        if self._kind in ("named", "file") and not self._raw and (
+                (self._creator and not self._persist and self._owner != "handed" and self._pid == os.getpid())
+                or _ownership.owns(self)):  # this process owns the name (the creator's object may be gone)
             rc = lib.ndshm_segment_unlink(self._handle)
             if rc and rc != lib.NDSHM_ENOENT:
                 raise error_from_code(rc, self._path)
