@@ -4,7 +4,8 @@ A named segment is created with one of three owners (``create(..., owner=...)``)
 
 - ``"creator"`` (the default): the name lives until the creator closes or unlinks the segment,
   leaves its ``with`` block, or exits; not when its last view dies, so a bare ``create(...)``
-  statement works. The creator keeps the segment here (and so mapped) until then.
+  statement works. This process keeps a record of the name (path, device, inode), not the
+  segment: its mapping goes with its last view, or stays in the bounded mapping cache.
 - ``"views"``: the name goes when the creator's last view of it dies (temporaries).
 - ``"receiver"``: the creator hands the segment over to whoever receives its reference. Once a
   reference to it was pickled, the creator no longer removes the name (not at close, not at exit);
