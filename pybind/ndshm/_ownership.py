@@ -13,6 +13,8 @@ A named segment is created with one of three owners (``create(..., owner=...)``)
   last view dies or it exits. Ownership is the robust lock in sync slot 3 of the header (the
   owner's pid and start time, taken atomically); a hand-over nobody claimed is recognised by a
   marker word in the same slot, so the name survives its creator's exit until someone claims it.
+  A creator holds the same lock while it owns the name: a live owner is visible in the file itself,
+  even when no process maps the segment.
 
 ``persist=True`` segments have no owner: only ``unlink`` (or ``ndshm rm``) removes them.
 
@@ -38,6 +40,7 @@ import weakref
 from typing import Any, Iterable, Optional
 
 from . import _mappings
+from ._errors import error_from_code
 from ._lib import ffi, lib
 
 __all__ = ["cleanup_on_signals", "sweep", "reclaimable"]
@@ -93,6 +96,12 @@ def own(seg: Any) -> None:
             _temporaries.add(seg)
         else:
             _owned[seg._path] = (seg._dev, seg._ino, os.getpid())
+    if seg._owner != "views":
+        # Say so in the header too: the owner lock (pid and start time) tells a sweep or gc in any
+        # process that a live process owns this name even when nobody maps it.
+        rc = lib.ndshm_lock_acquire(ffi.cast("void *", seg.sync_address(OWNER_SLOT)), 0.0)
+        if rc not in (0, lib.NDSHM_EOWNERDEAD):
+            raise error_from_code(rc, seg._path)
     _ensure_exit_hook()
 
 
@@ -145,6 +154,8 @@ def hand_over(seg: Any) -> None:
     view dying here leaves the name alone."""
     disown(seg)
     seg._owner = "handed"
+    # Unowned from now on (the marker says: handed over, waiting for a receiver) until one claims it.
+    lib.ndshm_lock_release(ffi.cast("void *", seg.sync_address(OWNER_SLOT)))
 
 
 # ---- the receiver's side -------------------------------------------------------------------------
