@@ -23,7 +23,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Tuple
+from typing import List, Tuple
 
 MODULE = "ndshm._ndshm_cffi"
 
@@ -81,7 +81,7 @@ def write(header: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def main(argv: list) -> int:
+def main(argv: List[str]) -> int:
     if len(argv) != 2:
         print("usage: python build_cffi.py csrc/ndshm.h pybind/ndshm/_ndshm_cffi.py", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 from hatchling.metadata.plugin.interface import MetadataHookInterface
@@ -33,9 +33,14 @@ BUILT = ("libndshm.so", "ndshm.h", "_ndshm_cffi.py")
 class VersionFromHeader(MetadataHookInterface):
     """Read NDSHM_VERSION_MAJOR/MINOR/PATCH, so the version is written once, in the header."""
 
-    def update(self, metadata: dict) -> None:
+    def update(self, metadata: Dict[str, Any]) -> None:
         text = (Path(self.root) / "csrc" / "ndshm.h").read_text()
-        parts = [re.search(rf"#define NDSHM_VERSION_{p} (\d+)", text).group(1) for p in ("MAJOR", "MINOR", "PATCH")]
+        parts = []
+        for part in ("MAJOR", "MINOR", "PATCH"):
+            m = re.search(rf"#define NDSHM_VERSION_{part} (\d+)", text)
+            if m is None:
+                raise SystemExit(f"ndshm: csrc/ndshm.h does not define NDSHM_VERSION_{part}")
+            parts.append(m.group(1))
         metadata["version"] = ".".join(parts)
 
 
@@ -70,6 +75,7 @@ def compiler() -> List[str]:
 def generate_cffi(root: Path, out: Path) -> None:
     """Write ``out/_ndshm_cffi.py`` from ``csrc/ndshm.h`` (build_cffi.py, loaded from the tree)."""
     spec = importlib.util.spec_from_file_location("ndshm_build_cffi", root / "build_cffi.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.write(root / "csrc" / "ndshm.h", out / "_ndshm_cffi.py")
@@ -110,7 +116,7 @@ def build(root: Path, out: Path) -> None:
 class BuildLibrary(BuildHookInterface):
     """Build the library and tag the wheel for the platform, not the interpreter."""
 
-    def initialize(self, version: str, build_data: dict) -> None:
+    def initialize(self, version: str, build_data: Dict[str, Any]) -> None:
         root = Path(self.root)
         build_data["pure_python"] = False
         build_data["tag"] = "py3-none-" + sysconfig.get_platform().replace("-", "_").replace(".", "_")
