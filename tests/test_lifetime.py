@@ -173,7 +173,7 @@ def test_task_created_segment_handed_to_the_parent(method):
     paths = [ndshm.segment_of(r).path for r in results]
     assert [int(r[0]) for r in results] == list(range(8))
     assert all(isinstance(r, ndshm.SharedArray) for r in results) and all(map(os.path.exists, paths))
-    assert all(ndshm.segment_of(r)._owner == "received" for r in results)
+    assert all(ndshm.segment_of(r).owner == "received" for r in results)
     results[3][0] = 42  # zero-copy: the segment itself
     assert ndshm.attach(names[3])[0] == 42
     del results
@@ -190,11 +190,11 @@ def test_handover_survives_the_creator_and_is_claimed_once(unique_name):
     """).stdout.strip()
     assert os.path.exists(shm_path(unique_name))  # its creator has exited: the name waits for a receiver
     v = pickle.loads(bytes.fromhex(ref))  # the first to unpickle it owns it
-    assert int(v.sum()) == 21 and ndshm.segment_of(v)._owner == "received"
+    assert int(v.sum()) == 21 and ndshm.segment_of(v).owner == "received"
     second = run_python(f"""
         import pickle, ndshm
         v = pickle.loads(bytes.fromhex({ref!r}))
-        print(int(v.sum()), ndshm.segment_of(v)._owner)
+        print(int(v.sum()), ndshm.segment_of(v).owner)
     """)
     assert second.stdout.split() == ["21", "None"]  # a second receiver only attaches
     assert os.path.exists(shm_path(unique_name))
@@ -301,3 +301,22 @@ def test_owning_many_names_holds_few_descriptors(unique_name):
     finally:
         child.kill()
     assert not any(os.path.exists(shm_path(f"{unique_name}-{i}")) for i in range(300))
+
+
+def test_owner_is_visible(unique_name):
+    before = ndshm.stats()["owned_names"]
+    seg = ndshm.Segment.create(unique_name, 4)
+    tmp = ndshm.Segment.create(unique_name + "v", 4, owner="views")
+    hand = ndshm.Segment.create(unique_name + "r", 4, owner="receiver")
+    keep = ndshm.Segment.create(unique_name + "p", 4, persist=True)
+    assert (seg.owner, tmp.owner, hand.owner, keep.owner) == ("creator", "views", "receiver", None)
+    assert ndshm.stats()["owned_names"] == before + 3
+    import pickle
+    pickle.dumps(hand)
+    assert hand.owner == "handed" and ndshm.stats()["owned_names"] == before + 2
+    for s in (seg, tmp, hand, keep):
+        s.close()
+    assert os.path.exists(shm_path(unique_name + "r"))  # handed over: not this process's to remove
+    ndshm.unlink(unique_name + "r")
+    ndshm.unlink(unique_name + "p")
+    assert ndshm.stats()["owned_names"] == before

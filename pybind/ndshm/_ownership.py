@@ -105,6 +105,12 @@ def own(seg: Any) -> None:
     _ensure_exit_hook()
 
 
+def owned_names() -> int:
+    """How many segment names this process will remove (as creator, receiver, or with its views)."""
+    with _lock:
+        return len(_owned) + len(_temporaries) + len(_received)
+
+
 def owns(seg: Any) -> bool:
     """True if this process owns the name of ``seg``'s very file (as its creator)."""
     rec = _owned.get(seg._path) if seg._path else None

@@ -490,6 +490,11 @@ class Segment:
     closed = property(lambda self: self._closed, doc="True once close() was called.")
     creator = property(lambda self: self._creator, doc="True if this process created the segment.")
     persist = property(lambda self: self._persist, doc="True if the name outlives its creator.")
+    owner = property(lambda self: self._owner,
+                     doc="Who removes the name, as this process sees it: 'creator' (this process, at close, "
+                         "unlink or exit), 'views' (with this process's last view), 'receiver' (to be handed "
+                         "to whoever unpickles it), 'handed' (handed over: no longer this process's), "
+                         "'received' (this process took it over), or None (not this process's to remove).")
 
     @property
     def meta(self) -> Any:
