@@ -23,11 +23,16 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
+
+/* memfd_create through syscall(): glibc has the wrapper only from 2.27, and the manylinux2014
+ * wheel links against glibc 2.17 (the kernel call exists since Linux 3.17). */
+static int memfd_create_(const char *name, unsigned flags) { return (int)syscall(SYS_memfd_create, name, flags); }
 
 #ifndef MFD_CLOEXEC
 #define MFD_CLOEXEC 1U
@@ -318,7 +323,7 @@ int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out)
             goto fail;
         }
     } else if (p->kind == NDSHM_KIND_MEMFD) {
-        seg->fd = memfd_create("ndshm", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+        seg->fd = memfd_create_("ndshm", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
         if (seg->fd < 0) {
             rc = ndshm__fail_errno(errno, "memfd_create%s failed", huge ? " with MFD_HUGETLB" : "");
             goto fail;
