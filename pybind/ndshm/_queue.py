@@ -4,13 +4,31 @@ The ring lives in one named segment (see the README's Queue section for the faul
 message carries its own dtype and shape. ``put``/``get`` copy once on each side; ``loan`` and
 ``receive`` work in place in the slot (zero copy).
 
-Views handed out by ``loan`` and ``receive`` are only valid inside their ``with`` block. On exit
-the array object itself is turned into an empty array (shape ``(0,)``, no memory of the ring), so
-using it afterwards never reads or writes a recycled slot: indexing it raises ``IndexError``. On
-CPython a ``receive`` slot is not handed back to producers while views derived from the array
-inside the block (``view[2:]``, ``view.view(...)``) are still alive: it is released when the last
-of them goes. On PyPy (no reference counts) the slot is released on exit and such derived views
-must not be used after the block.
+The array of a ``loan``/``receive`` block is a :class:`SlotArray` (an ndarray subclass) and is valid
+only inside the block. The rules:
+
+- Nothing made from it can crash the process: views derived from it and what exports it
+  (memoryview, ``__array_interface__`` users, DLPack, ``torch.from_numpy``/``as_tensor``/
+  ``from_dlpack``, ctypes) keep the ring mapped for as long as they live, on CPython and PyPy.
+- After the block the array itself is closed: on CPython every use of it (attributes, indexing,
+  ufuncs, NumPy functions) raises :class:`ClosedError` saying to copy inside the block; it holds no
+  element, so even C-level readers see nothing of the ring.
+- CPython, ``receive``: a view or export still alive at the end of the block keeps the slot (its
+  message stays valid) until the last of them dies; producers meanwhile use the other slots, and a
+  full queue says how many slots such views hold. An export of the array itself (a tensor, a
+  memoryview, a list holding it) keeps the slot until the export *and* the block's ``as`` name are
+  gone; a view derived from it (``view[2:]``, ``view.reshape(...)``) only until the view dies.
+- CPython, ``loan``: a view or export of the array still alive at the end of the block could change
+  the message after it is published, so the message is discarded and :class:`BufferError` raised
+  (copy what you keep, or drop the reference inside the block). A block that raises discards
+  quietly.
+- These counts assume the ``as`` name stays bound for the whole block: a block that deletes it and
+  keeps exactly one export of the array is taken for a plain block (the export stays safe to read,
+  but reads what the slot holds next).
+- PyPy has no reference counts: the slot goes back (a loan is published) when the block ends,
+  whatever still refers to it. Derived views and exports stay safe to touch but read whatever the
+  slot holds next, so copy inside the block. A closed array is only emptied there (shape ``(0,)``:
+  indexing raises ``IndexError``), as PyPy cannot change an ndarray's class.
 """
 
 from __future__ import annotations
@@ -29,7 +47,7 @@ from . import _dtype
 from ._errors import ClosedError, CorruptSegmentError, Empty, Full, error_from_code
 from ._lib import ffi, lib
 
-__all__ = ["Queue"]
+__all__ = ["Queue", "SlotArray"]
 
 _ETIMEDOUT, _EEMPTY, _EFULL = lib.NDSHM_ETIMEDOUT, lib.NDSHM_EEMPTY, lib.NDSHM_EFULL
 _PERSIST, _POPULATE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE
@@ -198,12 +216,84 @@ def _take_waiting(h: Any, timeout: float, m: Any) -> int:
     return _take(h, timeout, m)
 
 
-def _neuter(arr: np.ndarray, dt: np.dtype) -> None:
-    """Turn ``arr`` into an empty array that owns no memory of the ring."""
-    try:
-        arr.__setstate__((1, (0,), dt if dt.itemsize else _U1, False, b""))
-    except Exception:  # pragma: no cover - an exotic dtype: fall back to raw bytes
-        arr.__setstate__((1, (0,), _U1, False, b""))
+_setstate = np.ndarray.__setstate__
+_EMPTY = (1, (0,), _U1, False, b"")  # the state of a closed array: no element, no memory of the ring
+_getrefcount = sys.getrefcount if not _PYPY else (lambda obj: 0)  # PyPy has no reference counts
+_NUMPY1 = np.lib.NumpyVersion(np.__version__) < "2.0.0"
+# A closed array changes class to raise ClosedError. PyPy's cpyext crashes in NumPy's ufunc
+# dispatch on an ndarray whose class was reassigned, so there a closed array is only emptied.
+_SEAL = not _PYPY
+
+
+class _SlotBase(np.ndarray):
+    __slots__ = ("_keep",)  # a closed array keeps the ring mapped for whatever it exported
+
+
+class SlotArray(_SlotBase):
+    """An ndarray over a queue slot: the array of a ``loan``/``receive`` block and the views
+    derived from it. It behaves as a plain ``ndarray``; reductions on it give scalars and ufuncs
+    plain arrays (of this type on NumPy 1). Copies (``.copy()``, ``.astype()``) stay of this type
+    and own their memory."""
+
+    __slots__ = ()
+
+    def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
+        if arr.__class__ is not np.ndarray:  # an out= argument (NumPy 1: any result, already of this class)
+            return arr[()] if _NUMPY1 and arr.ndim == 0 and arr is not self and arr.base is not None else arr
+        if arr.ndim == 0 and (return_scalar or _NUMPY1):
+            return arr[()]
+        return arr
+
+    def __reduce__(self) -> Any:  # pickles as a plain ndarray
+        return np.asarray(self).__reduce__()
+
+
+def _closed(self: Any, *args: Any, **kwargs: Any) -> Any:
+    raise ClosedError(_CLOSED_MESSAGES[type(self)])
+
+
+class _ClosedSlot(_SlotBase):
+    """The array of a ``loan``/``receive`` block once the block is over: every use raises
+    :class:`ClosedError` (NumPy functions and ufuncs too); it holds no element."""
+
+    __slots__ = ()
+    _ALLOWED = frozenset({"__class__", "__repr__", "__str__"})
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _ClosedSlot._ALLOWED:
+            return object.__getattribute__(self, name)
+        _closed(self)
+
+    def __repr__(self) -> str:
+        return f"<{_CLOSED_MESSAGES[type(self)].split(':')[0]}>"
+
+    __str__ = __repr__
+    __getitem__ = __setitem__ = __delitem__ = __len__ = __iter__ = __contains__ = __bool__ = _closed
+    __int__ = __float__ = __complex__ = __index__ = __format__ = __array__ = _closed
+    __copy__ = __deepcopy__ = __reduce__ = __reduce_ex__ = __array_wrap__ = __dlpack__ = _closed
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _closed  # NumPy 1 turns their ufunc errors into False
+
+    def __array_ufunc__(self, *args: Any, **kwargs: Any) -> Any:
+        _closed(self)
+
+    def __array_function__(self, *args: Any, **kwargs: Any) -> Any:
+        _closed(self)
+
+
+class _ClosedLoan(_ClosedSlot):
+    __slots__ = ()
+
+
+class _ClosedReceive(_ClosedSlot):
+    __slots__ = ()
+
+
+_CLOSED_MESSAGES = {
+    _ClosedLoan: "loan() array used after its with block: the message was published (or discarded) when the "
+                 "block ended; write it inside the block, and copy what you keep from it there (np.array(out))",
+    _ClosedReceive: "receive() view used after its with block: its slot went back to the queue when the block "
+                    "ended; copy what you keep inside the block (np.array(view), tensor.clone())",
+}
 
 
 def _unlink_if(name: str, dir: Optional[str], pid: int) -> None:
@@ -241,7 +331,7 @@ def _release_later(handle: Any, mw: tuple, key: tuple) -> None:
 
 
 class _Receive:
-    __slots__ = ("_q", "_timeout", "_msg", "_arr", "_slot", "_dt")
+    __slots__ = ("_q", "_timeout", "_msg", "_arr", "_slot")
 
     def __init__(self, q: "Queue", timeout: float) -> None:
         self._q, self._timeout, self._arr, self._msg = q, timeout, None, None
@@ -262,16 +352,18 @@ class _Receive:
         try:
             dt, shape = q._describe(m, mw[1])
             if dt.itemsize:
-                # `inner` is a read-only array on the ring (its base the ring's buffer, which keeps the
-                # queue's mapping alive); views derived from `arr` get `inner` as their base (NumPy
-                # stops collapsing at an array whose base is not an array), so inner's references
-                # count them.
-                inner = np.ndarray(shape, dt, q._ro, q._offset(m))
+                # `inner` is a read-only SlotArray on the ring (its base the ring's buffer, which
+                # keeps the queue's mapping alive). NumPy collapses a view's base through arrays
+                # of the view's own type that do not own their data, so views derived from `arr`
+                # (a SlotArray too) get `inner` as their base: inner's references count them, and
+                # arr's count what exported it (memoryview, DLPack, torch, ctypes).
+                inner = SlotArray(shape, dt, q._ro, q._offset(m))
+                arr = inner.view()
             else:
                 slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), True), "shape": shape,
                                  "typestr": dt.str if dt.names is None else f"|V{dt.itemsize}", "strides": None})
-                inner = np.asarray(slot)
-            arr = inner.view(dt)
+                inner = np.asarray(slot).view(SlotArray)
+                arr = inner.view(dt)
         except Exception as e:
             _release(h, m)
             _push_msg(mw)
@@ -282,27 +374,36 @@ class _Receive:
             _release(h, m)
             _push_msg(mw)
             raise
-        self._msg, self._slot, self._arr, self._dt = mw, inner, arr, dt
+        self._msg, self._slot, self._arr = mw, inner, arr
         return arr
 
     def __exit__(self, *exc: object) -> None:
         mw = self._msg
         if mw is None:
             raise RuntimeError("receive() context exited without being entered")
-        arr, slot = self._arr, self._slot
+        arr, inner = self._arr, self._slot
         self._arr = self._slot = self._msg = None
-        _neuter(arr, self._dt)
-        del arr
         q = self._q
-        h = q._handle
-        # CPython: references to `inner` beyond ours and getrefcount's own are derived views.
-        if not _PYPY and sys.getrefcount(slot) > 2:
+        # CPython: beyond ours and getrefcount's own, arr has one reference (the with target) and
+        # inner one (arr's base); more are views derived from it or objects exporting it.
+        if _getrefcount(arr) > 3 or _getrefcount(inner) > 3:
+            # kept beyond the block: the slot stays taken (its content valid) until the last
+            # user dies. Exports hold arr itself: then arr keeps its data and its base (inner,
+            # and so the slot) until it dies too; views derived from it hold inner only.
+            if _getrefcount(arr) <= 3:
+                _setstate(arr, _EMPTY)
+                arr._keep = q._ro
+            arr.__class__ = _ClosedReceive  # CPython only: PyPy never gets here
             key = (q.dir, q.name)
             _PINNED[key] = _PINNED.get(key, 0) + 1
-            weakref.finalize(slot, _release_later, h, mw, key)
-        else:
-            _release(h, mw[0])
-            _push_msg(mw)
+            weakref.finalize(inner, _release_later, q._handle, mw, key)
+            return
+        _setstate(arr, _EMPTY)
+        arr._keep = q._ro  # what arr exported still points into the ring: keep it mapped
+        if _SEAL:
+            arr.__class__ = _ClosedReceive
+        _release(q._handle, mw[0])
+        _push_msg(mw)
 
 
 # (shape, dtype) argument -> (dims, dtype, nbytes, typestr bytes, typestr word or None): the loan
@@ -330,7 +431,7 @@ def _plan(shape: Any, dtype: Any) -> tuple:
 
 
 class _Loan:
-    __slots__ = ("_q", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr")
+    __slots__ = ("_q", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr", "_slot")
 
     def __init__(self, q: "Queue", shape: Any, dtype: Any, timeout: float) -> None:
         if dtype is None:
@@ -382,38 +483,48 @@ class _Loan:
                 m.ndim = nd
                 if nd:
                     m.shape[0:nd] = dims
-            if dt.itemsize:
-                arr = np.ndarray(dims, dt, q._rw, q._offset(m))
+            if dt.itemsize:  # inner and arr as in _Receive.__enter__
+                inner = SlotArray(dims, dt, q._rw, q._offset(m))
+                arr = inner.view()
             else:
                 slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), False), "shape": dims,
                                  "typestr": self._ts.decode(), "strides": None})
-                arr = np.asarray(slot)
-                if arr.dtype != dt:
-                    arr = arr.view(dt)
+                inner = np.asarray(slot).view(SlotArray)
+                arr = inner.view(dt) if inner.dtype != dt else inner.view()
         except BaseException:  # never keep a slot nobody can publish
             _discard(h, m)
             _push_msg(mw)
             raise
-        self._msg, self._arr = mw, arr
+        self._msg, self._arr, self._slot = mw, arr, inner
         return arr
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
         mw = self._msg
         if mw is None:
             raise RuntimeError("loan() context exited without being entered")
-        arr = self._arr
-        self._arr = self._msg = None
+        arr, inner = self._arr, self._slot
+        self._arr = self._slot = self._msg = None
         h = self._q._handle
-        # publish first (the hand-off does not wait for the neutering), then empty the array
-        if exc_type is None:
+        # CPython: references beyond the with target (arr) and arr's base (inner) are views or
+        # exports that could still change the message after it is published: discard it
+        escaped = _getrefcount(arr) > 3 or _getrefcount(inner) > 3
+        # publish first (the hand-off does not wait for the closing), then close the array
+        if exc_type is None and not escaped:
             rc = _publish(h, mw[0])
         else:
             rc = _discard(h, mw[0])
-        _neuter(arr, self._dt)
-        del arr
+        _setstate(arr, _EMPTY)
+        arr._keep = inner
+        if _SEAL:
+            arr.__class__ = _ClosedLoan
         _push_msg(mw)
         if rc:
             raise error_from_code(rc)
+        if escaped and exc_type is None:
+            raise BufferError(f"loan() array of queue {self._q.name!r} is still referenced after its with block (by "
+                              "a view of it, a tensor, a memoryview, a list or another export), so it could change "
+                              "after publishing: the message was discarded, not published. Copy what you keep "
+                              "(np.array(out)) or drop the reference inside the block")
 
 
 class Queue:
@@ -640,13 +751,17 @@ class Queue:
 
     def loan(self, shape: Any = None, dtype: Any = None, timeout: Optional[float] = None) -> _Loan:
         """``with q.loan(shape, dtype) as out:`` fill ``out`` in place (zero copy); it is published
-        on a normal exit and discarded if the block raises. ``out`` is empty after the block."""
+        on a normal exit and discarded if the block raises. ``out`` is closed after the block
+        (:class:`ClosedError` on use); on CPython a view or export of it still alive then discards
+        the message with :class:`BufferError` (see the module docstring for the PyPy rules)."""
         self._live()
         return _Loan(self, shape, dtype, _timeout(True, timeout))
 
     def receive(self, timeout: Optional[float] = None) -> _Receive:
         """``with q.receive() as view:`` read the oldest message in place (read-only, zero copy); the
-        slot goes back to producers after the block, when ``view`` becomes an empty array."""
+        slot goes back to producers after the block, and ``view`` is closed (:class:`ClosedError`
+        on use). On CPython views and exports of it still alive then keep the slot until they die;
+        on PyPy the slot goes back at once (see the module docstring)."""
         self._live()
         return _Receive(self, _timeout(True, timeout))
 

@@ -1,0 +1,256 @@
+"""Views that can never dangle (issue 9): a loan()/receive() array and everything exported from it
+(derived views, memoryview, DLPack, torch, ctypes) keep the ring mapped while they live, so no use
+of them can crash the process, on CPython and PyPy. On CPython a receive() slot still used after
+its block stays taken until the last user dies (so exports read their own message), a loan()
+still referenced at the end of its block is discarded with a BufferError, and after the block the
+array itself raises ClosedError. Reads that could crash run in a child process."""
+
+from __future__ import annotations
+
+import ctypes
+import pickle
+
+import numpy as np
+import pytest
+
+import ndshm
+from conftest import PYPY, collect, run_python
+from optional_deps import require
+
+CPYTHON_ONLY = pytest.mark.skipif(PYPY, reason="reference counts (CPython) tell what outlives a block; "
+                                               "PyPy is covered by the crash tests")
+
+
+def _readonly_dlpack() -> bool:
+    """NumPy before 2.1 cannot export a read-only array (a receive() view) through DLPack."""
+    ro = np.zeros(1)
+    ro.flags.writeable = False
+    try:
+        np.from_dlpack(ro)
+    except (BufferError, TypeError):
+        return False
+    return True
+
+
+def _kind(kind: str):
+    if kind in ("dlpack", "unbound-dlpack") and not _readonly_dlpack():
+        return pytest.param(kind, marks=pytest.mark.skipif(True, reason=f"NumPy {np.__version__} has no read-only "
+                                                                        "DLPack export (2.1 has)"))
+    return kind
+
+
+def _no_signal(proc) -> None:
+    assert proc.returncode == 0, f"child exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "OK" in proc.stdout
+
+
+@CPYTHON_ONLY
+def test_closed_loan_and_receive_arrays_raise_closed_error(unique_name):
+    """After the block the array used to be an empty uint8 array: view.sum() was 0, mean() nan."""
+    with ndshm.Queue(unique_name, slots=4, slot_bytes=256) as q:
+        with q.loan((2, 3), np.float64) as out:
+            out[...] = 2.5
+        with q.receive(timeout=1) as view:
+            assert view.sum() == 15.0
+        for arr, kind, text in ((out, "loan()", "write it inside the block"),
+                                (view, "receive()", "copy what you keep inside the block")):
+            uses = [lambda: arr.sum(), lambda: arr.mean(), lambda: arr[0], lambda: arr.shape, lambda: len(arr),
+                    lambda: np.sum(arr), lambda: arr + 1, lambda: arr == 2.5, lambda: float(arr), lambda: bool(arr),
+                    lambda: list(arr), lambda: arr.copy(), lambda: np.add(arr, 1), lambda: arr.tolist(),
+                    lambda: pickle.dumps(arr), lambda: arr.__array_interface__, lambda: arr.__dlpack__(),
+                    lambda: arr.ctypes, lambda: np.concatenate([arr, arr]), lambda: arr.__setitem__(0, 1)]
+            for use in uses:
+                with pytest.raises(ndshm.ClosedError, match=text) as ei:
+                    use()
+                assert kind in str(ei.value)
+            assert isinstance(arr, np.ndarray) and kind in repr(arr)
+            assert np.asarray(arr).size == 0  # nothing of the ring is left to read through the C level
+        q.put(np.arange(3.0))
+        assert q.get(timeout=1).tolist() == [0.0, 1.0, 2.0]  # both slots went back
+
+
+def test_views_inside_the_block_are_plain_arrays_in_results(unique_name):
+    """The block's array is an ndarray subclass (SlotArray, so that it can be closed); what NumPy
+    computes from it is what it gives for an ndarray: scalars and plain arrays."""
+    with ndshm.Queue(unique_name, slots=2, slot_bytes=256) as q:
+        with q.loan((4,), np.float32) as out:
+            assert isinstance(out, ndshm._queue.SlotArray) and out.flags.writeable
+            out[:] = [1, 2, 3, 4]
+            assert (out * 2).__class__ is np.ndarray or np.lib.NumpyVersion(np.__version__) < "2.0.0"
+        with q.receive(timeout=1) as v:
+            assert type(v.sum()) is np.float32 and v.sum() == 10
+            assert type(v.mean()) in (np.float32, np.float64) and v.mean() == 2.5
+            assert (v + 1).tolist() == [2, 3, 4, 5] and type((v + 1).sum()) is np.float32
+            assert bool((v == np.arange(1, 5)).all())
+            copied = pickle.loads(pickle.dumps(v[1:]))
+            assert copied.__class__ is np.ndarray and copied.tolist() == [2, 3, 4]
+
+
+@CPYTHON_ONLY
+@pytest.mark.parametrize("export", [_kind(k) for k in ["memoryview", "dlpack", "ctypes", "derived", "list"]])
+def test_receive_export_keeps_its_slot_and_reads_its_message(unique_name, export):
+    with ndshm.Queue(unique_name, slots=4, slot_bytes=256) as q:
+        q.put(np.arange(8.0))
+        with q.receive(timeout=1) as v:
+            if export == "memoryview":
+                kept = memoryview(v)
+                read = lambda: list(kept)  # noqa: E731
+            elif export == "dlpack":
+                kept = np.from_dlpack(v)
+                read = lambda: kept.tolist()  # noqa: E731
+            elif export == "ctypes":
+                kept = v.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+                read = lambda: [kept[i] for i in range(8)]  # noqa: E731
+            elif export == "derived":
+                kept = v.reshape(2, 4)
+                read = lambda: kept.ravel().tolist()  # noqa: E731
+            else:
+                kept = [v]  # the closed array itself, kept: it holds its slot until it dies
+                read = lambda: list(range(8))  # noqa: E731
+        for i in range(3):  # the other slots keep working; ours is not reused
+            q.put(np.full(8, 100.0 + i))
+            assert q.get(timeout=1)[0] == 100.0 + i
+        assert read() == list(range(8))
+        with pytest.raises(ndshm.Full, match="1 of the 4 slots are held by live views"):
+            q.put(np.zeros(8), timeout=0)
+        del kept, read, v
+        collect()
+        q.put(np.zeros(8), timeout=0)  # the slot came back
+        assert q.get(timeout=1).tolist() == [0.0] * 8
+
+
+@CPYTHON_ONLY
+@pytest.mark.parametrize("export", ["memoryview", "derived", "dlpack", "ctypes", "list", "torch"])
+def test_loan_with_an_escaped_reference_raises_and_publishes_nothing(unique_name, export):
+    """A tensor (or any view or export) kept from a loan() could change the message after it was
+    published; the block's end now discards it and says why."""
+    torch = require("torch") if export == "torch" else None
+    with ndshm.Queue(unique_name, slots=2, slot_bytes=256) as q:
+        with pytest.raises(BufferError, match=r"still referenced after its with block.*discarded, not published") as ei:
+            with q.loan((8,), np.float64) as out:
+                out[:] = 1
+                kept = {"memoryview": memoryview, "derived": lambda a: a[2:], "dlpack": np.from_dlpack,
+                        "ctypes": lambda a: a.ctypes.data_as(ctypes.c_void_p), "list": lambda a: [a],
+                        "torch": torch.from_numpy if torch else None}[export](out)
+        assert "copy what you keep" in str(ei.value).lower() and q.name in str(ei.value)
+        with pytest.raises(ndshm.Empty):
+            q.get(timeout=0.05)
+        del kept
+        for i in range(3):  # the ring goes on working (the discarded slot is skipped and reused)
+            with q.loan((2,), np.int64) as out:
+                out[:] = i
+            assert q.get(timeout=1).tolist() == [i, i]
+        with q.loan((2,), np.int64) as out:  # references that die inside the block are fine
+            tmp = memoryview(out)
+            out[:] = 9
+            del tmp
+        assert q.get(timeout=1).tolist() == [9, 9]
+
+
+@CPYTHON_ONLY
+def test_loan_block_that_raises_still_discards_quietly(unique_name):
+    with ndshm.Queue(unique_name, slots=2, slot_bytes=256) as q:
+        with pytest.raises(KeyError):  # the block's own exception, not a BufferError on top
+            with q.loan((8,), np.float64) as out:
+                kept = out[1:]
+                raise KeyError("boom")
+        with pytest.raises(ndshm.Empty):
+            q.get(timeout=0.05)
+        assert kept.shape == (7,)
+
+
+_TORCH_CHILD = """
+import gc, numpy as np, torch, ndshm
+q = ndshm.Queue({name!r}, slots=4, slot_bytes=4096)
+q.put(np.arange(16.0))
+with q.receive(timeout=5) as v:
+    t1 = torch.from_numpy(v)
+    t2 = torch.as_tensor(v)
+    t3 = torch.from_dlpack(v)
+    mv = memoryview(v)
+    cap = v.__dlpack__(max_version=(1, 0))  # a capsule kept unconsumed (read-only: versioned DLPack)
+for i in range(3):                      # the queue goes on; the kept message's slot is not reused
+    q.put(np.full(16, -1.0))
+    q.get(timeout=5)
+want = list(range(16))
+assert t1.tolist() == want and t2.tolist() == want and t3.tolist() == want and list(mv) == want
+q.close()
+del q, v
+gc.collect()
+t4 = torch.from_dlpack(cap)             # consumed only now, after close() and a collection
+for t in (t1, t2, t3, t4):              # the ring is still mapped: reading cannot crash
+    assert t.tolist() == want, t.tolist()
+    t.sum().item()
+assert list(mv) == want
+print("OK")
+"""
+
+
+def test_torch_memoryview_dlpack_kept_from_receive_read_their_message_and_never_crash(unique_name):
+    require("torch")
+    _no_signal(run_python(_TORCH_CHILD.format(name=unique_name), check=False))
+
+
+_CRASH_CHILD = """
+import ctypes, gc, sys, numpy as np, ndshm
+kind = {kind!r}
+q = ndshm.Queue({name!r}, slots=4, slot_bytes=1 << 16)
+q.put(np.arange(8192.0))
+make = {{"memoryview": memoryview, "dlpack": np.from_dlpack, "frombuffer": lambda a: np.frombuffer(a, np.float64),
+        "ctypes": lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), "derived": lambda a: a[1:]}}
+if kind.startswith("loan-"):                # escaped references of a loan raise on CPython, never crash
+    try:
+        with q.loan((8192,), np.float64) as out:
+            out[:] = 3.0
+            kept = make[kind[5:]](out)
+    except BufferError:
+        assert sys.implementation.name != "pypy"
+elif kind.startswith("unbound-"):           # the with target deleted inside the block: one export left
+    with q.receive(timeout=5) as v:
+        kept = make[kind[8:]](v)
+        del v
+else:
+    with q.receive(timeout=5) as v:
+        kept = make[kind](v)
+    del v
+q.close()
+del q, make
+for _ in range(4):
+    gc.collect()
+for _ in range(3):                          # read all of it, after close() and a collection
+    total = sum(kept[i] for i in range(0, 8000, 64))
+print("OK", total)
+"""
+
+KINDS = ["memoryview", "dlpack", "frombuffer", "ctypes", "derived"]
+
+
+@pytest.mark.parametrize("kind", [_kind(k) for k in KINDS + [f"loan-{k}" for k in KINDS] + [f"unbound-{k}" for k in KINDS[:3]]])
+def test_exports_never_crash_after_close_and_collection(unique_name, kind):
+    """On CPython and PyPy: memoryview, DLPack, frombuffer, ctypes pointers and derived views of
+    loan and receive arrays, kept past the block, close() and a collection, are read without a
+    signal (they used to read an unmapped ring: exit -11)."""
+    _no_signal(run_python(_CRASH_CHILD.format(name=unique_name, kind=kind), check=False))
+
+
+@pytest.mark.skipif(not PYPY, reason="the PyPy rules")
+def test_pypy_releases_the_slot_at_the_end_of_the_block(unique_name):
+    """PyPy has no reference counts: a receive() slot goes back when the block ends whatever still
+    refers to it, and a loan() is published (the documented PyPy rules)."""
+    with ndshm.Queue(unique_name, slots=4, slot_bytes=256) as q:
+        q.put(np.arange(4.0))
+        q.put(np.arange(4.0))
+        with q.receive(timeout=1) as v:
+            kept = v[1:]
+        q.put(np.zeros(4), timeout=0)  # the slot is free at once
+        with q.loan((2,), np.float64) as out:
+            out[:] = 5
+            kept2 = memoryview(out)
+        assert q.get(timeout=1).tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert q.get(timeout=1).tolist() == [0.0] * 4
+        assert q.get(timeout=1).tolist() == [5.0, 5.0]
+        assert kept.shape == (3,) and len(kept2) == 2
+        # a closed array is emptied there (PyPy's cpyext cannot take a changed class)
+        assert v.shape == (0,) and out.shape == (0,)
+        with pytest.raises(IndexError):
+            v[0]
