@@ -1,0 +1,203 @@
+"""ndshm arrays in Dask distributed: by reference between processes of one node, by value otherwise.
+
+Stock Dask copies every worker-to-worker transfer over the network, even between processes of one
+machine, and would send a :class:`~ndshm.SharedArray` by value (its serializer registry finds
+NumPy's through the ndarray subclass chain). Importing this module (in every process: see
+:func:`install`) registers:
+
+- a Dask serializer for :class:`~ndshm.SharedArray`: a transfer to a process with the **same node
+  identity** (:func:`ndshm.node_identity`: same boot, mount and IPC namespaces) carries only an
+  :class:`ndshm.Reference`, and the receiver maps the segment (no second copy in RAM). Every other
+  case travels by value with Dask's own NumPy serializer: a recipient on another node or in
+  another container, a recipient that has not installed ndshm.dask, a connection made before
+  the install, an array not in a live named segment, and the spill path (Dask spills with no
+  recipient: the data, not a reference, goes to disk; it comes back as a plain ndarray).
+  How the sender knows the recipient's identity: each process adds its node identity to the
+  handshake Dask's comms exchange when they connect (``Comm.handshake_info``, which Dask made to
+  share "environment information that may differ" between peers), so the serializer finds it in
+  ``context["recipient"]``; the receiver checks it once more and refuses a reference from
+  another node (:class:`ndshm.WrongNodeError`).
+- receivers get **read-only** views unless ``install(client, writeable=True)``;
+- ``dask.sizeof`` counting a shared array's bytes only where its memory is owned (the process
+  that created the segment, or claimed it as ``owner="receiver"``); receivers by reference count
+  about 100 bytes, so Dask's memory accounting is not multiplied per replica.
+
+Arrays a task makes for Dask to hold should be created with :func:`empty` (or :func:`share`):
+their name then lives while the creating worker holds the result (``owner="views"``), and is gone,
+without leaks, when Dask releases it; receivers keep their mappings as long as they hold it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Optional
+
+import numpy as np
+
+import dask.sizeof as _dask_sizeof
+from distributed.comm import core as _comm_core
+from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.protocol.numpy import deserialize_numpy_ndarray, serialize_numpy_ndarray
+from distributed.protocol.serialize import dask_deserialize, dask_serialize
+
+from . import _segment
+from ._reference import Reference, from_reference, node_identity, reference
+
+__all__ = ["install", "NdshmPlugin", "scatter", "empty", "share", "stats"]
+
+HANDSHAKE_KEY = "ndshm-node"
+_writeable = False
+_counts = {"by_reference": 0, "by_value": 0, "received_by_reference": 0}
+
+
+# ---- the handshake: every comm tells its peer this process's node identity ------------------
+
+def _patch_handshake() -> None:
+    comm_cls = _comm_core.Comm
+    original = comm_cls.handshake_info
+    if getattr(original, "_ndshm", False):
+        return
+
+    def handshake_info(self: Any) -> dict:
+        info = original(self)
+        info[HANDSHAKE_KEY] = node_identity()
+        return info
+
+    handshake_info._ndshm = True  # type: ignore[attr-defined]
+    handshake_info.__doc__ = original.__doc__
+    comm_cls.handshake_info = handshake_info  # type: ignore[method-assign]
+
+
+_patch_handshake()
+
+
+# ---- the serializer ---------------------------------------------------------------------------
+
+def _same_node(context: Optional[dict]) -> bool:
+    if not context:
+        return False  # the spill path, or a caller that does not say where the data goes
+    recipient = context.get("recipient")
+    if not isinstance(recipient, dict):
+        return False
+    return recipient.get(HANDSHAKE_KEY) == node_identity()
+
+
+@dask_serialize.register(_segment.SharedArray)
+def serialize_shared_array(x: np.ndarray, context: Optional[dict] = None) -> tuple[dict, list]:
+    """Dask serializer of a SharedArray: a Reference when the recipient is on this node, else the
+    data with Dask's NumPy serializer."""
+    if _same_node(context):
+        try:
+            ref = reference(x)
+        except ValueError:  # not in a live named segment (any more): by value
+            pass
+        else:
+            _counts["by_reference"] += 1
+            return {"ndshm": "reference"}, [pickle.dumps(ref, protocol=4)]
+    _counts["by_value"] += 1
+    header, frames = serialize_numpy_ndarray(np.asarray(x), context)
+    header["ndshm"] = "value"
+    return header, frames
+
+
+@dask_deserialize.register(_segment.SharedArray)
+def deserialize_shared_array(header: dict, frames: list) -> np.ndarray:
+    """Dask deserializer: map a Reference (read-only unless installed with writeable=True), or
+    rebuild a NumPy array sent by value."""
+    if header.get("ndshm") == "reference":
+        ref = pickle.loads(bytes(frames[0]))
+        if not isinstance(ref, Reference):
+            raise TypeError(f"an ndshm.dask reference frame holds a {type(ref).__name__}, not an ndshm.Reference")
+        _counts["received_by_reference"] += 1
+        return from_reference(ref, readonly=True if ref.readonly else not _writeable)
+    return deserialize_numpy_ndarray(header, frames)
+
+
+def _sizeof_shared_array(x: np.ndarray) -> int:
+    seg = _segment._owner(x)
+    if isinstance(seg, _segment.Segment) and not (seg._creator or seg._owner == "received"):
+        return 100  # a mapping of memory another process owns
+    return int(x.nbytes) + 100
+
+
+_dask_sizeof.sizeof.register(_segment.SharedArray)(_sizeof_shared_array)
+
+
+def stats() -> dict:
+    """How many SharedArrays this process sent by reference and by value, and received by reference."""
+    return dict(_counts)
+
+
+# ---- installing it in every process --------------------------------------------------------
+
+class NdshmPlugin(WorkerPlugin):
+    """Registers ndshm's serializer in a worker (unpickling this plugin imports ndshm.dask)."""
+
+    idempotent = False
+    name = "ndshm"
+
+    def __init__(self, writeable: bool = False) -> None:
+        self.writeable = bool(writeable)
+
+    def setup(self, worker: Any) -> None:
+        global _writeable
+        _writeable = self.writeable
+
+
+def install(client: Any, *, writeable: bool = False) -> None:
+    """Make ``client`` and every worker of its cluster (present and future) send ndshm arrays by
+    reference within a node: registers :class:`NdshmPlugin` and sets this process up.
+    ``writeable``: receivers get writeable views (default read-only). Call it right after the
+    cluster starts: connections opened before it carry no node identity and send by value.
+    ``dask worker --preload ndshm.dask`` does the same for workers from their start."""
+    global _writeable
+    if not isinstance(writeable, (bool, np.bool_)):
+        raise TypeError(f"writeable={writeable!r} is not a bool")
+    _writeable = bool(writeable)
+    client.register_plugin(NdshmPlugin(writeable=_writeable), name="ndshm")
+
+
+def dask_setup(worker: Any) -> None:
+    """The preload hook (``--preload ndshm.dask``): importing this module registered everything."""
+
+
+# ---- putting data into shared memory -----------------------------------------------------------
+
+def _in_named_segment(arr: Any) -> bool:
+    """True if ``arr`` lies in an open named segment (checked without side effects: taking a
+    reference would hand an owner="receiver" segment over)."""
+    if not isinstance(arr, np.ndarray):
+        return False
+    seg = _segment._owner(arr)
+    return isinstance(seg, _segment.Segment) and seg.kind == "named" and not seg.closed
+
+
+def empty(shape: Any, dtype: Any = float, *, owner: str = "views", dir: Optional[str] = None) -> np.ndarray:
+    """A new shared array (uninitialised: zeroed) for a task to fill and return. Its name lives
+    while this process holds it (``owner="views"``): Dask holding the result keeps it; releasing it
+    frees it (receivers keep their mappings)."""
+    return _segment.create(None, shape, dtype, owner=owner, dir=dir)
+
+
+def share(arr: Any, *, owner: str = "views", dir: Optional[str] = None) -> np.ndarray:
+    """``arr`` in shared memory: itself if it lies in a live named segment, else a copy in a new one."""
+    if _in_named_segment(arr):
+        return arr
+    src = np.asarray(arr)
+    out = _segment.create(None, src.shape, src.dtype, owner=owner, dir=dir)
+    out[...] = src
+    return out
+
+
+def scatter(client: Any, data: Any, *, workers: Any = None, broadcast: bool = False, direct: Optional[bool] = None,
+            dir: Optional[str] = None) -> Any:
+    """``client.scatter`` of a NumPy array through shared memory: ``data`` is put into a segment
+    (unless it lies in one already) handed to the first worker that receives it
+    (``owner="receiver"``: its name lives as long as that worker holds the data), and scattered
+    with ``hash=False`` (tokenising hundreds of MB costs more than the transfer). Returns the
+    Future. On a worker of another node the data arrives by value."""
+    if _in_named_segment(data):
+        shared = data
+    else:
+        shared = share(data, owner="receiver", dir=dir)
+    return client.scatter(shared, workers=workers, broadcast=broadcast, direct=direct, hash=False)

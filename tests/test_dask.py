@@ -1,0 +1,197 @@
+"""ndshm.dask in a real LocalCluster (processes=True, two workers): by reference between workers of
+one node, by value across "nodes", on the spill path, and the memory Dask counts (issue 10, item 2)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import ndshm
+from conftest import child_env
+from optional_deps import require
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    require("distributed", "Dask test")
+    import ndshm.dask
+    from distributed import Client, LocalCluster
+    cl = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None,
+                      worker_dashboard_address=None)
+    client = Client(cl)
+    ndshm.dask.install(client)
+    try:
+        yield client, sorted(client.scheduler_info()["workers"])
+    finally:
+        client.close()
+        cl.close()
+
+
+def _make(n: int, value: float) -> np.ndarray:
+    import ndshm.dask
+    out = ndshm.dask.empty((n,), np.float32)
+    out[...] = value
+    return out
+
+
+def _where(x: np.ndarray) -> dict:
+    """Where the task's input lies: its segment, the offset of its data in it, and more."""
+    import dask.sizeof
+    import ndshm
+    import ndshm.dask
+    try:
+        seg = ndshm.segment_of(x)
+    except ValueError:
+        seg = None
+    addr = x.__array_interface__["data"][0]
+    return {"type": type(x).__name__, "segment": seg.name if seg else None,
+            "offset": addr - seg.address if seg else None,
+            "inside": bool(seg and seg.address <= addr and addr + x.nbytes <= seg.address + seg.nbytes),
+            "writeable": bool(x.flags.writeable), "sum": float(x.sum(dtype=np.float64)),
+            "sizeof": dask.sizeof.sizeof(x), "stats": ndshm.dask.stats(), "pid": os.getpid()}
+
+
+def test_worker_to_worker_by_reference(cluster):
+    client, (w1, w2) = cluster
+    f = client.submit(_make, 250_000, 2.0, workers=[w1], pure=False)
+    home = client.submit(_where, f, workers=[w1], pure=False).result(timeout=30)
+    away = client.submit(_where, f, workers=[w2], pure=False).result(timeout=30)
+    assert home["pid"] != away["pid"]
+    assert away["type"] == "SharedArray" and away["segment"] == home["segment"] is not None
+    assert away["inside"] and away["offset"] == 0  # the receiver's data lies in the very segment
+    assert away["sum"] == 500_000.0
+    assert not away["writeable"]  # receivers get read-only views unless install(writeable=True)
+    assert away["stats"]["received_by_reference"] >= 1
+    # dask.sizeof counts the data where it is owned only
+    assert home["sizeof"] >= 1_000_000 and away["sizeof"] < 1000
+
+
+def _slice_of(x: np.ndarray) -> np.ndarray:
+    return x[100:200]
+
+
+def test_a_slice_travels_by_reference_with_its_offset(cluster):
+    client, (w1, w2) = cluster
+    f = client.submit(_make, 1000, 3.0, workers=[w1], pure=False)
+    s = client.submit(_slice_of, f, workers=[w1], pure=False)
+    away = client.submit(_where, s, workers=[w2], pure=False).result(timeout=30)
+    assert away["type"] == "SharedArray" and away["offset"] == 400 and away["sum"] == 300.0
+
+
+def test_released_results_leave_no_segment(cluster):
+    client, (w1, w2) = cluster
+    f = client.submit(_make, 1000, 1.0, workers=[w1], pure=False)
+    name = client.submit(_where, f, workers=[w2], pure=False).result(timeout=30)["segment"]
+    assert ndshm.exists(name)
+    del f
+    deadline = time.monotonic() + 15
+    while ndshm.exists(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ndshm.exists(name)
+
+
+def test_scatter(cluster):
+    import ndshm.dask
+    client, (w1, w2) = cluster
+    data = np.arange(100_000, dtype=np.float32)
+    before = ndshm.dask.stats()["by_reference"]
+    fut = ndshm.dask.scatter(client, data, workers=[w1])
+    got = client.submit(_where, fut, workers=[w1], pure=False).result(timeout=30)
+    assert ndshm.dask.stats()["by_reference"] == before + 1
+    assert got["type"] == "SharedArray" and got["segment"] and got["sum"] == float(data.sum(dtype=np.float64))
+    assert got["sizeof"] >= data.nbytes  # the receiving worker owns it (owner="receiver")
+    # the gather comes back by reference too, with the same data
+    back = fut.result(timeout=30)
+    assert ndshm.segment_of(back).name == got["segment"]
+    np.testing.assert_array_equal(back, data)
+    name = got["segment"]
+    del fut, back
+    deadline = time.monotonic() + 15
+    while ndshm.exists(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ndshm.exists(name)  # gone once the owning worker released it
+
+
+def _spill_and_read(dask_worker, key) -> dict:
+    buf = dask_worker.data
+    while key in getattr(buf, "fast", {}):
+        if buf.evict() < 0:
+            break
+    return {"spilled": key in getattr(buf, "slow", {}), "value": _where(buf[key])}
+
+
+def test_spill_goes_by_value(cluster):
+    import ndshm.dask
+    client, (w1, w2) = cluster
+    f = client.submit(_make, 10_000, 4.0, workers=[w1], pure=False)
+    f.result(timeout=30)
+    out = client.run(_spill_and_read, key=f.key, workers=[w1])[w1]
+    assert out["spilled"]
+    back = out["value"]
+    assert back["type"] == "ndarray" and back["segment"] is None and back["sum"] == 40_000.0
+    assert back["stats"]["by_value"] >= 1
+    # the serializer with no recipient (what the spill path calls) never writes a reference
+    from distributed.protocol import deserialize_bytes, serialize_bytelist
+    arr = ndshm.create(None, (5,), np.int64, owner="views")
+    arr[...] = 7
+    frames = serialize_bytelist(arr)
+    assert sum(len(memoryview(fr).cast("B")) for fr in frames) >= arr.nbytes
+    again = deserialize_bytes(b"".join(frames))
+    assert type(again) is np.ndarray and again.tolist() == [7] * 5
+
+
+def test_second_node_gets_data_by_value(cluster):
+    """A worker whose node identity differs (NDSHM_NODE_ID, as on another machine) gets the data by
+    value, correct, even though it could open the segment's name."""
+    client, (w1, w2) = cluster
+    addr = client.scheduler.address
+    env = child_env(NDSHM_NODE_ID="simulated-second-node")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", addr, "--nthreads", "1",
+                             "--no-nanny", "--no-dashboard", "--name", "other-node", "--preload", "ndshm.dask"],
+                            env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client.wait_for_workers(3, timeout=30)
+        other = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "other-node")
+        f = client.submit(_make, 1000, 5.0, workers=[w1], pure=False)
+        got = client.submit(_where, f, workers=[other], pure=False).result(timeout=30)
+        assert got["type"] == "ndarray" and got["segment"] is None and got["sum"] == 5000.0
+        assert got["stats"]["received_by_reference"] == 0
+        sent = client.run(lambda: __import__("ndshm.dask").dask.stats(), workers=[w1])[w1]
+        assert sent["by_value"] >= 1
+        # and the other way: its array reaches this node's worker by value too
+        g = client.submit(_make, 1000, 6.0, workers=[other], pure=False)
+        back = client.submit(_where, g, workers=[w2], pure=False).result(timeout=30)
+        assert back["type"] == "ndarray" and back["sum"] == 6000.0
+    finally:
+        client.retire_workers(workers=[a for a, w in client.scheduler_info()["workers"].items()
+                                       if w["name"] == "other-node"], close_workers=True)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_receiver_refuses_a_reference_from_another_node():
+    require("distributed", "Dask test")
+    import pickle
+
+    import ndshm.dask
+    arr = ndshm.create(None, (3,), np.int64, owner="views")
+    header, frames = ndshm.dask.serialize_shared_array(arr, context={"recipient": {"ndshm-node": ndshm.node_identity()}})
+    assert header["ndshm"] == "reference"
+    ref = pickle.loads(frames[0])
+    forged = [pickle.dumps(ref._replace(node="elsewhere/1/2"))]
+    with pytest.raises(ndshm.WrongNodeError):
+        ndshm.dask.deserialize_shared_array(header, forged)
+    # an unknown recipient (no ndshm in its handshake) gets the data
+    header, frames = ndshm.dask.serialize_shared_array(arr, context={"recipient": {"address": "tcp://x"}})
+    assert header["ndshm"] == "value"
+    assert type(ndshm.dask.deserialize_shared_array(header, frames)) is np.ndarray
