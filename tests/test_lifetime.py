@@ -320,3 +320,16 @@ def test_owner_is_visible(unique_name):
     ndshm.unlink(unique_name + "r")
     ndshm.unlink(unique_name + "p")
     assert ndshm.stats()["owned_names"] == before
+
+
+def test_handover_unpickled_by_its_creator_is_owned_again(unique_name):
+    import pickle
+    a = ndshm.create(unique_name, 4, owner="receiver")
+    data = pickle.dumps(a)
+    del a
+    collect()
+    back = pickle.loads(data)  # e.g. a thread pool, or a queue read in the same process
+    assert ndshm.segment_of(back).owner == "received"
+    del back
+    collect()
+    assert not os.path.exists(shm_path(unique_name))

@@ -177,7 +177,7 @@ def _rebuild(name: str, dir: str, offset: int, shape: tuple, strides: tuple, des
     if dev is not None and not seg._same_file(dev, ino):
         raise SegmentNotFoundError(f"segment {name!r} in {dir} was replaced by another one since this array "
                                    "was pickled")
-    if claim and seg._owner is None:
+    if claim and (seg._owner is None or seg._owner == "handed"):  # "handed": back in its creator
         _claim(seg)
     dt = _npformat.descr_to_dtype(descr)
     return seg._view(offset, tuple(shape), dt, tuple(strides), readonly)
@@ -647,7 +647,7 @@ class Segment:
 
 def _attach_segment(name: str, dir: str, readonly: bool, claim: bool = False) -> Segment:
     seg = Segment.attach(name, readonly=readonly, dir=dir)
-    if claim and seg._owner is None:
+    if claim and (seg._owner is None or seg._owner == "handed"):  # "handed": back in its creator
         _claim(seg)
     return seg
 
