@@ -211,3 +211,18 @@ def test_manylinux_wheel_passes_the_suite_installed_without_a_compiler(manylinux
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", proc.stdout).group(1))
     assert passed > 300, proc.stdout[-2000:]
+
+
+# ---------------------------------------------------------------- the NumPy floor is tested
+
+def test_make_test_runs_the_suite_on_the_declared_numpy_floor():
+    """pyproject's numpy>=X is what `make test` proves: its oldnumpy-test installs exactly numpy==X."""
+    text = (ROOT / "pyproject.toml").read_text()
+    floors = re.findall(r'"numpy>=([\d.]+)"', text)
+    assert len(floors) == 1, floors
+    # -n -B prints every command of the target without running one (it has no recursive make).
+    out = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "-n", "-B", "oldnumpy-test"],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert f"numpy=={floors[0]} cffi pytest" in out and ".venv-oldnumpy/bin/python -m pytest" in out, out[-3000:]
+    (test_rule,) = re.findall(r"^test:(.*)$", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert "oldnumpy-test" in test_rule.split(), test_rule
