@@ -1,0 +1,149 @@
+"""ndshm arrays in Ray: tasks hand shared arrays over by reference, within one node.
+
+Ray already gives one read-only copy per node through its object store, but every ``ray.put`` and
+every task result is a copy into it. A task that writes its result straight into an ndshm segment
+and returns it skips that copy; a consumer maps the segment. This module registers a Ray
+serializer for :class:`~ndshm.SharedArray` (``ray.util.register_serializer``) in the driver and,
+through the runtime env's ``worker_process_setup_hook``, in every worker: use :func:`init`
+instead of ``ray.init``, or pass :func:`runtime_env` to ``ray.init`` / a job and call
+:func:`setup` in the driver.
+
+What travels: an :class:`ndshm.Reference` (a few hundred bytes) with the Ray node id and the ndshm
+node identity of the process that sent it. An array not in a live named segment travels as a
+plain NumPy array (Ray's own zero-copy path).
+
+**Lifetime.** Make task results with :func:`empty` (``owner="receiver"``): the segment is handed
+to the driver when it first ``ray.get``\\ s the result, and its name then lives as long as the
+driver holds a view of it (or until it exits); no ``persist=True``, nothing left behind. Tasks that
+read the result before the driver does map it without taking it over (their mapping is cached, so
+repeated consumers reuse it). A result the driver never gets is removed by the next segment
+creation in its directory once nobody maps it and its hand-over has waited
+``ndshm._ownership.HANDOVER_SECONDS`` (10 minutes). Arrays the driver creates (default
+``owner="creator"``) live until the driver closes them or exits: tasks can read them, and write
+into them if the driver shares them writeable (see below).
+
+**Read-only by default.** Receivers get read-only views, like Ray's own arrays; ``init(...,
+writeable=True)`` gives writeable ones in every process (tasks filling disjoint slices of a
+shared output). Per array, pass ``ndshm.reference(arr)`` and call ``ndshm.from_reference(ref)``
+in the task for a writeable view.
+
+**Across nodes: a clear error, not a copy.** A reference deserialized on another node (or in
+another container) raises :class:`ndshm.WrongNodeError` naming both Ray node ids; send such data
+by value (``np.asarray(arr)`` before returning it) or use ``ndshm.replicate``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+import ray
+
+from . import _segment
+from ._reference import Reference, WrongNodeError, from_reference, node_identity, reference
+
+__all__ = ["init", "runtime_env", "setup", "empty", "share", "SETUP_HOOK"]
+
+SETUP_HOOK = "ndshm.ray.setup"
+WRITEABLE_ENV = "NDSHM_RAY_WRITEABLE"
+_driver = False
+_registered_pid = 0
+_ray_node: Optional[str] = None
+
+
+def _ray_node_id() -> str:
+    global _ray_node
+    if _ray_node is None:
+        try:
+            _ray_node = ray.get_runtime_context().get_node_id()
+        except Exception:  # not connected to Ray (a serializer called by hand)
+            return ""
+    return _ray_node
+
+
+def _writeable() -> bool:
+    return os.environ.get(WRITEABLE_ENV, "") == "1"
+
+
+def serialize(x: np.ndarray) -> tuple:
+    """Ray serializer of a SharedArray: ``("ref", Reference, ray node id)`` for an array in a live
+    named segment (a hand-over for owner="receiver" segments), else ``("value", ndarray)``."""
+    try:
+        ref = reference(x)
+    except ValueError:
+        return ("value", np.asarray(x))
+    return ("ref", ref, _ray_node_id())
+
+
+def deserialize(obj: tuple) -> np.ndarray:
+    """Ray deserializer: map a reference made on this node (WrongNodeError on another one)."""
+    kind = obj[0]
+    if kind == "value":
+        return obj[1]
+    if kind != "ref" or not isinstance(obj[1], Reference):
+        raise TypeError(f"not an ndshm.ray serialized array: {obj!r:.100}")
+    ref, sender_node = obj[1], obj[2]
+    if ref.node != node_identity():
+        raise WrongNodeError(f"the shared array in segment {ref.name!r} was made on Ray node {sender_node} "
+                             f"(ndshm node {ref.node!r}); this is Ray node {_ray_node_id()} (ndshm node "
+                             f"{node_identity()!r}): shared memory does not reach across nodes. Return "
+                             "np.asarray(arr) to send it by value, or use ndshm.replicate")
+    if ref.handover and not _driver:
+        ref = ref._replace(handover=False)  # the driver takes it over; tasks only map it
+    return from_reference(ref, readonly=True if ref.readonly else not _writeable())
+
+
+def setup() -> None:
+    """Register the serializer in this process (the workers' setup hook; :func:`init` calls it in
+    the driver). Calling it again does nothing."""
+    global _registered_pid
+    if _registered_pid == os.getpid():
+        return
+    ray.util.register_serializer(_segment.SharedArray, serializer=serialize, deserializer=deserialize)
+    _registered_pid = os.getpid()
+
+
+def runtime_env(base: Optional[dict] = None, *, writeable: bool = False) -> dict:
+    """``base`` (a runtime env dict) with the setup hook that registers ndshm's serializer in every
+    worker, and ``$NDSHM_RAY_WRITEABLE`` for ``writeable``."""
+    if not isinstance(writeable, (bool, np.bool_)):
+        raise TypeError(f"writeable={writeable!r} is not a bool")
+    env = dict(base or {})
+    hook = env.get("worker_process_setup_hook")
+    if hook is not None and hook != SETUP_HOOK:
+        raise ValueError(f"the runtime env has a worker_process_setup_hook already ({hook!r}): call "
+                         f"ndshm.ray.setup() from it instead")
+    env["worker_process_setup_hook"] = SETUP_HOOK
+    env_vars = dict(env.get("env_vars") or {})
+    env_vars[WRITEABLE_ENV] = "1" if writeable else "0"
+    env["env_vars"] = env_vars
+    return env
+
+
+def init(*args: Any, writeable: bool = False, **kwargs: Any) -> Any:
+    """``ray.init(*args, **kwargs)`` with ndshm's serializer in the driver and every worker
+    (see :func:`runtime_env`); returns what ray.init returns. ``writeable``: receivers get
+    writeable views (default read-only)."""
+    global _driver
+    env = runtime_env(kwargs.pop("runtime_env", None), writeable=writeable)
+    ctx = ray.init(*args, runtime_env=env, **kwargs)
+    os.environ[WRITEABLE_ENV] = "1" if writeable else "0"
+    _driver = True
+    setup()
+    return ctx
+
+
+def empty(shape: Any, dtype: Any = float, *, dir: Optional[str] = None) -> np.ndarray:
+    """A new shared array (zeroed) for a task to fill and return: handed to the driver when it gets
+    the result (``owner="receiver"``; see the module documentation)."""
+    return _segment.create(None, shape, dtype, owner="receiver", dir=dir)
+
+
+def share(arr: Any, *, dir: Optional[str] = None) -> np.ndarray:
+    """``arr`` copied into a new shared array made as :func:`empty` makes them."""
+    src = np.asarray(arr)
+    out = empty(src.shape, src.dtype, dir=dir)
+    out[...] = src
+    return out

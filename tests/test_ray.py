@@ -1,0 +1,127 @@
+"""ndshm.ray with a real local Ray (num_cpus=2): task results handed over by reference, in-place
+writes into a driver's array, and the cross-node refusal (issue 10, item 3)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import ndshm
+from conftest import collect
+from optional_deps import require
+
+
+@pytest.fixture(scope="module")
+def ray():
+    ray = require("ray", "Ray test")
+    import ndshm.ray
+    ndshm.ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _tasks(ray):
+    @ray.remote
+    def make(n: int, value: float):
+        import ndshm.ray
+        out = ndshm.ray.empty((n,), np.float32)
+        out[...] = value
+        return out
+
+    @ray.remote
+    def where(x):
+        import os
+        try:
+            seg = ndshm.segment_of(x)
+        except ValueError:
+            seg = None
+        addr = x.__array_interface__["data"][0]
+        return {"type": type(x).__name__, "segment": seg.name if seg else None,
+                "inside": bool(seg and seg.address <= addr and addr + x.nbytes <= seg.address + seg.nbytes),
+                "owner": seg._owner if seg else None, "writeable": bool(x.flags.writeable),
+                "sum": float(x.sum(dtype=np.float64)), "pid": os.getpid()}
+
+    @ray.remote
+    def fill_row(ref, i: int):
+        out = ndshm.from_reference(ref)
+        out[i] = i + 1
+        return True
+
+    @ray.remote
+    def try_write(x):
+        try:
+            x[0] = 1
+        except ValueError:
+            return "read-only"
+        return "written"
+
+    return make, where, fill_row, try_write
+
+
+def test_task_result_reaches_the_driver_zero_copy_and_lives_while_used(ray):
+    make, where, _, _ = _tasks(ray)
+    r = make.remote(100_000, 2.0)
+    seen = ray.get(where.remote(r), timeout=60)  # a consumer task maps it, without taking it over
+    assert seen["type"] == "SharedArray" and seen["inside"] and seen["owner"] != "received"
+    time.sleep(0.2)
+    arr = ray.get(r, timeout=60)  # the producing task has ended long ago
+    seg = ndshm.segment_of(arr)
+    assert seg.name == seen["segment"] and seg._owner == "received"  # the driver owns it now
+    addr = arr.__array_interface__["data"][0]
+    assert seg.address <= addr < seg.address + seg.nbytes
+    assert float(arr.sum(dtype=np.float64)) == 200_000.0 and not arr.flags.writeable
+    again = ray.get(where.remote(r), timeout=60)  # still there for more consumers
+    assert again["segment"] == seg.name and again["sum"] == 200_000.0
+    name = seg.name
+    del arr, seg
+    collect()
+    assert not ndshm.exists(name)  # gone with the driver's last view: nothing left behind
+
+
+def test_task_writes_in_place_into_a_drivers_array(ray):
+    _, _, fill_row, try_write = _tasks(ray)
+    out = ndshm.create(None, (6, 1000), np.float64)
+    ref = ndshm.reference(out)
+    assert all(ray.get([fill_row.remote(ref, i) for i in range(6)], timeout=60))
+    np.testing.assert_array_equal(out[:, 0], np.arange(1, 7))
+    assert (out[3] == 4).all()
+    # the array itself reaches a task read-only (the default)
+    assert ray.get(try_write.remote(out), timeout=60) == "read-only"
+    assert out[0, 0] == 1
+
+
+def test_plain_arrays_and_copies_go_by_value(ray):
+    import ndshm.ray
+    _, where, _, _ = _tasks(ray)
+    sa = ndshm.create(None, (10,), np.float32) + 1  # a SharedArray that is a copy
+    kind, value = ndshm.ray.serialize(sa)
+    assert kind == "value" and type(value) is np.ndarray
+    got = ray.get(where.remote(sa), timeout=60)
+    assert got["segment"] is None and got["sum"] == 10.0
+
+
+def test_a_reference_reaching_another_node_raises(ray):
+    import ndshm.ray
+    arr = ndshm.create(None, (4,), np.int64)
+    kind, ref, ray_node = ndshm.ray.serialize(arr)
+    assert kind == "ref" and ray_node == ray.get_runtime_context().get_node_id()
+    with pytest.raises(ndshm.WrongNodeError, match="Ray node") as info:
+        ndshm.ray.deserialize(("ref", ref._replace(node="elsewhere/1/2"), "some-other-ray-node"))
+    assert "some-other-ray-node" in str(info.value)
+    assert ndshm.ray.deserialize((kind, ref, ray_node)).tolist() == [0, 0, 0, 0]
+
+
+def test_runtime_env_refuses_a_foreign_setup_hook():
+    require("ray", "Ray test")
+    import ndshm.ray
+    env = ndshm.ray.runtime_env({"env_vars": {"A": "1"}}, writeable=True)
+    assert env["worker_process_setup_hook"] == "ndshm.ray.setup"
+    assert env["env_vars"] == {"A": "1", "NDSHM_RAY_WRITEABLE": "1"}
+    with pytest.raises(ValueError, match="setup_hook"):
+        ndshm.ray.runtime_env({"worker_process_setup_hook": "other.hook"})
+    with pytest.raises(TypeError, match="writeable"):
+        ndshm.ray.runtime_env(writeable="yes")
