@@ -14,7 +14,7 @@ Two tables, both keyed by (real directory, name):
   last view died.
 
 A cached mapping is reused only while its name still leads to the very same file (device and
-inode are checked on every reuse). Mappings whose file was removed are dropped promptly (checked
+inode are checked on every reuse, in ``Segment.attach``). Mappings whose file was removed are dropped promptly (checked
 at most every ``CHECK_SECONDS`` on attach and create, and by a daemon thread while anything is
 kept), so the cache never keeps a removed segment's memory alive for long.
 """
@@ -103,26 +103,6 @@ def mapping_cache_info() -> dict:
                 "mapping_cache_max_count": _max_count, "mapping_cache_max_bytes": _max_bytes}
 
 
-def lookup(key: tuple[str, str], readonly: bool) -> Any:
-    """The live segment under ``key`` if it may serve an attach (open, writable if asked, and its
-    name still leads to the same file), else None. Caller holds ``lock``."""
-    ref = live.get(key)
-    if ref is None:
-        return None
-    seg = ref()
-    if seg is None or seg._closed or (seg._readonly and not readonly):
-        return None
-    try:
-        st = os.stat(seg._path)
-    except OSError:
-        return None
-    if seg._dev != st.st_dev or seg._ino != st.st_ino:
-        return None
-    if key in kept:
-        kept.move_to_end(key)
-    return seg
-
-
 def remember(key: tuple[str, str], seg: Any) -> None:
     """Make ``seg`` the mapping of ``key`` for later attaches (caller holds ``lock``)."""
     seg._key = key
@@ -175,9 +155,19 @@ def unkeep(seg: Any) -> None:
 
 
 def _evict() -> None:
+    """Drop the least recently used mappings until within the limits. Recency is a second chance
+    (CLOCK): an attach that reuses a mapping only sets its ``_hot`` flag (no reordering on the hot
+    path); eviction moves a hot entry to the young end once, clearing the flag, and drops the
+    first cold one it meets."""
     global _kept_bytes
+    chances = len(kept)
     while kept and (len(kept) > _max_count or _kept_bytes > _max_bytes):
-        _, seg = kept.popitem(last=False)
+        key, seg = kept.popitem(last=False)
+        if seg._hot and chances > 0 and _max_count > 0:
+            seg._hot = False
+            chances -= 1
+            kept[key] = seg
+            continue
         _kept_bytes -= seg._data_size
 
 

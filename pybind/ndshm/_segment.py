@@ -209,7 +209,7 @@ class Segment:
 
     __slots__ = ("_handle", "_info", "_name", "_kind", "_dir", "_path", "_closed", "_creator", "_persist",
                  "_readonly", "_shape", "_strides", "_dtype", "_typestr", "_needs_view", "_meta", "address",
-                 "_data_size", "_raw", "_pid", "_key", "_fd", "_dev", "_ino", "_content", "_owner", "__weakref__")
+                 "_data_size", "_raw", "_pid", "_key", "_fd", "_dev", "_ino", "_content", "_owner", "_hot", "__weakref__")
     _lib = lib  # kept reachable for the handles' finalizers at interpreter exit
 
     def __init__(self) -> None:  # pragma: no cover - use the classmethods
@@ -247,6 +247,7 @@ class Segment:
         self._pid = os.getpid() if creator else 0  # only a creator's close() compares it
         self._key = None
         self._owner = None  # who removes the name: see _ownership (None: not this process)
+        self._hot = False  # reused since the mapping cache last looked (see _mappings._evict)
         self._fd = v[4]
         self._dev = v[5] if v[5] >= 0 else v[5] + _ADDR_WRAP
         self._ino = v[6] if v[6] >= 0 else v[6] + _ADDR_WRAP
@@ -425,10 +426,16 @@ class Segment:
         key = (real, name) if real is not None else _cache_key(dir, name)
         with _mappings.lock:
             ref = _live.get(key)
-            if ref is not None:
-                seg = _mappings.lookup(key, readonly)
-                if seg is not None:
-                    return seg
+            if ref is not None:  # the mapping this process holds, if its name still leads to that file
+                seg = ref()
+                if seg is not None and not seg._closed and (readonly or not seg._readonly):
+                    try:
+                        st = os.stat(seg._path)
+                    except OSError:
+                        st = None
+                    if st is not None and seg._dev == st.st_dev and seg._ino == st.st_ino:
+                        seg._hot = True  # for the cache's eviction (second chance)
+                        return seg
             nb = _NAMEBYTES.get(name) or _name_bytes(name)
             db = _DIRBYTES.get(dir) or _dir_bytes(dir)
             out = _scratch.out
