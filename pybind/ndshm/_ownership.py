@@ -99,10 +99,23 @@ def own(seg: Any) -> None:
     if seg._owner != "views":
         # Say so in the header too: the owner lock (pid and start time) tells a sweep or gc in any
         # process that a live process owns this name even when nobody maps it.
-        rc = lib.ndshm_lock_acquire(ffi.cast("void *", seg.sync_address(OWNER_SLOT)), 0.0)
-        if rc not in (0, lib.NDSHM_EOWNERDEAD):
+        rc = lib.ndshm_lock_acquire(_owner_area(seg), 0.0)
+        if rc != 0 and rc != _EOWNERDEAD:
             raise error_from_code(rc, seg._path)
     _ensure_exit_hook()
+
+
+_EOWNERDEAD = lib.NDSHM_EOWNERDEAD
+_seg_sync = lib.ndshm_segment_sync
+
+
+def _owner_area(seg: Any) -> Any:
+    """The ``void *`` of ``seg``'s owner slot (one C call; the mapping must be writable)."""
+    out = ffi.new("void **")
+    rc = _seg_sync(seg._handle, OWNER_SLOT, out)
+    if rc:
+        raise error_from_code(rc, seg._path)
+    return out[0]
 
 
 def owned_names() -> int:
@@ -161,7 +174,7 @@ def hand_over(seg: Any) -> None:
     disown(seg)
     seg._owner = "handed"
     # Unowned from now on (the marker says: handed over, waiting for a receiver) until one claims it.
-    lib.ndshm_lock_release(ffi.cast("void *", seg.sync_address(OWNER_SLOT)))
+    lib.ndshm_lock_release(_owner_area(seg))
 
 
 # ---- the receiver's side -------------------------------------------------------------------------
