@@ -77,6 +77,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# (name, dir, create) -> the segment of a standalone Lock, Event or Barrier; set by _segment when it
+# is imported. Sync objects need an address and an owner to keep alive, not the Segment class:
+# reaching segments through here keeps _sync from importing _segment, which imports _sync.
+segment_factory: Any = None
+
+
+def sync_segment(name: Optional[str], dir: Optional[str], create: bool) -> Any:
+    """A new segment for a standalone sync object (``create``), or the existing one named ``name``."""
+    return segment_factory(name, dir, create)
+
+
 def check_owner(owner: Any, persist: bool) -> str:
     if owner not in OWNERS:
         raise ValueError(f"owner {owner!r} is not one of {', '.join(map(repr, OWNERS))}")

@@ -762,3 +762,16 @@ def recv_fd(sock: Any) -> int:
     out = ffi.new("int *")
     check(lib.ndshm_recv_fd(_sock_fd(sock), out))
     return int(out[0])
+
+
+def _sync_segment(name: Optional[str], dir: Optional[str], create: bool) -> Segment:
+    """The segment of a standalone Lock, Event or Barrier: a new one (flagged NDSHM_SEG_SYNC, owned
+    by its creator like any other) or the existing one named ``name``."""
+    if create:
+        return Segment.create(name, shape=(0,), dtype=np.uint8, dir=dir, _flags=_SYNC)
+    if name is None:
+        raise ValueError("attaching needs a name")
+    return Segment.attach(name, dir=dir)
+
+
+_ownership.segment_factory = _sync_segment  # for _sync, which must not import this module (Segment.lock imports it)
