@@ -145,30 +145,21 @@ def test_spill_goes_by_value(cluster):
     assert type(again) is np.ndarray and again.tolist() == [7] * 5
 
 
-def test_second_node_gets_data_by_value(cluster):
-    """A worker whose node identity differs (NDSHM_NODE_ID, as on another machine) gets the data by
-    value, correct, even though it could open the segment's name."""
-    client, (w1, w2) = cluster
-    addr = client.scheduler.address
-    env = child_env(NDSHM_NODE_ID="simulated-second-node")
+@pytest.fixture(scope="module")
+def other_node(cluster, tmp_path_factory):
+    """A worker simulating another node: its own NDSHM_NODE_ID and its own segment directory."""
+    client, _ = cluster
+    seg_dir = str(tmp_path_factory.mktemp("other-node-shm"))
+    env = child_env(NDSHM_NODE_ID="simulated-second-node", NDSHM_DIR=seg_dir)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), env.get("PYTHONPATH", "")])
-    proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", addr, "--nthreads", "1",
-                             "--no-nanny", "--no-dashboard", "--name", "other-node", "--preload", "ndshm.dask"],
-                            env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", client.scheduler.address,
+                             "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", "other-node",
+                             "--preload", "ndshm.dask"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client.wait_for_workers(3, timeout=30)
-        other = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "other-node")
-        f = client.submit(_make, 1000, 5.0, workers=[w1], pure=False)
-        got = client.submit(_where, f, workers=[other], pure=False).result(timeout=30)
-        assert got["type"] == "ndarray" and got["segment"] is None and got["sum"] == 5000.0
-        assert got["stats"]["received_by_reference"] == 0
-        sent = client.run(lambda: __import__("ndshm.dask").dask.stats(), workers=[w1])[w1]
-        assert sent["by_value"] >= 1
-        # and the other way: its array reaches this node's worker by value too
-        g = client.submit(_make, 1000, 6.0, workers=[other], pure=False)
-        back = client.submit(_where, g, workers=[w2], pure=False).result(timeout=30)
-        assert back["type"] == "ndarray" and back["sum"] == 6000.0
+        addr = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "other-node")
+        yield addr, seg_dir
     finally:
         client.retire_workers(workers=[a for a, w in client.scheduler_info()["workers"].items()
                                        if w["name"] == "other-node"], close_workers=True)
@@ -177,6 +168,70 @@ def test_second_node_gets_data_by_value(cluster):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_second_node_gets_data_by_value(cluster, other_node):
+    """A worker whose node identity differs (NDSHM_NODE_ID, as on another machine) gets the data by
+    value, correct."""
+    client, (w1, w2) = cluster
+    other, _ = other_node
+    f = client.submit(_make, 1000, 5.0, workers=[w1], pure=False)
+    got = client.submit(_where, f, workers=[other], pure=False).result(timeout=30)
+    assert got["type"] == "ndarray" and got["segment"] is None and got["sum"] == 5000.0
+    assert got["stats"]["received_by_reference"] == 0
+    sent = client.run(lambda: __import__("ndshm.dask").dask.stats(), workers=[w1])[w1]
+    assert sent["by_value"] >= 1
+    # and the other way: its array reaches this node's worker by value too
+    g = client.submit(_make, 1000, 6.0, workers=[other], pure=False)
+    back = client.submit(_where, g, workers=[w2], pure=False).result(timeout=30)
+    assert back["type"] == "ndarray" and back["sum"] == 6000.0
+
+
+def _replica_info(rep) -> dict:
+    arr = rep.array()
+    seg = ndshm.segment_of(arr)
+    return {"path": seg.path, "sum": float(arr.sum()), "readonly": not arr.flags.writeable,
+            "in_segment": seg.address == arr.__array_interface__["data"][0]}
+
+
+def test_replicate_one_copy_per_node(cluster, other_node):
+    client, (w1, w2) = cluster
+    other, other_dir = other_node
+    data = np.arange(50_000, dtype=np.float64)
+    rep = ndshm.replicate(data, client)
+    assert rep.nodes == 2 and rep.shape == data.shape and rep.dtype == data.dtype
+    here_path = os.path.join(ndshm._segment.default_dir(), "ndshm." + rep.name)
+    there_path = os.path.join(other_dir, "ndshm." + rep.name)
+    try:
+        infos = client.run(_replica_info, rep)
+        assert set(infos) == {w1, w2, other}
+        assert infos[w1]["path"] == infos[w2]["path"] == here_path  # both local workers map one copy
+        assert infos[other]["path"] == there_path  # the other node has its own
+        assert all(i["sum"] == float(data.sum()) and i["readonly"] and i["in_segment"] for i in infos.values())
+        assert os.path.exists(here_path) and os.path.exists(there_path)
+    finally:
+        rep.release()
+    assert not os.path.exists(here_path) and not os.path.exists(there_path)
+    with pytest.raises(ValueError, match="replicate"):
+        rep.release()
+    with pytest.raises(ndshm.SegmentNotFoundError, match="no copy on this node"):
+        rep.array()
+    with pytest.raises(TypeError, match="engine"):
+        ndshm.replicate(data, object())
+
+
+def _fill_row(ref, i: int) -> bool:
+    ndshm.from_reference(ref)[i] = i + 1
+    return True
+
+
+def test_tasks_fill_disjoint_slices_of_a_shared_output(cluster):
+    client, (w1, w2) = cluster
+    out = ndshm.create(None, (6, 500), np.float32)
+    ref = ndshm.reference(out)
+    futs = [client.submit(_fill_row, ref, i, workers=[(w1, w2)[i % 2]], pure=False) for i in range(6)]
+    assert all(f.result(timeout=30) for f in futs)
+    np.testing.assert_array_equal(out[:, -1], np.arange(1, 7))
 
 
 def test_receiver_refuses_a_reference_from_another_node():

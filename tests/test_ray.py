@@ -125,3 +125,20 @@ def test_runtime_env_refuses_a_foreign_setup_hook():
         ndshm.ray.runtime_env({"worker_process_setup_hook": "other.hook"})
     with pytest.raises(TypeError, match="writeable"):
         ndshm.ray.runtime_env(writeable="yes")
+
+
+def test_replicate_on_one_node_is_one_copy_mapped_by_tasks(ray):
+    data = np.arange(10_000, dtype=np.int32)
+    rep = ndshm.replicate(data, ray)
+    assert rep.nodes == 1
+
+    @ray.remote
+    def look(r):
+        arr = r.array()
+        seg = ndshm.segment_of(arr)
+        return seg.path, int(arr.sum()), bool(arr.flags.writeable)
+
+    path, total, writeable = ray.get(look.remote(rep), timeout=60)
+    assert path == ndshm.segment_of(rep.array()).path and total == int(data.sum()) and not writeable
+    rep.release()
+    assert not ndshm.exists(rep.name)

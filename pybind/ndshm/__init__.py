@@ -22,6 +22,7 @@ from ._segment import (
 from ._mappings import set_mapping_cache
 from ._ownership import cleanup_on_signals
 from ._reference import Reference, WrongNodeError, from_reference, node_identity, reference
+from ._replicate import Replica, replicate
 from ._listing import SegmentRecord
 from ._listing import list_segments as list  # noqa: A001 - ndshm.list(), kept out of __all__
 from ._queue import Queue
@@ -47,6 +48,7 @@ __all__ = [
     "set_mapping_cache", "cleanup_on_signals",
     # references across processes, and the node they belong to
     "Reference", "reference", "from_reference", "node_identity", "WrongNodeError",
+    "Replica", "replicate",
     # queue and process-shared synchronisation
     "Queue", "Lock", "Event", "Barrier",
 ]

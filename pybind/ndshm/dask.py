@@ -43,7 +43,7 @@ from distributed.protocol.serialize import dask_deserialize, dask_serialize
 from . import _segment
 from ._reference import Reference, from_reference, node_identity, reference
 
-__all__ = ["install", "NdshmPlugin", "scatter", "empty", "share", "stats"]
+__all__ = ["install", "NdshmPlugin", "scatter", "empty", "share", "stats", "replicate"]
 
 HANDSHAKE_KEY = "ndshm-node"
 _writeable = False
@@ -201,3 +201,70 @@ def scatter(client: Any, data: Any, *, workers: Any = None, broadcast: bool = Fa
     else:
         shared = share(data, owner="receiver", dir=dir)
     return client.scatter(shared, workers=workers, broadcast=broadcast, direct=direct, hash=False)
+
+
+# ---- one copy per node -------------------------------------------------------------------------
+
+_held: dict = {}  # replica name -> the Segment this process wrote for its node
+
+
+def _node_of_worker() -> str:
+    return node_identity()
+
+
+def _write_replica(name: str, data: np.ndarray) -> bool:
+    """On the node's chosen worker: write the node's copy (owned by this worker)."""
+    seg = _segment.Segment.create(name, data.shape, data.dtype)
+    seg.asarray()[...] = data
+    _held[name] = seg
+    return True
+
+
+def _drop_replica(name: str) -> bool:
+    seg = _held.pop(name, None)
+    if seg is None:
+        return False
+    seg.close()  # the creator's close removes the name; mappings elsewhere stay valid
+    return True
+
+
+def replicate(client: Any, arr: Any, *, name: Optional[str] = None) -> Any:
+    """``arr`` copied once to every node of ``client``'s cluster (see ``ndshm.replicate``): on this
+    node into a segment this process owns, on every other node by a by-value scatter to one of
+    its workers, which writes the node's segment. Tasks call ``replica.array()``."""
+    import uuid
+
+    from ._replicate import Replica
+    src = np.asarray(arr)
+    if src.dtype.hasobject:
+        raise TypeError(f"dtype {src.dtype} holds Python objects: it cannot live in shared memory")
+    name = name or f"replica-{uuid.uuid4().hex[:20]}"
+    nodes = client.run(_node_of_worker)
+    here = node_identity()
+    by_node: dict = {}
+    for addr, node in sorted(nodes.items()):
+        by_node.setdefault(node, addr)
+    seg = _segment.Segment.create(name, src.shape, src.dtype)
+    done: list = []
+    try:
+        seg.asarray()[...] = src
+        for node, addr in by_node.items():
+            if node == here:
+                continue
+            fut = client.scatter(src, workers=[addr], hash=False)
+            client.submit(_write_replica, name, fut, workers=[addr], pure=False).result()
+            done.append(addr)
+            del fut
+    except BaseException:
+        seg.close()
+        if done:
+            client.run(_drop_replica, name, workers=done)
+        raise
+    holders = list(done)
+
+    def release() -> None:
+        seg.close()
+        if holders:
+            client.run(_drop_replica, name, workers=holders)
+
+    return Replica(name, src.shape, src.dtype, len(by_node) if here in by_node else len(by_node) + 1, release)

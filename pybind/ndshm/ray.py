@@ -44,7 +44,7 @@ import ray
 from . import _segment
 from ._reference import Reference, WrongNodeError, from_reference, node_identity, reference
 
-__all__ = ["init", "runtime_env", "setup", "empty", "share", "SETUP_HOOK"]
+__all__ = ["init", "runtime_env", "setup", "empty", "share", "replicate", "SETUP_HOOK"]
 
 SETUP_HOOK = "ndshm.ray.setup"
 WRITEABLE_ENV = "NDSHM_RAY_WRITEABLE"
@@ -147,3 +147,81 @@ def share(arr: Any, *, dir: Optional[str] = None) -> np.ndarray:
     out = empty(src.shape, src.dtype, dir=dir)
     out[...] = src
     return out
+
+
+# ---- one copy per node -------------------------------------------------------------------------
+
+def _node_identity_task() -> str:
+    return node_identity()
+
+
+class _ReplicaHolder:
+    """An actor pinned to one node, owning that node's copies of replicated arrays (they go when
+    it is killed or its job ends)."""
+
+    def __init__(self) -> None:
+        self.held: dict = {}
+
+    def write(self, name: str, data: np.ndarray) -> bool:
+        seg = _segment.Segment.create(name, data.shape, data.dtype)
+        seg.asarray()[...] = data
+        self.held[name] = seg
+        return True
+
+    def drop(self, name: str) -> bool:
+        seg = self.held.pop(name, None)
+        if seg is not None:
+            seg.close()
+        return seg is not None
+
+
+def replicate(arr: Any, *, name: Optional[str] = None) -> Any:
+    """``arr`` copied once to every node of the Ray cluster (see ``ndshm.replicate``): on the
+    driver's node into a segment the driver owns; on every other node (another ndshm node
+    identity) through the object store into a segment owned by an actor pinned to that node.
+    Tasks call ``replica.array()``; ``replica.release()`` removes every copy."""
+    import uuid
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from ._replicate import Replica
+    src = np.asarray(arr)
+    if src.dtype.hasobject:
+        raise TypeError(f"dtype {src.dtype} holds Python objects: it cannot live in shared memory")
+    name = name or f"replica-{uuid.uuid4().hex[:20]}"
+    here_ray, here = _ray_node_id(), node_identity()
+    others = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here_ray]
+    probe = ray.remote(num_cpus=0)(_node_identity_task)
+    holder_cls = ray.remote(num_cpus=0)(_ReplicaHolder)
+    seen = {here}
+    seg = _segment.Segment.create(name, src.shape, src.dtype)
+    holders: list = []
+    try:
+        seg.asarray()[...] = src
+        obj = None
+        for node in others:
+            pin = NodeAffinitySchedulingStrategy(node, soft=False)
+            ident = ray.get(probe.options(scheduling_strategy=pin).remote())
+            if ident in seen:
+                continue  # another Ray node on a machine that has its copy already
+            seen.add(ident)
+            if obj is None:
+                obj = ray.put(src)
+            holder = holder_cls.options(scheduling_strategy=pin).remote()
+            ray.get(holder.write.remote(name, obj))
+            holders.append(holder)
+    except BaseException:
+        seg.close()
+        for h in holders:
+            ray.kill(h)
+        raise
+
+    def release() -> None:
+        seg.close()
+        for h in holders:
+            try:
+                ray.get(h.drop.remote(name))
+            finally:
+                ray.kill(h)
+
+    return Replica(name, src.shape, src.dtype, len(seen), release)
