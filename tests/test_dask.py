@@ -250,3 +250,17 @@ def test_receiver_refuses_a_reference_from_another_node():
     header, frames = ndshm.dask.serialize_shared_array(arr, context={"recipient": {"address": "tcp://x"}})
     assert header["ndshm"] == "value"
     assert type(ndshm.dask.deserialize_shared_array(header, frames)) is np.ndarray
+
+
+def test_plain_scatter_through_the_scheduler_goes_by_value(cluster, other_node):
+    """client.scatter without direct=True goes through the scheduler, which may forward to another
+    node: a SharedArray is sent to it by value, and reaches a worker of the other node correct."""
+    client, (w1, w2) = cluster
+    other, _ = other_node
+    arr = ndshm.create(None, (1000,), np.float32, owner="views")
+    arr[...] = 3.0
+    for target in (other, w1):
+        fut = client.scatter(arr, workers=[target], hash=False, direct=False)
+        got = client.submit(_where, fut, workers=[target], pure=False).result(timeout=30)
+        assert got["type"] == "ndarray" and got["sum"] == 3000.0
+        del fut

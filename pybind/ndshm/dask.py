@@ -16,7 +16,12 @@ NumPy's through the ndarray subclass chain). Importing this module (in every pro
   handshake Dask's comms exchange when they connect (``Comm.handshake_info``, which Dask made to
   share "environment information that may differ" between peers), so the serializer finds it in
   ``context["recipient"]``; the receiver checks it once more and refuses a reference from
-  another node (:class:`ndshm.WrongNodeError`).
+  another node (:class:`ndshm.WrongNodeError`). A scheduler announces no node: it forwards what
+  it is sent (a plain ``client.scatter``, which goes through it) to workers that may be on other
+  nodes, so it is sent data; :func:`scatter` sends straight to the workers (``direct=True``).
+  A SharedArray pickled inside another object (a task's argument, a tuple's element Dask
+  pickles whole) goes by ndshm's own pickling: by reference, refused with WrongNodeError if it
+  reaches another node.
 - receivers get **read-only** views unless ``install(client, writeable=True)``;
 - ``dask.sizeof`` counting a shared array's bytes only where its memory is owned (the process
   that created the segment, or claimed it as ``owner="receiver"``); receivers by reference count
@@ -30,6 +35,7 @@ without leaks, when Dask releases it; receivers keep their mappings as long as t
 from __future__ import annotations
 
 import pickle
+import sys
 from typing import Any, Optional
 
 import numpy as np
@@ -52,6 +58,34 @@ _counts = {"by_reference": 0, "by_value": 0, "received_by_reference": 0}
 
 # ---- the handshake: every comm tells its peer this process's node identity ------------------
 
+def _port(address: Any) -> Optional[str]:
+    if not isinstance(address, str) or ":" not in address:
+        return None
+    return address.rsplit(":", 1)[1]
+
+
+def _is_scheduler_end(comm: Any) -> bool:
+    """True if ``comm`` is the scheduler's end of a connection (a Scheduler of this process
+    listens on its local port)."""
+    mod = sys.modules.get("distributed.scheduler")
+    if mod is None:
+        return False
+    try:
+        port = _port(comm.local_address)
+    except Exception:
+        return False
+    if port is None:
+        return False
+    for sched in list(getattr(mod.Scheduler, "_instances", ())):
+        try:
+            if any(_port(lst.listen_address) == port or _port(lst.contact_address) == port
+                   for lst in sched.listeners):
+                return True
+        except Exception:
+            continue
+    return False
+
+
 def _patch_handshake() -> None:
     comm_cls = _comm_core.Comm
     original = comm_cls.handshake_info
@@ -60,7 +94,10 @@ def _patch_handshake() -> None:
 
     def handshake_info(self: Any) -> dict:
         info = original(self)
-        info[HANDSHAKE_KEY] = node_identity()
+        # A scheduler forwards what it is sent (client.scatter without direct=True) to workers
+        # that may be on other nodes: it announces no node, so it is sent data, not references.
+        if not _is_scheduler_end(self):
+            info[HANDSHAKE_KEY] = node_identity()
         return info
 
     handshake_info._ndshm = True  # type: ignore[attr-defined]
@@ -194,13 +231,15 @@ def scatter(client: Any, data: Any, *, workers: Any = None, broadcast: bool = Fa
     """``client.scatter`` of a NumPy array through shared memory: ``data`` is put into a segment
     (unless it lies in one already) handed to the first worker that receives it
     (``owner="receiver"``: its name lives as long as that worker holds the data), and scattered
-    with ``hash=False`` (tokenising hundreds of MB costs more than the transfer). Returns the
-    Future. On a worker of another node the data arrives by value."""
+    with ``hash=False`` (tokenising hundreds of MB costs more than the transfer) straight to the
+    workers (``direct=True``: through the scheduler, which may forward to another node, it would
+    go by value). Returns the Future. On a worker of another node the data arrives by value."""
     if _in_named_segment(data):
         shared = data
     else:
         shared = share(data, owner="receiver", dir=dir)
-    return client.scatter(shared, workers=workers, broadcast=broadcast, direct=direct, hash=False)
+    return client.scatter(shared, workers=workers, broadcast=broadcast, direct=True if direct is None else direct,
+                          hash=False)
 
 
 # ---- one copy per node -------------------------------------------------------------------------
