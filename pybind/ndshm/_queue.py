@@ -18,10 +18,12 @@ only inside the block. The rules:
   full queue says how many slots such views hold. An export of the array itself (a tensor, a
   memoryview, a list holding it) keeps the slot until the export *and* the block's ``as`` name are
   gone; a view derived from it (``view[2:]``, ``view.reshape(...)``) only until the view dies.
-- CPython, ``loan``: a view or export of the array still alive at the end of the block could change
-  the message after it is published, so the message is discarded and :class:`BufferError` raised
-  (copy what you keep, or drop the reference inside the block). A block that raises discards
-  quietly.
+- CPython, ``loan``: an export of the array still alive at the end of the block (a tensor, a
+  memoryview, a list holding it) could change the message after it is published, so the message
+  is discarded and :class:`BufferError` raised (copy what you keep, or drop the reference inside
+  the block). A block that raises discards quietly. Views derived from the array (``out[0]``,
+  ``out.view(np.int64)``) are not counted: binding one inside the block is common and harmless,
+  but writing through it after the block changes a published message (or a later one).
 - These counts assume the ``as`` name stays bound for the whole block: a block that deletes it and
   keeps exactly one export of the array is taken for a plain block (the export stays safe to read,
   but reads what the slot holds next).
@@ -484,7 +486,15 @@ class _Loan:
                 if nd:
                     m.shape[0:nd] = dims
             if dt.itemsize:  # inner and arr as in _Receive.__enter__
-                inner = SlotArray(dims, dt, q._rw, q._offset(m))
+                # a loan counts no reference to inner, so the slot's inner of the last loan of
+                # this (shape, dtype) plan is used again: one array made per loan, not two
+                i = m.pos_ & q._mask
+                c = q._loaned[i]
+                if c is not None and c[0] is dims and c[1] is dt:
+                    inner = c[2]
+                else:
+                    inner = SlotArray(dims, dt, q._rw, q._offset(m))
+                    q._loaned[i] = (dims, dt, inner)
                 arr = inner.view()
             else:
                 slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), False), "shape": dims,
@@ -505,9 +515,11 @@ class _Loan:
         arr, inner = self._arr, self._slot
         self._arr = self._slot = self._msg = None
         h = self._q._handle
-        # CPython: references beyond the with target (arr) and arr's base (inner) are views or
-        # exports that could still change the message after it is published: discard it
-        escaped = _getrefcount(arr) > 3 or _getrefcount(inner) > 3
+        # CPython: references to arr beyond ours, getrefcount's and the with target's are exports
+        # of the array itself (a tensor, a memoryview, a list) that could still change the message
+        # after it is published: discard it. Views derived from arr hold inner and are not counted
+        # (binding one, as in `stamp = out.view(np.int64)`, is common and dies with its frame).
+        escaped = _getrefcount(arr) > 3
         # publish first (the hand-off does not wait for the closing), then close the array
         if exc_type is None and not escaped:
             rc = _publish(h, mw[0])
@@ -522,8 +534,8 @@ class _Loan:
             raise error_from_code(rc)
         if escaped and exc_type is None:
             raise BufferError(f"loan() array of queue {self._q.name!r} is still referenced after its with block (by "
-                              "a view of it, a tensor, a memoryview, a list or another export), so it could change "
-                              "after publishing: the message was discarded, not published. Copy what you keep "
+                              "a tensor, a memoryview, a list or another export of it), so it could change after "
+                              "publishing: the message was discarded, not published. Copy what you keep "
                               "(np.array(out)) or drop the reference inside the block")
 
 
@@ -545,7 +557,7 @@ class Queue:
     """
 
     __slots__ = ("_handle", "_lib", "name", "dir", "slots", "slot_bytes", "_shape", "_dtype", "ring_address",
-                 "ring_bytes", "_closed", "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "__weakref__")
+                 "ring_bytes", "_closed", "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "_loaned", "__weakref__")
 
     def __init__(self, name: Optional[str] = None, *, slots: int = 16, slot_bytes: int = 1 << 20,
                  shape: Any = None, dtype: Any = None, dir: Optional[str] = None, create: bool = True,
@@ -599,6 +611,7 @@ class Queue:
         self._rw = ffi.buffer(owner, self.ring_bytes)
         self._ro = memoryview(self._rw).toreadonly()
         self._offs: List[Optional[int]] = [None] * self.slots  # data offset of each slot in the ring
+        self._loaned: List[Optional[tuple]] = [None] * self.slots  # (dims, dtype, inner) of each slot's last loan
         self._mask = self.slots - 1
 
     @classmethod
@@ -752,8 +765,8 @@ class Queue:
     def loan(self, shape: Any = None, dtype: Any = None, timeout: Optional[float] = None) -> _Loan:
         """``with q.loan(shape, dtype) as out:`` fill ``out`` in place (zero copy); it is published
         on a normal exit and discarded if the block raises. ``out`` is closed after the block
-        (:class:`ClosedError` on use); on CPython a view or export of it still alive then discards
-        the message with :class:`BufferError` (see the module docstring for the PyPy rules)."""
+        (:class:`ClosedError` on use); on CPython an export of it still alive then (a tensor, a
+        memoryview) discards the message with :class:`BufferError` (see the module docstring)."""
         self._live()
         return _Loan(self, shape, dtype, _timeout(True, timeout))
 
