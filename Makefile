@@ -78,6 +78,9 @@ ctest: $(CTEST_BINS)
 # The interop tests (torch, OpenCV, DLPack) need these; CI must have them, elsewhere they may fail
 # to install (torch 2.13.0 is the CPU build this machine kind keeps on disk) and those tests skip.
 INTEROP_PKGS ?= torch==2.13.0 opencv-python-headless
+# The engine integrations' tests (a real LocalCluster, ray.init, mpirun) and the SharedArray drop-in's
+# test against the real package need these (mpi4py needs Open MPI: .ci/run installs it).
+ENGINE_PKGS ?= distributed ray mpi4py SharedArray
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +88,8 @@ $(VENV)/.stamp: pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
 	$(VENV)/bin/python -m pip install -q $(INTEROP_PKGS) || { [ -z "$$CI" ] && \
 		echo "warning: $(INTEROP_PKGS) did not install; the interop tests will skip"; }
+	$(VENV)/bin/python -m pip install -q $(ENGINE_PKGS) || { [ -z "$$CI" ] && \
+		echo "warning: $(ENGINE_PKGS) did not install; the engine and SharedArray tests will skip"; }
 	touch $@
 
 venv: lib $(VENV)/.stamp
