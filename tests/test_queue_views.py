@@ -239,7 +239,8 @@ print("OK", total)
 KINDS = ["memoryview", "dlpack", "frombuffer", "ctypes", "derived"]
 
 
-@pytest.mark.parametrize("kind", [_kind(k) for k in KINDS + [f"loan-{k}" for k in KINDS] + [f"unbound-{k}" for k in KINDS[:3]]])
+@pytest.mark.parametrize("kind", [_kind(k) for k in KINDS + [f"loan-{k}" for k in KINDS]
+                                  + [f"unbound-{k}" for k in KINDS[:3]]])
 def test_exports_never_crash_after_close_and_collection(unique_name, kind):
     """On CPython and PyPy: memoryview, DLPack, frombuffer, ctypes pointers and derived views of
     loan and receive arrays, kept past the block, close() and a collection, are read without a
@@ -268,3 +269,21 @@ def test_pypy_releases_the_slot_at_the_end_of_the_block(unique_name):
         assert v.shape == (0,) and out.shape == (0,)
         with pytest.raises(IndexError):
             v[0]
+
+
+@pytest.mark.parametrize("dt", ["V0", np.dtype([])], ids=["V0", "empty-struct"])
+def test_zero_itemsize_loan_and_receive_close_and_give_back_their_slots(unique_name, dt):
+    """Zero-size items take another path (an __array_interface__ provider): same rules."""
+    with ndshm.Queue(unique_name, slots=2, slot_bytes=64) as q:
+        for _ in range(5):  # more rounds than slots: every slot comes back
+            with q.loan((3,), dt) as out:
+                assert out.shape == (3,) and isinstance(out, ndshm._queue.SlotArray)
+            with q.receive(timeout=1) as v:
+                assert v.shape == (3,) and v.dtype.itemsize == 0
+        assert q.empty()
+        for arr in (out, v):
+            if PYPY:
+                assert arr.shape == (0,)
+            else:
+                with pytest.raises(ndshm.ClosedError):
+                    arr.shape

@@ -546,18 +546,22 @@ class Queue:
     create=True, persist=False, mode=0o600, populate=True)``
 
     ``slots`` (1 .. 2**20) is rounded up to a power of two (2 at least); ``slot_bytes`` is at
-    least 1; ``mode`` is an int
-    0 .. 0o7777; ``dir`` a str, bytes or os.PathLike (kept as a str in ``.dir``). A typed queue
-    (``shape`` and ``dtype``) sizes its slots for exactly that array and makes it the default of :meth:`loan`. ``create=False``
-    attaches to the existing queue ``name`` (as :meth:`attach` does). The creator removes the
-    name on :meth:`close` (or when it is collected, or at exit) unless ``persist``; attached
-    handles keep working. ``populate`` (default) pre-faults the ring in the creator and in every
-    process that attaches, so no message pays page faults. Pickles by reference (its name), so it can go to ``Process(args=...)``
-    and pool initializers under both fork and spawn.
+    least 1; ``mode`` is an int 0 .. 0o7777; ``dir`` a str, bytes or os.PathLike (kept as a str in
+    ``.dir``). A typed queue (``shape`` and ``dtype``) sizes its slots for exactly that array and
+    makes it the default of :meth:`loan`. ``create=False`` attaches to the existing queue ``name``
+    (as :meth:`attach` does). The creator removes the name on :meth:`close` (or when it is
+    collected, or at exit) unless ``persist``; attached handles keep working. ``populate`` (the
+    default) pre-faults the ring in the creator, in every process that attaches and in a fork()ed
+    child at its first call, so no message pays page faults. Pickles by reference (its name), so
+    it can go to ``Process(args=...)`` and pool initializers under both fork and spawn.
+
+    The arrays of :meth:`loan` and :meth:`receive` blocks are valid inside the block only; the
+    module docstring gives the rules (CPython and PyPy) for views and exports kept past it.
     """
 
     __slots__ = ("_handle", "_lib", "name", "dir", "slots", "slot_bytes", "_shape", "_dtype", "ring_address",
-                 "ring_bytes", "_closed", "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "_loaned", "__weakref__")
+                 "ring_bytes", "_closed", "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "_loaned",
+                 "__weakref__")
 
     def __init__(self, name: Optional[str] = None, *, slots: int = 16, slot_bytes: int = 1 << 20,
                  shape: Any = None, dtype: Any = None, dir: Optional[str] = None, create: bool = True,
