@@ -22,6 +22,10 @@ def ray():
         yield ray
     finally:
         ray.shutdown()
+        from ndshm import _mappings
+        collect()  # leave no mapping of a removed segment for the watcher to drop during a later test
+        _mappings.drop_removed(force=True)
+        collect()
 
 
 def _tasks(ray):
