@@ -12,6 +12,7 @@ from ._errors import (
     MessageTooBigError, NdshmError, NdshmOSError, NdshmPermissionError, NdshmTimeoutError, NoSpaceError,
     NotSupportedError, OutOfMemoryError, OwnerDiedError, SegmentExistsError, SegmentNotFoundError,
 )
+from ._errors import Lagged, ShutDown
 from ._buffer import (
     Buffer, asaligned, empty, empty_like, full, full_like, is_aligned, ones, ones_like, stats, zeros,
     zeros_like,
@@ -26,6 +27,7 @@ from ._replicate import Replica, replicate
 from ._listing import SegmentRecord
 from ._listing import list_segments as list  # noqa: A001 - ndshm.list(), kept out of __all__
 from ._queue import Queue
+from ._broadcast import Broadcast, Subscription
 from ._sync import Barrier, Event, Lock
 
 __version__ = ".".join(map(str, _HEADER_VERSION))
@@ -37,7 +39,7 @@ __all__ = [
     "NdshmError", "InvalidValueError", "CorruptSegmentError", "SegmentExistsError", "SegmentNotFoundError",
     "NdshmPermissionError", "OutOfMemoryError", "NoSpaceError", "NdshmTimeoutError", "BusyError", "Empty",
     "Full", "MessageTooBigError", "OwnerDiedError", "ClosedError", "NotSupportedError", "NdshmOSError",
-    "BrokenBarrierError",
+    "BrokenBarrierError", "ShutDown", "Lagged",
     # aligned allocation
     "Buffer", "empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "full_like",
     "asaligned", "is_aligned", "stats",
@@ -51,4 +53,6 @@ __all__ = [
     "Replica", "replicate",
     # queue and process-shared synchronisation
     "Queue", "Lock", "Event", "Barrier",
+    # publish-subscribe
+    "Broadcast", "Subscription",
 ]
