@@ -274,3 +274,24 @@ def test_plain_scatter_through_the_scheduler_goes_by_value(cluster, other_node):
         got = client.submit(_where, fut, workers=[target], pure=False).result(timeout=30)
         assert got["type"] == "ndarray" and got["sum"] == 3000.0
         del fut
+
+
+def _write_first(x: np.ndarray) -> bool:
+    x[0] = 42.0
+    return bool(x.flags.writeable)
+
+
+def test_install_writeable_gives_receivers_writeable_views(cluster):
+    import ndshm.dask
+    client, (w1, w2) = cluster
+    ndshm.dask.install(client, writeable=True)
+    try:
+        f = client.submit(_make, 100, 1.0, workers=[w1], pure=False)
+        assert client.submit(_write_first, f, workers=[w2], pure=False).result(timeout=30)
+        assert client.submit(lambda x: float(x[0]), f, workers=[w1], pure=False).result(timeout=30) == 42.0
+    finally:
+        ndshm.dask.install(client)
+    with pytest.raises(TypeError, match="writeable"):
+        ndshm.dask.install(client, writeable="yes")
+    g = client.submit(_make, 100, 1.0, workers=[w1], pure=False)
+    assert client.submit(_where, g, workers=[w2], pure=False).result(timeout=30)["writeable"] is False

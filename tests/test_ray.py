@@ -146,3 +146,14 @@ def test_replicate_on_one_node_is_one_copy_mapped_by_tasks(ray):
     assert path == ndshm.segment_of(rep.array()).path and total == int(data.sum()) and not writeable
     rep.release()
     assert not ndshm.exists(rep.name)
+
+
+def test_ray_put_of_a_shared_array_stores_a_reference(ray):
+    _, where, _, _ = _tasks(ray)
+    arr = ndshm.create(None, (50_000,), np.float32)
+    arr[...] = 0.5
+    ref = ray.put(arr)
+    got = ray.get(where.remote(ref), timeout=60)
+    assert got["segment"] == ndshm.segment_of(arr).name and got["inside"] and got["sum"] == 25_000.0
+    back = ray.get(ref, timeout=60)
+    assert back.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
