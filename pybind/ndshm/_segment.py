@@ -29,6 +29,7 @@ from numpy.lib import format as _npformat
 from . import _dtype, _mappings, _ownership
 from ._codec import _DTYPES, _decode_dtype, _decode_meta, _encode_dtype, _encode_meta, _lookup_dtype  # noqa: F401
 from ._dirs import _REALDIRS, _cache_key, _env_dir, _huge_dir, _huge_kind, _mounts, default_dir  # noqa: F401
+from . import _reference as _refmod
 from ._errors import ClosedError, CorruptSegmentError, SegmentNotFoundError, check, error_from_code
 from ._lib import ffi, lib
 
@@ -151,7 +152,7 @@ def _reference(arr: np.ndarray) -> Optional[tuple]:
     if seg._owner == "receiver":
         _ownership.hand_over(seg)
     return (_rebuild, (seg._name, seg._dir, offset, arr.shape, strides, _npformat.dtype_to_descr(arr.dtype),
-                       not arr.flags.writeable, seg._dev, seg._ino, claim))
+                       not arr.flags.writeable, seg._dev, seg._ino, claim, _refmod._node or _refmod.node_identity()))
 
 
 def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
@@ -169,8 +170,20 @@ def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
 
 def _rebuild(name: str, dir: str, offset: int, shape: tuple, strides: tuple, descr: Any,
              readonly: bool = False, dev: Optional[int] = None, ino: Optional[int] = None,
-             claim: bool = False) -> np.ndarray:
-    seg = Segment.attach(name, readonly=readonly, dir=dir)
+             claim: bool = False, node: Optional[str] = None) -> np.ndarray:
+    """Unpickle a reference (see :mod:`ndshm._reference`): WrongNodeError if it was made on another
+    node or in another container, else attach and view. A hand-over (``claim``) maps the segment
+    writeable even for a read-only view: taking ownership writes the header's owner lock."""
+    if node is not None and node != _refmod._node:
+        _refmod.check_node(node, name, dir)
+    seg = None
+    if claim and readonly:
+        try:
+            seg = Segment.attach(name, readonly=False, dir=dir)
+        except PermissionError:
+            seg = None
+    if seg is None:
+        seg = Segment.attach(name, readonly=readonly, dir=dir)
     if seg._content:
         raise CorruptSegmentError(f"segment {name!r} in {dir} now holds a {seg._content}, not the array that "
                                   "was pickled")
