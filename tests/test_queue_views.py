@@ -44,7 +44,8 @@ def _no_signal(proc) -> None:
     assert "OK" in proc.stdout
 
 
-@CPYTHON_ONLY
+@pytest.mark.skipif(PYPY, reason="PyPy cannot change an ndarray's class: a closed array is emptied there "
+                                  "(test_pypy_releases_the_slot_at_the_end_of_the_block)")
 def test_closed_loan_and_receive_arrays_raise_closed_error(unique_name):
     """After the block the array used to be an empty uint8 array: view.sum() was 0, mean() nan."""
     with ndshm.Queue(unique_name, slots=4, slot_bytes=256) as q:
