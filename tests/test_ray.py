@@ -157,3 +157,73 @@ def test_ray_put_of_a_shared_array_stores_a_reference(ray):
     assert got["segment"] == ndshm.segment_of(arr).name and got["inside"] and got["sum"] == 25_000.0
     back = ray.get(ref, timeout=60)
     assert back.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
+
+
+TWO_NODES = r'''
+import json, os, sys
+import numpy as np, ray
+from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+import ndshm, ndshm.ray
+
+other_dir = sys.argv[1]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+# a second Ray node whose processes have another ndshm node identity and segment directory
+cluster.add_node(num_cpus=1, env_vars={"NDSHM_NODE_ID": "simulated-second-node", "NDSHM_DIR": other_dir})
+ray.init(address=cluster.address, runtime_env=ndshm.ray.runtime_env(), log_to_driver=False)
+ndshm.ray._driver = True
+ndshm.ray.setup()
+head = ray.get_runtime_context().get_node_id()
+second = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head)
+
+@ray.remote(num_cpus=1)
+def look(r):
+    a = r.array()
+    return [ndshm.node_identity() == "simulated-second-node", ndshm.segment_of(a).path, float(a.sum())]
+
+@ray.remote(num_cpus=1)
+def total(x):
+    return float(x.sum())
+
+on = lambda node: NodeAffinitySchedulingStrategy(node, soft=False)
+out = {}
+rep = ndshm.replicate(np.arange(10.0), ray)
+out["nodes"] = rep.nodes
+out["files_there"] = os.listdir(other_dir)
+out["looks"] = [ray.get(look.options(scheduling_strategy=on(n)).remote(rep)) for n in (head, second)]
+rep.release()
+out["after"] = [ndshm.exists(rep.name), os.listdir(other_dir)]
+arr = ndshm.create(None, (10,), np.float32)
+arr[...] = 1.0
+out["same_node"] = ray.get(total.options(scheduling_strategy=on(head)).remote(arr))
+try:
+    ray.get(total.options(scheduling_strategy=on(second)).remote(arr))
+    out["other_node"] = "attached"
+except Exception as e:
+    out["other_node"] = type(e).__name__ + ": " + str(e)
+ray.shutdown()
+cluster.shutdown()
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_two_ray_nodes_replicate_and_refuse_references(tmp_path):
+    """A real second Ray node (ray.cluster_utils) whose processes have another ndshm identity and
+    directory: replicate() writes one copy there, mapped by its tasks; a driver's shared array
+    passed to a task on it raises WrongNodeError instead of attaching."""
+    require("ray", "Ray test")
+    import json
+
+    from conftest import run_python
+    other = tmp_path / "other-node-shm"
+    other.mkdir()
+    proc = run_python(TWO_NODES, str(other), timeout=150)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    out = json.loads(line[len("RESULT "):])
+    assert out["nodes"] == 2 and len(out["files_there"]) == 1
+    (here_other, here_path, here_sum), (there_other, there_path, there_sum) = out["looks"]
+    assert not here_other and there_other and here_sum == there_sum == 45.0
+    assert there_path.startswith(str(other)) and not here_path.startswith(str(other))
+    assert out["after"] == [False, []]
+    assert out["same_node"] == 10.0
+    assert "WrongNodeError" in out["other_node"] and "shared memory does not reach across nodes" in out["other_node"]
