@@ -312,7 +312,9 @@ class _Loan:
         if self._msg is not None:
             raise RuntimeError("this loan() context is already entered; call loan() again for another slot")
         b, dims, dt, nbytes = self._b, self._shape, self._dt, self._nbytes
-        h = b._live()
+        if b._closed:
+            b._live()  # raises
+        h = b._handle
         mw = _pop_msg()
         m = mw[0]
         t = self._timeout
@@ -519,11 +521,19 @@ class _Receive:
         if self._msg is not None:
             raise RuntimeError("this receive() context is already entered; call receive() again for another message")
         s = self._s
-        h = s._ready()
-        b = s._b
+        if s._held is not None or s._closed or s._closing:
+            s._ready()  # raises
+        h, b = s._h, s._b
         mw = _pop_msg()
         m = mw[0]
-        rc = s._take(self._timeout, m)
+        t = self._timeout
+        missed = s._missed
+        if t < 0:
+            rc = _take(h, _SLICE, m, missed)
+            while rc == _ETIMEDOUT:
+                rc = _take(h, _SLICE, m, missed)
+        else:
+            rc = _take(h, t, m, missed)
         if rc:
             _push_msg(mw)
             raise s._error(rc)
