@@ -197,7 +197,9 @@ def alloc_chart(report: Dict[str, Any], out: Path) -> Path:
 def make_all(report: Dict[str, Any], out: Path) -> List[Path]:
     """Every chart whose benchmark is in ``report``; a chart that fails is reported, not fatal."""
     made = []
-    for name, fn in (("queue", queue_chart), ("ipc", classic_chart), ("alloc", alloc_chart)):
+    from plots_engines import engines_chart
+
+    for name, fn in (("queue", queue_chart), ("ipc", classic_chart), ("alloc", alloc_chart), ("engines", engines_chart)):
         if name in report.get("benchmarks", {}):
             try:
                 made.append(fn(report, Path(out)))

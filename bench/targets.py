@@ -109,6 +109,23 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
             f"{imp.get('runs', 20)} interpreters)", v, None if v is None else v <= limit,
             f"{v:+.1f} ms CPU ({imp.get('ndshm_over_numpy_cffi_wall_ms', float('nan')):+.1f} ms wall)"
             if v is not None else "")
+    eng = _get(b, "engines", "data") or {}
+    v = _get(eng, "dask", "speedup_worker_to_worker")
+    add("engines: Dask worker->worker ≥ 10x stock NumPy, one copy in RAM", v,
+        None if v is None else v >= 10 and _get(eng, "dask", "copies_in_ram", "ndshm") == 1, f"{C.fmt(v)}x")
+    v = _get(eng, "dask", "speedup_scatter")
+    add("engines: Dask scatter ≥ 50x stock", v, None if v is None else v >= 50, f"{C.fmt(v)}x")
+    v = _get(eng, "ray", "speedup_produce_consume")
+    add("engines: Ray task-produced array consumed ≥ 1.5x faster than returning NumPy", v,
+        None if v is None else v >= 1.5, f"{C.fmt(v)}x")
+    v = _get(eng, "ray", "repeat_consumer_over_plasma")
+    add("engines: Ray repeated consumer within 1.3x of a warm plasma read", v, None if v is None else v <= 1.3,
+        f"{C.fmt(v)}x")
+    m = _get(eng, "mpi", "s") or {}
+    nd, win = _get(m, "ndshm", "whole cycle", "steady"), _get(m, "win", "whole cycle", "steady")
+    r = nd / win if nd is not None and win else None
+    add("engines: MPI allocate_shared whole cycle within 1.1x of MPI.Win.Allocate_shared", r,
+        None if r is None else r <= 1.1, f"{C.fmt(r)}x Win")
     return out
 
 

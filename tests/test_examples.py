@@ -46,6 +46,9 @@ NEEDS = {
     "ten_writers": [],
     "video_pipeline": [],
     "buffers_io": [],
+    "mpi_allocate_shared": ["mpi4py"],
+    "dask_by_reference": ["distributed"],
+    "ray_task_results": ["ray"],
 }
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, child_env, skip_or_fail
+from conftest import ROOT, child_env
+from optional_deps import require
 
 README = ROOT / "README.md"
 TIMEOUT = 60  # seconds per block: a block that blocks for ever fails with TimeoutExpired
@@ -42,7 +43,7 @@ def require_imports(code: str) -> None:
         for mod in re.split(r"\s*,\s*", m.group(1)):
             top = mod.split(".")[0].split(" ")[0]
             if importlib.util.find_spec(top) is None:
-                skip_or_fail(f"a README block imports {top}, which is not installed")
+                require(top, "README block")  # a visible skip in the minimal-deps runs, else skip_or_fail
 
 
 def run_group(argv: list, stdin: str = "", **env: str) -> subprocess.CompletedProcess:
