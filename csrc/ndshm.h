@@ -344,6 +344,10 @@ NDSHM_API int ndshm_recv_fd(int sock, int *fd);
  * 0 tries once (NDSHM_EEMPTY / NDSHM_EFULL), > 0 gives NDSHM_ETIMEDOUT when it runs out.
  * A process killed at any point never blocks the others: a slot it claimed is reclaimed
  * (a producer's is skipped, a consumer's is freed); fully published messages are never lost.
+ * Shutdown (from any process): put and loan then fail with NDSHM_ESHUTDOWN; consumers take what
+ * was claimed before it, then get NDSHM_ESHUTDOWN (immediate: at once, the rest is discarded).
+ * A queue with registered producers shuts down by itself once every one of them has exited or
+ * unregistered (noticed by a consumer that finds it empty, within ~40 ms).
  * A handle is thread safe; a message (ndshm_qmsg_t) belongs to the thread that got it.
  * ====================================================================================== */
 
@@ -352,7 +356,8 @@ typedef struct ndshm_queue_s ndshm_queue_t;
 enum ndshm_queue_limits {
     NDSHM_QUEUE_MAX_SLOTS = 1048576,      /* slots of one ring (a power of two) */
     NDSHM_QUEUE_SLOT_ALIGN = 64,          /* every slot's data is aligned to this */
-    NDSHM_QUEUE_PARTICIPANTS = 256        /* processes' claims in flight at one time */
+    NDSHM_QUEUE_PARTICIPANTS = 256,       /* processes' claims in flight at one time */
+    NDSHM_QUEUE_MAX_PRODUCERS = 64        /* registered producer processes at one time */
 };
 
 /* One message: filled by loan/take, described by the caller before publish. */
@@ -416,7 +421,8 @@ NDSHM_API int ndshm_queue_put(ndshm_queue_t *q, const void *data, uint64_t nbyte
                               uint32_t ndim, const int64_t *shape, double timeout);
 
 /*! ndshm_queue_take() : claims the oldest published message; msg->data is read-only for the
- *  caller until ndshm_queue_release. @return : 0, NDSHM_EEMPTY, NDSHM_ETIMEDOUT, NDSHM_EINVAL. */
+ *  caller until ndshm_queue_release. @return : 0, NDSHM_EEMPTY, NDSHM_ETIMEDOUT, NDSHM_ESHUTDOWN,
+ *  NDSHM_EINVAL. */
 NDSHM_API int ndshm_queue_take(ndshm_queue_t *q, double timeout, ndshm_qmsg_t *msg);
 
 /*! ndshm_queue_release() : frees a taken slot for producers. */
@@ -440,8 +446,33 @@ NDSHM_API int ndshm_queue_put_many(ndshm_queue_t *q, const void *data, const uin
 NDSHM_API int ndshm_queue_get_many(ndshm_queue_t *q, void *dst, uint64_t dst_bytes, uint64_t *offsets,
                                    uint64_t max, char *typestr, double timeout, uint64_t *count);
 
-/*! ndshm_queue_size() : messages published or in flight (approximate under concurrency). */
+/*! ndshm_queue_size() : messages published or in flight (approximate under concurrency); 0 once
+ *  shut down immediately. */
 NDSHM_API uint64_t ndshm_queue_size(const ndshm_queue_t *q);
+
+/*! ndshm_queue_shutdown() : from any process; wakes every waiter. Then loan, put and put_many
+ *  fail with NDSHM_ESHUTDOWN; take and get_many return what was claimed before the shutdown
+ *  (waiting for loans in flight), then NDSHM_ESHUTDOWN; `immediate`: take fails at once and
+ *  what is queued is never read. Idempotent (immediate may follow a plain shutdown).
+ *  @return : 0, or NDSHM_EINVAL. */
+NDSHM_API int ndshm_queue_shutdown(ndshm_queue_t *q, int immediate);
+
+/*! ndshm_queue_is_shutdown() : @return : 0 running, 1 shut down, 2 shut down immediately,
+ *  3 shut down because every registered producer exited (or unregistered). */
+NDSHM_API int ndshm_queue_is_shutdown(const ndshm_queue_t *q);
+
+/*! ndshm_queue_register_producer() : records this process (pid and start time) as a producer;
+ *  once every registered producer has exited or unregistered, the queue shuts down (drain, then
+ *  NDSHM_ESHUTDOWN). Registering twice is a no-op. @return : 0, NDSHM_ESHUTDOWN, NDSHM_EBUSY
+ *  (NDSHM_QUEUE_MAX_PRODUCERS live producers hold every record), NDSHM_EINVAL. */
+NDSHM_API int ndshm_queue_register_producer(ndshm_queue_t *q);
+
+/*! ndshm_queue_unregister_producer() : this process is done producing.
+ *  @return : 0, or NDSHM_EINVAL (it is not registered). */
+NDSHM_API int ndshm_queue_unregister_producer(ndshm_queue_t *q);
+
+/*! ndshm_queue_producers() : @return : registered producers still running (>= 0), or NDSHM_EINVAL. */
+NDSHM_API int ndshm_queue_producers(const ndshm_queue_t *q);
 
 /*! ndshm_queue_init_raw() / ndshm_queue_open_raw() : a ring in caller-provided shared memory
  *  (for tests and embedding): init writes the ring header into `mem` (`bytes` long, 64-aligned);

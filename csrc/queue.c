@@ -13,6 +13,14 @@
  *   seq == pos + 1       published for the consumer of pos (SKIP bit set: nothing to read)
  *   seq == pos + slots   released: free for the producer of pos + slots
  *
+ * Shutdown. Bit 63 of tail (T_SHUTDOWN) closes the queue to producers: a claim CASes tail from
+ * a value without it, so once it is set tail is frozen and no message can be claimed after it;
+ * consumers take what was claimed before it (waiting for in-flight loans), then get
+ * NDSHM_ESHUTDOWN. Immediate shutdown also sets bit 63 of head (H_SHUTDOWN), which stops every
+ * consumer at its next look at head (their CAS on head fails the same way). T_GONE (bit 62 of
+ * tail) records that the shutdown came from the death of every registered producer: a consumer
+ * that finds the queue empty for DEAD_CHECK_NS checks the producer records' owners.
+ *
  * Faults. Before its CAS on tail (or head), a claimer takes a claim record (owner = its process
  * key, pid + start time) and writes its intent (pos, producer or consumer) there, and keeps it
  * until publish/discard (release). A waiter stuck on a position that is claimed but unfinished
@@ -33,7 +41,7 @@
 #include <unistd.h>
 
 #define RING_MAGIC 0x51554555534d444eull /* "NDMSQUEQ" */
-#define RING_VERSION 1u
+#define RING_VERSION 2u /* 2: shutdown bits in tail and head, producer records */
 #define SLOT_HDR 320u
 #define SKIP ((uint64_t)1 << 63)
 #define SPIN_NS 100000             /* spin this long before sleeping: a futex wake-up costs ~12 us one
@@ -41,6 +49,12 @@
 #define SLICE_NS 20000000          /* sleep at most this long between dead-claimer checks */
 #define DEAD_CHECK_NS 20000000     /* a claim unfinished this long is checked */
 #define NPART NDSHM_QUEUE_PARTICIPANTS
+#define NPROD NDSHM_QUEUE_MAX_PRODUCERS
+#define T_SHUTDOWN ((uint64_t)1 << 63) /* in tail: no more claims */
+#define T_GONE ((uint64_t)1 << 62)     /* in tail: shut down because every registered producer exited */
+#define T_POS (((uint64_t)1 << 62) - 1)
+#define H_SHUTDOWN ((uint64_t)1 << 63) /* in head: immediate shutdown, consumers stop at once */
+#define H_POS (((uint64_t)1 << 63) - 1)
 #define RING_POPULATE 1u
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -66,6 +80,9 @@ typedef struct ring_hdr {
     _Atomic uint32_t not_full, nf_waiters;
     char pad4[56];
     part_t parts[NPART];
+    _Atomic uint64_t producers[NPROD]; /* process keys of registered producers, 0 when free */
+    _Atomic uint32_t producers_ever;   /* 1 once a producer registered */
+    char pad5[60];
 } ring_hdr_t;
 
 typedef struct slot_hdr {
@@ -319,7 +336,8 @@ int ndshm_queue_info(const ndshm_queue_t *q, ndshm_queue_info_t *out) {
 
 uint64_t ndshm_queue_size(const ndshm_queue_t *q) {
     if (q == NULL) return 0;
-    uint64_t head = atomic_load(&q->r->head), tail = atomic_load(&q->r->tail);
+    uint64_t head = atomic_load(&q->r->head), tail = atomic_load(&q->r->tail) & T_POS;
+    if (head & H_SHUTDOWN) return 0; /* shut down immediately: what was queued is discarded */
     if (tail <= head) return 0;
     return tail - head > q->n ? q->n : tail - head;
 }
@@ -372,6 +390,93 @@ static bool intent_alive(ndshm_queue_t *q, uint64_t want) {
 static void wake(_Atomic uint32_t *word, _Atomic uint32_t *waiters) {
     atomic_fetch_add(word, 1);
     if (atomic_load(waiters) != 0) ndshm__futex_wake(word, INT_MAX);
+}
+
+static void wake_all(ndshm_queue_t *q) {
+    wake(&q->r->not_empty, &q->r->ne_waiters);
+    wake(&q->r->not_full, &q->r->nf_waiters);
+}
+
+/* true if a registered producer still runs */
+static bool producers_alive(ndshm_queue_t *q) {
+    for (unsigned i = 0; i < NPROD; i++) {
+        uint64_t owner = atomic_load(&q->r->producers[i]);
+        if (owner != 0 && ndshm__key_alive(owner)) return true;
+    }
+    return false;
+}
+
+/* ---- shutdown and producers ---------------------------------------------------------- */
+
+static int shut_down(const ndshm_queue_t *q, uint64_t tail) {
+    if (tail & T_GONE)
+        return ndshm__fail(NDSHM_ESHUTDOWN, 0, "queue '%s' is shut down: every registered producer has exited",
+                           q->name);
+    return ndshm__fail(NDSHM_ESHUTDOWN, 0, "queue '%s' is shut down", q->name);
+}
+
+int ndshm_queue_shutdown(ndshm_queue_t *q, int immediate) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_shutdown: NULL argument");
+    atomic_fetch_or(&q->r->tail, T_SHUTDOWN);
+    if (immediate) atomic_fetch_or(&q->r->head, H_SHUTDOWN);
+    wake_all(q);
+    return 0;
+}
+
+int ndshm_queue_is_shutdown(const ndshm_queue_t *q) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_is_shutdown: NULL argument");
+    if (atomic_load(&q->r->head) & H_SHUTDOWN) return 2;
+    uint64_t t = atomic_load(&q->r->tail);
+    return !(t & T_SHUTDOWN) ? 0 : (t & T_GONE) ? 3 : 1;
+}
+
+int ndshm_queue_register_producer(ndshm_queue_t *q) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_register_producer: NULL argument");
+    ring_hdr_t *r = q->r;
+    uint64_t me = ndshm__self_key();
+    for (unsigned i = 0; i < NPROD; i++)
+        if (atomic_load(&r->producers[i]) == me) return 0; /* already registered */
+    for (int round = 0; round < 2; round++) {             /* free records first, then those of the dead */
+        for (unsigned i = 0; i < NPROD; i++) {
+            uint64_t cur = atomic_load(&r->producers[i]);
+            if (round == 0 ? cur != 0 : (cur == 0 || ndshm__key_alive(cur))) continue;
+            if (atomic_compare_exchange_strong(&r->producers[i], &cur, me)) {
+                atomic_store(&r->producers_ever, 1u);
+                /* checked after the record is visible: a consumer that saw every producer dead
+                 * has shut the queue down by now, or will see this one alive */
+                if (atomic_load(&r->tail) & T_SHUTDOWN) {
+                    atomic_store(&r->producers[i], 0);
+                    return shut_down(q, atomic_load(&r->tail));
+                }
+                return 0;
+            }
+        }
+    }
+    return ndshm__fail(NDSHM_EBUSY, 0, "all %d producer records of queue '%s' are held by live processes", NPROD,
+                       q->name);
+}
+
+int ndshm_queue_unregister_producer(ndshm_queue_t *q) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_unregister_producer: NULL argument");
+    uint64_t me = ndshm__self_key();
+    int found = 0;
+    for (unsigned i = 0; i < NPROD; i++) {
+        uint64_t cur = me;
+        if (atomic_compare_exchange_strong(&q->r->producers[i], &cur, 0)) found = 1;
+    }
+    if (!found) return ndshm__fail(NDSHM_EINVAL, 0, "this process is not a registered producer of queue '%s'", q->name);
+    wake(&q->r->not_empty, &q->r->ne_waiters); /* consumers may find every producer gone now */
+    return 0;
+}
+
+int ndshm_queue_producers(const ndshm_queue_t *q) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_producers: NULL argument");
+    int n = 0;
+    for (unsigned i = 0; i < NPROD; i++) {
+        uint64_t owner = atomic_load(&q->r->producers[i]);
+        if (owner != 0 && ndshm__key_alive(owner)) n++;
+    }
+    return n;
 }
 
 /* ---- waiting ------------------------------------------------------------------------- */
@@ -481,6 +586,8 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
     for (;;) {
         uint32_t seen = atomic_load(&r->not_full);
         uint64_t pos = atomic_load(&r->tail);
+        if (pos & T_SHUTDOWN) return shut_down(q, pos);
+        pos &= T_POS; /* a stray T_GONE without T_SHUTDOWN (a hostile writer): the CAS below fails */
         slot_hdr_t *s = slot_at(q, pos);
         uint64_t raw = atomic_load_explicit(&s->seq, memory_order_acquire);
         int64_t dif = (int64_t)((raw & ~SKIP) - pos);
@@ -500,7 +607,7 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
         }
         /* full: slot of pos - n not yet released */
         uint64_t p0 = pos - q->n;
-        if ((raw & ~SKIP) == p0 + 1 && atomic_load(&r->head) > p0 && stuck_long(q, 0, pos) &&
+        if ((raw & ~SKIP) == p0 + 1 && (atomic_load(&r->head) & H_POS) > p0 && stuck_long(q, 0, pos) &&
             !intent_alive(q, enc(p0, 1))) {
             if (atomic_compare_exchange_strong(&s->seq, &raw, pos)) wake(&r->not_full, &r->nf_waiters);
             continue;
@@ -657,6 +764,7 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
     for (;;) {
         uint32_t seen = atomic_load(&r->not_empty);
         uint64_t pos = atomic_load(&r->head);
+        if (pos & H_SHUTDOWN) return shut_down(q, atomic_load(&r->tail));
         slot_hdr_t *s = slot_at(q, pos);
         uint64_t raw = atomic_load_explicit(&s->seq, memory_order_acquire);
         int64_t dif = (int64_t)((raw & ~SKIP) - (pos + 1));
@@ -707,8 +815,19 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
             continue;
         }
         /* empty, or the producer of pos has not published */
-        if ((raw & ~SKIP) == pos && raw == pos && atomic_load(&r->tail) > pos && stuck_long(q, 1, pos) &&
-            !intent_alive(q, enc(pos, 0))) {
+        uint64_t t = atomic_load(&r->tail), tpos = t & T_POS;
+        if (tpos <= pos) { /* empty: nothing claimed at pos */
+            if (t & T_SHUTDOWN) {
+                if (atomic_load(&r->head) == pos) return shut_down(q, t);
+                continue; /* head moved: look again */
+            }
+            if (atomic_load_explicit(&r->producers_ever, memory_order_relaxed) && stuck_long(q, 1, pos) &&
+                !producers_alive(q)) {
+                uint64_t want = tpos;
+                if (atomic_compare_exchange_strong(&r->tail, &want, tpos | T_SHUTDOWN | T_GONE)) wake_all(q);
+                continue;
+            }
+        } else if ((raw & ~SKIP) == pos && raw == pos && stuck_long(q, 1, pos) && !intent_alive(q, enc(pos, 0))) {
             if (atomic_compare_exchange_strong(&s->seq, &raw, (pos + 1) | SKIP)) wake(&r->not_empty, &r->ne_waiters);
             continue;
         }

@@ -39,19 +39,20 @@ import functools
 import os
 import sys
 import threading
+import time
 import uuid
 import weakref
-from typing import Any, Iterable, List, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 import numpy as np
 
 from . import _dtype
-from ._errors import ClosedError, CorruptSegmentError, Empty, Full, error_from_code
+from ._errors import ClosedError, CorruptSegmentError, Empty, Full, ShutDown, error_from_code
 from ._lib import ffi, lib
 
 __all__ = ["Queue", "SlotArray"]
 
-_ETIMEDOUT, _EEMPTY, _EFULL = lib.NDSHM_ETIMEDOUT, lib.NDSHM_EEMPTY, lib.NDSHM_EFULL
+_ETIMEDOUT, _EEMPTY, _EFULL, _ESHUTDOWN = lib.NDSHM_ETIMEDOUT, lib.NDSHM_EEMPTY, lib.NDSHM_EFULL, lib.NDSHM_ESHUTDOWN
 _PERSIST, _POPULATE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE
 _TYPESTR_MAX, _MAXDIM = lib.NDSHM_TYPESTR_MAX, lib.NDSHM_MAXDIM
 _put, _take, _release, _release_copy = lib.ndshm_queue_put, lib.ndshm_queue_take, lib.ndshm_queue_release, \
@@ -63,7 +64,8 @@ _U1 = np.dtype(np.uint8)
 _MAX_SLOTS = lib.NDSHM_QUEUE_MAX_SLOTS
 _MAX_NBYTES = sys.maxsize
 _PYPY = sys.implementation.name == "pypy"
-_SLICE = 0.25  # a wait "forever" returns to Python this often, so Ctrl-C works
+_SLICE = 0.25  # a wait longer than this returns to Python this often, so Ctrl-C works
+_monotonic = time.monotonic
 
 _tls = threading.local()
 _PINNED: dict = {}  # (dir, name) -> slots of that queue held past their block by views in this process
@@ -208,14 +210,28 @@ def _encode(name: str) -> bytes:
         raise ValueError(f"queue name {name!r} cannot be encoded as UTF-8") from None
 
 
+def _sliced(call: Callable[[float], int], t: float) -> int:
+    """``call(seconds)`` (a C wait returning 0, NDSHM_ETIMEDOUT or another code) for ``t`` seconds
+    in all (``t`` > _SLICE), in slices of at most _SLICE so that Ctrl-C is noticed between them."""
+    deadline = _monotonic() + t
+    while True:
+        s = min(max(deadline - _monotonic(), 0.0), _SLICE)
+        rc = call(s)
+        if rc != _ETIMEDOUT or s < _SLICE:
+            return rc
+
+
 def _take_waiting(h: Any, timeout: float, m: Any) -> int:
-    """``ndshm_queue_take`` into ``m``; a negative ``timeout`` waits for ever, in slices."""
+    """``ndshm_queue_take`` into ``m``; a negative ``timeout`` waits for ever; waits longer than
+    _SLICE go in slices (Ctrl-C works)."""
     if timeout < 0:
         rc = _take(h, _SLICE, m)
         while rc == _ETIMEDOUT:
             rc = _take(h, _SLICE, m)
         return rc
-    return _take(h, timeout, m)
+    if timeout <= _SLICE:
+        return _take(h, timeout, m)
+    return _sliced(lambda s: _take(h, s, m), timeout)
 
 
 _setstate = np.ndarray.__setstate__
@@ -350,7 +366,7 @@ class _Receive:
         rc = _take_waiting(h, self._timeout, m)
         if rc:
             _push_msg(mw)
-            raise q._error(rc, True)
+            raise q._error(rc, True, waited=self._timeout)
         try:
             dt, shape = q._describe(m, mw[1])
             if dt.itemsize:
@@ -467,11 +483,13 @@ class _Loan:
             rc = _loan(h, nbytes, _SLICE, m)
             while rc == _ETIMEDOUT:
                 rc = _loan(h, nbytes, _SLICE, m)
-        else:
+        elif t <= _SLICE:
             rc = _loan(h, nbytes, t, m)
+        else:
+            rc = _sliced(lambda s: _loan(h, nbytes, s, m), t)
         if rc:
             _push_msg(mw)
-            raise q._error(rc, False)
+            raise q._error(rc, False, waited=t)
         try:
             word = self._word
             if word is not None:  # 1-D, short typestr: typestr, ndim and shape[0] as three words
@@ -633,16 +651,24 @@ class Queue:
     def _toobig(self, nbytes: int, dims: tuple, dt: np.dtype) -> int:
         return lib.ndshm_queue_loan(self._handle, nbytes, 0.0, _msg()[0])  # sets ETOOBIG naming both sizes
 
-    def _error(self, rc: int, empty: bool, done: Optional[int] = None, count: int = 0) -> Exception:
+    def _error(self, rc: int, empty: bool, done: Optional[int] = None, count: int = 0,
+               waited: Optional[float] = None) -> Exception:
         """The exception for the failed call ``rc`` of a consumer (``empty``) or a producer.
 
         Returned, never raised here: a frame that raises an exception held in one of its locals
         makes the cycle exception -> traceback -> frame -> exception, which keeps this queue (and
         its descriptor and mapping) alive until the cyclic collector runs. ``done`` (put_many):
-        how many of its ``count`` arrays went in."""
+        how many of its ``count`` arrays went in. ``waited``: the whole timeout of a wait made in
+        slices (the C detail names the last slice's)."""
         if rc != _ETIMEDOUT and rc != _EFULL and rc != _EEMPTY:
-            return error_from_code(rc)
+            exc = error_from_code(rc)
+            if done is not None:
+                exc.arrays_put = done
+            return exc
         detail = ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace")
+        if rc == _ETIMEDOUT and waited is not None and waited > _SLICE:
+            detail = (f"queue still empty after {waited:g} s" if empty else
+                      f"queue still full ({self.slots} slots) after {waited:g} s")
         if not empty:
             pinned = _PINNED.get((self.dir, self.name), 0)
             if pinned:
@@ -727,10 +753,12 @@ class Queue:
             rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, _SLICE)
             while rc == _ETIMEDOUT:
                 rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, _SLICE)
-        else:
+        elif t <= _SLICE:
             rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, t)
+        else:
+            rc = _sliced(lambda s: _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, s), t)
         if rc:
-            raise self._error(rc, False)
+            raise self._error(rc, False, waited=t)
 
     def put_nowait(self, arr: Any) -> None:
         self.put(arr, False)
@@ -742,9 +770,10 @@ class Queue:
             self._live()
         h = self._handle
         m, w = _msg()
-        rc = _take_waiting(h, -1.0 if block and timeout is None else _timeout(block, timeout), m)
+        t = -1.0 if block and timeout is None else _timeout(block, timeout)
+        rc = _take_waiting(h, t, m)
         if rc:
-            raise self._error(rc, True)
+            raise self._error(rc, True, waited=t)
         try:
             dt, shape = self._describe(m, w)
             out = np.empty(shape, dt)
@@ -811,7 +840,7 @@ class Queue:
             for i, a in enumerate(arrs):
                 try:
                     self.put(a, timeout=timeout)
-                except Full as e:
+                except (Full, ShutDown) as e:
                     rc = e.code
                     break
             else:
@@ -835,12 +864,17 @@ class Queue:
         optr = ffi.cast("uint64_t *", offsets.__array_interface__["data"][0])
         done = ffi.new("uint64_t *")
         start, count = 0, len(arrs)
+        isz = dt.itemsize
         while start < count:
-            rc = _put_many(h, dptr, optr + start, count - start, ts, dt.itemsize, _SLICE if t < 0 else t, done)
+            if 0 <= t <= _SLICE:
+                rc = _put_many(h, dptr, optr + start, count - start, ts, isz, t, done)
+            else:
+                rc = _sliced(lambda s: _put_many(h, dptr, optr + start, count - start, ts, isz, s, done),
+                             _FOREVER if t < 0 else t)
             if rc == _ETIMEDOUT and t < 0:
                 continue
             if rc:
-                raise self._error(rc, False, start + done[0], count)
+                raise self._error(rc, False, start + done[0], count, waited=t)
             start += done[0]
 
     def get_many(self, max_messages: int = 64, timeout: Optional[float] = None) -> List[np.ndarray]:
@@ -906,6 +940,57 @@ class Queue:
 
     def full(self) -> bool:
         return self.qsize() >= self.slots
+
+    # ---- end of stream ---------------------------------------------------------------------
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shut the queue down for every process, as Python 3.13's ``queue.Queue.shutdown``: from
+        now on ``put``/``put_many``/``loan`` raise :class:`ShutDown` (blocked ones wake and raise);
+        consumers take what is queued (and loans already made, once published), then ``get``/
+        ``receive``/``get_many`` raise :class:`ShutDown` and ``for arr in q:`` ends. With
+        ``immediate=True`` consumers raise at once (sleeping ones wake) and what is queued is
+        discarded (``qsize()`` is 0). Idempotent; ``immediate`` may follow a plain shutdown."""
+        lib.ndshm_queue_shutdown(self._live(), 1 if immediate else 0)
+
+    @property
+    def is_shutdown(self) -> bool:
+        """True once the queue was shut down (by any process, or by its registered producers all
+        exiting)."""
+        return lib.ndshm_queue_is_shutdown(self._live()) != 0
+
+    def register_producer(self) -> None:
+        """Record this process as a producer of the queue: once every registered producer has
+        exited (normally, killed or crashed) or called :meth:`unregister_producer`, the queue shuts
+        down by itself (a consumer notices within ~40 ms of finding it empty): consumers drain it,
+        then get :class:`ShutDown` saying every registered producer exited, and iteration ends.
+        Registering twice is harmless. Raises :class:`ShutDown` on a shut-down queue and
+        :class:`BusyError` when 64 live producers are registered already."""
+        rc = lib.ndshm_queue_register_producer(self._live())
+        if rc:
+            raise error_from_code(rc)
+
+    def unregister_producer(self) -> None:
+        """This process is done producing (see :meth:`register_producer`); the last one to go
+        ends the stream. :class:`InvalidValueError` if it is not registered."""
+        rc = lib.ndshm_queue_unregister_producer(self._live())
+        if rc:
+            raise error_from_code(rc)
+
+    @property
+    def producers(self) -> int:
+        """Registered producers still running."""
+        return int(lib.ndshm_queue_producers(self._live()))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """``for arr in q:`` yields :meth:`get` (a copy, waiting for ever) until the queue is shut
+        down and drained."""
+        get = self.get
+        while True:
+            try:
+                arr = get()
+            except ShutDown:
+                return
+            yield arr
 
     @property
     def closed(self) -> bool:

@@ -163,9 +163,10 @@ TEST(corrupt_ring_never_spins) {
     CHECK(claim_records_free(&v));
     atomic_fetch_sub(seq_of(&v, 1), (uint64_t)1 << 40);
 
-    /* tail behind a published slot, and tail wrapped round */
+    /* tail behind a published slot, and tail wrapped round (to the largest position: the top
+     * bits are the shutdown flags, tested in shutdown_* and hostile_shutdown_bits) */
     uint64_t tail = atomic_load(v.tail), head = atomic_load(v.head);
-    const uint64_t bad_tails[] = {tail - 1, UINT64_MAX};
+    const uint64_t bad_tails[] = {tail - 1, UINT64_MAX >> 2};
     for (int b = 0; b < 2; b++) {
         atomic_store(v.tail, bad_tails[b]);
         memcpy(snap, v.ring, v.bytes);
@@ -179,7 +180,7 @@ TEST(corrupt_ring_never_spins) {
     atomic_store(v.tail, tail);
 
     /* head behind a released slot, and head wrapped round */
-    const uint64_t bad_heads[] = {head - 1, UINT64_MAX};
+    const uint64_t bad_heads[] = {head - 1, UINT64_MAX >> 1};
     for (int b = 0; b < 2; b++) {
         atomic_store(v.head, bad_heads[b]);
         memcpy(snap, v.ring, v.bytes);
@@ -252,7 +253,7 @@ TEST(hostile_writer_cannot_pin_a_waiter) {
     for (int32_t i = 0; i < 2; i++) CHECK_RC(ndshm_queue_put(q, &i, 4, "<i4", 0, NULL, 0), 0);
     pid_t pid = fork();
     if (pid == 0)
-        for (uint64_t k = 0;; k++) atomic_store(v.tail, (k & 1) ? 1 : UINT64_MAX - (k & 0xff) * 4);
+        for (uint64_t k = 0;; k++) atomic_store(v.tail, (k & 1) ? 1 : (UINT64_MAX >> 2) - (k & 0xff) * 4);
     for (int t = 0; t < 2; t++) {
         outcome_t o = bounded(q, OP_PUT, t ? 0.05 : 0, 2.0);
         CHECK(o.rc == NDSHM_ECORRUPT || o.rc == NDSHM_ETIMEDOUT || o.rc == NDSHM_EFULL);
@@ -830,6 +831,203 @@ TEST(kill_random_points) {
     printf("  kill -9 at random points, 12 rounds: survivors always finished, worst %.2f s after the kill\n", worst);
 }
 
+/* ---- shutdown ------------------------------------------------------------------------ */
+
+static int put_i(ndshm_queue_t *q, int v, double timeout) { return ndshm_queue_put(q, &v, 4, "<i4", 0, NULL, timeout); }
+
+TEST(shutdown_drains_then_ends) {
+    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 64);
+    CHECK_RC(ndshm_queue_is_shutdown(q), 0);
+    CHECK_RC(put_i(q, 1, 0), 0);
+    CHECK_RC(put_i(q, 2, 0), 0);
+    ndshm_qmsg_t loan;
+    CHECK_RC(ndshm_queue_loan(q, 4, 0, &loan), 0); /* in flight across the shutdown */
+    CHECK_RC(ndshm_queue_shutdown(q, 0), 0);
+    CHECK_RC(ndshm_queue_is_shutdown(q), 1);
+    CHECK_RC(put_i(q, 3, 0), NDSHM_ESHUTDOWN);
+    CHECK_DETAIL("shut down");
+    CHECK_RC(put_i(q, 3, -1), NDSHM_ESHUTDOWN); /* never waits */
+    ndshm_qmsg_t m2;
+    CHECK_RC(ndshm_queue_loan(q, 4, 1, &m2), NDSHM_ESHUTDOWN);
+    uint64_t offs[2] = {0, 4}, done = 9;
+    int v = 5;
+    CHECK_RC(ndshm_queue_put_many(q, &v, offs, 1, "<i4", 4, 0, &done), NDSHM_ESHUTDOWN);
+    CHECK(done == 0);
+    CHECK_RC(ndshm_queue_register_producer(q), NDSHM_ESHUTDOWN);
+    ndshm_qmsg_t m;
+    for (int i = 1; i <= 2; i++) {
+        CHECK_RC(ndshm_queue_take(q, 0, &m), 0);
+        CHECK(*(int *)m.data == i);
+        ndshm_queue_release(q, &m);
+    }
+    /* the loan made before the shutdown is still waited for, then delivered */
+    CHECK_RC(ndshm_queue_take(q, 0, &m), NDSHM_EEMPTY);
+    *(int *)loan.data = 77;
+    loan.typestr[0] = '\0';
+    CHECK_RC(ndshm_queue_publish(q, &loan), 0);
+    CHECK_RC(ndshm_queue_take(q, 0, &m), 0);
+    CHECK(*(int *)m.data == 77);
+    ndshm_queue_release(q, &m);
+    double t0 = now_s();
+    CHECK_RC(ndshm_queue_take(q, -1, &m), NDSHM_ESHUTDOWN); /* drained: at once, even waiting for ever */
+    CHECK(now_s() - t0 < 0.5);
+    char ts[NDSHM_TYPESTR_MAX];
+    int got[4];
+    uint64_t goff[3], n = 7;
+    CHECK_RC(ndshm_queue_get_many(q, got, sizeof got, goff, 2, ts, -1, &n), NDSHM_ESHUTDOWN);
+    CHECK(n == 0);
+    CHECK(ndshm_queue_size(q) == 0);
+    CHECK_RC(ndshm_queue_shutdown(q, 1), 0); /* immediate after plain */
+    CHECK_RC(ndshm_queue_is_shutdown(q), 2);
+    CHECK_RC(ndshm_queue_shutdown(NULL, 0), NDSHM_EINVAL);
+    ndshm_queue_close(q);
+    munmap(mem, len);
+}
+
+TEST(shutdown_immediate_discards) {
+    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 64);
+    CHECK_RC(put_i(q, 1, 0), 0);
+    CHECK_RC(put_i(q, 2, 0), 0);
+    ndshm_qmsg_t held;
+    CHECK_RC(ndshm_queue_take(q, 0, &held), 0); /* a message being read survives */
+    CHECK_RC(ndshm_queue_shutdown(q, 1), 0);
+    CHECK_RC(ndshm_queue_is_shutdown(q), 2);
+    ndshm_qmsg_t m;
+    CHECK_RC(ndshm_queue_take(q, 0, &m), NDSHM_ESHUTDOWN);
+    CHECK(*(int *)held.data == 1);
+    CHECK_RC(ndshm_queue_release(q, &held), 0);
+    CHECK_RC(put_i(q, 3, 0), NDSHM_ESHUTDOWN);
+    CHECK(ndshm_queue_size(q) == 0); /* discarded, as Python 3.13's queue empties itself */
+    ndshm_queue_close(q);
+    munmap(mem, len);
+}
+
+/* A producer blocked on a full queue and a consumer asleep on an empty one both wake at once. */
+TEST(shutdown_wakes_sleepers) {
+    RAW_QUEUE_OR_RETURN(full, mem, len, 2, 64);
+    RAW_QUEUE_OR_RETURN(empty, mem2, len2, 2, 64);
+    CHECK_RC(put_i(full, 1, 0), 0);
+    CHECK_RC(put_i(full, 2, 0), 0);
+    double *dt = shared_mem(2 * sizeof(double));
+    int *rcs = shared_mem(2 * sizeof(int));
+    CHECK(dt != NULL && rcs != NULL);
+    if (!dt || !rcs) return;
+    pid_t pids[2];
+    for (int k = 0; k < 2; k++) {
+        pids[k] = fork();
+        if (pids[k] == 0) {
+            double t0 = now_s();
+            ndshm_qmsg_t m;
+            rcs[k] = k == 0 ? put_i(full, 3, -1) : ndshm_queue_take(empty, -1, &m);
+            dt[k] = now_s() - t0;
+            _exit(0);
+        }
+    }
+    usleep(300000); /* both are asleep on their futex by now (they spin 100 us) */
+    double t0 = now_s();
+    CHECK_RC(ndshm_queue_shutdown(full, 0), 0);
+    CHECK_RC(ndshm_queue_shutdown(empty, 0), 0);
+    for (int k = 0; k < 2; k++) wait_or_kill(pids[k], 5);
+    double woke = now_s() - t0;
+    CHECK(rcs[0] == NDSHM_ESHUTDOWN && rcs[1] == NDSHM_ESHUTDOWN);
+    CHECK(dt[0] > 0.25 && dt[1] > 0.25); /* they really slept */
+    CHECK(woke < 0.5);
+    ndshm_queue_close(full);
+    ndshm_queue_close(empty);
+    munmap(mem, len);
+    munmap(mem2, len2);
+}
+
+/* Registered producers: the queue shuts down (after the drain) once every one has exited. */
+TEST(registered_producers_end_the_stream) {
+    RAW_QUEUE_OR_RETURN(q, mem, len, 8, 64);
+    CHECK_RC(ndshm_queue_producers(q), 0);
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    pid_t pids[2];
+    for (int k = 0; k < 2; k++) {
+        pids[k] = fork();
+        if (pids[k] == 0) {
+            if (ndshm_queue_register_producer(q) != 0 || ndshm_queue_register_producer(q) != 0) _exit(2);
+            if (put_i(q, 10 + k, 0) != 0) _exit(3);
+            if (write(fds[1], "x", 1) != 1) _exit(4);
+            if (k == 1) pause(); /* killed */
+            _exit(0);            /* exits normally */
+        }
+    }
+    char c;
+    CHECK(read(fds[0], &c, 1) == 1 && read(fds[0], &c, 1) == 1);
+    CHECK_RC(ndshm_queue_producers(q), 1 + (waitpid(pids[0], NULL, WNOHANG) == 0));
+    ndshm_qmsg_t m;
+    int sum = 0;
+    for (int i = 0; i < 2; i++) {
+        CHECK_RC(ndshm_queue_take(q, 1, &m), 0);
+        sum += *(int *)m.data;
+        ndshm_queue_release(q, &m);
+    }
+    CHECK(sum == 21);
+    CHECK_RC(ndshm_queue_take(q, 0.2, &m), NDSHM_ETIMEDOUT); /* producer 1 still runs */
+    CHECK_RC(ndshm_queue_is_shutdown(q), 0);
+    kill(pids[1], SIGKILL);
+    double t0 = now_s();
+    CHECK_RC(ndshm_queue_take(q, 5, &m), NDSHM_ESHUTDOWN);
+    CHECK_DETAIL("every registered producer has exited");
+    CHECK(now_s() - t0 < 1.0);
+    CHECK_RC(ndshm_queue_is_shutdown(q), 3);
+    CHECK_RC(ndshm_queue_producers(q), 0);
+    CHECK_RC(put_i(q, 1, 0), NDSHM_ESHUTDOWN);
+    waitpid(pids[0], NULL, 0);
+    waitpid(pids[1], NULL, 0);
+    close(fds[0]);
+    close(fds[1]);
+    ndshm_queue_close(q);
+    munmap(mem, len);
+}
+
+/* Shutdown bits written by a hostile process are a shutdown: every call returns at once and
+ * writes nothing to the ring. */
+TEST(hostile_shutdown_bits) {
+    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 64);
+    ring_view_t v = view_of(q);
+    CHECK_RC(put_i(q, 1, 0), 0);
+    atomic_store(v.tail, UINT64_MAX);
+    atomic_store(v.head, UINT64_MAX);
+    char *snap = malloc(v.bytes);
+    CHECK(snap != NULL);
+    if (!snap) return;
+    memcpy(snap, v.ring, v.bytes);
+    CHECK_BOUNDED(q, OP_PUT, -1, NDSHM_ESHUTDOWN, "shut down");
+    CHECK_BOUNDED(q, OP_LOAN, -1, NDSHM_ESHUTDOWN, "shut down");
+    CHECK_BOUNDED(q, OP_TAKE, -1, NDSHM_ESHUTDOWN, "shut down");
+    CHECK_BOUNDED(q, OP_GET_MANY, -1, NDSHM_ESHUTDOWN, "shut down");
+    CHECK(memcmp(snap, v.ring, v.bytes) == 0);
+    CHECK(ndshm_queue_size(q) <= 4);
+    free(snap);
+    ndshm_queue_close(q);
+    munmap(mem, len);
+}
+
+TEST(unregister_is_the_end_of_a_producer) {
+    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 64);
+    CHECK_RC(ndshm_queue_unregister_producer(q), NDSHM_EINVAL);
+    CHECK_RC(ndshm_queue_register_producer(q), 0);
+    CHECK_RC(ndshm_queue_producers(q), 1);
+    CHECK_RC(put_i(q, 5, 0), 0);
+    ndshm_qmsg_t m;
+    CHECK_RC(ndshm_queue_take(q, 0, &m), 0);
+    ndshm_queue_release(q, &m);
+    CHECK_RC(ndshm_queue_take(q, 0.1, &m), NDSHM_ETIMEDOUT); /* a live producer: no end */
+    CHECK_RC(put_i(q, 6, 0), 0);
+    CHECK_RC(ndshm_queue_unregister_producer(q), 0);
+    CHECK_RC(ndshm_queue_producers(q), 0);
+    CHECK_RC(ndshm_queue_take(q, 1, &m), 0); /* drained first */
+    CHECK(*(int *)m.data == 6);
+    ndshm_queue_release(q, &m);
+    CHECK_RC(ndshm_queue_take(q, 1, &m), NDSHM_ESHUTDOWN);
+    ndshm_queue_close(q);
+    munmap(mem, len);
+}
+
 int main(void) {
     RUN(geometry_and_errors);
     RUN(put_take_descriptors);
@@ -844,5 +1042,11 @@ int main(void) {
     RUN(corrupt_ring_never_spins);
     RUN(hostile_writer_cannot_pin_a_waiter);
     RUN(nan_and_infinite_timeouts);
+    RUN(shutdown_drains_then_ends);
+    RUN(shutdown_immediate_discards);
+    RUN(shutdown_wakes_sleepers);
+    RUN(registered_producers_end_the_stream);
+    RUN(unregister_is_the_end_of_a_producer);
+    RUN(hostile_shutdown_bits);
     return SUMMARY();
 }
