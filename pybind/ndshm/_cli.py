@@ -19,7 +19,7 @@ import os
 import stat
 import sys
 import time
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence, TextIO
 
 from ._errors import NdshmError
 from ._listing import SegmentRecord, list_segments, named_segments, open_regular, probe
@@ -73,7 +73,7 @@ def as_json(rec: SegmentRecord) -> dict[str, Any]:
     return d
 
 
-def _dump_json(recs: Sequence[SegmentRecord], out) -> None:
+def _dump_json(recs: Sequence[SegmentRecord], out: TextIO) -> None:
     """One JSON array, one segment's object per line (``| python -m json.tool`` and ``| jq`` read it)."""
     if not recs:
         print("[]", file=out)
@@ -98,12 +98,12 @@ def _why(exc: BaseException) -> str:
     return str(exc)
 
 
-def _error(cmd: str, what: str, exc: BaseException, err) -> None:
+def _error(cmd: str, what: str, exc: BaseException, err: TextIO) -> None:
     msg = _why(exc)
     print(f"{cmd}: {msg}" if what in msg else f"{cmd}: {what}: {msg}", file=err)
 
 
-def cmd_ls(d: str, patterns: Sequence[str], as_json_: bool, out, err) -> int:
+def cmd_ls(d: str, patterns: Sequence[str], as_json_: bool, out: TextIO, err: TextIO) -> int:
     recs = list_segments(d)
     rc = 0
     if patterns:
@@ -124,9 +124,9 @@ def cmd_ls(d: str, patterns: Sequence[str], as_json_: bool, out, err) -> int:
     return rc
 
 
-def cmd_info(d: str, names: Sequence[str], as_json_: bool, out, err) -> int:
+def cmd_info(d: str, names: Sequence[str], as_json_: bool, out: TextIO, err: TextIO) -> int:
     rc = 0
-    found = []
+    found: list[SegmentRecord] = []
     for name in names:
         try:
             found.append(probe(name, dir=d))
@@ -140,8 +140,8 @@ def cmd_info(d: str, names: Sequence[str], as_json_: bool, out, err) -> int:
         if i:
             print(file=out)
         dtype, shape = _layout(r)
-        rows = [("name", r.name), ("path", r.path), ("kind", r.kind or "-"),
-                ("size", f"{human(r.size)} ({r.size} bytes)")]
+        rows: list[tuple[str, object]] = [("name", r.name), ("path", r.path), ("kind", r.kind or "-"),
+                                          ("size", f"{human(r.size)} ({r.size} bytes)")]
         if r.kind in ("array", None):
             rows += [("dtype", dtype), ("shape", shape)]
         elif r.slots is not None:
@@ -153,7 +153,7 @@ def cmd_info(d: str, names: Sequence[str], as_json_: bool, out, err) -> int:
     return rc
 
 
-def cmd_rm(d: str, names: Sequence[str], err) -> int:
+def cmd_rm(d: str, names: Sequence[str], err: TextIO) -> int:
     rc = 0
     for name in names:
         try:
@@ -197,7 +197,7 @@ def _would_remove(path: str, age: float, grace: float) -> bool:
         os.close(fd)
 
 
-def cmd_gc(d: str, dry: bool, grace: float, out) -> int:
+def cmd_gc(d: str, dry: bool, grace: float, out: TextIO) -> int:
     """Remove what nobody maps and nobody owns, by the rule segment creation sweeps with
     (:func:`ndshm._ownership.reclaimable`: a live owner keeps its segment, an unclaimed hand-over
     waits for its receiver)."""
@@ -260,7 +260,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, help: str, listed: bool = True) -> argparse.ArgumentParser:
-        kw = {"help": help} if listed else {}  # a subparser without help= is left out of the list
+        kw: dict[str, Any] = {"help": help} if listed else {}  # a subparser without help= is left out of the list
         p = sub.add_parser(name, description=help[:1].upper() + help[1:] + ".", allow_abbrev=False, **kw)
         add_dir(p, argparse.SUPPRESS)  # after the command too; the top level's otherwise
         return p

@@ -8,11 +8,12 @@ from __future__ import annotations
 import mmap
 import operator
 import sys
-from typing import Any, Sequence, Union
+from typing import Any, Sequence, SupportsIndex, Union
 
 import numpy as np
 
-ShapeLike = Union[int, Sequence[int]]
+# What NumPy accepts as a shape: an int (NumPy's integers too) or a sequence of them.
+ShapeLike = Union[SupportsIndex, Sequence[SupportsIndex]]
 AlignLike = Union[int, str]
 
 PAGE_SIZE = mmap.PAGESIZE
@@ -23,7 +24,7 @@ MAX_NBYTES = sys.maxsize  # PTRDIFF_MAX: the largest object C and NumPy can addr
 
 def as_dtype(dtype: Any) -> np.dtype:
     """``np.dtype(dtype)``, refusing dtypes that hold Python objects (they cannot be shared)."""
-    dt = np.dtype(dtype)
+    dt: np.dtype = np.dtype(dtype)
     if dt.hasobject:
         raise TypeError(f"dtype {dt!r} holds Python objects, which cannot live in raw or shared memory")
     return dt
@@ -36,7 +37,7 @@ def as_shape(shape: ShapeLike) -> tuple[int, ...]:
         items: Any = shape
     else:
         try:
-            items = (operator.index(shape),)
+            items = (operator.index(shape),)  # type: ignore[arg-type]  # a sequence: TypeError
         except TypeError:
             if isinstance(shape, (str, bytes, bytearray, memoryview, dict)) or not hasattr(shape, "__len__"):
                 raise TypeError(f"shape {shape!r} is not an int or a sequence of ints") from None
@@ -90,7 +91,7 @@ def as_offset(offset: Any) -> int:
     return off
 
 
-def is_plain_shape(shape: tuple) -> bool:
+def is_plain_shape(shape: tuple[Any, ...]) -> bool:
     """True for a tuple of at most 32 non-negative Python ints, bools excluded (as NumPy does)."""
     return (len(shape) <= 32 and all(map(int.__instancecheck__, shape)) and not any(map(bool.__instancecheck__, shape))
             and (not shape or (min(shape) >= 0 and max(shape) <= MAX_NBYTES)))
@@ -125,7 +126,7 @@ def resolve_dtype(dtype: Any) -> tuple[np.dtype, tuple[int, ...]]:
         dt = as_dtype(base)
     if dt.itemsize == 0 and dt.kind in "SU":  # 'S0', 'U0', 'S', 'U': one character, as NumPy makes them
         dt = np.dtype(dt.str[:2] + "1")
-    resolved = (dt, tuple(sub))
+    resolved: tuple[np.dtype, tuple[int, ...]] = (dt, tuple(sub))
     try:
         if len(_RESOLVED) < 1024:
             _RESOLVED[dtype] = resolved
@@ -152,7 +153,7 @@ def contiguous_strides(shape: tuple[int, ...], itemsize: int, order: str) -> tup
     return tuple(strides) if order == "F" else tuple(reversed(strides))
 
 
-def check_order(order: Any) -> str:
+def check_order(order: str) -> str:
     if order not in ("C", "F"):
         raise ValueError(f"order {order!r} is not 'C' or 'F'")
     return order
@@ -188,11 +189,11 @@ def as_alignment(align: AlignLike) -> int:
 
 
 def array_interface(address: int, shape: tuple[int, ...], dtype: np.dtype,
-                    strides: tuple[int, ...] | None, readonly: bool) -> dict:
+                    strides: tuple[int, ...] | None, readonly: bool) -> dict[str, Any]:
     """An ``__array_interface__`` (version 3) dict. Structured dtypes carry ``descr`` too,
     which is as much as the protocol can say (it cannot express padding: see ``view_of``)."""
-    iface = {"version": 3, "data": (address, readonly), "shape": shape, "typestr": dtype.str,
-             "strides": strides}
+    iface: dict[str, Any] = {"version": 3, "data": (address, readonly), "shape": shape, "typestr": dtype.str,
+                             "strides": strides}
     if dtype.names is not None:
         iface["descr"] = dtype.descr
     return iface

@@ -25,7 +25,8 @@ import numpy as np
 
 from ._errors import SegmentNotFoundError, error_from_code
 from ._lib import ffi, lib
-from ._segment import _PERSIST, _PREFIX, _cstr, _decode_dtype, _decode_meta, _str_name, default_dir
+from ._codec import _decode_dtype, _decode_meta
+from ._segment import _PERSIST, _PREFIX, _cstr, _str_name, default_dir
 
 __all__ = ["SegmentRecord", "probe", "list_segments", "LISTERS"]
 
@@ -39,7 +40,7 @@ class SegmentRecord(NamedTuple):
     name: str
     size: int
     dtype: Optional[np.dtype]
-    shape: Optional[tuple]
+    shape: Optional[tuple[int, ...]]
     creator_pid: Optional[int]
     created: Optional[_dt.datetime]
     in_use: bool
@@ -85,11 +86,12 @@ def open_regular(path: str) -> Optional[int]:
     return None
 
 
-# The head of a queue's ring (csrc/queue.c, ring_hdr_t, version 1): magic, version, hdr_bytes,
-# slots, slot_bytes, in the creator's byte order. Read with pread (a mapping would let whoever
-# truncates the file kill the lister with SIGBUS); any other version shows no geometry.
+# The head of a queue's ring (csrc/queue.c, ring_hdr_t, versions 1 and 2, which differ after it):
+# magic, version, hdr_bytes, slots, slot_bytes, in the creator's byte order. Read with pread (a
+# mapping would let whoever truncates the file kill the lister with SIGBUS); any other version
+# shows no geometry.
 _RING_HEAD = struct.Struct("=QIIQQ")
-_RING_MAGIC, _RING_VERSION = 0x51554555534D444E, 1
+_RING_MAGIC, _RING_VERSIONS = 0x51554555534D444E, (1, 2)
 
 
 def _queue_geometry(path: str, data_offset: int, data_size: int) -> tuple[Optional[int], Optional[int]]:
@@ -107,7 +109,7 @@ def _queue_geometry(path: str, data_offset: int, data_size: int) -> tuple[Option
         return None, None
     magic, version, _, slots, slot_bytes = _RING_HEAD.unpack(head)
     need = ffi.new("uint64_t *")
-    if (magic != _RING_MAGIC or version != _RING_VERSION
+    if (magic != _RING_MAGIC or version not in _RING_VERSIONS
             or lib.ndshm_queue_ring_bytes(slots, slot_bytes, need) != 0 or need[0] > data_size):
         return None, None
     return int(slots), int(slot_bytes)

@@ -19,7 +19,7 @@ import math
 import numbers
 import os
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -27,14 +27,29 @@ from . import _dtype
 from ._errors import BrokenBarrierError, NdshmPermissionError, check, error_from_code
 from ._lib import ffi, lib
 
+if TYPE_CHECKING:  # pragma: no cover - _segment imports this module
+    from ._segment import Segment
+
 __all__ = ["Lock", "Event", "Barrier"]
 
-_EOWNERDEAD, _EBUSY, _ETIMEDOUT, _EBROKEN = lib.NDSHM_EOWNERDEAD, lib.NDSHM_EBUSY, lib.NDSHM_ETIMEDOUT, \
-    lib.NDSHM_EBROKEN
-_acquire, _lock_release, _lock_state = lib.ndshm_lock_acquire, lib.ndshm_lock_release, lib.ndshm_lock_state
-_ev_set, _ev_clear, _ev_is_set, _ev_wait = lib.ndshm_event_set, lib.ndshm_event_clear, lib.ndshm_event_is_set, \
-    lib.ndshm_event_wait
-_b_wait, _b_leave = lib.ndshm_barrier_wait_sliced, lib.ndshm_barrier_leave
+# A sync area is a cffi ``void *`` (cffi's CData carries no static type: Any). The C calls are
+# bound to module globals once, with their C signatures spelled out for type checkers.
+_Area = Any
+_Wait = Callable[[_Area, float], int]
+_EOWNERDEAD: int = lib.NDSHM_EOWNERDEAD
+_EBUSY: int = lib.NDSHM_EBUSY
+_ETIMEDOUT: int = lib.NDSHM_ETIMEDOUT
+_EBROKEN: int = lib.NDSHM_EBROKEN
+_acquire: _Wait = lib.ndshm_lock_acquire
+_lock_release: Callable[[_Area], int] = lib.ndshm_lock_release
+_lock_state: Callable[[_Area], int] = lib.ndshm_lock_state
+_ev_set: Callable[[_Area], int] = lib.ndshm_event_set
+_ev_clear: Callable[[_Area], int] = lib.ndshm_event_clear
+_ev_is_set: Callable[[_Area], int] = lib.ndshm_event_is_set
+_ev_wait: _Wait = lib.ndshm_event_wait
+# (area, parties, timeout, slice, uint64_t *ticket, uint32_t *index) -> rc; (area, ticket) -> rc
+_b_wait: Callable[[_Area, int, float, float, Any, Any], int] = lib.ndshm_barrier_wait_sliced
+_b_leave: Callable[[_Area, int], int] = lib.ndshm_barrier_leave
 _SLICE = 0.25  # every wait longer than this comes back to Python this often, so Ctrl-C works
 _MAX_PARTIES = 1 << 20  # what ndshm_barrier_wait accepts (parties is a uint32_t, 1 .. 2^20)
 
@@ -65,7 +80,7 @@ def _timeout(blocking: bool, timeout: Optional[float]) -> float:
     return -1.0 if t is None else t
 
 
-def _wait_in_slices(wait: Any, area: Any, t: float) -> int:
+def _wait_in_slices(wait: _Wait, area: _Area, t: float) -> int:
     """``wait(area, seconds)`` (a C wait: 0, NDSHM_ETIMEDOUT or another code) for ``t`` seconds in
     all (> _SLICE), called in slices of at most _SLICE so that Ctrl-C is noticed between them."""
     deadline = time.monotonic() + t
@@ -76,15 +91,20 @@ def _wait_in_slices(wait: Any, area: Any, t: float) -> int:
             return rc
 
 
-def _rebuild(cls: type, segment: Any, index: int, extra: tuple) -> Any:
+def _rebuild(cls: Union[type[Lock], type[Event], type[Barrier]], segment: Segment, index: int,
+             extra: tuple[Any, ...]) -> Union[Lock, Event, Barrier]:
     return cls._in_segment(segment, index, *extra)
 
 
 class _Sync:
     __slots__ = ("_segment", "_index", "_area", "address", "__weakref__")
-    _extra: tuple = ()
+    _segment: Segment
+    _index: int
+    _area: _Area
+    address: int  #: The address of the object's 64-byte sync area in this process.
+    _extra: tuple[Any, ...] = ()
 
-    def _bind(self, segment: Any, index: int) -> None:
+    def _bind(self, segment: Segment, index: int) -> None:
         self._segment = segment  # keeps the mapping alive
         self._index = index
         self.address = segment.sync_address(index)
@@ -106,7 +126,7 @@ class _Sync:
         self._bind(seg, 0)
 
     @property
-    def segment(self) -> Any:
+    def segment(self) -> Segment:
         """The segment holding this object."""
         return self._segment
 
@@ -114,10 +134,10 @@ class _Sync:
     def name(self) -> Optional[str]:
         return getattr(self._segment, "_name", None)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self._segment, self._index, self._extra_args()))
 
-    def _extra_args(self) -> tuple:
+    def _extra_args(self) -> tuple[Any, ...]:
         return ()
 
 
@@ -128,13 +148,14 @@ class Lock(_Sync):
     ``name``, or a unique name); ``create=False`` attaches to an existing one."""
 
     __slots__ = ("owner_died",)
+    owner_died: bool  #: True if the last acquire took the lock from a dead owner.
 
     def __init__(self, name: Optional[str] = None, *, dir: Optional[str] = None, create: bool = True) -> None:
         self.owner_died = False
         self._standalone(name, dir, create)
 
     @classmethod
-    def _in_segment(cls, segment: Any, index: int) -> "Lock":
+    def _in_segment(cls, segment: Segment, index: int) -> Lock:
         self = object.__new__(cls)
         self.owner_died = False
         self._bind(segment, index)
@@ -198,7 +219,7 @@ class Event(_Sync):
         self._standalone(name, dir, create)
 
     @classmethod
-    def _in_segment(cls, segment: Any, index: int) -> "Event":
+    def _in_segment(cls, segment: Segment, index: int) -> Event:
         self = object.__new__(cls)
         self._bind(segment, index)
         return self
@@ -232,6 +253,8 @@ class Barrier(_Sync):
     """A process-shared barrier for ``parties`` processes, like :class:`threading.Barrier`."""
 
     __slots__ = ("parties", "_timeout")
+    parties: int  #: The number of processes that must wait for the barrier to open.
+    _timeout: Optional[float]
 
     def __init__(self, parties: int, name: Optional[str] = None, *, timeout: Optional[float] = None,
                  dir: Optional[str] = None, create: bool = True) -> None:
@@ -244,13 +267,13 @@ class Barrier(_Sync):
         self._timeout = timeout
 
     @classmethod
-    def _in_segment(cls, segment: Any, index: int, parties: int, timeout: Optional[float] = None) -> "Barrier":
+    def _in_segment(cls, segment: Segment, index: int, parties: int, timeout: Optional[float] = None) -> Barrier:
         self = object.__new__(cls)
         self._setup(parties, timeout)
         self._bind(segment, index)
         return self
 
-    def _extra_args(self) -> tuple:
+    def _extra_args(self) -> tuple[Any, ...]:
         return (self.parties, self._timeout)
 
     def wait(self, timeout: Optional[float] = None) -> int:
@@ -283,7 +306,7 @@ class Barrier(_Sync):
     def reset(self) -> None:
         lib.ndshm_barrier_reset(self._area)
 
-    def _state(self) -> tuple:
+    def _state(self) -> tuple[int, int, bool]:
         p, w, b = ffi.new("uint32_t *"), ffi.new("uint32_t *"), ffi.new("int *")
         lib.ndshm_barrier_state(self._area, p, w, b)
         return int(p[0]), int(w[0]), bool(b[0])

@@ -34,22 +34,25 @@ from __future__ import annotations
 import os
 import pickle
 import uuid
-from typing import TYPE_CHECKING, Any, Optional
-
-import numpy as np
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, cast
 
 from . import _dtype
+from ._dtype import ShapeLike
 from ._errors import ClosedError
 from ._segment import Segment
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from mpi4py import MPI
+    from numpy.typing import DTypeLike, NDArray
 
 __all__ = ["SharedWindow", "allocate_shared"]
 
 
 def _mpi() -> Any:
-    """The mpi4py ``MPI`` module, imported on first use (so that ``import ndshm`` never pays for it)."""
+    """The mpi4py ``MPI`` module, imported on first use (so that ``import ndshm`` never pays for it).
+    Typed ``Any``, as a module object has no static type; annotations name the ``MPI`` that
+    ``TYPE_CHECKING`` imports."""
     try:
         from mpi4py import MPI
     except ImportError as e:
@@ -71,48 +74,72 @@ class SharedWindow:
     """
 
     __slots__ = ("_comm", "_segment", "_array", "_leader", "_name", "_dir", "_freed")
+    _comm: MPI.Intracomm
+    _segment: Optional[Segment]  # None once freed
+    _array: Optional[NDArray[Any]]  # None once freed
+    _leader: bool
+    _name: str
+    _dir: str
+    _freed: bool
 
     def __init__(self) -> None:  # pragma: no cover - made by allocate_shared only
         raise TypeError("use ndshm.mpi.allocate_shared(comm, shape, dtype)")
 
     @classmethod
-    def _wrap(cls, comm: "MPI.Intracomm", segment: Segment, array: np.ndarray, leader: bool) -> "SharedWindow":
+    def _wrap(cls, comm: MPI.Intracomm, segment: Segment, array: NDArray[Any], leader: bool) -> SharedWindow:
         self = object.__new__(cls)
+        name, dir = segment.name, segment.dir
+        assert name is not None and dir is not None  # a named segment
         self._comm = comm
         self._segment = segment
         self._array = array
         self._leader = leader
-        self._name = segment.name
-        self._dir = segment.dir
+        self._name = name
+        self._dir = dir
         self._freed = False
         return self
 
     @property
-    def array(self) -> np.ndarray:
+    def array(self) -> NDArray[Any]:
         """This rank's view of the node's array (the same memory on every rank of the node)."""
-        if self._freed:
+        array = self._array
+        if array is None:
             raise ClosedError(f"shared window {self._name!r} was freed")
-        return self._array
+        return array
 
     @property
-    def comm(self) -> "MPI.Intracomm":
+    def comm(self) -> MPI.Intracomm:
         """The node communicator (``Split_type(COMM_TYPE_SHARED)`` of the allocating ``comm``);
         freed by :meth:`free`."""
         return self._comm
 
-    leader = property(lambda self: self._leader, doc="True on the node leader (rank 0 of :attr:`comm`), "
-                                                     "which created the segment.")
-    name = property(lambda self: self._name, doc="The segment's name (the same on every rank of the node).")
-    dir = property(lambda self: self._dir, doc="The directory holding the segment.")
+    @property
+    def leader(self) -> bool:
+        """True on the node leader (rank 0 of :attr:`comm`), which created the segment."""
+        return self._leader
+
+    @property
+    def name(self) -> str:
+        """The segment's name (the same on every rank of the node)."""
+        return self._name
+
+    @property
+    def dir(self) -> str:
+        """The directory holding the segment."""
+        return self._dir
 
     @property
     def segment(self) -> Segment:
         """This rank's :class:`ndshm.Segment` of the array."""
-        if self._freed:
+        segment = self._segment
+        if segment is None:
             raise ClosedError(f"shared window {self._name!r} was freed")
-        return self._segment
+        return segment
 
-    freed = property(lambda self: self._freed, doc="True once :meth:`free` (or the ``with`` block) ended.")
+    @property
+    def freed(self) -> bool:
+        """True once :meth:`free` (or the ``with`` block) ended."""
+        return self._freed
 
     def free(self) -> None:
         """Release the array collectively (every rank of the node must call it, like ``Win.Free()``).
@@ -122,14 +149,15 @@ class SharedWindow:
         any rank, the name is gone. Arrays still referenced stay valid memory (ndshm never unmaps
         under a live view) but are private leftovers: drop them. Calling it again does nothing. A
         window never freed keeps its segment until the leader's process ends."""
-        if self._freed:
+        seg = self._segment
+        if seg is None:  # freed
             return
         comm = self._comm
         comm.Barrier()
         mine: Optional[Exception] = None
         if self._leader:
             try:
-                self._segment.unlink()
+                seg.unlink()
             except FileNotFoundError:  # removed by hand (ndshm gc, rm): nothing left to remove
                 pass
             except Exception as e:
@@ -147,36 +175,40 @@ class SharedWindow:
         self._freed = True
         seg, self._segment, self._array = self._segment, None, None  # the mapping goes with the last view
         try:
-            seg.close()
+            if seg is not None:
+                seg.close()
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> np.ndarray:
+    def __enter__(self) -> NDArray[Any]:
         return self.array
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
         if exc_type is None:
             self.free()
             return
-        if self._freed:
+        seg = self._segment
+        if seg is None:  # freed
             return
         # The block raised on this rank, perhaps on this rank only: a collective free() could wait
         # for ever on ranks that are elsewhere. Release locally (the leader removes the name) and
         # let the exception propagate; under `python -m mpi4py`, an uncaught one aborts the job.
         if self._leader:
             try:
-                self._segment.unlink()
+                seg.unlink()
             except OSError:
                 pass
         self._release()
 
     def __repr__(self) -> str:
-        state = "freed" if self._freed else f"shape={self._segment.shape} dtype={self._segment.dtype}"
+        seg = self._segment
+        state = "freed" if seg is None else f"shape={seg.shape} dtype={seg.dtype}"
         role = "leader" if self._leader else "member"
         return f"<ndshm.mpi.SharedWindow {self._name!r} {state} ({role})>"
 
 
-def allocate_shared(comm: "MPI.Intracomm", shape: Any, dtype: Any = float, *, order: str = "C",
+def allocate_shared(comm: MPI.Intracomm, shape: ShapeLike, dtype: DTypeLike = float, *, order: str = "C",
                     fill: Any = None, readonly: bool = False, populate: bool = False,
                     dir: Optional[str] = None) -> SharedWindow:
     """Allocate one array of ``shape`` and ``dtype`` per node, shared by the node's ranks of ``comm``.
@@ -213,19 +245,20 @@ def allocate_shared(comm: "MPI.Intracomm", shape: Any, dtype: Any = float, *, or
         raise
 
 
-def _node_comm(comm: "MPI.Intracomm") -> "MPI.Intracomm":
+def _node_comm(comm: MPI.Intracomm) -> MPI.Intracomm:
     """The ranks of ``comm`` that share this node's memory (rank 0 of it is the node leader)."""
-    return comm.Split_type(_mpi().COMM_TYPE_SHARED)
+    # Split_type of an Intracomm makes an Intracomm (mpi4py's stubs declare Comm.Split_type's).
+    return cast("MPI.Intracomm", comm.Split_type(_mpi().COMM_TYPE_SHARED))
 
 
-def _allocate_on_node(comm: "MPI.Intracomm", node: "MPI.Intracomm", shape: Any, dtype: Any, order: str,
+def _allocate_on_node(comm: MPI.Intracomm, node: MPI.Intracomm, shape: ShapeLike, dtype: DTypeLike, order: str,
                       fill: Any, readonly: bool, populate: bool, dir: Optional[str]) -> SharedWindow:
     """The protocol: the node leader creates and broadcasts (name, dir) or its error on the node;
     the others attach; every rank's outcome is gathered on the node (so no name is removed before
     all attached) and, across nodes, agreed on ``comm``: all succeed or all raise the first error."""
     leader = node.Get_rank() == 0
     seg: Optional[Segment] = None
-    arr: Optional[np.ndarray] = None
+    arr: Optional[NDArray[Any]] = None
     mine: Optional[Exception] = None  # this rank's failure, raised as is (with its traceback) here
     if leader:
         try:
@@ -235,7 +268,7 @@ def _allocate_on_node(comm: "MPI.Intracomm", node: "MPI.Intracomm", shape: Any, 
             arr = seg.asarray()
         except Exception as e:
             mine = e
-        node.bcast((seg.name, seg.dir) if mine is None else None, root=0)
+        node.bcast(None if mine is not None or seg is None else (seg.name, seg.dir), root=0)
     else:
         where = node.bcast(None, root=0)
         if where is not None:  # None: the leader failed and sends its error below
@@ -265,7 +298,7 @@ def _allocate_on_node(comm: "MPI.Intracomm", node: "MPI.Intracomm", shape: Any, 
     _raise(blob, origin)
 
 
-def _check_same(seg: Segment, shape: Any, dtype: Any, order: str, rank: int) -> None:
+def _check_same(seg: Segment, shape: ShapeLike, dtype: DTypeLike, order: str, rank: int) -> None:
     """Refuse a rank whose arguments describe another array than the leader's (MPI programs call
     collectives with the same arguments everywhere; a mismatch is a bug worth naming)."""
     order = _dtype.check_order(order)
@@ -304,7 +337,7 @@ def _portable(exc: BaseException) -> bytes:
     return pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
 
 
-def _raise(blob: bytes, origin: str) -> None:
+def _raise(blob: bytes, origin: str) -> NoReturn:
     """Raise, on this rank, the exception that ``origin`` (a rank, described) sent."""
     exc = pickle.loads(blob)
     note = f"(raised on {origin}, and so on every rank)"
