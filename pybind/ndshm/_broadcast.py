@@ -16,11 +16,12 @@ Faults: a subscriber process killed at any point (kill -9, even inside ``receive
 publishers for at most a liveness check (~20 ms) and is then forgotten. A publisher killed inside
 ``loan`` leaves its message unpublished: every subscriber skips it and receives the next ones.
 
-Views from ``receive`` follow the queue's rules (see :mod:`ndshm._queue`): the array is emptied
-when its block ends, the ring stays mapped while any view lives, and on CPython a view derived
-inside the block (``view[2:]``) keeps the message held after it; the subscription's next read
-then raises ``BufferError`` until those views are gone (a held message would otherwise be
-overwritten under them).
+The arrays of ``loan`` and ``receive`` blocks are the queue's :class:`~ndshm._queue.SlotArray`
+and follow its rules (see :mod:`ndshm._queue`): after the block the array is closed (on CPython
+every use raises :class:`ClosedError`; on PyPy it is emptied), the ring stays mapped while anything
+made from it lives, and on CPython a view derived inside a ``receive`` block (``view[2:]``) or an
+export of it keeps the message held after the block; the subscription's next read then raises
+``BufferError`` until those are gone (a held message would otherwise be overwritten under them).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from . import _dtype
 from ._errors import ClosedError, CorruptSegmentError, Empty, Full, ShutDown, error_from_code
 from ._lib import ffi, lib
 from ._queue import (
-    _PLANS, _PYPY, _SLICE, _UPTR, _VOIDP, _W_NDIM, _W_SHAPE0, _W_TYPESTR, Queue, _as_dir, _as_name, _encode,
-    _keep, _msg, _path_of, _plan, _pop_msg, _push_msg, _Slot, _timeout, _typestr_bytes, _unlink_if,
+    _CLOSED_MESSAGES, _EMPTY, _PLANS, _SEAL, _SLICE, _UPTR, _VOIDP, _W_NDIM, _W_SHAPE0, _W_TYPESTR, Queue,
+    SlotArray, _as_dir, _as_name, _ClosedSlot, _encode, _getrefcount, _keep, _msg, _path_of, _plan, _pop_msg,
+    _push_msg, _setstate, _Slot, _timeout, _typestr_bytes, _unlink_if,
 )
 
 __all__ = ["Broadcast", "Subscription"]
@@ -54,12 +56,32 @@ _MAX_SLOTS = lib.NDSHM_BCAST_MAX_SLOTS
 _MAX_NBYTES = sys.maxsize
 _POLICIES = {"block": lib.NDSHM_BCAST_BLOCK, "overwrite": lib.NDSHM_BCAST_OVERWRITE}
 _POLICY_NAMES = {v: k for k, v in _POLICIES.items()}
-_U1 = np.dtype(np.uint8)
 
 
-def _neuter(arr: np.ndarray) -> None:
-    """Turn the array of an ended block into an empty array owning no memory of the ring."""
-    arr.__setstate__((1, (0,), _U1, False, b""))
+class _ClosedLoan(_ClosedSlot):
+    __slots__ = ()
+
+
+class _ClosedReceive(_ClosedSlot):
+    __slots__ = ()
+
+
+# the queue's closed arrays (every use raises ClosedError with this message), with broadcast wording
+_CLOSED_MESSAGES[_ClosedLoan] = ("Broadcast loan() array used after its with block: the message was published "
+                                 "(or discarded) when the block ended; write it inside the block, and copy what "
+                                 "you keep from it there (np.array(out))")
+_CLOSED_MESSAGES[_ClosedReceive] = ("Subscription receive() view used after its with block: the message was "
+                                    "released when the block ended (an overwrite broadcast may reuse its slot); "
+                                    "copy what you keep inside the block (np.array(view))")
+
+
+def _close_array(arr: np.ndarray, keep: Any, cls: type) -> None:
+    """Close the array of an ended block: no element, the ring kept mapped for what it exported,
+    and on CPython every further use raising ClosedError (as the queue's)."""
+    _setstate(arr, _EMPTY)
+    arr._keep = keep
+    if _SEAL:
+        arr.__class__ = cls
 
 
 def _attach(name: str, dir: Optional[str]) -> "Broadcast":
@@ -214,7 +236,7 @@ class Broadcast:
     def loan(self, shape: Any, dtype: Any, timeout: Optional[float] = None) -> "_Loan":
         """``with b.loan(shape, dtype) as out:`` fill ``out`` in place (zero copy); it is published
         to every subscriber on a normal exit and discarded (skipped by all) if the block raises.
-        ``out`` is empty after the block. Waits for a slot as :meth:`put` does."""
+        ``out`` is closed after the block. Waits for a slot as :meth:`put` does."""
         self._live()
         return _Loan(self, shape, dtype, _timeout(True, timeout))
 
@@ -341,13 +363,11 @@ class _Loan:
                 if nd:
                     m.shape[0:nd] = dims
             if dt.itemsize:
-                arr = np.ndarray(dims, dt, b._rw, b._offset(m))
+                arr = SlotArray(dims, dt, b._rw, b._offset(m)).view()
             else:
                 slot = _Slot(b, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), False), "shape": dims,
                                  "typestr": self._ts.decode(), "strides": None})
-                arr = np.asarray(slot)
-                if arr.dtype != dt:
-                    arr = arr.view(dt)
+                arr = np.asarray(slot).view(SlotArray).view(dt)
         except BaseException:  # never keep a slot nobody can publish
             _discard(h, m)
             _push_msg(mw)
@@ -363,7 +383,7 @@ class _Loan:
         self._arr = self._msg = None
         h = self._b._handle
         rc = _publish(h, mw[0]) if exc_type is None else _discard(h, mw[0])
-        _neuter(arr)
+        _close_array(arr, self._b._rw, _ClosedLoan)
         del arr
         _push_msg(mw)
         if rc:
@@ -453,7 +473,7 @@ class Subscription:
 
     def receive(self, timeout: Optional[float] = None) -> "_Receive":
         """``with sub.receive() as view:`` read the next message in place (read-only, zero copy).
-        ``view`` becomes an empty array after the block. Raises as :meth:`get`."""
+        ``view`` is closed after the block (see the module). Raises as :meth:`get`."""
         self._ready()
         return _Receive(self, _timeout(True, timeout))
 
@@ -542,12 +562,13 @@ class _Receive:
             if dt.itemsize:
                 # `inner` on the ring's read-only buffer; views derived from `arr` take `inner` as
                 # their base, so its reference count tells whether any outlive the block
-                inner = np.ndarray(shape, dt, b._ro, b._offset(m))
+                inner = SlotArray(shape, dt, b._ro, b._offset(m))
+                arr = inner.view()
             else:
                 slot = _Slot(b, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), True), "shape": shape,
                                  "typestr": dt.str if dt.names is None else f"|V{dt.itemsize}", "strides": None})
-                inner = np.asarray(slot)
-            arr = inner.view(dt)
+                inner = np.asarray(slot).view(SlotArray)
+                arr = inner.view(dt)
         except Exception as e:
             _release(h, m)
             _push_msg(mw)
@@ -566,16 +587,23 @@ class _Receive:
         mw = self._msg
         if mw is None:
             raise RuntimeError("receive() context exited without being entered")
-        arr, slot = self._arr, self._slot
+        arr, inner = self._arr, self._slot
         self._arr = self._slot = self._msg = None
-        _neuter(arr)
-        del arr
         s = self._s
-        if not _PYPY and sys.getrefcount(slot) > 2:  # derived views outlive the block: keep the message
-            weakref.finalize(slot, _release_later, weakref.ref(s), s._h, mw)
-        else:
-            s._held = None
-            _release(s._h, mw[0])
-            _push_msg(mw)
-            if s._closing:
-                s._close_now()
+        ro = s._b._ro
+        # CPython, as the queue's receive: beyond ours and getrefcount's own, arr has one reference
+        # (the with target) and inner one (arr's base); more are derived views or exports
+        if _getrefcount(arr) > 3 or _getrefcount(inner) > 3:  # kept beyond the block: keep the message
+            if _getrefcount(arr) <= 3:
+                _setstate(arr, _EMPTY)
+                arr._keep = ro
+            arr.__class__ = _ClosedReceive  # CPython only: PyPy never gets here
+            weakref.finalize(inner, _release_later, weakref.ref(s), s._h, mw)
+            return
+        _close_array(arr, ro, _ClosedReceive)
+        del arr, inner
+        s._held = None
+        _release(s._h, mw[0])
+        _push_msg(mw)
+        if s._closing:
+            s._close_now()
