@@ -25,7 +25,8 @@ import weakref
 from multiprocessing import ProcessError
 from typing import Any, Callable, Iterable, Optional
 
-from .shared_memory import ShareableList, SharedMemory
+from . import shared_memory as _sm
+from .shared_memory import _SLT, ShareableList, SharedMemory
 
 __all__ = ["SharedMemoryManager"]
 
@@ -52,12 +53,12 @@ class SharedMemoryManager:
     ``serializer``, ``ctx``, ``shutdown_timeout``) are accepted and have no use here."""
 
     def __init__(self, address: Any = None, authkey: Optional[bytes] = None, serializer: str = "pickle",
-                 ctx: Any = None, *, shutdown_timeout: float = 1.0):
+                 ctx: Any = None, *, shutdown_timeout: float = 1.0) -> None:
         self._state = _INITIAL
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._blocks: dict[str, tuple[str, int, int]] = {}
-        self._finalizer: Optional[weakref.finalize] = None
+        self._finalizer: Optional[weakref.finalize[..., SharedMemoryManager]] = None
 
     @property
     def address(self) -> None:
@@ -102,7 +103,7 @@ class SharedMemoryManager:
             raise ValueError(f"this SharedMemoryManager is {self._state}: call start() first"
                              if self._state == _INITIAL else "this SharedMemoryManager has shut down")
 
-    def SharedMemory(self, size: int) -> SharedMemory:
+    def SharedMemory(self, size: int) -> _sm.SharedMemory:
         """A new :class:`SharedMemory` block of ``size`` bytes, unlinked at :meth:`shutdown`."""
         with self._lock:
             self._check_started()
@@ -110,7 +111,7 @@ class SharedMemoryManager:
             self._record(shm)
         return shm
 
-    def ShareableList(self, sequence: Optional[Iterable[Any]]) -> ShareableList:
+    def ShareableList(self, sequence: Optional[Iterable[_SLT]]) -> _sm.ShareableList[_SLT]:
         """A new :class:`ShareableList` holding ``sequence``, unlinked at :meth:`shutdown`."""
         with self._lock:
             self._check_started()

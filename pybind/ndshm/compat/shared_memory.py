@@ -33,7 +33,7 @@ import stat
 import struct
 import types
 from functools import partial
-from typing import Any, Callable, Iterable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, NamedTuple, Optional, TypeVar, cast, overload
 
 import numpy as np
 
@@ -274,7 +274,7 @@ def _new_file(path: str, size: int, mode: int) -> int:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         try:
-            rc = os.posix_fallocate(fd, 0, size)
+            rc: Optional[int] = os.posix_fallocate(fd, 0, size)  # type: ignore[func-returns-value]
             if rc:  # PyPy returns the error number instead of raising it
                 raise OSError(rc, os.strerror(rc), path)
         except OSError as exc:
@@ -337,7 +337,7 @@ class SharedMemory:
         self._path = path
         self._size = int(self._seg.nbytes)
         arr = self._seg._view(0, (self._size,), np.dtype(np.uint8), (1,), False)
-        self._buf = memoryview(arr)
+        self._buf = arr.data  # memoryview(arr)
 
     def _create_unique(self, d: str, size: int) -> str:
         while True:
@@ -423,6 +423,8 @@ class SharedMemory:
 
 _ENCODING = "utf8"
 _FIXED_FORMATS = frozenset({"q", "d", "xxxxxxx?", "xxxxxx?x"})
+# The types an item can have, as the standard library's type stubs spell them: ShareableList[int].
+_SLT = TypeVar("_SLT", int, float, bool, str, bytes, None)
 _MAX_SLOT = 9_999_999  # the longest str/bytes slot whose format ("9999999s") fits its 8 bytes
 
 
@@ -434,14 +436,17 @@ class ShareableListTypeError(TypeError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class ShareableList:
+class ShareableList(Generic[_SLT]):
     """A fixed-length list of ``int``, ``float``, ``bool``, ``str``, ``bytes`` and ``None`` values in
     one shared-memory block: ``ShareableList(sequence)`` creates it (``name=`` to choose the block's
     name), ``ShareableList(name=name)`` attaches to an existing one. Items can be replaced (a
     ``str``/``bytes`` item by one that fits its slot), not added or removed; ``shm`` is the
     :class:`SharedMemory` holding it."""
 
-    _types_mapping: dict = {
+    shm: SharedMemory
+    _list_len: int
+    _allocated_offsets: list[int]
+    _types_mapping: dict[type, str] = {
         int: "q",
         float: "d",
         bool: "xxxxxxx?",
@@ -468,7 +473,12 @@ class ShareableList:
             return 3
         return 0
 
-    def __init__(self, sequence: Optional[Iterable[Any]] = None, *, name: Optional[str] = None):
+    @overload
+    def __init__(self, sequence: None = None, *, name: Optional[str] = None) -> None: ...
+    @overload
+    def __init__(self, sequence: Optional[Iterable[_SLT]], *, name: Optional[str] = None) -> None: ...
+
+    def __init__(self, sequence: Optional[Iterable[_SLT]] = None, *, name: Optional[str] = None) -> None:
         if name is None or sequence is not None:
             items = list(sequence or ())
             formats = [self._format_of(item, i) for i, item in enumerate(items)]
@@ -480,7 +490,7 @@ class ShareableList:
             size = struct.calcsize("q" + self._format_size_metainfo + "".join(formats)
                                    + self._format_packing_metainfo + self._format_back_transform_codes)
             self.shm = SharedMemory(name, create=True, size=size)
-            buf = self.shm.buf
+            buf = self._buf
             struct.pack_into("q" + self._format_size_metainfo, buf, 0, self._list_len, *offsets)
             struct.pack_into("".join(formats), buf, self._offset_data_start,
                              *(v.encode(_ENCODING) if isinstance(v, str) else v for v in items))
@@ -510,6 +520,12 @@ class ShareableList:
             return self._types_mapping[kind] % slot
         return self._types_mapping[kind]
 
+    @property
+    def _buf(self) -> memoryview:
+        """``shm.buf``. None once ``shm`` is closed, which struct refuses with a TypeError, as it
+        does for the standard library's class."""
+        return cast(memoryview, self.shm.buf)
+
     def _corrupt(self, why: str) -> ValueError:
         return ValueError(f"shared memory block {self.shm.name!r} does not hold a ShareableList: {why}")
 
@@ -518,12 +534,12 @@ class ShareableList:
         size = self.shm.size
         if size < 16:
             raise self._corrupt(f"{size} bytes is too small")
-        n = struct.unpack_from("q", self.shm.buf, 0)[0]
+        n: int = struct.unpack_from("q", self._buf, 0)[0]
         # N items need at least 8 (count) + 8 (N + 1) offsets + 8 N formats + N codes bytes
         if not 0 <= n <= (size - 16) // 25:
             raise self._corrupt(f"its item count {n} does not fit in {size} bytes")
         self._list_len = n
-        offsets = list(struct.unpack_from(self._format_size_metainfo, self.shm.buf, 8))
+        offsets = list(struct.unpack_from(self._format_size_metainfo, self._buf, 8))
         if offsets[0] != 0 or any(b - a < self._alignment for a, b in zip(offsets, offsets[1:])):
             raise self._corrupt(f"its item offsets {offsets[:8]}... are not increasing by 8 or more")
         self._allocated_offsets = offsets
@@ -539,7 +555,8 @@ class ShareableList:
     def _get_packing_format(self, position: int) -> str:
         """The struct format of the item at ``position`` (read from the block)."""
         position = self._check_position(position)
-        raw = struct.unpack_from("8s", self.shm.buf, self._offset_packing_formats + position * 8)[0]
+        raw = struct.unpack_from("8s", self._buf, self._offset_packing_formats + position * 8)[0]
+        fmt: str
         try:
             fmt = raw.rstrip(b"\x00").decode(_ENCODING)
         except UnicodeDecodeError:
@@ -553,7 +570,7 @@ class ShareableList:
     def _get_back_transform(self, position: int) -> Callable[[Any], Any]:
         """The function that turns the stored form of the item at ``position`` into its value."""
         position = self._check_position(position)
-        code = struct.unpack_from("b", self.shm.buf, self._offset_back_transform_codes + position)[0]
+        code = struct.unpack_from("b", self._buf, self._offset_back_transform_codes + position)[0]
         try:
             return self._back_transforms_mapping[code]
         except KeyError:
@@ -562,24 +579,25 @@ class ShareableList:
     def _set_packing_format_and_transform(self, position: int, fmt_as_str: str, value: Any) -> None:
         """Store the format and back-transform code of ``value`` at ``position``."""
         position = self._check_position(position)
-        struct.pack_into("8s", self.shm.buf, self._offset_packing_formats + position * 8,
+        struct.pack_into("8s", self._buf, self._offset_packing_formats + position * 8,
                          fmt_as_str.encode(_ENCODING))
-        struct.pack_into("b", self.shm.buf, self._offset_back_transform_codes + position,
+        struct.pack_into("b", self._buf, self._offset_back_transform_codes + position,
                          self._extract_recreation_code(value))
 
-    def __getitem__(self, position: int) -> Any:
+    def __getitem__(self, position: int) -> _SLT:
         try:
             position = self._check_position(position)
         except IndexError:
             raise IndexError("index out of range") from None
         fmt = self._get_packing_format(position)
-        (v,) = struct.unpack_from(fmt, self.shm.buf, self._offset_data_start + self._allocated_offsets[position])
+        (v,) = struct.unpack_from(fmt, self._buf, self._offset_data_start + self._allocated_offsets[position])
         try:
-            return self._get_back_transform(position)(v)
+            value: _SLT = self._get_back_transform(position)(v)
         except (AttributeError, UnicodeDecodeError) as exc:
             raise self._corrupt(f"item {position} cannot be decoded ({exc})") from None
+        return value
 
-    def __setitem__(self, position: int, value: Any) -> None:
+    def __setitem__(self, position: int, value: _SLT) -> None:
         try:
             position = self._check_position(position)
         except IndexError:
@@ -599,13 +617,17 @@ class ShareableList:
             new_format = self._types_mapping[type(value)]
             encoded = value
         self._set_packing_format_and_transform(position, new_format, value)
-        struct.pack_into(new_format, self.shm.buf, self._offset_data_start + item_offset, encoded)
+        struct.pack_into(new_format, self._buf, self._offset_data_start + item_offset, encoded)
 
     def __reduce__(self) -> Any:
         return partial(self.__class__, name=self.shm.name), ()
 
     def __len__(self) -> int:
-        return struct.unpack_from("q", self.shm.buf, 0)[0]
+        n: int = struct.unpack_from("q", self._buf, 0)[0]
+        return n
+
+    if TYPE_CHECKING:  # iterated through __getitem__, as a sequence without __iter__ is
+        def __iter__(self) -> Iterator[_SLT]: ...
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({list(self)}, name={self.shm.name!r})"
@@ -639,11 +661,11 @@ class ShareableList:
     def _offset_back_transform_codes(self) -> int:
         return self._offset_packing_formats + self._list_len * 8
 
-    def count(self, value: Any) -> int:
+    def count(self, value: _SLT) -> int:
         """L.count(value) -> integer -- return number of occurrences of value."""
         return sum(value == entry for entry in self)
 
-    def index(self, value: Any) -> int:
+    def index(self, value: _SLT) -> int:
         """L.index(value) -> integer -- return first index of value.
         Raises ValueError if the value is not present."""
         for position, entry in enumerate(self):
@@ -651,4 +673,6 @@ class ShareableList:
                 return position
         raise ValueError(f"{value!r} not in this container")
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    @classmethod
+    def __class_getitem__(cls, item: Any) -> types.GenericAlias:  # what classmethod(types.GenericAlias) gives
+        return types.GenericAlias(cls, item)

@@ -32,9 +32,10 @@ tuple of ``ArrayDesc(name: bytes, dtype: scalar type, dims: tuple)``. Unlike it:
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -42,6 +43,11 @@ from .._dtype import as_dtype, as_shape, nbytes_of
 from .._errors import CorruptSegmentError
 from .._segment import Segment
 from .shared_memory import SHM_DIR, _bare, _new_file
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from numpy.typing import DTypeLike, NDArray
+
+    from .._dtype import ShapeLike
 
 __all__ = ["create", "attach", "delete", "list", "ArrayDesc", "MS_ASYNC", "MS_SYNC", "MS_INVALIDATE"]
 
@@ -56,16 +62,16 @@ _MAX_DIMS = 64
 _FILE, _SHM = "file://", "shm://"
 
 # NumPy type number -> dtype, for the fixed-size kinds; the flexible ones take their itemsize.
-_BY_TYPENUM = {np.dtype(c).num: np.dtype(c) for c in np.typecodes["All"] if np.dtype(c).itemsize}
-_FLEXIBLE = {np.dtype("S").num: "S", np.dtype("U").num: "U", np.dtype("V").num: "V"}
+_BY_TYPENUM: dict[int, np.dtype] = {np.dtype(c).num: np.dtype(c) for c in np.typecodes["All"] if np.dtype(c).itemsize}
+_FLEXIBLE: dict[int, str] = {np.dtype("S").num: "S", np.dtype("U").num: "U", np.dtype("V").num: "V"}
 _OBJECT = np.dtype(object).num
 
 
 class ArrayDesc(NamedTuple):
     """One entry of :func:`list`: SharedArray's ``ArrayDesc`` struct sequence."""
     name: bytes
-    dtype: type
-    dims: tuple
+    dtype: type[np.generic]
+    dims: tuple[int, ...]
 
 
 SharedArray = ArrayDesc  # the package exports its ArrayDesc type under this name too
@@ -101,7 +107,7 @@ def _dtype_of(typenum: int, itemsize: int) -> Optional[np.dtype]:
 
 class _Meta(NamedTuple):
     dtype: np.dtype
-    shape: tuple
+    shape: tuple[int, ...]
     nbytes: int
 
 
@@ -133,7 +139,7 @@ def _read_meta(fd: int, name: str, file_size: int) -> _Meta:
     raise OSError("No SharedArray at this address")
 
 
-def _meta_bytes(dt: np.dtype, shape: tuple, nbytes: int) -> bytes:
+def _meta_bytes(dt: np.dtype, shape: tuple[int, ...], nbytes: int) -> bytes:
     head = _HEAD.pack(_MAGIC, nbytes, dt.num, dt.itemsize, len(shape))
     return head + struct.pack(f"={_MAX_DIMS}q", *shape, *([0] * (_MAX_DIMS - len(shape))))
 
@@ -159,8 +165,13 @@ class MapOwner:
     SharedArray's ``msync``, ``mlock``, ``munlock``, ``name``, ``addr`` and ``size``."""
 
     __slots__ = ("name", "addr", "size", "_seg", "_iface", "__weakref__")
+    name: str  #: The name the array was created or attached with.
+    addr: int  #: The mapping's address.
+    size: int  #: The mapping's size in bytes.
+    _seg: Segment
+    _iface: dict[str, Any]
 
-    def __init__(self, name: str, seg: Segment, dt: np.dtype, shape: tuple, readonly: bool):
+    def __init__(self, name: str, seg: Segment, dt: np.dtype, shape: tuple[int, ...], readonly: bool) -> None:
         self.name = name
         self._seg = seg
         self.addr = int(seg.address)
@@ -168,7 +179,7 @@ class MapOwner:
         self._iface = {"version": 3, "data": (self.addr, readonly), "shape": shape, "typestr": dt.str}
 
     @property
-    def __array_interface__(self) -> dict:
+    def __array_interface__(self) -> dict[str, Any]:
         return self._iface
 
     def msync(self, flags: int) -> None:
@@ -189,13 +200,15 @@ class MapOwner:
         return f"<ndshm.compat.sharedarray.MapOwner {self.name!r}, {self.size} bytes at {self.addr:#x}>"
 
 
-def _array(name: str, path: str, ro: bool, meta: Optional[_Meta] = None) -> np.ndarray:
+def _array(name: str, path: str, ro: bool, meta: Optional[_Meta] = None) -> NDArray[Any]:
     try:
         seg = Segment._attach_raw(path, ro)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(exc.errno, os.strerror(exc.errno), name) from None
+        code = exc.errno or errno.ENOENT
+        raise FileNotFoundError(code, os.strerror(code), name) from None
     except PermissionError as exc:
-        raise PermissionError(exc.errno, os.strerror(exc.errno), name) from None
+        code = exc.errno or errno.EACCES
+        raise PermissionError(code, os.strerror(code), name) from None
     try:
         if meta is None:
             meta = _read_meta(seg.fd, name, int(seg.nbytes))
@@ -208,7 +221,7 @@ def _array(name: str, path: str, ro: bool, meta: Optional[_Meta] = None) -> np.n
 
 # ---- the API ------------------------------------------------------------------------------------
 
-def create(name: str, shape: Any, dtype: Any = float) -> np.ndarray:
+def create(name: str, shape: ShapeLike, dtype: DTypeLike = float) -> NDArray[Any]:
     """A new array of zeros in segment ``name`` (``shm://name``, ``file://path`` or a bare shm
     name); ``FileExistsError`` if it exists. ``shape`` and ``dtype`` as for ``numpy.zeros``."""
     path = _path(name)
@@ -242,7 +255,7 @@ def create(name: str, shape: Any, dtype: Any = float) -> np.ndarray:
         raise
 
 
-def attach(name: str, ro: bool = False) -> np.ndarray:
+def attach(name: str, ro: bool = False) -> NDArray[Any]:
     """The array in the existing segment ``name``; ``ro=True`` maps it read-only."""
     return _array(name, _path(name), bool(ro))
 
@@ -264,7 +277,7 @@ def delete(name: str) -> None:
         raise type(exc)(exc.errno, exc.strerror, name) from None
 
 
-def list() -> tuple:  # noqa: A001 - SharedArray's name
+def list() -> tuple[ArrayDesc, ...]:  # noqa: A001 - SharedArray's name
     """Every SharedArray segment in ``/dev/shm``: a tuple of ``ArrayDesc(name, dtype, dims)``."""
     out = []
     try:
