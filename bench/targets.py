@@ -109,6 +109,13 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
             f"{imp.get('runs', 20)} interpreters)", v, None if v is None else v <= limit,
             f"{v:+.1f} ms CPU ({imp.get('ndshm_over_numpy_cffi_wall_ms', float('nan')):+.1f} ms wall)"
             if v is not None else "")
+    bc = _get(b, "broadcast", "data") or {}
+    v = bc.get("ratio_vs_queue3")
+    add("broadcast 1 MiB fan-out to 3 subscribers: Broadcast loan+receive ≥ 3x 3 ndshm Queues", v,
+        None if v is None else v >= 3, f"{C.fmt(v)}x")
+    v = bc.get("ratio_vs_mpqueue3")
+    add("broadcast 1 MiB fan-out to 3 subscribers: Broadcast loan+receive ≥ 50x multiprocessing.Queue x3", v,
+        None if v is None else v >= 50, f"{C.fmt(v)}x")
     eng = _get(b, "engines", "data") or {}
     v = _get(eng, "dask", "speedup_worker_to_worker")
     add("engines: Dask worker->worker ≥ 10x stock NumPy, one copy in RAM", v,

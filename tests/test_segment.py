@@ -548,6 +548,12 @@ def test_attach_refuses_queues_and_sync_segments(unique_name):
     assert ndshm.Lock(unique_name + "l", create=False).acquire()  # the proper way still works
     lock.release()
     q.close()
+    with ndshm.Broadcast(unique_name + "b", slots=2, slot_bytes=64) as bc:
+        with pytest.raises(TypeError, match=r"broadcast.*ndshm\.Broadcast\.attach"):
+            ndshm.attach(unique_name + "b")
+        with pytest.raises(TypeError, match=r"broadcast.*ndshm\.Broadcast\.attach"):
+            ndshm.Segment.attach(unique_name + "b").asarray()
+        assert ndshm.Broadcast.attach(unique_name + "b").name == bc.name
 
 
 def test_asarray_of_a_closed_buffer_or_segment_is_a_closed_error(unique_name):

@@ -41,8 +41,8 @@ _KINDS = {"named": lib.NDSHM_KIND_NAMED, "anonymous": lib.NDSHM_KIND_ANONYMOUS, 
 _KIND_NAMES = {v: k for k, v in _KINDS.items()}
 _PERSIST, _POPULATE, _HUGE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE, lib.NDSHM_SEG_HUGEPAGES
 _READONLY, _FORTRAN = lib.NDSHM_SEG_READONLY, lib.NDSHM_SEG_FORTRAN
-_QUEUE, _SYNC = lib.NDSHM_SEG_QUEUE, lib.NDSHM_SEG_SYNC
-_CONTENT = _QUEUE | _SYNC  # segments whose data is not an array
+_QUEUE, _SYNC, _BROADCAST = lib.NDSHM_SEG_QUEUE, lib.NDSHM_SEG_SYNC, lib.NDSHM_SEG_BROADCAST
+_CONTENT = _QUEUE | _SYNC | _BROADCAST  # segments whose data is not an array
 _PREFIX = "ndshm."
 _close = lib.ndshm_segment_close
 # Functions and constants read once: attribute lookups on an ABI-mode cffi library are slow.
@@ -252,7 +252,8 @@ class Segment:
         self._path = path
         self._closed = False
         flags = v[2]
-        self._content = None if not flags & _CONTENT else "queue" if flags & _QUEUE else "sync"
+        self._content = (None if not flags & _CONTENT else "queue" if flags & _QUEUE
+                         else "broadcast" if flags & _BROADCAST else "sync")
         self._creator = creator = v[3] != 0
         self._persist = flags & _PERSIST != 0
         self._readonly = flags & _READONLY != 0
@@ -539,6 +540,9 @@ class Segment:
         what = self._name or self._path
         if self._content == "queue":
             raise TypeError(f"segment {what!r} holds an ndshm queue, not an array: use ndshm.Queue.attach({what!r})")
+        if self._content == "broadcast":
+            raise TypeError(f"segment {what!r} holds an ndshm broadcast ring, not an array: use "
+                            f"ndshm.Broadcast.attach({what!r})")
         raise TypeError(f"segment {what!r} holds a standalone ndshm Lock, Event or Barrier, not an array: use "
                         f"ndshm.Lock(name, create=False) (or Event, Barrier)")
 
