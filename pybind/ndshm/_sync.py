@@ -111,19 +111,15 @@ class _Sync:
         self._area = ffi.cast("void *", self.address)
 
     def _standalone(self, name: Optional[str], dir: Optional[str], create: bool) -> None:
-        from ._segment import Segment
+        # The segment comes through _ownership, not the Segment class: _segment imports this module
+        # (Segment.lock), so importing it from here would close an import circle.
+        from ._ownership import sync_segment
         kind = type(self).__name__
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{kind} name {name!r} is not a str")
         if dir is not None and not isinstance(dir, (str, os.PathLike)):
             raise TypeError(f"{kind} dir {dir!r} is not a str or path")
-        if create:
-            seg = Segment.create(name, shape=(0,), dtype=np.uint8, dir=dir, _flags=lib.NDSHM_SEG_SYNC)
-        else:
-            if name is None:
-                raise ValueError("attaching needs a name")
-            seg = Segment.attach(name, dir=dir)
-        self._bind(seg, 0)
+        self._bind(sync_segment(name, dir, create), 0)
 
     @property
     def segment(self) -> Segment:
