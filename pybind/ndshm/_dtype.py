@@ -8,9 +8,12 @@ from __future__ import annotations
 import mmap
 import operator
 import sys
-from typing import Any, Sequence, SupportsIndex, Union
+from typing import TYPE_CHECKING, Any, Sequence, SupportsIndex, Union
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from numpy.typing import NDArray
 
 # What NumPy accepts as a shape: an int (NumPy's integers too) or a sequence of them.
 ShapeLike = Union[SupportsIndex, Sequence[SupportsIndex]]
@@ -22,9 +25,9 @@ MAX_ALIGNMENT = 1 << 30
 MAX_NBYTES = sys.maxsize  # PTRDIFF_MAX: the largest object C and NumPy can address
 
 
-def as_dtype(dtype: Any) -> np.dtype:
+def as_dtype(dtype: Any) -> np.dtype[Any]:
     """``np.dtype(dtype)``, refusing dtypes that hold Python objects (they cannot be shared)."""
-    dt: np.dtype = np.dtype(dtype)
+    dt: np.dtype[Any] = np.dtype(dtype)
     if dt.hasobject:
         raise TypeError(f"dtype {dt!r} holds Python objects, which cannot live in raw or shared memory")
     return dt
@@ -97,12 +100,12 @@ def is_plain_shape(shape: tuple[Any, ...]) -> bool:
             and (not shape or (min(shape) >= 0 and max(shape) <= MAX_NBYTES)))
 
 # dtype argument -> (element dtype, trailing dims of a subarray dtype); a hot-path cache.
-_RESOLVED: dict[Any, tuple[np.dtype, tuple[int, ...]]] = {}
+_RESOLVED: dict[Any, tuple[np.dtype[Any], tuple[int, ...]]] = {}
 # element dtype -> the typestr that maps it exactly (raw void for structured dtypes: see exact_dtype)
-_TYPESTR: dict[np.dtype, str] = {}
+_TYPESTR: dict[np.dtype[Any], str] = {}
 
 
-def typestr_of(dt: np.dtype) -> str:
+def typestr_of(dt: np.dtype[Any]) -> str:
     """The ``__array_interface__`` typestr for element dtype ``dt`` (``dt.str`` costs ~0.5 us)."""
     try:
         return _TYPESTR[dt]
@@ -113,20 +116,21 @@ def typestr_of(dt: np.dtype) -> str:
         return ts
 
 
-def resolve_dtype(dtype: Any) -> tuple[np.dtype, tuple[int, ...]]:
+def resolve_dtype(dtype: Any) -> tuple[np.dtype[Any], tuple[int, ...]]:
     """The element dtype NumPy would build for ``dtype``, and the dimensions a subarray dtype
     adds (``('f4', (2, 3))`` gives ``float32`` and ``(2, 3)``)."""
     try:
         return _RESOLVED[dtype]
     except (KeyError, TypeError):  # TypeError: an unhashable dtype description
         pass
-    dt, sub = as_dtype(dtype), ()
+    dt = as_dtype(dtype)
+    sub: tuple[int, ...] = ()
     if dt.subdtype is not None:
         base, sub = dt.subdtype
         dt = as_dtype(base)
     if dt.itemsize == 0 and dt.kind in "SU":  # 'S0', 'U0', 'S', 'U': one character, as NumPy makes them
         dt = np.dtype(dt.str[:2] + "1")
-    resolved: tuple[np.dtype, tuple[int, ...]] = (dt, tuple(sub))
+    resolved: tuple[np.dtype[Any], tuple[int, ...]] = (dt, tuple(sub))
     try:
         if len(_RESOLVED) < 1024:
             _RESOLVED[dtype] = resolved
@@ -135,7 +139,7 @@ def resolve_dtype(dtype: Any) -> tuple[np.dtype, tuple[int, ...]]:
     return resolved
 
 
-def normalize(shape: ShapeLike, dtype: Any) -> tuple[tuple[int, ...], np.dtype]:
+def normalize(shape: ShapeLike, dtype: Any) -> tuple[tuple[int, ...], np.dtype[Any]]:
     """Shape and dtype as NumPy would build them: a subarray dtype adds its dimensions."""
     dt, sub = resolve_dtype(dtype)
     if shape.__class__ is int and shape >= 0 and not sub:  # the common case, kept cheap
@@ -159,7 +163,7 @@ def check_order(order: str) -> str:
     return order
 
 
-def nbytes_of(shape: tuple[int, ...], dtype: np.dtype) -> int:
+def nbytes_of(shape: tuple[int, ...], dtype: np.dtype[Any]) -> int:
     """Bytes an array of ``shape`` and ``dtype`` needs, refusing sizes no process could address."""
     n = dtype.itemsize
     for d in shape:
@@ -188,7 +192,7 @@ def as_alignment(align: AlignLike) -> int:
     return a
 
 
-def array_interface(address: int, shape: tuple[int, ...], dtype: np.dtype,
+def array_interface(address: int, shape: tuple[int, ...], dtype: np.dtype[Any],
                     strides: tuple[int, ...] | None, readonly: bool) -> dict[str, Any]:
     """An ``__array_interface__`` (version 3) dict. Structured dtypes carry ``descr`` too,
     which is as much as the protocol can say (it cannot express padding: see ``view_of``)."""
@@ -199,7 +203,7 @@ def array_interface(address: int, shape: tuple[int, ...], dtype: np.dtype,
     return iface
 
 
-def exact_dtype(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def exact_dtype(arr: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
     """``arr`` reinterpreted with ``dtype`` if the interface could not carry it exactly
     (structured dtypes with padding, titles or alignment). The view's base stays the owner."""
     return arr if arr.dtype == dtype and dtype.names is None else arr.view(dtype)

@@ -39,7 +39,7 @@ class SegmentRecord(NamedTuple):
     (None for other kinds, or when its ring header cannot be read)."""
     name: str
     size: int
-    dtype: Optional[np.dtype]
+    dtype: Optional[np.dtype[Any]]
     shape: Optional[tuple[int, ...]]
     creator_pid: Optional[int]
     created: Optional[_dt.datetime]

@@ -33,7 +33,8 @@ import stat
 import struct
 import types
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, NamedTuple, Optional, TypeVar, cast, overload
+from typing import (TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, NamedTuple, Optional, TypeVar, cast,
+                    overload)
 
 import numpy as np
 

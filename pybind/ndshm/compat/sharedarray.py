@@ -62,7 +62,8 @@ _MAX_DIMS = 64
 _FILE, _SHM = "file://", "shm://"
 
 # NumPy type number -> dtype, for the fixed-size kinds; the flexible ones take their itemsize.
-_BY_TYPENUM: dict[int, np.dtype] = {np.dtype(c).num: np.dtype(c) for c in np.typecodes["All"] if np.dtype(c).itemsize}
+_BY_TYPENUM: dict[int, np.dtype[Any]] = {np.dtype(c).num: np.dtype(c) for c in np.typecodes["All"]
+                                         if np.dtype(c).itemsize}
 _FLEXIBLE: dict[int, str] = {np.dtype("S").num: "S", np.dtype("U").num: "U", np.dtype("V").num: "V"}
 _OBJECT = np.dtype(object).num
 
@@ -92,7 +93,7 @@ def _path(name: str) -> str:
         raise OSError(exc.errno, exc.strerror, name) from None
 
 
-def _dtype_of(typenum: int, itemsize: int) -> Optional[np.dtype]:
+def _dtype_of(typenum: int, itemsize: int) -> Optional[np.dtype[Any]]:
     """The dtype SharedArray's reader makes of (typenum, itemsize); None if it names none."""
     kind = _FLEXIBLE.get(typenum)
     if kind is not None:
@@ -106,7 +107,7 @@ def _dtype_of(typenum: int, itemsize: int) -> Optional[np.dtype]:
 
 
 class _Meta(NamedTuple):
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     shape: tuple[int, ...]
     nbytes: int
 
@@ -139,7 +140,7 @@ def _read_meta(fd: int, name: str, file_size: int) -> _Meta:
     raise OSError("No SharedArray at this address")
 
 
-def _meta_bytes(dt: np.dtype, shape: tuple[int, ...], nbytes: int) -> bytes:
+def _meta_bytes(dt: np.dtype[Any], shape: tuple[int, ...], nbytes: int) -> bytes:
     head = _HEAD.pack(_MAGIC, nbytes, dt.num, dt.itemsize, len(shape))
     return head + struct.pack(f"={_MAX_DIMS}q", *shape, *([0] * (_MAX_DIMS - len(shape))))
 
@@ -171,10 +172,12 @@ class MapOwner:
     _seg: Segment
     _iface: dict[str, Any]
 
-    def __init__(self, name: str, seg: Segment, dt: np.dtype, shape: tuple[int, ...], readonly: bool) -> None:
+    def __init__(self, name: str, seg: Segment, dt: np.dtype[Any], shape: tuple[int, ...], readonly: bool) -> None:
         self.name = name
         self._seg = seg
-        self.addr = int(seg.address)
+        # Segment.address is a slot _segment.py does not declare yet; once it does, mypy calls this
+        # ignore unused (--strict warns of those): remove it then.
+        self.addr = int(seg.address)  # type: ignore[attr-defined]
         self.size = int(seg.nbytes)
         self._iface = {"version": 3, "data": (self.addr, readonly), "shape": shape, "typestr": dt.str}
 
