@@ -21,8 +21,6 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-import numpy as np
-
 from . import _dtype
 from ._errors import BrokenBarrierError, NdshmPermissionError, check, error_from_code
 from ._lib import ffi, lib
