@@ -21,7 +21,6 @@ import pytest
 from optional_deps import require as requires
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "pybind" / "ndshm"
 
 # The modules tests/test_typing.py holds to `mypy --strict` (paths from the repository root). The
 # rest of the package is being typed: when it is, the whole of pybind/ndshm is checked here.
