@@ -163,7 +163,7 @@ def _coordinate(conn: Any, row: str, nworkers: int, side: int, huge_dir: Optiona
     try:
         conn.send(("ok", _classic_trial(row, nworkers, side, huge_dir)))
     except BaseException as e:  # report, never hang the parent
-        conn.send(("error", f"{type(e).__name__}: {e}"))
+        conn.send(("error", C.error_cell(e)))
     conn.close()
 
 
@@ -270,7 +270,7 @@ def _attach_loop(conn: Any, kind: str, name: str, n: int) -> None:
             times.append(time.perf_counter() - t)
         conn.send(("ok", C.median(times), C.percentile(times, 99)))
     except BaseException as e:
-        conn.send(("error", f"{type(e).__name__}: {e}", None))
+        conn.send(("error", C.error_cell(e), None))
     conn.close()
 
 
@@ -503,7 +503,7 @@ def _reattach_loop(conn: Any, name: str, n: int) -> None:
             out[label] = C.median(times)
         conn.send(("ok", out))
     except BaseException as e:
-        conn.send(("error", f"{type(e).__name__}: {e}"))
+        conn.send(("error", C.error_cell(e)))
     conn.close()
 
 
@@ -621,7 +621,7 @@ def _create_touch(res: C.Results, size: int, repeats: int, huge_dir: Optional[st
             try:
                 fn()
             except Exception as e:
-                status[k] = f"{type(e).__name__}: {e}"
+                status[k] = f"not measured: {e}" if isinstance(e, ndshm.NotSupportedError) else C.error_cell(e)
                 del cases[k]
                 continue
             finally:

@@ -61,11 +61,16 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
                 add(f"classic: ndshm parent memory ≤ 0.1x {peer}'s", r, r <= 0.1, f"{nm:.1f} vs {pm:.1f} MiB")
     at = _get(ipc, "attach", "figures", "ndshm", "p50_us")
     add("attach by name < 30 µs", at, None if at is None else at < 30, f"{C.fmt(at)} µs")
-    pm = [f for f in ipc.get("pool_map", []) if f["method"].startswith("ndshm")]
-    if len(pm) >= 2:
-        r = pm[-1]["s"] / pm[0]["s"]
-        add("Pool.map cost independent of size (largest/smallest ≤ 1.5)", r, r <= 1.5,
-            f"{r:.2f}x for {C.human_bytes(pm[-1]['bytes'])} vs {C.human_bytes(pm[0]['bytes'])}")
+    v = _get(ipc, "pool_sum", "ndshm_over_shm_kept")
+    add("Pool(2).map, tasks sum their slices: ndshm ≤ 1.1x shared_memory kept open", v,
+        None if v is None else v <= 1.1, f"{C.fmt(v)}x")
+    v = _get(ipc, "pool_sum", "ndshm_over_floor")
+    add("Pool(2).map, tasks sum their slices: ndshm ≤ 1.3x the fork-inherited floor", v,
+        None if v is None else v <= 1.3, f"{C.fmt(v)}x")
+    ra = _get(ipc, "reattach", "s") or {}
+    v = ra["reattach"] / ra["touch"] if ra.get("reattach") and ra.get("touch") else None
+    add("repeated attach after the last view died: p50 ≤ 2x touching a mapped array", v,
+        None if v is None else v <= 2, f"{C.fmt(v)}x")
     ct = _get(ipc, "create_touch", "s") or {}
     if "ndshm populate=True" in ct and "shared_memory" in ct:
         r = ct["shared_memory"] / ct["ndshm populate=True"]

@@ -186,7 +186,9 @@ enum ndshm_segment_flags {
     NDSHM_SEG_FORTRAN = 16,  /* layout: Fortran order (recorded; strides are authoritative) */
     NDSHM_SEG_QUEUE = 32,    /* the data holds an ndshm queue, not an array */
     NDSHM_SEG_SYNC = 64,     /* a standalone Lock, Event or Barrier: its sync slots are the content */
-    NDSHM_SEG_BROADCAST = 256 /* the data holds an ndshm broadcast ring, not an array (128 is reserved) */
+    NDSHM_SEG_KEEP_NAME = 128, /* create: this handle's close never removes the name (the binding decides
+                                  when it goes, e.g. after a hand-over); held by the handle, not stored */
+    NDSHM_SEG_BROADCAST = 256 /* the data holds an ndshm broadcast ring, not an array */
 };
 
 enum ndshm_segment_limits {

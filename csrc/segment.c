@@ -43,12 +43,6 @@ static int memfd_create_(const char *name, unsigned flags) { return (int)syscall
 
 #define ATTACH_WAIT_NS 2000000000LL
 
-/* create: this handle's close leaves the name alone (a binding that decides itself when the name
- * goes, e.g. after handing the segment over to another process). Held by the handle only, never
- * stored in the header. ndshm.h does not declare it yet: the value is reserved here. */
-#ifndef NDSHM_SEG_KEEP_NAME
-#define NDSHM_SEG_KEEP_NAME 128
-#endif
 
 struct ndshm_segment_s {
     int kind;

@@ -210,8 +210,6 @@ def test_users_strict_script_type_checks_and_runs(tmp_path, mypy_cache, unique_n
     _run(script, unique_name, str(tmp_path / "sharedarray.bin"), tmp_path=tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="pybind/ndshm/__init__.py imports list_segments `as list`, which mypy "
-                                       "does not count as an export (implicit re-exports are off in --strict)")
 def test_ndshm_list_is_exported_for_type_checkers(tmp_path, mypy_cache, unique_name):
     script = _check_script(tmp_path, mypy_cache, LIST_SCRIPT)
     _run(script, unique_name, tmp_path=tmp_path)

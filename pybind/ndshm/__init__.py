@@ -25,7 +25,9 @@ from ._ownership import cleanup_on_signals
 from ._reference import Reference, WrongNodeError, from_reference, node_identity, reference
 from ._replicate import Replica, replicate
 from ._listing import SegmentRecord
-from ._listing import list_segments as list  # noqa: A001 - ndshm.list(), kept out of __all__
+from ._listing import list_segments as _list_segments
+
+list = _list_segments  # noqa: A001 - ndshm.list() (an assignment, so type checkers export it), kept out of __all__
 from ._queue import Queue
 from ._broadcast import Broadcast, Subscription
 from ._sync import Barrier, Event, Lock

@@ -64,7 +64,7 @@ class _Scratch(threading.local):
 
 _scratch = _Scratch()
 _live = _mappings.live  # (real dir, name) -> weakref to the mapped Segment (see _mappings)
-_KEEP_NAME = getattr(lib, "NDSHM_SEG_KEEP_NAME", 128)  # create: the handle's close leaves the name (segment.c)
+_KEEP_NAME = lib.NDSHM_SEG_KEEP_NAME  # create: the handle's close leaves the name (ownership decides)
 
 
 _UNREAD = object()  # Segment._meta before the metadata was read from the handle
@@ -224,6 +224,7 @@ class Segment:
                  "_readonly", "_shape", "_strides", "_dtype", "_typestr", "_needs_view", "_meta", "address",
                  "_data_size", "_raw", "_pid", "_key", "_fd", "_dev", "_ino", "_content", "_owner", "_hot", "__weakref__")
     _lib = lib  # kept reachable for the handles' finalizers at interpreter exit
+    address: int  # the data's first byte in this process
 
     def __init__(self) -> None:  # pragma: no cover - use the classmethods
         raise TypeError("use Segment.create(), Segment.attach() or Segment.from_fd()")

@@ -106,6 +106,27 @@ TEST(create_attach_roundtrip) {
     CHECK_DETAIL(name);
 }
 
+TEST(keep_name_creator_leaves_the_name_and_the_header_does_not_record_it) {
+    const char *name = uname_();
+    ndshm_segment_params_t p = params(name, 16);
+    p.flags = NDSHM_SEG_KEEP_NAME;
+    ndshm_segment_t *a = NULL, *b = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &a), 0);
+    ndshm_segment_info_t ia, ib;
+    CHECK_RC(ndshm_segment_info(a, &ia), 0);
+    CHECK(ia.creator == 1 && !(ia.flags & NDSHM_SEG_PERSIST));
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &b), 0);
+    CHECK_RC(ndshm_segment_info(b, &ib), 0);
+    CHECK(!(ib.flags & NDSHM_SEG_KEEP_NAME)); /* held by the creator's handle only, never stored */
+    ndshm_segment_close(b);
+    ndshm_segment_close(a); /* a creator, not persistent, but KEEP_NAME: the name stays */
+    CHECK(access(path_of(name), F_OK) == 0);
+    CHECK_RC(ndshm_unlink(name, dir), 0);
+    CHECK(access(path_of(name), F_OK) != 0);
+    p.flags = NDSHM_SEG_KEEP_NAME << 8; /* an unknown flag is still refused */
+    CHECK_RC(ndshm_segment_create(&p, &a), NDSHM_EINVAL);
+}
+
 TEST(summary_matches_info_and_checks_its_buffer) {
     const char *name = uname_();
     ndshm_segment_params_t p = params(name, 6);
@@ -812,6 +833,7 @@ int main(void) {
     }
     RUN(bad_names_are_refused_by_value);
     RUN(create_attach_roundtrip);
+    RUN(keep_name_creator_leaves_the_name_and_the_header_does_not_record_it);
     RUN(summary_matches_info_and_checks_its_buffer);
     RUN(checksum_matches_the_documented_fnv1a);
     RUN(largest_header_is_read_whole);

@@ -175,9 +175,7 @@ class MapOwner:
     def __init__(self, name: str, seg: Segment, dt: np.dtype[Any], shape: tuple[int, ...], readonly: bool) -> None:
         self.name = name
         self._seg = seg
-        # Segment.address is a slot _segment.py does not declare yet; once it does, mypy calls this
-        # ignore unused (--strict warns of those): remove it then.
-        self.addr = int(seg.address)  # type: ignore[attr-defined]
+        self.addr = int(seg.address)
         self.size = int(seg.nbytes)
         self._iface = {"version": 3, "data": (self.addr, readonly), "shape": shape, "typestr": dt.str}
 
