@@ -38,7 +38,7 @@ def _env_dir() -> str:
 _REALDIRS: dict[str, str] = {}
 
 
-def _mounts() -> list[tuple[str, str, set]]:
+def _mounts() -> list[tuple[str, str, set[str]]]:
     """(mount point, file system type, options) of every mount /proc/self/mounts lists."""
     out = []
     try:
@@ -57,7 +57,7 @@ def _mounts() -> list[tuple[str, str, set]]:
     return out
 
 
-def _huge_kind(fstype: str, opts: set) -> Optional[str]:
+def _huge_kind(fstype: str, opts: set[str]) -> Optional[str]:
     if fstype == "hugetlbfs":
         return "hugetlbfs"
     if fstype == "tmpfs" and opts & {"huge=always", "huge=within_size"}:

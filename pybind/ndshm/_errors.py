@@ -99,7 +99,7 @@ class BrokenBarrierError(NdshmError, _threading.BrokenBarrierError):
 
 
 # Python 3.13's queue.ShutDown where it exists (so `except queue.ShutDown` catches ours too).
-_ShutDownBase: tuple = (_queue.ShutDown,) if hasattr(_queue, "ShutDown") else ()
+_ShutDownBase: tuple[type[Exception], ...] = (_queue.ShutDown,) if hasattr(_queue, "ShutDown") else ()
 
 
 class ShutDown(NdshmError, *_ShutDownBase):  # type: ignore[misc]
@@ -148,6 +148,7 @@ def error_from_code(code: int, filename: str | None = None) -> NdshmError:
     detail = ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace")
     message = detail or ffi.string(lib.ndshm_strerror(code)).decode()
     cls, err = _TABLE.get(code, (NdshmOSError, None))
+    exc: NdshmError
     if issubclass(cls, OSError):
         err = err if err is not None else (lib.ndshm_last_errno() or _errno.EIO)
         exc = cls(err, message) if filename is None else cls(err, message, filename)

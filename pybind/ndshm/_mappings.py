@@ -26,7 +26,10 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    from ._segment import Segment
 
 __all__ = ["set_mapping_cache", "mapping_cache_info"]
 
@@ -51,8 +54,8 @@ _max_count = _env_int(_LIMIT_COUNT_ENV, 64)
 _max_bytes = _env_int(_LIMIT_BYTES_ENV, 8 << 30)
 
 lock = threading.RLock()
-live: "dict[tuple[str, str], weakref.ref[Any]]" = {}
-kept: "OrderedDict[tuple[str, str], Any]" = OrderedDict()
+live: "dict[tuple[str, str], weakref.ref[Segment]]" = {}
+kept: "OrderedDict[tuple[str, str], Segment]" = OrderedDict()
 _kept_bytes = 0
 _fresh = 0  # attaches that had to map a segment afresh (no live or kept mapping served them)
 _last_check = 0.0
@@ -60,7 +63,7 @@ _watcher_pid = 0
 _pid = os.getpid()
 # More checks run with drop_removed (the ownership registry's: see _ownership.drop_removed); each
 # returns True while it still has something to watch.
-checks: list = []
+checks: list[Callable[[], bool]] = []
 
 
 def _after_fork_in_child() -> None:
@@ -69,16 +72,13 @@ def _after_fork_in_child() -> None:
     _watcher_pid = 0  # the watcher thread did not survive the fork
     _fresh = 0
     _pid = os.getpid()
-# More checks run with drop_removed (the ownership registry's: see _ownership.drop_removed); each
-# returns True while it still has something to watch.
-checks: list = []
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def set_mapping_cache(max_bytes: Optional[int] = None, max_count: Optional[int] = None) -> dict:
+def set_mapping_cache(max_bytes: Optional[int] = None, max_count: Optional[int] = None) -> dict[str, int]:
     """Bound the mappings this process keeps after their last view died: at most ``max_count``
     segments and ``max_bytes`` bytes (``0`` keeps none; ``None`` leaves a limit as it is). Defaults:
     64 segments, 8 GiB, or ``$NDSHM_MAPPING_CACHE_COUNT`` / ``$NDSHM_MAPPING_CACHE_BYTES``. A kept
@@ -95,7 +95,7 @@ def set_mapping_cache(max_bytes: Optional[int] = None, max_count: Optional[int] 
     return {"max_bytes": _max_bytes, "max_count": _max_count}
 
 
-def mapping_cache_info() -> dict:
+def mapping_cache_info() -> dict[str, int]:
     """What the cache holds: ``cached_mappings`` (segments kept mapped), ``cached_mapping_bytes``,
     ``fresh_attach_mappings`` (attaches since start that had to map afresh), and the limits."""
     with lock:
@@ -103,13 +103,13 @@ def mapping_cache_info() -> dict:
                 "mapping_cache_max_count": _max_count, "mapping_cache_max_bytes": _max_bytes}
 
 
-def remember(key: tuple[str, str], seg: Any) -> None:
+def remember(key: tuple[str, str], seg: "Segment") -> None:
     """Make ``seg`` the mapping of ``key`` for later attaches (caller holds ``lock``)."""
     seg._key = key
     live[key] = weakref.ref(seg)
 
 
-def keep(key: tuple[str, str], seg: Any, fresh: bool = True) -> None:
+def keep(key: tuple[str, str], seg: "Segment", fresh: bool = True) -> None:
     """Keep ``seg`` mapped after its last view dies (a new attach's mapping, or a creator's;
     caller holds ``lock``). ``fresh``: count it as an attach that had to map afresh."""
     global _kept_bytes, _fresh
@@ -126,7 +126,7 @@ def keep(key: tuple[str, str], seg: Any, fresh: bool = True) -> None:
     _start_watcher()
 
 
-def release(seg: Any) -> None:
+def release(seg: "Segment") -> None:
     """Forget ``seg`` everywhere (it was closed, unlinked by its owner, or must die with its views)."""
     global _kept_bytes
     key = seg._key
@@ -141,7 +141,7 @@ def release(seg: Any) -> None:
             del live[key]
 
 
-def unkeep(seg: Any) -> None:
+def unkeep(seg: "Segment") -> None:
     """Stop keeping ``seg`` mapped past its views (it is owned here and must die with them, or
     its name was removed); later attaches still share it while it lives."""
     global _kept_bytes

@@ -37,7 +37,10 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional, cast
+
+if TYPE_CHECKING:
+    from ._segment import Segment
 
 from . import _mappings
 from ._errors import error_from_code
@@ -93,7 +96,7 @@ def check_owner(owner: Any, persist: bool) -> str:
         raise ValueError(f"owner {owner!r} is not one of {', '.join(map(repr, OWNERS))}")
     if persist and owner != "creator":
         raise ValueError(f"owner={owner!r} does not apply to persist=True segments, which no process owns")
-    return owner
+    return cast(str, owner)  # one of OWNERS
 
 
 # ---- the creator's side --------------------------------------------------------------------------
@@ -190,12 +193,15 @@ def hand_over(seg: Any) -> None:
 
 # ---- the receiver's side -------------------------------------------------------------------------
 
-def claim(seg: Any) -> bool:
+def claim(seg: "Segment") -> bool:
     """Become the owner of a handed-over segment just attached, if nobody (alive) is: the name then
     goes when this process's last view of it dies, or when it exits. False if another process
     owns it already, or the mapping is read-only (it cannot take the lock)."""
     if seg._readonly or seg._owner == "received":
         return seg._owner == "received"
+    path = seg._path
+    if path is None:  # not a named segment: there is no name to take over
+        return False
     address = seg.sync_address(OWNER_SLOT)
     if ffi.cast("uint32_t *", address + _MARKER_OFFSET)[0] != _HANDOVER:
         return False  # not a hand-over segment (the name was reused since the pickling)
@@ -204,8 +210,8 @@ def claim(seg: Any) -> bool:
         return False
     seg._owner = "received"
     with _lock:
-        _received[id(seg)] = (seg._path, seg._dev, seg._ino)
-    weakref.finalize(seg, _drop_received, id(seg), seg._path, seg._dev, seg._ino).atexit = False
+        _received[id(seg)] = (path, seg._dev, seg._ino)
+    weakref.finalize(seg, _drop_received, id(seg), path, seg._dev, seg._ino).atexit = False
     _ensure_exit_hook()
     return True
 

@@ -82,8 +82,8 @@ class Reference(NamedTuple):
     """The directory holding it."""
     offset: int
     """Byte offset of the array's first element from the start of the segment's data."""
-    shape: tuple
-    strides: tuple
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
     descr: Any
     """The dtype, as ``numpy.lib.format.dtype_to_descr`` writes it."""
     readonly: bool

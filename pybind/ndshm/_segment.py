@@ -21,10 +21,11 @@ import datetime as _dt
 import os
 import threading
 import uuid
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, SupportsIndex
 
 import numpy as np
 from numpy.lib import format as _npformat
+from numpy.typing import NDArray
 
 from . import _dtype, _mappings, _ownership
 from ._codec import _DTYPES, _decode_dtype, _decode_meta, _encode_dtype, _encode_meta, _lookup_dtype  # noqa: F401
@@ -32,6 +33,12 @@ from ._dirs import _REALDIRS, _cache_key, _env_dir, _huge_dir, _huge_kind, _moun
 from . import _reference as _refmod
 from ._errors import ClosedError, CorruptSegmentError, SegmentNotFoundError, check, error_from_code
 from ._lib import ffi, lib
+
+if TYPE_CHECKING:
+    from ._sync import Barrier, Event, Lock
+    _NDArrayBase = NDArray[Any]
+else:
+    _NDArrayBase = np.ndarray
 
 __all__ = ["Segment", "SharedArray", "create", "attach", "attach_raw", "unlink", "exists",
            "segment_of", "send_fd", "recv_fd", "default_dir"]
@@ -87,7 +94,7 @@ _NAMEBYTES: dict[str, bytes] = {}
 
 def _name_bytes(name: str) -> bytes:
     """A segment name as C string bytes (C checks the characters and names a bad one)."""
-    b = _cstr(name)
+    b: bytes = _cstr(name)
     if len(_NAMEBYTES) < 4096:
         _NAMEBYTES[name] = b
     return b
@@ -106,16 +113,16 @@ def _cbuf(s: Any) -> Any:
     return ffi.NULL if s is None else ffi.new("char[]", _cstr(s))
 
 
-class SharedArray(np.ndarray):
+class SharedArray(_NDArrayBase):
     """An ndarray that pickles by reference when its data lies in a live named segment."""
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> str | tuple[Any, ...]:
         ref = _reference(self)
         if ref is not None:
             return ref
         return np.asarray(self).__reduce__()
 
-    def __reduce_ex__(self, protocol):  # type: ignore[override]
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
         ref = _reference(self)
         if ref is not None:
             return ref
@@ -131,9 +138,9 @@ def _owner(arr: Any) -> Any:
     return base
 
 
-def _reference(arr: np.ndarray) -> Optional[tuple]:
+def _reference(arr: NDArray[Any]) -> Optional[tuple[Any, ...]]:
     seg = _owner(arr)
-    if not isinstance(seg, Segment) or seg._kind != "named" or seg._raw or seg._closed:
+    if not isinstance(seg, Segment) or seg._kind != "named" or seg._raw or seg._closed or seg._path is None:
         return None
     iface = arr.__array_interface__
     addr = iface["data"][0]
@@ -155,7 +162,7 @@ def _reference(arr: np.ndarray) -> Optional[tuple]:
                        not arr.flags.writeable, seg._dev, seg._ino, claim, _refmod._node or _refmod.node_identity()))
 
 
-def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
+def _span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
     """Lowest and one-past-highest byte offsets an array's elements reach from its data pointer."""
     lo, hi = 0, itemsize
     for n, s in zip(shape, strides):
@@ -168,9 +175,9 @@ def _span(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _rebuild(name: str, dir: str, offset: int, shape: tuple, strides: tuple, descr: Any,
+def _rebuild(name: str, dir: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], descr: Any,
              readonly: bool = False, dev: Optional[int] = None, ino: Optional[int] = None,
-             claim: bool = False, node: Optional[str] = None) -> np.ndarray:
+             claim: bool = False, node: Optional[str] = None) -> NDArray[Any]:
     """Unpickle a reference (see :mod:`ndshm._reference`): WrongNodeError if it was made on another
     node or in another container, else attach and view. A hand-over (``claim``) maps the segment
     writeable even for a read-only view: taking ownership writes the header's owner lock."""
@@ -206,8 +213,10 @@ class _View:
     """A transient ``__array_interface__`` provider for a view at an offset; keeps its segment."""
 
     __slots__ = ("__array_interface__", "owner")
+    __array_interface__: dict[str, Any]
+    owner: Segment
 
-    def __init__(self, owner: "Segment", iface: dict) -> None:
+    def __init__(self, owner: Segment, iface: dict[str, Any]) -> None:
         self.owner = owner
         self.__array_interface__ = iface
 
@@ -225,6 +234,32 @@ class Segment:
                  "_data_size", "_raw", "_pid", "_key", "_fd", "_dev", "_ino", "_content", "_owner", "_hot", "__weakref__")
     _lib = lib  # kept reachable for the handles' finalizers at interpreter exit
     address: int  # the data's first byte in this process
+    _handle: Any  # the ndshm_segment_t * (closed by its finalizer)
+    _info: Any  # the ndshm_segment_info_t *, read on demand (None until then)
+    _name: Optional[str]
+    _kind: str
+    _dir: Optional[str]
+    _path: Optional[str]
+    _closed: bool
+    _creator: bool
+    _persist: bool
+    _readonly: bool
+    _shape: tuple[int, ...]
+    _strides: tuple[int, ...]
+    _dtype: np.dtype[Any]
+    _typestr: str
+    _needs_view: bool  # the typestr alone does not give the dtype: views go through .view(dtype)
+    _meta: Any  # the encoded metadata, None (raw), or _UNREAD
+    _data_size: int
+    _raw: bool
+    _pid: int
+    _key: Optional[tuple[str, str]]  # the mapping cache's key (see _mappings)
+    _fd: int
+    _dev: int
+    _ino: int
+    _content: Optional[str]  # 'queue', 'broadcast', 'sync', or None for an array
+    _owner: Optional[str]
+    _hot: bool
 
     def __init__(self) -> None:  # pragma: no cover - use the classmethods
         raise TypeError("use Segment.create(), Segment.attach() or Segment.from_fd()")
@@ -352,15 +387,16 @@ class Segment:
             if hugepages:
                 dir, hugepages = _huge_dir(dir)
             dir = os.fspath(default_dir(dir))
+            where: Optional[str] = os.path.join(dir, _PREFIX + name)
         elif kind == "file":
             if path is None:
                 if name is None:
                     raise ValueError("kind='file' needs path=")
                 path = name
-            path = os.path.abspath(os.fspath(path))
+            where = path = os.path.abspath(os.fspath(path))
             name = None
         else:
-            name = None
+            where = name = None
         p = ffi.new("ndshm_segment_params_t *")
         p.kind = _KINDS[kind]
         keep = [_cbuf(name if kind == "named" else path), _cbuf(dir)]
@@ -392,22 +428,22 @@ class Segment:
         out = ffi.new(_SEG_PP)
         rc = lib.ndshm_segment_create(p, out)
         if rc:
-            raise error_from_code(rc, path if kind == "file" else (os.path.join(dir, _PREFIX + name) if name else None))
+            raise error_from_code(rc, where)
         self = cls._wrap(out[0], name, kind, dir, path)
         if kind in ("named", "file"):
-            self._path = path if kind == "file" else os.path.join(dir, _PREFIX + name)
+            self._path = where
             if not persist:
                 self._owner = owner
                 if owner == "receiver":
                     _ownership.mark_handover(self)
                 _ownership.own(self)
             if kind == "named":
+                assert dir is not None and name is not None  # set above for named segments
                 key = _cache_key(dir, name)
                 with _mappings.lock:
                     _mappings.remember(key, self)
                     if owner != "views":  # the creator's mapping is kept for reuse too, within the limits
                         _mappings.keep(key, self, fresh=False)
-            if kind == "named":
                 _ownership.sweep(dir)
                 _mappings.drop_removed()
         if fill is not None:
@@ -420,7 +456,7 @@ class Segment:
                 raise
         return self
 
-    def _same_file(self, dev: int, ino: int) -> bool:
+    def _same_file(self, dev: int, ino: Optional[int]) -> bool:
         return self._dev == dev and self._ino == ino
 
     @classmethod
@@ -445,7 +481,7 @@ class Segment:
                 seg = ref()
                 if seg is not None and not seg._closed and (readonly or not seg._readonly):
                     try:
-                        st = os.stat(seg._path)
+                        st = os.stat(seg._path)  # type: ignore[arg-type]  # cached mappings are named: a path
                     except OSError:
                         st = None
                     if st is not None and seg._dev == st.st_dev and seg._ino == st.st_ino:
@@ -499,24 +535,78 @@ class Segment:
 
     # ---- properties ------------------------------------------------------------------------
 
-    name = property(lambda self: self._name, doc="The segment's name (named segments), else None.")
-    kind = property(lambda self: self._kind, doc="'named', 'anonymous', 'memfd' or 'file'.")
-    dir = property(lambda self: self._dir, doc="The directory of a named segment.")
-    path = property(lambda self: self._path, doc="The backing file (named and file segments).")
-    fd = property(lambda self: self._fd, doc="The handle's descriptor (-1 for anonymous segments).")
-    shape = property(lambda self: self._shape, doc="Shape of the array the segment holds.")
-    strides = property(lambda self: self._strides, doc="Byte strides of that array.")
-    dtype = property(lambda self: self._dtype, doc="Dtype of that array.")
-    nbytes = property(lambda self: self._data_size, doc="Bytes of data.")
-    readonly = property(lambda self: self._readonly, doc="True for a read-only mapping.")
-    closed = property(lambda self: self._closed, doc="True once close() was called.")
-    creator = property(lambda self: self._creator, doc="True if this process created the segment.")
-    persist = property(lambda self: self._persist, doc="True if the name outlives its creator.")
-    owner = property(lambda self: self._owner,
-                     doc="Who removes the name, as this process sees it: 'creator' (this process, at close, "
-                         "unlink or exit), 'views' (with this process's last view), 'receiver' (to be handed "
-                         "to whoever unpickles it), 'handed' (handed over: no longer this process's), "
-                         "'received' (this process took it over), or None (not this process's to remove).")
+    @property
+    def name(self) -> Optional[str]:
+        """The segment's name (named segments), else None."""
+        return self._name
+
+    @property
+    def kind(self) -> str:
+        """'named', 'anonymous', 'memfd' or 'file'."""
+        return self._kind
+
+    @property
+    def dir(self) -> Optional[str]:
+        """The directory of a named segment."""
+        return self._dir
+
+    @property
+    def path(self) -> Optional[str]:
+        """The backing file (named and file segments)."""
+        return self._path
+
+    @property
+    def fd(self) -> int:
+        """The handle's descriptor (-1 for anonymous segments)."""
+        return self._fd
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the array the segment holds."""
+        return self._shape
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Byte strides of that array."""
+        return self._strides
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Dtype of that array."""
+        return self._dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data."""
+        return self._data_size
+
+    @property
+    def readonly(self) -> bool:
+        """True for a read-only mapping."""
+        return self._readonly
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called."""
+        return self._closed
+
+    @property
+    def creator(self) -> bool:
+        """True if this process created the segment."""
+        return self._creator
+
+    @property
+    def persist(self) -> bool:
+        """True if the name outlives its creator."""
+        return self._persist
+
+    @property
+    def owner(self) -> Optional[str]:
+        """Who removes the name, as this process sees it: 'creator' (this process, at close,
+        unlink or exit), 'views' (with this process's last view), 'receiver' (to be handed to
+        whoever unpickles it), 'handed' (handed over: no longer this process's), 'received' (this
+        process took it over), or None (not this process's to remove)."""
+        return self._owner
 
     @property
     def meta(self) -> Any:
@@ -551,7 +641,7 @@ class Segment:
         if self._closed:
             raise ClosedError(f"segment {self._name or self._path or self._kind} is closed")
 
-    def asarray(self, readonly: bool = False) -> np.ndarray:
+    def asarray(self, readonly: bool = False) -> NDArray[Any]:
         """The array the segment describes (zero-copy; a :class:`SharedArray`); ``readonly`` gives
         a view that cannot write even if the mapping can."""
         self._check_open()
@@ -561,15 +651,15 @@ class Segment:
         return self._view(0, self._shape, self._dtype, self._strides, readonly, True)
 
     @property
-    def __array_interface__(self) -> dict:
+    def __array_interface__(self) -> dict[str, Any]:
         """The whole array, for ``np.asarray(segment)`` (a plain ndarray whose base is the segment)."""
         if self._closed:
             self._check_open()
         return {"version": 3, "data": (self.address, self._readonly), "shape": self._shape,
                 "typestr": self._typestr, "strides": self._strides}
 
-    def _view(self, offset: int, shape: tuple, dt: np.dtype, strides: tuple, readonly: bool,
-              whole: bool = False) -> np.ndarray:
+    def _view(self, offset: int, shape: tuple[int, ...], dt: np.dtype[Any], strides: tuple[int, ...], readonly: bool,
+              whole: bool = False) -> NDArray[Any]:
         """A view at ``offset``; ``whole`` marks the segment's own layout, which C validated already."""
         if self._closed:
             self._check_open()
@@ -604,16 +694,19 @@ class Segment:
         return int(ffi.cast("uintptr_t", out[0]))
 
     @property
-    def lock(self):
+    def lock(self) -> Lock:
+        """The segment's own Lock (in its header's sync slot 0)."""
         from ._sync import Lock
         return Lock._in_segment(self, 0)
 
     @property
-    def event(self):
+    def event(self) -> Event:
+        """The segment's own Event (in its header's sync slot 1)."""
         from ._sync import Event
         return Event._in_segment(self, 1)
 
-    def barrier(self, parties: int):
+    def barrier(self, parties: int) -> Barrier:
+        """The segment's own Barrier for ``parties`` processes (in its header's sync slot 2)."""
         from ._sync import Barrier
         return Barrier._in_segment(self, 2, parties)
 
@@ -655,7 +748,7 @@ class Segment:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., Segment], tuple[Optional[str], Optional[str], bool, bool]]:
         if self._kind != "named" or self._raw:
             raise TypeError(f"a {self._kind} segment cannot be pickled; pickle its arrays or pass its fd")
         claim = self._owner == "receiver" or self._owner == "handed"
@@ -681,7 +774,7 @@ def _attach_segment(name: str, dir: str, readonly: bool, claim: bool = False) ->
 
 def create(name: Optional[str], shape: Any, dtype: Any = float, order: str = "C", *, fill: Any = None,
            align: Any = 64, persist: bool = False, mode: int = 0o600, hugepages: bool = False,
-           populate: bool = False, meta: Any = None, owner: str = "creator", dir: Optional[str] = None) -> np.ndarray:
+           populate: bool = False, meta: Any = None, owner: str = "creator", dir: Optional[str] = None) -> NDArray[Any]:
     """Create the named segment ``name`` (``None``: a unique name) holding a zeroed array (or
     ``fill``) and return the array. The name lives until this process closes the segment
     (``ndshm.segment_of(arr).close()``), unlinks it, or exits; ``owner="views"``: until the last
@@ -691,7 +784,7 @@ def create(name: Optional[str], shape: Any, dtype: Any = float, order: str = "C"
                           mode=mode, hugepages=hugepages, populate=populate, meta=meta, owner=owner).asarray()
 
 
-def attach(name: str, *, readonly: bool = False, populate: bool = False, dir: Optional[str] = None) -> np.ndarray:
+def attach(name: str, *, readonly: bool = False, populate: bool = False, dir: Optional[str] = None) -> NDArray[Any]:
     """The array in named segment ``name``, zero-copy, with dtype and shape restored. A queue's or a
     standalone Lock's, Event's or Barrier's segment is refused (attach those with their class)."""
     seg = Segment.attach(name, readonly=readonly, dir=dir, populate=populate)
@@ -705,7 +798,7 @@ def attach(name: str, *, readonly: bool = False, populate: bool = False, dir: Op
     return arr.view(SharedArray)
 
 
-def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, *, readonly: bool = False) -> np.ndarray:
+def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, *, readonly: bool = False) -> NDArray[Any]:
     """Map a headerless segment or file made by another tool: a bare name means ``/dev/shm/<name>``
     (as ``multiprocessing.shared_memory`` makes them). The view is bounds-checked against its size."""
     path = os.fspath(name_or_path)
