@@ -9,6 +9,7 @@ from math import prod as _prod
 from typing import Any, Optional
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _dtype
 from ._dtype import AlignLike, ShapeLike
@@ -64,6 +65,13 @@ class Buffer:
     """
 
     __slots__ = ("_block", "_cls", "__array_interface__", "nbytes", "alignment", "__weakref__")
+    _block: tuple[Any, int, Any]  # (gc'd handle, address, char * cdata or None): see _allocate
+    _cls: int  # the small-block cache's size class, or -1
+    __array_interface__: dict[str, Any]
+    nbytes: int
+    """Bytes allocated."""
+    alignment: int
+    """The alignment of the first byte, in bytes."""
     # Keeps the library loaded for as long as any buffer lives (instances hold their class), so a
     # finalizer never calls into an unloaded library at interpreter exit.
     _lib = lib
@@ -97,7 +105,7 @@ class Buffer:
         return self.__class__ is _ClosedBuffer
 
     def asarray(self, shape: Optional[ShapeLike] = None, dtype: Any = np.uint8, order: str = "C",
-                offset: int = 0) -> np.ndarray:
+                offset: int = 0) -> NDArray[Any]:
         """A zero-copy ndarray over the buffer's bytes (``shape=None``: as many items as fit)."""
         if self.__class__ is _ClosedBuffer:
             self.__array_interface__  # raises ClosedError
@@ -120,7 +128,7 @@ class Buffer:
 
     def memoryview(self) -> memoryview:
         """A writable ``memoryview`` of the bytes (for ``readinto``, ``recv_into``, ``bytes()``)."""
-        return memoryview(self.asarray())
+        return self.asarray().data
 
     def close(self) -> None:
         """End this buffer's use. The memory is freed when the last view of it is gone."""
@@ -147,7 +155,7 @@ class _ClosedBuffer(Buffer):
     __slots__ = ()
 
     @property
-    def __array_interface__(self) -> dict:  # type: ignore[override]
+    def __array_interface__(self) -> dict[str, Any]:  # type: ignore[override]
         raise ClosedError(f"Buffer of {self.nbytes} bytes at 0x{self.address:x} is closed")
 
 
@@ -207,8 +215,10 @@ class _View:
     from it would keep this object (and through it the buffer) alive."""
 
     __slots__ = ("__array_interface__", "owner")
+    __array_interface__: dict[str, Any]
+    owner: Buffer
 
-    def __init__(self, owner: Buffer, address: int, shape: tuple[int, ...], dtype: np.dtype,
+    def __init__(self, owner: Buffer, address: int, shape: tuple[int, ...], dtype: np.dtype[Any],
                  strides: tuple[int, ...]) -> None:
         self.owner = owner
         self.__array_interface__ = _dtype.array_interface(address, shape, dtype, strides, False)
@@ -216,11 +226,11 @@ class _View:
 
 # dtype argument -> (dtype, itemsize, typestr, simple): one dict lookup per array instead of
 # several calls; `simple` means no subarray and no fields, so shape and typestr are exact as given.
-_SPECS: dict[Any, tuple[np.dtype, int, str, bool]] = {}
+_SPECS: dict[Any, tuple[np.dtype[Any], int, str, bool]] = {}
 _MAX_NBYTES = _dtype.MAX_NBYTES
 
 
-def _spec(dtype: Any) -> tuple[np.dtype, int, str, bool]:
+def _spec(dtype: Any) -> tuple[np.dtype[Any], int, str, bool]:
     dt, sub = _dtype.resolve_dtype(dtype)  # raises for bad or object dtypes
     spec = (dt, dt.itemsize, _dtype.typestr_of(dt), not sub and dt.names is None)
     try:
@@ -231,11 +241,12 @@ def _spec(dtype: Any) -> tuple[np.dtype, int, str, bool]:
     return spec
 
 
-def _new_array(shape: ShapeLike, dtype: Any, order: str, align: AlignLike, flags: int) -> np.ndarray:
+def _new_array(shape: ShapeLike, dtype: Any, order: str, align: AlignLike, flags: int) -> NDArray[Any]:
     try:
         dt, itemsize, typestr, simple = _SPECS[dtype]
     except (KeyError, TypeError):
         dt, itemsize, typestr, simple = _spec(dtype)
+    dims: tuple[int, ...]
     if simple and shape.__class__ is int and 0 <= shape and shape * itemsize <= _MAX_NBYTES:
         dims, nbytes = (shape,), shape * itemsize  # the common cases, without helper calls
     elif simple and shape.__class__ is tuple and _dtype.is_plain_shape(shape):
@@ -254,7 +265,7 @@ def _new_array(shape: ShapeLike, dtype: Any, order: str, align: AlignLike, flags
 
 
 def empty(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: AlignLike = 64,
-          hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> np.ndarray:
+          hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> NDArray[Any]:
     """Like ``numpy.empty``, with the data aligned to ``align`` bytes (a power of two, ``'page'`` or
     ``'huge'``). ``hugepages``: transparent huge pages always (True), never (False), or, by default,
     from 4 MiB up as NumPy does. ``populate`` pre-faults the pages, ``lock`` keeps them in RAM
@@ -264,7 +275,7 @@ def empty(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: Alig
 
 
 def zeros(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: AlignLike = 64,
-          hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> np.ndarray:
+          hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> NDArray[Any]:
     """Like ``numpy.zeros``, aligned as :func:`empty` describes."""
     flags = _ZERO if hugepages is None and populate is False and lock is False else \
         _flags(True, hugepages, populate, lock)
@@ -272,7 +283,7 @@ def zeros(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: Alig
 
 
 def full(shape: ShapeLike, fill_value: Any, dtype: Any = None, order: str = "C", *, align: AlignLike = 64,
-         hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> np.ndarray:
+         hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> NDArray[Any]:
     """Like ``numpy.full``, aligned as :func:`empty` describes."""
     if dtype is None:
         dtype = np.array(fill_value).dtype
@@ -282,7 +293,7 @@ def full(shape: ShapeLike, fill_value: Any, dtype: Any = None, order: str = "C",
 
 
 def ones(shape: ShapeLike, dtype: Any = float, order: str = "C", *, align: AlignLike = 64,
-         hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> np.ndarray:
+         hugepages: Optional[bool] = None, populate: bool = False, lock: bool = False) -> NDArray[Any]:
     """Like ``numpy.ones``, aligned as :func:`empty` describes."""
     return full(shape, 1, dtype, order, align=align, hugepages=hugepages, populate=populate, lock=lock)
 
@@ -299,21 +310,21 @@ def _like(a: Any, dtype: Any, order: str, shape: Optional[ShapeLike]) -> tuple[A
 
 def empty_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
                align: AlignLike = 64, hugepages: Optional[bool] = None, populate: bool = False,
-               lock: bool = False) -> np.ndarray:
+               lock: bool = False) -> NDArray[Any]:
     """Like ``numpy.empty_like``, aligned as :func:`empty` describes."""
     return empty(*_like(a, dtype, order, shape), align=align, hugepages=hugepages, populate=populate, lock=lock)
 
 
 def zeros_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
                align: AlignLike = 64, hugepages: Optional[bool] = None, populate: bool = False,
-               lock: bool = False) -> np.ndarray:
+               lock: bool = False) -> NDArray[Any]:
     """Like ``numpy.zeros_like``, aligned as :func:`empty` describes."""
     return zeros(*_like(a, dtype, order, shape), align=align, hugepages=hugepages, populate=populate, lock=lock)
 
 
 def full_like(a: Any, fill_value: Any, dtype: Any = None, order: str = "K", *,
               shape: Optional[ShapeLike] = None, align: AlignLike = 64, hugepages: Optional[bool] = None,
-              populate: bool = False, lock: bool = False) -> np.ndarray:
+              populate: bool = False, lock: bool = False) -> NDArray[Any]:
     """Like ``numpy.full_like``, aligned as :func:`empty` describes."""
     shape, dtype, order = _like(a, dtype, order, shape)
     return full(shape, fill_value, dtype, order, align=align, hugepages=hugepages, populate=populate, lock=lock)
@@ -321,7 +332,7 @@ def full_like(a: Any, fill_value: Any, dtype: Any = None, order: str = "K", *,
 
 def ones_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[ShapeLike] = None,
               align: AlignLike = 64, hugepages: Optional[bool] = None, populate: bool = False,
-              lock: bool = False) -> np.ndarray:
+              lock: bool = False) -> NDArray[Any]:
     """Like ``numpy.ones_like``, aligned as :func:`empty` describes."""
     return full_like(a, 1, dtype, order, shape=shape, align=align, hugepages=hugepages, populate=populate,
                      lock=lock)
@@ -330,10 +341,11 @@ def ones_like(a: Any, dtype: Any = None, order: str = "K", *, shape: Optional[Sh
 def is_aligned(a: Any, align: AlignLike = 64) -> bool:
     """True if the first byte of array ``a`` lies on a multiple of ``align``."""
     alignment = _dtype.as_alignment(align)
-    return np.asarray(a).__array_interface__["data"][0] % alignment == 0
+    address: int = np.asarray(a).__array_interface__["data"][0]
+    return address % alignment == 0
 
 
-def asaligned(a: Any, align: AlignLike = 64, dtype: Any = None) -> np.ndarray:
+def asaligned(a: Any, align: AlignLike = 64, dtype: Any = None) -> NDArray[Any]:
     """``a`` as an array whose data is aligned to ``align``: ``a`` itself when it already is (and
     has the dtype asked for), otherwise an aligned copy."""
     arr = np.asarray(a, dtype=dtype)
