@@ -199,7 +199,7 @@ def run(mode: str) -> C.Results:
     figs: Dict[str, Any] = {}
     for method in METHODS:
         if method.startswith("faster_fifo") and ff is None:
-            figs[method] = {"error": "faster-fifo is not installed (pip install faster-fifo)"}
+            figs[method] = {"error": "not installed: faster-fifo (pip install faster-fifo)"}
             continue
         fast = method.startswith("ndshm")
         n_burst, n_paced = (counts[0], counts[1]) if fast else (counts[2], counts[3])
