@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
 
 from ._errors import SegmentNotFoundError
 
@@ -35,8 +36,15 @@ class Replica:
     every node's copy."""
 
     __slots__ = ("name", "shape", "dtype", "nodes", "_release")
+    name: str
+    """The segment name every node's copy has."""
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    nodes: int
+    """How many nodes got a copy."""
+    _release: Optional[Callable[[], None]]
 
-    def __init__(self, name: str, shape: tuple, dtype: np.dtype, nodes: int,
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: DTypeLike, nodes: int,
                  release: Optional[Callable[[], None]] = None) -> None:
         self.name = name
         self.shape = tuple(shape)
@@ -44,10 +52,10 @@ class Replica:
         self.nodes = nodes
         self._release = release
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[Replica], tuple[str, tuple[int, ...], np.dtype[Any], int]]:
         return (Replica, (self.name, self.shape, self.dtype, self.nodes))
 
-    def array(self, readonly: bool = True) -> np.ndarray:
+    def array(self, readonly: bool = True) -> NDArray[Any]:
         """This node's copy, zero-copy (read-only unless ``readonly=False``: then writes are seen
         by this node's processes only). SegmentNotFoundError if this node has none (it joined the
         cluster after :func:`replicate`, or the replica was released)."""

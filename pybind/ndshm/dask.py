@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import pickle
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+from numpy.typing import NDArray
 
 import dask.sizeof as _dask_sizeof
 from distributed.comm import core as _comm_core
@@ -48,6 +49,11 @@ from distributed.protocol.serialize import dask_deserialize, dask_serialize
 
 from . import _segment
 from ._reference import Reference, from_reference, node_identity, reference
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeGuard
+
+    from ._replicate import Replica
 
 __all__ = ["install", "NdshmPlugin", "scatter", "empty", "share", "stats", "replicate"]
 
@@ -92,8 +98,8 @@ def _patch_handshake() -> None:
     if getattr(original, "_ndshm", False):
         return
 
-    def handshake_info(self: Any) -> dict:
-        info = original(self)
+    def handshake_info(self: Any) -> dict[str, Any]:
+        info: dict[str, Any] = original(self)
         # A scheduler forwards what it is sent (client.scatter without direct=True) to workers
         # that may be on other nodes: it announces no node, so it is sent data, not references.
         if not _is_scheduler_end(self):
@@ -110,7 +116,7 @@ _patch_handshake()
 
 # ---- the serializer ---------------------------------------------------------------------------
 
-def _same_node(context: Optional[dict]) -> bool:
+def _same_node(context: Optional[dict[str, Any]]) -> bool:
     if not context:
         return False  # the spill path, or a caller that does not say where the data goes
     recipient = context.get("recipient")
@@ -119,8 +125,9 @@ def _same_node(context: Optional[dict]) -> bool:
     return recipient.get(HANDSHAKE_KEY) == node_identity()
 
 
-@dask_serialize.register(_segment.SharedArray)
-def serialize_shared_array(x: np.ndarray, context: Optional[dict] = None) -> tuple[dict, list]:
+@dask_serialize.register(_segment.SharedArray)  # type: ignore[untyped-decorator, no-untyped-call]
+def serialize_shared_array(x: NDArray[Any],
+                           context: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], list[Any]]:
     """Dask serializer of a SharedArray: a Reference when the recipient is on this node, else the
     data with Dask's NumPy serializer."""
     if _same_node(context):
@@ -137,8 +144,8 @@ def serialize_shared_array(x: np.ndarray, context: Optional[dict] = None) -> tup
     return header, frames
 
 
-@dask_deserialize.register(_segment.SharedArray)
-def deserialize_shared_array(header: dict, frames: list) -> np.ndarray:
+@dask_deserialize.register(_segment.SharedArray)  # type: ignore[untyped-decorator, no-untyped-call]
+def deserialize_shared_array(header: dict[str, Any], frames: list[Any]) -> NDArray[Any]:
     """Dask deserializer: map a Reference (read-only unless installed with writeable=True), or
     rebuild a NumPy array sent by value."""
     if header.get("ndshm") == "reference":
@@ -147,20 +154,21 @@ def deserialize_shared_array(header: dict, frames: list) -> np.ndarray:
             raise TypeError(f"an ndshm.dask reference frame holds a {type(ref).__name__}, not an ndshm.Reference")
         _counts["received_by_reference"] += 1
         return from_reference(ref, readonly=True if ref.readonly else not _writeable)
-    return deserialize_numpy_ndarray(header, frames)
+    arr: NDArray[Any] = deserialize_numpy_ndarray(header, frames)
+    return arr
 
 
-def _sizeof_shared_array(x: np.ndarray) -> int:
+def _sizeof_shared_array(x: NDArray[Any]) -> int:
     seg = _segment._owner(x)
     if isinstance(seg, _segment.Segment) and not (seg._creator or seg._owner == "received"):
         return 100  # a mapping of memory another process owns
     return int(x.nbytes) + 100
 
 
-_dask_sizeof.sizeof.register(_segment.SharedArray)(_sizeof_shared_array)
+_dask_sizeof.sizeof.register(_segment.SharedArray)(_sizeof_shared_array)  # type: ignore[no-untyped-call]
 
 
-def stats() -> dict:
+def stats() -> dict[str, int]:
     """How many SharedArrays this process sent by reference and by value, and received by reference."""
     return dict(_counts)
 
@@ -200,7 +208,7 @@ def dask_setup(worker: Any) -> None:
 
 # ---- putting data into shared memory -----------------------------------------------------------
 
-def _in_named_segment(arr: Any) -> bool:
+def _in_named_segment(arr: object) -> TypeGuard[NDArray[Any]]:
     """True if ``arr`` lies in an open named segment (checked without side effects: taking a
     reference would hand an owner="receiver" segment over)."""
     if not isinstance(arr, np.ndarray):
@@ -209,14 +217,14 @@ def _in_named_segment(arr: Any) -> bool:
     return isinstance(seg, _segment.Segment) and seg.kind == "named" and not seg.closed
 
 
-def empty(shape: Any, dtype: Any = float, *, owner: str = "views", dir: Optional[str] = None) -> np.ndarray:
+def empty(shape: Any, dtype: Any = float, *, owner: str = "views", dir: Optional[str] = None) -> NDArray[Any]:
     """A new shared array (uninitialised: zeroed) for a task to fill and return. Its name lives
     while this process holds it (``owner="views"``): Dask holding the result keeps it; releasing it
     frees it (receivers keep their mappings)."""
     return _segment.create(None, shape, dtype, owner=owner, dir=dir)
 
 
-def share(arr: Any, *, owner: str = "views", dir: Optional[str] = None) -> np.ndarray:
+def share(arr: Any, *, owner: str = "views", dir: Optional[str] = None) -> NDArray[Any]:
     """``arr`` in shared memory: itself if it lies in a live named segment, else a copy in a new one."""
     if _in_named_segment(arr):
         return arr
@@ -244,14 +252,14 @@ def scatter(client: Any, data: Any, *, workers: Any = None, broadcast: bool = Fa
 
 # ---- one copy per node -------------------------------------------------------------------------
 
-_held: dict = {}  # replica name -> the Segment this process wrote for its node
+_held: dict[str, _segment.Segment] = {}  # replica name -> the Segment this process wrote for its node
 
 
 def _node_of_worker() -> str:
     return node_identity()
 
 
-def _write_replica(name: str, data: np.ndarray) -> bool:
+def _write_replica(name: str, data: NDArray[Any]) -> bool:
     """On the node's chosen worker: write the node's copy (owned by this worker)."""
     seg = _segment.Segment.create(name, data.shape, data.dtype)
     seg.asarray()[...] = data
@@ -267,7 +275,7 @@ def _drop_replica(name: str) -> bool:
     return True
 
 
-def replicate(client: Any, arr: Any, *, name: Optional[str] = None) -> Any:
+def replicate(client: Any, arr: Any, *, name: Optional[str] = None) -> Replica:
     """``arr`` copied once to every node of ``client``'s cluster (see ``ndshm.replicate``): on this
     node into a segment this process owns, on every other node by a by-value scatter to one of
     its workers, which writes the node's segment. Tasks call ``replica.array()``."""
@@ -280,11 +288,11 @@ def replicate(client: Any, arr: Any, *, name: Optional[str] = None) -> Any:
     name = name or f"replica-{uuid.uuid4().hex[:20]}"
     nodes = client.run(_node_of_worker)
     here = node_identity()
-    by_node: dict = {}
+    by_node: dict[str, str] = {}
     for addr, node in sorted(nodes.items()):
         by_node.setdefault(node, addr)
     seg = _segment.Segment.create(name, src.shape, src.dtype)
-    done: list = []
+    done: list[str] = []
     try:
         seg.asarray()[...] = src
         for node, addr in by_node.items():

@@ -35,14 +35,18 @@ by value (``np.asarray(arr)`` before returning it) or use ``ndshm.replicate``.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+from numpy.typing import NDArray
 
 import ray
 
 from . import _segment
 from ._reference import Reference, WrongNodeError, from_reference, node_identity, reference
+
+if TYPE_CHECKING:
+    from ._replicate import Replica
 
 __all__ = ["init", "runtime_env", "setup", "empty", "share", "replicate", "SETUP_HOOK"]
 
@@ -67,7 +71,7 @@ def _writeable() -> bool:
     return os.environ.get(WRITEABLE_ENV, "") == "1"
 
 
-def serialize(x: np.ndarray) -> tuple:
+def serialize(x: NDArray[Any]) -> tuple[Any, ...]:
     """Ray serializer of a SharedArray: ``("ref", Reference, ray node id)`` for an array in a live
     named segment (a hand-over for owner="receiver" segments), else ``("value", ndarray)``."""
     try:
@@ -77,11 +81,12 @@ def serialize(x: np.ndarray) -> tuple:
     return ("ref", ref, _ray_node_id())
 
 
-def deserialize(obj: tuple) -> np.ndarray:
+def deserialize(obj: tuple[Any, ...]) -> NDArray[Any]:
     """Ray deserializer: map a reference made on this node (WrongNodeError on another one)."""
     kind = obj[0]
     if kind == "value":
-        return obj[1]
+        value: NDArray[Any] = obj[1]
+        return value
     if kind != "ref" or not isinstance(obj[1], Reference):
         raise TypeError(f"not an ndshm.ray serialized array: {obj!r:.100}")
     ref, sender_node = obj[1], obj[2]
@@ -105,7 +110,7 @@ def setup() -> None:
     _registered_pid = os.getpid()
 
 
-def runtime_env(base: Optional[dict] = None, *, writeable: bool = False) -> dict:
+def runtime_env(base: Optional[dict[str, Any]] = None, *, writeable: bool = False) -> dict[str, Any]:
     """``base`` (a runtime env dict) with the setup hook that registers ndshm's serializer in every
     worker, and ``$NDSHM_RAY_WRITEABLE`` for ``writeable``."""
     if not isinstance(writeable, (bool, np.bool_)):
@@ -135,13 +140,13 @@ def init(*args: Any, writeable: bool = False, **kwargs: Any) -> Any:
     return ctx
 
 
-def empty(shape: Any, dtype: Any = float, *, dir: Optional[str] = None) -> np.ndarray:
+def empty(shape: Any, dtype: Any = float, *, dir: Optional[str] = None) -> NDArray[Any]:
     """A new shared array (zeroed) for a task to fill and return: handed to the driver when it gets
     the result (``owner="receiver"``; see the module documentation)."""
     return _segment.create(None, shape, dtype, owner="receiver", dir=dir)
 
 
-def share(arr: Any, *, dir: Optional[str] = None) -> np.ndarray:
+def share(arr: Any, *, dir: Optional[str] = None) -> NDArray[Any]:
     """``arr`` copied into a new shared array made as :func:`empty` makes them."""
     src = np.asarray(arr)
     out = empty(src.shape, src.dtype, dir=dir)
@@ -160,9 +165,9 @@ class _ReplicaHolder:
     it is killed or its job ends)."""
 
     def __init__(self) -> None:
-        self.held: dict = {}
+        self.held: dict[str, _segment.Segment] = {}
 
-    def write(self, name: str, data: np.ndarray) -> bool:
+    def write(self, name: str, data: NDArray[Any]) -> bool:
         seg = _segment.Segment.create(name, data.shape, data.dtype)
         seg.asarray()[...] = data
         self.held[name] = seg
@@ -175,7 +180,7 @@ class _ReplicaHolder:
         return seg is not None
 
 
-def replicate(arr: Any, *, name: Optional[str] = None) -> Any:
+def replicate(arr: Any, *, name: Optional[str] = None) -> Replica:
     """``arr`` copied once to every node of the Ray cluster (see ``ndshm.replicate``): on the
     driver's node into a segment the driver owns; on every other node (another ndshm node
     identity) through the object store into a segment owned by an actor pinned to that node.
@@ -190,12 +195,13 @@ def replicate(arr: Any, *, name: Optional[str] = None) -> Any:
         raise TypeError(f"dtype {src.dtype} holds Python objects: it cannot live in shared memory")
     name = name or f"replica-{uuid.uuid4().hex[:20]}"
     here_ray, here = _ray_node_id(), node_identity()
-    others = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here_ray]
+    others = [n["NodeID"] for n in ray.nodes()  # type: ignore[no-untyped-call]
+              if n.get("Alive") and n["NodeID"] != here_ray]
     probe = ray.remote(num_cpus=0)(_node_identity_task)
     holder_cls = ray.remote(num_cpus=0)(_ReplicaHolder)
     seen = {here}
     seg = _segment.Segment.create(name, src.shape, src.dtype)
-    holders: list = []
+    holders: list[Any] = []  # the actors' handles
     try:
         seg.asarray()[...] = src
         obj = None
@@ -208,7 +214,7 @@ def replicate(arr: Any, *, name: Optional[str] = None) -> Any:
             if obj is None:
                 obj = ray.put(src)
             holder = holder_cls.options(scheduling_strategy=pin).remote()
-            ray.get(holder.write.remote(name, obj))
+            ray.get(holder.write.remote(name, obj))  # type: ignore[attr-defined]  # an actor method
             holders.append(holder)
     except BaseException:
         seg.close()
