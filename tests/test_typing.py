@@ -30,7 +30,7 @@ TYPED_MODULES = [
     "pybind/ndshm/_benchcli.py", "pybind/ndshm/_sync.py", "pybind/ndshm/_listing.py", "pybind/ndshm/_dtype.py",
     "pybind/ndshm/_segment.py", "pybind/ndshm/_mappings.py", "pybind/ndshm/_ownership.py", "pybind/ndshm/_reference.py",
     "pybind/ndshm/_errors.py", "pybind/ndshm/_dirs.py", "pybind/ndshm/_codec.py", "pybind/ndshm/_buffer.py",
-    "pybind/ndshm/dask.py", "pybind/ndshm/ray.py", "pybind/ndshm/_replicate.py",
+    "pybind/ndshm/dask.py", "pybind/ndshm/ray.py", "pybind/ndshm/_replicate.py", "pybind/ndshm/_broadcast.py",
 ]
 
 # A user's program: ndshm's arrays, sync objects, listing and the compat modules, with the types a

@@ -31,12 +31,13 @@ import os
 import sys
 import uuid
 import weakref
-from typing import Any, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _dtype
-from ._errors import ClosedError, CorruptSegmentError, Empty, Full, ShutDown, error_from_code
+from ._errors import ClosedError, CorruptSegmentError, Empty, Full, Lagged, ShutDown, error_from_code
 from ._lib import ffi, lib
 from ._queue import (
     _CLOSED_MESSAGES, _EMPTY, _PLANS, _SEAL, _SLICE, _UPTR, _VOIDP, _W_NDIM, _W_SHAPE0, _W_TYPESTR, Queue,
@@ -56,6 +57,10 @@ _MAX_SLOTS = lib.NDSHM_BCAST_MAX_SLOTS
 _MAX_NBYTES = sys.maxsize
 _POLICIES = {"block": lib.NDSHM_BCAST_BLOCK, "overwrite": lib.NDSHM_BCAST_OVERWRITE}
 _POLICY_NAMES = {v: k for k, v in _POLICIES.items()}
+# The queue's helpers, called as this module uses them: a slot provider keeps whatever its first
+# argument is (here the Broadcast), and a closed array's state is set from the queue's _EMPTY.
+_new_slot: Callable[..., _Slot] = _Slot
+_set_state: Callable[[Any, Any], None] = _setstate
 
 
 class _ClosedLoan(_ClosedSlot):
@@ -75,10 +80,10 @@ _CLOSED_MESSAGES[_ClosedReceive] = ("Subscription receive() view used after its 
                                     "copy what you keep inside the block (np.array(view))")
 
 
-def _close_array(arr: np.ndarray, keep: Any, cls: type) -> None:
-    """Close the array of an ended block: no element, the ring kept mapped for what it exported,
-    and on CPython every further use raising ClosedError (as the queue's)."""
-    _setstate(arr, _EMPTY)
+def _close_array(arr: Any, keep: Any, cls: type) -> None:
+    """Close the array (a SlotArray) of an ended block: no element, the ring kept mapped for what it
+    exported, and on CPython every further use raising ClosedError (as the queue's)."""
+    _set_state(arr, _EMPTY)
     arr._keep = keep
     if _SEAL:
         arr.__class__ = cls
@@ -93,7 +98,7 @@ def _unsubscribe(bhandle: Any, sub: Any) -> None:
     lib.ndshm_bcast_unsubscribe(sub)
 
 
-def _release_later(sref: "weakref.ref[Subscription]", h: Any, mw: tuple) -> None:
+def _release_later(sref: "weakref.ref[Subscription]", h: Any, mw: tuple[Any, ...]) -> None:
     _release(h, mw[0])
     sub = sref()
     if sub is not None and sub._held is mw:
@@ -187,11 +192,15 @@ class Broadcast:
             raise ClosedError(f"broadcast {self.name!r} is closed")
         return self._handle
 
-    _describe = Queue._describe  # (m, words) -> (dtype, shape), refusing what no publisher wrote
+    if TYPE_CHECKING:
+        def _describe(self, m: Any, w: Any) -> tuple[Any, ...]:
+            """(m, words) -> (dtype, shape), refusing what no publisher wrote (the queue's)."""
+    else:
+        _describe = Queue._describe  # (m, words) -> (dtype, shape), refusing what no publisher wrote
 
     def _offset(self, m: Any) -> int:
         i = m.pos_ & self._mask
-        off = self._offs[i]
+        off: Optional[int] = self._offs[i]
         if off is None:
             off = self._offs[i] = int(ffi.cast(_UPTR, m.data)) - self.ring_address
         return off
@@ -251,7 +260,8 @@ class Broadcast:
     @property
     def is_shutdown(self) -> bool:
         """Whether :meth:`shutdown` was called (by any process)."""
-        return lib.ndshm_bcast_is_shutdown(self._live()) > 0
+        state: int = lib.ndshm_bcast_is_shutdown(self._live())
+        return state > 0
 
     # ---- subscribing -----------------------------------------------------------------------
 
@@ -307,7 +317,7 @@ class Broadcast:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Callable[[str, Optional[str]], Broadcast], tuple[str, Optional[str]]]:
         return (_attach, (self.name, self.dir))
 
     def __repr__(self) -> str:
@@ -318,6 +328,8 @@ class Broadcast:
 
 class _Loan:
     __slots__ = ("_b", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr")
+    _msg: Optional[tuple[Any, ...]]  # the message (struct, words) while the block is open
+    _arr: Optional[NDArray[Any]]
 
     def __init__(self, b: Broadcast, shape: Any, dtype: Any, timeout: float) -> None:
         try:
@@ -330,7 +342,7 @@ class _Loan:
                              f"{lib.NDSHM_MAXDIM}")
         self._b, self._timeout, self._arr, self._msg = b, timeout, None, None
 
-    def __enter__(self) -> np.ndarray:
+    def __enter__(self) -> NDArray[Any]:
         if self._msg is not None:
             raise RuntimeError("this loan() context is already entered; call loan() again for another slot")
         b, dims, dt, nbytes = self._b, self._shape, self._dt, self._nbytes
@@ -365,7 +377,7 @@ class _Loan:
             if dt.itemsize:
                 arr = SlotArray(dims, dt, b._rw, b._offset(m)).view()
             else:
-                slot = _Slot(b, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), False), "shape": dims,
+                slot = _new_slot(b, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), False), "shape": dims,
                                  "typestr": self._ts.decode(), "strides": None})
                 arr = np.asarray(slot).view(SlotArray).view(dt)
         except BaseException:  # never keep a slot nobody can publish
@@ -406,15 +418,16 @@ class Subscription:
     def __init__(self, b: Broadcast, handle: Any) -> None:
         self._b, self._h = b, handle
         self._missed = ffi.new("uint64_t *")
-        self._held: Optional[tuple] = None
+        self._held: Optional[tuple[Any, ...]] = None
         self._closing = self._closed = False
 
     def _error(self, rc: int) -> Exception:
         """The exception of a failed take (returned, not raised: see Queue._error)."""
         if rc == _ELAGGED:
-            exc = error_from_code(rc)
-            exc.missed = int(self._missed[0])
-            return exc
+            lagged = error_from_code(rc)
+            assert isinstance(lagged, Lagged)  # NDSHM_ELAGGED's class
+            lagged.missed = int(self._missed[0])
+            return lagged
         if rc != _ETIMEDOUT and rc != _EEMPTY:
             return error_from_code(rc)
         exc = Empty(ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace"))
@@ -434,13 +447,14 @@ class Subscription:
     def _take(self, timeout: float, m: Any) -> int:
         h, missed = self._h, self._missed
         if timeout < 0:
-            rc = _take(h, _SLICE, m, missed)
+            rc: int = _take(h, _SLICE, m, missed)
             while rc == _ETIMEDOUT:
                 rc = _take(h, _SLICE, m, missed)
             return rc
-        return _take(h, timeout, m, missed)
+        rc = _take(h, timeout, m, missed)
+        return rc
 
-    def get(self, timeout: Optional[float] = None) -> np.ndarray:
+    def get(self, timeout: Optional[float] = None) -> NDArray[Any]:
         """The next message, as a fresh array, waiting up to ``timeout`` seconds (``None``: for
         ever; 0: not at all). Raises :class:`Empty` on timeout, :class:`Lagged` if messages were
         overwritten before this subscriber read them, :class:`ShutDown` once the broadcast is shut
@@ -480,7 +494,7 @@ class Subscription:
     def __iter__(self) -> Iterator[np.ndarray]:
         return self
 
-    def __next__(self) -> np.ndarray:
+    def __next__(self) -> NDArray[Any]:
         """The next message (waiting for ever); ``StopIteration`` once shut down and drained."""
         try:
             return self.get()
@@ -533,11 +547,15 @@ class Subscription:
 
 class _Receive:
     __slots__ = ("_s", "_timeout", "_msg", "_arr", "_slot", "_dt")
+    _msg: Optional[tuple[Any, ...]]  # the message (struct, words) while the block is open
+    _arr: Optional[NDArray[Any]]
+    _slot: Optional[NDArray[Any]]  # the inner array the views derive from
+    _dt: np.dtype[Any]
 
     def __init__(self, s: Subscription, timeout: float) -> None:
         self._s, self._timeout, self._arr, self._msg = s, timeout, None, None
 
-    def __enter__(self) -> np.ndarray:
+    def __enter__(self) -> NDArray[Any]:
         if self._msg is not None:
             raise RuntimeError("this receive() context is already entered; call receive() again for another message")
         s = self._s
@@ -565,7 +583,7 @@ class _Receive:
                 inner = SlotArray(shape, dt, b._ro, b._offset(m))
                 arr = inner.view()
             else:
-                slot = _Slot(b, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), True), "shape": shape,
+                slot = _new_slot(b, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), True), "shape": shape,
                                  "typestr": dt.str if dt.names is None else f"|V{dt.itemsize}", "strides": None})
                 inner = np.asarray(slot).view(SlotArray)
                 arr = inner.view(dt)
@@ -587,6 +605,7 @@ class _Receive:
         mw = self._msg
         if mw is None:
             raise RuntimeError("receive() context exited without being entered")
+        arr: Any  # the SlotArray: its state, _keep slot and class change below
         arr, inner = self._arr, self._slot
         self._arr = self._slot = self._msg = None
         s = self._s
@@ -595,7 +614,7 @@ class _Receive:
         # (the with target) and inner one (arr's base); more are derived views or exports
         if _getrefcount(arr) > 3 or _getrefcount(inner) > 3:  # kept beyond the block: keep the message
             if _getrefcount(arr) <= 3:
-                _setstate(arr, _EMPTY)
+                _set_state(arr, _EMPTY)
                 arr._keep = ro
             arr.__class__ = _ClosedReceive  # CPython only: PyPy never gets here
             weakref.finalize(inner, _release_later, weakref.ref(s), s._h, mw)
