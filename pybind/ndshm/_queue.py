@@ -265,6 +265,33 @@ class SlotArray(_SlotBase):
     def __reduce__(self) -> Any:  # pickles as a plain ndarray
         return np.asarray(self).__reduce__()
 
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        """DLPack export. A read-only view (``receive``) where NumPy cannot flag one read-only
+        (before 2.1) is exported as writable: the message belongs to this consumer until its slot
+        goes back, so a write changes nobody else's data (but do not write). The export holds this
+        array, so it keeps the slot as any export does."""
+        if self.flags.writeable or _RO_DLPACK:
+            return np.ndarray.__dlpack__(self, *args, **kwargs)
+        iface = self.__array_interface__
+        alias = np.asarray(_Slot(self, {"version": 3, "data": (iface["data"][0], False), "shape": self.shape,
+                                        "typestr": iface["typestr"], "descr": iface["descr"],
+                                        "strides": iface["strides"]}))
+        return alias.__dlpack__(*args, **kwargs)
+
+
+def _ro_dlpack() -> bool:
+    """True if this NumPy exports read-only arrays through DLPack (2.1 and later)."""
+    ro = np.zeros(1)
+    ro.flags.writeable = False
+    try:
+        ro.__dlpack__(max_version=(1, 0))
+    except (BufferError, TypeError):
+        return False
+    return True
+
+
+_RO_DLPACK = _ro_dlpack()
+
 
 def _closed(self: Any, *args: Any, **kwargs: Any) -> Any:
     raise ClosedError(_CLOSED_MESSAGES[type(self)])
@@ -810,6 +837,46 @@ class Queue:
         on PyPy the slot goes back at once (see the module docstring)."""
         self._live()
         return _Receive(self, _timeout(True, timeout))
+
+    def _receive_owned(self, timeout: Optional[float], convert: Callable[[np.ndarray], Any]) -> Any:
+        """``convert(arr)`` of the oldest message as a writable plain ndarray ``arr`` in place on
+        its slot, which stays taken until ``arr`` and everything made from it (views, tensors,
+        DLPack exports) are gone (CPython reference counts; see ``ndshm.torch``). Writes change
+        only this message, which no other consumer reads. If ``convert`` raises, the slot goes
+        back at once."""
+        if self._closed:
+            self._live()
+        h = self._handle
+        t = _timeout(True, timeout)
+        mw = _new_msg()  # owned by the finalizer, not the pool
+        m = mw[0]
+        rc = _take_waiting(h, t, m)
+        if rc:
+            raise self._error(rc, True, waited=t)
+        try:
+            dt, shape = self._describe(m, mw[1])
+            if not dt.itemsize:  # nothing in the slot to point at
+                _release(h, m)
+                return convert(np.empty(shape, dt))
+            # the base is the ring's buffer (not an ndarray), so views made from `arr` have `arr`
+            # as their base and keep it (and the slot) alive
+            arr = np.ndarray(shape, dt, self._rw, self._offset(m))
+        except Exception as e:
+            _release(h, m)
+            if isinstance(e, CorruptSegmentError):
+                raise
+            raise CorruptSegmentError(f"queue message cannot be viewed as an array: {e}") from None
+        except BaseException:
+            _release(h, m)
+            raise
+        key = (self.dir, self.name)
+        _PINNED[key] = _PINNED.get(key, 0) + 1
+        fin = weakref.finalize(arr, _release_later, h, mw, key)
+        try:
+            return convert(arr)
+        except BaseException:
+            fin()
+            raise
 
     def _prepare(self, a: np.ndarray) -> np.ndarray:
         """``a`` as :meth:`put` sends it (the queue's dtype, C order), refusing what it would refuse."""
