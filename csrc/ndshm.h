@@ -433,6 +433,12 @@ NDSHM_API int ndshm_queue_release(ndshm_queue_t *q, ndshm_qmsg_t *msg);
 /*! ndshm_queue_release_copy() : copies the taken message's nbytes to `dst`, then releases. */
 NDSHM_API int ndshm_queue_release_copy(ndshm_queue_t *q, ndshm_qmsg_t *msg, void *dst);
 
+/*! ndshm_queue_take_copy() : take + release_copy in one call when the message fits `dst_bytes`
+ *  (msg keeps its description; its state is "none"). @return : 0; NDSHM_ETOOBIG with msg taken
+ *  (state 2: call release_copy or release) when it does not fit; or as take. */
+NDSHM_API int ndshm_queue_take_copy(ndshm_queue_t *q, double timeout, ndshm_qmsg_t *msg, void *dst,
+                                    uint64_t dst_bytes);
+
 /*! ndshm_queue_put_many() : puts `count` messages, message i being bytes [offsets[i],
  *  offsets[i+1]) of `data` with one shared typestr, ndim 1 and shape {nbytes_i / itemsize}.
  *  Waits (timeout) only for the first; stores how many were put in *done.

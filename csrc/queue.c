@@ -859,6 +859,17 @@ int ndshm_queue_release(ndshm_queue_t *q, ndshm_qmsg_t *msg) {
     return 0;
 }
 
+int ndshm_queue_take_copy(ndshm_queue_t *q, double timeout, ndshm_qmsg_t *msg, void *dst, uint64_t dst_bytes) {
+    if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_take_copy: NULL argument");
+    int rc = ndshm_queue_take(q, timeout, msg);
+    if (rc) return rc;
+    if (msg->nbytes > dst_bytes || (msg->nbytes && dst == NULL))
+        return ndshm__fail(NDSHM_ETOOBIG, 0, "message of %llu bytes does not fit the %llu-byte destination: it stays taken",
+                           (unsigned long long)msg->nbytes, (unsigned long long)dst_bytes);
+    if (msg->nbytes) memcpy(dst, msg->data, msg->nbytes);
+    return ndshm_queue_release(q, msg);
+}
+
 int ndshm_queue_release_copy(ndshm_queue_t *q, ndshm_qmsg_t *msg, void *dst) {
     if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_release_copy: NULL argument");
     if (msg->state_ != 2) return ndshm__fail(NDSHM_EINVAL, 0, "message state %u is not taken", msg->state_);

@@ -779,3 +779,26 @@ def test_ring_is_prefaulted_in_creator_attacher_and_forked_child(unique_name, po
         assert max(creator, attacher, after_put) < ring_kib // 4, (creator, attacher, after_put, ring_kib)
     assert q.get(timeout=1).tolist() == [0.0]
     q.close()
+
+
+def test_get_guesses_the_output_array_and_follows_every_change(unique_name):
+    """get() makes its output from the last message's description (one C call when it matches);
+    a message of another dtype, shape, rank or size is still returned exactly, smaller or larger."""
+    msgs = [np.arange(4, dtype=np.float32), np.arange(4, dtype=np.float32) + 1, np.arange(4, dtype=np.int32),
+            np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(6, dtype=np.float32).reshape(3, 2),
+            np.arange(2, dtype=np.float32), np.arange(9, dtype=np.float64), np.float64(3.5).reshape(()),
+            np.zeros(0, np.float32), np.zeros((2, 0), np.float32), np.arange(3, dtype=np.uint8),
+            np.array([b"ab", b"cd"]), np.zeros(2, [("a", "<i4"), ("b", "<f8")]), np.arange(4, dtype=np.float32)]
+    with ndshm.Queue(unique_name, slots=4, slot_bytes=256) as q:
+        for a in msgs:
+            q.put(a)
+            got = q.get()
+            assert got.shape == a.shape and got.dtype.itemsize == a.dtype.itemsize, (a, got)
+            assert got.tobytes() == a.tobytes() and got.flags.writeable and got.flags.owndata
+            if a.dtype.names is None:
+                assert got.dtype == a.dtype
+        q.put(np.arange(4, dtype=np.float32))
+        first = q.get()
+        q.put(np.arange(4, dtype=np.float32) * 2)
+        second = q.get()
+        assert first.tolist() == [0, 1, 2, 3] and second.tolist() == [0, 2, 4, 6]  # fresh arrays each time

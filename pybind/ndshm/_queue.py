@@ -36,6 +36,7 @@ only inside the block. The rules:
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import sys
 import threading
@@ -59,7 +60,8 @@ _put, _take, _release, _release_copy = lib.ndshm_queue_put, lib.ndshm_queue_take
     lib.ndshm_queue_release_copy
 _loan, _publish, _discard = lib.ndshm_queue_loan, lib.ndshm_queue_publish, lib.ndshm_queue_discard
 _put_many, _get_many, _size = lib.ndshm_queue_put_many, lib.ndshm_queue_get_many, lib.ndshm_queue_size
-_close = lib.ndshm_queue_close
+_close, _take_copy = lib.ndshm_queue_close, lib.ndshm_queue_take_copy
+_ETOOBIG = lib.NDSHM_ETOOBIG
 _U1 = np.dtype(np.uint8)
 _MAX_SLOTS = lib.NDSHM_QUEUE_MAX_SLOTS
 _MAX_NBYTES = sys.maxsize
@@ -70,6 +72,8 @@ _monotonic = time.monotonic
 _tls = threading.local()
 _PINNED: dict = {}  # (dir, name) -> slots of that queue held past their block by views in this process
 _QMSG_P, _UPTR, _VOIDP = ffi.typeof("ndshm_qmsg_t *"), ffi.typeof("uintptr_t"), ffi.typeof("void *")
+_NDIM_OF, _DTYPE_OF, _NBYTES_OF = (operator.attrgetter(n) for n in ("ndim", "dtype", "nbytes"))
+_ND_ONLY, _ONE = {np.ndarray}, {1}
 
 
 # A message struct is allocated as int64 words, so that its nbytes, the first 8 bytes of its
@@ -221,9 +225,19 @@ def _sliced(call: Callable[[float], int], t: float) -> int:
             return rc
 
 
-def _take_waiting(h: Any, timeout: float, m: Any) -> int:
-    """``ndshm_queue_take`` into ``m``; a negative ``timeout`` waits for ever; waits longer than
-    _SLICE go in slices (Ctrl-C works)."""
+def _take_waiting(h: Any, timeout: float, m: Any, dst: Any = None, cap: int = 0) -> int:
+    """``ndshm_queue_take`` into ``m`` (``ndshm_queue_take_copy`` into ``dst`` of ``cap`` bytes if
+    ``dst`` is given); a negative ``timeout`` waits for ever; waits longer than _SLICE go in
+    slices (Ctrl-C works)."""
+    if dst is not None:
+        if timeout < 0:
+            rc = _take_copy(h, _SLICE, m, dst, cap)
+            while rc == _ETIMEDOUT:
+                rc = _take_copy(h, _SLICE, m, dst, cap)
+            return rc
+        if timeout <= _SLICE:
+            return _take_copy(h, timeout, m, dst, cap)
+        return _sliced(lambda s: _take_copy(h, s, m, dst, cap), timeout)
     if timeout < 0:
         rc = _take(h, _SLICE, m)
         while rc == _ETIMEDOUT:
@@ -455,9 +469,9 @@ class _Receive:
 # fast path. The typestr word (see _W_TYPESTR) is set for 1-D messages whose typestr is shorter
 # than 8 bytes, on little-endian machines: their description is written as three int64 words.
 _PLANS: dict = {}
-_WORD_DESC = (sys.byteorder == "little" and ffi.offsetof("ndshm_qmsg_t", "ndim") == 8 * (_W_TYPESTR + 2)
-              and ffi.offsetof("ndshm_qmsg_t", "shape") == 8 * (_W_TYPESTR + 3))
-_W_NDIM = _W_TYPESTR + 2  # ndim (uint32) and the padding after it
+_W_NDIM = ffi.offsetof("ndshm_qmsg_t", "ndim") // 8  # ndim (uint32) and the padding after it
+_WORD_DESC = (sys.byteorder == "little" and ffi.offsetof("ndshm_qmsg_t", "ndim") == 8 * _W_NDIM
+              and ffi.offsetof("ndshm_qmsg_t", "shape") == 8 * (_W_NDIM + 1) == 8 * _W_SHAPE0)
 
 
 def _plan(shape: Any, dtype: Any) -> tuple:
@@ -605,13 +619,13 @@ class Queue:
     """
 
     __slots__ = ("_handle", "_lib", "name", "dir", "slots", "slot_bytes", "_shape", "_dtype", "ring_address",
-                 "ring_bytes", "_closed", "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "_loaned",
+                 "ring_bytes", "_closed", "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "_loaned", "_guess",
                  "__weakref__")
 
     def __init__(self, name: Optional[str] = None, *, slots: int = 16, slot_bytes: int = 1 << 20,
                  shape: Any = None, dtype: Any = None, dir: Optional[str] = None, create: bool = True,
                  persist: bool = False, mode: int = 0o600, populate: bool = True) -> None:
-        self._shape = self._dtype = None
+        self._shape = self._dtype = self._guess = None
         if name is not None:
             name = _as_name(name)
         dir = _as_dir(dir)
@@ -798,8 +812,22 @@ class Queue:
         h = self._handle
         m, w = _msg()
         t = -1.0 if block and timeout is None else _timeout(block, timeout)
-        rc = _take_waiting(h, t, m)
-        if rc:
+        g = self._guess
+        if g is not None:
+            # the output array made before the take, from the last message's description: one
+            # C call takes, copies and releases when this message has the same (the usual case)
+            out = np.empty(g[0], g[1])
+            rc = _take_waiting(h, t, m, ffi.from_buffer(out), g[2])
+            if rc == 0:
+                if (w[_W_TYPESTR] == g[3] and w[_W_NBYTES] == g[2] and w[_W_NDIM] == g[4]
+                        and (w[_W_SHAPE0] == g[0][0] if g[4] == 1 else tuple(m.shape[0:g[4]]) == g[0])):
+                    return out
+                return self._regot(m, w, out)  # another description, but it fitted and was copied
+        else:
+            rc = _take_waiting(h, t, m, ffi.NULL, 0)
+        if rc != _ETOOBIG or m.state_ != 2:
+            if rc == 0:  # a zero-byte message (no guess yet)
+                return self._regot(m, w, None)
             raise self._error(rc, True, waited=t)
         try:
             dt, shape = self._describe(m, w)
@@ -817,7 +845,30 @@ class Queue:
             _release(h, m)
             raise
         _release_copy(h, m, dst)
+        self._remember(shape, dt, out.nbytes)
         return out
+
+    def _remember(self, shape: tuple, dt: np.dtype, nbytes: int) -> None:
+        """Make (shape, dt) the guess of the next get's output array (see get)."""
+        if not _WORD_DESC or not dt.itemsize or dt.hasobject:
+            return
+        ts = _typestr_bytes(dt) if dt.names is None else f"|V{dt.itemsize}".encode()
+        if len(ts) >= 8 or (self._dtype is not None and dt is not self._dtype and dt.names is not None):
+            return
+        word = int.from_bytes(ts.ljust(8, b"\0"), "little", signed=True)
+        self._guess = (shape, dt, nbytes, word, len(shape))
+
+    def _regot(self, m: Any, w: Any, out: Optional[np.ndarray]) -> np.ndarray:
+        """get() of a message already copied into ``out`` (or of no bytes) and released, whose
+        description differs from the guess."""
+        dt, shape = self._describe(m, w)  # raises CorruptSegmentError for impossible ones
+        new = np.empty(shape, dt)
+        n = int(w[_W_NBYTES])
+        if n:
+            ffi.memmove(ffi.cast(_VOIDP, new.__array_interface__["data"][0]),
+                        ffi.cast(_VOIDP, out.__array_interface__["data"][0]), n)
+        self._remember(shape, dt, n)
+        return new
 
     def get_nowait(self) -> np.ndarray:
         return self.get(False)
@@ -898,11 +949,15 @@ class Queue:
         :class:`Full` says how many went in (also as its ``arrays_put``); those stay queued."""
         h = self._live()
         t = _timeout(True, timeout)
-        arrs = [a if a.__class__ is np.ndarray else np.asarray(a) for a in arrays]
+        arrs = list(arrays)
         if not arrs:
             return
+        # the checks are C-level passes (map over attribute getters): no Python loop per array
+        if set(map(type, arrs)) != _ND_ONLY:
+            arrs = [a if a.__class__ is np.ndarray else np.asarray(a) for a in arrs]
         dt = arrs[0].dtype
-        if self._dtype is not None or dt.itemsize == 0 or any(a.ndim != 1 or a.dtype != dt for a in arrs):
+        if (self._dtype is not None or dt.itemsize == 0 or set(map(_NDIM_OF, arrs)) != _ONE
+                or len(set(map(_DTYPE_OF, arrs))) != 1):
             arrs = [self._prepare(a) for a in arrs]  # all refusals happen before any put
             for i, a in enumerate(arrs):
                 try:
@@ -914,16 +969,28 @@ class Queue:
                 return
             raise self._error(rc, False, i, len(arrs))
         ts = _typestr_bytes(dt)
-        data = np.concatenate(arrs) if len(arrs) > 1 else np.ascontiguousarray(arrs[0])
-        if data.dtype != dt:
-            data = data.astype(dt)
-        sizes = np.fromiter((a.nbytes for a in arrs), np.uint64, len(arrs))
-        offsets = np.zeros(len(arrs) + 1, np.uint64)
-        np.cumsum(sizes, out=offsets[1:])
-        big = int(sizes.max())
-        if big > self.slot_bytes:
-            i = int(np.argmax(sizes))
-            self.put(arrs[i], timeout=0)  # raises MessageTooBigError naming both sizes
+        try:
+            data = b"".join(arrs)  # C-contiguous arrays with a buffer format: much faster than concatenate
+        except (TypeError, ValueError, BufferError):
+            data = np.concatenate(arrs) if len(arrs) > 1 else np.ascontiguousarray(arrs[0])
+            if data.dtype != dt:
+                data = data.astype(dt)
+        sizes1 = set(map(_NBYTES_OF, arrs))
+        if len(sizes1) == 1:  # one size: the offsets are a range
+            nb = arrs[0].nbytes
+            if nb > self.slot_bytes:
+                self.put(arrs[0], timeout=0)  # raises MessageTooBigError naming both sizes
+            offsets = np.arange(0, (len(arrs) + 1) * nb, nb if nb else 1, dtype=np.uint64)[: len(arrs) + 1]
+            if not nb:
+                offsets[:] = 0
+        else:
+            sizes = np.fromiter(map(_NBYTES_OF, arrs), np.uint64, len(arrs))
+            offsets = np.zeros(len(arrs) + 1, np.uint64)
+            np.cumsum(sizes, out=offsets[1:])
+            big = int(sizes.max())
+            if big > self.slot_bytes:
+                i = int(np.argmax(sizes))
+                self.put(arrs[i], timeout=0)  # raises MessageTooBigError naming both sizes
         try:
             dptr = ffi.from_buffer(data)
         except (TypeError, ValueError, BufferError):
@@ -987,6 +1054,12 @@ class Queue:
         if sdt is not None and sdt.names is not None and dt.kind == "V" and dt.itemsize == sdt.itemsize:
             dt = sdt  # as get() does: a typed structured queue's messages travel as raw V<n>
         offs = offsets[: n + 1].tolist()
+        size = offs[1] - offs[0] if n else 0
+        if dt.itemsize and size and size % dt.itemsize == 0 and offs[n] == n * size:
+            if (offsets[: n + 1] == np.arange(0, (n + 1) * size, size, dtype=np.uint64)).all():
+                # one size (the usual batch): rows of one 2-D array, made in C
+                out.extend(buf[: n * size].view(dt).reshape(n, size // dt.itemsize))
+                return out
         if dt.itemsize:
             for i in range(n):
                 try:

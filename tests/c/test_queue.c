@@ -1028,6 +1028,27 @@ TEST(unregister_is_the_end_of_a_producer) {
     munmap(mem, len);
 }
 
+TEST(take_copy_fits_or_stays_taken) {
+    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 64);
+    int64_t shape = 2;
+    int32_t v[2] = {5, 6}, dst[4] = {0};
+    CHECK_RC(ndshm_queue_put(q, v, 8, "<i4", 1, &shape, 0), 0);
+    CHECK_RC(ndshm_queue_put(q, v, 8, "<i4", 1, &shape, 0), 0);
+    ndshm_qmsg_t m;
+    CHECK_RC(ndshm_queue_take_copy(q, 0, &m, dst, sizeof dst), 0);
+    CHECK(dst[0] == 5 && dst[1] == 6 && m.nbytes == 8 && m.ndim == 1 && m.shape[0] == 2 && m.state_ == 0);
+    CHECK(strcmp(m.typestr, "<i4") == 0);
+    CHECK_RC(ndshm_queue_take_copy(q, 0, &m, dst, 4), NDSHM_ETOOBIG); /* does not fit: stays taken */
+    CHECK_DETAIL("stays taken");
+    CHECK(m.state_ == 2);
+    CHECK_RC(ndshm_queue_release_copy(q, &m, dst), 0);
+    CHECK_RC(ndshm_queue_take_copy(q, 0, &m, NULL, 0), NDSHM_EEMPTY);
+    CHECK_RC(ndshm_queue_take_copy(NULL, 0, &m, NULL, 0), NDSHM_EINVAL);
+    CHECK(ndshm_queue_size(q) == 0);
+    ndshm_queue_close(q);
+    munmap(mem, len);
+}
+
 int main(void) {
     RUN(geometry_and_errors);
     RUN(put_take_descriptors);
@@ -1048,5 +1069,6 @@ int main(void) {
     RUN(registered_producers_end_the_stream);
     RUN(unregister_is_the_end_of_a_producer);
     RUN(hostile_shutdown_bits);
+    RUN(take_copy_fits_or_stays_taken);
     return SUMMARY();
 }
