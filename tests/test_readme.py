@@ -3,6 +3,7 @@ the classic interactive interpreter (which needs a blank line after each indente
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
@@ -37,13 +38,27 @@ def quick_start() -> str:
     return m.group(1)
 
 
+def imported_modules(code: str) -> list:
+    """The top-level packages a block imports (``import a as b, c``, ``from d.e import f``)."""
+    tops = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            tops += [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            tops.append(node.module.split(".")[0])
+    return tops
+
+
+def test_imported_modules_sees_every_form():
+    assert imported_modules("import numpy as np, ray\nfrom distributed.x import y\nimport a.b") == \
+        ["numpy", "ray", "distributed", "a"]
+
+
 def require_imports(code: str) -> None:
-    """Skip (fail under CI) a block whose top-level imports this interpreter cannot satisfy."""
-    for m in re.finditer(r"^(?:import|from)\s+([A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*)", code, re.M):
-        for mod in re.split(r"\s*,\s*", m.group(1)):
-            top = mod.split(".")[0].split(" ")[0]
-            if importlib.util.find_spec(top) is None:
-                require(top, "README block")  # a visible skip in the minimal-deps runs, else skip_or_fail
+    """Skip (fail under CI) a block whose imports this interpreter cannot satisfy."""
+    for top in imported_modules(code):
+        if importlib.util.find_spec(top) is None:
+            require(top, "README block")  # a visible skip in the minimal-deps runs, else skip_or_fail
 
 
 def run_group(argv: list, stdin: str = "", **env: str) -> subprocess.CompletedProcess:
