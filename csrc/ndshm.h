@@ -475,6 +475,11 @@ NDSHM_API int ndshm_queue_is_shutdown(const ndshm_queue_t *q);
  *  (NDSHM_QUEUE_MAX_PRODUCERS live producers hold every record), NDSHM_EINVAL. */
 NDSHM_API int ndshm_queue_register_producer(ndshm_queue_t *q);
 
+/*! ndshm_queue_expect_producers() : the queue shuts down by its producers exiting only once `n`
+ *  registrations (counted since creation) have happened: set it before starting producers that
+ *  may not all have registered when the first one exits. @return : 0, or NDSHM_EINVAL. */
+NDSHM_API int ndshm_queue_expect_producers(ndshm_queue_t *q, uint32_t n);
+
 /*! ndshm_queue_unregister_producer() : this process is done producing.
  *  @return : 0, or NDSHM_EINVAL (it is not registered). */
 NDSHM_API int ndshm_queue_unregister_producer(ndshm_queue_t *q);

@@ -81,8 +81,9 @@ typedef struct ring_hdr {
     char pad4[56];
     part_t parts[NPART];
     _Atomic uint64_t producers[NPROD]; /* process keys of registered producers, 0 when free */
-    _Atomic uint32_t producers_ever;   /* 1 once a producer registered */
-    char pad5[60];
+    _Atomic uint32_t producers_ever;     /* registrations so far */
+    _Atomic uint32_t producers_expected; /* the stream ends by producers exiting only after this many */
+    char pad5[56];
 } ring_hdr_t;
 
 typedef struct slot_hdr {
@@ -441,7 +442,7 @@ int ndshm_queue_register_producer(ndshm_queue_t *q) {
             uint64_t cur = atomic_load(&r->producers[i]);
             if (round == 0 ? cur != 0 : (cur == 0 || ndshm__key_alive(cur))) continue;
             if (atomic_compare_exchange_strong(&r->producers[i], &cur, me)) {
-                atomic_store(&r->producers_ever, 1u);
+                atomic_fetch_add(&r->producers_ever, 1u);
                 /* checked after the record is visible: a consumer that saw every producer dead
                  * has shut the queue down by now, or will see this one alive */
                 if (atomic_load(&r->tail) & T_SHUTDOWN) {
@@ -454,6 +455,13 @@ int ndshm_queue_register_producer(ndshm_queue_t *q) {
     }
     return ndshm__fail(NDSHM_EBUSY, 0, "all %d producer records of queue '%s' are held by live processes", NPROD,
                        q->name);
+}
+
+int ndshm_queue_expect_producers(ndshm_queue_t *q, uint32_t n) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_expect_producers: NULL argument");
+    atomic_store(&q->r->producers_expected, n);
+    wake(&q->r->not_empty, &q->r->ne_waiters);
+    return 0;
 }
 
 int ndshm_queue_unregister_producer(ndshm_queue_t *q) {
@@ -821,8 +829,9 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
                 if (atomic_load(&r->head) == pos) return shut_down(q, t);
                 continue; /* head moved: look again */
             }
-            if (atomic_load_explicit(&r->producers_ever, memory_order_relaxed) && stuck_long(q, 1, pos) &&
-                !producers_alive(q)) {
+            uint32_t ever = atomic_load_explicit(&r->producers_ever, memory_order_relaxed);
+            if (ever && ever >= atomic_load_explicit(&r->producers_expected, memory_order_relaxed) &&
+                stuck_long(q, 1, pos) && !producers_alive(q)) {
                 uint64_t want = tpos;
                 if (atomic_compare_exchange_strong(&r->tail, &want, tpos | T_SHUTDOWN | T_GONE)) wake_all(q);
                 continue;

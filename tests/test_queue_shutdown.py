@@ -195,6 +195,7 @@ if k == 1:
 def test_registered_producers_dying_end_the_stream(unique_name):
     q = ndshm.Queue(unique_name, slots=16, slot_bytes=64)
     assert q.producers == 0
+    q.expect_producers(2)  # producer 0 may finish before producer 1 has registered
     kids = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(PRODUCER), unique_name, str(k)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=child_env()) for k in range(2)]
@@ -223,6 +224,24 @@ def test_registered_producers_dying_end_the_stream(unique_name):
         k.stdout.close()
         k.stderr.close()
     q.close()
+
+
+def test_expect_producers_holds_the_stream_open_until_enough_registered(unique_name):
+    with ndshm.Queue(unique_name, slots=4, slot_bytes=64) as q:
+        q.expect_producers(2)
+        q.register_producer()
+        q.put(np.array([1]))
+        q.unregister_producer()  # the only live producer is gone, but only 1 of 2 has registered
+        assert q.get().tolist() == [1]
+        with pytest.raises(ndshm.Empty):
+            q.get(timeout=0.2)
+        assert not q.is_shutdown
+        q.register_producer()  # the second one
+        q.unregister_producer()
+        assert list(q) == [] and q.is_shutdown
+        for bad, exc in ((-1, ValueError), (2**32, ValueError), ("2", TypeError)):
+            with pytest.raises(exc):
+                q.expect_producers(bad)
 
 
 def test_unregistering_the_last_producer_ends_the_stream_after_the_drain(unique_name):

@@ -1109,6 +1109,13 @@ class Queue:
         if rc:
             raise error_from_code(rc)
 
+    def expect_producers(self, n: int) -> None:
+        """Do not let the queue end by its producers exiting before ``n`` registrations (since
+        creation) have happened: call it before starting producers, so the first one to finish
+        cannot end the stream while the others are still starting."""
+        n = _dtype.as_int(n, "n", 0, 2**32 - 1)
+        lib.ndshm_queue_expect_producers(self._live(), n)
+
     def unregister_producer(self) -> None:
         """This process is done producing (see :meth:`register_producer`); the last one to go
         ends the stream. :class:`InvalidValueError` if it is not registered."""

@@ -942,6 +942,7 @@ TEST(shutdown_wakes_sleepers) {
 TEST(registered_producers_end_the_stream) {
     RAW_QUEUE_OR_RETURN(q, mem, len, 8, 64);
     CHECK_RC(ndshm_queue_producers(q), 0);
+    CHECK_RC(ndshm_queue_expect_producers(q, 2), 0);
     int fds[2];
     CHECK(pipe(fds) == 0);
     pid_t pids[2];
@@ -1010,6 +1011,13 @@ TEST(hostile_shutdown_bits) {
 TEST(unregister_is_the_end_of_a_producer) {
     RAW_QUEUE_OR_RETURN(q, mem, len, 4, 64);
     CHECK_RC(ndshm_queue_unregister_producer(q), NDSHM_EINVAL);
+    CHECK_RC(ndshm_queue_expect_producers(q, 2), 0);
+    CHECK_RC(ndshm_queue_register_producer(q), 0);
+    CHECK_RC(ndshm_queue_unregister_producer(q), 0);
+    ndshm_qmsg_t m0;
+    CHECK_RC(ndshm_queue_take(q, 0.1, &m0), NDSHM_ETIMEDOUT); /* 1 of 2 expected registered: no end yet */
+    CHECK_RC(ndshm_queue_is_shutdown(q), 0);
+    CHECK_RC(ndshm_queue_expect_producers(q, 0), 0);
     CHECK_RC(ndshm_queue_register_producer(q), 0);
     CHECK_RC(ndshm_queue_producers(q), 1);
     CHECK_RC(put_i(q, 5, 0), 0);
