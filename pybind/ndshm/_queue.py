@@ -43,9 +43,14 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, TypeVar, overload
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import builtins
+
+    from numpy.typing import DTypeLike
 
 from . import _dtype
 from ._errors import ClosedError, CorruptSegmentError, Empty, Full, ShutDown, error_from_code
@@ -53,6 +58,9 @@ from ._lib import ffi, lib
 
 __all__ = ["Queue", "SlotArray"]
 
+# the C waits this module returns the codes of (their cffi functions are untyped)
+_take: Callable[[Any, float, Any], int]
+_take_copy: Callable[[Any, float, Any, Any, int], int]
 _ETIMEDOUT, _EEMPTY, _EFULL, _ESHUTDOWN = lib.NDSHM_ETIMEDOUT, lib.NDSHM_EEMPTY, lib.NDSHM_EFULL, lib.NDSHM_ESHUTDOWN
 _PERSIST, _POPULATE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE
 _TYPESTR_MAX, _MAXDIM = lib.NDSHM_TYPESTR_MAX, lib.NDSHM_MAXDIM
@@ -70,7 +78,7 @@ _SLICE = 0.25  # a wait longer than this returns to Python this often, so Ctrl-C
 _monotonic = time.monotonic
 
 _tls = threading.local()
-_PINNED: dict = {}  # (dir, name) -> slots of that queue held past their block by views in this process
+_PINNED: dict[tuple[Optional[str], str], int] = {}  # (dir, name) -> slots of that queue held past their block by views in this process
 _QMSG_P, _UPTR, _VOIDP = ffi.typeof("ndshm_qmsg_t *"), ffi.typeof("uintptr_t"), ffi.typeof("void *")
 _NDIM_OF, _DTYPE_OF, _NBYTES_OF = (operator.attrgetter(n) for n in ("ndim", "dtype", "nbytes"))
 _ND_ONLY, _ONE = {np.ndarray}, {1}
@@ -86,28 +94,36 @@ _WORDS = (ffi.sizeof("ndshm_qmsg_t") + 7) // 8
 assert ffi.offsetof("ndshm_qmsg_t", "typestr") % 8 == 0 and ffi.offsetof("ndshm_qmsg_t", "shape") % 8 == 0
 
 
-def _new_msg() -> tuple:
+if TYPE_CHECKING:
+    _MsgWords = tuple[Any, Any]  # (ndshm_qmsg_t *, its int64 words)
+    # a loan plan: (dims, dtype, nbytes, typestr bytes, typestr word or None), see _PLANS
+    _Plan = tuple[tuple[int, ...], np.dtype[Any], int, bytes, Optional[int]]
+    # get's guess: (shape, dtype, nbytes, typestr word, ndim), see Queue._remember
+    _Guess = tuple[tuple[int, ...], np.dtype[Any], int, int, int]
+
+
+def _new_msg() -> _MsgWords:
     w = ffi.new("int64_t[]", _WORDS)
     return ffi.cast(_QMSG_P, w), w
 
 
-def _msg() -> tuple:
+def _msg() -> _MsgWords:
     try:
-        return _tls.msg
+        return _tls.msg  # type: ignore[no-any-return]  # threading.local attributes are untyped
     except AttributeError:
         _tls.msg = mw = _new_msg()
         return mw
 
 
-def _pop_msg() -> tuple:
+def _pop_msg() -> _MsgWords:
     """A message struct for one loan or receive: reused from this thread's pool (no ffi.new)."""
     try:
-        return _tls.pool.pop()
+        return _tls.pool.pop()  # type: ignore[no-any-return]  # threading.local attributes are untyped
     except (AttributeError, IndexError):
         return _new_msg()
 
 
-def _push_msg(m: tuple) -> None:
+def _push_msg(m: _MsgWords) -> None:
     try:
         pool = _tls.pool
     except AttributeError:
@@ -120,17 +136,17 @@ def _keep(handle: Any, ptr: Any) -> None:
     """Destructor of the ring's buffer owner: does nothing; holding ``handle`` keeps the ring mapped."""
 
 
-_TS_BYTES: dict = {}   # dtype -> typestr bytes
-_TS_DTYPE: dict = {}   # typestr bytes -> dtype
-_KEY_DTYPE: dict = {}  # first 8 bytes of a typestr shorter than 8, as the native int64 -> dtype
+_TS_BYTES: dict[np.dtype[Any], bytes] = {}   # dtype -> typestr bytes
+_TS_DTYPE: dict[bytes, np.dtype[Any]] = {}   # typestr bytes -> dtype
+_KEY_DTYPE: dict[int, np.dtype[Any]] = {}  # first 8 bytes of a typestr shorter than 8, as the native int64 -> dtype
 
 
-def _typestr_bytes(dt: np.dtype) -> bytes:
+def _typestr_bytes(dt: np.dtype[Any]) -> bytes:
     try:
         return _TS_BYTES[dt]
     except KeyError:
         _dtype.as_dtype(dt)  # object dtypes hold pointers that mean nothing in another process
-        b = _dtype.typestr_of(dt).encode()
+        b: bytes = _dtype.typestr_of(dt).encode()
         if len(b) >= _TYPESTR_MAX:
             raise ValueError(f"dtype {dt} has a typestr {b!r} longer than {_TYPESTR_MAX - 1} bytes")
         if len(_TS_BYTES) < 1024:
@@ -138,7 +154,7 @@ def _typestr_bytes(dt: np.dtype) -> bytes:
         return b
 
 
-def _dtype_of(ts: bytes) -> np.dtype:
+def _dtype_of(ts: bytes) -> np.dtype[Any]:
     try:
         return _TS_DTYPE[ts]
     except KeyError:
@@ -249,7 +265,7 @@ def _take_waiting(h: Any, timeout: float, m: Any, dst: Any = None, cap: int = 0)
 
 
 _setstate = np.ndarray.__setstate__
-_EMPTY = (1, (0,), _U1, False, b"")  # the state of a closed array: no element, no memory of the ring
+_EMPTY: Any = (1, (0,), _U1, False, b"")  # the state of a closed array: no element, no memory of the ring
 _getrefcount = sys.getrefcount if not _PYPY else (lambda obj: 0)  # PyPy has no reference counts
 _NUMPY1 = np.lib.NumpyVersion(np.__version__) < "2.0.0"
 # A closed array changes class to raise ClosedError. PyPy's cpyext crashes in NumPy's ufunc
@@ -259,6 +275,7 @@ _SEAL = not _PYPY
 
 class _SlotBase(np.ndarray):
     __slots__ = ("_keep",)  # a closed array keeps the ring mapped for whatever it exported
+    _keep: Any  # the ring's buffer (memoryview or cffi buffer) or the inner SlotArray
 
 
 class SlotArray(_SlotBase):
@@ -268,6 +285,21 @@ class SlotArray(_SlotBase):
     and own their memory."""
 
     __slots__ = ()
+
+    if TYPE_CHECKING:  # NumPy keeps the subclass in a dtype view; numpy's stubs say a plain ndarray
+        _ArrayT = TypeVar("_ArrayT", bound=np.ndarray[Any, Any])
+
+        @overload  # type: ignore[override]  # a SlotArray, whatever the dtype (its dtype is not tracked)
+        def view(self, /) -> SlotArray: ...
+        @overload
+        def view(self, /, *, type: builtins.type[_ArrayT]) -> _ArrayT: ...
+        @overload
+        def view(self, /, dtype: builtins.type[_ArrayT]) -> _ArrayT: ...
+        @overload
+        def view(self, /, dtype: DTypeLike) -> SlotArray: ...
+        @overload
+        def view(self, /, dtype: DTypeLike, type: builtins.type[_ArrayT]) -> _ArrayT: ...
+        def view(self, /, *args: Any, **kwargs: Any) -> Any: ...
 
     def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
         if arr.__class__ is not np.ndarray:  # an out= argument (NumPy 1: any result, already of this class)
@@ -375,12 +407,12 @@ class _Slot:
 
     __slots__ = ("__array_interface__", "queue", "__weakref__")
 
-    def __init__(self, queue: "Queue", iface: dict) -> None:
+    def __init__(self, queue: object, iface: dict[str, Any]) -> None:
         self.queue = queue
         self.__array_interface__ = iface
 
 
-def _release_later(handle: Any, mw: tuple, key: tuple) -> None:
+def _release_later(handle: Any, mw: _MsgWords, key: tuple[Optional[str], str]) -> None:
     _release(handle, mw[0])
     n = _PINNED.get(key, 0) - 1
     if n > 0:
@@ -391,6 +423,9 @@ def _release_later(handle: Any, mw: tuple, key: tuple) -> None:
 
 class _Receive:
     __slots__ = ("_q", "_timeout", "_msg", "_arr", "_slot")
+    _msg: Optional[_MsgWords]
+    _arr: Any  # a SlotArray inside the block; closed (another class) after it
+    _slot: Any  # the SlotArray arr is a view of, inside the block
 
     def __init__(self, q: "Queue", timeout: float) -> None:
         self._q, self._timeout, self._arr, self._msg = q, timeout, None, None
@@ -468,13 +503,13 @@ class _Receive:
 # (shape, dtype) argument -> (dims, dtype, nbytes, typestr bytes, typestr word or None): the loan
 # fast path. The typestr word (see _W_TYPESTR) is set for 1-D messages whose typestr is shorter
 # than 8 bytes, on little-endian machines: their description is written as three int64 words.
-_PLANS: dict = {}
+_PLANS: dict[tuple[Any, Any], _Plan] = {}
 _W_NDIM = ffi.offsetof("ndshm_qmsg_t", "ndim") // 8  # ndim (uint32) and the padding after it
 _WORD_DESC = (sys.byteorder == "little" and ffi.offsetof("ndshm_qmsg_t", "ndim") == 8 * _W_NDIM
               and ffi.offsetof("ndshm_qmsg_t", "shape") == 8 * (_W_NDIM + 1) == 8 * _W_SHAPE0)
 
 
-def _plan(shape: Any, dtype: Any) -> tuple:
+def _plan(shape: Any, dtype: Any) -> _Plan:
     dims, dt = _dtype.normalize(shape, dtype)
     ts = _typestr_bytes(dt)
     word = None
@@ -491,6 +526,9 @@ def _plan(shape: Any, dtype: Any) -> tuple:
 
 class _Loan:
     __slots__ = ("_q", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr", "_slot")
+    _msg: Optional[_MsgWords]
+    _arr: Any  # a SlotArray inside the block; closed (another class) after it
+    _slot: Any  # the SlotArray arr is a view of, inside the block
 
     def __init__(self, q: "Queue", shape: Any, dtype: Any, timeout: float) -> None:
         if dtype is None:
@@ -548,13 +586,13 @@ class _Loan:
                 # a loan counts no reference to inner, so the slot's inner of the last loan of
                 # this (shape, dtype) plan is used again: one array made per loan, not two
                 i = m.pos_ & q._mask
-                c = q._loaned[i]
+                c: Optional[tuple[tuple[int, ...], np.dtype[Any], SlotArray]] = q._loaned[i]
                 if c is not None and c[0] is dims and c[1] is dt:
                     inner = c[2]
                 else:
                     inner = SlotArray(dims, dt, q._rw, q._offset(m))
                     q._loaned[i] = (dims, dt, inner)
-                arr = inner.view()
+                arr: SlotArray = inner.view()
             else:
                 slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), False), "shape": dims,
                                  "typestr": self._ts.decode(), "strides": None})
@@ -621,6 +659,9 @@ class Queue:
     __slots__ = ("_handle", "_lib", "name", "dir", "slots", "slot_bytes", "_shape", "_dtype", "ring_address",
                  "ring_bytes", "_closed", "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "_loaned", "_guess",
                  "__weakref__")
+    _shape: Optional[tuple[int, ...]]
+    _dtype: Optional[np.dtype[Any]]
+    _guess: Optional[_Guess]
 
     def __init__(self, name: Optional[str] = None, *, slots: int = 16, slot_bytes: int = 1 << 20,
                  shape: Any = None, dtype: Any = None, dir: Optional[str] = None, create: bool = True,
@@ -674,7 +715,7 @@ class Queue:
         self._rw = ffi.buffer(owner, self.ring_bytes)
         self._ro = memoryview(self._rw).toreadonly()
         self._offs: List[Optional[int]] = [None] * self.slots  # data offset of each slot in the ring
-        self._loaned: List[Optional[tuple]] = [None] * self.slots  # (dims, dtype, inner) of each slot's last loan
+        self._loaned: List[Optional[tuple[tuple[int, ...], np.dtype[Any], SlotArray]]] = [None] * self.slots  # (dims, dtype, inner) of each slot's last loan
         self._mask = self.slots - 1
 
     @classmethod
@@ -689,8 +730,9 @@ class Queue:
             raise ClosedError(f"queue {self.name!r} is closed")
         return self._handle
 
-    def _toobig(self, nbytes: int, dims: tuple, dt: np.dtype) -> int:
-        return lib.ndshm_queue_loan(self._handle, nbytes, 0.0, _msg()[0])  # sets ETOOBIG naming both sizes
+    def _toobig(self, nbytes: int, dims: tuple[int, ...], dt: np.dtype[Any]) -> int:
+        rc: int = lib.ndshm_queue_loan(self._handle, nbytes, 0.0, _msg()[0])  # sets ETOOBIG naming both sizes
+        return rc
 
     def _error(self, rc: int, empty: bool, done: Optional[int] = None, count: int = 0,
                waited: Optional[float] = None) -> Exception:
@@ -704,7 +746,7 @@ class Queue:
         if rc != _ETIMEDOUT and rc != _EFULL and rc != _EEMPTY:
             exc = error_from_code(rc)
             if done is not None:
-                exc.arrays_put = done
+                setattr(exc, "arrays_put", done)  # a C error of put_many: any NdshmError says how many went in
             return exc
         detail = ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace")
         if rc == _ETIMEDOUT and waited is not None and waited > _SLICE:
@@ -722,18 +764,18 @@ class Queue:
         exc = (Empty if empty else Full)(detail)
         exc.code, exc.errname = rc, ffi.string(lib.ndshm_errname(rc)).decode()
         if done is not None:
-            exc.arrays_put = done
+            setattr(exc, "arrays_put", done)  # Full of put_many (documented there)
         return exc
 
     def _offset(self, m: Any) -> int:
         """Offset in the ring of the data of message ``m``'s slot."""
         i = m.pos_ & self._mask
-        off = self._offs[i]
+        off: Optional[int] = self._offs[i]
         if off is None:
             off = self._offs[i] = int(ffi.cast(_UPTR, m.data)) - self.ring_address
         return off
 
-    def _describe(self, m: Any, w: Any) -> tuple:
+    def _describe(self, m: Any, w: Any) -> tuple[np.dtype[Any], tuple[int, ...]]:
         key = w[_W_TYPESTR]
         try:
             dt = _KEY_DTYPE[key]
@@ -848,7 +890,7 @@ class Queue:
         self._remember(shape, dt, out.nbytes)
         return out
 
-    def _remember(self, shape: tuple, dt: np.dtype, nbytes: int) -> None:
+    def _remember(self, shape: tuple[int, ...], dt: np.dtype[Any], nbytes: int) -> None:
         """Make (shape, dt) the guess of the next get's output array (see get)."""
         if not _WORD_DESC or not dt.itemsize or dt.hasobject:
             return
@@ -866,7 +908,7 @@ class Queue:
         n = int(w[_W_NBYTES])
         if n:
             ffi.memmove(ffi.cast(_VOIDP, new.__array_interface__["data"][0]),
-                        ffi.cast(_VOIDP, out.__array_interface__["data"][0]), n)
+                        ffi.cast(_VOIDP, out.__array_interface__["data"][0]), n)  # type: ignore[union-attr]  # out is None only for n == 0
         self._remember(shape, dt, n)
         return new
 
@@ -969,12 +1011,12 @@ class Queue:
                 return
             raise self._error(rc, False, i, len(arrs))
         ts = _typestr_bytes(dt)
+        data: bytes | np.ndarray[Any, Any]
         try:
             data = b"".join(arrs)  # C-contiguous arrays with a buffer format: much faster than concatenate
         except (TypeError, ValueError, BufferError):
-            data = np.concatenate(arrs) if len(arrs) > 1 else np.ascontiguousarray(arrs[0])
-            if data.dtype != dt:
-                data = data.astype(dt)
+            cat = np.concatenate(arrs) if len(arrs) > 1 else np.ascontiguousarray(arrs[0])
+            data = cat if cat.dtype == dt else cat.astype(dt)
         sizes1 = set(map(_NBYTES_OF, arrs))
         if len(sizes1) == 1:  # one size: the offsets are a range
             nb = arrs[0].nbytes
@@ -994,7 +1036,7 @@ class Queue:
         try:
             dptr = ffi.from_buffer(data)
         except (TypeError, ValueError, BufferError):
-            dptr = ffi.cast("void *", data.__array_interface__["data"][0])
+            dptr = ffi.cast("void *", data.__array_interface__["data"][0])  # type: ignore[union-attr]  # bytes have a buffer: an ndarray here
         optr = ffi.cast("uint64_t *", offsets.__array_interface__["data"][0])
         done = ffi.new("uint64_t *")
         start, count = 0, len(arrs)
@@ -1096,7 +1138,8 @@ class Queue:
     def is_shutdown(self) -> bool:
         """True once the queue was shut down (by any process, or by its registered producers all
         exiting)."""
-        return lib.ndshm_queue_is_shutdown(self._live()) != 0
+        rc: int = lib.ndshm_queue_is_shutdown(self._live())
+        return rc != 0
 
     def register_producer(self) -> None:
         """Record this process as a producer of the queue: once every registered producer has
@@ -1166,7 +1209,7 @@ class Queue:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., Queue], tuple[Any, ...]]:
         return (_attach, (self.name, self.dir, self._shape, self._dtype))
 
     def __repr__(self) -> str:

@@ -59,10 +59,12 @@ def _np_dtype(dtype: Any) -> np.dtype:
     torch = _t()
     if isinstance(dtype, torch.dtype):
         try:
-            return np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
+            dt: np.dtype[Any] = np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
+            return dt
         except TypeError:
             raise TypeError(f"dtype {dtype} has no NumPy equivalent, so a queue message cannot carry it") from None
-    return np.dtype(dtype)
+    dt = np.dtype(dtype)
+    return dt
 
 
 def _from_numpy(arr: np.ndarray) -> Any:
