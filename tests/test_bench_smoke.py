@@ -135,6 +135,9 @@ def check_tables(stdout: str) -> None:
             for i, cell in enumerate(row[left:], left):
                 ok = is_number(cell) or SIZE.fullmatch(cell) or cell.startswith(WHY_NOT) or TARGET.fullmatch(cell)
                 assert ok, f"{where}: cell {headers[i]!r} is {cell!r}: an exception must be recorded as 'error: ...'"
+            if row[0].startswith("ndshm") and minimal_deps_reason() and all(
+                    c.startswith(("not installed", "not measured")) for c in row[left:]):
+                continue  # an engine integration whose engine this minimal-deps run lacks (the main run has it)
             if row[0].startswith("ndshm"):
                 figures = [c for c in row[left:] if is_number(c)]
                 assert figures, f"{where} has no figure: {row}"
