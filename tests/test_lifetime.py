@@ -304,6 +304,7 @@ def test_owning_many_names_holds_few_descriptors(unique_name):
 
 
 def test_owner_is_visible(unique_name):
+    collect()  # earlier tests' garbage must not be released mid-count
     before = ndshm.stats()["owned_names"]
     seg = ndshm.Segment.create(unique_name, 4)
     tmp = ndshm.Segment.create(unique_name + "v", 4, owner="views")
