@@ -31,13 +31,14 @@
  * overwrite position pos (one of pos + slots or later) scans after the store and sees it.
  *
  * Faults. A publisher keeps a claim record with its intent (the position) from before its CAS
- * until publish or discard. A waiter stuck DEAD_CHECK_NS on a position claimed by nobody alive
- * marks it SKIPPED (a publisher killed inside loan: its message is skipped by every subscriber).
+ * until publish or discard. A waiter stuck NDSHM__RING_DEAD_CHECK_NS (ring.h) on a position
+ * claimed by nobody alive marks it SKIPPED (a publisher killed inside loan: its message is skipped by every subscriber).
  * A subscriber record whose owner process is dead is freed by the first publisher it blocks
  * (block) or whose hold it keeps (overwrite). Every transition is a CAS from the exact value
  * observed. Nothing read from the ring is trusted: impossible states are NDSHM_ECORRUPT.
  */
 #include "internal.h"
+#include "ring.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -57,9 +58,6 @@
 #define T_IMMEDIATE ((uint64_t)1 << 62)
 #define T_POS (T_IMMEDIATE - 1)
 #define NO_POS UINT64_MAX
-#define SPIN_NS 100000
-#define SLICE_NS 20000000
-#define DEAD_CHECK_NS 20000000
 #define NPART 64
 #define NSUB NDSHM_BCAST_MAX_SUBSCRIBERS
 #define RING_POPULATE 1u
@@ -362,76 +360,24 @@ int ndshm_bcast_info(const ndshm_bcast_t *b, ndshm_bcast_info_t *out) {
 
 /* ---- waiting ------------------------------------------------------------------------- */
 
-typedef struct waiter {
-    double timeout;
-    int64_t deadline, spin_until, stuck_since;
-    uint64_t stuck_pos;
-    unsigned looks, retries;
-} waiter_t;
+/* The clock of a position a call is stuck on (stuck_long). */
+typedef struct stuck {
+    int64_t since; /* -1 until the first look */
+    uint64_t pos;
+} stuck_t;
 
-static void waiter_init(waiter_t *w, double timeout) {
-    w->timeout = timeout;
-    w->deadline = -1;
-    w->spin_until = -1;
-    w->stuck_since = -1;
-    w->stuck_pos = NO_POS;
-    w->looks = 0;
-    w->retries = 0;
-}
-
-static int64_t waiter_deadline(waiter_t *w, int64_t now) {
-    if (w->deadline < 0) {
-        w->deadline = w->timeout == 0 ? now : ndshm__deadline(w->timeout);
-        w->spin_until = w->deadline - now < SPIN_NS ? w->deadline : now + SPIN_NS;
-    }
-    return w->deadline;
-}
-
-/* A retry after a lost race or a stale read: every 1024th looks at the clock, so a ring that
- * another process keeps corrupting cannot make a call spin past its deadline. */
-static bool retry_expired(waiter_t *w) {
-    if ((++w->retries & 1023) != 0 || w->timeout < 0) return false;
+/* true once the call has been stuck on `pos` for NDSHM__RING_DEAD_CHECK_NS (then the clock
+ * restarts). */
+static bool stuck_long(stuck_t *k, uint64_t pos) {
     int64_t now = ndshm__now_ns();
-    int64_t d = waiter_deadline(w, now);
-    return d != INT64_MAX && now >= d;
-}
-
-/* Waits for `word` to move from `seen`: spins for SPIN_NS, then sleeps. 0 to retry, or ETIMEDOUT. */
-static int waiter_wait(waiter_t *w, _Atomic uint32_t *word, _Atomic uint32_t *waiters, uint32_t seen) {
-    if (w->deadline >= 0 && (++w->looks & 7) != 0 && w->spin_until > 0) {
-        ndshm__pause();
-        return 0;
-    }
-    int64_t now = ndshm__now_ns();
-    int64_t d = waiter_deadline(w, now);
-    if (now >= d) return ETIMEDOUT;
-    if (now < w->spin_until) {
-        ndshm__pause();
-        return 0;
-    }
-    w->spin_until = 0;
-    atomic_fetch_add(waiters, 1);
-    int rc = ndshm__futex_wait(word, seen, d, SLICE_NS);
-    atomic_fetch_sub(waiters, 1);
-    return rc == ETIMEDOUT ? ETIMEDOUT : 0;
-}
-
-/* true once the waiter has been stuck on `pos` for DEAD_CHECK_NS (then the clock restarts). */
-static bool stuck_long(waiter_t *w, uint64_t pos) {
-    int64_t now = ndshm__now_ns();
-    if (w->stuck_pos != pos || w->stuck_since < 0) {
-        w->stuck_pos = pos;
-        w->stuck_since = now;
+    if (k->pos != pos || k->since < 0) {
+        k->pos = pos;
+        k->since = now;
         return false;
     }
-    if (now - w->stuck_since < DEAD_CHECK_NS) return false;
-    w->stuck_since = now;
+    if (now - k->since < NDSHM__RING_DEAD_CHECK_NS) return false;
+    k->since = now;
     return true;
-}
-
-static void wake(_Atomic uint32_t *word, _Atomic uint32_t *waiters) {
-    atomic_fetch_add(word, 1);
-    if (atomic_load(waiters) != 0) ndshm__futex_wake(word, INT_MAX);
 }
 
 /* ---- publisher claims ---------------------------------------------------------------- */
@@ -482,8 +428,8 @@ static void skip_if_dead(ndshm_bcast_t *b, uint64_t pos, uint64_t raw) {
     if (intent_alive(b, pos)) return;
     bc_slot_t *s = slot_at(b, pos);
     if (atomic_compare_exchange_strong(&s->state, &raw, st_word(pos, ST_SKIPPED))) {
-        wake(&b->r->published, &b->r->pub_waiters);
-        wake(&b->r->freed, &b->r->freed_waiters);
+        ndshm__ring_wake(&b->r->published, &b->r->pub_waiters);
+        ndshm__ring_wake(&b->r->freed, &b->r->freed_waiters);
     }
 }
 
@@ -568,8 +514,9 @@ static int impossible(const ndshm_bcast_t *b, uint64_t pos, uint64_t raw, const 
 static int claim(ndshm_bcast_t *b, double timeout, uint32_t part, uint64_t *out_pos) {
     bc_hdr_t *r = b->r;
     const uint64_t n = b->n;
-    waiter_t w;
-    waiter_init(&w, timeout);
+    ndshm__ring_waiter_t w;
+    ndshm__ring_waiter_init(&w, timeout);
+    stuck_t stuck = {-1, NO_POS};
     for (;;) {
         uint32_t seen = atomic_load(&r->freed);
         uint64_t t = atomic_load(&r->tail);
@@ -590,20 +537,20 @@ static int claim(ndshm_bcast_t *b, double timeout, uint32_t part, uint64_t *out_
             bool unmarked = pos >= n && (pos < 2 * n ? raw == 0 : rp == prev - n && st >= ST_PUBLISHED);
             if (!writing && !unmarked) {
                 if (atomic_load(&r->tail) == t) return impossible(b, pos, raw, "publisher");
-                if (retry_expired(&w)) return full_or_timedout(b, timeout);
+                if (ndshm__ring_retry_expired(&w)) return full_or_timedout(b, timeout);
                 continue;
             }
-            if (stuck_long(&w, prev)) {
+            if (stuck_long(&stuck, prev)) {
                 skip_if_dead(b, prev, raw);
                 continue;
             }
-            if (timeout == 0 || waiter_wait(&w, &r->freed, &r->freed_waiters, seen) == ETIMEDOUT)
+            if (timeout == 0 || ndshm__ring_wait(&w, &r->freed, &r->freed_waiters, seen) == ETIMEDOUT)
                 return full_or_timedout(b, timeout);
             continue;
         }
         if (b->policy == NDSHM_BCAST_BLOCK && pos >= n && !readers_done(b, pos - n, false)) {
-            if (stuck_long(&w, pos) && readers_done(b, pos - n, true)) continue;
-            if (timeout == 0 || waiter_wait(&w, &r->freed, &r->freed_waiters, seen) == ETIMEDOUT)
+            if (stuck_long(&stuck, pos) && readers_done(b, pos - n, true)) continue;
+            if (timeout == 0 || ndshm__ring_wait(&w, &r->freed, &r->freed_waiters, seen) == ETIMEDOUT)
                 return full_or_timedout(b, timeout);
             continue;
         }
@@ -614,11 +561,11 @@ static int claim(ndshm_bcast_t *b, double timeout, uint32_t part, uint64_t *out_
                 while (!holders_done(b, pos, false)) {
                     uint32_t seen2 = atomic_load(&r->freed);
                     if (holders_done(b, pos, false)) break;
-                    if (stuck_long(&w, pos) && holders_done(b, pos, true)) break;
-                    if (timeout == 0 || waiter_wait(&w, &r->freed, &r->freed_waiters, seen2) == ETIMEDOUT) {
+                    if (stuck_long(&stuck, pos) && holders_done(b, pos, true)) break;
+                    if (timeout == 0 || ndshm__ring_wait(&w, &r->freed, &r->freed_waiters, seen2) == ETIMEDOUT) {
                         /* give the position up: subscribers pass over it */
                         atomic_store_explicit(&s->state, st_word(pos, ST_SKIPPED), memory_order_release);
-                        wake(&r->published, &r->pub_waiters);
+                        ndshm__ring_wake(&r->published, &r->pub_waiters);
                         return full_or_timedout(b, timeout);
                     }
                 }
@@ -627,7 +574,7 @@ static int claim(ndshm_bcast_t *b, double timeout, uint32_t part, uint64_t *out_
             return 0;
         }
         atomic_store(&r->parts[part].intent, 0);
-        if (retry_expired(&w)) return full_or_timedout(b, timeout);
+        if (ndshm__ring_retry_expired(&w)) return full_or_timedout(b, timeout);
     }
 }
 
@@ -654,7 +601,7 @@ static void write_desc(bc_slot_t *s, uint64_t nbytes, const char *typestr, uint3
 static void finish(ndshm_bcast_t *b, uint64_t pos, uint32_t part, unsigned st) {
     atomic_store_explicit(&slot_at(b, pos)->state, st_word(pos, st), memory_order_release);
     part_release(b, part);
-    wake(&b->r->published, &b->r->pub_waiters);
+    ndshm__ring_wake(&b->r->published, &b->r->pub_waiters);
 }
 
 int ndshm_bcast_loan(ndshm_bcast_t *b, uint64_t nbytes, double timeout, ndshm_qmsg_t *msg) {
@@ -729,8 +676,8 @@ int ndshm_bcast_put(ndshm_bcast_t *b, const void *data, uint64_t nbytes, const c
 int ndshm_bcast_shutdown(ndshm_bcast_t *b, int immediate) {
     if (b == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_shutdown: NULL argument");
     atomic_fetch_or(&b->r->tail, T_SHUTDOWN | (immediate ? T_IMMEDIATE : 0));
-    wake(&b->r->published, &b->r->pub_waiters);
-    wake(&b->r->freed, &b->r->freed_waiters);
+    ndshm__ring_wake(&b->r->published, &b->r->pub_waiters);
+    ndshm__ring_wake(&b->r->freed, &b->r->freed_waiters);
     return 0;
 }
 
@@ -812,7 +759,7 @@ static void advance(ndshm_bsub_t *sub, uint64_t pos) {
     sub->pos = pos;
     if (sub->b->policy == NDSHM_BCAST_BLOCK) {
         atomic_store_explicit(&r->subs[sub->idx].pos, pos, memory_order_seq_cst);
-        wake(&r->freed, &r->freed_waiters);
+        ndshm__ring_wake(&r->freed, &r->freed_waiters);
     } else {
         atomic_store_explicit(&r->subs[sub->idx].pos, pos, memory_order_relaxed);
     }
@@ -831,7 +778,7 @@ void ndshm_bcast_unsubscribe(ndshm_bsub_t *sub) {
         atomic_store(&rec->hold, 0);
         uint64_t key = sub->key;
         atomic_compare_exchange_strong(&rec->owner, &key, 0);
-        wake(&r->freed, &r->freed_waiters);
+        ndshm__ring_wake(&r->freed, &r->freed_waiters);
     }
     free(sub);
 }
@@ -861,8 +808,9 @@ int ndshm_bcast_take(ndshm_bsub_t *sub, double timeout, ndshm_qmsg_t *msg, uint6
     if (!sub_valid(sub))
         return ndshm__fail(NDSHM_ECLOSED, 0, "subscription record %u of broadcast '%s' was taken over",
                            sub->idx, b->name);
-    waiter_t w;
-    waiter_init(&w, timeout);
+    ndshm__ring_waiter_t w;
+    ndshm__ring_waiter_init(&w, timeout);
+    stuck_t stuck = {-1, NO_POS};
     for (;;) {
         uint32_t seen = atomic_load(&r->published);
         uint64_t t = atomic_load(&r->tail);
@@ -877,7 +825,7 @@ int ndshm_bcast_take(ndshm_bsub_t *sub, double timeout, ndshm_qmsg_t *msg, uint6
                 atomic_store(&rec->hold, p + 1);
                 if (atomic_load(&s->state) != raw) { /* a publisher is overwriting it: lagged */
                     atomic_store(&rec->hold, 0);
-                    wake(&r->freed, &r->freed_waiters);
+                    ndshm__ring_wake(&r->freed, &r->freed_waiters);
                     continue;
                 }
             }
@@ -919,19 +867,19 @@ int ndshm_bcast_take(ndshm_bsub_t *sub, double timeout, ndshm_qmsg_t *msg, uint6
                      (raw != 0 && st != 0 && rp < p && p - rp <= 2 * n && (p - rp) % n == 0);
         if (!writing && !older) {
             if (atomic_load(&r->tail) == t && atomic_load(&s->state) == raw) return impossible(b, p, raw, "subscriber");
-            if (retry_expired(&w)) return empty_or_timedout(timeout);
+            if (ndshm__ring_retry_expired(&w)) return empty_or_timedout(timeout);
             continue;
         }
         if (p >= tpos) {
             if (t & T_SHUTDOWN) return shut_down(b);
-        } else if (stuck_long(&w, p)) {
+        } else if (stuck_long(&stuck, p)) {
             /* claimed: a publisher writes it, or died doing so (then it is skipped) */
             if (writing || (p >= n && rp == p - n && st >= ST_PUBLISHED) || (raw == 0 && p < n)) {
                 skip_if_dead(b, p, raw);
                 continue;
             }
         }
-        if (timeout == 0 || waiter_wait(&w, &r->published, &r->pub_waiters, seen) == ETIMEDOUT)
+        if (timeout == 0 || ndshm__ring_wait(&w, &r->published, &r->pub_waiters, seen) == ETIMEDOUT)
             return empty_or_timedout(timeout);
     }
 }
@@ -946,7 +894,7 @@ int ndshm_bcast_release(ndshm_bsub_t *sub, ndshm_qmsg_t *msg) {
     if (sub->b->policy == NDSHM_BCAST_OVERWRITE && sub_valid(sub)) {
         atomic_store(&r->subs[sub->idx].hold, 0);
         advance(sub, msg->pos_ + 1);
-        if (atomic_load(&r->freed_waiters) != 0) wake(&r->freed, &r->freed_waiters);
+        if (atomic_load(&r->freed_waiters) != 0) ndshm__ring_wake(&r->freed, &r->freed_waiters);
         return 0;
     }
     if (sub_valid(sub)) advance(sub, msg->pos_ + 1);

@@ -19,17 +19,18 @@
  * NDSHM_ESHUTDOWN. Immediate shutdown also sets bit 63 of head (H_SHUTDOWN), which stops every
  * consumer at its next look at head (their CAS on head fails the same way). T_GONE (bit 62 of
  * tail) records that the shutdown came from the death of every registered producer: a consumer
- * that finds the queue empty for DEAD_CHECK_NS checks the producer records' owners.
+ * that finds the queue empty for NDSHM__RING_DEAD_CHECK_NS checks the producer records' owners.
  *
  * Faults. Before its CAS on tail (or head), a claimer takes a claim record (owner = its process
  * key, pid + start time) and writes its intent (pos, producer or consumer) there, and keeps it
  * until publish/discard (release). A waiter stuck on a position that is claimed but unfinished
- * for DEAD_CHECK_NS looks for a live claimer with that intent; if there is none, the claimer
- * died: a producer's slot is marked published+SKIP (consumers pass over it), a consumer's slot
+ * for NDSHM__RING_DEAD_CHECK_NS (ring.h) looks for a live claimer with that intent; if there is
+ * none, the claimer died: a producer's slot is marked published+SKIP (consumers pass over it), a consumer's slot
  * is released. Both transitions are CASes from the exact value observed, so they never undo
  * progress made by anyone else.
  */
 #include "internal.h"
+#include "ring.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -44,10 +45,6 @@
 #define RING_VERSION 2u /* 2: shutdown bits in tail and head, producer records */
 #define SLOT_HDR 320u
 #define SKIP ((uint64_t)1 << 63)
-#define SPIN_NS 100000             /* spin this long before sleeping: a futex wake-up costs ~12 us one
-                                      way, a spinning waiter sees a hand-off in < 1 us */
-#define SLICE_NS 20000000          /* sleep at most this long between dead-claimer checks */
-#define DEAD_CHECK_NS 20000000     /* a claim unfinished this long is checked */
 #define NPART NDSHM_QUEUE_PARTICIPANTS
 #define NPROD NDSHM_QUEUE_MAX_PRODUCERS
 #define T_SHUTDOWN ((uint64_t)1 << 63) /* in tail: no more claims */
@@ -388,14 +385,9 @@ static bool intent_alive(ndshm_queue_t *q, uint64_t want) {
     return false;
 }
 
-static void wake(_Atomic uint32_t *word, _Atomic uint32_t *waiters) {
-    atomic_fetch_add(word, 1);
-    if (atomic_load(waiters) != 0) ndshm__futex_wake(word, INT_MAX);
-}
-
 static void wake_all(ndshm_queue_t *q) {
-    wake(&q->r->not_empty, &q->r->ne_waiters);
-    wake(&q->r->not_full, &q->r->nf_waiters);
+    ndshm__ring_wake(&q->r->not_empty, &q->r->ne_waiters);
+    ndshm__ring_wake(&q->r->not_full, &q->r->nf_waiters);
 }
 
 /* true if a registered producer still runs */
@@ -460,7 +452,7 @@ int ndshm_queue_register_producer(ndshm_queue_t *q) {
 int ndshm_queue_expect_producers(ndshm_queue_t *q, uint32_t n) {
     if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_expect_producers: NULL argument");
     atomic_store(&q->r->producers_expected, n);
-    wake(&q->r->not_empty, &q->r->ne_waiters);
+    ndshm__ring_wake(&q->r->not_empty, &q->r->ne_waiters);
     return 0;
 }
 
@@ -473,7 +465,7 @@ int ndshm_queue_unregister_producer(ndshm_queue_t *q) {
         if (atomic_compare_exchange_strong(&q->r->producers[i], &cur, 0)) found = 1;
     }
     if (!found) return ndshm__fail(NDSHM_EINVAL, 0, "this process is not a registered producer of queue '%s'", q->name);
-    wake(&q->r->not_empty, &q->r->ne_waiters); /* consumers may find every producer gone now */
+    ndshm__ring_wake(&q->r->not_empty, &q->r->ne_waiters); /* consumers may find every producer gone now */
     return 0;
 }
 
@@ -487,35 +479,7 @@ int ndshm_queue_producers(const ndshm_queue_t *q) {
     return n;
 }
 
-/* ---- waiting ------------------------------------------------------------------------- */
-
-typedef struct waiter {
-    double timeout;
-    int64_t deadline, spin_until;
-    unsigned looks;
-    unsigned retries;       /* see retry_expired */
-    int64_t retry_deadline; /* -1 until the first look at the clock there */
-} waiter_t;
-
-static void waiter_init(waiter_t *w, double timeout) {
-    w->timeout = timeout;
-    w->deadline = -1;
-    w->spin_until = -1;
-    w->looks = 0;
-    w->retries = 0;
-    w->retry_deadline = -1;
-}
-
-/* For a retry after a lost race or a stale read of tail/head, which means somebody else made
- * progress. Only a writer that keeps corrupting the ring could make those go on for ever, so
- * every 1024th retry looks at the clock (off the hot path: a first look that succeeds never
- * gets here) and gives up at the deadline; a timeout of 0 gives up at the first such look. */
-static bool retry_expired(waiter_t *w) {
-    if ((++w->retries & 1023) != 0 || w->timeout < 0) return false;
-    int64_t now = ndshm__now_ns();
-    if (w->retry_deadline < 0) w->retry_deadline = w->timeout == 0 ? now : ndshm__deadline(w->timeout);
-    return w->retry_deadline != INT64_MAX && now >= w->retry_deadline;
-}
+/* ---- waiting (ring.h has the waiter) ------------------------------------------------- */
 
 /* true if `dif` (a slot's sequence number minus what the claimer hoped for) is outside the
  * [-n, 0] that the protocol allows while tail (head) still holds the position read: a slot's
@@ -533,33 +497,9 @@ static int impossible_seq(const ndshm_queue_t *q, uint64_t pos, uint64_t raw, co
                        (unsigned long long)q->n);
 }
 
-/* Waits for progress after the caller saw `seen` in `word`. Returns 0 to retry, or ETIMEDOUT.
- * Spins (a pause between looks at the ring, the clock read every 8th look) for SPIN_NS, then
- * sleeps on the futex; a waker calls futex_wake only when someone sleeps (`waiters`). */
-static int waiter_wait(waiter_t *w, _Atomic uint32_t *word, _Atomic uint32_t *waiters, uint32_t seen) {
-    if (w->deadline >= 0 && (++w->looks & 7) != 0 && w->spin_until > 0) {
-        ndshm__pause();
-        return 0;
-    }
-    int64_t now = ndshm__now_ns();
-    if (w->deadline < 0) {
-        w->deadline = ndshm__deadline(w->timeout);
-        w->spin_until = w->deadline - now < SPIN_NS ? w->deadline : now + SPIN_NS;
-    }
-    if (now < w->spin_until) {
-        ndshm__pause();
-        return 0;
-    }
-    w->spin_until = 0; /* spinning is over: every later call reads the clock and sleeps */
-    if (now >= w->deadline) return ETIMEDOUT;
-    atomic_fetch_add(waiters, 1);
-    int rc = ndshm__futex_wait(word, seen, w->deadline, SLICE_NS);
-    atomic_fetch_sub(waiters, 1);
-    return rc == ETIMEDOUT ? ETIMEDOUT : 0;
-}
-
-/* true when position `pos` has been stuck for DEAD_CHECK_NS (and restarts the clock). The clock
- * lives in thread-local storage, so callers polling with timeout 0 get there too. */
+/* true when position `pos` has been stuck for NDSHM__RING_DEAD_CHECK_NS (and restarts the
+ * clock). The clock lives in thread-local storage, so callers polling with timeout 0 get there
+ * too (the broadcast keeps its clock per call). */
 static _Thread_local struct {
     const void *ring;
     uint64_t pos;
@@ -574,7 +514,7 @@ static bool stuck_long(const ndshm_queue_t *q, int consumer, uint64_t pos) {
         stuck[consumer].since = now;
         return false;
     }
-    if (now - stuck[consumer].since < DEAD_CHECK_NS) return false;
+    if (now - stuck[consumer].since < NDSHM__RING_DEAD_CHECK_NS) return false;
     stuck[consumer].since = now;
     return true;
 }
@@ -589,8 +529,8 @@ static int full_or_timedout(const ndshm_queue_t *q, double timeout) {
 
 static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint64_t *out_pos) {
     ring_hdr_t *r = q->r;
-    waiter_t w;
-    waiter_init(&w, timeout);
+    ndshm__ring_waiter_t w;
+    ndshm__ring_waiter_init(&w, timeout);
     for (;;) {
         uint32_t seen = atomic_load(&r->not_full);
         uint64_t pos = atomic_load(&r->tail);
@@ -605,22 +545,22 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
                 *out_pos = pos;
                 return 0;
             }
-            if (retry_expired(&w)) return full_or_timedout(q, timeout);
+            if (ndshm__ring_retry_expired(&w)) return full_or_timedout(q, timeout);
             continue;
         }
         if (dif_out_of_range(dif, q->n)) {
             if (atomic_load(&r->tail) == pos) return impossible_seq(q, pos, raw, "tail");
-            if (retry_expired(&w)) return full_or_timedout(q, timeout);
+            if (ndshm__ring_retry_expired(&w)) return full_or_timedout(q, timeout);
             continue;
         }
         /* full: slot of pos - n not yet released */
         uint64_t p0 = pos - q->n;
         if ((raw & ~SKIP) == p0 + 1 && (atomic_load(&r->head) & H_POS) > p0 && stuck_long(q, 0, pos) &&
             !intent_alive(q, enc(p0, 1))) {
-            if (atomic_compare_exchange_strong(&s->seq, &raw, pos)) wake(&r->not_full, &r->nf_waiters);
+            if (atomic_compare_exchange_strong(&s->seq, &raw, pos)) ndshm__ring_wake(&r->not_full, &r->nf_waiters);
             continue;
         }
-        if (timeout == 0 || waiter_wait(&w, &r->not_full, &r->nf_waiters, seen) == ETIMEDOUT)
+        if (timeout == 0 || ndshm__ring_wait(&w, &r->not_full, &r->nf_waiters, seen) == ETIMEDOUT)
             return full_or_timedout(q, timeout);
     }
 }
@@ -668,7 +608,7 @@ static void finish_producer(ndshm_queue_t *q, uint64_t pos, uint32_t part, bool 
     slot_hdr_t *s = slot_at(q, pos);
     atomic_store_explicit(&s->seq, (pos + 1) | (skip ? SKIP : 0), memory_order_release);
     part_release(q, part);
-    wake(&q->r->not_empty, &q->r->ne_waiters);
+    ndshm__ring_wake(&q->r->not_empty, &q->r->ne_waiters);
 }
 
 static void write_desc(slot_hdr_t *s, uint64_t nbytes, const char *typestr, uint32_t ndim, const int64_t *shape) {
@@ -767,8 +707,8 @@ static int empty_or_timedout(double timeout) {
  * msg->state_ != 2: nothing was claimed, the ring's head or a sequence number is impossible. */
 static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm_qmsg_t *msg, const peek_t *pk) {
     ring_hdr_t *r = q->r;
-    waiter_t w;
-    waiter_init(&w, timeout);
+    ndshm__ring_waiter_t w;
+    ndshm__ring_waiter_init(&w, timeout);
     for (;;) {
         uint32_t seen = atomic_load(&r->not_empty);
         uint64_t pos = atomic_load(&r->head);
@@ -786,17 +726,17 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
             if (pk && !(raw & SKIP) &&
                 (nbytes > pk->max_bytes || ndim != 1 || (pk->typestr && strcmp(ts, pk->typestr) != 0))) {
                 if (atomic_load(&r->head) == pos) return PEEK_STOP;
-                if (retry_expired(&w)) return empty_or_timedout(timeout);
+                if (ndshm__ring_retry_expired(&w)) return empty_or_timedout(timeout);
                 continue;
             }
             atomic_store(&r->parts[part].intent, enc(pos, 1));
             if (!atomic_compare_exchange_strong(&r->head, &pos, pos + 1)) {
-                if (retry_expired(&w)) return empty_or_timedout(timeout);
+                if (ndshm__ring_retry_expired(&w)) return empty_or_timedout(timeout);
                 continue;
             }
             if (raw & SKIP) { /* a discarded or reclaimed slot: pass over it */
                 atomic_store_explicit(&s->seq, pos + q->n, memory_order_release);
-                wake(&r->not_full, &r->nf_waiters);
+                ndshm__ring_wake(&r->not_full, &r->nf_waiters);
                 continue;
             }
             msg->pos_ = pos;
@@ -819,7 +759,7 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
         }
         if (dif_out_of_range(dif, q->n)) {
             if (atomic_load(&r->head) == pos) return impossible_seq(q, pos, raw, "head");
-            if (retry_expired(&w)) return empty_or_timedout(timeout);
+            if (ndshm__ring_retry_expired(&w)) return empty_or_timedout(timeout);
             continue;
         }
         /* empty, or the producer of pos has not published */
@@ -837,10 +777,11 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
                 continue;
             }
         } else if ((raw & ~SKIP) == pos && raw == pos && stuck_long(q, 1, pos) && !intent_alive(q, enc(pos, 0))) {
-            if (atomic_compare_exchange_strong(&s->seq, &raw, (pos + 1) | SKIP)) wake(&r->not_empty, &r->ne_waiters);
+            if (atomic_compare_exchange_strong(&s->seq, &raw, (pos + 1) | SKIP))
+                ndshm__ring_wake(&r->not_empty, &r->ne_waiters);
             continue;
         }
-        if (timeout == 0 || waiter_wait(&w, &r->not_empty, &r->ne_waiters, seen) == ETIMEDOUT)
+        if (timeout == 0 || ndshm__ring_wait(&w, &r->not_empty, &r->ne_waiters, seen) == ETIMEDOUT)
             return empty_or_timedout(timeout);
     }
 }
@@ -864,7 +805,7 @@ int ndshm_queue_release(ndshm_queue_t *q, ndshm_qmsg_t *msg) {
     msg->state_ = 0;
     atomic_store_explicit(&slot_at(q, msg->pos_)->seq, msg->pos_ + q->n, memory_order_release);
     part_release(q, msg->part_);
-    wake(&q->r->not_full, &q->r->nf_waiters);
+    ndshm__ring_wake(&q->r->not_full, &q->r->nf_waiters);
     return 0;
 }
 
@@ -916,7 +857,7 @@ int ndshm_queue_get_many(ndshm_queue_t *q, void *dst, uint64_t dst_bytes, uint64
             if (claimed) { /* a message with an impossible descriptor: release, keep the record */
                 msg.state_ = 0;
                 atomic_store_explicit(&slot_at(q, msg.pos_)->seq, msg.pos_ + q->n, memory_order_release);
-                wake(&q->r->not_full, &q->r->nf_waiters);
+                ndshm__ring_wake(&q->r->not_full, &q->r->nf_waiters);
             }
             /* the messages got so far are returned; an impossible ring (nothing claimed) is
              * reported by the next call, which meets it again */
@@ -929,7 +870,7 @@ int ndshm_queue_get_many(ndshm_queue_t *q, void *dst, uint64_t dst_bytes, uint64
         atomic_store_explicit(&slot_at(q, msg.pos_)->seq, msg.pos_ + q->n, memory_order_release);
         msg.state_ = 0;
         atomic_store(&q->r->parts[part].intent, 0);
-        wake(&q->r->not_full, &q->r->nf_waiters);
+        ndshm__ring_wake(&q->r->not_full, &q->r->nf_waiters);
         offsets[++n] = used;
     }
     part_release(q, part);

@@ -1,0 +1,90 @@
+/*
+ * ring.h -- what the two rings of slots in shared memory share: the MPMC queue (queue.c) and the
+ * publish-subscribe broadcast (broadcast.c). Each file keeps its own header, slot protocol and
+ * error texts; here are the pieces that are the same logic in both:
+ *
+ *   waiting      a waiter that spins, then sleeps on a futex word in slices, up to a deadline;
+ *                wake(), the other side of it.
+ *
+ * Hot helpers are static inline (the queue's put/take path calls them on every message); the
+ * cold ones live in ring.c, hidden like every ndshm__ internal.
+ */
+#ifndef NDSHM_RING_H
+#define NDSHM_RING_H
+
+#include "internal.h"
+
+#include <limits.h>
+
+enum {
+    NDSHM__RING_SPIN_NS = 100000,        /* spin this long before sleeping: a futex wake-up costs ~12 us
+                                            one way, a spinning waiter sees a hand-off in < 1 us */
+    NDSHM__RING_SLICE_NS = 20000000,     /* sleep at most this long between dead-claimer checks */
+    NDSHM__RING_DEAD_CHECK_NS = 20000000 /* a claim unfinished this long is checked */
+};
+
+/* ---- waiting ------------------------------------------------------------------------- */
+
+/* One call's wait for progress on a ring, set up by ndshm__ring_waiter_init. The deadline and
+ * the end of the spinning phase are fixed at the first look at the clock (by retry_expired or
+ * wait, whichever comes first), so a call that never waits never reads the clock. */
+typedef struct ndshm__ring_waiter {
+    double timeout;
+    int64_t deadline, spin_until; /* -1 until the first look at the clock; spin_until 0: spinning is over */
+    unsigned looks, retries;
+} ndshm__ring_waiter_t;
+
+static inline void ndshm__ring_waiter_init(ndshm__ring_waiter_t *w, double timeout) {
+    w->timeout = timeout;
+    w->deadline = -1;
+    w->spin_until = -1;
+    w->looks = 0;
+    w->retries = 0;
+}
+
+/* The waiter's deadline (CLOCK_MONOTONIC ns, INT64_MAX for none), fixed at the first call with
+ * `now`: a timeout of 0 gives `now` itself. */
+static inline int64_t ndshm__ring_waiter_deadline(ndshm__ring_waiter_t *w, int64_t now) {
+    if (w->deadline < 0) {
+        w->deadline = w->timeout == 0 ? now : ndshm__deadline(w->timeout);
+        w->spin_until = w->deadline - now < NDSHM__RING_SPIN_NS ? w->deadline : now + NDSHM__RING_SPIN_NS;
+    }
+    return w->deadline;
+}
+
+NDSHM_HIDDEN bool ndshm__ring_retry_clock(ndshm__ring_waiter_t *w);
+
+/* For a retry after a lost race or a stale read of the ring, which means somebody else made
+ * progress. Only a writer that keeps corrupting the ring could make those go on for ever, so
+ * every 1024th retry looks at the clock (off the hot path: a first look that succeeds never
+ * gets here) and gives up at the deadline; a timeout of 0 gives up at the first such look. */
+static inline bool ndshm__ring_retry_expired(ndshm__ring_waiter_t *w) {
+    if ((++w->retries & 1023) != 0 || w->timeout < 0) return false;
+    return ndshm__ring_retry_clock(w);
+}
+
+NDSHM_HIDDEN int ndshm__ring_wait_clock(ndshm__ring_waiter_t *w, _Atomic uint32_t *word, _Atomic uint32_t *waiters,
+                                        uint32_t seen);
+
+/* Waits for progress after the caller saw `seen` in `word`. Returns 0 to retry, or ETIMEDOUT.
+ * Spins (a pause between looks at the ring, the clock read every 8th look) for
+ * NDSHM__RING_SPIN_NS, then sleeps on the futex in slices of NDSHM__RING_SLICE_NS (so the caller
+ * can look for dead claimers); a waker calls futex_wake only when someone sleeps (`waiters`).
+ * Never called with a timeout of 0 (the caller gives up at once instead). */
+static inline int ndshm__ring_wait(ndshm__ring_waiter_t *w, _Atomic uint32_t *word, _Atomic uint32_t *waiters,
+                                   uint32_t seen) {
+    if (w->deadline >= 0 && (++w->looks & 7) != 0 && w->spin_until > 0) {
+        ndshm__pause();
+        return 0;
+    }
+    return ndshm__ring_wait_clock(w, word, waiters, seen);
+}
+
+/* Signals progress on `word` (a futex word that waiters sleep on), waking the sleepers only if
+ * `waiters` counts some. */
+static inline void ndshm__ring_wake(_Atomic uint32_t *word, _Atomic uint32_t *waiters) {
+    atomic_fetch_add(word, 1);
+    if (atomic_load(waiters) != 0) ndshm__futex_wake(word, INT_MAX);
+}
+
+#endif /* NDSHM_RING_H */
