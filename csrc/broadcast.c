@@ -65,11 +65,6 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
-typedef struct bc_part {
-    _Atomic uint64_t owner;  /* process key, 0 when free */
-    _Atomic uint64_t intent; /* position + 1 being published, 0 when none */
-} bc_part_t;
-
 typedef struct bc_sub {
     _Atomic uint64_t owner; /* process key, 0 when free */
     _Atomic uint64_t pos;   /* next position to read; NO_POS while joining or free */
@@ -90,7 +85,7 @@ typedef struct bc_hdr {
     char pad3[56];
     _Atomic uint32_t sub_hw; /* records [0, sub_hw) may be in use */
     char pad4[60];
-    bc_part_t parts[NPART];
+    ndshm__ring_part_t parts[NPART]; /* intent: position + 1 being published, 0 when none */
     bc_sub_t subs[NSUB];
 } bc_hdr_t;
 
@@ -383,49 +378,20 @@ static bool stuck_long(stuck_t *k, uint64_t pos) {
 /* ---- publisher claims ---------------------------------------------------------------- */
 
 static int part_acquire(ndshm_bcast_t *b, uint32_t *out) {
-    bc_hdr_t *r = b->r;
     uint64_t me = ndshm__self_key();
     if (atomic_load_explicit(&b->populated, memory_order_relaxed) != me) populate_ring(b);
-    unsigned start = (unsigned)(me * 2654435761u) % NPART;
-    for (unsigned i = 0; i < NPART; i++) {
-        unsigned idx = (start + i) % NPART;
-        uint64_t cur = atomic_load_explicit(&r->parts[idx].owner, memory_order_relaxed);
-        if (cur == 0 && atomic_compare_exchange_strong(&r->parts[idx].owner, &cur, me)) {
-            *out = idx;
-            return 0;
-        }
-    }
-    for (unsigned idx = 0; idx < NPART; idx++) {
-        uint64_t cur = atomic_load(&r->parts[idx].owner);
-        if (cur != 0 && cur != me && !ndshm__key_alive(cur) &&
-            atomic_compare_exchange_strong(&r->parts[idx].owner, &cur, me)) {
-            atomic_store(&r->parts[idx].intent, 0);
-            *out = idx;
-            return 0;
-        }
-    }
+    if (ndshm__ring_part_take_free(b->r->parts, NPART, (unsigned)(me * 2654435761u) % NPART, me, out) ||
+        ndshm__ring_part_take_dead(b->r->parts, NPART, me, out))
+        return 0;
     return ndshm__fail(NDSHM_EBUSY, 0, "all %d publisher records of the broadcast are in use by live processes",
                        NPART);
 }
 
-static void part_release(ndshm_bcast_t *b, uint32_t idx) {
-    atomic_store(&b->r->parts[idx].intent, 0);
-    atomic_store_explicit(&b->r->parts[idx].owner, 0, memory_order_release);
-}
-
-/* true if a live process is publishing `pos` */
-static bool intent_alive(ndshm_bcast_t *b, uint64_t pos) {
-    for (unsigned i = 0; i < NPART; i++) {
-        if (atomic_load(&b->r->parts[i].intent) != pos + 1) continue;
-        uint64_t owner = atomic_load(&b->r->parts[i].owner);
-        if (owner != 0 && ndshm__key_alive(owner) && atomic_load(&b->r->parts[i].intent) == pos + 1) return true;
-    }
-    return false;
-}
+static inline void part_release(ndshm_bcast_t *b, uint32_t idx) { ndshm__ring_part_release(b->r->parts, idx); }
 
 /* Marks position `pos`, whose slot holds `raw`, SKIPPED if nobody alive publishes it. */
 static void skip_if_dead(ndshm_bcast_t *b, uint64_t pos, uint64_t raw) {
-    if (intent_alive(b, pos)) return;
+    if (ndshm__ring_intent_alive(b->r->parts, NPART, pos + 1)) return; /* a live process publishes it */
     bc_slot_t *s = slot_at(b, pos);
     if (atomic_compare_exchange_strong(&s->state, &raw, st_word(pos, ST_SKIPPED))) {
         ndshm__ring_wake(&b->r->published, &b->r->pub_waiters);

@@ -57,11 +57,6 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
-typedef struct part {
-    _Atomic uint64_t owner;  /* process key, 0 when free */
-    _Atomic uint64_t intent; /* (pos << 1 | consumer) + 1, 0 when none */
-} part_t;
-
 typedef struct ring_hdr {
     _Atomic uint64_t magic; /* written last by the creator */
     uint32_t version, hdr_bytes;
@@ -76,7 +71,7 @@ typedef struct ring_hdr {
     char pad3[56];
     _Atomic uint32_t not_full, nf_waiters;
     char pad4[56];
-    part_t parts[NPART];
+    ndshm__ring_part_t parts[NPART]; /* intent: (pos << 1 | consumer) + 1 (enc), 0 when none */
     _Atomic uint64_t producers[NPROD]; /* process keys of registered producers, 0 when free */
     _Atomic uint32_t producers_ever;     /* registrations so far */
     _Atomic uint32_t producers_expected; /* the stream ends by producers exiting only after this many */
@@ -345,44 +340,22 @@ uint64_t ndshm_queue_size(const ndshm_queue_t *q) {
 static _Thread_local unsigned part_hint = UINT_MAX;
 
 static int part_acquire(ndshm_queue_t *q, uint32_t *out) {
-    ring_hdr_t *r = q->r;
     uint64_t me = ndshm__self_key();
     if (atomic_load_explicit(&q->populated, memory_order_relaxed) != me) populate_ring(q); /* a fork()ed child */
     if (part_hint >= NPART) part_hint = (unsigned)(((uintptr_t)&part_hint >> 6) * 2654435761u) % NPART;
-    for (unsigned i = 0; i < NPART; i++) {
-        unsigned idx = (part_hint + i) % NPART;
-        uint64_t cur = atomic_load_explicit(&r->parts[idx].owner, memory_order_relaxed);
-        if (cur == 0 && atomic_compare_exchange_strong(&r->parts[idx].owner, &cur, me)) {
-            part_hint = idx;
-            *out = idx;
-            return 0;
-        }
+    if (ndshm__ring_part_take_free(q->r->parts, NPART, part_hint, me, out)) {
+        part_hint = *out;
+        return 0;
     }
-    for (unsigned idx = 0; idx < NPART; idx++) { /* all taken: reclaim those of dead processes */
-        uint64_t cur = atomic_load(&r->parts[idx].owner);
-        if (cur != 0 && cur != me && !ndshm__key_alive(cur) &&
-            atomic_compare_exchange_strong(&r->parts[idx].owner, &cur, me)) {
-            atomic_store(&r->parts[idx].intent, 0);
-            *out = idx;
-            return 0;
-        }
-    }
+    if (ndshm__ring_part_take_dead(q->r->parts, NPART, me, out)) return 0; /* all taken: reclaim the dead's */
     return ndshm__fail(NDSHM_EBUSY, 0, "all %d claim records of the queue are in use by live processes", NPART);
 }
 
-static void part_release(ndshm_queue_t *q, uint32_t idx) {
-    atomic_store(&q->r->parts[idx].intent, 0);
-    atomic_store_explicit(&q->r->parts[idx].owner, 0, memory_order_release);
-}
+static inline void part_release(ndshm_queue_t *q, uint32_t idx) { ndshm__ring_part_release(q->r->parts, idx); }
 
 /* true if a live process holds intent `want` */
 static bool intent_alive(ndshm_queue_t *q, uint64_t want) {
-    for (unsigned i = 0; i < NPART; i++) {
-        if (atomic_load(&q->r->parts[i].intent) != want) continue;
-        uint64_t owner = atomic_load(&q->r->parts[i].owner);
-        if (owner != 0 && ndshm__key_alive(owner) && atomic_load(&q->r->parts[i].intent) == want) return true;
-    }
-    return false;
+    return ndshm__ring_intent_alive(q->r->parts, NPART, want);
 }
 
 static void wake_all(ndshm_queue_t *q) {

@@ -32,3 +32,27 @@ int ndshm__ring_wait_clock(ndshm__ring_waiter_t *w, _Atomic uint32_t *word, _Ato
     atomic_fetch_sub(waiters, 1);
     return rc == ETIMEDOUT ? ETIMEDOUT : 0;
 }
+
+/* ---- claim records ------------------------------------------------------------------- */
+
+bool ndshm__ring_part_take_dead(ndshm__ring_part_t *parts, unsigned n, uint64_t me, uint32_t *out) {
+    for (unsigned idx = 0; idx < n; idx++) {
+        uint64_t cur = atomic_load(&parts[idx].owner);
+        if (cur != 0 && cur != me && !ndshm__key_alive(cur) &&
+            atomic_compare_exchange_strong(&parts[idx].owner, &cur, me)) {
+            atomic_store(&parts[idx].intent, 0);
+            *out = idx;
+            return true;
+        }
+    }
+    return false;
+}
+
+bool ndshm__ring_intent_alive(ndshm__ring_part_t *parts, unsigned n, uint64_t want) {
+    for (unsigned i = 0; i < n; i++) {
+        if (atomic_load(&parts[i].intent) != want) continue;
+        uint64_t owner = atomic_load(&parts[i].owner);
+        if (owner != 0 && ndshm__key_alive(owner) && atomic_load(&parts[i].intent) == want) return true;
+    }
+    return false;
+}

@@ -5,6 +5,9 @@
  *
  *   waiting      a waiter that spins, then sleeps on a futex word in slices, up to a deadline;
  *                wake(), the other side of it.
+ *   claims       the table of claim records {owner, intent} a claimer holds from before its
+ *                CAS on the ring until it finishes, so that others can tell a slow claimer
+ *                from a dead one.
  *
  * Hot helpers are static inline (the queue's put/take path calls them on every message); the
  * cold ones live in ring.c, hidden like every ndshm__ internal.
@@ -86,5 +89,44 @@ static inline void ndshm__ring_wake(_Atomic uint32_t *word, _Atomic uint32_t *wa
     atomic_fetch_add(word, 1);
     if (atomic_load(waiters) != 0) ndshm__futex_wake(word, INT_MAX);
 }
+
+/* ---- claim records ------------------------------------------------------------------- */
+
+/* One claim record in a ring's header (the layout both rings store: two words, 16 bytes). */
+typedef struct ndshm__ring_part {
+    _Atomic uint64_t owner;  /* process key (ndshm__self_key), 0 when free */
+    _Atomic uint64_t intent; /* what the owner claims, encoded by the ring so that 0 means none */
+} ndshm__ring_part_t;
+
+_Static_assert(sizeof(ndshm__ring_part_t) == 16, "claim record is not two words");
+
+/* Takes a free record of parts[0, n) for `me`, looking from `start` on (wrapping): true with
+ * its index in *out, false if none is free. */
+static inline bool ndshm__ring_part_take_free(ndshm__ring_part_t *parts, unsigned n, unsigned start, uint64_t me,
+                                              uint32_t *out) {
+    for (unsigned i = 0; i < n; i++) {
+        unsigned idx = (start + i) % n;
+        uint64_t cur = atomic_load_explicit(&parts[idx].owner, memory_order_relaxed);
+        if (cur == 0 && atomic_compare_exchange_strong(&parts[idx].owner, &cur, me)) {
+            *out = idx;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* When every record is taken: takes over, for `me`, the first record whose owner process is
+ * dead (clearing its intent). true with its index in *out, false if every owner is alive. */
+NDSHM_HIDDEN bool ndshm__ring_part_take_dead(ndshm__ring_part_t *parts, unsigned n, uint64_t me, uint32_t *out);
+
+/* Gives record `idx` up: intent first, then the owner (release: the record's next owner sees
+ * no stale intent). */
+static inline void ndshm__ring_part_release(ndshm__ring_part_t *parts, uint32_t idx) {
+    atomic_store(&parts[idx].intent, 0);
+    atomic_store_explicit(&parts[idx].owner, 0, memory_order_release);
+}
+
+/* true if a record of parts[0, n) holds intent `want` for an owner process that still runs. */
+NDSHM_HIDDEN bool ndshm__ring_intent_alive(ndshm__ring_part_t *parts, unsigned n, uint64_t want);
 
 #endif /* NDSHM_RING_H */
