@@ -91,13 +91,11 @@ typedef struct bc_hdr {
 
 typedef struct bc_slot {
     _Atomic uint64_t state;
-    uint64_t nbytes;
-    uint32_t ndim, pad;
-    char typestr[NDSHM_TYPESTR_MAX];
-    int64_t shape[NDSHM_MAXDIM];
+    ndshm__ring_desc_t d;
 } bc_slot_t;
 
 _Static_assert(sizeof(bc_slot_t) <= SLOT_HDR, "slot header too big");
+_Static_assert(offsetof(bc_slot_t, d) == 8, "message descriptor not right after the state word");
 _Static_assert(sizeof(bc_sub_t) == 64, "subscriber record is not one cache line");
 _Static_assert(sizeof(bc_hdr_t) % 64 == 0, "ring header not a multiple of 64");
 _Static_assert(offsetof(bc_hdr_t, tail) == 64, "tail not on its own line");
@@ -544,26 +542,6 @@ static int claim(ndshm_bcast_t *b, double timeout, uint32_t part, uint64_t *out_
     }
 }
 
-static int check_desc(const ndshm_bcast_t *b, uint64_t nbytes, const char *typestr, uint32_t ndim) {
-    if (nbytes > b->slot_bytes)
-        return ndshm__fail(NDSHM_ETOOBIG, 0, "message of %llu bytes is larger than the broadcast's %llu-byte slots",
-                           (unsigned long long)nbytes, (unsigned long long)b->slot_bytes);
-    if (ndim > NDSHM_MAXDIM) return ndshm__fail(NDSHM_EINVAL, 0, "message ndim %u exceeds %d", ndim, NDSHM_MAXDIM);
-    if (typestr != NULL && strnlen(typestr, NDSHM_TYPESTR_MAX) >= NDSHM_TYPESTR_MAX)
-        return ndshm__fail(NDSHM_EINVAL, 0, "message typestr is not NUL-terminated within %d bytes",
-                           NDSHM_TYPESTR_MAX);
-    return 0;
-}
-
-static void write_desc(bc_slot_t *s, uint64_t nbytes, const char *typestr, uint32_t ndim, const int64_t *shape) {
-    s->nbytes = nbytes;
-    s->ndim = ndim;
-    size_t len = typestr ? strnlen(typestr, NDSHM_TYPESTR_MAX - 1) : 0;
-    if (len) memcpy(s->typestr, typestr, len);
-    memset(s->typestr + len, 0, NDSHM_TYPESTR_MAX - len);
-    if (ndim) memcpy(s->shape, shape, ndim * sizeof *shape);
-}
-
 static void finish(ndshm_bcast_t *b, uint64_t pos, uint32_t part, unsigned st) {
     atomic_store_explicit(&slot_at(b, pos)->state, st_word(pos, st), memory_order_release);
     part_release(b, part);
@@ -574,7 +552,7 @@ int ndshm_bcast_loan(ndshm_bcast_t *b, uint64_t nbytes, double timeout, ndshm_qm
     if (b == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_loan: NULL argument");
     msg->state_ = 0;
     if (ndshm__check_timeout(timeout, "ndshm_bcast_loan")) return NDSHM_EINVAL;
-    int rc = check_desc(b, nbytes, NULL, 0);
+    int rc = ndshm__ring_check_desc(b->slot_bytes, "broadcast", nbytes, NULL, 0);
     if (rc) return rc;
     uint32_t part;
     rc = part_acquire(b, &part);
@@ -585,32 +563,21 @@ int ndshm_bcast_loan(ndshm_bcast_t *b, uint64_t nbytes, double timeout, ndshm_qm
         part_release(b, part);
         return rc;
     }
-    msg->data = (char *)slot_at(b, pos) + SLOT_HDR;
-    msg->capacity = b->slot_bytes;
-    msg->nbytes = nbytes;
-    msg->typestr[0] = '\0';
-    msg->ndim = 0;
-    msg->pos_ = pos;
-    msg->part_ = part;
-    msg->state_ = 1;
+    ndshm__ring_msg_loaned(msg, (char *)slot_at(b, pos) + SLOT_HDR, b->slot_bytes, nbytes, pos, part);
     return 0;
 }
 
 int ndshm_bcast_publish(ndshm_bcast_t *b, ndshm_qmsg_t *msg) {
     if (b == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_publish: NULL argument");
-    if (msg->state_ != 1) return ndshm__fail(NDSHM_EINVAL, 0, "message state %u is not loaned", msg->state_);
-    msg->typestr[NDSHM_TYPESTR_MAX - 1] = '\0';
-    int rc = check_desc(b, msg->nbytes, msg->typestr, msg->ndim);
+    int rc = ndshm__ring_publish_desc(msg, &slot_at(b, msg->pos_)->d, b->slot_bytes, "broadcast");
     if (rc) return rc;
-    write_desc(slot_at(b, msg->pos_), msg->nbytes, msg->typestr, msg->ndim, msg->shape);
-    msg->state_ = 0;
     finish(b, msg->pos_, msg->part_, ST_PUBLISHED);
     return 0;
 }
 
 int ndshm_bcast_discard(ndshm_bcast_t *b, ndshm_qmsg_t *msg) {
     if (b == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_discard: NULL argument");
-    if (msg->state_ != 1) return ndshm__fail(NDSHM_EINVAL, 0, "message state %u is not loaned", msg->state_);
+    if (ndshm__ring_check_loaned(msg)) return NDSHM_EINVAL;
     msg->state_ = 0;
     finish(b, msg->pos_, msg->part_, ST_SKIPPED);
     return 0;
@@ -621,7 +588,7 @@ int ndshm_bcast_put(ndshm_bcast_t *b, const void *data, uint64_t nbytes, const c
     if (b == NULL || (data == NULL && nbytes) || (shape == NULL && ndim))
         return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_put: NULL argument");
     if (ndshm__check_timeout(timeout, "ndshm_bcast_put")) return NDSHM_EINVAL;
-    int rc = check_desc(b, nbytes, typestr, ndim);
+    int rc = ndshm__ring_check_desc(b->slot_bytes, "broadcast", nbytes, typestr, ndim);
     if (rc) return rc;
     uint32_t part;
     rc = part_acquire(b, &part);
@@ -634,7 +601,7 @@ int ndshm_bcast_put(ndshm_bcast_t *b, const void *data, uint64_t nbytes, const c
     }
     bc_slot_t *s = slot_at(b, pos);
     if (nbytes) memcpy((char *)s + SLOT_HDR, data, nbytes);
-    write_desc(s, nbytes, typestr, ndim, shape);
+    ndshm__ring_write_desc(&s->d, nbytes, typestr, ndim, shape);
     finish(b, pos, part, ST_PUBLISHED);
     return 0;
 }
@@ -795,25 +762,11 @@ int ndshm_bcast_take(ndshm_bsub_t *sub, double timeout, ndshm_qmsg_t *msg, uint6
                     continue;
                 }
             }
-            uint64_t nbytes = s->nbytes;
-            uint32_t ndim = s->ndim;
-            msg->pos_ = p;
-            msg->part_ = sub->idx;
-            msg->state_ = 2;
             sub->holding = 1;
-            msg->data = (char *)s + SLOT_HDR;
-            msg->capacity = b->slot_bytes;
-            if (nbytes > b->slot_bytes || ndim > NDSHM_MAXDIM) { /* never trust shared memory: pass over it */
-                ndshm_bcast_release(sub, msg);
-                return ndshm__fail(NDSHM_ECORRUPT, 0, "message at position %llu claims %llu bytes and %u dimensions",
-                                   (unsigned long long)p, (unsigned long long)nbytes, ndim);
-            }
-            msg->nbytes = nbytes;
-            msg->ndim = ndim;
-            memcpy(msg->typestr, s->typestr, NDSHM_TYPESTR_MAX);
-            msg->typestr[NDSHM_TYPESTR_MAX - 1] = '\0';
-            if (ndim) memcpy(msg->shape, s->shape, ndim * sizeof(int64_t));
-            return 0;
+            int rc = ndshm__ring_msg_taken(msg, (char *)s + SLOT_HDR, b->slot_bytes, p, sub->idx, s->d.nbytes,
+                                           s->d.ndim, s->d.typestr, s->d.shape);
+            if (rc) ndshm_bcast_release(sub, msg); /* an impossible description: pass over it (keeps the detail) */
+            return rc;
         }
         if (raw != 0 && rp == p && st == ST_SKIPPED) {
             advance(sub, p + 1);

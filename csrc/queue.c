@@ -80,13 +80,11 @@ typedef struct ring_hdr {
 
 typedef struct slot_hdr {
     _Atomic uint64_t seq;
-    uint64_t nbytes;
-    uint32_t ndim, pad;
-    char typestr[NDSHM_TYPESTR_MAX];
-    int64_t shape[NDSHM_MAXDIM];
+    ndshm__ring_desc_t d;
 } slot_hdr_t;
 
 _Static_assert(sizeof(slot_hdr_t) <= SLOT_HDR, "slot header too big");
+_Static_assert(offsetof(slot_hdr_t, d) == 8, "message descriptor not right after the sequence number");
 _Static_assert(sizeof(ring_hdr_t) % 64 == 0, "ring header not a multiple of 64");
 
 struct ndshm_queue_s {
@@ -542,11 +540,10 @@ int ndshm_queue_loan(ndshm_queue_t *q, uint64_t nbytes, double timeout, ndshm_qm
     if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_loan: NULL argument");
     msg->state_ = 0;
     if (ndshm__check_timeout(timeout, "ndshm_queue_loan")) return NDSHM_EINVAL;
-    if (nbytes > q->slot_bytes)
-        return ndshm__fail(NDSHM_ETOOBIG, 0, "message of %llu bytes is larger than the queue's %llu-byte slots",
-                           (unsigned long long)nbytes, (unsigned long long)q->slot_bytes);
+    int rc = ndshm__ring_check_desc(q->slot_bytes, "queue", nbytes, NULL, 0);
+    if (rc) return rc;
     uint32_t part;
-    int rc = part_acquire(q, &part);
+    rc = part_acquire(q, &part);
     if (rc) return rc;
     uint64_t pos;
     rc = claim_producer(q, timeout, part, &pos);
@@ -554,26 +551,7 @@ int ndshm_queue_loan(ndshm_queue_t *q, uint64_t nbytes, double timeout, ndshm_qm
         part_release(q, part);
         return rc;
     }
-    slot_hdr_t *s = slot_at(q, pos);
-    msg->data = (char *)s + SLOT_HDR;
-    msg->capacity = q->slot_bytes;
-    msg->nbytes = nbytes;
-    msg->typestr[0] = '\0';
-    msg->ndim = 0;
-    msg->pos_ = pos;
-    msg->part_ = part;
-    msg->state_ = 1;
-    return 0;
-}
-
-static int check_desc(const ndshm_queue_t *q, uint64_t nbytes, const char *typestr, uint32_t ndim) {
-    if (nbytes > q->slot_bytes)
-        return ndshm__fail(NDSHM_ETOOBIG, 0, "message of %llu bytes is larger than the queue's %llu-byte slots",
-                           (unsigned long long)nbytes, (unsigned long long)q->slot_bytes);
-    if (ndim > NDSHM_MAXDIM) return ndshm__fail(NDSHM_EINVAL, 0, "message ndim %u exceeds %d", ndim, NDSHM_MAXDIM);
-    if (typestr != NULL && strnlen(typestr, NDSHM_TYPESTR_MAX) >= NDSHM_TYPESTR_MAX)
-        return ndshm__fail(NDSHM_EINVAL, 0, "message typestr is not NUL-terminated within %d bytes",
-                           NDSHM_TYPESTR_MAX);
+    ndshm__ring_msg_loaned(msg, (char *)slot_at(q, pos) + SLOT_HDR, q->slot_bytes, nbytes, pos, part);
     return 0;
 }
 
@@ -584,31 +562,17 @@ static void finish_producer(ndshm_queue_t *q, uint64_t pos, uint32_t part, bool 
     ndshm__ring_wake(&q->r->not_empty, &q->r->ne_waiters);
 }
 
-static void write_desc(slot_hdr_t *s, uint64_t nbytes, const char *typestr, uint32_t ndim, const int64_t *shape) {
-    s->nbytes = nbytes;
-    s->ndim = ndim;
-    /* zero-padded: the whole field is a function of the typestr (bindings may compare it as words) */
-    size_t n = typestr ? strnlen(typestr, NDSHM_TYPESTR_MAX - 1) : 0;
-    if (n) memcpy(s->typestr, typestr, n);
-    memset(s->typestr + n, 0, NDSHM_TYPESTR_MAX - n);
-    if (ndim) memcpy(s->shape, shape, ndim * sizeof *shape);
-}
-
 int ndshm_queue_publish(ndshm_queue_t *q, ndshm_qmsg_t *msg) {
     if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_publish: NULL argument");
-    if (msg->state_ != 1) return ndshm__fail(NDSHM_EINVAL, 0, "message state %u is not loaned", msg->state_);
-    msg->typestr[NDSHM_TYPESTR_MAX - 1] = '\0';
-    int rc = check_desc(q, msg->nbytes, msg->typestr, msg->ndim);
+    int rc = ndshm__ring_publish_desc(msg, &slot_at(q, msg->pos_)->d, q->slot_bytes, "queue");
     if (rc) return rc;
-    write_desc(slot_at(q, msg->pos_), msg->nbytes, msg->typestr, msg->ndim, msg->shape);
-    msg->state_ = 0;
     finish_producer(q, msg->pos_, msg->part_, false);
     return 0;
 }
 
 int ndshm_queue_discard(ndshm_queue_t *q, ndshm_qmsg_t *msg) {
     if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_discard: NULL argument");
-    if (msg->state_ != 1) return ndshm__fail(NDSHM_EINVAL, 0, "message state %u is not loaned", msg->state_);
+    if (ndshm__ring_check_loaned(msg)) return NDSHM_EINVAL;
     msg->state_ = 0;
     finish_producer(q, msg->pos_, msg->part_, true);
     return 0;
@@ -619,7 +583,7 @@ int ndshm_queue_put(ndshm_queue_t *q, const void *data, uint64_t nbytes, const c
     if (q == NULL || (data == NULL && nbytes) || (shape == NULL && ndim))
         return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_put: NULL argument");
     if (ndshm__check_timeout(timeout, "ndshm_queue_put")) return NDSHM_EINVAL;
-    int rc = check_desc(q, nbytes, typestr, ndim);
+    int rc = ndshm__ring_check_desc(q->slot_bytes, "queue", nbytes, typestr, ndim);
     if (rc) return rc;
     uint32_t part;
     rc = part_acquire(q, &part);
@@ -632,7 +596,7 @@ int ndshm_queue_put(ndshm_queue_t *q, const void *data, uint64_t nbytes, const c
     }
     slot_hdr_t *s = slot_at(q, pos);
     if (nbytes) memcpy((char *)s + SLOT_HDR, data, nbytes);
-    write_desc(s, nbytes, typestr, ndim, shape);
+    ndshm__ring_write_desc(&s->d, nbytes, typestr, ndim, shape);
     finish_producer(q, pos, part, false);
     return 0;
 }
@@ -691,10 +655,10 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
         int64_t dif = (int64_t)((raw & ~SKIP) - (pos + 1));
         if (dif == 0) {
             /* the descriptor is stable while head == pos: read it before the CAS, check after */
-            uint64_t nbytes = s->nbytes;
-            uint32_t ndim = s->ndim;
+            uint64_t nbytes = s->d.nbytes;
+            uint32_t ndim = s->d.ndim;
             char ts[NDSHM_TYPESTR_MAX];
-            memcpy(ts, s->typestr, sizeof ts);
+            memcpy(ts, s->d.typestr, sizeof ts);
             ts[NDSHM_TYPESTR_MAX - 1] = '\0';
             if (pk && !(raw & SKIP) &&
                 (nbytes > pk->max_bytes || ndim != 1 || (pk->typestr && strcmp(ts, pk->typestr) != 0))) {
@@ -712,23 +676,8 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
                 ndshm__ring_wake(&r->not_full, &r->nf_waiters);
                 continue;
             }
-            msg->pos_ = pos;
-            msg->part_ = part;
-            msg->state_ = 2;
-            msg->data = (char *)s + SLOT_HDR;
-            msg->capacity = q->slot_bytes;
-            if (nbytes > q->slot_bytes || ndim > NDSHM_MAXDIM) { /* never trust shared memory */
-                msg->nbytes = 0;
-                msg->ndim = 0;
-                msg->typestr[0] = '\0';
-                return ndshm__fail(NDSHM_ECORRUPT, 0, "message at position %llu claims %llu bytes and %u dimensions",
-                                   (unsigned long long)pos, (unsigned long long)nbytes, ndim);
-            }
-            msg->nbytes = nbytes;
-            msg->ndim = ndim;
-            memcpy(msg->typestr, ts, sizeof ts);
-            memcpy(msg->shape, s->shape, ndim * sizeof(int64_t));
-            return 0;
+            return ndshm__ring_msg_taken(msg, (char *)s + SLOT_HDR, q->slot_bytes, pos, part, nbytes, ndim, ts,
+                                         s->d.shape);
         }
         if (dif_out_of_range(dif, q->n)) {
             if (atomic_load(&r->head) == pos) return impossible_seq(q, pos, raw, "head");

@@ -8,6 +8,9 @@
  *   claims       the table of claim records {owner, intent} a claimer holds from before its
  *                CAS on the ring until it finishes, so that others can tell a slow claimer
  *                from a dead one.
+ *   messages     the descriptor of a message in its slot header (nbytes, typestr, ndim,
+ *                shape): its checks, writing it at publish, reading it at take (never
+ *                trusted), and the ndshm_qmsg_t states (loaned 1, taken 2).
  *
  * Hot helpers are static inline (the queue's put/take path calls them on every message); the
  * cold ones live in ring.c, hidden like every ndshm__ internal.
@@ -18,6 +21,7 @@
 #include "internal.h"
 
 #include <limits.h>
+#include <string.h>
 
 enum {
     NDSHM__RING_SPIN_NS = 100000,        /* spin this long before sleeping: a futex wake-up costs ~12 us
@@ -128,5 +132,103 @@ static inline void ndshm__ring_part_release(ndshm__ring_part_t *parts, uint32_t 
 
 /* true if a record of parts[0, n) holds intent `want` for an owner process that still runs. */
 NDSHM_HIDDEN bool ndshm__ring_intent_alive(ndshm__ring_part_t *parts, unsigned n, uint64_t want);
+
+/* ---- messages ------------------------------------------------------------------------ */
+
+/* A message's description, in each slot header right after the slot's 8-byte state word. */
+typedef struct ndshm__ring_desc {
+    uint64_t nbytes;
+    uint32_t ndim, pad;
+    char typestr[NDSHM_TYPESTR_MAX]; /* zero-padded (bindings may compare it as words) */
+    int64_t shape[NDSHM_MAXDIM];
+} ndshm__ring_desc_t;
+
+/* 0 if a message of `nbytes` fits the slots of `slot_bytes` of the ring `ring` ("queue",
+ * "broadcast": the detail names it), has at most NDSHM_MAXDIM dimensions and a typestr (or
+ * NULL) NUL-terminated within NDSHM_TYPESTR_MAX; else NDSHM_ETOOBIG or NDSHM_EINVAL. */
+static inline int ndshm__ring_check_desc(uint64_t slot_bytes, const char *ring, uint64_t nbytes, const char *typestr,
+                                         uint32_t ndim) {
+    if (nbytes > slot_bytes)
+        return ndshm__fail(NDSHM_ETOOBIG, 0, "message of %llu bytes is larger than the %s's %llu-byte slots",
+                           (unsigned long long)nbytes, ring, (unsigned long long)slot_bytes);
+    if (ndim > NDSHM_MAXDIM) return ndshm__fail(NDSHM_EINVAL, 0, "message ndim %u exceeds %d", ndim, NDSHM_MAXDIM);
+    if (typestr != NULL && strnlen(typestr, NDSHM_TYPESTR_MAX) >= NDSHM_TYPESTR_MAX)
+        return ndshm__fail(NDSHM_EINVAL, 0, "message typestr is not NUL-terminated within %d bytes",
+                           NDSHM_TYPESTR_MAX);
+    return 0;
+}
+
+/* Writes a checked description (ndshm__ring_check_desc) into a slot header. */
+static inline void ndshm__ring_write_desc(ndshm__ring_desc_t *d, uint64_t nbytes, const char *typestr, uint32_t ndim,
+                                          const int64_t *shape) {
+    d->nbytes = nbytes;
+    d->ndim = ndim;
+    /* zero-padded: the whole field is a function of the typestr (bindings may compare it as words) */
+    size_t n = typestr ? strnlen(typestr, NDSHM_TYPESTR_MAX - 1) : 0;
+    if (n) memcpy(d->typestr, typestr, n);
+    memset(d->typestr + n, 0, NDSHM_TYPESTR_MAX - n);
+    if (ndim) memcpy(d->shape, shape, ndim * sizeof *shape);
+}
+
+/* Fills `msg` for a loan of position `pos` (claim record `part`): state 1, no description yet. */
+static inline void ndshm__ring_msg_loaned(ndshm_qmsg_t *msg, void *data, uint64_t capacity, uint64_t nbytes,
+                                          uint64_t pos, uint32_t part) {
+    msg->data = data;
+    msg->capacity = capacity;
+    msg->nbytes = nbytes;
+    msg->typestr[0] = '\0';
+    msg->ndim = 0;
+    msg->pos_ = pos;
+    msg->part_ = part;
+    msg->state_ = 1;
+}
+
+/* 0 if `msg` is loaned (state 1), else NDSHM_EINVAL naming its state. */
+static inline int ndshm__ring_check_loaned(const ndshm_qmsg_t *msg) {
+    if (msg->state_ != 1) return ndshm__fail(NDSHM_EINVAL, 0, "message state %u is not loaned", msg->state_);
+    return 0;
+}
+
+/* publish, up to the slot's state word: checks that `msg` is loaned and its description (the
+ * caller's to fill, so its typestr is cut at the field's end), writes the description into
+ * `d` and ends the loan (state 0). The caller then marks the slot published. */
+static inline int ndshm__ring_publish_desc(ndshm_qmsg_t *msg, ndshm__ring_desc_t *d, uint64_t slot_bytes,
+                                           const char *ring) {
+    int rc = ndshm__ring_check_loaned(msg);
+    if (rc) return rc;
+    msg->typestr[NDSHM_TYPESTR_MAX - 1] = '\0';
+    rc = ndshm__ring_check_desc(slot_bytes, ring, msg->nbytes, msg->typestr, msg->ndim);
+    if (rc) return rc;
+    ndshm__ring_write_desc(d, msg->nbytes, msg->typestr, msg->ndim, msg->shape);
+    msg->state_ = 0;
+    return 0;
+}
+
+/* Fills `msg` for a take of position `pos` (record `part`): state 2, `data` of `capacity` bytes,
+ * and the description read from the slot header (nbytes, ndim read once by the caller; typestr
+ * and shape from `typestr`, `shape`). Shared memory is never trusted: a description claiming
+ * more than the slot or NDSHM_MAXDIM gives NDSHM_ECORRUPT naming it, with the message still
+ * taken (the caller releases it) and described as empty. */
+static inline int ndshm__ring_msg_taken(ndshm_qmsg_t *msg, void *data, uint64_t capacity, uint64_t pos, uint32_t part,
+                                        uint64_t nbytes, uint32_t ndim, const char *typestr, const int64_t *shape) {
+    msg->pos_ = pos;
+    msg->part_ = part;
+    msg->state_ = 2;
+    msg->data = data;
+    msg->capacity = capacity;
+    if (nbytes > capacity || ndim > NDSHM_MAXDIM) {
+        msg->nbytes = 0;
+        msg->ndim = 0;
+        msg->typestr[0] = '\0';
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "message at position %llu claims %llu bytes and %u dimensions",
+                           (unsigned long long)pos, (unsigned long long)nbytes, ndim);
+    }
+    msg->nbytes = nbytes;
+    msg->ndim = ndim;
+    memcpy(msg->typestr, typestr, NDSHM_TYPESTR_MAX);
+    msg->typestr[NDSHM_TYPESTR_MAX - 1] = '\0';
+    if (ndim) memcpy(msg->shape, shape, ndim * sizeof *shape);
+    return 0;
+}
 
 #endif /* NDSHM_RING_H */
