@@ -194,6 +194,88 @@ def test_receive_views(unique_name):
     collect()
 
 
+@pytest.mark.skipif(PYPY, reason="reference counts: PyPy publishes whatever still refers to the array")
+@pytest.mark.parametrize("export", ["memoryview", "list", "alias"])
+def test_loan_with_an_escaped_reference_is_discarded(unique_name, export):
+    """An export of a loan() array kept after the block could change a message every subscriber
+    already has: the message is discarded (no subscriber sees it) and BufferError says why."""
+    with ndshm.Broadcast(unique_name, slots=2, slot_bytes=64) as b:
+        s = b.subscribe()
+        with pytest.raises(BufferError, match=r"still referenced after its with block.*discarded, not published") as ei:
+            with b.loan((4,), np.int64) as out:
+                out[:] = 7
+                kept = {"memoryview": memoryview, "list": lambda a: [a], "alias": lambda a: a}[export](out)
+        assert b.name in str(ei.value)
+        with pytest.raises(ndshm.Empty):
+            s.get(timeout=0.05)
+        del kept
+        with b.loan((2,), np.int64) as out:  # the next loan is published as usual
+            tmp = memoryview(out)
+            out[:] = 3
+            del tmp
+        assert s.get(timeout=1).tolist() == [3, 3]
+        assert_closed(out)
+
+
+_INTERRUPTED = """
+import time, numpy as np, ndshm
+b = ndshm.Broadcast.attach({name!r})
+s = b.subscribe()
+op = {op!r}
+if op in ("put", "loan"):  # block policy: this subscriber has read neither, so both slots stay taken
+    b.put(np.arange(2))
+    b.put(np.arange(2))
+print("ready", flush=True)
+t0 = time.monotonic()
+try:
+    if op == "get":
+        s.get(timeout=3600)
+    elif op == "receive":
+        with s.receive(timeout=3600):
+            pass
+    elif op == "put":
+        b.put(np.arange(2), timeout=3600)
+    else:
+        with b.loan((2,), np.int64, timeout=3600):
+            pass
+    print("returned")
+except KeyboardInterrupt:
+    print("interrupted %.3f" % (time.monotonic() - t0))
+"""
+
+
+@pytest.mark.parametrize("op", ["get", "receive", "put", "loan"])
+def test_long_finite_timeouts_are_interruptible(unique_name, op):
+    """Ctrl-C ends a wait with a long finite timeout at once, as for the queue (waits go in slices)."""
+    with ndshm.Broadcast(unique_name, slots=2, slot_bytes=64) as b:
+        p = child(_INTERRUPTED.format(name=b.name, op=op))
+        expect_line(p, "ready")
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        out = finish(p, 20).split()
+        assert out[0] == "interrupted" and float(out[1]) < 3.0, out
+
+
+def test_long_finite_timeouts_expire_with_their_own_value(unique_name):
+    """A wait made in slices still times out after its own timeout, and the error says so."""
+    with ndshm.Broadcast(unique_name, slots=2, slot_bytes=64) as b:
+        s = b.subscribe()
+        t0 = time.monotonic()
+        with pytest.raises(ndshm.Empty, match=r"after 0\.6 s") as e:
+            s.get(timeout=0.6)
+        assert 0.55 < time.monotonic() - t0 < 2.0 and e.value.errname == "NDSHM_ETIMEDOUT"
+        with pytest.raises(ndshm.Empty, match=r"after 0\.4 s"):
+            with s.receive(timeout=0.4):
+                pass
+        b.put(np.arange(2))
+        b.put(np.arange(2))
+        with pytest.raises(ndshm.Full, match=r"full \(2 slots\) after 0\.5 s"):
+            b.put(np.arange(2), timeout=0.5)
+        with pytest.raises(ndshm.Full, match=r"after 0\.3 s"):
+            with b.loan((2,), np.int64, timeout=0.3):
+                pass
+
+
 def test_close_and_context_managers(unique_name):
     b = ndshm.Broadcast(unique_name, slots=2, slot_bytes=64)
     with b.subscribe() as s:

@@ -16,22 +16,28 @@ Faults: a subscriber process killed at any point (kill -9, even inside ``receive
 publishers for at most a liveness check (~20 ms) and is then forgotten. A publisher killed inside
 ``loan`` leaves its message unpublished: every subscriber skips it and receives the next ones.
 
-The arrays of ``loan`` and ``receive`` blocks are the queue's :class:`~ndshm._queue.SlotArray`
-and follow its rules (see :mod:`ndshm._queue`): after the block the array is closed (on CPython
-every use raises :class:`ClosedError`; on PyPy it is emptied), the ring stays mapped while anything
-made from it lives, and on CPython a view derived inside a ``receive`` block (``view[2:]``) or an
-export of it keeps the message held after the block; the subscription's next read then raises
-``BufferError`` until those are gone (a held message would otherwise be overwritten under them).
+The arrays of ``loan`` and ``receive`` blocks are :class:`~ndshm._slots.SlotArray` and follow the
+queue's rules (see :mod:`ndshm._queue`): after the block the array is closed (on CPython every use
+raises :class:`ClosedError`; on PyPy it is emptied), the ring stays mapped while anything made from
+it lives, and on CPython:
+
+- a view derived inside a ``receive`` block (``view[2:]``) or an export of it keeps the message held
+  after the block; the subscription's next read then raises ``BufferError`` until those are gone (a
+  held message would otherwise be overwritten under them);
+- a ``loan`` array still exported at the end of its block (a tensor, a memoryview, a list holding
+  it) could change the message after every subscriber got it, so the message is discarded and
+  ``BufferError`` raised.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,10 +45,11 @@ from numpy.typing import NDArray
 from . import _dtype
 from ._errors import ClosedError, CorruptSegmentError, Empty, Full, Lagged, ShutDown, error_from_code
 from ._lib import ffi, lib
-from ._queue import (
-    _CLOSED_MESSAGES, _EMPTY, _PLANS, _SEAL, _SLICE, _UPTR, _VOIDP, _W_NDIM, _W_SHAPE0, _W_TYPESTR, Queue,
-    SlotArray, _as_dir, _as_name, _ClosedSlot, _encode, _getrefcount, _keep, _msg, _path_of, _plan, _pop_msg,
-    _push_msg, _setstate, _Slot, _timeout, _typestr_bytes, _unlink_if,
+from ._messages import _PLANS, _describe, _msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc
+from ._ring import _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
+from ._slots import (
+    SlotArray, _close_array, _ClosedSlot, _data_of, _escaped_loan, _getrefcount, _hold_past_block, _itemless_views,
+    _received_views,
 )
 
 __all__ = ["Broadcast", "Subscription"]
@@ -57,36 +64,29 @@ _MAX_SLOTS = lib.NDSHM_BCAST_MAX_SLOTS
 _MAX_NBYTES = sys.maxsize
 _POLICIES = {"block": lib.NDSHM_BCAST_BLOCK, "overwrite": lib.NDSHM_BCAST_OVERWRITE}
 _POLICY_NAMES = {v: k for k, v in _POLICIES.items()}
-# The queue's helpers, called as this module uses them: a slot provider keeps whatever its first
-# argument is (here the Broadcast), and a closed array's state is set from the queue's _EMPTY.
-_new_slot: Callable[..., _Slot] = _Slot
-_set_state: Callable[[Any, Any], None] = _setstate
+_VOIDP = ffi.typeof("void *")
 
 
 class _ClosedLoan(_ClosedSlot):
     __slots__ = ()
+    _message = ("Broadcast loan() array used after its with block: the message was published (or discarded) when "
+                "the block ended; write it inside the block, and copy what you keep from it there (np.array(out))")
 
 
 class _ClosedReceive(_ClosedSlot):
     __slots__ = ()
+    _message = ("Subscription receive() view used after its with block: the message was released when the block "
+                "ended (an overwrite broadcast may reuse its slot); copy what you keep inside the block "
+                "(np.array(view))")
 
 
-# the queue's closed arrays (every use raises ClosedError with this message), with broadcast wording
-_CLOSED_MESSAGES[_ClosedLoan] = ("Broadcast loan() array used after its with block: the message was published "
-                                 "(or discarded) when the block ended; write it inside the block, and copy what "
-                                 "you keep from it there (np.array(out))")
-_CLOSED_MESSAGES[_ClosedReceive] = ("Subscription receive() view used after its with block: the message was "
-                                    "released when the block ended (an overwrite broadcast may reuse its slot); "
-                                    "copy what you keep inside the block (np.array(view))")
-
-
-def _close_array(arr: Any, keep: Any, cls: type) -> None:
-    """Close the array (a SlotArray) of an ended block: no element, the ring kept mapped for what it
-    exported, and on CPython every further use raising ClosedError (as the queue's)."""
-    _set_state(arr, _EMPTY)
-    arr._keep = keep
-    if _SEAL:
-        arr.__class__ = cls
+def _detail(rc: int, waited: float) -> str:
+    """The C detail of a failed wait, naming the whole timeout of one made in slices (the C side
+    names its last slice's)."""
+    detail: str = ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace")
+    if rc == _ETIMEDOUT and waited > _SLICE:
+        detail = re.sub(r"after [0-9.e+-]+ s", f"after {waited:g} s", detail, count=1)
+    return detail
 
 
 def _attach(name: str, dir: Optional[str]) -> "Broadcast":
@@ -107,7 +107,7 @@ def _release_later(sref: "weakref.ref[Subscription]", h: Any, mw: tuple[Any, ...
             sub._close_now()
 
 
-class Broadcast:
+class Broadcast(_Ring):
     """A publish-subscribe channel of NumPy arrays in shared memory.
 
     ``Broadcast(name=None, *, slots, slot_bytes, policy="block", dir=None, create=True,
@@ -120,9 +120,8 @@ class Broadcast:
     attached handles keep working. Pickles by name. A context manager (``close`` on exit).
     """
 
-    __slots__ = ("_handle", "name", "dir", "slots", "slot_bytes", "policy", "ring_address", "ring_bytes",
-                 "_closed", "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "_subs", "_dtype",
-                 "__weakref__")
+    __slots__ = ("policy", "_subs")
+    _KIND = "broadcast"
 
     def __init__(self, name: Optional[str] = None, *, slots: Optional[int] = None,
                  slot_bytes: Optional[int] = None, policy: str = "block", dir: Any = None, create: bool = True,
@@ -172,12 +171,7 @@ class Broadcast:
         self.slots, self.slot_bytes = int(info.slots), int(info.slot_bytes)
         self.policy = _POLICY_NAMES[info.policy]
         self.ring_address, self.ring_bytes = int(info.ring), int(info.ring_bytes)
-        # the ring as one buffer; its owner holds the handle, so the ring stays mapped while any view lives
-        owner = ffi.gc(ffi.cast("char *", self.ring_address), functools.partial(_keep, self._handle))
-        self._rw = ffi.buffer(owner, self.ring_bytes)
-        self._ro = memoryview(self._rw).toreadonly()
-        self._offs: List[Optional[int]] = [None] * self.slots
-        self._mask = self.slots - 1
+        self._map_ring()
         self._subs: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
 
     @classmethod
@@ -187,29 +181,11 @@ class Broadcast:
 
     # ---- internals -------------------------------------------------------------------------
 
-    def _live(self) -> Any:
-        if self._closed:
-            raise ClosedError(f"broadcast {self.name!r} is closed")
-        return self._handle
-
-    if TYPE_CHECKING:
-        def _describe(self, m: Any, w: Any) -> tuple[Any, ...]:
-            """(m, words) -> (dtype, shape), refusing what no publisher wrote (the queue's)."""
-    else:
-        _describe = Queue._describe  # (m, words) -> (dtype, shape), refusing what no publisher wrote
-
-    def _offset(self, m: Any) -> int:
-        i = m.pos_ & self._mask
-        off: Optional[int] = self._offs[i]
-        if off is None:
-            off = self._offs[i] = int(ffi.cast(_UPTR, m.data)) - self.ring_address
-        return off
-
-    def _full(self, rc: int) -> Exception:
+    def _full(self, rc: int, waited: float) -> Exception:
         """The exception of a publisher's failed call (returned, not raised: see Queue._error)."""
         if rc != _ETIMEDOUT and rc != _EFULL:
             return error_from_code(rc)
-        exc = Full(ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace"))
+        exc = Full(_detail(rc, waited))
         exc.code, exc.errname = rc, ffi.string(lib.ndshm_errname(rc)).decode()
         return exc
 
@@ -233,14 +209,17 @@ class Broadcast:
             ptr = ffi.from_buffer(a)
         except (TypeError, ValueError, BufferError):  # dtypes without a buffer format (datetime64, ...)
             ptr = ffi.cast(_VOIDP, a.__array_interface__["data"][0])
+        nb, nd, shape = a.nbytes, a.ndim, a.shape
         if t < 0:
-            rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, _SLICE)
+            rc = _put(h, ptr, nb, ts, nd, shape, _SLICE)
             while rc == _ETIMEDOUT:
-                rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, _SLICE)
-        else:
-            rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, t)
+                rc = _put(h, ptr, nb, ts, nd, shape, _SLICE)
+        elif t <= _SLICE:
+            rc = _put(h, ptr, nb, ts, nd, shape, t)
+        else:  # in slices, so that Ctrl-C is noticed
+            rc = _sliced(lambda s: _put(h, ptr, nb, ts, nd, shape, s), t)
         if rc:
-            raise self._full(rc)
+            raise self._full(rc, t)
 
     def loan(self, shape: Any, dtype: Any, timeout: Optional[float] = None) -> "_Loan":
         """``with b.loan(shape, dtype) as out:`` fill ``out`` in place (zero copy); it is published
@@ -288,10 +267,6 @@ class Broadcast:
 
     # ---- lifetime --------------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def close(self) -> None:
         """End this handle's use and that of the subscriptions made from it; the creator's name is
         removed (unless ``persist``). Memory is unmapped when the last view of a slot is gone."""
@@ -303,20 +278,6 @@ class Broadcast:
         if self._finalizer is not None:
             self._finalizer()
 
-    def unlink(self) -> None:
-        """Remove the broadcast's name now (attached handles keep working)."""
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        rc = lib.ndshm_unlink(_encode(self.name), os.fsencode(self.dir) if self.dir else ffi.NULL)
-        if rc:
-            raise error_from_code(rc, self.name)
-
-    def __enter__(self) -> "Broadcast":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __reduce__(self) -> tuple[Callable[[str, Optional[str]], Broadcast], tuple[str, Optional[str]]]:
         return (_attach, (self.name, self.dir))
 
@@ -327,9 +288,10 @@ class Broadcast:
 
 
 class _Loan:
-    __slots__ = ("_b", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr")
+    __slots__ = ("_b", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr", "_slot")
     _msg: Optional[tuple[Any, ...]]  # the message (struct, words) while the block is open
-    _arr: Optional[NDArray[Any]]
+    _arr: Any  # a SlotArray inside the block; closed (another class) after it
+    _slot: Any  # the SlotArray arr is a view of, inside the block
 
     def __init__(self, b: Broadcast, shape: Any, dtype: Any, timeout: float) -> None:
         try:
@@ -356,50 +318,45 @@ class _Loan:
             rc = _loan(h, nbytes, _SLICE, m)
             while rc == _ETIMEDOUT:
                 rc = _loan(h, nbytes, _SLICE, m)
-        else:
+        elif t <= _SLICE:
             rc = _loan(h, nbytes, t, m)
+        else:  # in slices, so that Ctrl-C is noticed
+            rc = _sliced(lambda s: _loan(h, nbytes, s, m), t)
         if rc:
             _push_msg(mw)
-            raise b._full(rc)
+            raise b._full(rc, t)
         try:
-            word = self._word
-            if word is not None:  # 1-D, short typestr: typestr, ndim and shape[0] as three words
-                w = mw[1]
-                w[_W_TYPESTR] = word
-                w[_W_NDIM] = 1
-                w[_W_SHAPE0] = dims[0]
-            else:
-                m.typestr = self._ts
-                nd = len(dims)
-                m.ndim = nd
-                if nd:
-                    m.shape[0:nd] = dims
+            _write_desc(mw, dims, self._ts, self._word)
             if dt.itemsize:
-                arr = SlotArray(dims, dt, b._rw, b._offset(m)).view()
+                inner = SlotArray(dims, dt, b._rw, b._offset(m))
+                arr: NDArray[Any] = inner.view()
             else:
-                slot = _new_slot(b, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), False), "shape": dims,
-                                 "typestr": self._ts.decode(), "strides": None})
-                arr = np.asarray(slot).view(SlotArray).view(dt)
+                inner, arr = _itemless_views(b, _data_of(m), dims, dt, self._ts.decode(), False)
         except BaseException:  # never keep a slot nobody can publish
             _discard(h, m)
             _push_msg(mw)
             raise
-        self._msg, self._arr = mw, arr
+        self._msg, self._arr, self._slot = mw, arr, inner
         return arr
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
         mw = self._msg
         if mw is None:
             raise RuntimeError("loan() context exited without being entered")
-        arr = self._arr
-        self._arr = self._msg = None
+        arr, inner = self._arr, self._slot
+        self._arr = self._slot = self._msg = None
         h = self._b._handle
-        rc = _publish(h, mw[0]) if exc_type is None else _discard(h, mw[0])
-        _close_array(arr, self._b._rw, _ClosedLoan)
-        del arr
+        # CPython, as the queue's loan: an export of arr still alive (more than 3 references) could
+        # change the message after it reached the subscribers, so it is discarded
+        escaped = _getrefcount(arr) > 3
+        rc = _publish(h, mw[0]) if exc_type is None and not escaped else _discard(h, mw[0])
+        _close_array(arr, inner, _ClosedLoan)
+        del arr, inner
         _push_msg(mw)
         if rc:
             raise error_from_code(rc)
+        if escaped and exc_type is None:
+            raise _escaped_loan(f"broadcast {self._b.name!r}")
 
 
 class Subscription:
@@ -421,7 +378,7 @@ class Subscription:
         self._held: Optional[tuple[Any, ...]] = None
         self._closing = self._closed = False
 
-    def _error(self, rc: int) -> Exception:
+    def _error(self, rc: int, waited: float) -> Exception:
         """The exception of a failed take (returned, not raised: see Queue._error)."""
         if rc == _ELAGGED:
             lagged = error_from_code(rc)
@@ -430,7 +387,7 @@ class Subscription:
             return lagged
         if rc != _ETIMEDOUT and rc != _EEMPTY:
             return error_from_code(rc)
-        exc = Empty(ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace"))
+        exc = Empty(_detail(rc, waited))
         exc.code, exc.errname = rc, ffi.string(lib.ndshm_errname(rc)).decode()
         return exc
 
@@ -445,14 +402,18 @@ class Subscription:
         return self._h
 
     def _take(self, timeout: float, m: Any) -> int:
+        """``ndshm_bcast_take`` into ``m``; a negative ``timeout`` waits for ever; waits longer
+        than _SLICE go in slices (Ctrl-C works)."""
         h, missed = self._h, self._missed
         if timeout < 0:
             rc: int = _take(h, _SLICE, m, missed)
             while rc == _ETIMEDOUT:
                 rc = _take(h, _SLICE, m, missed)
             return rc
-        rc = _take(h, timeout, m, missed)
-        return rc
+        if timeout <= _SLICE:
+            rc = _take(h, timeout, m, missed)
+            return rc
+        return _sliced(lambda s: _take(h, s, m, missed), timeout)
 
     def get(self, timeout: Optional[float] = None) -> NDArray[Any]:
         """The next message, as a fresh array, waiting up to ``timeout`` seconds (``None``: for
@@ -464,9 +425,9 @@ class Subscription:
         m, w = _msg()
         rc = self._take(t, m)
         if rc:
-            raise self._error(rc)
+            raise self._error(rc, t)
         try:
-            dt, shape = self._b._describe(m, w)
+            dt, shape = _describe(m, w, None)
             out = np.empty(shape, dt)
             try:
                 dst = ffi.from_buffer(out)
@@ -546,11 +507,10 @@ class Subscription:
 
 
 class _Receive:
-    __slots__ = ("_s", "_timeout", "_msg", "_arr", "_slot", "_dt")
+    __slots__ = ("_s", "_timeout", "_msg", "_arr", "_slot")
     _msg: Optional[tuple[Any, ...]]  # the message (struct, words) while the block is open
-    _arr: Optional[NDArray[Any]]
-    _slot: Optional[NDArray[Any]]  # the inner array the views derive from
-    _dt: np.dtype[Any]
+    _arr: Any  # a SlotArray inside the block; closed (another class) after it
+    _slot: Any  # the SlotArray arr is a view of, inside the block
 
     def __init__(self, s: Subscription, timeout: float) -> None:
         self._s, self._timeout, self._arr, self._msg = s, timeout, None, None
@@ -564,40 +524,17 @@ class _Receive:
         h, b = s._h, s._b
         mw = _pop_msg()
         m = mw[0]
-        t = self._timeout
-        missed = s._missed
-        if t < 0:
-            rc = _take(h, _SLICE, m, missed)
-            while rc == _ETIMEDOUT:
-                rc = _take(h, _SLICE, m, missed)
-        else:
-            rc = _take(h, t, m, missed)
+        rc = s._take(self._timeout, m)
         if rc:
             _push_msg(mw)
-            raise s._error(rc)
+            raise s._error(rc, self._timeout)
         try:
-            dt, shape = b._describe(m, mw[1])
-            if dt.itemsize:
-                # `inner` on the ring's read-only buffer; views derived from `arr` take `inner` as
-                # their base, so its reference count tells whether any outlive the block
-                inner = SlotArray(shape, dt, b._ro, b._offset(m))
-                arr = inner.view()
-            else:
-                slot = _new_slot(b, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), True), "shape": shape,
-                                 "typestr": dt.str if dt.names is None else f"|V{dt.itemsize}", "strides": None})
-                inner = np.asarray(slot).view(SlotArray)
-                arr = inner.view(dt)
-        except Exception as e:
-            _release(h, m)
-            _push_msg(mw)
-            if isinstance(e, CorruptSegmentError):
-                raise
-            raise CorruptSegmentError(f"broadcast message cannot be viewed as an array: {e}") from None
+            inner, arr = _received_views(b, m, mw[1], "broadcast")  # as the queue's receive
         except BaseException:
             _release(h, m)
             _push_msg(mw)
             raise
-        self._msg, self._slot, self._arr, self._dt = mw, inner, arr, dt
+        self._msg, self._slot, self._arr = mw, inner, arr
         s._held = mw  # until released: no other read, and close() waits for it
         return arr
 
@@ -610,14 +547,11 @@ class _Receive:
         self._arr = self._slot = self._msg = None
         s = self._s
         ro = s._b._ro
-        # CPython, as the queue's receive: beyond ours and getrefcount's own, arr has one reference
-        # (the with target) and inner one (arr's base); more are derived views or exports
-        if _getrefcount(arr) > 3 or _getrefcount(inner) > 3:  # kept beyond the block: keep the message
-            if _getrefcount(arr) <= 3:
-                _set_state(arr, _EMPTY)
-                arr._keep = ro
-            arr.__class__ = _ClosedReceive  # CPython only: PyPy never gets here
-            weakref.finalize(inner, _release_later, weakref.ref(s), s._h, mw)
+        # CPython, as the queue's receive (see ndshm._slots): exports of arr or views derived from
+        # it kept beyond the block keep the message until they are gone
+        exported = _getrefcount(arr) > 3
+        if exported or _getrefcount(inner) > 3:
+            _hold_past_block(arr, exported, ro, _ClosedReceive, inner, _release_later, weakref.ref(s), s._h, mw)
             return
         _close_array(arr, ro, _ClosedReceive)
         del arr, inner

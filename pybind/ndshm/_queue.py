@@ -35,26 +35,30 @@ only inside the block. The rules:
 
 from __future__ import annotations
 
-import functools
 import operator
 import os
 import sys
-import threading
-import time
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import builtins
-
-    from numpy.typing import DTypeLike
-
 from . import _dtype
-from ._errors import ClosedError, CorruptSegmentError, Empty, Full, ShutDown, error_from_code
+from ._errors import CorruptSegmentError, Empty, Full, ShutDown, error_from_code
 from ._lib import ffi, lib
+from ._messages import (
+    _MAX_NBYTES, _MAXDIM, _PLANS, _TYPESTR_MAX, _W_NBYTES, _W_NDIM, _W_SHAPE0, _W_TYPESTR, _WORD_DESC, _describe,
+    _dtype_of, _msg, _new_msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc,
+)
+from ._ring import _FOREVER, _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
+from ._slots import (
+    _U1, SlotArray, _close_array, _ClosedSlot, _data_of, _escaped_loan, _getrefcount, _hold_past_block, _itemless_views,
+    _received_views,
+)
+
+if TYPE_CHECKING:
+    from ._messages import _Guess, _MsgWords
 
 __all__ = ["Queue", "SlotArray"]
 
@@ -63,182 +67,30 @@ _take: Callable[[Any, float, Any], int]
 _take_copy: Callable[[Any, float, Any, Any, int], int]
 _ETIMEDOUT, _EEMPTY, _EFULL, _ESHUTDOWN = lib.NDSHM_ETIMEDOUT, lib.NDSHM_EEMPTY, lib.NDSHM_EFULL, lib.NDSHM_ESHUTDOWN
 _PERSIST, _POPULATE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE
-_TYPESTR_MAX, _MAXDIM = lib.NDSHM_TYPESTR_MAX, lib.NDSHM_MAXDIM
 _put, _take, _release, _release_copy = lib.ndshm_queue_put, lib.ndshm_queue_take, lib.ndshm_queue_release, \
     lib.ndshm_queue_release_copy
 _loan, _publish, _discard = lib.ndshm_queue_loan, lib.ndshm_queue_publish, lib.ndshm_queue_discard
 _put_many, _get_many, _size = lib.ndshm_queue_put_many, lib.ndshm_queue_get_many, lib.ndshm_queue_size
 _close, _take_copy = lib.ndshm_queue_close, lib.ndshm_queue_take_copy
 _ETOOBIG = lib.NDSHM_ETOOBIG
-_U1 = np.dtype(np.uint8)
 _MAX_SLOTS = lib.NDSHM_QUEUE_MAX_SLOTS
-_MAX_NBYTES = sys.maxsize
-_PYPY = sys.implementation.name == "pypy"
-_SLICE = 0.25  # a wait longer than this returns to Python this often, so Ctrl-C works
-_monotonic = time.monotonic
 
-_tls = threading.local()
 _PINNED: dict[tuple[Optional[str], str], int] = {}  # (dir, name) -> slots of that queue held past their block by views in this process
-_QMSG_P, _UPTR, _VOIDP = ffi.typeof("ndshm_qmsg_t *"), ffi.typeof("uintptr_t"), ffi.typeof("void *")
+_VOIDP = ffi.typeof("void *")
 _NDIM_OF, _DTYPE_OF, _NBYTES_OF = (operator.attrgetter(n) for n in ("ndim", "dtype", "nbytes"))
 _ND_ONLY, _ONE = {np.ndarray}, {1}
 
 
-# A message struct is allocated as int64 words, so that its nbytes, the first 8 bytes of its
-# typestr (the whole typestr for the usual ones, zero-padded by the C side) and shape[0] read as
-# plain integers: (m, w) with m the struct and w its words.
-_W_NBYTES = ffi.offsetof("ndshm_qmsg_t", "nbytes") // 8
-_W_TYPESTR = ffi.offsetof("ndshm_qmsg_t", "typestr") // 8
-_W_SHAPE0 = ffi.offsetof("ndshm_qmsg_t", "shape") // 8
-_WORDS = (ffi.sizeof("ndshm_qmsg_t") + 7) // 8
-assert ffi.offsetof("ndshm_qmsg_t", "typestr") % 8 == 0 and ffi.offsetof("ndshm_qmsg_t", "shape") % 8 == 0
+class _ClosedLoan(_ClosedSlot):
+    __slots__ = ()
+    _message = ("loan() array used after its with block: the message was published (or discarded) when the block "
+                "ended; write it inside the block, and copy what you keep from it there (np.array(out))")
 
 
-if TYPE_CHECKING:
-    _MsgWords = tuple[Any, Any]  # (ndshm_qmsg_t *, its int64 words)
-    # a loan plan: (dims, dtype, nbytes, typestr bytes, typestr word or None), see _PLANS
-    _Plan = tuple[tuple[int, ...], np.dtype[Any], int, bytes, Optional[int]]
-    # get's guess: (shape, dtype, nbytes, typestr word, ndim), see Queue._remember
-    _Guess = tuple[tuple[int, ...], np.dtype[Any], int, int, int]
-
-
-def _new_msg() -> _MsgWords:
-    w = ffi.new("int64_t[]", _WORDS)
-    return ffi.cast(_QMSG_P, w), w
-
-
-def _msg() -> _MsgWords:
-    try:
-        return _tls.msg  # type: ignore[no-any-return]  # threading.local attributes are untyped
-    except AttributeError:
-        _tls.msg = mw = _new_msg()
-        return mw
-
-
-def _pop_msg() -> _MsgWords:
-    """A message struct for one loan or receive: reused from this thread's pool (no ffi.new)."""
-    try:
-        return _tls.pool.pop()  # type: ignore[no-any-return]  # threading.local attributes are untyped
-    except (AttributeError, IndexError):
-        return _new_msg()
-
-
-def _push_msg(m: _MsgWords) -> None:
-    try:
-        pool = _tls.pool
-    except AttributeError:
-        pool = _tls.pool = []
-    if len(pool) < 8:
-        pool.append(m)
-
-
-def _keep(handle: Any, ptr: Any) -> None:
-    """Destructor of the ring's buffer owner: does nothing; holding ``handle`` keeps the ring mapped."""
-
-
-_TS_BYTES: dict[np.dtype[Any], bytes] = {}   # dtype -> typestr bytes
-_TS_DTYPE: dict[bytes, np.dtype[Any]] = {}   # typestr bytes -> dtype
-_KEY_DTYPE: dict[int, np.dtype[Any]] = {}  # first 8 bytes of a typestr shorter than 8, as the native int64 -> dtype
-
-
-def _typestr_bytes(dt: np.dtype[Any]) -> bytes:
-    try:
-        return _TS_BYTES[dt]
-    except KeyError:
-        _dtype.as_dtype(dt)  # object dtypes hold pointers that mean nothing in another process
-        b: bytes = _dtype.typestr_of(dt).encode()
-        if len(b) >= _TYPESTR_MAX:
-            raise ValueError(f"dtype {dt} has a typestr {b!r} longer than {_TYPESTR_MAX - 1} bytes")
-        if len(_TS_BYTES) < 1024:
-            _TS_BYTES[dt] = b
-        return b
-
-
-def _dtype_of(ts: bytes) -> np.dtype[Any]:
-    try:
-        return _TS_DTYPE[ts]
-    except KeyError:
-        try:
-            dt = np.dtype(ts.decode("ascii"))
-        except Exception:  # whatever the bytes make NumPy raise (RecursionError, MemoryError, a warning as error)
-            raise CorruptSegmentError(f"queue message has an unknown typestr {ts!r}") from None
-        if dt.hasobject:  # never build Python objects out of bytes from shared memory
-            raise CorruptSegmentError(f"queue message has an object typestr {ts!r}")
-        if dt.subdtype is not None:  # no array has one: NumPy would move it into the shape
-            raise CorruptSegmentError(f"queue message has a subarray typestr {ts!r}")
-        if len(_TS_DTYPE) < 1024:
-            _TS_DTYPE[ts] = dt
-        return dt
-
-
-_FOREVER = 1e9  # a timeout above this many seconds (~31 years, or +inf) waits for ever
-
-
-def _timeout(block: bool, timeout: Optional[float]) -> float:
-    """The C timeout for (block, timeout): 0 tries once, a negative value waits for ever."""
-    if not block:
-        return 0.0
-    if timeout is None:
-        return -1.0
-    c = timeout.__class__
-    if (c is float or c is int) and 0 <= timeout <= _FOREVER:  # False for NaN
-        return float(timeout)
-    return _timeout_slow(timeout)
-
-
-def _timeout_slow(timeout: Any) -> float:
-    if isinstance(timeout, (str, bytes, bytearray)):
-        raise TypeError(f"timeout {timeout!r} is not a number of seconds")
-    try:
-        t = float(timeout)
-    except OverflowError:  # an int too large for a float
-        t = float("inf") if timeout > 0 else float("-inf")
-    except (TypeError, ValueError):
-        raise TypeError(f"timeout {timeout!r} is not a number of seconds") from None
-    if t != t:
-        raise ValueError(f"timeout {timeout!r} is not a number (NaN); use None to wait for ever")
-    if t < 0:
-        raise ValueError(f"timeout {timeout!r} must be a non-negative number")
-    return -1.0 if t > _FOREVER else t
-
-
-def _as_name(name: Any) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"queue name {name!r} is not a str")
-    if "\0" in name:
-        raise ValueError(f"queue name {name!r} contains a NUL character")
-    return name
-
-
-def _as_dir(dir: Any) -> Optional[str]:
-    """A directory argument (str, bytes or os.PathLike; None or empty: the default) as a str."""
-    if dir is None:
-        return None
-    try:
-        d = os.fsdecode(dir)
-    except TypeError:
-        raise TypeError(f"dir {dir!r} is not a str, bytes or os.PathLike path") from None
-    if "\0" in d:
-        raise ValueError(f"dir {dir!r} contains a NUL character")
-    return d or None
-
-
-def _encode(name: str) -> bytes:
-    try:
-        return name.encode()
-    except UnicodeEncodeError:
-        raise ValueError(f"queue name {name!r} cannot be encoded as UTF-8") from None
-
-
-def _sliced(call: Callable[[float], int], t: float) -> int:
-    """``call(seconds)`` (a C wait returning 0, NDSHM_ETIMEDOUT or another code) for ``t`` seconds
-    in all (``t`` > _SLICE), in slices of at most _SLICE so that Ctrl-C is noticed between them."""
-    deadline = _monotonic() + t
-    while True:
-        s = min(max(deadline - _monotonic(), 0.0), _SLICE)
-        rc = call(s)
-        if rc != _ETIMEDOUT or s < _SLICE:
-            return rc
+class _ClosedReceive(_ClosedSlot):
+    __slots__ = ()
+    _message = ("receive() view used after its with block: its slot went back to the queue when the block ended; "
+                "copy what you keep inside the block (np.array(view), tensor.clone())")
 
 
 def _take_waiting(h: Any, timeout: float, m: Any, dst: Any = None, cap: int = 0) -> int:
@@ -264,152 +116,8 @@ def _take_waiting(h: Any, timeout: float, m: Any, dst: Any = None, cap: int = 0)
     return _sliced(lambda s: _take(h, s, m), timeout)
 
 
-_setstate = np.ndarray.__setstate__
-_EMPTY: Any = (1, (0,), _U1, False, b"")  # the state of a closed array: no element, no memory of the ring
-_getrefcount = sys.getrefcount if not _PYPY else (lambda obj: 0)  # PyPy has no reference counts
-_NUMPY1 = np.lib.NumpyVersion(np.__version__) < "2.0.0"
-# A closed array changes class to raise ClosedError. PyPy's cpyext crashes in NumPy's ufunc
-# dispatch on an ndarray whose class was reassigned, so there a closed array is only emptied.
-_SEAL = not _PYPY
-
-
-class _SlotBase(np.ndarray):
-    __slots__ = ("_keep",)  # a closed array keeps the ring mapped for whatever it exported
-    _keep: Any  # the ring's buffer (memoryview or cffi buffer) or the inner SlotArray
-
-
-class SlotArray(_SlotBase):
-    """An ndarray over a queue slot: the array of a ``loan``/``receive`` block and the views
-    derived from it. It behaves as a plain ``ndarray``; reductions on it give scalars and ufuncs
-    plain arrays (of this type on NumPy 1). Copies (``.copy()``, ``.astype()``) stay of this type
-    and own their memory."""
-
-    __slots__ = ()
-
-    if TYPE_CHECKING:  # NumPy keeps the subclass in a dtype view; numpy's stubs say a plain ndarray
-        _ArrayT = TypeVar("_ArrayT", bound=np.ndarray[Any, Any])
-
-        @overload  # type: ignore[override]  # a SlotArray, whatever the dtype (its dtype is not tracked)
-        def view(self, /) -> SlotArray: ...
-        @overload
-        def view(self, /, *, type: builtins.type[_ArrayT]) -> _ArrayT: ...
-        @overload
-        def view(self, /, dtype: builtins.type[_ArrayT]) -> _ArrayT: ...
-        @overload
-        def view(self, /, dtype: DTypeLike) -> SlotArray: ...
-        @overload
-        def view(self, /, dtype: DTypeLike, type: builtins.type[_ArrayT]) -> _ArrayT: ...
-        def view(self, /, *args: Any, **kwargs: Any) -> Any: ...
-
-    def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
-        if arr.__class__ is not np.ndarray:  # an out= argument (NumPy 1: any result, already of this class)
-            return arr[()] if _NUMPY1 and arr.ndim == 0 and arr is not self and arr.base is not None else arr
-        if arr.ndim == 0 and (return_scalar or _NUMPY1):
-            return arr[()]
-        return arr
-
-    def __reduce__(self) -> Any:  # pickles as a plain ndarray
-        return np.asarray(self).__reduce__()
-
-    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
-        """DLPack export. A read-only view (``receive``) where NumPy cannot flag one read-only
-        (before 2.1) is exported as writable: the message belongs to this consumer until its slot
-        goes back, so a write changes nobody else's data (but do not write). The export holds this
-        array, so it keeps the slot as any export does."""
-        if self.flags.writeable or _RO_DLPACK:
-            return np.ndarray.__dlpack__(self, *args, **kwargs)
-        iface = self.__array_interface__
-        alias = np.asarray(_Slot(self, {"version": 3, "data": (iface["data"][0], False), "shape": self.shape,
-                                        "typestr": iface["typestr"], "descr": iface["descr"],
-                                        "strides": iface["strides"]}))
-        return alias.__dlpack__(*args, **kwargs)
-
-
-def _ro_dlpack() -> bool:
-    """True if this NumPy exports read-only arrays through DLPack (2.1 and later)."""
-    ro = np.zeros(1)
-    ro.flags.writeable = False
-    try:
-        ro.__dlpack__(max_version=(1, 0))
-    except (BufferError, TypeError):
-        return False
-    return True
-
-
-_RO_DLPACK = _ro_dlpack()
-
-
-def _closed(self: Any, *args: Any, **kwargs: Any) -> Any:
-    raise ClosedError(_CLOSED_MESSAGES[type(self)])
-
-
-class _ClosedSlot(_SlotBase):
-    """The array of a ``loan``/``receive`` block once the block is over: every use raises
-    :class:`ClosedError` (NumPy functions and ufuncs too); it holds no element."""
-
-    __slots__ = ()
-    _ALLOWED = frozenset({"__class__", "__repr__", "__str__"})
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in _ClosedSlot._ALLOWED:
-            return object.__getattribute__(self, name)
-        _closed(self)
-
-    def __repr__(self) -> str:
-        return f"<{_CLOSED_MESSAGES[type(self)].split(':')[0]}>"
-
-    __str__ = __repr__
-    __getitem__ = __setitem__ = __delitem__ = __len__ = __iter__ = __contains__ = __bool__ = _closed
-    __int__ = __float__ = __complex__ = __index__ = __format__ = __array__ = _closed
-    __copy__ = __deepcopy__ = __reduce__ = __reduce_ex__ = __array_wrap__ = __dlpack__ = _closed
-    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _closed  # NumPy 1 turns their ufunc errors into False
-
-    def __array_ufunc__(self, *args: Any, **kwargs: Any) -> Any:
-        _closed(self)
-
-    def __array_function__(self, *args: Any, **kwargs: Any) -> Any:
-        _closed(self)
-
-
-class _ClosedLoan(_ClosedSlot):
-    __slots__ = ()
-
-
-class _ClosedReceive(_ClosedSlot):
-    __slots__ = ()
-
-
-_CLOSED_MESSAGES = {
-    _ClosedLoan: "loan() array used after its with block: the message was published (or discarded) when the "
-                 "block ended; write it inside the block, and copy what you keep from it there (np.array(out))",
-    _ClosedReceive: "receive() view used after its with block: its slot went back to the queue when the block "
-                    "ended; copy what you keep inside the block (np.array(view), tensor.clone())",
-}
-
-
-def _unlink_if(name: str, dir: Optional[str], pid: int) -> None:
-    if os.getpid() == pid:
-        lib.ndshm_unlink(_encode(name), os.fsencode(dir) if dir else ffi.NULL)
-
-
-def _path_of(name: str, dir: Optional[str]) -> str:
-    """The file of queue ``name`` in ``dir`` (for error messages, as segments name theirs)."""
-    from ._segment import _PREFIX, default_dir
-    return os.path.join(default_dir(dir), _PREFIX + name)
-
-
 def _attach(name: str, dir: Optional[str], shape: Any, dtype: Any) -> "Queue":
     return Queue(name, dir=dir, create=False, shape=shape, dtype=dtype)
-
-
-class _Slot:
-    """The ``__array_interface__`` provider of one loaned or received slot."""
-
-    __slots__ = ("__array_interface__", "queue", "__weakref__")
-
-    def __init__(self, queue: object, iface: dict[str, Any]) -> None:
-        self.queue = queue
-        self.__array_interface__ = iface
 
 
 def _release_later(handle: Any, mw: _MsgWords, key: tuple[Optional[str], str]) -> None:
@@ -444,26 +152,9 @@ class _Receive:
             _push_msg(mw)
             raise q._error(rc, True, waited=self._timeout)
         try:
-            dt, shape = q._describe(m, mw[1])
-            if dt.itemsize:
-                # `inner` is a read-only SlotArray on the ring (its base the ring's buffer, which
-                # keeps the queue's mapping alive). NumPy collapses a view's base through arrays
-                # of the view's own type that do not own their data, so views derived from `arr`
-                # (a SlotArray too) get `inner` as their base: inner's references count them, and
-                # arr's count what exported it (memoryview, DLPack, torch, ctypes).
-                inner = SlotArray(shape, dt, q._ro, q._offset(m))
-                arr = inner.view()
-            else:
-                slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), True), "shape": shape,
-                                 "typestr": dt.str if dt.names is None else f"|V{dt.itemsize}", "strides": None})
-                inner = np.asarray(slot).view(SlotArray)
-                arr = inner.view(dt)
-        except Exception as e:
-            _release(h, m)
-            _push_msg(mw)
-            if isinstance(e, CorruptSegmentError):
-                raise
-            raise CorruptSegmentError(f"queue message cannot be viewed as an array: {e}") from None
+            # `inner` is read-only on the ring (its base the ring's buffer, which keeps the queue's
+            # mapping alive); see ndshm._slots for what the counts of inner and arr tell
+            inner, arr = _received_views(q, m, mw[1], "queue")
         except BaseException:
             _release(h, m)
             _push_msg(mw)
@@ -478,50 +169,18 @@ class _Receive:
         arr, inner = self._arr, self._slot
         self._arr = self._slot = self._msg = None
         q = self._q
-        # CPython: beyond ours and getrefcount's own, arr has one reference (the with target) and
-        # inner one (arr's base); more are views derived from it or objects exporting it.
-        if _getrefcount(arr) > 3 or _getrefcount(inner) > 3:
-            # kept beyond the block: the slot stays taken (its content valid) until the last
-            # user dies. Exports hold arr itself: then arr keeps its data and its base (inner,
-            # and so the slot) until it dies too; views derived from it hold inner only.
-            if _getrefcount(arr) <= 3:
-                _setstate(arr, _EMPTY)
-                arr._keep = q._ro
-            arr.__class__ = _ClosedReceive  # CPython only: PyPy never gets here
+        # CPython (see ndshm._slots): more than 3 references to arr are exports of it, to inner views
+        # derived from it. Kept beyond the block, the slot stays taken (its content valid) until the
+        # last user dies: exports hold arr and so inner; derived views hold inner only.
+        exported = _getrefcount(arr) > 3
+        if exported or _getrefcount(inner) > 3:
             key = (q.dir, q.name)
             _PINNED[key] = _PINNED.get(key, 0) + 1
-            weakref.finalize(inner, _release_later, q._handle, mw, key)
+            _hold_past_block(arr, exported, q._ro, _ClosedReceive, inner, _release_later, q._handle, mw, key)
             return
-        _setstate(arr, _EMPTY)
-        arr._keep = q._ro  # what arr exported still points into the ring: keep it mapped
-        if _SEAL:
-            arr.__class__ = _ClosedReceive
+        _close_array(arr, q._ro, _ClosedReceive)  # what arr exported still points into the ring: keep it mapped
         _release(q._handle, mw[0])
         _push_msg(mw)
-
-
-# (shape, dtype) argument -> (dims, dtype, nbytes, typestr bytes, typestr word or None): the loan
-# fast path. The typestr word (see _W_TYPESTR) is set for 1-D messages whose typestr is shorter
-# than 8 bytes, on little-endian machines: their description is written as three int64 words.
-_PLANS: dict[tuple[Any, Any], _Plan] = {}
-_W_NDIM = ffi.offsetof("ndshm_qmsg_t", "ndim") // 8  # ndim (uint32) and the padding after it
-_WORD_DESC = (sys.byteorder == "little" and ffi.offsetof("ndshm_qmsg_t", "ndim") == 8 * _W_NDIM
-              and ffi.offsetof("ndshm_qmsg_t", "shape") == 8 * (_W_NDIM + 1) == 8 * _W_SHAPE0)
-
-
-def _plan(shape: Any, dtype: Any) -> _Plan:
-    dims, dt = _dtype.normalize(shape, dtype)
-    ts = _typestr_bytes(dt)
-    word = None
-    if _WORD_DESC and len(dims) == 1 and len(ts) < 8:
-        word = int.from_bytes(ts.ljust(8, b"\0"), "little", signed=True)
-    plan = (dims, dt, _dtype.nbytes_of(dims, dt), ts, word)
-    try:
-        if len(_PLANS) < 256:
-            _PLANS[(shape, dtype)] = plan
-    except TypeError:  # unhashable shape or dtype argument
-        pass
-    return plan
 
 
 class _Loan:
@@ -570,18 +229,7 @@ class _Loan:
             _push_msg(mw)
             raise q._error(rc, False, waited=t)
         try:
-            word = self._word
-            if word is not None:  # 1-D, short typestr: typestr, ndim and shape[0] as three words
-                w = mw[1]
-                w[_W_TYPESTR] = word
-                w[_W_NDIM] = 1
-                w[_W_SHAPE0] = dims[0]
-            else:
-                m.typestr = self._ts
-                nd = len(dims)
-                m.ndim = nd
-                if nd:
-                    m.shape[0:nd] = dims
+            _write_desc(mw, dims, self._ts, self._word)
             if dt.itemsize:  # inner and arr as in _Receive.__enter__
                 # a loan counts no reference to inner, so the slot's inner of the last loan of
                 # this (shape, dtype) plan is used again: one array made per loan, not two
@@ -594,10 +242,7 @@ class _Loan:
                     q._loaned[i] = (dims, dt, inner)
                 arr: SlotArray = inner.view()
             else:
-                slot = _Slot(q, {"version": 3, "data": (int(ffi.cast(_UPTR, m.data)), False), "shape": dims,
-                                 "typestr": self._ts.decode(), "strides": None})
-                inner = np.asarray(slot).view(SlotArray)
-                arr = inner.view(dt) if inner.dtype != dt else inner.view()
+                inner, arr = _itemless_views(q, _data_of(m), dims, dt, self._ts.decode(), False)
         except BaseException:  # never keep a slot nobody can publish
             _discard(h, m)
             _push_msg(mw)
@@ -618,25 +263,16 @@ class _Loan:
         # (binding one, as in `stamp = out.view(np.int64)`, is common and dies with its frame).
         escaped = _getrefcount(arr) > 3
         # publish first (the hand-off does not wait for the closing), then close the array
-        if exc_type is None and not escaped:
-            rc = _publish(h, mw[0])
-        else:
-            rc = _discard(h, mw[0])
-        _setstate(arr, _EMPTY)
-        arr._keep = inner
-        if _SEAL:
-            arr.__class__ = _ClosedLoan
+        rc = _publish(h, mw[0]) if exc_type is None and not escaped else _discard(h, mw[0])
+        _close_array(arr, inner, _ClosedLoan)
         _push_msg(mw)
         if rc:
             raise error_from_code(rc)
         if escaped and exc_type is None:
-            raise BufferError(f"loan() array of queue {self._q.name!r} is still referenced after its with block (by "
-                              "a tensor, a memoryview, a list or another export of it), so it could change after "
-                              "publishing: the message was discarded, not published. Copy what you keep "
-                              "(np.array(out)) or drop the reference inside the block")
+            raise _escaped_loan(f"queue {self._q.name!r}")
 
 
-class Queue:
+class Queue(_Ring):
     """A bounded multi-producer multi-consumer queue of NumPy arrays in shared memory.
 
     ``Queue(name=None, *, slots=16, slot_bytes=1 MiB, shape=None, dtype=None, dir=None,
@@ -656,9 +292,8 @@ class Queue:
     module docstring gives the rules (CPython and PyPy) for views and exports kept past it.
     """
 
-    __slots__ = ("_handle", "_lib", "name", "dir", "slots", "slot_bytes", "_shape", "_dtype", "ring_address",
-                 "ring_bytes", "_closed", "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "_loaned", "_guess",
-                 "__weakref__")
+    __slots__ = ("_lib", "_shape", "_loaned", "_guess")
+    _KIND = "queue"
     _shape: Optional[tuple[int, ...]]
     _dtype: Optional[np.dtype[Any]]
     _guess: Optional[_Guess]
@@ -708,15 +343,8 @@ class Queue:
         lib.ndshm_queue_info(self._handle, info)
         self.slots, self.slot_bytes = int(info.slots), int(info.slot_bytes)
         self.ring_address, self.ring_bytes = int(info.ring), int(info.ring_bytes)
-        # The whole ring as one buffer, writable and read-only: loan and receive views are
-        # ndarrays on it at a slot's offset. Its owner holds the handle: the ring stays mapped
-        # while any view of it lives.
-        owner = ffi.gc(ffi.cast("char *", self.ring_address), functools.partial(_keep, self._handle))
-        self._rw = ffi.buffer(owner, self.ring_bytes)
-        self._ro = memoryview(self._rw).toreadonly()
-        self._offs: List[Optional[int]] = [None] * self.slots  # data offset of each slot in the ring
+        self._map_ring()
         self._loaned: List[Optional[tuple[tuple[int, ...], np.dtype[Any], SlotArray]]] = [None] * self.slots  # (dims, dtype, inner) of each slot's last loan
-        self._mask = self.slots - 1
 
     @classmethod
     def attach(cls, name: str, *, dir: Optional[str] = None, shape: Any = None, dtype: Any = None) -> "Queue":
@@ -724,11 +352,6 @@ class Queue:
         return cls(name, dir=dir, create=False, shape=shape, dtype=dtype)
 
     # ---- internals -------------------------------------------------------------------------
-
-    def _live(self) -> Any:
-        if self._closed:
-            raise ClosedError(f"queue {self.name!r} is closed")
-        return self._handle
 
     def _toobig(self, nbytes: int, dims: tuple[int, ...], dt: np.dtype[Any]) -> int:
         rc: int = lib.ndshm_queue_loan(self._handle, nbytes, 0.0, _msg()[0])  # sets ETOOBIG naming both sizes
@@ -766,52 +389,6 @@ class Queue:
         if done is not None:
             setattr(exc, "arrays_put", done)  # Full of put_many (documented there)
         return exc
-
-    def _offset(self, m: Any) -> int:
-        """Offset in the ring of the data of message ``m``'s slot."""
-        i = m.pos_ & self._mask
-        off: Optional[int] = self._offs[i]
-        if off is None:
-            off = self._offs[i] = int(ffi.cast(_UPTR, m.data)) - self.ring_address
-        return off
-
-    def _describe(self, m: Any, w: Any) -> tuple[np.dtype[Any], tuple[int, ...]]:
-        key = w[_W_TYPESTR]
-        try:
-            dt = _KEY_DTYPE[key]
-        except KeyError:
-            ts = ffi.string(m.typestr)
-            try:
-                dt = _TS_DTYPE[ts]
-            except KeyError:
-                dt = _dtype_of(ts)
-            if len(ts) < 8 and len(_KEY_DTYPE) < 1024 and key == int.from_bytes(ts.ljust(8, b"\0"), sys.byteorder,
-                                                                                  signed=True):
-                _KEY_DTYPE[key] = dt
-        ndim = m.ndim
-        if ndim == 1:
-            d = w[_W_SHAPE0]
-            shape = (d,)
-            n = dt.itemsize * d
-            if d < 0:
-                raise CorruptSegmentError(f"queue message has a negative dimension in shape {shape}")
-        else:
-            shape = tuple(m.shape[0:ndim]) if ndim else ()
-            count = 1
-            for d in shape:
-                if d < 0:
-                    raise CorruptSegmentError(f"queue message has a negative dimension in shape {shape}")
-                count *= d
-            if count > _MAX_NBYTES:  # zero-size items: NumPy cannot count that many
-                raise CorruptSegmentError(f"queue message of shape {shape} has more items than NumPy can count")
-            n = dt.itemsize * count
-        sdt = self._dtype
-        if sdt is not None and sdt.names is not None and dt.kind == "V" and dt.itemsize == sdt.itemsize:
-            dt = sdt
-        if n != w[_W_NBYTES] or n < 0:
-            raise CorruptSegmentError(f"queue message of shape {shape} and dtype {dt} should have {n} bytes, "
-                                      f"not {m.nbytes}")
-        return dt, shape
 
     # ---- the queue API ---------------------------------------------------------------------
 
@@ -872,7 +449,7 @@ class Queue:
                 return self._regot(m, w, None)
             raise self._error(rc, True, waited=t)
         try:
-            dt, shape = self._describe(m, w)
+            dt, shape = _describe(m, w, self._dtype)
             out = np.empty(shape, dt)
             try:
                 dst = ffi.from_buffer(out)
@@ -903,7 +480,7 @@ class Queue:
     def _regot(self, m: Any, w: Any, out: Optional[np.ndarray]) -> np.ndarray:
         """get() of a message already copied into ``out`` (or of no bytes) and released, whose
         description differs from the guess."""
-        dt, shape = self._describe(m, w)  # raises CorruptSegmentError for impossible ones
+        dt, shape = _describe(m, w, self._dtype)  # raises CorruptSegmentError for impossible ones
         new = np.empty(shape, dt)
         n = int(w[_W_NBYTES])
         if n:
@@ -947,7 +524,7 @@ class Queue:
         if rc:
             raise self._error(rc, True, waited=t)
         try:
-            dt, shape = self._describe(m, mw[1])
+            dt, shape = _describe(m, mw[1], self._dtype)
             if not dt.itemsize:  # nothing in the slot to point at
                 _release(h, m)
                 return convert(np.empty(shape, dt))
@@ -1182,10 +759,6 @@ class Queue:
                 return
             yield arr
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def close(self) -> None:
         """End this handle's use; the creator's name is removed (unless ``persist``). Memory is
         unmapped when the last view of a slot is gone."""
@@ -1194,20 +767,6 @@ class Queue:
         self._closed = True
         if self._finalizer is not None:
             self._finalizer()
-
-    def unlink(self) -> None:
-        """Remove the queue's name now (attached handles keep working)."""
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        rc = lib.ndshm_unlink(_encode(self.name), os.fsencode(self.dir) if self.dir else ffi.NULL)
-        if rc:
-            raise error_from_code(rc, self.name)
-
-    def __enter__(self) -> "Queue":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __reduce__(self) -> tuple[Callable[..., Queue], tuple[Any, ...]]:
         return (_attach, (self.name, self.dir, self._shape, self._dtype))

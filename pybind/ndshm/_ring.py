@@ -1,0 +1,176 @@
+"""What the queue and broadcast rings share as named segments: argument checks (names, dirs,
+timeouts), waits sliced so Ctrl-C works, and :class:`_Ring`, the handle part both classes have
+(the ring mapped as one buffer, slot offsets, unlink, context manager)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar
+
+import numpy as np
+
+from ._errors import ClosedError, error_from_code
+from ._lib import ffi, lib
+
+_ETIMEDOUT = lib.NDSHM_ETIMEDOUT
+_UPTR = ffi.typeof("uintptr_t")
+_SLICE = 0.25  # a wait longer than this returns to Python this often, so Ctrl-C works
+_monotonic = time.monotonic
+_R = TypeVar("_R", bound="_Ring")
+
+
+_FOREVER = 1e9  # a timeout above this many seconds (~31 years, or +inf) waits for ever
+
+
+def _timeout(block: bool, timeout: Optional[float]) -> float:
+    """The C timeout for (block, timeout): 0 tries once, a negative value waits for ever."""
+    if not block:
+        return 0.0
+    if timeout is None:
+        return -1.0
+    c = timeout.__class__
+    if (c is float or c is int) and 0 <= timeout <= _FOREVER:  # False for NaN
+        return float(timeout)
+    return _timeout_slow(timeout)
+
+
+def _timeout_slow(timeout: Any) -> float:
+    if isinstance(timeout, (str, bytes, bytearray)):
+        raise TypeError(f"timeout {timeout!r} is not a number of seconds")
+    try:
+        t = float(timeout)
+    except OverflowError:  # an int too large for a float
+        t = float("inf") if timeout > 0 else float("-inf")
+    except (TypeError, ValueError):
+        raise TypeError(f"timeout {timeout!r} is not a number of seconds") from None
+    if t != t:
+        raise ValueError(f"timeout {timeout!r} is not a number (NaN); use None to wait for ever")
+    if t < 0:
+        raise ValueError(f"timeout {timeout!r} must be a non-negative number")
+    return -1.0 if t > _FOREVER else t
+
+
+def _as_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"queue name {name!r} is not a str")
+    if "\0" in name:
+        raise ValueError(f"queue name {name!r} contains a NUL character")
+    return name
+
+
+def _as_dir(dir: Any) -> Optional[str]:
+    """A directory argument (str, bytes or os.PathLike; None or empty: the default) as a str."""
+    if dir is None:
+        return None
+    try:
+        d = os.fsdecode(dir)
+    except TypeError:
+        raise TypeError(f"dir {dir!r} is not a str, bytes or os.PathLike path") from None
+    if "\0" in d:
+        raise ValueError(f"dir {dir!r} contains a NUL character")
+    return d or None
+
+
+def _encode(name: str) -> bytes:
+    try:
+        return name.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"queue name {name!r} cannot be encoded as UTF-8") from None
+
+
+def _sliced(call: Callable[[float], int], t: float) -> int:
+    """``call(seconds)`` (a C wait returning 0, NDSHM_ETIMEDOUT or another code) for ``t`` seconds
+    in all (``t`` > _SLICE), in slices of at most _SLICE so that Ctrl-C is noticed between them."""
+    deadline = _monotonic() + t
+    while True:
+        s = min(max(deadline - _monotonic(), 0.0), _SLICE)
+        rc = call(s)
+        if rc != _ETIMEDOUT or s < _SLICE:
+            return rc
+
+
+def _unlink_if(name: str, dir: Optional[str], pid: int) -> None:
+    if os.getpid() == pid:
+        lib.ndshm_unlink(_encode(name), os.fsencode(dir) if dir else ffi.NULL)
+
+
+def _path_of(name: str, dir: Optional[str]) -> str:
+    """The file of ring ``name`` in ``dir`` (for error messages, as segments name theirs)."""
+    from ._segment import _PREFIX, default_dir
+    return os.path.join(default_dir(dir), _PREFIX + name)
+
+
+def _keep(handle: Any, ptr: Any) -> None:
+    """Destructor of the ring's buffer owner: does nothing; holding ``handle`` keeps the ring mapped."""
+
+
+class _Ring:
+    """The handle part of Queue and Broadcast: each sets ``_handle``, ``name``, ``dir``, ``slots``,
+    ``ring_address`` and ``ring_bytes``, then calls :meth:`_map_ring`."""
+
+    __slots__ = ("_handle", "name", "dir", "slots", "slot_bytes", "ring_address", "ring_bytes", "_dtype", "_closed",
+                 "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "__weakref__")
+    _KIND = "ring"  # how messages name it
+    _handle: Any
+    name: str
+    dir: Optional[str]
+    slots: int
+    slot_bytes: int
+    ring_address: int
+    ring_bytes: int
+    _dtype: Optional[np.dtype[Any]]  # a typed ring's dtype (read by the message decoder)
+    _closed: bool
+    _creator: bool
+    _finalizer: Any
+    _rw: Any  # the ring's cffi buffer (writable)
+    _ro: memoryview
+    _offs: List[Optional[int]]
+    _mask: int
+
+    def _map_ring(self) -> None:
+        # The whole ring as one buffer, writable and read-only: loan and receive views are
+        # ndarrays on it at a slot's offset. Its owner holds the handle: the ring stays mapped
+        # while any view of it lives.
+        owner = ffi.gc(ffi.cast("char *", self.ring_address), functools.partial(_keep, self._handle))
+        self._rw = ffi.buffer(owner, self.ring_bytes)
+        self._ro = memoryview(self._rw).toreadonly()
+        self._offs = [None] * self.slots  # data offset of each slot in the ring
+        self._mask = self.slots - 1
+
+    def _live(self) -> Any:
+        if self._closed:
+            raise ClosedError(f"{self._KIND} {self.name!r} is closed")
+        return self._handle
+
+    def _offset(self, m: Any) -> int:
+        """Offset in the ring of the data of message ``m``'s slot."""
+        i = m.pos_ & self._mask
+        off: Optional[int] = self._offs[i]
+        if off is None:
+            off = self._offs[i] = int(ffi.cast(_UPTR, m.data)) - self.ring_address
+        return off
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called on this handle."""
+        return self._closed
+
+    def unlink(self) -> None:
+        """Remove the name now (attached handles keep working)."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        rc = lib.ndshm_unlink(_encode(self.name), os.fsencode(self.dir) if self.dir else ffi.NULL)
+        if rc:
+            raise error_from_code(rc, self.name)
+
+    if TYPE_CHECKING:
+        def close(self) -> None:
+            """Each ring says what closing it ends."""
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
