@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno as _errno
 import queue as _queue
 import threading as _threading
-from typing import NoReturn
+from typing import NoReturn, Optional
 
 from ._lib import ffi, lib
 
@@ -24,10 +24,13 @@ __all__ = [
 
 
 class NdshmError(Exception):
-    """Base class of every ndshm error. ``code`` is the C library's negative NDSHM_E* code."""
+    """Base class of every ndshm error. ``code`` is the C library's negative NDSHM_E* code.
+    An error raised by :meth:`Queue.put_many` also says in ``arrays_put`` how many of its
+    arrays went in before it (``None`` elsewhere)."""
 
     code: int = 0
     errname: str = ""
+    arrays_put: Optional[int] = None
 
 
 class InvalidValueError(NdshmError, ValueError):

@@ -369,7 +369,7 @@ class Queue(_Ring):
         if rc != _ETIMEDOUT and rc != _EFULL and rc != _EEMPTY:
             exc = error_from_code(rc)
             if done is not None:
-                setattr(exc, "arrays_put", done)  # a C error of put_many: any NdshmError says how many went in
+                exc.arrays_put = done  # a C error of put_many: any NdshmError says how many went in
             return exc
         detail = ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace")
         if rc == _ETIMEDOUT and waited is not None and waited > _SLICE:
@@ -387,7 +387,7 @@ class Queue(_Ring):
         exc = (Empty if empty else Full)(detail)
         exc.code, exc.errname = rc, ffi.string(lib.ndshm_errname(rc)).decode()
         if done is not None:
-            setattr(exc, "arrays_put", done)  # Full of put_many (documented there)
+            exc.arrays_put = done  # Full of put_many (documented there)
         return exc
 
     # ---- the queue API ---------------------------------------------------------------------
