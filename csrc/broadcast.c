@@ -32,10 +32,11 @@
  *
  * Faults. A publisher keeps a claim record with its intent (the position) from before its CAS
  * until publish or discard. A waiter stuck NDSHM__RING_DEAD_CHECK_NS (ring.h) on a position
- * claimed by nobody alive marks it SKIPPED (a publisher killed inside loan: its message is skipped by every subscriber).
- * A subscriber record whose owner process is dead is freed by the first publisher it blocks
- * (block) or whose hold it keeps (overwrite). Every transition is a CAS from the exact value
- * observed. Nothing read from the ring is trusted: impossible states are NDSHM_ECORRUPT.
+ * claimed by nobody alive marks it SKIPPED (a publisher killed inside loan: its message is
+ * skipped by every subscriber). A subscriber record whose owner process is dead is freed by the
+ * first publisher it blocks (block) or whose hold it keeps (overwrite). Every transition is a
+ * CAS from the exact value observed. Nothing read from the ring is trusted: impossible states
+ * are NDSHM_ECORRUPT.
  */
 #include "internal.h"
 #include "ring.h"
@@ -45,12 +46,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #define BC_MAGIC 0x5453414344424e44ull /* "NDBDCAST" */
 #define BC_VERSION 1u
-#define SLOT_HDR 320u
+#define SLOT_HDR NDSHM__RING_SLOT_HDR
 #define ST_WRITING 1u
 #define ST_PUBLISHED 2u
 #define ST_SKIPPED 3u
@@ -60,10 +59,6 @@
 #define NO_POS UINT64_MAX
 #define NPART 64
 #define NSUB NDSHM_BCAST_MAX_SUBSCRIBERS
-#define RING_POPULATE 1u
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
 
 typedef struct bc_sub {
     _Atomic uint64_t owner; /* process key, 0 when free */
@@ -73,10 +68,8 @@ typedef struct bc_sub {
 } bc_sub_t;
 
 typedef struct bc_hdr {
-    _Atomic uint64_t magic; /* written last by the creator */
-    uint32_t version, hdr_bytes;
-    uint64_t slots, slot_bytes, slot_stride, ring_bytes, slots_offset;
-    uint32_t ring_flags, policy;
+    ndshm__ring_hdr_t h; /* magic (written last by the creator), version, geometry */
+    uint32_t ring_flags, policy; /* ring_flags: NDSHM__RING_POPULATE */
     _Atomic uint64_t tail;
     char pad1[56];
     _Atomic uint32_t published, pub_waiters; /* subscribers sleep here */
@@ -99,6 +92,9 @@ _Static_assert(offsetof(bc_slot_t, d) == 8, "message descriptor not right after 
 _Static_assert(sizeof(bc_sub_t) == 64, "subscriber record is not one cache line");
 _Static_assert(sizeof(bc_hdr_t) % 64 == 0, "ring header not a multiple of 64");
 _Static_assert(offsetof(bc_hdr_t, tail) == 64, "tail not on its own line");
+
+static const ndshm__ring_kind_t KIND = {"broadcast", "broadcast ring", BC_MAGIC, BC_VERSION, sizeof(bc_hdr_t),
+                                        NDSHM_BCAST_MAX_SLOTS, INT64_MAX};
 
 struct ndshm_bcast_s {
     bc_hdr_t *r;
@@ -128,48 +124,22 @@ static inline uint64_t st_word(uint64_t pos, unsigned st) { return (pos + 1) << 
 
 int ndshm_bcast_ring_bytes(uint64_t slots, uint64_t slot_bytes, uint64_t *out) {
     if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_ring_bytes: out is NULL");
-    if (!ndshm__is_pow2(slots) || slots < 2 || slots > NDSHM_BCAST_MAX_SLOTS)
-        return ndshm__fail(NDSHM_EINVAL, 0, "slots %llu is not a power of two between 2 and %d",
-                           (unsigned long long)slots, NDSHM_BCAST_MAX_SLOTS);
-    if (slot_bytes > (uint64_t)PTRDIFF_MAX)
-        return ndshm__fail(NDSHM_EOVERFLOW, 0, "slot_bytes %llu is too large", (unsigned long long)slot_bytes);
-    size_t stride, total;
-    if (ndshm__add_overflow(SLOT_HDR, (size_t)slot_bytes, &stride) || ndshm__round_up(stride, 64, &stride) ||
-        ndshm__mul_overflow(stride, (size_t)slots, &total) || ndshm__add_overflow(total, sizeof(bc_hdr_t), &total) ||
-        total > (size_t)INT64_MAX)
-        return ndshm__fail(NDSHM_EOVERFLOW, 0, "a broadcast ring of %llu slots of %llu bytes overflows",
-                           (unsigned long long)slots, (unsigned long long)slot_bytes);
-    *out = total;
-    return 0;
+    return ndshm__ring_bytes(&KIND, slots, slot_bytes, out);
 }
 
 static int init_ring(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes, int policy, uint32_t flags) {
     if (policy != NDSHM_BCAST_BLOCK && policy != NDSHM_BCAST_OVERWRITE)
         return ndshm__fail(NDSHM_EINVAL, 0, "broadcast policy %d is neither NDSHM_BCAST_BLOCK (0) nor "
                                             "NDSHM_BCAST_OVERWRITE (1)", policy);
-    uint64_t need;
-    int rc = ndshm_bcast_ring_bytes(slots, slot_bytes, &need);
+    int rc = ndshm__ring_hdr_init(&KIND, mem, bytes, slots, slot_bytes);
     if (rc) return rc;
-    if (mem == NULL || (uintptr_t)mem % 64 != 0)
-        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory %p is not 64-byte aligned", mem);
-    if (bytes < need)
-        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory of %llu bytes is smaller than the %llu needed",
-                           (unsigned long long)bytes, (unsigned long long)need);
     bc_hdr_t *r = mem;
-    memset(r, 0, sizeof *r);
-    r->version = BC_VERSION;
-    r->hdr_bytes = sizeof(bc_hdr_t);
-    r->slots = slots;
-    r->slot_bytes = slot_bytes;
-    r->slot_stride = (SLOT_HDR + slot_bytes + 63) & ~(uint64_t)63;
-    r->ring_bytes = need;
-    r->slots_offset = sizeof(bc_hdr_t);
     r->ring_flags = flags;
     r->policy = (uint32_t)policy;
     for (unsigned i = 0; i < NSUB; i++) atomic_store_explicit(&r->subs[i].pos, NO_POS, memory_order_relaxed);
     for (uint64_t i = 0; i < slots; i++)
-        memset((char *)mem + r->slots_offset + i * r->slot_stride, 0, sizeof(bc_slot_t));
-    atomic_store_explicit(&r->magic, BC_MAGIC, memory_order_release);
+        memset((char *)mem + r->h.slots_offset + i * r->h.slot_stride, 0, sizeof(bc_slot_t));
+    atomic_store_explicit(&r->h.magic, BC_MAGIC, memory_order_release);
     return 0;
 }
 
@@ -178,61 +148,27 @@ int ndshm_bcast_init_raw(void *mem, uint64_t bytes, uint64_t slots, uint64_t slo
 }
 
 static int open_ring(void *mem, uint64_t bytes, ndshm_bcast_t *b) {
+    ndshm__ring_geom_t g;
+    int rc = ndshm__ring_hdr_open(&KIND, mem, bytes, &g);
+    if (rc) return rc;
     bc_hdr_t *r = mem;
-    if (mem == NULL || (uintptr_t)mem % 64 != 0)
-        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory %p is not 64-byte aligned", mem);
-    if (bytes < sizeof(bc_hdr_t))
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "broadcast ring of %llu bytes is smaller than its %zu-byte header",
-                           (unsigned long long)bytes, sizeof(bc_hdr_t));
-    uint64_t magic = 0;
-    for (int i = 0; i < 1000; i++) {
-        magic = atomic_load_explicit(&r->magic, memory_order_acquire);
-        if (magic != 0) break;
-        usleep(1000);
-    }
-    if (magic == 0) return ndshm__fail(NDSHM_EBUSY, 0, "broadcast ring is still being initialised after 1 s");
-    if (magic != BC_MAGIC)
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring magic 0x%llx is not an ndshm broadcast's",
-                           (unsigned long long)magic);
-    if (r->version != BC_VERSION)
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "broadcast ring version %u is not %u", r->version, BC_VERSION);
-    uint64_t slots = r->slots, slot_bytes = r->slot_bytes, need; /* read once: another process may write */
-    if (ndshm_bcast_ring_bytes(slots, slot_bytes, &need) != 0)
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "broadcast ring geometry is corrupt: slots %llu, slot_bytes %llu",
-                           (unsigned long long)slots, (unsigned long long)slot_bytes);
-    uint64_t stride = (SLOT_HDR + slot_bytes + 63) & ~(uint64_t)63;
-    if (r->hdr_bytes != sizeof(bc_hdr_t) || r->slots_offset != sizeof(bc_hdr_t) || r->slot_stride != stride ||
-        r->ring_bytes != need)
-        return ndshm__fail(NDSHM_ECORRUPT, 0,
-                           "broadcast ring header is inconsistent (stride %llu, ring_bytes %llu, offset %llu)",
-                           (unsigned long long)r->slot_stride, (unsigned long long)r->ring_bytes,
-                           (unsigned long long)r->slots_offset);
     uint32_t policy = r->policy;
     if (policy != NDSHM_BCAST_BLOCK && policy != NDSHM_BCAST_OVERWRITE)
         return ndshm__fail(NDSHM_ECORRUPT, 0, "broadcast ring policy %u is unknown", policy);
-    if (need > bytes)
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "broadcast ring needs %llu bytes but its memory has %llu",
-                           (unsigned long long)need, (unsigned long long)bytes);
     b->r = r;
     b->slots = (char *)mem + sizeof(bc_hdr_t);
-    b->n = slots;
-    b->mask = slots - 1;
-    b->slot_bytes = slot_bytes;
-    b->stride = stride;
-    b->ring_bytes = need;
+    b->n = g.slots;
+    b->mask = g.slots - 1;
+    b->slot_bytes = g.slot_bytes;
+    b->stride = g.stride;
+    b->ring_bytes = g.ring_bytes;
     b->policy = policy;
     return 0;
 }
 
 /* Pre-faults the ring in this process if its creator asked for it (see queue.c). */
 static void populate_ring(ndshm_bcast_t *b) {
-    atomic_store_explicit(&b->populated, ndshm__self_key(), memory_order_relaxed);
-    if (!(b->r->ring_flags & RING_POPULATE)) return;
-    size_t page = ndshm__page_size();
-    uintptr_t start = (uintptr_t)b->r & ~(uintptr_t)(page - 1);
-    size_t len = (size_t)((uintptr_t)b->r + b->ring_bytes - start);
-    if (madvise((void *)start, len, MADV_POPULATE_WRITE) != 0)
-        for (size_t i = 0; i < b->ring_bytes; i += page) (void)((volatile const char *)b->r)[i];
+    ndshm__ring_populate(b->r, b->ring_bytes, b->r->ring_flags, &b->populated);
 }
 
 int ndshm_bcast_open_raw(void *mem, uint64_t bytes, ndshm_bcast_t **out) {
@@ -265,32 +201,17 @@ int ndshm_bcast_create(const char *name, const char *dir, uint64_t slots, uint64
     uint64_t bytes;
     int rc = ndshm_bcast_ring_bytes(slots, slot_bytes, &bytes);
     if (rc) return rc;
-    ndshm_segment_params_t p;
-    memset(&p, 0, sizeof p);
-    p.kind = NDSHM_KIND_NAMED;
-    p.name = name;
-    p.dir = dir;
-    p.mode = mode;
-    p.flags = flags | NDSHM_SEG_BROADCAST;
-    p.alignment = 64;
-    memcpy(p.layout.typestr, "|u1", 4);
-    p.layout.itemsize = 1;
-    p.layout.ndim = 1;
-    p.layout.shape[0] = (int64_t)bytes;
-    p.layout.strides[0] = 1;
     ndshm_bcast_t *b = calloc(1, sizeof *b);
     if (b == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a broadcast handle");
-    rc = ndshm_segment_create(&p, &b->seg);
+    const ndshm_segment_info_t *info;
+    rc = ndshm__ring_segment_create(name, dir, mode, flags | NDSHM_SEG_BROADCAST, bytes, &b->seg, &info);
     if (rc) {
         free(b);
         return rc;
     }
-    static _Thread_local ndshm_segment_info_t info;
-    rc = ndshm_segment_info(b->seg, &info);
-    if (rc == 0)
-        rc = init_ring((void *)info.data, info.data_size, slots, slot_bytes, policy,
-                       (flags & NDSHM_SEG_POPULATE) ? RING_POPULATE : 0);
-    if (rc == 0) rc = open_ring((void *)info.data, info.data_size, b);
+    rc = init_ring((void *)info->data, info->data_size, slots, slot_bytes, policy,
+                   (flags & NDSHM_SEG_POPULATE) ? NDSHM__RING_POPULATE : 0);
+    if (rc == 0) rc = open_ring((void *)info->data, info->data_size, b);
     if (rc) {
         ndshm_segment_close(b->seg);
         free(b);
@@ -308,18 +229,18 @@ int ndshm_bcast_attach(const char *name, const char *dir, ndshm_bcast_t **out) {
     if (name == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_attach: name is NULL");
     ndshm_bcast_t *b = calloc(1, sizeof *b);
     if (b == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a broadcast handle");
-    int rc = ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &b->seg);
+    const ndshm_segment_info_t *info;
+    int rc = ndshm__ring_segment_attach(name, dir, &b->seg, &info);
     if (rc) {
         free(b);
         return rc;
     }
-    static _Thread_local ndshm_segment_info_t info;
-    rc = ndshm_segment_info(b->seg, &info);
-    if (rc == 0 && !(info.flags & NDSHM_SEG_BROADCAST))
+    if (!(info->flags & NDSHM_SEG_BROADCAST))
         rc = ndshm__fail(NDSHM_EINVAL, 0, "segment '%s' holds %s, not a broadcast", name,
-                         (info.flags & NDSHM_SEG_QUEUE) ? "a queue" : (info.flags & NDSHM_SEG_SYNC) ? "a sync object"
-                                                                                                   : "an array");
-    if (rc == 0) rc = open_ring((void *)info.data, info.data_size, b);
+                         (info->flags & NDSHM_SEG_QUEUE)  ? "a queue"
+                         : (info->flags & NDSHM_SEG_SYNC) ? "a sync object"
+                                                          : "an array");
+    if (rc == 0) rc = open_ring((void *)info->data, info->data_size, b);
     if (rc) {
         ndshm_segment_close(b->seg);
         free(b);

@@ -38,12 +38,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #define RING_MAGIC 0x51554555534d444eull /* "NDMSQUEQ" */
 #define RING_VERSION 2u /* 2: shutdown bits in tail and head, producer records */
-#define SLOT_HDR 320u
+#define SLOT_HDR NDSHM__RING_SLOT_HDR
 #define SKIP ((uint64_t)1 << 63)
 #define NPART NDSHM_QUEUE_PARTICIPANTS
 #define NPROD NDSHM_QUEUE_MAX_PRODUCERS
@@ -52,16 +50,10 @@
 #define T_POS (((uint64_t)1 << 62) - 1)
 #define H_SHUTDOWN ((uint64_t)1 << 63) /* in head: immediate shutdown, consumers stop at once */
 #define H_POS (((uint64_t)1 << 63) - 1)
-#define RING_POPULATE 1u
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
 
 typedef struct ring_hdr {
-    _Atomic uint64_t magic; /* written last by the creator */
-    uint32_t version, hdr_bytes;
-    uint64_t slots, slot_bytes, slot_stride, ring_bytes, slots_offset;
-    uint32_t ring_flags; /* RING_POPULATE: attachers pre-fault the ring */
+    ndshm__ring_hdr_t h; /* magic (written last by the creator), version, geometry */
+    uint32_t ring_flags; /* NDSHM__RING_POPULATE: attachers pre-fault the ring */
     char pad0[64 - 60];
     _Atomic uint64_t tail;
     char pad1[56];
@@ -86,6 +78,10 @@ typedef struct slot_hdr {
 _Static_assert(sizeof(slot_hdr_t) <= SLOT_HDR, "slot header too big");
 _Static_assert(offsetof(slot_hdr_t, d) == 8, "message descriptor not right after the sequence number");
 _Static_assert(sizeof(ring_hdr_t) % 64 == 0, "ring header not a multiple of 64");
+_Static_assert(offsetof(ring_hdr_t, tail) == 64, "tail not on its own line");
+
+static const ndshm__ring_kind_t KIND = {"queue", "ring", RING_MAGIC, RING_VERSION, sizeof(ring_hdr_t),
+                                        NDSHM_QUEUE_MAX_SLOTS, PTRDIFF_MAX};
 
 struct ndshm_queue_s {
     ring_hdr_t *r;
@@ -106,94 +102,38 @@ static inline uint64_t enc(uint64_t pos, int consumer) { return (pos << 1 | (uin
 
 int ndshm_queue_ring_bytes(uint64_t slots, uint64_t slot_bytes, uint64_t *out) {
     if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_ring_bytes: out is NULL");
-    /* two at least: with one slot "published for pos" and "free for pos + 1" would coincide */
-    if (!ndshm__is_pow2(slots) || slots < 2 || slots > NDSHM_QUEUE_MAX_SLOTS)
-        return ndshm__fail(NDSHM_EINVAL, 0, "slots %llu is not a power of two between 2 and %d",
-                           (unsigned long long)slots, NDSHM_QUEUE_MAX_SLOTS);
-    if (slot_bytes > (uint64_t)PTRDIFF_MAX)
-        return ndshm__fail(NDSHM_EOVERFLOW, 0, "slot_bytes %llu is too large", (unsigned long long)slot_bytes);
-    size_t stride, total;
-    if (ndshm__add_overflow(SLOT_HDR, (size_t)slot_bytes, &stride) || ndshm__round_up(stride, 64, &stride) ||
-        ndshm__mul_overflow(stride, (size_t)slots, &total) || ndshm__add_overflow(total, sizeof(ring_hdr_t), &total) ||
-        total > (size_t)PTRDIFF_MAX)
-        return ndshm__fail(NDSHM_EOVERFLOW, 0, "a ring of %llu slots of %llu bytes overflows",
-                           (unsigned long long)slots, (unsigned long long)slot_bytes);
-    *out = total;
-    return 0;
+    return ndshm__ring_bytes(&KIND, slots, slot_bytes, out);
 }
 
-static int init_ring(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes, uint32_t ring_flags);
+static int init_ring(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes, uint32_t ring_flags) {
+    int rc = ndshm__ring_hdr_init(&KIND, mem, bytes, slots, slot_bytes);
+    if (rc) return rc;
+    ring_hdr_t *r = mem;
+    r->ring_flags = ring_flags;
+    for (uint64_t i = 0; i < slots; i++) {
+        slot_hdr_t *s = (slot_hdr_t *)((char *)mem + r->h.slots_offset + i * r->h.slot_stride);
+        memset(s, 0, sizeof *s);
+        atomic_store_explicit(&s->seq, i, memory_order_relaxed);
+    }
+    atomic_store_explicit(&r->h.magic, RING_MAGIC, memory_order_release);
+    return 0;
+}
 
 int ndshm_queue_init_raw(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes) {
     return init_ring(mem, bytes, slots, slot_bytes, 0);
 }
 
-static int init_ring(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes, uint32_t ring_flags) {
-    uint64_t need;
-    int rc = ndshm_queue_ring_bytes(slots, slot_bytes, &need);
-    if (rc) return rc;
-    if (mem == NULL || (uintptr_t)mem % 64 != 0)
-        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory %p is not 64-byte aligned", mem);
-    if (bytes < need)
-        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory of %llu bytes is smaller than the %llu needed",
-                           (unsigned long long)bytes, (unsigned long long)need);
-    ring_hdr_t *r = mem;
-    memset(r, 0, sizeof *r);
-    r->version = RING_VERSION;
-    r->hdr_bytes = sizeof(ring_hdr_t);
-    r->slots = slots;
-    r->slot_bytes = slot_bytes;
-    r->slot_stride = (SLOT_HDR + slot_bytes + 63) & ~(uint64_t)63;
-    r->ring_bytes = need;
-    r->slots_offset = sizeof(ring_hdr_t);
-    r->ring_flags = ring_flags;
-    for (uint64_t i = 0; i < slots; i++) {
-        slot_hdr_t *s = (slot_hdr_t *)((char *)mem + r->slots_offset + i * r->slot_stride);
-        memset(s, 0, sizeof *s);
-        atomic_store_explicit(&s->seq, i, memory_order_relaxed);
-    }
-    atomic_store_explicit(&r->magic, RING_MAGIC, memory_order_release);
-    return 0;
-}
-
 static int open_ring(void *mem, uint64_t bytes, ndshm_queue_t *q) {
-    ring_hdr_t *r = mem;
-    if (mem == NULL || (uintptr_t)mem % 64 != 0)
-        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory %p is not 64-byte aligned", mem);
-    if (bytes < sizeof(ring_hdr_t))
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring of %llu bytes is smaller than its %zu-byte header",
-                           (unsigned long long)bytes, sizeof(ring_hdr_t));
-    uint64_t magic = 0;
-    for (int i = 0; i < 1000; i++) { /* the creator may still be writing the ring */
-        magic = atomic_load_explicit(&r->magic, memory_order_acquire);
-        if (magic != 0) break;
-        usleep(1000);
-    }
-    if (magic == 0) return ndshm__fail(NDSHM_EBUSY, 0, "queue ring is still being initialised after 1 s");
-    if (magic != RING_MAGIC)
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring magic 0x%llx is not an ndshm queue's", (unsigned long long)magic);
-    if (r->version != RING_VERSION)
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring version %u is not %u", r->version, RING_VERSION);
-    uint64_t need;
-    if (ndshm_queue_ring_bytes(r->slots, r->slot_bytes, &need) != 0)
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring geometry is corrupt: slots %llu, slot_bytes %llu",
-                           (unsigned long long)r->slots, (unsigned long long)r->slot_bytes);
-    uint64_t stride = (SLOT_HDR + r->slot_bytes + 63) & ~(uint64_t)63;
-    if (r->hdr_bytes != sizeof(ring_hdr_t) || r->slots_offset != sizeof(ring_hdr_t) || r->slot_stride != stride ||
-        r->ring_bytes != need)
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring header is inconsistent (stride %llu, ring_bytes %llu, offset %llu)",
-                           (unsigned long long)r->slot_stride, (unsigned long long)r->ring_bytes,
-                           (unsigned long long)r->slots_offset);
-    if (need > bytes)
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring needs %llu bytes but its memory has %llu",
-                           (unsigned long long)need, (unsigned long long)bytes);
-    q->r = r;
-    q->slots = (char *)mem + r->slots_offset;
-    q->n = r->slots;
-    q->mask = r->slots - 1;
-    q->slot_bytes = r->slot_bytes;
-    q->stride = stride;
-    q->ring_bytes = need;
+    ndshm__ring_geom_t g;
+    int rc = ndshm__ring_hdr_open(&KIND, mem, bytes, &g);
+    if (rc) return rc;
+    q->r = mem;
+    q->slots = (char *)mem + sizeof(ring_hdr_t);
+    q->n = g.slots;
+    q->mask = g.slots - 1;
+    q->slot_bytes = g.slot_bytes;
+    q->stride = g.stride;
+    q->ring_bytes = g.ring_bytes;
     return 0;
 }
 
@@ -203,13 +143,7 @@ static int open_ring(void *mem, uint64_t bytes, ndshm_queue_t *q) {
  * populates again (see part_acquire): one madvise costs about 2/3 of the faults it saves and
  * takes them out of the steady state. */
 static void populate_ring(ndshm_queue_t *q) {
-    atomic_store_explicit(&q->populated, ndshm__self_key(), memory_order_relaxed);
-    if (!(q->r->ring_flags & RING_POPULATE)) return;
-    size_t page = ndshm__page_size();
-    uintptr_t start = (uintptr_t)q->r & ~(uintptr_t)(page - 1);
-    size_t len = (size_t)((uintptr_t)q->r + q->ring_bytes - start);
-    if (madvise((void *)start, len, MADV_POPULATE_WRITE) != 0) /* kernels before 5.14: read each page */
-        for (size_t i = 0; i < q->ring_bytes; i += page) (void)((volatile const char *)q->r)[i];
+    ndshm__ring_populate(q->r, q->ring_bytes, q->r->ring_flags, &q->populated);
 }
 
 int ndshm_queue_open_raw(void *mem, uint64_t bytes, ndshm_queue_t **out) {
@@ -240,32 +174,17 @@ int ndshm_queue_create(const char *name, const char *dir, uint64_t slots, uint64
     int rc = ndshm_queue_ring_bytes(slots, slot_bytes, &bytes);
     if (rc) return rc;
     if (bytes > (uint64_t)INT64_MAX) return ndshm__fail(NDSHM_EOVERFLOW, 0, "ring of %llu bytes", (unsigned long long)bytes);
-    ndshm_segment_params_t p;
-    memset(&p, 0, sizeof p);
-    p.kind = NDSHM_KIND_NAMED;
-    p.name = name;
-    p.dir = dir;
-    p.mode = mode;
-    p.flags = flags | NDSHM_SEG_QUEUE;
-    p.alignment = 64;
-    memcpy(p.layout.typestr, "|u1", 4);
-    p.layout.itemsize = 1;
-    p.layout.ndim = 1;
-    p.layout.shape[0] = (int64_t)bytes;
-    p.layout.strides[0] = 1;
     ndshm_queue_t *q = calloc(1, sizeof *q);
     if (q == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a queue handle");
-    rc = ndshm_segment_create(&p, &q->seg);
+    const ndshm_segment_info_t *info;
+    rc = ndshm__ring_segment_create(name, dir, mode, flags | NDSHM_SEG_QUEUE, bytes, &q->seg, &info);
     if (rc) {
         free(q);
         return rc;
     }
-    static _Thread_local ndshm_segment_info_t info;
-    rc = ndshm_segment_info(q->seg, &info);
-    if (rc == 0)
-        rc = init_ring((void *)info.data, info.data_size, slots, slot_bytes,
-                       (flags & NDSHM_SEG_POPULATE) ? RING_POPULATE : 0);
-    if (rc == 0) rc = open_ring((void *)info.data, info.data_size, q);
+    rc = init_ring((void *)info->data, info->data_size, slots, slot_bytes,
+                   (flags & NDSHM_SEG_POPULATE) ? NDSHM__RING_POPULATE : 0);
+    if (rc == 0) rc = open_ring((void *)info->data, info->data_size, q);
     if (rc) {
         ndshm_segment_close(q->seg);
         free(q);
@@ -284,16 +203,15 @@ int ndshm_queue_attach(const char *name, const char *dir, ndshm_queue_t **out) {
     if (name == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_attach: name is NULL");
     ndshm_queue_t *q = calloc(1, sizeof *q);
     if (q == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a queue handle");
-    int rc = ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &q->seg);
+    const ndshm_segment_info_t *info;
+    int rc = ndshm__ring_segment_attach(name, dir, &q->seg, &info);
     if (rc) {
         free(q);
         return rc;
     }
-    static _Thread_local ndshm_segment_info_t info;
-    rc = ndshm_segment_info(q->seg, &info);
-    if (rc == 0 && !(info.flags & NDSHM_SEG_QUEUE))
+    if (!(info->flags & NDSHM_SEG_QUEUE))
         rc = ndshm__fail(NDSHM_EINVAL, 0, "segment '%s' holds an array, not a queue", name);
-    if (rc == 0) rc = open_ring((void *)info.data, info.data_size, q);
+    if (rc == 0) rc = open_ring((void *)info->data, info->data_size, q);
     if (rc) {
         ndshm_segment_close(q->seg);
         free(q);

@@ -5,6 +5,12 @@
 #include "ring.h"
 
 #include <errno.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 
 /* ---- waiting ------------------------------------------------------------------------- */
 
@@ -55,4 +61,133 @@ bool ndshm__ring_intent_alive(ndshm__ring_part_t *parts, unsigned n, uint64_t wa
         if (owner != 0 && ndshm__key_alive(owner) && atomic_load(&parts[i].intent) == want) return true;
     }
     return false;
+}
+
+/* ---- geometry ------------------------------------------------------------------------ */
+
+int ndshm__ring_bytes(const ndshm__ring_kind_t *k, uint64_t slots, uint64_t slot_bytes, uint64_t *out) {
+    /* two at least: with one slot "published for pos" and "free for pos + 1" would coincide */
+    if (!ndshm__is_pow2(slots) || slots < 2 || slots > k->max_slots)
+        return ndshm__fail(NDSHM_EINVAL, 0, "slots %llu is not a power of two between 2 and %llu",
+                           (unsigned long long)slots, (unsigned long long)k->max_slots);
+    if (slot_bytes > (uint64_t)PTRDIFF_MAX)
+        return ndshm__fail(NDSHM_EOVERFLOW, 0, "slot_bytes %llu is too large", (unsigned long long)slot_bytes);
+    size_t stride, total;
+    if (ndshm__add_overflow(NDSHM__RING_SLOT_HDR, (size_t)slot_bytes, &stride) ||
+        ndshm__round_up(stride, 64, &stride) ||
+        ndshm__mul_overflow(stride, (size_t)slots, &total) || ndshm__add_overflow(total, k->hdr_bytes, &total) ||
+        total > k->max_bytes)
+        return ndshm__fail(NDSHM_EOVERFLOW, 0, "a %s of %llu slots of %llu bytes overflows", k->ring,
+                           (unsigned long long)slots, (unsigned long long)slot_bytes);
+    *out = total;
+    return 0;
+}
+
+int ndshm__ring_hdr_init(const ndshm__ring_kind_t *k, void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes) {
+    uint64_t need;
+    int rc = ndshm__ring_bytes(k, slots, slot_bytes, &need);
+    if (rc) return rc;
+    if (mem == NULL || (uintptr_t)mem % 64 != 0)
+        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory %p is not 64-byte aligned", mem);
+    if (bytes < need)
+        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory of %llu bytes is smaller than the %llu needed",
+                           (unsigned long long)bytes, (unsigned long long)need);
+    ndshm__ring_hdr_t *h = mem;
+    memset(mem, 0, k->hdr_bytes);
+    h->version = k->version;
+    h->hdr_bytes = k->hdr_bytes;
+    h->slots = slots;
+    h->slot_bytes = slot_bytes;
+    h->slot_stride = ndshm__ring_stride(slot_bytes);
+    h->ring_bytes = need;
+    h->slots_offset = k->hdr_bytes;
+    return 0;
+}
+
+int ndshm__ring_hdr_open(const ndshm__ring_kind_t *k, void *mem, uint64_t bytes, ndshm__ring_geom_t *g) {
+    ndshm__ring_hdr_t *h = mem;
+    if (mem == NULL || (uintptr_t)mem % 64 != 0)
+        return ndshm__fail(NDSHM_EINVAL, 0, "ring memory %p is not 64-byte aligned", mem);
+    if (bytes < k->hdr_bytes)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "%s of %llu bytes is smaller than its %u-byte header", k->ring,
+                           (unsigned long long)bytes, k->hdr_bytes);
+    uint64_t magic = 0;
+    for (int i = 0; i < 1000; i++) { /* the creator may still be writing the ring */
+        magic = atomic_load_explicit(&h->magic, memory_order_acquire);
+        if (magic != 0) break;
+        usleep(1000);
+    }
+    if (magic == 0) return ndshm__fail(NDSHM_EBUSY, 0, "%s ring is still being initialised after 1 s", k->name);
+    if (magic != k->magic)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring magic 0x%llx is not an ndshm %s's", (unsigned long long)magic,
+                           k->name);
+    uint32_t version = h->version;
+    if (version != k->version)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "%s version %u is not %u", k->ring, version, k->version);
+    uint64_t slots = h->slots, slot_bytes = h->slot_bytes, need; /* read once: another process may write */
+    if (ndshm__ring_bytes(k, slots, slot_bytes, &need) != 0)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "%s geometry is corrupt: slots %llu, slot_bytes %llu", k->ring,
+                           (unsigned long long)slots, (unsigned long long)slot_bytes);
+    uint64_t stride = ndshm__ring_stride(slot_bytes);
+    uint64_t hstride = h->slot_stride, hbytes = h->ring_bytes, hoffset = h->slots_offset;
+    if (h->hdr_bytes != k->hdr_bytes || hoffset != k->hdr_bytes || hstride != stride || hbytes != need)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "%s header is inconsistent (stride %llu, ring_bytes %llu, offset %llu)",
+                           k->ring, (unsigned long long)hstride, (unsigned long long)hbytes,
+                           (unsigned long long)hoffset);
+    if (need > bytes)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "%s needs %llu bytes but its memory has %llu", k->ring,
+                           (unsigned long long)need, (unsigned long long)bytes);
+    g->slots = slots;
+    g->slot_bytes = slot_bytes;
+    g->stride = stride;
+    g->ring_bytes = need;
+    return 0;
+}
+
+void ndshm__ring_populate(const void *ring, uint64_t ring_bytes, uint32_t ring_flags, _Atomic uint64_t *populated) {
+    atomic_store_explicit(populated, ndshm__self_key(), memory_order_relaxed);
+    if (!(ring_flags & NDSHM__RING_POPULATE)) return;
+    size_t page = ndshm__page_size();
+    uintptr_t start = (uintptr_t)ring & ~(uintptr_t)(page - 1);
+    size_t len = (size_t)((uintptr_t)ring + ring_bytes - start);
+    if (madvise((void *)start, len, MADV_POPULATE_WRITE) != 0) /* kernels before 5.14: read each page */
+        for (size_t i = 0; i < ring_bytes; i += page) (void)((volatile const char *)ring)[i];
+}
+
+/* The segment's information, into this thread's storage (the struct is large). */
+static int segment_info(ndshm_segment_t **seg, const ndshm_segment_info_t **info) {
+    static _Thread_local ndshm_segment_info_t storage;
+    int rc = ndshm_segment_info(*seg, &storage);
+    if (rc) {
+        ndshm_segment_close(*seg);
+        *seg = NULL;
+        return rc;
+    }
+    *info = &storage;
+    return 0;
+}
+
+int ndshm__ring_segment_create(const char *name, const char *dir, unsigned mode, unsigned flags, uint64_t bytes,
+                               ndshm_segment_t **seg, const ndshm_segment_info_t **info) {
+    ndshm_segment_params_t p;
+    memset(&p, 0, sizeof p);
+    p.kind = NDSHM_KIND_NAMED;
+    p.name = name;
+    p.dir = dir;
+    p.mode = mode;
+    p.flags = flags;
+    p.alignment = 64;
+    memcpy(p.layout.typestr, "|u1", 4);
+    p.layout.itemsize = 1;
+    p.layout.ndim = 1;
+    p.layout.shape[0] = (int64_t)bytes;
+    p.layout.strides[0] = 1;
+    int rc = ndshm_segment_create(&p, seg);
+    return rc ? rc : segment_info(seg, info);
+}
+
+int ndshm__ring_segment_attach(const char *name, const char *dir, ndshm_segment_t **seg,
+                               const ndshm_segment_info_t **info) {
+    int rc = ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, seg);
+    return rc ? rc : segment_info(seg, info);
 }

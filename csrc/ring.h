@@ -12,6 +12,10 @@
  *                shape): its checks, writing it at publish, reading it at take (never
  *                trusted), and the ndshm_qmsg_t states (loaned 1, taken 2).
  *
+ *   geometry     the header fields both rings start with (magic, version, sizes), the ring's
+ *                size, its initialisation and validation at open (never trusting the ring),
+ *                pre-faulting, and the named segment that holds a ring.
+ *
  * Hot helpers are static inline (the queue's put/take path calls them on every message); the
  * cold ones live in ring.c, hidden like every ndshm__ internal.
  */
@@ -230,5 +234,73 @@ static inline int ndshm__ring_msg_taken(ndshm_qmsg_t *msg, void *data, uint64_t 
     if (ndim) memcpy(msg->shape, shape, ndim * sizeof *shape);
     return 0;
 }
+
+/* ---- geometry ------------------------------------------------------------------------ */
+
+enum {
+    NDSHM__RING_SLOT_HDR = 320, /* bytes of each slot's header (state word, descriptor), before its data */
+    NDSHM__RING_POPULATE = 1    /* ring_flags: attachers pre-fault the ring */
+};
+
+/* The fields both rings' headers start with (56 bytes; each ring's own fields follow). */
+typedef struct ndshm__ring_hdr {
+    _Atomic uint64_t magic; /* written last by the creator */
+    uint32_t version, hdr_bytes;
+    uint64_t slots, slot_bytes, slot_stride, ring_bytes, slots_offset;
+} ndshm__ring_hdr_t;
+
+_Static_assert(sizeof(ndshm__ring_hdr_t) == 56, "ring header prefix is not 56 bytes");
+
+/* What a ring's kind fixes, and how its details name it. */
+typedef struct ndshm__ring_kind {
+    const char *name; /* "queue", "broadcast" */
+    const char *ring; /* what the details call its ring: "ring", "broadcast ring" */
+    uint64_t magic;
+    uint32_t version;
+    uint32_t hdr_bytes; /* sizeof its header, a multiple of 64: the slots start there */
+    uint64_t max_slots;
+    uint64_t max_bytes; /* the largest ring */
+} ndshm__ring_kind_t;
+
+/* The geometry of an opened ring, read once from its header and checked. */
+typedef struct ndshm__ring_geom {
+    uint64_t slots, slot_bytes, stride, ring_bytes;
+} ndshm__ring_geom_t;
+
+/* The bytes between two slots' starts: header and data, rounded up to 64 (no overflow once
+ * ndshm__ring_bytes accepted slot_bytes). */
+static inline uint64_t ndshm__ring_stride(uint64_t slot_bytes) {
+    return (NDSHM__RING_SLOT_HDR + slot_bytes + 63) & ~(uint64_t)63;
+}
+
+/* *out = the bytes a ring of kind `k` with `slots` slots of `slot_bytes` needs, or NDSHM_EINVAL
+ * (slots not a power of two in [2, max_slots]) / NDSHM_EOVERFLOW naming the values. */
+NDSHM_HIDDEN int ndshm__ring_bytes(const ndshm__ring_kind_t *k, uint64_t slots, uint64_t slot_bytes, uint64_t *out);
+
+/* Checks the geometry and memory (`bytes` at `mem`, 64-aligned) and writes the common header
+ * fields of a new ring, the rest of its header zeroed; the magic is left 0: the caller writes
+ * its own fields and slots, then stores k->magic with release semantics. */
+NDSHM_HIDDEN int ndshm__ring_hdr_init(const ndshm__ring_kind_t *k, void *mem, uint64_t bytes, uint64_t slots,
+                                      uint64_t slot_bytes);
+
+/* Validates the ring of kind `k` in `bytes` at `mem` (waiting up to 1 s for its creator to
+ * publish it) and fills *g. NDSHM_EINVAL (memory not 64-aligned), NDSHM_EBUSY (still being
+ * initialised), NDSHM_ECORRUPT naming the first bad field. */
+NDSHM_HIDDEN int ndshm__ring_hdr_open(const ndshm__ring_kind_t *k, void *mem, uint64_t bytes, ndshm__ring_geom_t *g);
+
+/* Pre-faults the `ring_bytes` at `ring` in this process if its `ring_flags` ask for it, and
+ * records this process in *populated (a fork()ed child sees another key and populates again:
+ * it inherits the mapping but not its page tables). */
+NDSHM_HIDDEN void ndshm__ring_populate(const void *ring, uint64_t ring_bytes, uint32_t ring_flags,
+                                       _Atomic uint64_t *populated);
+
+/* Creates the named segment (64-aligned, `bytes` of "|u1", `flags` with the ring's
+ * NDSHM_SEG_* kind) that holds a ring, or attaches one (ndshm__ring_segment_attach). On success
+ * *info points to its information (this thread's storage, valid until the next call); on
+ * failure nothing stays open. */
+NDSHM_HIDDEN int ndshm__ring_segment_create(const char *name, const char *dir, unsigned mode, unsigned flags,
+                                            uint64_t bytes, ndshm_segment_t **seg, const ndshm_segment_info_t **info);
+NDSHM_HIDDEN int ndshm__ring_segment_attach(const char *name, const char *dir, ndshm_segment_t **seg,
+                                            const ndshm_segment_info_t **info);
 
 #endif /* NDSHM_RING_H */
