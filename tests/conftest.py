@@ -52,6 +52,34 @@ def run_python(code: str, *args: str, timeout: float = 60, check: bool = True, *
     return proc
 
 
+def start_python(code: str, *args: str) -> subprocess.Popen:
+    """Start ``code`` in a fresh interpreter that talks through stdin/stdout lines (see
+    :func:`expect_line` and :func:`finish_python`)."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+
+
+def finish_python(p: subprocess.Popen, timeout: float = 60) -> str:
+    """Wait for a child of :func:`start_python` to exit 0 within ``timeout``; return its stdout."""
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"child still running after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    assert p.returncode == 0, f"child exited {p.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    return out
+
+
+def expect_line(p: subprocess.Popen, want: str) -> None:
+    """The next line the child prints must be ``want`` (the child prints it once it is ready)."""
+    line = p.stdout.readline().strip()
+    if line != want:
+        p.kill()
+        _, err = p.communicate()
+        pytest.fail(f"child said {line!r}, not {want!r}\nstderr:\n{err}")
+
+
 @pytest.fixture
 def unique_name(request) -> str:
     """A segment name no other test uses; any segment left under it is removed afterwards."""

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import PYPY, child_env, collect, run_python
+from conftest import PYPY, child_env, collect, expect_line, finish_python, run_python, start_python
 
 
 def assert_closed(arr: np.ndarray) -> None:
@@ -33,31 +33,6 @@ def assert_closed(arr: np.ndarray) -> None:
         arr[0]
     with pytest.raises(ndshm.ClosedError):
         np.sum(arr)
-
-
-def child(code: str) -> subprocess.Popen:
-    """A second interpreter running ``code``, talking through stdin/stdout lines."""
-    return subprocess.Popen([sys.executable, "-c", code], env=child_env(), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(p: subprocess.Popen, timeout: float = 60) -> str:
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        pytest.fail(f"child still running after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    assert p.returncode == 0, f"child exited {p.returncode}\nstdout:\n{out}\nstderr:\n{err}"
-    return out
-
-
-def expect_line(p: subprocess.Popen, want: str) -> None:
-    line = p.stdout.readline().strip()
-    if line != want:
-        p.kill()
-        _, err = p.communicate()
-        pytest.fail(f"child said {line!r}, not {want!r}\nstderr:\n{err}")
 
 
 # ---------------------------------------------------------------- in one process
@@ -248,11 +223,11 @@ except KeyboardInterrupt:
 def test_long_finite_timeouts_are_interruptible(unique_name, op):
     """Ctrl-C ends a wait with a long finite timeout at once, as for the queue (waits go in slices)."""
     with ndshm.Broadcast(unique_name, slots=2, slot_bytes=64) as b:
-        p = child(_INTERRUPTED.format(name=b.name, op=op))
+        p = start_python(_INTERRUPTED.format(name=b.name, op=op))
         expect_line(p, "ready")
         time.sleep(0.5)
         p.send_signal(signal.SIGINT)
-        out = finish(p, 20).split()
+        out = finish_python(p, 20).split()
         assert out[0] == "interrupted" and float(out[1]) < 3.0, out
 
 
@@ -406,7 +381,7 @@ def test_late_subscriber_sees_only_later_messages(unique_name):
         early = b.subscribe()
         for i in range(5):
             b.put(np.array([i]))
-        p = child(SUBSCRIBER.format(name=unique_name) + """
+        p = start_python(SUBSCRIBER.format(name=unique_name) + """
 got = [int(s.get(timeout=10)[0]) for _ in range(5)]
 try:
     s.get(timeout=0.1)
@@ -417,13 +392,13 @@ except ndshm.Empty:
         expect_line(p, "subscribed")
         for i in range(5, 10):
             b.put(np.array([i]))
-        assert finish(p).strip() == "[5, 6, 7, 8, 9]"
+        assert finish_python(p).strip() == "[5, 6, 7, 8, 9]"
         assert [int(early.get(timeout=0)[0]) for _ in range(10)] == list(range(10))
 
 
 def test_overwrite_reports_exactly_how_many_were_lost(unique_name):
     with ndshm.Broadcast(unique_name, slots=8, slot_bytes=64, policy="overwrite") as b:
-        p = child(SUBSCRIBER.format(name=unique_name) + """
+        p = start_python(SUBSCRIBER.format(name=unique_name) + """
 sys.stdin.readline()
 out = []
 while True:
@@ -441,7 +416,7 @@ print(out)
         b.shutdown()
         p.stdin.write("go\n")
         p.stdin.flush()
-        assert finish(p).strip() == str(["lagged 92"] + list(range(92, 100)))
+        assert finish_python(p).strip() == str(["lagged 92"] + list(range(92, 100)))
 
 
 def test_block_never_loses_one(unique_name):
@@ -470,7 +445,7 @@ print(expect)
                 with b.loan(2, np.int64, timeout=30) as out:
                     out[:] = (i, -i)
         b.shutdown()
-        assert [finish(p).strip() for p in procs] == [str(n), str(n)]
+        assert [finish_python(p).strip() for p in procs] == [str(n), str(n)]
 
 
 def test_shutdown_drains_then_ends_iteration_in_two_processes(unique_name):
@@ -483,7 +458,7 @@ try:
 except ndshm.ShutDown:
     print("shut down")
 """
-        procs = [child(code) for _ in range(2)]
+        procs = [start_python(code) for _ in range(2)]
         for p in procs:
             expect_line(p, "subscribed")
         for i in range(10):
@@ -510,7 +485,7 @@ except ndshm.ShutDown:
             p.stdin.write("go\n")
             p.stdin.flush()
         for p in procs:
-            assert finish(p).splitlines() == [str(list(range(10))), "shut down"]
+            assert finish_python(p).splitlines() == [str(list(range(10))), "shut down"]
 
 
 def test_shutdown_immediate_and_wakes_waiters(unique_name):
@@ -518,7 +493,7 @@ def test_shutdown_immediate_and_wakes_waiters(unique_name):
         s = b.subscribe()
         b.put(np.zeros(1))
         b.put(np.zeros(1))
-        p = child(f"""
+        p = start_python(f"""
 import numpy as np, ndshm, time
 b = ndshm.Broadcast.attach({unique_name!r})
 print("ready", flush=True)
@@ -531,7 +506,7 @@ except ndshm.ShutDown:
         expect_line(p, "ready")
         time.sleep(0.3)
         b.shutdown(immediate=True)
-        assert finish(p).strip() == "shut down True"
+        assert finish_python(p).strip() == "shut down True"
         with pytest.raises(ndshm.ShutDown):
             s.get(timeout=0)  # immediate: the two queued ones are dropped
         assert list(s) == []
@@ -543,7 +518,7 @@ def test_kill_subscriber_inside_receive(unique_name, policy):
     the other subscriber gets everything."""
     with ndshm.Broadcast(unique_name, slots=4, slot_bytes=64, policy=policy) as b:
         live = b.subscribe()
-        p = child(SUBSCRIBER.format(name=unique_name) + """
+        p = start_python(SUBSCRIBER.format(name=unique_name) + """
 with s.receive(timeout=10) as view:
     print("holding", int(view[0]), flush=True)
     sys.stdin.read()                    # killed here
@@ -571,7 +546,7 @@ def test_kill_publisher_inside_loan(unique_name, policy):
     with ndshm.Broadcast(unique_name, slots=4, slot_bytes=64, policy=policy) as b:
         s = b.subscribe()
         b.put(np.array([1]))
-        p = child(f"""
+        p = start_python(f"""
 import sys, numpy as np, ndshm
 b = ndshm.Broadcast.attach({unique_name!r})
 with b.loan(1, np.int64) as out:

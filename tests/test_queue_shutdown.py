@@ -4,40 +4,15 @@ and Ctrl-C during long finite waits; every cross-process case runs in real inter
 from __future__ import annotations
 
 import json
-import os
 import queue as stdqueue
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
 
 import ndshm
-from conftest import child_env
-
-
-def _start(code: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=child_env())
-
-
-def _finish(p: subprocess.Popen, timeout: float = 30) -> str:
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        pytest.fail(f"child still running after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    assert p.returncode == 0, f"child exited {p.returncode}\nstdout:\n{out}\nstderr:\n{err}"
-    return out
-
-
-def _wait_line(p: subprocess.Popen, want: str, timeout: float = 20) -> None:
-    line = p.stdout.readline()  # the child prints it as soon as it is ready
-    assert line.strip() == want, (line, p.stderr.read() if p.poll() is not None else "")
+from conftest import expect_line, finish_python, start_python
 
 
 CONSUMER = """
@@ -56,22 +31,22 @@ print(json.dumps({"got": got, "after": after}), flush=True)
 
 def test_shutdown_drains_then_ends_iteration_in_two_consumer_processes(unique_name):
     q = ndshm.Queue(unique_name, slots=8, slot_bytes=64)
-    consumers = [_start(CONSUMER, unique_name) for _ in range(2)]
+    consumers = [start_python(CONSUMER, unique_name) for _ in range(2)]
     for c in consumers:
-        _wait_line(c, "ready")
+        expect_line(c, "ready")
     for i in range(200):  # more than the slots: the consumers drain while we put
         q.put(np.array([i], np.int64))
     # shut down from a third process while messages may still be queued
-    shutter = _start("""
+    shutter = start_python("""
         import sys, ndshm
         q = ndshm.Queue.attach(sys.argv[1])
         q.shutdown()
         print(q.is_shutdown)
     """, unique_name)
-    assert _finish(shutter).strip() == "True"
+    assert finish_python(shutter).strip() == "True"
     with pytest.raises(ndshm.ShutDown, match="shut down"):
         q.put(np.array([999], np.int64))
-    outs = [json.loads(_finish(c).strip().splitlines()[-1]) for c in consumers]
+    outs = [json.loads(finish_python(c).strip().splitlines()[-1]) for c in consumers]
     got = outs[0]["got"] + outs[1]["got"]
     assert sorted(got) == list(range(200))  # every message exactly once, none lost
     assert all(o["after"].startswith("queue ") and "shut down" in o["after"] for o in outs)
@@ -161,15 +136,15 @@ def test_blocked_producers_and_sleeping_consumers_wake_on_shutdown(unique_name):
     empty = ndshm.Queue(unique_name + "e", slots=2, slot_bytes=64)
     full.put(np.arange(2))
     full.put(np.arange(2))
-    kids = [_start(SLEEPER, full.name, "put"), _start(SLEEPER, full.name, "loan"),
-            _start(SLEEPER, empty.name, "get"), _start(SLEEPER, empty.name, "receive")]
+    kids = [start_python(SLEEPER, full.name, "put"), start_python(SLEEPER, full.name, "loan"),
+            start_python(SLEEPER, empty.name, "get"), start_python(SLEEPER, empty.name, "receive")]
     for k in kids:
-        _wait_line(k, "ready")
+        expect_line(k, "ready")
     time.sleep(0.6)  # they spin 100 us, then sleep on the futex
     t0 = time.monotonic()
     full.shutdown()
     empty.shutdown()
-    outs = [_finish(k, 10).split() for k in kids]
+    outs = [finish_python(k, 10).split() for k in kids]
     woke = time.monotonic() - t0
     assert all(o[0] == "ShutDown" and float(o[1]) > 0.5 for o in outs), outs  # they really waited
     assert woke < 3.0
@@ -196,12 +171,10 @@ def test_registered_producers_dying_end_the_stream(unique_name):
     q = ndshm.Queue(unique_name, slots=16, slot_bytes=64)
     assert q.producers == 0
     q.expect_producers(2)  # producer 0 may finish before producer 1 has registered
-    kids = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(PRODUCER), unique_name, str(k)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=child_env()) for k in range(2)]
+    kids = [start_python(PRODUCER, unique_name, str(k)) for k in range(2)]
     got = [int(q.get(timeout=20)[0]) for _ in range(100)]
     for k in kids:
-        _wait_line(k, "done")
+        expect_line(k, "done")
     kids[0].wait(20)  # exited normally
     assert q.producers == 1
     with pytest.raises(ndshm.Empty):
@@ -287,11 +260,11 @@ def test_long_finite_timeouts_are_interruptible(unique_name, op):
     if op in ("put", "put_many", "loan"):
         q.put(np.arange(2))
         q.put(np.arange(2))
-    kid = _start(INTERRUPTED, unique_name, op)
-    _wait_line(kid, "ready")
+    kid = start_python(INTERRUPTED, unique_name, op)
+    expect_line(kid, "ready")
     time.sleep(0.5)
     kid.send_signal(signal.SIGINT)
-    out = _finish(kid, 10).split()
+    out = finish_python(kid, 10).split()
     assert out[0] == "interrupted" and float(out[1]) < 3.0, out
     q.close()
 
