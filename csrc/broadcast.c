@@ -333,21 +333,26 @@ static unsigned sub_hw(const ndshm_bcast_t *b) {
     return hw > NSUB ? NSUB : hw; /* never trust the ring */
 }
 
+/* true if subscriber record `i`, which holds a publisher back, still does: it has an owner and,
+ * with `reap`, one that runs (a dead owner's record is freed). */
+static bool holds_back(ndshm_bcast_t *b, unsigned i, bool reap) {
+    uint64_t owner = atomic_load(&b->r->subs[i].owner);
+    if (owner == 0) return false;
+    if (reap && !ndshm__key_alive(owner)) {
+        sub_reclaim(b, i, owner);
+        return false;
+    }
+    return true;
+}
+
 /* block: true if every subscriber has read `prev` (the message slot `pos` replaces). With
  * `reap`, records of dead processes that hold it back are freed. */
 static bool readers_done(ndshm_bcast_t *b, uint64_t prev, bool reap) {
     unsigned hw = sub_hw(b);
     bool done = true;
     for (unsigned i = 0; i < hw; i++) {
-        bc_sub_t *rec = &b->r->subs[i];
-        uint64_t p = atomic_load(&rec->pos);
-        if (p == NO_POS || p > prev) continue;
-        uint64_t owner = atomic_load(&rec->owner);
-        if (owner == 0) continue;
-        if (reap && !ndshm__key_alive(owner)) {
-            sub_reclaim(b, i, owner);
-            continue;
-        }
+        uint64_t p = atomic_load(&b->r->subs[i].pos);
+        if (p == NO_POS || p > prev || !holds_back(b, i, reap)) continue;
         done = false;
         if (!reap) break;
     }
@@ -361,15 +366,8 @@ static bool holders_done(ndshm_bcast_t *b, uint64_t pos, bool reap) {
     unsigned hw = sub_hw(b);
     bool done = true;
     for (unsigned i = 0; i < hw; i++) {
-        bc_sub_t *rec = &b->r->subs[i];
-        uint64_t h = atomic_load(&rec->hold);
-        if (h == 0 || h - 1 >= pos || ((h - 1) & b->mask) != (pos & b->mask)) continue;
-        uint64_t owner = atomic_load(&rec->owner);
-        if (owner == 0) continue;
-        if (reap && !ndshm__key_alive(owner)) {
-            sub_reclaim(b, i, owner);
-            continue;
-        }
+        uint64_t h = atomic_load(&b->r->subs[i].hold);
+        if (h == 0 || h - 1 >= pos || ((h - 1) & b->mask) != (pos & b->mask) || !holds_back(b, i, reap)) continue;
         done = false;
         if (!reap) break;
     }
@@ -469,6 +467,16 @@ static void finish(ndshm_bcast_t *b, uint64_t pos, uint32_t part, unsigned st) {
     ndshm__ring_wake(&b->r->published, &b->r->pub_waiters);
 }
 
+/* A publisher record and a position for a publisher (loan, put); the record is given back if
+ * the claim fails. */
+static int claim_slot(ndshm_bcast_t *b, double timeout, uint32_t *part, uint64_t *pos) {
+    int rc = part_acquire(b, part);
+    if (rc) return rc;
+    rc = claim(b, timeout, *part, pos);
+    if (rc) part_release(b, *part);
+    return rc;
+}
+
 int ndshm_bcast_loan(ndshm_bcast_t *b, uint64_t nbytes, double timeout, ndshm_qmsg_t *msg) {
     if (b == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_loan: NULL argument");
     msg->state_ = 0;
@@ -476,14 +484,9 @@ int ndshm_bcast_loan(ndshm_bcast_t *b, uint64_t nbytes, double timeout, ndshm_qm
     int rc = ndshm__ring_check_desc(b->slot_bytes, "broadcast", nbytes, NULL, 0);
     if (rc) return rc;
     uint32_t part;
-    rc = part_acquire(b, &part);
-    if (rc) return rc;
     uint64_t pos;
-    rc = claim(b, timeout, part, &pos);
-    if (rc) {
-        part_release(b, part);
-        return rc;
-    }
+    rc = claim_slot(b, timeout, &part, &pos);
+    if (rc) return rc;
     ndshm__ring_msg_loaned(msg, (char *)slot_at(b, pos) + SLOT_HDR, b->slot_bytes, nbytes, pos, part);
     return 0;
 }
@@ -512,14 +515,9 @@ int ndshm_bcast_put(ndshm_bcast_t *b, const void *data, uint64_t nbytes, const c
     int rc = ndshm__ring_check_desc(b->slot_bytes, "broadcast", nbytes, typestr, ndim);
     if (rc) return rc;
     uint32_t part;
-    rc = part_acquire(b, &part);
-    if (rc) return rc;
     uint64_t pos;
-    rc = claim(b, timeout, part, &pos);
-    if (rc) {
-        part_release(b, part);
-        return rc;
-    }
+    rc = claim_slot(b, timeout, &part, &pos);
+    if (rc) return rc;
     bc_slot_t *s = slot_at(b, pos);
     if (nbytes) memcpy((char *)s + SLOT_HDR, data, nbytes);
     ndshm__ring_write_desc(&s->d, nbytes, typestr, ndim, shape);

@@ -454,6 +454,16 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
     }
 }
 
+/* A claim record and a position for a producer (loan, put); the record is given back if the
+ * claim fails. */
+static int claim_slot(ndshm_queue_t *q, double timeout, uint32_t *part, uint64_t *pos) {
+    int rc = part_acquire(q, part);
+    if (rc) return rc;
+    rc = claim_producer(q, timeout, *part, pos);
+    if (rc) part_release(q, *part);
+    return rc;
+}
+
 int ndshm_queue_loan(ndshm_queue_t *q, uint64_t nbytes, double timeout, ndshm_qmsg_t *msg) {
     if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_loan: NULL argument");
     msg->state_ = 0;
@@ -461,14 +471,9 @@ int ndshm_queue_loan(ndshm_queue_t *q, uint64_t nbytes, double timeout, ndshm_qm
     int rc = ndshm__ring_check_desc(q->slot_bytes, "queue", nbytes, NULL, 0);
     if (rc) return rc;
     uint32_t part;
-    rc = part_acquire(q, &part);
-    if (rc) return rc;
     uint64_t pos;
-    rc = claim_producer(q, timeout, part, &pos);
-    if (rc) {
-        part_release(q, part);
-        return rc;
-    }
+    rc = claim_slot(q, timeout, &part, &pos);
+    if (rc) return rc;
     ndshm__ring_msg_loaned(msg, (char *)slot_at(q, pos) + SLOT_HDR, q->slot_bytes, nbytes, pos, part);
     return 0;
 }
@@ -504,14 +509,9 @@ int ndshm_queue_put(ndshm_queue_t *q, const void *data, uint64_t nbytes, const c
     int rc = ndshm__ring_check_desc(q->slot_bytes, "queue", nbytes, typestr, ndim);
     if (rc) return rc;
     uint32_t part;
-    rc = part_acquire(q, &part);
-    if (rc) return rc;
     uint64_t pos;
-    rc = claim_producer(q, timeout, part, &pos);
-    if (rc) {
-        part_release(q, part);
-        return rc;
-    }
+    rc = claim_slot(q, timeout, &part, &pos);
+    if (rc) return rc;
     slot_hdr_t *s = slot_at(q, pos);
     if (nbytes) memcpy((char *)s + SLOT_HDR, data, nbytes);
     ndshm__ring_write_desc(&s->d, nbytes, typestr, ndim, shape);
