@@ -63,6 +63,29 @@ bool ndshm__ring_intent_alive(ndshm__ring_part_t *parts, unsigned n, uint64_t wa
     return false;
 }
 
+/* ---- messages ------------------------------------------------------------------------ */
+
+int ndshm__ring_check_desc(uint64_t slot_bytes, const char *ring, uint64_t nbytes, const char *typestr, uint32_t ndim) {
+    if (nbytes > slot_bytes)
+        return ndshm__fail(NDSHM_ETOOBIG, 0, "message of %llu bytes is larger than the %s's %llu-byte slots",
+                           (unsigned long long)nbytes, ring, (unsigned long long)slot_bytes);
+    if (ndim > NDSHM_MAXDIM) return ndshm__fail(NDSHM_EINVAL, 0, "message ndim %u exceeds %d", ndim, NDSHM_MAXDIM);
+    if (typestr != NULL && strnlen(typestr, NDSHM_TYPESTR_MAX) >= NDSHM_TYPESTR_MAX)
+        return ndshm__fail(NDSHM_EINVAL, 0, "message typestr is not NUL-terminated within %d bytes",
+                           NDSHM_TYPESTR_MAX);
+    return 0;
+}
+
+void ndshm__ring_write_desc(ndshm__ring_desc_t *d, uint64_t nbytes, const char *typestr, uint32_t ndim,
+                            const int64_t *shape) {
+    d->nbytes = nbytes;
+    d->ndim = ndim;
+    size_t n = typestr ? strnlen(typestr, NDSHM_TYPESTR_MAX - 1) : 0;
+    if (n) memcpy(d->typestr, typestr, n);
+    memset(d->typestr + n, 0, NDSHM_TYPESTR_MAX - n);
+    if (ndim) memcpy(d->shape, shape, ndim * sizeof *shape);
+}
+
 /* ---- geometry ------------------------------------------------------------------------ */
 
 int ndshm__ring_bytes(const ndshm__ring_kind_t *k, uint64_t slots, uint64_t slot_bytes, uint64_t *out) {

@@ -149,30 +149,15 @@ typedef struct ndshm__ring_desc {
 
 /* 0 if a message of `nbytes` fits the slots of `slot_bytes` of the ring `ring` ("queue",
  * "broadcast": the detail names it), has at most NDSHM_MAXDIM dimensions and a typestr (or
- * NULL) NUL-terminated within NDSHM_TYPESTR_MAX; else NDSHM_ETOOBIG or NDSHM_EINVAL. */
-static inline int ndshm__ring_check_desc(uint64_t slot_bytes, const char *ring, uint64_t nbytes, const char *typestr,
-                                         uint32_t ndim) {
-    if (nbytes > slot_bytes)
-        return ndshm__fail(NDSHM_ETOOBIG, 0, "message of %llu bytes is larger than the %s's %llu-byte slots",
-                           (unsigned long long)nbytes, ring, (unsigned long long)slot_bytes);
-    if (ndim > NDSHM_MAXDIM) return ndshm__fail(NDSHM_EINVAL, 0, "message ndim %u exceeds %d", ndim, NDSHM_MAXDIM);
-    if (typestr != NULL && strnlen(typestr, NDSHM_TYPESTR_MAX) >= NDSHM_TYPESTR_MAX)
-        return ndshm__fail(NDSHM_EINVAL, 0, "message typestr is not NUL-terminated within %d bytes",
-                           NDSHM_TYPESTR_MAX);
-    return 0;
-}
+ * NULL) NUL-terminated within NDSHM_TYPESTR_MAX; else NDSHM_ETOOBIG or NDSHM_EINVAL.
+ * (Out of line, like the next: inlined into put and publish they made loan+publish slower.) */
+NDSHM_HIDDEN int ndshm__ring_check_desc(uint64_t slot_bytes, const char *ring, uint64_t nbytes, const char *typestr,
+                                        uint32_t ndim);
 
-/* Writes a checked description (ndshm__ring_check_desc) into a slot header. */
-static inline void ndshm__ring_write_desc(ndshm__ring_desc_t *d, uint64_t nbytes, const char *typestr, uint32_t ndim,
-                                          const int64_t *shape) {
-    d->nbytes = nbytes;
-    d->ndim = ndim;
-    /* zero-padded: the whole field is a function of the typestr (bindings may compare it as words) */
-    size_t n = typestr ? strnlen(typestr, NDSHM_TYPESTR_MAX - 1) : 0;
-    if (n) memcpy(d->typestr, typestr, n);
-    memset(d->typestr + n, 0, NDSHM_TYPESTR_MAX - n);
-    if (ndim) memcpy(d->shape, shape, ndim * sizeof *shape);
-}
+/* Writes a checked description (ndshm__ring_check_desc) into a slot header, the typestr
+ * zero-padded: the whole field is a function of the typestr (bindings may compare it as words). */
+NDSHM_HIDDEN void ndshm__ring_write_desc(ndshm__ring_desc_t *d, uint64_t nbytes, const char *typestr, uint32_t ndim,
+                                         const int64_t *shape);
 
 /* Fills `msg` for a loan of position `pos` (claim record `part`): state 1, no description yet. */
 static inline void ndshm__ring_msg_loaned(ndshm_qmsg_t *msg, void *data, uint64_t capacity, uint64_t nbytes,
