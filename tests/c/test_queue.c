@@ -251,16 +251,31 @@ TEST(hostile_writer_cannot_pin_a_waiter) {
     RAW_QUEUE_OR_RETURN(q, mem, len, 4, 128);
     ring_view_t v = view_of(q);
     for (int32_t i = 0; i < 2; i++) CHECK_RC(ndshm_queue_put(q, &i, 4, "<i4", 0, NULL, 0), 0);
+    /* the puts below start only once the writer is rewriting tail: before that, a put on this
+     * ring (2 of 4 slots used) simply succeeds */
+    _Atomic int *started = shared_mem(sizeof *started);
+    CHECK(started != NULL);
+    if (started == NULL) return;
+    atomic_store(started, 0);
     pid_t pid = fork();
     if (pid == 0)
-        for (uint64_t k = 0;; k++) atomic_store(v.tail, (k & 1) ? 1 : (UINT64_MAX >> 2) - (k & 0xff) * 4);
+        for (uint64_t k = 0;; k++) {
+            atomic_store(v.tail, (k & 1) ? 1 : (UINT64_MAX >> 2) - (k & 0xff) * 4);
+            if (k == 1) atomic_store(started, 1);
+        }
+    double t0 = now_s();
+    while (!atomic_load(started) && now_s() - t0 < 10) usleep(100);
+    CHECK(atomic_load(started));
     for (int t = 0; t < 2; t++) {
         outcome_t o = bounded(q, OP_PUT, t ? 0.05 : 0, 2.0);
+        if (!(o.rc == NDSHM_ECORRUPT || o.rc == NDSHM_ETIMEDOUT || o.rc == NDSHM_EFULL))
+            fprintf(stderr, "  put with a hostile writer returned %d (%s)\n", o.rc, o.detail);
         CHECK(o.rc == NDSHM_ECORRUPT || o.rc == NDSHM_ETIMEDOUT || o.rc == NDSHM_EFULL);
         CHECK(o.dt >= 0 && o.dt < 1.0);
     }
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+    munmap((void *)started, sizeof *started);
     ndshm_queue_close(q);
     munmap(mem, len);
 }
