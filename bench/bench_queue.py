@@ -300,7 +300,7 @@ def _batch_consumer(kind: str, q: Any, batch: int, ctrl: Any) -> None:
         got = 0
         while True:
             items = q.get_many(batch) if kind == "ndshm" else q.get_many(max_messages_to_get=batch, timeout=TIMEOUT)
-            done = any(a[0] < 0 for a in items)
+            done = bool(items[-1][0] < 0)  # the stop message is the last one sent, so the last of its batch
             got += len(items) - done
             if done:
                 break

@@ -51,7 +51,7 @@ from ._messages import (
     _MAX_NBYTES, _MAXDIM, _PLANS, _TYPESTR_MAX, _W_NBYTES, _W_NDIM, _W_SHAPE0, _W_TYPESTR, _WORD_DESC, _describe,
     _dtype_of, _msg, _new_msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc,
 )
-from ._ring import _FOREVER, _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
+from ._ring import _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
 from ._slots import (
     _U1, SlotArray, _close_array, _ClosedSlot, _data_of, _escaped_loan, _getrefcount, _hold_past_block, _itemless_views,
     _received_views,
@@ -619,13 +619,15 @@ class Queue(_Ring):
         start, count = 0, len(arrs)
         isz = dt.itemsize
         while start < count:
-            if 0 <= t <= _SLICE:
+            # only the batch's first message waits (a timeout means none went in)
+            if t < 0:  # for ever, in slices: no closure made per batch
+                rc = _put_many(h, dptr, optr + start, count - start, ts, isz, _SLICE, done)
+                if rc == _ETIMEDOUT:
+                    continue
+            elif t <= _SLICE:
                 rc = _put_many(h, dptr, optr + start, count - start, ts, isz, t, done)
             else:
-                rc = _sliced(lambda s: _put_many(h, dptr, optr + start, count - start, ts, isz, s, done),
-                             _FOREVER if t < 0 else t)
-            if rc == _ETIMEDOUT and t < 0:
-                continue
+                rc = _sliced(lambda s: _put_many(h, dptr, optr + start, count - start, ts, isz, s, done), t)
             if rc:
                 raise self._error(rc, False, start + done[0], count, waited=t)
             start += done[0]
