@@ -91,11 +91,11 @@ class Channel:
 
     # subscriber side: a function returning (ts, seq) of the next frame, and the time it held it
     def receiver(self, k: int) -> Callable[[], Tuple[int, int, int]]:
-        if self.b is not None:
-            sub = self.b.subscribe()
-
+        # a Broadcast subscription and an ndshm Queue both read in place with receive()
+        src = self.b.subscribe() if self.b is not None else self.qs[k]
+        if self.b is not None or self.method.startswith("ndshm"):
             def recv() -> Tuple[int, int, int]:
-                with sub.receive(timeout=TIMEOUT) as v:
+                with src.receive(timeout=TIMEOUT) as v:
                     t = CLOCK()
                     st = v[:4].view(I8)
                     ts, seq = int(st[0]), int(st[1])
@@ -103,15 +103,6 @@ class Channel:
                 return ts, seq, t
             return recv
         q = self.qs[k]
-        if self.method.startswith("ndshm"):
-            def recv() -> Tuple[int, int, int]:
-                with q.receive(timeout=TIMEOUT) as v:
-                    t = CLOCK()
-                    st = v[:4].view(I8)
-                    ts, seq = int(st[0]), int(st[1])
-                    del st
-                return ts, seq, t
-            return recv
 
         def recv() -> Tuple[int, int, int]:
             a = q.get(timeout=TIMEOUT)

@@ -212,14 +212,8 @@ print("passed", flush=True)
             time.sleep(0.01)
         assert b.n_waiting == 1  # the child is inside wait()
         time.sleep(0.3)  # well asleep in the C call
-        t0 = time.monotonic()
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=10)
-        elapsed = time.monotonic() - t0
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        out, err, elapsed = _interrupt(child)
     assert out.strip() == "interrupted" and "KeyboardInterrupt" in err, (out, err)
     assert child.returncode != 0
     assert elapsed < 2, elapsed
@@ -229,6 +223,20 @@ print("passed", flush=True)
     with pytest.raises(ndshm.BrokenBarrierError):
         b.wait()
     assert time.monotonic() - t0 < 1
+
+
+def _interrupt(child: subprocess.Popen) -> tuple[str, str, float]:
+    """Ctrl-C the waiting child: its output, and how long it took to exit (killed if it did not)."""
+    t0 = time.monotonic()
+    try:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return out, err, time.monotonic() - t0
 
 
 @pytest.mark.parametrize("kind", ["lock", "event"])
@@ -250,14 +258,8 @@ except KeyboardInterrupt:
     try:
         assert child.stdout.readline().strip() == "waiting"
         time.sleep(0.5)  # inside the C call
-        t0 = time.monotonic()
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=10)
-        elapsed = time.monotonic() - t0
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        out, err, elapsed = _interrupt(child)
     assert out.strip() == "interrupted" and "KeyboardInterrupt" in err, (out, err)
     assert elapsed < 2, elapsed
     lock.release()

@@ -43,13 +43,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _dtype
-from ._errors import ClosedError, CorruptSegmentError, Empty, Full, Lagged, ShutDown, error_from_code
+from ._errors import ClosedError, Empty, Full, Lagged, ShutDown, error_from_code
 from ._lib import ffi, lib
-from ._messages import _PLANS, _describe, _msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc
+from ._messages import _PLANS, _msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc
 from ._ring import _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
 from ._slots import (
-    SlotArray, _close_array, _ClosedSlot, _data_of, _escaped_loan, _getrefcount, _hold_past_block, _itemless_views,
-    _received_views,
+    SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _escaped_loan, _getrefcount, _hold_past_block,
+    _itemless_views, _received_views,
 )
 
 __all__ = ["Broadcast", "Subscription"]
@@ -427,17 +427,7 @@ class Subscription:
         if rc:
             raise self._error(rc, t)
         try:
-            dt, shape = _describe(m, w, None)
-            out = np.empty(shape, dt)
-            try:
-                dst = ffi.from_buffer(out)
-            except (TypeError, ValueError, BufferError):
-                dst = ffi.cast(_VOIDP, out.__array_interface__["data"][0])
-        except Exception as e:
-            _release(h, m)
-            if isinstance(e, CorruptSegmentError):
-                raise
-            raise CorruptSegmentError(f"broadcast message cannot be made into an array: {e}") from None
+            out, dst = _copy_target(self._b, m, w, "broadcast")
         except BaseException:
             _release(h, m)
             raise

@@ -128,14 +128,11 @@ def keep(key: tuple[str, str], seg: "Segment", fresh: bool = True) -> None:
 
 def release(seg: "Segment") -> None:
     """Forget ``seg`` everywhere (it was closed, unlinked by its owner, or must die with its views)."""
-    global _kept_bytes
     key = seg._key
     if key is None:
         return
     with lock:
-        if kept.get(key) is seg:
-            del kept[key]
-            _kept_bytes -= seg._data_size
+        _unkeep(key, seg)
         ref = live.get(key)
         if ref is not None and ref() is seg:
             del live[key]
@@ -144,14 +141,19 @@ def release(seg: "Segment") -> None:
 def unkeep(seg: "Segment") -> None:
     """Stop keeping ``seg`` mapped past its views (it is owned here and must die with them, or
     its name was removed); later attaches still share it while it lives."""
-    global _kept_bytes
     key = seg._key
     if key is None:
         return
     with lock:
-        if kept.get(key) is seg:
-            del kept[key]
-            _kept_bytes -= seg._data_size
+        _unkeep(key, seg)
+
+
+def _unkeep(key: tuple[str, str], seg: "Segment") -> None:
+    """Drop ``seg`` from the kept mappings if it is the one kept under ``key`` (``lock`` held)."""
+    global _kept_bytes
+    if kept.get(key) is seg:
+        del kept[key]
+        _kept_bytes -= seg._data_size
 
 
 def _evict() -> None:

@@ -53,8 +53,8 @@ from ._messages import (
 )
 from ._ring import _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
 from ._slots import (
-    _U1, SlotArray, _close_array, _ClosedSlot, _data_of, _escaped_loan, _getrefcount, _hold_past_block, _itemless_views,
-    _received_views,
+    _U1, SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _escaped_loan, _getrefcount, _hold_past_block,
+    _itemless_views, _received_views,
 )
 
 if TYPE_CHECKING:
@@ -449,22 +449,12 @@ class Queue(_Ring):
                 return self._regot(m, w, None)
             raise self._error(rc, True, waited=t)
         try:
-            dt, shape = _describe(m, w, self._dtype)
-            out = np.empty(shape, dt)
-            try:
-                dst = ffi.from_buffer(out)
-            except (TypeError, ValueError, BufferError):  # dtypes without a buffer format (datetime64, ...)
-                dst = ffi.cast(_VOIDP, out.__array_interface__["data"][0])
-        except Exception as e:
-            _release(h, m)
-            if isinstance(e, CorruptSegmentError):
-                raise
-            raise CorruptSegmentError(f"queue message cannot be made into an array: {e}") from None
+            out, dst = _copy_target(self, m, w, "queue")
         except BaseException:
             _release(h, m)
             raise
         _release_copy(h, m, dst)
-        self._remember(shape, dt, out.nbytes)
+        self._remember(out.shape, out.dtype, out.nbytes)
         return out
 
     def _remember(self, shape: tuple[int, ...], dt: np.dtype[Any], nbytes: int) -> None:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["SlotArray"]
 
 _PYPY = sys.implementation.name == "pypy"
-_UPTR = ffi.typeof("uintptr_t")
+_UPTR, _VOIDP = ffi.typeof("uintptr_t"), ffi.typeof("void *")
 _U1 = np.dtype(np.uint8)
 _setstate = np.ndarray.__setstate__
 _EMPTY: Any = (1, (0,), _U1, False, b"")  # the state of a closed array: no element, no memory of the ring
@@ -184,6 +184,24 @@ def _received_views(ring: Any, m: Any, w: Any, what: str) -> tuple[SlotArray, Sl
         raise
     except Exception as e:
         raise CorruptSegmentError(f"{what} message cannot be viewed as an array: {e}") from None
+
+
+def _copy_target(ring: Any, m: Any, w: Any, what: str) -> tuple[np.ndarray, Any]:
+    """A fresh array for the message ``m`` (``w`` its words) just taken from ``ring``, and the
+    C pointer to copy the message into. A message no publisher could have written, or that NumPy
+    cannot make, is a :class:`CorruptSegmentError` naming ``what`` (the caller releases it)."""
+    try:
+        dt, shape = _describe(m, w, ring._dtype)
+        out = np.empty(shape, dt)
+        try:
+            dst = ffi.from_buffer(out)
+        except (TypeError, ValueError, BufferError):  # dtypes without a buffer format (datetime64, ...)
+            dst = ffi.cast(_VOIDP, out.__array_interface__["data"][0])
+    except CorruptSegmentError:
+        raise
+    except Exception as e:
+        raise CorruptSegmentError(f"{what} message cannot be made into an array: {e}") from None
+    return out, dst
 
 
 def _close_array(arr: Any, keep: Any, cls: type) -> None:
