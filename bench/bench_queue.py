@@ -74,9 +74,10 @@ class Channel:
         self.q.put(src)
 
     def _send_lr(self, src: np.ndarray, seq: int, ts: int) -> None:
+        # the two ints are written without binding a view of `out`, as _recv_receive reads them: a
+        # view alive at the end of the block would pin the slot (the slower, deferred path)
         with self.q.loan(src.shape, F4) as out:
-            stamp = out.view(I8)
-            stamp[0], stamp[1] = ts, seq
+            out.view(I8)[:2] = ts, seq
 
     # Every recv returns (seq, send stamp, receive stamp); the receive stamp is taken as soon as
     # the consumer holds the data.

@@ -48,7 +48,7 @@
 #include <string.h>
 
 #define BC_MAGIC 0x5453414344424e44ull /* "NDBDCAST" */
-#define BC_VERSION 1u
+#define BC_VERSION 2u /* 2: pinned slots */
 #define SLOT_HDR NDSHM__RING_SLOT_HDR
 #define ST_WRITING 1u
 #define ST_PUBLISHED 2u
@@ -431,6 +431,14 @@ static int claim(ndshm_bcast_t *b, double timeout, uint32_t part, uint64_t *out_
                 return full_or_timedout(b, timeout);
             continue;
         }
+        if (__builtin_expect(pos >= n && ndshm__ring_pinned(&s->d), 0)) { /* its last message is pinned */
+            int pin = ndshm__ring_pin_check(s, &s->d, ndshm__self_key(), pos & b->mask, "broadcast");
+            if (pin < 0) return pin;
+            if (pin == 0) continue;
+            if (timeout == 0 || ndshm__ring_wait(&w, &r->freed, &r->freed_waiters, seen) == ETIMEDOUT)
+                return full_or_timedout(b, timeout);
+            continue;
+        }
         if (b->policy == NDSHM_BCAST_BLOCK && pos >= n && !readers_done(b, pos - n, false)) {
             if (stuck_long(&stuck, pos) && readers_done(b, pos - n, true)) continue;
             if (timeout == 0 || ndshm__ring_wait(&w, &r->freed, &r->freed_waiters, seen) == ETIMEDOUT)
@@ -497,6 +505,22 @@ int ndshm_bcast_publish(ndshm_bcast_t *b, ndshm_qmsg_t *msg) {
     if (rc) return rc;
     finish(b, msg->pos_, msg->part_, ST_PUBLISHED);
     return 0;
+}
+
+int ndshm_bcast_pin(ndshm_bcast_t *b, ndshm_qmsg_t *msg) {
+    if (b == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_pin: NULL argument");
+    if (ndshm__ring_check_loaned(msg)) return NDSHM_EINVAL;
+    bc_slot_t *s = slot_at(b, msg->pos_);
+    ndshm__ring_pin(s, &s->d, ndshm__self_key());
+    return 0;
+}
+
+int ndshm_bcast_unpin(ndshm_bcast_t *b, uint64_t pos) {
+    if (b == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_unpin: NULL argument");
+    bc_slot_t *s = slot_at(b, pos);
+    int rc = ndshm__ring_unpin(s, &s->d, ndshm__self_key(), pos & b->mask);
+    if (rc == 0) ndshm__ring_wake(&b->r->freed, &b->r->freed_waiters);
+    return rc;
 }
 
 int ndshm_bcast_discard(ndshm_bcast_t *b, ndshm_qmsg_t *msg) {

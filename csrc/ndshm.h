@@ -414,6 +414,18 @@ NDSHM_API int ndshm_queue_loan(ndshm_queue_t *q, uint64_t nbytes, double timeout
  *  @return : 0, or NDSHM_EINVAL (not loaned, bad description, nbytes > capacity). */
 NDSHM_API int ndshm_queue_publish(ndshm_queue_t *q, ndshm_qmsg_t *msg);
 
+/*! ndshm_queue_pin() : pins the slot of a loaned message, which is then published or discarded
+ *  as usual: no producer reuses the slot (they wait as for a full queue) until
+ *  ndshm_queue_unpin(q, pos), with pos the message's msg->pos_, or until this process dies. For a
+ *  loan whose memory the publisher still references after the loan ends. A producer of this
+ *  process that needs the slot while it is still pinned gets NDSHM_EBUSY at once (it would wait
+ *  for ever). @return : 0, or NDSHM_EINVAL (not loaned). */
+NDSHM_API int ndshm_queue_pin(ndshm_queue_t *q, ndshm_qmsg_t *msg);
+
+/*! ndshm_queue_unpin() : ends the pin of ndshm_queue_pin() on the slot of position
+ *  `pos`. @return : 0, or NDSHM_EINVAL if this process does not pin that slot. */
+NDSHM_API int ndshm_queue_unpin(ndshm_queue_t *q, uint64_t pos);
+
 /*! ndshm_queue_discard() : returns a loaned slot unpublished (consumers skip it). */
 NDSHM_API int ndshm_queue_discard(ndshm_queue_t *q, ndshm_qmsg_t *msg);
 
@@ -628,6 +640,11 @@ NDSHM_API int ndshm_bcast_publish(ndshm_bcast_t *b, ndshm_qmsg_t *msg);
 NDSHM_API int ndshm_bcast_discard(ndshm_bcast_t *b, ndshm_qmsg_t *msg);
 NDSHM_API int ndshm_bcast_put(ndshm_bcast_t *b, const void *data, uint64_t nbytes, const char *typestr,
                               uint32_t ndim, const int64_t *shape, double timeout);
+
+/*! ndshm_bcast_pin() / ndshm_bcast_unpin() : as for the queue (publishers wait for a pinned slot
+ *  under either policy). */
+NDSHM_API int ndshm_bcast_pin(ndshm_bcast_t *b, ndshm_qmsg_t *msg);
+NDSHM_API int ndshm_bcast_unpin(ndshm_bcast_t *b, uint64_t pos);
 
 /*! ndshm_bcast_shutdown() : from any process; `immediate` also ends subscribers' reads at once.
  *  @return : 0, or NDSHM_EINVAL. */

@@ -40,7 +40,7 @@
 #include <string.h>
 
 #define RING_MAGIC 0x51554555534d444eull /* "NDMSQUEQ" */
-#define RING_VERSION 2u /* 2: shutdown bits in tail and head, producer records */
+#define RING_VERSION 3u /* 2: shutdown bits in tail and head, producer records; 3: pinned slots */
 #define SLOT_HDR NDSHM__RING_SLOT_HDR
 #define SKIP ((uint64_t)1 << 63)
 #define NPART NDSHM_QUEUE_PARTICIPANTS
@@ -429,6 +429,14 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
         uint64_t raw = atomic_load_explicit(&s->seq, memory_order_acquire);
         int64_t dif = (int64_t)((raw & ~SKIP) - pos);
         if (dif == 0) {
+            if (__builtin_expect(ndshm__ring_pinned(&s->d), 0)) { /* its last message is pinned */
+                int pin = ndshm__ring_pin_check(s, &s->d, ndshm__self_key(), pos & q->mask, "queue");
+                if (pin < 0) return pin;
+                if (pin == 0) continue;
+                if (timeout == 0 || ndshm__ring_wait(&w, &r->not_full, &r->nf_waiters, seen) == ETIMEDOUT)
+                    return full_or_timedout(q, timeout);
+                continue;
+            }
             atomic_store(&r->parts[part].intent, enc(pos, 0));
             if (atomic_compare_exchange_strong(&r->tail, &pos, pos + 1)) {
                 *out_pos = pos;
@@ -491,6 +499,22 @@ int ndshm_queue_publish(ndshm_queue_t *q, ndshm_qmsg_t *msg) {
     if (rc) return rc;
     finish_producer(q, msg->pos_, msg->part_, false);
     return 0;
+}
+
+int ndshm_queue_pin(ndshm_queue_t *q, ndshm_qmsg_t *msg) {
+    if (q == NULL || msg == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_pin: NULL argument");
+    if (ndshm__ring_check_loaned(msg)) return NDSHM_EINVAL;
+    slot_hdr_t *s = slot_at(q, msg->pos_);
+    ndshm__ring_pin(s, &s->d, ndshm__self_key());
+    return 0;
+}
+
+int ndshm_queue_unpin(ndshm_queue_t *q, uint64_t pos) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_unpin: NULL argument");
+    slot_hdr_t *s = slot_at(q, pos);
+    int rc = ndshm__ring_unpin(s, &s->d, ndshm__self_key(), pos & q->mask);
+    if (rc == 0) ndshm__ring_wake(&q->r->not_full, &q->r->nf_waiters);
+    return rc;
 }
 
 int ndshm_queue_discard(ndshm_queue_t *q, ndshm_qmsg_t *msg) {

@@ -86,6 +86,29 @@ void ndshm__ring_write_desc(ndshm__ring_desc_t *d, uint64_t nbytes, const char *
     if (ndim) memcpy(d->shape, shape, ndim * sizeof *shape);
 }
 
+/* ---- pins ---------------------------------------------------------------------------- */
+
+int ndshm__ring_pin_check(void *slot, ndshm__ring_desc_t *d, uint64_t me, uint64_t idx, const char *ring) {
+    uint64_t owner = atomic_load(ndshm__ring_pin_owner(slot));
+    if (owner == me)
+        return ndshm__fail(NDSHM_EBUSY, 0,
+                           "%s slot %llu is pinned by this process: an array of an earlier loan() into it is still "
+                           "referenced (a name, a view or an export of it); drop it or copy it (np.array(out))",
+                           ring, (unsigned long long)idx);
+    if (owner != 0 && ndshm__key_alive(owner)) return 1;
+    uint32_t one = 1;
+    __atomic_compare_exchange_n(&d->pinned, &one, 0u, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    return 0;
+}
+
+int ndshm__ring_unpin(void *slot, ndshm__ring_desc_t *d, uint64_t me, uint64_t idx) {
+    if (!ndshm__ring_pinned(d) || atomic_load(ndshm__ring_pin_owner(slot)) != me)
+        return ndshm__fail(NDSHM_EINVAL, 0, "slot %llu is not pinned by this process", (unsigned long long)idx);
+    atomic_store_explicit(ndshm__ring_pin_owner(slot), 0, memory_order_relaxed);
+    __atomic_store_n(&d->pinned, 0u, __ATOMIC_RELEASE);
+    return 0;
+}
+
 /* ---- geometry ------------------------------------------------------------------------ */
 
 int ndshm__ring_bytes(const ndshm__ring_kind_t *k, uint64_t slots, uint64_t slot_bytes, uint64_t *out) {

@@ -12,6 +12,9 @@
  *                shape): its checks, writing it at publish, reading it at take (never
  *                trusted), and the ndshm_qmsg_t states (loaned 1, taken 2).
  *
+ *   pins         a publisher that still references a loan's memory after publishing it pins
+ *                the slot: no publisher reuses the slot until it unpins or dies.
+ *
  *   geometry     the header fields both rings start with (magic, version, sizes), the ring's
  *                size, its initialisation and validation at open (never trusting the ring),
  *                pre-faulting, and the named segment that holds a ring.
@@ -142,7 +145,8 @@ NDSHM_HIDDEN bool ndshm__ring_intent_alive(ndshm__ring_part_t *parts, unsigned n
 /* A message's description, in each slot header right after the slot's 8-byte state word. */
 typedef struct ndshm__ring_desc {
     uint64_t nbytes;
-    uint32_t ndim, pad;
+    uint32_t ndim;
+    uint32_t pinned; /* 1 while the publisher pins the slot (see pins), on the state word's cache line */
     char typestr[NDSHM_TYPESTR_MAX]; /* zero-padded (bindings may compare it as words) */
     int64_t shape[NDSHM_MAXDIM];
 } ndshm__ring_desc_t;
@@ -219,6 +223,43 @@ static inline int ndshm__ring_msg_taken(ndshm_qmsg_t *msg, void *data, uint64_t 
     if (ndim) memcpy(msg->shape, shape, ndim * sizeof *shape);
     return 0;
 }
+
+/* ---- pins ---------------------------------------------------------------------------- */
+
+/* A published message whose loaned memory its publisher still references (a view or export
+ * kept past the loan) is pinned: desc.pinned = 1 and the pinner's process key in the word right
+ * after the descriptor (NDSHM__RING_PIN_OWNER bytes into the slot). A publisher that finds the
+ * slot it claims next pinned waits as for a full ring, until the pinner unpins it or dies; the
+ * consumers are not involved (they never read either word). */
+enum { NDSHM__RING_PIN_OWNER = 8 + sizeof(ndshm__ring_desc_t) };
+
+_Static_assert(NDSHM__RING_PIN_OWNER + 8 <= 320, "pin owner word outside the slot header");
+
+static inline _Atomic uint64_t *ndshm__ring_pin_owner(void *slot) {
+    return (_Atomic uint64_t *)((char *)slot + NDSHM__RING_PIN_OWNER);
+}
+
+/* Pins `slot` (its descriptor `d`) for `me`; called by the publisher before it marks the
+ * message published. */
+static inline void ndshm__ring_pin(void *slot, ndshm__ring_desc_t *d, uint64_t me) {
+    atomic_store_explicit(ndshm__ring_pin_owner(slot), me, memory_order_relaxed);
+    __atomic_store_n(&d->pinned, 1u, __ATOMIC_RELEASE);
+}
+
+/* true if the slot whose descriptor is `d` may be pinned (one load, on the state word's line). */
+static inline bool ndshm__ring_pinned(const ndshm__ring_desc_t *d) {
+    return __atomic_load_n(&d->pinned, __ATOMIC_ACQUIRE) != 0;
+}
+
+/* For a publisher that found `slot` pinned: 0 if it is no longer (its pinner died: the pin is
+ * cleared), 1 if a live process other than `me` pins it (wait), NDSHM_EBUSY naming slot `idx`
+ * of `ring` if `me` pins it itself (waiting would never end). */
+NDSHM_HIDDEN int ndshm__ring_pin_check(void *slot, ndshm__ring_desc_t *d, uint64_t me, uint64_t idx,
+                                       const char *ring);
+
+/* Unpins `slot` if `me` pins it: 0, or NDSHM_EINVAL naming slot `idx` if it is not pinned by
+ * `me` (the caller wakes publishers after a success). */
+NDSHM_HIDDEN int ndshm__ring_unpin(void *slot, ndshm__ring_desc_t *d, uint64_t me, uint64_t idx);
 
 /* ---- geometry ------------------------------------------------------------------------ */
 

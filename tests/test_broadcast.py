@@ -170,21 +170,25 @@ def test_receive_views(unique_name):
 
 
 @pytest.mark.skipif(PYPY, reason="reference counts: PyPy publishes whatever still refers to the array")
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
 @pytest.mark.parametrize("export", ["memoryview", "list", "alias"])
-def test_loan_with_an_escaped_reference_is_discarded(unique_name, export):
-    """An export of a loan() array kept after the block could change a message every subscriber
-    already has: the message is discarded (no subscriber sees it) and BufferError says why."""
-    with ndshm.Broadcast(unique_name, slots=2, slot_bytes=64) as b:
+def test_loan_with_a_reference_kept_past_the_block_is_published_and_pinned(unique_name, export, policy):
+    """As the queue's: an alias or export of a loan() array kept after the block does not stop the
+    message (every subscriber gets it); the array is left as it is and its slot pinned, under
+    either policy, until the reference is gone."""
+    with ndshm.Broadcast(unique_name, slots=2, slot_bytes=64, policy=policy) as b:
         s = b.subscribe()
-        with pytest.raises(BufferError, match=r"still referenced after its with block.*discarded, not published") as ei:
-            with b.loan((4,), np.int64) as out:
-                out[:] = 7
-                kept = {"memoryview": memoryview, "list": lambda a: [a], "alias": lambda a: a}[export](out)
-        assert b.name in str(ei.value)
-        with pytest.raises(ndshm.Empty):
-            s.get(timeout=0.05)
-        del kept
-        with b.loan((2,), np.int64) as out:  # the next loan is published as usual
+        with b.loan((4,), np.int64) as out:
+            out[:] = 7
+            kept = {"memoryview": memoryview, "list": lambda a: [a], "alias": lambda a: a}[export](out)
+        assert s.get(timeout=1).tolist() == [7] * 4
+        b.put(np.arange(2))
+        assert s.get(timeout=1).tolist() == [0, 1]
+        with pytest.raises(ndshm.BusyError, match=r"broadcast slot 0 is pinned by this process"):
+            b.put(np.arange(2), timeout=0)
+        assert out.tolist() == [7] * 4
+        del kept, out
+        with b.loan((2,), np.int64) as out:  # the pin is gone: published as usual
             tmp = memoryview(out)
             out[:] = 3
             del tmp

@@ -17,16 +17,16 @@ publishers for at most a liveness check (~20 ms) and is then forgotten. A publis
 ``loan`` leaves its message unpublished: every subscriber skips it and receives the next ones.
 
 The arrays of ``loan`` and ``receive`` blocks are :class:`~ndshm._slots.SlotArray` and follow the
-queue's rules (see :mod:`ndshm._queue`): after the block the array is closed (on CPython every use
-raises :class:`ClosedError`; on PyPy it is emptied), the ring stays mapped while anything made from
+queue's rules (see :mod:`ndshm._queue`): after the block an array nothing else refers to is closed
+(on CPython every use raises :class:`ClosedError`; on PyPy it is emptied), the ring stays mapped while anything made from
 it lives, and on CPython:
 
 - a view derived inside a ``receive`` block (``view[2:]``) or an export of it keeps the message held
   after the block; the subscription's next read then raises ``BufferError`` until those are gone (a
   held message would otherwise be overwritten under them);
-- a ``loan`` array still exported at the end of its block (a tensor, a memoryview, a list holding
-  it) could change the message after every subscriber got it, so the message is discarded and
-  ``BufferError`` raised.
+- a ``loan`` array with another name, an export or a derived view still alive at the end of its
+  block is published, and its slot pinned (no publisher reuses it, under either policy) until
+  they are gone.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from ._lib import ffi, lib
 from ._messages import _PLANS, _msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc
 from ._ring import _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
 from ._slots import (
-    SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _escaped_loan, _getrefcount, _hold_past_block,
-    _itemless_views, _received_views,
+    _OWN_REF, SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _getrefcount, _hold_past_block,
+    _itemless_views, _received_views, _when_gone,
 )
 
 __all__ = ["Broadcast", "Subscription"]
@@ -60,6 +60,7 @@ _PERSIST, _POPULATE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE
 _put, _loan, _publish, _discard = lib.ndshm_bcast_put, lib.ndshm_bcast_loan, lib.ndshm_bcast_publish, \
     lib.ndshm_bcast_discard
 _take, _release, _release_copy = lib.ndshm_bcast_take, lib.ndshm_bcast_release, lib.ndshm_bcast_release_copy
+_pin, _unpin = lib.ndshm_bcast_pin, lib.ndshm_bcast_unpin
 _MAX_SLOTS = lib.NDSHM_BCAST_MAX_SLOTS
 _MAX_NBYTES = sys.maxsize
 _POLICIES = {"block": lib.NDSHM_BCAST_BLOCK, "overwrite": lib.NDSHM_BCAST_OVERWRITE}
@@ -288,10 +289,12 @@ class Broadcast(_Ring):
 
 
 class _Loan:
-    __slots__ = ("_b", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr", "_slot")
+    __slots__ = ("_b", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr", "_slot", "_ra", "_ri")
     _msg: Optional[tuple[Any, ...]]  # the message (struct, words) while the block is open
     _arr: Any  # a SlotArray inside the block; closed (another class) after it
     _slot: Any  # the SlotArray arr is a view of, inside the block
+    _ra: int  # references to _arr and _slot at entry (see ndshm._slots)
+    _ri: int
 
     def __init__(self, b: Broadcast, shape: Any, dtype: Any, timeout: float) -> None:
         try:
@@ -337,6 +340,7 @@ class _Loan:
             _push_msg(mw)
             raise
         self._msg, self._arr, self._slot = mw, arr, inner
+        self._ra, self._ri = _getrefcount(arr), _getrefcount(inner) - _OWN_REF  # the baseline (ndshm._slots)
         return arr
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
@@ -345,18 +349,23 @@ class _Loan:
             raise RuntimeError("loan() context exited without being entered")
         arr, inner = self._arr, self._slot
         self._arr = self._slot = self._msg = None
-        h = self._b._handle
-        # CPython, as the queue's loan: an export of arr still alive (more than 3 references) could
-        # change the message after it reached the subscribers, so it is discarded
-        escaped = _getrefcount(arr) > 3
-        rc = _publish(h, mw[0]) if exc_type is None and not escaped else _discard(h, mw[0])
-        _close_array(arr, inner, _ClosedLoan)
-        del arr, inner
+        h, m = self._b._handle, mw[0]
+        # CPython, as the queue's loan: aliases or exports of arr, or views derived from it, still
+        # alive pin the slot until they are gone; arr is left untouched if it has any
+        escaped = _getrefcount(arr) > self._ra
+        pinned = escaped or _getrefcount(inner) > self._ri
+        if pinned:
+            _pin(h, m)
+        rc = _publish(h, m) if exc_type is None else _discard(h, m)
+        pos = m.pos_
         _push_msg(mw)
+        if not escaped:
+            _close_array(arr, self._b._rw, _ClosedLoan)  # keeps the ring mapped, not inner (PyPy: for its exports)
+        if pinned:
+            _when_gone(inner, _unpin, h, pos)  # 0, or EINVAL if the pin was taken back already
+        del arr, inner
         if rc:
             raise error_from_code(rc)
-        if escaped and exc_type is None:
-            raise _escaped_loan(f"broadcast {self._b.name!r}")
 
 
 class Subscription:
@@ -497,10 +506,12 @@ class Subscription:
 
 
 class _Receive:
-    __slots__ = ("_s", "_timeout", "_msg", "_arr", "_slot")
+    __slots__ = ("_s", "_timeout", "_msg", "_arr", "_slot", "_ra", "_ri")
     _msg: Optional[tuple[Any, ...]]  # the message (struct, words) while the block is open
     _arr: Any  # a SlotArray inside the block; closed (another class) after it
     _slot: Any  # the SlotArray arr is a view of, inside the block
+    _ra: int  # references to _arr and _slot at entry (see ndshm._slots)
+    _ri: int
 
     def __init__(self, s: Subscription, timeout: float) -> None:
         self._s, self._timeout, self._arr, self._msg = s, timeout, None, None
@@ -525,6 +536,7 @@ class _Receive:
             _push_msg(mw)
             raise
         self._msg, self._slot, self._arr = mw, inner, arr
+        self._ra, self._ri = _getrefcount(arr), _getrefcount(inner) - _OWN_REF  # the baseline (ndshm._slots)
         s._held = mw  # until released: no other read, and close() waits for it
         return arr
 
@@ -537,10 +549,10 @@ class _Receive:
         self._arr = self._slot = self._msg = None
         s = self._s
         ro = s._b._ro
-        # CPython, as the queue's receive (see ndshm._slots): exports of arr or views derived from
-        # it kept beyond the block keep the message until they are gone
-        exported = _getrefcount(arr) > 3
-        if exported or _getrefcount(inner) > 3:
+        # CPython, as the queue's receive (see ndshm._slots): aliases or exports of arr, or views
+        # derived from it, kept beyond the block keep the message until they are gone
+        exported = _getrefcount(arr) > self._ra
+        if exported or _getrefcount(inner) > self._ri:
             _hold_past_block(arr, exported, ro, _ClosedReceive, inner, _release_later, weakref.ref(s), s._h, mw)
             return
         _close_array(arr, ro, _ClosedReceive)

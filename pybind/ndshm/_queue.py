@@ -10,20 +10,22 @@ only inside the block. The rules:
 - Nothing made from it can crash the process: views derived from it and what exports it
   (memoryview, ``__array_interface__`` users, DLPack, ``torch.from_numpy``/``as_tensor``/
   ``from_dlpack``, ctypes) keep the ring mapped for as long as they live, on CPython and PyPy.
-- After the block the array itself is closed: on CPython every use of it (attributes, indexing,
-  ufuncs, NumPy functions) raises :class:`ClosedError` saying to copy inside the block; it holds no
-  element, so even C-level readers see nothing of the ring.
+- After the block the array itself is closed if nothing but the ``with`` target refers to it: on
+  CPython every use of it (attributes, indexing, ufuncs, NumPy functions) raises
+  :class:`ClosedError` saying to copy inside the block; it holds no element, so even C-level
+  readers see nothing of the ring. An array with another name or an export is never changed
+  (see :mod:`ndshm._slots` for how the counts are taken).
 - CPython, ``receive``: a view or export still alive at the end of the block keeps the slot (its
   message stays valid) until the last of them dies; producers meanwhile use the other slots, and a
   full queue says how many slots such views hold. An export of the array itself (a tensor, a
   memoryview, a list holding it) keeps the slot until the export *and* the block's ``as`` name are
   gone; a view derived from it (``view[2:]``, ``view.reshape(...)``) only until the view dies.
-- CPython, ``loan``: an export of the array still alive at the end of the block (a tensor, a
-  memoryview, a list holding it) could change the message after it is published, so the message
-  is discarded and :class:`BufferError` raised (copy what you keep, or drop the reference inside
-  the block). A block that raises discards quietly. Views derived from the array (``out[0]``,
-  ``out.view(np.int64)``) are not counted: binding one inside the block is common and harmless,
-  but writing through it after the block changes a published message (or a later one).
+- CPython, ``loan``: the message is sent when the block ends normally (discarded if it raises). If
+  the array then has another name (OpenCV's returned ``dst=``), an export (a tensor, a memoryview,
+  a list holding it) or a derived view (``out.view(np.int64)``), its slot is pinned: no producer
+  in any process writes there until they are all gone (or this process dies); a producer of this
+  process that comes round to it gets :class:`BusyError` at once. Writing through them changes
+  the sent message.
 - These counts assume the ``as`` name stays bound for the whole block: a block that deletes it and
   keeps exactly one export of the array is taken for a plain block (the export stays safe to read,
   but reads what the slot holds next).
@@ -53,8 +55,8 @@ from ._messages import (
 )
 from ._ring import _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
 from ._slots import (
-    _U1, SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _escaped_loan, _getrefcount, _hold_past_block,
-    _itemless_views, _received_views,
+    _OWN_REF, _U1, SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _getrefcount, _hold_past_block,
+    _itemless_views, _received_views, _when_gone,
 )
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ _put, _take, _release, _release_copy = lib.ndshm_queue_put, lib.ndshm_queue_take
 _loan, _publish, _discard = lib.ndshm_queue_loan, lib.ndshm_queue_publish, lib.ndshm_queue_discard
 _put_many, _get_many, _size = lib.ndshm_queue_put_many, lib.ndshm_queue_get_many, lib.ndshm_queue_size
 _close, _take_copy = lib.ndshm_queue_close, lib.ndshm_queue_take_copy
+_pin, _unpin = lib.ndshm_queue_pin, lib.ndshm_queue_unpin
 _ETOOBIG = lib.NDSHM_ETOOBIG
 _MAX_SLOTS = lib.NDSHM_QUEUE_MAX_SLOTS
 
@@ -130,10 +133,12 @@ def _release_later(handle: Any, mw: _MsgWords, key: tuple[Optional[str], str]) -
 
 
 class _Receive:
-    __slots__ = ("_q", "_timeout", "_msg", "_arr", "_slot")
+    __slots__ = ("_q", "_timeout", "_msg", "_arr", "_slot", "_ra", "_ri")
     _msg: Optional[_MsgWords]
     _arr: Any  # a SlotArray inside the block; closed (another class) after it
     _slot: Any  # the SlotArray arr is a view of, inside the block
+    _ra: int  # references to _arr and _slot at entry (see ndshm._slots)
+    _ri: int
 
     def __init__(self, q: "Queue", timeout: float) -> None:
         self._q, self._timeout, self._arr, self._msg = q, timeout, None, None
@@ -160,6 +165,7 @@ class _Receive:
             _push_msg(mw)
             raise
         self._msg, self._slot, self._arr = mw, inner, arr
+        self._ra, self._ri = _getrefcount(arr), _getrefcount(inner) - _OWN_REF  # the baseline (ndshm._slots)
         return arr
 
     def __exit__(self, *exc: object) -> None:
@@ -169,25 +175,27 @@ class _Receive:
         arr, inner = self._arr, self._slot
         self._arr = self._slot = self._msg = None
         q = self._q
-        # CPython (see ndshm._slots): more than 3 references to arr are exports of it, to inner views
-        # derived from it. Kept beyond the block, the slot stays taken (its content valid) until the
-        # last user dies: exports hold arr and so inner; derived views hold inner only.
-        exported = _getrefcount(arr) > 3
-        if exported or _getrefcount(inner) > 3:
+        # CPython (see ndshm._slots): arr has the with target instead of self._arr, inner lost
+        # self._slot; more are aliases or exports of arr, or views derived from it. Kept beyond
+        # the block, they keep the slot taken (its content valid) until the last of them dies.
+        exported = _getrefcount(arr) > self._ra
+        if exported or _getrefcount(inner) > self._ri:
             key = (q.dir, q.name)
             _PINNED[key] = _PINNED.get(key, 0) + 1
             _hold_past_block(arr, exported, q._ro, _ClosedReceive, inner, _release_later, q._handle, mw, key)
             return
-        _close_array(arr, q._ro, _ClosedReceive)  # what arr exported still points into the ring: keep it mapped
+        _close_array(arr, q._ro, _ClosedReceive)  # nothing exports arr: it can be closed
         _release(q._handle, mw[0])
         _push_msg(mw)
 
 
 class _Loan:
-    __slots__ = ("_q", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr", "_slot")
+    __slots__ = ("_q", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr", "_slot", "_ra", "_ri")
     _msg: Optional[_MsgWords]
     _arr: Any  # a SlotArray inside the block; closed (another class) after it
     _slot: Any  # the SlotArray arr is a view of, inside the block
+    _ra: int  # references to _arr and _slot at entry (see ndshm._slots)
+    _ri: int
 
     def __init__(self, q: "Queue", shape: Any, dtype: Any, timeout: float) -> None:
         if dtype is None:
@@ -248,6 +256,7 @@ class _Loan:
             _push_msg(mw)
             raise
         self._msg, self._arr, self._slot = mw, arr, inner
+        self._ra, self._ri = _getrefcount(arr), _getrefcount(inner) - _OWN_REF  # the baseline (ndshm._slots)
         return arr
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
@@ -256,20 +265,27 @@ class _Loan:
             raise RuntimeError("loan() context exited without being entered")
         arr, inner = self._arr, self._slot
         self._arr = self._slot = self._msg = None
-        h = self._q._handle
-        # CPython: references to arr beyond ours, getrefcount's and the with target's are exports
-        # of the array itself (a tensor, a memoryview, a list) that could still change the message
-        # after it is published: discard it. Views derived from arr hold inner and are not counted
-        # (binding one, as in `stamp = out.view(np.int64)`, is common and dies with its frame).
-        escaped = _getrefcount(arr) > 3
+        q = self._q
+        h, m = q._handle, mw[0]
+        # CPython (see ndshm._slots): more references to arr than at entry are aliases or exports
+        # of it (a second name such as OpenCV's returned dst=, a tensor, a memoryview), more to
+        # inner views derived from it. Either way the slot is pinned until they are all gone, so
+        # no later message is written under them; arr itself is left untouched if it has any.
+        escaped = _getrefcount(arr) > self._ra
+        pinned = escaped or _getrefcount(inner) > self._ri
+        if pinned:
+            _pin(h, m)
         # publish first (the hand-off does not wait for the closing), then close the array
-        rc = _publish(h, mw[0]) if exc_type is None and not escaped else _discard(h, mw[0])
-        _close_array(arr, inner, _ClosedLoan)
+        rc = _publish(h, m) if exc_type is None else _discard(h, m)
+        pos = m.pos_
         _push_msg(mw)
+        if not escaped:
+            _close_array(arr, q._rw, _ClosedLoan)  # keeps the ring mapped, not inner (PyPy: for its exports)
+        if pinned:
+            q._loaned[pos & q._mask] = None  # this inner must die for the pin to end
+            _when_gone(inner, _unpin, h, pos)  # 0, or EINVAL if the pin was taken back already
         if rc:
             raise error_from_code(rc)
-        if escaped and exc_type is None:
-            raise _escaped_loan(f"queue {self._q.name!r}")
 
 
 class Queue(_Ring):
@@ -485,8 +501,8 @@ class Queue(_Ring):
     def loan(self, shape: Any = None, dtype: Any = None, timeout: Optional[float] = None) -> _Loan:
         """``with q.loan(shape, dtype) as out:`` fill ``out`` in place (zero copy); it is published
         on a normal exit and discarded if the block raises. ``out`` is closed after the block
-        (:class:`ClosedError` on use); on CPython an export of it still alive then (a tensor, a
-        memoryview) discards the message with :class:`BufferError` (see the module docstring)."""
+        (:class:`ClosedError` on use) unless something else still refers to it; on CPython a name,
+        export or view of it still alive then pins its slot (see the module docstring)."""
         self._live()
         return _Loan(self, shape, dtype, _timeout(True, timeout))
 

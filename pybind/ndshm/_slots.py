@@ -1,21 +1,25 @@
 """Arrays over ring slots: the :class:`SlotArray` of ``loan``/``receive`` blocks, and how a block ends.
 
 The queue and the broadcast hand out the same kind of array and end their blocks by the same rules
-(see :mod:`ndshm._queue`): the array is closed after the block, the ring stays mapped while anything
-made from it lives, and on CPython reference counts tell what outlives the block. This module holds
-those arrays and the steps both rings take; each ring supplies its own C calls and wording.
+(see :mod:`ndshm._queue`); each ring supplies its own C calls and wording.
 
-CPython reference counts at the end of a block, as both rings read them in ``__exit__``: beyond the
-ring's own local and ``sys.getrefcount``'s argument, the block's array ``arr`` has one reference (the
-``with`` target) and ``inner`` one (``arr``'s base). More on ``arr`` are exports of it (a tensor, a
-memoryview, a list holding it); more on ``inner`` are views derived from ``arr``.
+What outlives a block is decided from CPython reference counts (``sys.getrefcount``, a documented
+function) against a baseline each block takes at its entry, never against fixed numbers: at the end
+of the block the array ``arr`` has the references it had at entry (the ring's own, then the ``with``
+target) plus one per alias or export of it (a second name, a list, a memoryview, a DLPack capsule, a
+tensor, a ctypes pointer); ``inner`` (``arr``'s base) has one more than at entry per view derived
+from ``arr``. An array with aliases or exports is never changed in any way (no ``__setstate__``, no
+``__class__`` assignment): its slot is kept (a received message stays taken, a loaned slot is
+published or discarded but pinned, so no producer reuses it) until ``inner`` dies, which happens
+only when the array and everything made from it are gone. Only an array that nothing but the
+``with`` target refers to is closed in place (emptied, and :class:`ClosedError` on every use).
+PyPy has no reference counts: there the block's slot goes back when the block ends.
 """
 
 from __future__ import annotations
 
 import builtins
 import sys
-import weakref
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
 import numpy as np
@@ -35,6 +39,7 @@ _U1 = np.dtype(np.uint8)
 _setstate = np.ndarray.__setstate__
 _EMPTY: Any = (1, (0,), _U1, False, b"")  # the state of a closed array: no element, no memory of the ring
 _getrefcount = sys.getrefcount if not _PYPY else (lambda obj: 0)  # PyPy has no reference counts
+_OWN_REF = 0 if _PYPY else 1  # a block's own reference to its inner array, gone by the count at its end
 _NUMPY1 = np.lib.NumpyVersion(np.__version__) < "2.0.0"
 # A closed array changes class to raise ClosedError. PyPy's cpyext crashes in NumPy's ufunc
 # dispatch on an ndarray whose class was reassigned, so there a closed array is only emptied.
@@ -78,6 +83,14 @@ class SlotArray(_SlotBase):
 
     def __reduce__(self) -> Any:  # pickles as a plain ndarray
         return np.asarray(self).__reduce__()
+
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview:
+            """Buffer exports (PEP 688: memoryview, bytes, ffi.from_buffer) go through a plain
+            view of this array, which the export keeps: the format and shape it points to belong
+            to that view, so closing this array at the end of its block never frees them (NumPy
+            2.5 frees an array's buffer information when it is emptied in place)."""
+            return memoryview(self.view(np.ndarray))
 
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
         """DLPack export. A read-only view (``receive``) where NumPy cannot flag one read-only
@@ -205,32 +218,42 @@ def _copy_target(ring: Any, m: Any, w: Any, what: str) -> tuple[np.ndarray, Any]
 
 
 def _close_array(arr: Any, keep: Any, cls: type) -> None:
-    """Close the array (a SlotArray) of an ended block: no element, ``keep`` (the ring's buffer, or
-    the inner array) kept for what it exported, and on CPython every further use raising
-    :class:`ClosedError` (``cls``: the ring's closed class)."""
+    """Close the array (a SlotArray) of an ended block, which nothing but the block's ``with``
+    target refers to (so nothing exports it): no element, ``keep`` (the ring's buffer, or the inner
+    array) kept, and on CPython every further use raising :class:`ClosedError` (``cls``: the ring's
+    closed class)."""
     _setstate(arr, _EMPTY)
     arr._keep = keep
     if _SEAL:
         arr.__class__ = cls
 
 
+class _WhenGone:
+    """``fn(*args)`` when this object dies. Kept in the ``_keep`` slot of a block's inner array, it
+    runs when the last view or export of that array is gone (CPython frees an object when its
+    last reference goes). Cheaper than weakref.finalize or a weak reference with a callback on
+    the hot loan path: bench_queue's loan+receive row binds a derived view in every block."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.fn, self.args = fn, args
+
+    def __del__(self) -> None:
+        self.fn(*self.args)
+
+
+def _when_gone(inner: Any, fn: Callable[..., object], *args: Any) -> None:
+    """Call ``fn(*args)`` once ``inner`` (a block's inner SlotArray) is gone."""
+    inner._keep = _WhenGone(fn, args)
+
+
 def _hold_past_block(arr: Any, exported: bool, keep: Any, cls: type, inner: Any,
                      release: Callable[..., object], *args: Any) -> None:
-    """CPython: a received ``arr`` or its views outlive the block, so its message stays held until
-    ``inner`` (which every one of them keeps) dies, then ``release(*args)`` runs. An ``arr`` that
-    was ``exported`` keeps its data and base for its exports; otherwise it is emptied. Either way
-    its own use raises :class:`ClosedError`."""
+    """CPython: a received ``arr`` or views derived from it outlive the block, so its message
+    stays taken until ``inner`` (which every one of them keeps) dies, then ``release(*args)``
+    runs. An ``arr`` that has aliases or exports (``exported``) is left exactly as it is: it stays
+    a valid view of the message it holds. Otherwise it is closed."""
     if not exported:
-        _setstate(arr, _EMPTY)
-        arr._keep = keep
-    arr.__class__ = cls  # CPython only: PyPy has no counts that lead here
-    weakref.finalize(inner, release, *args)
-
-
-def _escaped_loan(what: str) -> BufferError:
-    """The error of a loan whose array is still referenced after its block (``what``: the ring)."""
-    return BufferError(f"loan() array of {what} is still referenced after its with block (by a tensor, a memoryview, "
-                       "a list or another export of it), so it could change after publishing: the message was "
-                       "discarded, not published. Copy what you keep (np.array(out)) or drop the reference inside "
-                       "the block")
-
+        _close_array(arr, keep, cls)
+    _when_gone(inner, release, *args)

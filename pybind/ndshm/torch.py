@@ -103,7 +103,7 @@ def loan(q: Queue, shape: Any = None, dtype: Any = None, timeout: Optional[float
     npdt = None if dtype is None else _np_dtype(dtype)
     with q.loan(shape, npdt, timeout) as out:
         # a plain ndarray on the same memory: the tensor is not an export of `out` (which would
-        # discard the message), and it is emptied below before the message is published
+        # pin its slot), and it is emptied below before the message is published
         arr = np.ndarray(out.shape, out.dtype, q._rw, out.__array_interface__["data"][0] - q.ring_address)
         t = _from_numpy(arr)
         del arr

@@ -447,6 +447,44 @@ TEST(many_publishers_many_subscribers) {
     ndshm_bcast_close(b);
 }
 
+/* A pinned slot is never reused, under either policy: the pinning process is told at once,
+ * another waits as for a full ring, and the pin ends with unpin or with the pinner's death. */
+static void pinned_under(int policy) {
+    RAW_OR_RETURN(b, mem, 2, 64, policy);
+    ndshm_qmsg_t m;
+    CHECK_RC(ndshm_bcast_loan(b, 8, 0, &m), 0);
+    uint64_t pos = m.pos_;
+    CHECK_RC(ndshm_bcast_pin(b, &m), 0);
+    memcpy(m.typestr, "<i8", 4);
+    m.ndim = 1, m.shape[0] = 1;
+    CHECK_RC(ndshm_bcast_publish(b, &m), 0);
+    CHECK_RC(put_i64(b, 2, 0), 0); /* the other slot */
+    CHECK_RC(put_i64(b, 3, 0), NDSHM_EBUSY);
+    CHECK_DETAIL("broadcast slot 0 is pinned by this process");
+    pid_t pid = fork();
+    if (pid == 0) _exit(put_i64(b, 3, 0) == NDSHM_EFULL && put_i64(b, 3, 0.05) == NDSHM_ETIMEDOUT ? 0 : 1);
+    CHECK(child_status(pid, 10) == 0);
+    CHECK_RC(ndshm_bcast_unpin(b, pos + 1), NDSHM_EINVAL);
+    CHECK_RC(ndshm_bcast_unpin(b, pos), 0);
+    CHECK_RC(put_i64(b, 3, 0), 0);
+    pid = fork();
+    if (pid == 0) { /* a pinner that dies */
+        ndshm_qmsg_t c;
+        if (ndshm_bcast_loan(b, 8, 0, &c) || ndshm_bcast_pin(b, &c)) _exit(1);
+        memcpy(c.typestr, "<i8", 4);
+        c.ndim = 1, c.shape[0] = 1;
+        _exit(ndshm_bcast_publish(b, &c) ? 1 : 0);
+    }
+    CHECK(child_status(pid, 10) == 0);
+    for (int i = 0; i < 4; i++) CHECK_RC(put_i64(b, 10 + i, 0), 0);
+    ndshm_bcast_close(b);
+}
+
+TEST(pinned_slot_is_not_reused) {
+    pinned_under(NDSHM_BCAST_BLOCK);
+    pinned_under(NDSHM_BCAST_OVERWRITE);
+}
+
 int main(void) {
     RUN(geometry_and_bad_arguments);
     RUN(order_and_late_subscriber);
@@ -461,5 +499,6 @@ int main(void) {
     RUN(corrupt_ring_never_spins);
     RUN(named_segment);
     RUN(many_publishers_many_subscribers);
+    RUN(pinned_slot_is_not_reused);
     return SUMMARY();
 }

@@ -1072,6 +1072,63 @@ TEST(take_copy_fits_or_stays_taken) {
     munmap(mem, len);
 }
 
+/* A pinned slot (a loan whose memory the publisher still references) is never reused: the pinning
+ * process is told at once, another process waits as for a full queue, and the pin ends with
+ * unpin or with the pinner's death. */
+TEST(pinned_slot_is_not_reused) {
+    RAW_QUEUE_OR_RETURN(q, mem, len, 2, 64);
+    int64_t shape = 2;
+    int32_t v[2] = {1, 2};
+    ndshm_qmsg_t m, t;
+    CHECK_RC(ndshm_queue_loan(q, 8, 0, &m), 0);
+    uint64_t pos = m.pos_;
+    CHECK_RC(ndshm_queue_pin(q, &m), 0);
+    m.ndim = 1, m.shape[0] = 2;
+    strcpy(m.typestr, "<i4");
+    CHECK_RC(ndshm_queue_publish(q, &m), 0);
+    CHECK_RC(ndshm_queue_pin(q, &m), NDSHM_EINVAL); /* no longer loaned */
+    CHECK_RC(ndshm_queue_take(q, 0, &t), 0);
+    CHECK_RC(ndshm_queue_release(q, &t), 0);
+    CHECK_RC(ndshm_queue_put(q, v, 8, "<i4", 1, &shape, 0), 0); /* the other slot */
+    CHECK_RC(ndshm_queue_take(q, 0, &t), 0);
+    CHECK_RC(ndshm_queue_release(q, &t), 0);
+    CHECK_RC(ndshm_queue_put(q, v, 8, "<i4", 1, &shape, 0), NDSHM_EBUSY); /* our own pin */
+    CHECK_DETAIL("queue slot 0 is pinned by this process");
+    pid_t pid = fork();
+    if (pid == 0) { /* another process waits for the pin, as for a full queue */
+        int rc = ndshm_queue_put(q, v, 8, "<i4", 1, &shape, 0);
+        int rc2 = ndshm_queue_put(q, v, 8, "<i4", 1, &shape, 0.05);
+        _exit(rc == NDSHM_EFULL && rc2 == NDSHM_ETIMEDOUT ? 0 : 1);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK_RC(ndshm_queue_unpin(q, pos + 1), NDSHM_EINVAL); /* not pinned */
+    CHECK_RC(ndshm_queue_unpin(q, pos), 0);
+    CHECK_RC(ndshm_queue_unpin(q, pos), NDSHM_EINVAL);
+    CHECK_RC(ndshm_queue_put(q, v, 8, "<i4", 1, &shape, 0), 0);
+    CHECK_RC(ndshm_queue_take(q, 0, &t), 0);
+    CHECK_RC(ndshm_queue_release(q, &t), 0);
+    /* a pinner that dies keeps nothing: its pin is cleared by the next producer */
+    pid = fork();
+    if (pid == 0) {
+        ndshm_qmsg_t c;
+        if (ndshm_queue_loan(q, 8, 0, &c) || ndshm_queue_pin(q, &c)) _exit(1);
+        c.ndim = 1, c.shape[0] = 2;
+        strcpy(c.typestr, "<i4");
+        _exit(ndshm_queue_publish(q, &c) ? 1 : 0);
+    }
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    for (int i = 0; i < 4; i++) { /* every slot, the dead pinner's included */
+        CHECK_RC(ndshm_queue_take(q, 0, &t), 0);
+        CHECK_RC(ndshm_queue_release(q, &t), 0);
+        CHECK_RC(ndshm_queue_put(q, v, 8, "<i4", 1, &shape, 0), 0);
+    }
+    ndshm_queue_close(q);
+    munmap(mem, len);
+}
+
 int main(void) {
     RUN(geometry_and_errors);
     RUN(put_take_descriptors);
@@ -1093,5 +1150,6 @@ int main(void) {
     RUN(unregister_is_the_end_of_a_producer);
     RUN(hostile_shutdown_bits);
     RUN(take_copy_fits_or_stays_taken);
+    RUN(pinned_slot_is_not_reused);
     return SUMMARY();
 }
