@@ -169,7 +169,9 @@ int ndshm__ring_hdr_open(const ndshm__ring_kind_t *k, void *mem, uint64_t bytes,
                            k->name);
     uint32_t version = h->version;
     if (version != k->version)
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "%s version %u is not %u", k->ring, version, k->version);
+        return ndshm__fail(NDSHM_ECORRUPT, 0,
+                           "%s version %u is not %u: another version of ndshm made it; recreate it with this one",
+                           k->ring, version, k->version);
     uint64_t slots = h->slots, slot_bytes = h->slot_bytes, need; /* read once: another process may write */
     if (ndshm__ring_bytes(k, slots, slot_bytes, &need) != 0)
         return ndshm__fail(NDSHM_ECORRUPT, 0, "%s geometry is corrupt: slots %llu, slot_bytes %llu", k->ring,
