@@ -250,12 +250,36 @@ def test_receiver_refuses_a_reference_from_another_node():
 
     import ndshm.dask
     arr = ndshm.create(None, (3,), np.int64, owner="views")
-    header, frames = ndshm.dask.serialize_shared_array(arr, context={"recipient": {"ndshm-node": ndshm.node_identity()}})
+    here = {"recipient": {"ndshm-node": ndshm.dask._node_key()}}
+    header, frames = ndshm.dask.serialize_shared_array(arr, context=here)
     assert header["ndshm"] == "reference"
     ref = pickle.loads(frames[0])
     forged = [pickle.dumps(ref._replace(node="elsewhere/1/2"))]
-    with pytest.raises(ndshm.WrongNodeError):
+    # not an OSError (Dask would retry it as a network failure for ever): names the segment and both nodes
+    with pytest.raises(ndshm.dask.UnreachableReferenceError, match=ref.name) as info:
         ndshm.dask.deserialize_shared_array(header, forged)
+    assert not isinstance(info.value, OSError)
+    assert "elsewhere/1/2" in str(info.value) and ndshm.node_identity() in str(info.value)
+    # the same node identity but another segment directory's file system (its own tmpfs) is another node
+    assert ndshm.dask.serialize_shared_array(arr, context={"recipient": {"ndshm-node": ndshm.node_identity()}})[0][
+        "ndshm"] == "value"
+    # an object pickled whole: by value to another node (and to disk), a reference to this node
+    import types
+
+    from distributed.protocol.serialize import deserialize, serialize
+    wrapped = types.SimpleNamespace(x=arr)
+    header, frames = serialize(wrapped, serializers=("pickle",), context={"recipient": {"ndshm-node": "other"}})
+    back = deserialize(header, frames)
+    assert type(back.x) is np.ndarray and back.x.tolist() == [0, 0, 0]
+    header, frames = serialize(wrapped, serializers=("pickle",), context=here)
+    assert header["ndshm"] == "references"
+    back = deserialize(header, frames)
+    assert ndshm.segment_of(back.x).name == ndshm.segment_of(arr).name
+    # a reference pickled whole that cannot be mapped here fails clearly too (a forged node identity)
+    node = ndshm.node_identity().encode()
+    stream = pickle.dumps(wrapped, protocol=5).replace(node, b"x" * len(node))
+    with pytest.raises(ndshm.dask.UnreachableReferenceError, match=ndshm.segment_of(arr).name):
+        deserialize({"serializer": "pickle", "writeable": ()}, [stream])
     # an unknown recipient (no ndshm in its handshake) gets the data
     header, frames = ndshm.dask.serialize_shared_array(arr, context={"recipient": {"address": "tcp://x"}})
     assert header["ndshm"] == "value"

@@ -83,14 +83,16 @@ class Replica:
         return f"<ndshm.Replica {self.name!r} {self.dtype} {self.shape} on {self.nodes} node(s)>"
 
 
-def replicate(arr: Any, engine: Any, *, name: Optional[str] = None) -> Replica:
-    """Copy ``arr`` to every node of ``engine`` once: ``engine`` is a ``distributed.Client``
-    (``ndshm.dask.replicate``) or the ``ray`` module (``ndshm.ray.replicate``). Returns the
+def replicate(arr: Any, engine: Any, *, name: Optional[str] = None, include_client: bool = False) -> Replica:
+    """Copy ``arr`` once to every node of ``engine`` that runs workers: ``engine`` is a
+    ``distributed.Client`` (``ndshm.dask.replicate``) or the ``ray`` module
+    (``ndshm.ray.replicate``; the driver's node is a Ray node). ``include_client``: the calling
+    process's node gets a copy too even where no worker runs (Dask). Returns the
     :class:`Replica` tasks attach by name."""
     cls = type(engine)
     if cls.__module__.startswith("distributed") and cls.__name__ == "Client":
         from . import dask as nd_dask
-        return nd_dask.replicate(engine, arr, name=name)
+        return nd_dask.replicate(engine, arr, name=name, include_client=include_client)
     if getattr(engine, "__name__", None) == "ray":
         from . import ray as nd_ray
         return nd_ray.replicate(arr, name=name)

@@ -34,8 +34,15 @@ without leaks, when Dask releases it; receivers keep their mappings as long as t
 
 from __future__ import annotations
 
+import fcntl
+import importlib
+import io
+import os
 import pickle
+import struct
 import sys
+import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -47,7 +54,9 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol.numpy import deserialize_numpy_ndarray, serialize_numpy_ndarray
 from distributed.protocol.serialize import dask_deserialize, dask_serialize
 
-from . import _segment
+from . import _ownership, _segment
+from ._errors import SegmentNotFoundError
+from ._lib import lib
 from ._reference import Reference, from_reference, node_identity, reference
 
 if TYPE_CHECKING:
@@ -55,7 +64,7 @@ if TYPE_CHECKING:
 
     from ._replicate import Replica
 
-__all__ = ["install", "NdshmPlugin", "scatter", "empty", "share", "stats", "replicate"]
+__all__ = ["install", "NdshmPlugin", "scatter", "empty", "share", "stats", "replicate", "UnreachableReferenceError"]
 
 HANDSHAKE_KEY = "ndshm-node"
 _writeable = False
@@ -103,7 +112,7 @@ def _patch_handshake() -> None:
         # A scheduler forwards what it is sent (client.scatter without direct=True) to workers
         # that may be on other nodes: it announces no node, so it is sent data, not references.
         if not _is_scheduler_end(self):
-            info[HANDSHAKE_KEY] = node_identity()
+            info[HANDSHAKE_KEY] = _node_key()
         return info
 
     handshake_info._ndshm = True  # type: ignore[attr-defined]
@@ -116,13 +125,43 @@ _patch_handshake()
 
 # ---- the serializer ---------------------------------------------------------------------------
 
+_key_cache: list[str] = []
+
+
+def _node_key() -> str:
+    """What a peer must share with this process to be sent references: the node identity and the
+    file system of the default segment directory (two processes of one boot with their own tmpfs
+    mounted at ``/dev/shm`` are two nodes for shared memory)."""
+    if not _key_cache:
+        try:
+            st = os.stat(_segment.default_dir())
+            fs = f"{st.st_dev}:{st.st_ino}"
+        except OSError:
+            fs = "?"
+        _key_cache.append(f"{node_identity()}|{fs}")
+    return _key_cache[0]
+
+
 def _same_node(context: Optional[dict[str, Any]]) -> bool:
     if not context:
         return False  # the spill path, or a caller that does not say where the data goes
     recipient = context.get("recipient")
     if not isinstance(recipient, dict):
         return False
-    return recipient.get(HANDSHAKE_KEY) == node_identity()
+    return recipient.get(HANDSHAKE_KEY) == _node_key()
+
+
+class UnreachableReferenceError(RuntimeError):
+    """A reference to a shared array reached a Dask process that cannot map it (another node, or
+    the segment is gone). Deliberately not an ``OSError``: Dask treats those as network failures
+    and retries the transfer for ever; this one fails the task that needed the data, with a
+    message naming the segment and both nodes."""
+
+
+def _unreachable(err: BaseException) -> UnreachableReferenceError:
+    return UnreachableReferenceError(f"{err} (receiving Dask process {os.getpid()} on node "
+                                     f"{node_identity()!r}; ndshm.dask sends arrays by value to other nodes, "
+                                     "so this reference came in a way the sender could not tell apart)")
 
 
 @dask_serialize.register(_segment.SharedArray)  # type: ignore[untyped-decorator, no-untyped-call]
@@ -152,17 +191,280 @@ def deserialize_shared_array(header: dict[str, Any], frames: list[Any]) -> NDArr
         ref = pickle.loads(bytes(frames[0]))
         if not isinstance(ref, Reference):
             raise TypeError(f"an ndshm.dask reference frame holds a {type(ref).__name__}, not an ndshm.Reference")
+        try:
+            got = from_reference(ref, readonly=True if ref.readonly else not _writeable)
+        except SegmentNotFoundError as e:  # WrongNodeError too: an OSError would be retried for ever
+            raise _unreachable(e) from None
         _counts["received_by_reference"] += 1
-        return from_reference(ref, readonly=True if ref.readonly else not _writeable)
+        if ref.name.startswith(NODE_PREFIX):
+            if ref.handover:
+                _node_own(_segment._owner(got))
+            _hold(got)
+        return got
     arr: NDArray[Any] = deserialize_numpy_ndarray(header, frames)
     return arr
 
 
 def _sizeof_shared_array(x: NDArray[Any]) -> int:
     seg = _segment._owner(x)
-    if isinstance(seg, _segment.Segment) and not (seg._creator or seg._owner == "received"):
-        return 100  # a mapping of memory another process owns
+    if isinstance(seg, _segment.Segment):
+        h = _holds.get((seg._dev, seg._ino)) if seg._path is not None else None
+        if h is not None:  # node-owned: the holder that accounts for it counts the bytes
+            return int(x.nbytes) + 100 if h.accountant else 100
+        if not (seg._creator or seg._owner == "received"):
+            return 100  # a mapping of memory another process owns
     return int(x.nbytes) + 100
+
+
+# ---- objects pickled whole: by value to other nodes, a clear error if a reference slips through --
+
+_SEGMENT_MODULE = b"ndshm._segment"
+_dask_ser = importlib.import_module("distributed.protocol.serialize")  # the module, not its function
+_orig_pickle_dumps, _orig_pickle_loads, _ = _dask_ser.families["pickle"]
+_orig_pickle_dumps = getattr(_orig_pickle_dumps, "_ndshm_orig", _orig_pickle_dumps)
+_orig_pickle_loads = getattr(_orig_pickle_loads, "_ndshm_orig", _orig_pickle_loads)
+
+
+def _by_value_pickler() -> type:
+    import cloudpickle  # type: ignore[import-untyped]
+
+    class ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
+        """Pickles every SharedArray by value (for a recipient on another node, or the disk)."""
+
+        def __init__(self, file: Any, protocol: int, **kwargs: Any) -> None:
+            super().__init__(file, protocol=protocol, **kwargs)
+            self.ndshm_protocol = protocol
+
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, _segment.SharedArray):
+                _counts["by_value"] += 1
+                return np.asarray(obj).__reduce_ex__(self.ndshm_protocol)
+            return super().reducer_override(obj)
+
+    return ByValuePickler
+
+
+_pickler_cls: list[type] = []
+
+
+def _pickle_dumps(x: Any, context: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], list[Any]]:
+    """Dask's pickle family, except that an object holding ndshm references (a SharedArray inside
+    an object Dask pickles whole) is pickled again by value unless the recipient is on this node."""
+    header, frames = _orig_pickle_dumps(x, context=context)
+    if _SEGMENT_MODULE not in frames[0]:
+        return header, frames
+    if _same_node(context):
+        header["ndshm"] = "references"  # the receiver registers its holds on node-owned arrays
+        return header, frames
+    if not _pickler_cls:
+        _pickler_cls.append(_by_value_pickler())
+    protocol = (context.get("pickle-protocol") if context else None) or pickle.HIGHEST_PROTOCOL
+    out: list[Any] = [None]
+    writeable: list[bool] = []
+
+    def buffer_callback(b: Any) -> None:
+        mv = memoryview(b)
+        out.append(mv)
+        writeable.append(not mv.readonly)
+
+    f = io.BytesIO()
+    _pickler_cls[0](f, protocol, buffer_callback=buffer_callback if protocol >= 5 else None).dump(x)
+    out[0] = f.getvalue()
+    return {"serializer": "pickle", "writeable": tuple(writeable)}, out
+
+
+def _rebuild_and_hold(*args: Any) -> Any:
+    arr = _segment._rebuild(*args)
+    _counts["received_by_reference"] += 1
+    if isinstance(args[0], str) and args[0].startswith(NODE_PREFIX):
+        _hold(arr)
+    return arr
+
+
+class _HoldingUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "ndshm._segment" and name == "_rebuild":
+            return _rebuild_and_hold
+        return super().find_class(module, name)
+
+
+def _pickle_loads(header: dict[str, Any], frames: list[Any]) -> Any:
+    """Dask's pickle family's loads; a reference that cannot be mapped here fails with
+    UnreachableReferenceError (not an OSError, which Dask would retry as a network failure)."""
+    try:
+        if header.get("ndshm") != "references":
+            return _orig_pickle_loads(header, frames)
+        buffers = [memoryview(bytearray(b)) if w and memoryview(b).readonly else memoryview(b)
+                   for b, w in zip(frames[1:], header["writeable"])]
+        return _HoldingUnpickler(io.BytesIO(frames[0]), buffers=buffers).load()
+    except SegmentNotFoundError as e:
+        raise _unreachable(e) from None
+
+
+_pickle_dumps._ndshm_orig = _orig_pickle_dumps  # type: ignore[attr-defined]
+_pickle_loads._ndshm_orig = _orig_pickle_loads  # type: ignore[attr-defined]
+_dask_ser.register_serialization_family("pickle", _pickle_dumps, _pickle_loads)
+
+
+# ---- node-owned arrays: the name lives while any process of the node holds one ---------------------
+#
+# Dask's Active Memory Manager drops whichever replica it likes (ReduceReplicas), retires the
+# worker that made an array (RetireWorker) and moves keys around (rebalance). So an array made by
+# empty() belongs to no process but to the node: every process holding a node-owned array (the
+# maker, every receiver by reference) holds a shared OFD lock on byte 0 of the segment's file for
+# as long as its array lives; the name goes when the last holder lets go (it tries an exclusive
+# lock: success means nobody holds it) or, if every holder was killed, by ndshm's sweep (the
+# segment is not persistent and then nobody maps it). Exactly one holder accounts for the bytes
+# in Dask (dask.sizeof and the worker's managed memory): the one holding the exclusive OFD lock
+# on byte 1; when it lets go (or dies), another holder takes it over within a second.
+
+NODE_PREFIX = "dask-"
+_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
+_SETLKW = getattr(fcntl, "F_OFD_SETLKW", None)
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux (64-bit off_t)
+_holds_lock = threading.Lock()
+
+
+class _Hold:
+    __slots__ = ("path", "fd", "roots", "accountant")
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.roots: set[int] = set()
+        self.accountant = False
+
+
+_holds: dict[tuple[int, int], _Hold] = {}
+
+
+def _lock_byte(fd: int, kind: int, byte: int, wait: bool = False) -> bool:
+    cmd = _SETLKW if wait else _SETLK
+    assert cmd is not None
+    try:
+        fcntl.fcntl(fd, cmd, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
+def _same_file(path: str, key: tuple[int, int], fd: Optional[int] = None) -> bool:
+    try:
+        st = os.fstat(fd) if fd is not None else os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == key
+
+
+def _open_hold(path: str, key: tuple[int, int]) -> Optional[int]:
+    """A descriptor of the segment's file holding the shared holder lock, or None if the name no
+    longer leads to it (the last holder removed it meanwhile)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if _same_file(path, key, fd) and _lock_byte(fd, fcntl.F_RDLCK, 0, wait=True) and _same_file(path, key):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _root(arr: NDArray[Any]) -> NDArray[Any]:
+    root = arr
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    return root
+
+
+def _hold(arr: NDArray[Any], accountant: bool = True) -> bool:
+    """Hold ``arr``'s node-owned segment while ``arr`` (or any view of it) lives in this process;
+    ``accountant``: count its bytes here if no other holder does. False if it cannot be held."""
+    seg = _segment._owner(arr)
+    if _SETLK is None or not isinstance(seg, _segment.Segment) or seg._path is None or seg._kind != "named":
+        return False
+    key = (seg._dev, seg._ino)
+    root = _root(arr)
+    with _holds_lock:
+        h = _holds.get(key)
+        if h is None:
+            fd = _open_hold(seg._path, key)
+            if fd is None:
+                return False
+            h = _holds[key] = _Hold(seg._path, fd)
+        if id(root) in h.roots:
+            return True
+        h.roots.add(id(root))
+        if accountant and not h.accountant:
+            h.accountant = _lock_byte(h.fd, fcntl.F_WRLCK, 1)
+    weakref.finalize(root, _unhold, key, id(root))
+    return True
+
+
+def _adopt(h: _Hold) -> bool:
+    """Become the accountant of a held segment if no live holder is (it let go, or died)."""
+    with _holds_lock:
+        if not h.accountant and _holds.get(_key_of(h)) is h:
+            h.accountant = _lock_byte(h.fd, fcntl.F_WRLCK, 1)
+        return h.accountant
+
+
+def _key_of(h: _Hold) -> tuple[int, int]:
+    st = os.fstat(h.fd)
+    return (st.st_dev, st.st_ino)
+
+
+def _unhold(key: tuple[int, int], root_id: int) -> None:
+    with _holds_lock:
+        h = _holds.get(key)
+        if h is None or root_id not in h.roots:
+            return
+        h.roots.discard(root_id)
+        if h.roots:
+            return
+        del _holds[key]
+        os.close(h.fd)  # lets go of both locks
+    try:
+        fd = os.open(h.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        if _same_file(h.path, key, fd) and _lock_byte(fd, fcntl.F_WRLCK, 0):
+            # nobody holds it any more: the name goes (newcomers wait on this lock, then see it gone)
+            if _same_file(h.path, key):
+                os.unlink(h.path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _node_own(seg: Any) -> None:
+    """Make ``seg`` (just created, or just claimed from a hand-over) owned by no process: its name
+    then lives while a holder holds it (see above), and ndshm's sweep reclaims it if every holder
+    was killed."""
+    was = seg._owner
+    _ownership.disown(seg)
+    with _ownership._lock:
+        _ownership._received.pop(id(seg), None)
+    if was in ("creator", "received") and not seg._readonly:
+        lib.ndshm_lock_release(_ownership._owner_area(seg))
+    seg._owner = None
+
+
+def _new_name() -> str:
+    import uuid
+    return NODE_PREFIX + uuid.uuid4().hex[:24]
+
+
+def holders_info() -> dict[str, dict[str, Any]]:
+    """The node-owned segments this process holds: name -> {"arrays": live arrays holding it,
+    "accountant": whether this process counts its bytes}. For tests and diagnostics."""
+    with _holds_lock:
+        return {os.path.basename(h.path).split(".", 1)[-1]: {"arrays": len(h.roots), "accountant": h.accountant}
+                for h in _holds.values()}
 
 
 _dask_sizeof.sizeof.register(_segment.SharedArray)(_sizeof_shared_array)  # type: ignore[no-untyped-call]
@@ -175,18 +477,73 @@ def stats() -> dict[str, int]:
 
 # ---- installing it in every process --------------------------------------------------------
 
+def _fast_value(worker: Any, key: Any) -> Any:
+    """The value of ``key`` in the worker's memory (None if spilled or absent: never unspills)."""
+    data = worker.data
+    fast = getattr(data, "fast", data)
+    try:
+        return fast[key] if key in fast else None
+    except Exception:
+        return None
+
+
+def _fix_nbytes(worker: Any, key: Any, value: Any) -> None:
+    """Make the worker's managed memory for ``key`` what ``dask.sizeof`` says of a shared array
+    (the scheduler tells a worker fetching a key its producer's size: every by-reference replica
+    would count the whole array again)."""
+    state = getattr(worker, "state", None)
+    if state is None:
+        return
+    ts = state.tasks.get(key)
+    if ts is None or ts.state != "memory" or not isinstance(value, _segment.SharedArray):
+        return
+    nbytes = _sizeof_shared_array(value)
+    if ts.nbytes != nbytes:
+        state.nbytes += nbytes - (ts.nbytes or 0)
+        ts.nbytes = nbytes
+
+
 class NdshmPlugin(WorkerPlugin):
-    """Registers ndshm's serializer in a worker (unpickling this plugin imports ndshm.dask)."""
+    """Registers ndshm's serializer in a worker (unpickling this plugin imports ndshm.dask), keeps
+    the worker's managed memory honest for shared arrays, and takes over the accounting of a
+    node-owned array whose accounting holder let go of it (checked every ``interval`` seconds)."""
 
     idempotent = False
     name = "ndshm"
+    interval = 0.5
 
     def __init__(self, writeable: bool = False) -> None:
         self.writeable = bool(writeable)
+        self.worker: Any = None
 
     def setup(self, worker: Any) -> None:
         global _writeable
         _writeable = self.writeable
+        self.worker = worker
+        from tornado.ioloop import PeriodicCallback
+        pc = PeriodicCallback(self.adopt, self.interval * 1000)
+        worker.periodic_callbacks["ndshm-accounting"] = pc
+        pc.start()
+
+    def teardown(self, worker: Any) -> None:
+        pc = worker.periodic_callbacks.pop("ndshm-accounting", None)
+        if pc is not None:
+            pc.stop()
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if finish == "memory" and self.worker is not None:
+            _fix_nbytes(self.worker, key, _fast_value(self.worker, key))
+
+    def adopt(self) -> None:
+        """Take over the accounting of held node-owned arrays nobody accounts for any more."""
+        with _holds_lock:
+            idle = [h for h in _holds.values() if not h.accountant]
+        if not idle or not any(_adopt(h) for h in idle) or self.worker is None:
+            return
+        data = self.worker.data
+        fast = getattr(data, "fast", data)
+        for key in list(fast.keys()):
+            _fix_nbytes(self.worker, key, _fast_value(self.worker, key))
 
 
 def install(client: Any, *, writeable: bool = False) -> None:
@@ -203,7 +560,11 @@ def install(client: Any, *, writeable: bool = False) -> None:
 
 
 def dask_setup(worker: Any) -> None:
-    """The preload hook (``--preload ndshm.dask``): importing this module registered everything."""
+    """The preload hook (``--preload ndshm.dask``): importing this module registered the
+    serializers; this adds :class:`NdshmPlugin` to the worker."""
+    plugin = NdshmPlugin(writeable=_writeable)
+    worker.plugins[plugin.name] = plugin
+    plugin.setup(worker)
 
 
 # ---- putting data into shared memory -----------------------------------------------------------
@@ -217,19 +578,27 @@ def _in_named_segment(arr: object) -> TypeGuard[NDArray[Any]]:
     return isinstance(seg, _segment.Segment) and seg.kind == "named" and not seg.closed
 
 
-def empty(shape: Any, dtype: Any = float, *, owner: str = "views", dir: Optional[str] = None) -> NDArray[Any]:
-    """A new shared array (uninitialised: zeroed) for a task to fill and return. Its name lives
-    while this process holds it (``owner="views"``): Dask holding the result keeps it; releasing it
-    frees it (receivers keep their mappings)."""
-    return _segment.create(None, shape, dtype, owner=owner, dir=dir)
+def empty(shape: Any, dtype: Any = float, *, owner: str = "node", dir: Optional[str] = None) -> NDArray[Any]:
+    """A new shared array (zeroed) for a task to fill and return. ``owner="node"`` (the default):
+    its name lives while any process of this node holds it (this one, or a worker that received
+    it by reference), so Dask's Active Memory Manager may drop or move any replica; it goes with
+    the last holder, and this process accounts for its bytes until then (another holder takes the
+    accounting over when it lets go). Other values are ``ndshm.create``'s owners."""
+    if owner != "node":
+        return _segment.create(None, shape, dtype, owner=owner, dir=dir)
+    arr = _segment.create(_new_name(), shape, dtype, owner="creator", dir=dir)
+    _node_own(_segment._owner(arr))
+    _hold(arr)
+    return arr
 
 
-def share(arr: Any, *, owner: str = "views", dir: Optional[str] = None) -> NDArray[Any]:
-    """``arr`` in shared memory: itself if it lies in a live named segment, else a copy in a new one."""
+def share(arr: Any, *, owner: str = "node", dir: Optional[str] = None) -> NDArray[Any]:
+    """``arr`` in shared memory: itself if it lies in a live named segment, else a copy in a new one
+    made as :func:`empty` makes them."""
     if _in_named_segment(arr):
         return arr
     src = np.asarray(arr)
-    out = _segment.create(None, src.shape, src.dtype, owner=owner, dir=dir)
+    out = empty(src.shape, src.dtype, owner=owner, dir=dir)
     out[...] = src
     return out
 
@@ -244,8 +613,10 @@ def scatter(client: Any, data: Any, *, workers: Any = None, broadcast: bool = Fa
     go by value). Returns the Future. On a worker of another node the data arrives by value."""
     if _in_named_segment(data):
         shared = data
-    else:
-        shared = share(data, owner="receiver", dir=dir)
+    else:  # handed to the first receiver, which makes it node-owned (see empty)
+        src = np.asarray(data)
+        shared = _segment.create(_new_name(), src.shape, src.dtype, owner="receiver", dir=dir)
+        shared[...] = src
     return client.scatter(shared, workers=workers, broadcast=broadcast, direct=True if direct is None else direct,
                           hash=False)
 
@@ -256,7 +627,7 @@ _held: dict[str, _segment.Segment] = {}  # replica name -> the Segment this proc
 
 
 def _node_of_worker() -> str:
-    return node_identity()
+    return _node_key()
 
 
 def _write_replica(name: str, data: NDArray[Any]) -> bool:
@@ -275,10 +646,12 @@ def _drop_replica(name: str) -> bool:
     return True
 
 
-def replicate(client: Any, arr: Any, *, name: Optional[str] = None) -> Replica:
-    """``arr`` copied once to every node of ``client``'s cluster (see ``ndshm.replicate``): on this
-    node into a segment this process owns, on every other node by a by-value scatter to one of
-    its workers, which writes the node's segment. Tasks call ``replica.array()``."""
+def replicate(client: Any, arr: Any, *, name: Optional[str] = None, include_client: bool = False) -> Replica:
+    """``arr`` copied once to every node of ``client``'s cluster that runs a worker (see
+    ``ndshm.replicate``): on this node (if a worker runs here) into a segment this process owns,
+    on every other node by a by-value scatter to one of its workers, which writes the node's
+    segment. ``include_client``: this node gets a copy even if no worker runs here. Tasks call
+    ``replica.array()``."""
     import uuid
 
     from ._replicate import Replica
@@ -286,15 +659,19 @@ def replicate(client: Any, arr: Any, *, name: Optional[str] = None) -> Replica:
     if src.dtype.hasobject:
         raise TypeError(f"dtype {src.dtype} holds Python objects: it cannot live in shared memory")
     name = name or f"replica-{uuid.uuid4().hex[:20]}"
+    if not isinstance(include_client, (bool, np.bool_)):
+        raise TypeError(f"include_client={include_client!r} is not a bool")
     nodes = client.run(_node_of_worker)
-    here = node_identity()
+    here = _node_key()
     by_node: dict[str, str] = {}
     for addr, node in sorted(nodes.items()):
         by_node.setdefault(node, addr)
-    seg = _segment.Segment.create(name, src.shape, src.dtype)
+    local = here in by_node or bool(include_client)
+    seg = _segment.Segment.create(name, src.shape, src.dtype) if local else None
     done: list[str] = []
     try:
-        seg.asarray()[...] = src
+        if seg is not None:
+            seg.asarray()[...] = src
         for node, addr in by_node.items():
             if node == here:
                 continue
@@ -303,15 +680,18 @@ def replicate(client: Any, arr: Any, *, name: Optional[str] = None) -> Replica:
             done.append(addr)
             del fut
     except BaseException:
-        seg.close()
+        if seg is not None:
+            seg.close()
         if done:
             client.run(_drop_replica, name, workers=done)
         raise
     holders = list(done)
 
     def release() -> None:
-        seg.close()
+        if seg is not None:
+            seg.close()
         if holders:
             client.run(_drop_replica, name, workers=holders)
 
-    return Replica(name, src.shape, src.dtype, len(by_node) if here in by_node else len(by_node) + 1, release)
+    return Replica(name, src.shape, src.dtype, len(by_node) if here in by_node or not local else len(by_node) + 1,
+                   release)

@@ -1,0 +1,186 @@
+"""ndshm.dask under Dask's Active Memory Manager (on, as by default) and its policies: replica
+reduction, retirement of the owner's worker and rebalancing (issue 18, item 1). After each, a task
+on the node still gets a zero-copy SharedArray, the segment's file lives while any worker holds the
+key and goes when none does, and the node's workers count the array's bytes in their managed
+memory exactly once."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+import ndshm
+from conftest import collect
+from optional_deps import require
+
+N = 2_000_000  # float32: 8 MB
+NBYTES = N * 4
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    require("distributed", "Dask AMM test")
+    import dask
+    import ndshm.dask
+    from distributed import Client, LocalCluster
+    with dask.config.set({"distributed.scheduler.active-memory-manager.start": True,
+                          "distributed.scheduler.active-memory-manager.interval": "100ms",
+                          # rebalance by managed memory, whatever the processes' sizes
+                          "distributed.worker.memory.rebalance.measure": "managed",
+                          "distributed.worker.memory.rebalance.sender-min": 0.0,
+                          "distributed.worker.memory.rebalance.recipient-max": 1.0,
+                          "distributed.worker.memory.rebalance.sender-recipient-gap": 0.0}):
+        cl = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None,
+                          worker_dashboard_address=None)
+    client = Client(cl)
+    ndshm.dask.install(client)
+    try:
+        yield client, cl
+    finally:
+        client.close()
+        cl.close()
+        from ndshm import _mappings
+        collect()
+        _mappings.drop_removed(force=True)
+        collect()
+
+
+def _make(n: int, value: float) -> np.ndarray:
+    import ndshm.dask
+    out = ndshm.dask.empty((n,), np.float32)
+    out[...] = value
+    return out
+
+
+def _where(x: np.ndarray) -> dict:
+    try:
+        seg = ndshm.segment_of(x)
+    except ValueError:
+        seg = None
+    return {"type": type(x).__name__, "segment": seg.name if seg else None, "pid": os.getpid(),
+            "sum": float(x.sum(dtype=np.float64))}
+
+
+def _managed(dask_worker, key) -> "int | None":
+    """This worker's managed memory for ``key`` (None if it does not hold it in memory); -1 if
+    ``dask.sizeof`` of its value says otherwise."""
+    import dask.sizeof
+    ts = dask_worker.state.tasks.get(key)
+    if ts is None or ts.state != "memory":
+        return None
+    return ts.nbytes if dask.sizeof.sizeof(dask_worker.data.fast[key]) == ts.nbytes else -1
+
+
+def _wait(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what() if callable(what) else what}")
+        time.sleep(0.05)
+
+
+def _workers(client) -> list:
+    return sorted(client.scheduler_info()["workers"])
+
+
+def _holders(client, fut) -> list:
+    return sorted(client.who_has([fut])[fut.key])
+
+
+def _counted_once(client, fut) -> dict:
+    """Wait until the node's workers count the array's bytes once in their managed memory."""
+    seen: list = []
+
+    def check():
+        held = {w: n for w, n in client.run(_managed, key=fut.key).items() if n is not None}
+        seen[:] = [held]
+        counts = sorted(held.values())
+        ok = counts and counts[-1] == NBYTES + 100 and all(n == 100 for n in counts[:-1])
+        return held if ok else None
+    return _wait(check, 5, lambda: f"one worker accounting for the array's {NBYTES} bytes, the others 100 bytes "
+                 f"(managed memory per worker, -1 where dask.sizeof differs: {seen})")
+
+
+def _segment_path(name: str) -> str:
+    return os.path.join(ndshm._segment.default_dir(), "ndshm." + name)
+
+
+def _check_on_node(client, fut, path: str, name: str, value: float) -> None:
+    """Every worker of the node, and the client, get the array zero copy (a SharedArray in the
+    very segment), and the file lives."""
+    assert os.path.exists(path)
+    for w in _workers(client):
+        got = client.submit(_where, fut, workers=[w], pure=False).result(timeout=30)
+        assert got["type"] == "SharedArray" and got["segment"] == name and got["sum"] == value * N, got
+    back = fut.result(timeout=30)
+    assert ndshm.segment_of(back).name == name
+    del back
+    collect()
+
+
+def _gone(path: str) -> None:
+    _wait(lambda: not os.path.exists(path), 10, f"{path} removed once no worker holds the key")
+
+
+def test_replica_reduction_keeps_the_array_shared_and_counted_once(cluster):
+    client, _ = cluster
+    a, b = _workers(client)
+    x = client.submit(_make, N, 1.0, workers=[a], pure=False)
+    seen = client.submit(_where, x, workers=[b], pure=False).result(timeout=30)
+    assert seen["type"] == "SharedArray"
+    name, path = seen["segment"], _segment_path(seen["segment"])
+    # the AMM drops one of the two replicas (whichever it likes: the owner's, often)
+    _wait(lambda: len(_holders(client, x)) == 1, 10, "the AMM reducing x to one replica")
+    assert os.path.exists(path)
+    held = _counted_once(client, x)
+    assert list(held) == _holders(client, x)
+    _check_on_node(client, x, path, name, 1.0)
+    _counted_once(client, x)
+    del x
+    _gone(path)
+
+
+def test_rebalance_keeps_the_array_shared_and_counted_once(cluster):
+    client, _ = cluster
+    a, b = _workers(client)
+    # two arrays on one worker: rebalance moves one (it never moves a key past the cluster's mean)
+    futs = [client.submit(_make, N, 2.0, workers=[a], pure=False) for _ in range(2)]
+    names = [client.submit(lambda v: ndshm.segment_of(v).name, f, workers=[a], pure=False).result(timeout=30)
+             for f in futs]
+    paths = [_segment_path(n) for n in names]
+    client.rebalance(futures=futs)
+    _wait(lambda: sorted(len(_holders(client, f)) for f in futs) == [1, 1] and
+          {w for f in futs for w in _holders(client, f)} == {a, b}, 10, "rebalance moving one array to b")
+    moved = next(i for i, f in enumerate(futs) if _holders(client, f) == [b])
+    assert all(os.path.exists(p) for p in paths)  # moved by reference: the maker let go, the receiver holds
+    for f in futs:
+        held = _counted_once(client, f)
+        assert list(held) == _holders(client, f)
+    _check_on_node(client, futs[moved], paths[moved], names[moved], 2.0)
+    del futs, f
+    for p in paths:
+        _gone(p)
+
+
+def test_retiring_the_owners_worker_keeps_the_array_shared_and_counted_once(cluster):
+    """Last in this module: the cluster has one worker afterwards."""
+    client, _ = cluster
+    a, b = _workers(client)
+    x = client.submit(_make, N, 3.0, workers=[a], pure=False)
+    x.result(timeout=30)
+    name = client.submit(lambda v: ndshm.segment_of(v).name, x, workers=[a], pure=False).result(timeout=30)
+    path = _segment_path(name)
+    client.retire_workers(workers=[a], close_workers=True)  # the AMM's RetireWorker moves x to b first
+    _wait(lambda: _workers(client) == [b], 20, "the owner's worker retired")
+    assert _holders(client, x) == [b] and os.path.exists(path)  # its maker exited; b holds it
+    held = _counted_once(client, x)  # b took the accounting over
+    assert list(held) == [b]
+    _check_on_node(client, x, path, name, 3.0)
+    del x
+    _gone(path)
