@@ -101,16 +101,30 @@ def nodes(request, tmp_path_factory):
         client.close()
         cl.close()
         for g in groups:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(g.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    g.wait(timeout=10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(g)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """End the process group ``proc`` leads (started with start_new_session): SIGTERM, and SIGKILL
+    for whatever is left of it after ``grace`` seconds (the shell may exit before its children)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        proc.poll()
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def _make(n: int, value: float) -> np.ndarray:

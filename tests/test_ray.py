@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import collect
+from conftest import collect, skip_or_fail
 from optional_deps import require
 
 
@@ -160,70 +160,120 @@ def test_ray_put_of_a_shared_array_stores_a_reference(ray):
 
 
 TWO_NODES = r'''
-import json, os, sys
+import json, os, signal, subprocess, sys, time, types
 import numpy as np, ray
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 import ndshm, ndshm.ray
 
-other_dir = sys.argv[1]
+layout, other_dir = sys.argv[1], sys.argv[2]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-# a second Ray node whose processes have another ndshm node identity and segment directory
-cluster.add_node(num_cpus=1, env_vars={"NDSHM_NODE_ID": "simulated-second-node", "NDSHM_DIR": other_dir})
-ray.init(address=cluster.address, runtime_env=ndshm.ray.runtime_env(), log_to_driver=False)
-ndshm.ray._driver = True
-ndshm.ray.setup()
-head = ray.get_runtime_context().get_node_id()
-second = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head)
-
-@ray.remote(num_cpus=1)
-def look(r):
-    a = r.array()
-    return [ndshm.node_identity() == "simulated-second-node", ndshm.segment_of(a).path, float(a.sum())]
-
-@ray.remote(num_cpus=1)
-def total(x):
-    return float(x.sum())
-
-on = lambda node: NodeAffinitySchedulingStrategy(node, soft=False)
-out = {}
-rep = ndshm.replicate(np.arange(10.0), ray)
-out["nodes"] = rep.nodes
-out["files_there"] = os.listdir(other_dir)
-out["looks"] = [ray.get(look.options(scheduling_strategy=on(n)).remote(rep)) for n in (head, second)]
-rep.release()
-out["after"] = [ndshm.exists(rep.name), os.listdir(other_dir)]
-arr = ndshm.create(None, (10,), np.float32)
-arr[...] = 1.0
-out["same_node"] = ray.get(total.options(scheduling_strategy=on(head)).remote(arr))
+second_node = None
+if layout == "namespaces":
+    # a second Ray node in its own mount namespace with its own tmpfs at /dev/shm
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    second_node = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         "mount -t tmpfs -o size=1g tmpfs /dev/shm && exec " + ray_cli + " start --address=" + cluster.address
+         + " --num-cpus=1 --block --disable-usage-stats"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+else:
+    # a second Ray node whose processes have another ndshm node identity and segment directory
+    cluster.add_node(num_cpus=1, env_vars={"NDSHM_NODE_ID": "simulated-second-node", "NDSHM_DIR": other_dir})
 try:
-    ray.get(total.options(scheduling_strategy=on(second)).remote(arr))
-    out["other_node"] = "attached"
-except Exception as e:
-    out["other_node"] = type(e).__name__ + ": " + str(e)
-ray.shutdown()
-cluster.shutdown()
+    ray.init(address=cluster.address, runtime_env=ndshm.ray.runtime_env(), log_to_driver=False)
+    ndshm.ray._driver = True
+    ndshm.ray.setup()
+    deadline = time.monotonic() + 90
+    while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+        assert time.monotonic() < deadline, "the second Ray node did not join"
+        time.sleep(0.2)
+    head = ray.get_runtime_context().get_node_id()
+    second = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head)
+
+    @ray.remote(num_cpus=1)
+    def look(r):
+        a = r.array()
+        path = ndshm.segment_of(a).path
+        return [ndshm.node_identity(), path, list(os.stat(path)[1:3]), float(a.sum())]
+
+    @ray.remote(num_cpus=1)
+    def files(name):
+        d = ndshm._segment.default_dir()
+        return [f for f in os.listdir(d) if name in f]
+
+    @ray.remote(num_cpus=1)
+    def total(x):
+        return float(x.sum())
+
+    @ray.remote(num_cpus=1)
+    def total_wrapped(ns):
+        return float(ns.x.sum())
+
+    on = lambda node: NodeAffinitySchedulingStrategy(node, soft=False)
+    out = {}
+    rep = ndshm.replicate(np.arange(10.0), ray)
+    out["nodes"] = rep.nodes
+    out["files_there"] = ray.get(files.options(scheduling_strategy=on(second)).remote(rep.name))
+    out["looks"] = [ray.get(look.options(scheduling_strategy=on(n)).remote(rep)) for n in (head, second)]
+    rep.release()
+    out["after"] = [ndshm.exists(rep.name), ray.get(files.options(scheduling_strategy=on(second)).remote(rep.name))]
+    arr = ndshm.create(None, (10,), np.float32)
+    arr[...] = 1.0
+    out["same_node"] = ray.get(total.options(scheduling_strategy=on(head)).remote(arr))
+    for case, arg in (("other_node", arr), ("wrapped", types.SimpleNamespace(x=arr))):
+        start = time.monotonic()
+        try:
+            fn = total if case == "other_node" else total_wrapped
+            ray.get(fn.options(scheduling_strategy=on(second)).remote(arg), timeout=60)
+            out[case] = "attached"
+        except Exception as e:
+            out[case] = type(e).__name__ + ": " + str(e)
+        out[case + "_seconds"] = time.monotonic() - start
+    ray.shutdown()
+finally:
+    if second_node is not None:
+        os.killpg(second_node.pid, signal.SIGTERM)
+        try:
+            second_node.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(second_node.pid, signal.SIGKILL)
+            second_node.wait()
+    cluster.shutdown()
 print("RESULT " + json.dumps(out))
 '''
 
 
-def test_two_ray_nodes_replicate_and_refuse_references(tmp_path):
-    """A real second Ray node (ray.cluster_utils) whose processes have another ndshm identity and
-    directory: replicate() writes one copy there, mapped by its tasks; a driver's shared array
-    passed to a task on it raises WrongNodeError instead of attaching."""
+@pytest.mark.parametrize("layout", ["namespaces", "node-id"])
+def test_two_ray_nodes_replicate_and_refuse_references(tmp_path, layout):
+    """A real second Ray node: in its own mount namespace with its own tmpfs at /dev/shm (needs
+    root), or (``node-id``) one of ray.cluster_utils whose processes have another ndshm identity
+    and directory. replicate() writes one copy there, mapped by its tasks; a driver's shared array
+    passed to a task on it, bare or inside another object, raises WrongNodeError within seconds
+    instead of attaching."""
     require("ray", "Ray test")
     import json
 
     from conftest import run_python
+    from test_multinode import _namespaces_possible
+    if layout == "namespaces":
+        why = _namespaces_possible()
+        if why:
+            skip_or_fail(why)
     other = tmp_path / "other-node-shm"
     other.mkdir()
-    proc = run_python(TWO_NODES, str(other), timeout=150)
+    proc = run_python(TWO_NODES, layout, str(other), timeout=180)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     out = json.loads(line[len("RESULT "):])
     assert out["nodes"] == 2 and len(out["files_there"]) == 1
-    (here_other, here_path, here_sum), (there_other, there_path, there_sum) = out["looks"]
-    assert not here_other and there_other and here_sum == there_sum == 45.0
-    assert there_path.startswith(str(other)) and not here_path.startswith(str(other))
+    (here_node, here_path, here_file, here_sum), (there_node, there_path, there_file, there_sum) = out["looks"]
+    assert here_node != there_node and here_sum == there_sum == 45.0
+    assert here_file != there_file  # two copies, one per node
+    if layout == "node-id":
+        assert there_node == "simulated-second-node"
+        assert there_path.startswith(str(other)) and not here_path.startswith(str(other))
     assert out["after"] == [False, []]
     assert out["same_node"] == 10.0
-    assert "WrongNodeError" in out["other_node"] and "shared memory does not reach across nodes" in out["other_node"]
+    for case in ("other_node", "wrapped"):  # an array inside an object too: a clear error within seconds
+        assert "WrongNodeError" in out[case] and "shared memory does not reach across nodes" in out[case], out[case]
+        assert out[case + "_seconds"] < 30

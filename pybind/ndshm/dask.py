@@ -5,32 +5,59 @@ machine, and would send a :class:`~ndshm.SharedArray` by value (its serializer r
 NumPy's through the ndarray subclass chain). Importing this module (in every process: see
 :func:`install`) registers:
 
-- a Dask serializer for :class:`~ndshm.SharedArray`: a transfer to a process with the **same node
-  identity** (:func:`ndshm.node_identity`: same boot, mount and IPC namespaces) carries only an
-  :class:`ndshm.Reference`, and the receiver maps the segment (no second copy in RAM). Every other
-  case travels by value with Dask's own NumPy serializer: a recipient on another node or in
-  another container, a recipient that has not installed ndshm.dask, a connection made before
-  the install, an array not in a live named segment, and the spill path (Dask spills with no
-  recipient: the data, not a reference, goes to disk; it comes back as a plain ndarray).
-  How the sender knows the recipient's identity: each process adds its node identity to the
-  handshake Dask's comms exchange when they connect (``Comm.handshake_info``, which Dask made to
-  share "environment information that may differ" between peers), so the serializer finds it in
-  ``context["recipient"]``; the receiver checks it once more and refuses a reference from
-  another node (:class:`ndshm.WrongNodeError`). A scheduler announces no node: it forwards what
-  it is sent (a plain ``client.scatter``, which goes through it) to workers that may be on other
-  nodes, so it is sent data; :func:`scatter` sends straight to the workers (``direct=True``).
-  A SharedArray pickled inside another object (a task's argument, a tuple's element Dask
-  pickles whole) goes by ndshm's own pickling: by reference, refused with WrongNodeError if it
-  reaches another node.
-- receivers get **read-only** views unless ``install(client, writeable=True)``;
-- ``dask.sizeof`` counting a shared array's bytes only where its memory is owned (the process
-  that created the segment, or claimed it as ``owner="receiver"``); receivers by reference count
-  about 100 bytes, so Dask's memory accounting is not multiplied per replica.
+- a Dask serializer for :class:`~ndshm.SharedArray`: a transfer to a process on the **same node**
+  carries only an :class:`ndshm.Reference`, and the receiver maps the segment (no second copy in
+  RAM). Same node means the same :func:`ndshm.node_identity` *and* the same file system at the
+  default segment directory (``$NDSHM_DIR`` or ``/dev/shm``): two processes of one boot, each with
+  its own tmpfs mounted there, are two nodes. Every other case travels by value with Dask's own
+  NumPy serializer: a recipient on another node, one that has not installed ndshm.dask, a
+  connection made before the install, an array not in a live named segment, and the spill path
+  (Dask spills with no recipient: the data, not a reference, goes to disk; it comes back as a
+  plain ndarray).
+  How the sender knows the recipient: each process adds its node key to the handshake Dask's
+  comms exchange when they connect (``Comm.handshake_info``, which Dask made to share
+  "environment information that may differ" between peers), so the serializer finds it in
+  ``context["recipient"]``. A scheduler announces no node: it forwards what it is sent (a plain
+  ``client.scatter``, which goes through it) to workers that may be on other nodes, so it is sent
+  data; :func:`scatter` sends straight to the workers (``direct=True``).
+- the same for a SharedArray pickled inside another object (``types.SimpleNamespace(x=arr)``, a
+  task's argument; Dask's "pickle" family): by reference to a process of this node, re-pickled by
+  value for any other recipient and for the disk.
+- a reference that cannot be mapped where it arrives (it reached another node in a way the sender
+  could not tell, or its segment is gone) fails with :class:`UnreachableReferenceError`, a
+  ``RuntimeError`` naming the segment and both nodes: the task that needed it errs. Not an
+  ``OSError`` (:class:`ndshm.WrongNodeError` is one), which Dask takes for a network failure and
+  retries for ever.
+- receivers get **read-only** views unless ``install(client, writeable=True)``.
 
-Arrays a task makes for Dask to hold should be created with :func:`empty` (or :func:`share`):
-their name then lives while the creating worker holds the result (``owner="views"``), and is gone,
-without leaks, when Dask releases it; receivers keep their mappings as long as they hold it.
+**Node-owned arrays, and the Active Memory Manager.** Arrays a task makes for Dask to hold should
+be created with :func:`empty` (or :func:`share`). Such an array belongs to its node, not to a
+process: its name lives while any process of the node holds it (the worker that made it, every
+worker or client that received it by reference, as long as its array or a view of it lives) and
+goes when the last one lets go. So the AMM may drop whichever replica it likes (ReduceReplicas:
+often the maker's, which uses the most memory), retire the maker's worker (RetireWorker) or move
+the key (``rebalance``): every worker of the node still gets the data by reference and zero copy
+while one of them holds the key. How: every holder holds a shared OFD lock (``F_OFD_SETLK``) on
+byte 0 of the segment's file; the last holder to let go gets the exclusive lock and removes the
+name. If every holder is killed, nobody maps the segment any more and ndshm's sweep
+(``ndshm._ownership``) removes it.
+
+**Accounting.** Exactly one holder per node counts the bytes: the one holding the exclusive OFD
+lock on byte 1 (at first the maker). ``dask.sizeof`` of a shared array is its bytes there and about
+100 bytes in every other holder, and :class:`NdshmPlugin` makes each worker's managed memory
+(``worker.state.nbytes``, what it reports as managed) agree: Dask would otherwise count every
+by-reference replica at the maker's size. When the accounting holder lets go or dies, another
+holder takes the lock and the bytes over within ``NdshmPlugin.interval`` (0.5 s). Limits: the
+scheduler keeps one size per key (it still counts a key once per worker holding it, as it does for
+every replicated key), and a worker that took the accounting over keeps the spill weight it gave
+the array on arrival (about 100 bytes: it never spills it; spilling a mapping would free nothing
+while another process holds it). A spilled node-owned array goes to disk by value and its holder
+lets go of the segment.
+
+Arrays made with another ``owner`` (``empty(owner="views")``, ``ndshm.create``) keep that
+owner's rules: receivers map them while the name lives and count about 100 bytes.
 """
+
 
 from __future__ import annotations
 
