@@ -6,8 +6,10 @@
 makes its result with ``ndshm.dask.empty`` (in shared memory); a task on the other worker maps it
 instead of receiving a copy (its data pointer lies in the producer's segment, read-only).
 ``ndshm.dask.scatter`` puts a NumPy array into shared memory and scatters it with ``hash=False``.
-A worker on another node (another boot id, container or IPC namespace) gets the data by value,
-through Dask's own NumPy serializer; the spill path writes the data too, never a reference.
+A worker on another node (another boot id, container or IPC namespace, or its own tmpfs at
+/dev/shm) gets the data by value, through Dask's own NumPy serializer; the spill path writes the
+data too, never a reference. Dask's Active Memory Manager may drop the producer's replica: the
+segment lives while any worker of the node holds the result, and one of them counts its bytes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import ndshm.dask
 
 
 def produce(n: int) -> np.ndarray:
-    out = ndshm.dask.empty((n,), np.float32)  # freed when Dask releases the result
+    out = ndshm.dask.empty((n,), np.float32)  # lives while a worker of this node holds it, then freed
     out[...] = np.arange(n, dtype=np.float32)
     return out
 

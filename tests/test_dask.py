@@ -319,3 +319,17 @@ def test_install_writeable_gives_receivers_writeable_views(cluster):
         ndshm.dask.install(client, writeable="yes")
     g = client.submit(_make, 100, 1.0, workers=[w1], pure=False)
     assert client.submit(_where, g, workers=[w2], pure=False).result(timeout=30)["writeable"] is False
+
+
+def test_a_shared_array_in_a_task_argument_goes_by_value_through_the_scheduler(cluster):
+    """The scheduler, which may forward a task to another node, is sent the argument's data, not a
+    reference (pass ndshm.reference(arr), or scatter, to share it by reference)."""
+    import types
+    client, (w1, _) = cluster
+    arr = ndshm.create(None, (1000,), np.float32, owner="views")
+    arr[...] = 2.0
+    got = client.submit(_where, arr, workers=[w1], pure=False).result(timeout=30)
+    assert got["type"] == "ndarray" and got["sum"] == 2000.0
+    wrapped = client.submit(lambda ns: _where(ns.x), types.SimpleNamespace(x=arr), workers=[w1],
+                            pure=False).result(timeout=30)
+    assert wrapped["type"] == "ndarray" and wrapped["sum"] == 2000.0
