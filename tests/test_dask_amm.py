@@ -184,3 +184,58 @@ def test_retiring_the_owners_worker_keeps_the_array_shared_and_counted_once(clus
     _check_on_node(client, x, path, name, 3.0)
     del x
     _gone(path)
+
+
+HOLDER = r'''
+import pickle, sys
+import dask.sizeof
+import ndshm.dask
+header, frames = pickle.loads(bytes.fromhex(sys.argv[1]))
+x = ndshm.dask.deserialize_shared_array(header, frames)  # by reference: this process holds it now
+name = ndshm.segment_of(x).name
+print("held", ndshm.dask.holders_info()[name]["accountant"], dask.sizeof.sizeof(x), flush=True)
+sys.stdin.readline()
+ndshm.dask.NdshmPlugin().adopt()  # what a worker does every 0.5 s: take the accounting over
+print("adopted", ndshm.dask.holders_info()[name]["accountant"], dask.sizeof.sizeof(x), flush=True)
+sys.stdin.readline()
+del x
+print("dropped", flush=True)
+sys.stdin.readline()
+'''
+
+
+def test_a_node_owned_name_lives_while_any_process_holds_it():
+    """Without Dask's machinery: the maker lets go first, the name stays for the receiver (which
+    then takes the accounting over); it goes with the receiver's last array."""
+    require("distributed", "Dask AMM test")
+    import pickle
+
+    import dask.sizeof
+    import ndshm.dask
+    from conftest import expect_line, finish_python, start_python
+    arr = ndshm.dask.empty((1000,), np.float32)
+    name = ndshm.segment_of(arr).name
+    path = ndshm.segment_of(arr).path
+    assert ndshm.dask.holders_info()[name] == {"arrays": 1, "accountant": True}
+    assert dask.sizeof.sizeof(arr) == arr.nbytes + 100
+    msg = ndshm.dask.serialize_shared_array(arr, context={"recipient": {"ndshm-node": ndshm.dask._node_key()}})
+    p = start_python(HOLDER, pickle.dumps(msg).hex())
+    try:
+        expect_line(p, "held False 100")  # the maker accounts for it
+        del arr
+        collect()
+        assert name not in ndshm.dask.holders_info() and os.path.exists(path)  # the receiver holds it
+        p.stdin.write("\n")
+        p.stdin.flush()
+        expect_line(p, f"adopted True {1000 * 4 + 100}")
+        p.stdin.write("\n")
+        p.stdin.flush()
+        expect_line(p, "dropped")
+        assert not os.path.exists(path)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        finish_python(p)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

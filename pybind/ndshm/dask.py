@@ -64,6 +64,7 @@ from __future__ import annotations
 import fcntl
 import importlib
 import io
+import itertools
 import os
 import pickle
 import struct
@@ -349,16 +350,20 @@ NODE_PREFIX = "dask-"
 _SETLK = getattr(fcntl, "F_OFD_SETLK", None)
 _SETLKW = getattr(fcntl, "F_OFD_SETLKW", None)
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux (64-bit off_t)
-_holds_lock = threading.Lock()
+_holds_lock = threading.RLock()
+_in_lock = threading.local()  # depth of this thread's holds sections: a finalizer run inside one defers
+_pending: list[tuple[tuple[int, int], int, int]] = []  # let-gos deferred that way (see _unhold)
+_tokens = itertools.count(1)
 
 
 class _Hold:
-    __slots__ = ("path", "fd", "roots", "accountant")
+    __slots__ = ("path", "key", "fd", "roots", "accountant")
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, key: tuple[int, int], fd: int) -> None:
         self.path = path
+        self.key = key
         self.fd = fd
-        self.roots: set[int] = set()
+        self.roots: dict[int, int] = {}  # id of a live root array -> its registration's token
         self.accountant = False
 
 
@@ -414,54 +419,84 @@ def _hold(arr: NDArray[Any], accountant: bool = True) -> bool:
         return False
     key = (seg._dev, seg._ino)
     root = _root(arr)
-    with _holds_lock:
+    token = next(_tokens)
+    with _holding():
         h = _holds.get(key)
         if h is None:
             fd = _open_hold(seg._path, key)
             if fd is None:
                 return False
-            h = _holds[key] = _Hold(seg._path, fd)
+            h = _holds[key] = _Hold(seg._path, key, fd)
         if id(root) in h.roots:
             return True
-        h.roots.add(id(root))
+        h.roots[id(root)] = token
         if accountant and not h.accountant:
             h.accountant = _lock_byte(h.fd, fcntl.F_WRLCK, 1)
-    weakref.finalize(root, _unhold, key, id(root))
+    weakref.finalize(root, _unhold, key, id(root), token)
     return True
+
+
+class _holding:
+    """The holds' lock, marking this thread as inside it; on leaving, it does the let-gos that
+    finalizers deferred meanwhile (a finalizer runs wherever the garbage collector frees a root,
+    possibly inside a holds section of its own thread)."""
+
+    def __enter__(self) -> None:
+        _holds_lock.acquire()
+        _in_lock.depth = getattr(_in_lock, "depth", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        _in_lock.depth -= 1
+        _holds_lock.release()
+        if _pending and not _in_lock.depth:
+            _drain()
 
 
 def _adopt(h: _Hold) -> bool:
     """Become the accountant of a held segment if no live holder is (it let go, or died)."""
-    with _holds_lock:
-        if not h.accountant and _holds.get(_key_of(h)) is h:
+    with _holding():
+        if not h.accountant and h.fd >= 0:
             h.accountant = _lock_byte(h.fd, fcntl.F_WRLCK, 1)
         return h.accountant
 
 
-def _key_of(h: _Hold) -> tuple[int, int]:
-    st = os.fstat(h.fd)
-    return (st.st_dev, st.st_ino)
+def _unhold(key: tuple[int, int], root_id: int, token: int) -> None:
+    _pending.append((key, root_id, token))
+    if not getattr(_in_lock, "depth", 0):
+        _drain()
 
 
-def _unhold(key: tuple[int, int], root_id: int) -> None:
+def _drain() -> None:
+    """Let go of the roots that died: a segment this process no longer holds loses its name if
+    no other process holds it."""
+    released: list[_Hold] = []
     with _holds_lock:
-        h = _holds.get(key)
-        if h is None or root_id not in h.roots:
-            return
-        h.roots.discard(root_id)
-        if h.roots:
-            return
-        del _holds[key]
-        os.close(h.fd)  # lets go of both locks
+        while _pending:
+            key, root_id, token = _pending.pop()
+            h = _holds.get(key)
+            if h is None or h.roots.get(root_id) != token:
+                continue
+            del h.roots[root_id]
+            if h.roots:
+                continue
+            del _holds[key]
+            os.close(h.fd)  # lets go of both locks
+            h.fd = -1
+            released.append(h)
+    for h in released:
+        _remove_if_unheld(h.path, h.key)
+
+
+def _remove_if_unheld(path: str, key: tuple[int, int]) -> None:
     try:
-        fd = os.open(h.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return
     try:
-        if _same_file(h.path, key, fd) and _lock_byte(fd, fcntl.F_WRLCK, 0):
+        if _same_file(path, key, fd) and _lock_byte(fd, fcntl.F_WRLCK, 0):
             # nobody holds it any more: the name goes (newcomers wait on this lock, then see it gone)
-            if _same_file(h.path, key):
-                os.unlink(h.path)
+            if _same_file(path, key):
+                os.unlink(path)
     except OSError:
         pass
     finally:
