@@ -645,9 +645,10 @@ def empty(shape: Any, dtype: Any = float, *, owner: str = "node", dir: Optional[
     its name lives while any process of this node holds it (this one, or a worker that received
     it by reference), so Dask's Active Memory Manager may drop or move any replica; it goes with
     the last holder, and this process accounts for its bytes until then (another holder takes the
-    accounting over when it lets go). Other values are ``ndshm.create``'s owners."""
-    if owner != "node":
-        return _segment.create(None, shape, dtype, owner=owner, dir=dir)
+    accounting over when it lets go). Other values are ``ndshm.create``'s owners; without OFD
+    locks (``F_OFD_SETLK``: Linux only) ``"node"`` means ``"views"``, the maker's views."""
+    if owner != "node" or _SETLK is None:  # no OFD locks (not Linux): the maker's views own the name
+        return _segment.create(None, shape, dtype, owner="views" if owner == "node" else owner, dir=dir)
     arr = _segment.create(_new_name(), shape, dtype, owner="creator", dir=dir)
     _node_own(_segment._owner(arr))
     _hold(arr)
