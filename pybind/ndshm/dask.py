@@ -224,7 +224,7 @@ def deserialize_shared_array(header: dict[str, Any], frames: list[Any]) -> NDArr
         except SegmentNotFoundError as e:  # WrongNodeError too: an OSError would be retried for ever
             raise _unreachable(e) from None
         _counts["received_by_reference"] += 1
-        if ref.name.startswith(NODE_PREFIX):
+        if ref.name.startswith(NODE_PREFIX) and _SETLK is not None:
             if ref.handover:
                 _node_own(_segment._owner(got))
             _hold(got)
