@@ -636,11 +636,10 @@ int ndshm_process_key(const char *dir, uint64_t *key) {
 }
 
 int ndshm_key_alive(const char *dir, uint64_t key) {
-    if (key == 0) return 0;
-    if (key == ndshm__self_key()) return 1;
+    if (key != 0 && key == ndshm__self_key()) return 1;
     int rc = ndshm__open_dir(dir);
     if (rc) return rc;
-    return ndshm__key_alive(key);
+    return key == 0 ? 0 : ndshm__key_alive(key);
 }
 
 int ndshm_key_pid(const char *dir, uint64_t key, int64_t *pid, int *same_ns) {

@@ -522,7 +522,9 @@ NDSHM_API int ndshm_process_key(const char *dir, uint64_t *key);
 
 /*! ndshm_key_alive() :
  *  Tests the id `key` found in a segment of `dir` (NULL: the default directory), opening that
- *  directory's process tables if this process has not (testing needs no registration).
+ *  directory's process tables if this process has not (testing needs no registration; the
+ *  ids in the directory's segments can then be tested with ndshm_lock_state too: `key` 0 only
+ *  opens them).
  *  @return : 1 if its process runs (this process included), 0 if it ended or `key` is 0 or in
  *            no table; NDSHM_ENOENT (no such directory), NDSHM_ESYS. A process that ended a
  *            moment ago may still be reported alive once; a running one is never reported dead. */
