@@ -444,10 +444,10 @@ int ndshm__register(const char *dir) {
     }
     pthread_mutex_lock(&mu);
     uint64_t id = id_locked();
-    dir_t *d;
+    dir_t *d = NULL;
     int rc = find_dir(want, &d);
     if (rc == 0) rc = register_in(d, id);
-    if (rc != 0 && rc != NDSHM_ENOENT) {
+    if (rc != 0 && rc != NDSHM_ENOENT && d != NULL) {
         /* a directory that cannot hold our table (hugetlbfs, full, another user's): the default
          * directory's stands in, which testers always look at too; the error stays if it fails */
         int saved_errno = errno;
