@@ -447,7 +447,7 @@ int ndshm__register(const char *dir) {
     dir_t *d = NULL;
     int rc = find_dir(want, &d);
     if (rc == 0) rc = register_in(d, id);
-    if (rc != 0 && rc != NDSHM_ENOENT && d != NULL) {
+    if (rc != 0 && rc != NDSHM_ENOENT) {
         /* a directory that cannot hold our table (hugetlbfs, full, another user's): the default
          * directory's stands in, which testers always look at too; the error stays if it fails */
         int saved_errno = errno;
@@ -455,7 +455,7 @@ int ndshm__register(const char *dir) {
         ndshm__error_save(&saved);
         dir_t *fallback;
         if (find_dir(NULL, &fallback) == 0 && register_in(fallback, id) == 0) {
-            d->fallback = 1;
+            if (d != NULL) d->fallback = 1;
             rc = 0;
         } else {
             ndshm__error_restore(&saved);
@@ -634,7 +634,7 @@ void ndshm__key_describe(uint64_t key, char *buf, size_t len) {
     int64_t pid;
     int same;
     if (ndshm__key_pid(key, &pid, &same) != 0)
-        snprintf(buf, len, "a process not in this directory's process tables (id %016llx)", (unsigned long long)key);
+        snprintf(buf, len, "process id %016llx (no longer in a process table)", (unsigned long long)key);
     else
         snprintf(buf, len, "pid %lld%s", (long long)pid, same ? "" : " (in another PID namespace)");
 }
