@@ -45,6 +45,18 @@
  * copies of the tables' descriptors are closed in the atfork child hook, so a parent killed
  * later is not kept alive by its child. The child makes a new id and registers it, at its first
  * use, in every directory its parent had registered in. exec closes them (O_CLOEXEC).
+ *
+ * Users. Each user has its own table (0644: others open it read-only to test ids, which
+ * F_OFD_GETLK allows), so one user's table never stops another from using a shared directory
+ * such as /dev/shm, and nobody can write the entries behind another user's ids. A name taken by
+ * another owner (a user namespace's uid seen as another, a planted file or link) is passed
+ * over for "<name>.1" .. "<name>.7". A directory that cannot hold a table (hugetlbfs, full, not
+ * writable) has the default directory's stand in; testers always look there too.
+ *
+ * Limits. Removing a table while processes use the directory makes them look dead to processes
+ * that open the directory afterwards. A child made without fork()'s atfork handlers (a raw
+ * clone) shares its parent's id until it execs. Another user can make dead ids look alive (by
+ * copying them into a table of its own and holding its locks), never live ones dead.
  */
 #include "internal.h"
 
@@ -191,9 +203,11 @@ static uint32_t read_ns(void) {
 static uint64_t random_id(void) {
     uint64_t id = 0;
     while (id == 0) {
+#ifdef SYS_getrandom
         long n = syscall(SYS_getrandom, &id, sizeof id, 0);
         if (n == (long)sizeof id) continue;
         if (n < 0 && errno == EINTR) continue;
+#endif
         /* no getrandom (kernels before 3.17): /dev/urandom, else the clock and pid mixed */
         int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
         if (fd >= 0) {
