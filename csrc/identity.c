@@ -121,7 +121,7 @@ typedef struct dir {
     char *given;                /* the string first asked for, if absolute (fast lookup), else NULL */
     uint64_t dev, ino;          /* of the directory */
     _Atomic int registered;     /* 1: this id holds an entry in our own table here */
-    int fallback;               /* it cannot hold our table: the default directory's stands in */
+    _Atomic int fallback;       /* it cannot hold our table: the default directory's stands in */
     int want_register;          /* registered before a fork: register the child's id too */
     int own;                    /* index of our own table here, -1 if none is open */
     int32_t entry;              /* our entry there */
