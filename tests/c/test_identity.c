@@ -444,6 +444,56 @@ TEST(another_users_process_is_tested_through_its_table) {
     CHECK(rmdir_tables(sub) == 0);
 }
 
+/* Threads testing a live process's id while others register in new directories (tables added
+ * to the list that the tests read without a lock) and others look for ids in no table (new
+ * tables looked for): a live process is never reported dead. */
+static uint64_t stress_live;
+static _Atomic int stress_false_dead, stress_errors;
+
+static void *stress_tester(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 3000; i++)
+        if (ndshm__key_alive(stress_live) != 1) atomic_fetch_add(&stress_false_dead, 1);
+    return NULL;
+}
+
+static void *stress_registrar(void *arg) {
+    int base = *(int *)arg;
+    for (int i = 0; i < 20; i++) {
+        char sub[128];
+        snprintf(sub, sizeof sub, "%s/stress-%d-%d", dir, base, i);
+        uint64_t k;
+        if (mkdir(sub, 0700) != 0 || ndshm_process_key(sub, &k) != 0) atomic_fetch_add(&stress_errors, 1);
+        if (ndshm__key_alive(0x0badc0de00000000ull + (uint64_t)i) != 0) atomic_fetch_add(&stress_errors, 1);
+    }
+    return NULL;
+}
+
+TEST(concurrent_tests_and_registrations_never_report_the_living_dead) {
+    int hold[2];
+    CHECK(pipe(hold) == 0);
+    pid_t pid = child_key(hold[0], &stress_live);
+    CHECK(pid > 0 && stress_live != 0);
+    pthread_t t[6];
+    int bases[2] = {0, 1};
+    for (int i = 0; i < 4; i++) CHECK(pthread_create(&t[i], NULL, stress_tester, NULL) == 0);
+    for (int i = 0; i < 2; i++) CHECK(pthread_create(&t[4 + i], NULL, stress_registrar, &bases[i]) == 0);
+    for (int i = 0; i < 6; i++) pthread_join(t[i], NULL);
+    CHECK(atomic_load(&stress_false_dead) == 0);
+    CHECK(atomic_load(&stress_errors) == 0);
+    CHECK(write(hold[1], "x", 1) == 1);
+    waitpid(pid, NULL, 0);
+    CHECK(ndshm__key_alive(stress_live) == 0);
+    close(hold[0]);
+    close(hold[1]);
+    for (int b = 0; b < 2; b++)
+        for (int i = 0; i < 20; i++) {
+            char sub[128];
+            snprintf(sub, sizeof sub, "%s/stress-%d-%d", dir, b, i);
+            CHECK(rmdir_tables(sub) == 0);
+        }
+}
+
 static void not_run_check(const char *name) {
     if (not_run == NULL) return;
     th_passed--;
@@ -465,6 +515,7 @@ int main(void) {
     RUN(a_segment_registers_in_its_directory);
     RUN(threads_share_the_id);
     RUN(a_fork_child_has_its_own_id_and_sees_its_parent_alive);
+    RUN(concurrent_tests_and_registrations_never_report_the_living_dead);
     RUN(a_killed_holder_is_dead_even_with_a_child_left);
     RUN(pid_reuse_never_revives_a_dead_id);
     not_run_check("pid_reuse_never_revives_a_dead_id");
