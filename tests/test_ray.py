@@ -189,10 +189,10 @@ on = lambda node: NodeAffinitySchedulingStrategy(node, soft=False)
 out = {}
 rep = ndshm.replicate(np.arange(10.0), ray)
 out["nodes"] = rep.nodes
-out["files_there"] = os.listdir(other_dir)
+out["files_there"] = [e for e in os.listdir(other_dir) if not e.startswith(".ndshm-procs-")]
 out["looks"] = [ray.get(look.options(scheduling_strategy=on(n)).remote(rep)) for n in (head, second)]
 rep.release()
-out["after"] = [ndshm.exists(rep.name), os.listdir(other_dir)]
+out["after"] = [ndshm.exists(rep.name), [e for e in os.listdir(other_dir) if not e.startswith(".ndshm-procs-")]]
 arr = ndshm.create(None, (10,), np.float32)
 arr[...] = 1.0
 out["same_node"] = ray.get(total.options(scheduling_strategy=on(head)).remote(arr))
