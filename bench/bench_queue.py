@@ -428,7 +428,8 @@ def liveness_cost(res: C.Results, mode: str) -> None:
             ["public ndshm_key_alive(dir, id), alive", f"{figs['ndshm_key_alive_ns']:.0f}"],
             ["self_key", f"{figs['self_key_ns']:.2f}"],
             ["a bare system call (getppid), for scale", f"{figs['getppid_ns']:.0f}"],
-            ["queue put + take_copy pair, 64 B (tests no liveness)", f"{figs['put_take_ns']:.0f}"]]
+            ["queue put + take_copy pair, 64 B (tests no liveness)", f"{figs['put_take_ns']:.0f}"],
+            ["broadcast put + take + release, 64 B (tests no liveness)", f"{figs['bcast_put_take_ns']:.0f}"]]
     res.emit(C.table(["call", "ns"], rows, title=title,
                      note="Waiters test a claimer's liveness only after it stalled 20 ms; the hot path never "
                           "does. Target: at most about 2 µs per test."))

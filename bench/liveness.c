@@ -1,7 +1,7 @@
 /*
  * liveness.c -- what the process identity costs (csrc/identity.c): ns per liveness test of
  * another process's id (alive, dead, unknown), per self_key, per public ndshm_key_alive, and
- * ns per put + take pair of a queue (whose hot path must not test liveness at all).
+ * ns per put + take pair of a queue and of a broadcast (whose hot paths never test liveness).
  *
  * Built with the library's sources (it calls the hidden ndshm__ functions):
  *   cc -O2 -std=c11 -D_GNU_SOURCE -pthread -Icsrc bench/liveness.c csrc/(*).c -o liveness
@@ -59,6 +59,31 @@ static double put_take_ns(long n) {
     return bad ? -1 : ns;
 }
 
+static double bcast_put_take_ns(long n) {
+    uint64_t bytes;
+    if (ndshm_bcast_ring_bytes(64, 64, &bytes) != 0) return -1;
+    void *mem = NULL;
+    if (posix_memalign(&mem, 64, bytes) != 0) return -1;
+    ndshm_bcast_t *b = NULL;
+    ndshm_bsub_t *sub = NULL;
+    if (ndshm_bcast_init_raw(mem, bytes, 64, 64, NDSHM_BCAST_BLOCK) != 0 || ndshm_bcast_open_raw(mem, bytes, &b) != 0 ||
+        ndshm_bcast_subscribe(b, &sub) != 0)
+        return -1;
+    char msg[64] = {1};
+    int64_t shape[1] = {64};
+    ndshm_qmsg_t m;
+    uint64_t missed;
+    volatile int bad = 0;
+    double ns = BEST_NS(n, {
+        if (ndshm_bcast_put(b, msg, 64, "|u1", 1, shape, 0) != 0) bad = 1;
+        if (ndshm_bcast_take(sub, 0, &m, &missed) != 0 || ndshm_bcast_release(sub, &m) != 0) bad = 1;
+    });
+    ndshm_bcast_unsubscribe(sub);
+    ndshm_bcast_close(b);
+    free(mem);
+    return bad ? -1 : ns;
+}
+
 #ifndef PUT_TAKE_ONLY
 /* A child registered in `dir` that lives until `hold` gives it a byte (or dies at once with -1). */
 static pid_t child(const char *dir, int hold, uint64_t *key) {
@@ -85,10 +110,11 @@ int main(int argc, char **argv) {
     int json = argc > 1 && strcmp(argv[argc - 1], "--json") == 0;
     if (n < 10) n = 10;
 #ifdef PUT_TAKE_ONLY
-    double pt = put_take_ns(n);
-    if (json) printf("{\"put_take_ns\": %.1f}\n", pt);
-    else printf("queue put + take_copy, 64 B, one thread (thread CPU): %.1f ns per pair\n", pt);
-    return pt < 0;
+    double pt = put_take_ns(n), bpt = bcast_put_take_ns(n);
+    if (json) printf("{\"put_take_ns\": %.1f, \"bcast_put_take_ns\": %.1f}\n", pt, bpt);
+    else printf("queue put + take_copy %.1f ns per pair, broadcast put + take + release %.1f ns (64 B, thread CPU)\n",
+                pt, bpt);
+    return pt < 0 || bpt < 0;
 #else
     char dir[64];
     snprintf(dir, sizeof dir, "/dev/shm/ndshm-bench-liveness-%d", (int)getpid());
@@ -127,21 +153,21 @@ int main(int argc, char **argv) {
     double api_ns = BEST_NS(n, {
         if (ndshm_key_alive(dir, live) != 1) bad = 1;
     });
-    double pt = put_take_ns(n);
+    double pt = put_take_ns(n), bpt = bcast_put_take_ns(n);
     if (write(hold[1], "x", 1) != 1) bad = 1;
     waitpid(lp, NULL, 0);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) bad = 1;
-    if (bad || pt < 0) {
+    if (bad || pt < 0 || bpt < 0) {
         fprintf(stderr, "liveness: a call gave a wrong answer\n");
         return 1;
     }
     if (json) {
         printf("{\"self_key_ns\": %.2f, \"key_alive_alive_ns\": %.1f, \"key_alive_dead_ns\": %.1f, "
                "\"key_alive_unknown_ns\": %.1f, \"ndshm_key_alive_ns\": %.1f, \"getppid_ns\": %.1f, "
-               "\"put_take_ns\": %.1f}\n",
-               self_ns, alive_ns, dead_ns, unknown_ns, api_ns, sys_ns, pt);
+               "\"put_take_ns\": %.1f, \"bcast_put_take_ns\": %.1f}\n",
+               self_ns, alive_ns, dead_ns, unknown_ns, api_ns, sys_ns, pt, bpt);
     } else {
         printf("liveness test of another process's id (thread CPU, best of 5 x %ld calls):\n", n);
         printf("  alive (its entry's lock held: one F_OFD_GETLK)   %8.1f ns\n", alive_ns);
@@ -151,6 +177,7 @@ int main(int argc, char **argv) {
         printf("  self_key                                          %8.2f ns\n", self_ns);
         printf("  (a bare system call, getppid, for scale)          %8.1f ns\n", sys_ns);
         printf("queue put + take_copy, 64 B, one thread:           %8.1f ns per pair\n", pt);
+        printf("broadcast put + take + release, 64 B, one thread:  %8.1f ns per pair\n", bpt);
     }
     return 0;
 #endif
