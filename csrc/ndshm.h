@@ -514,7 +514,9 @@ NDSHM_API int ndshm_queue_open_raw(void *mem, uint64_t bytes, ndshm_queue_t **ou
 
 /*! ndshm_process_key() :
  *  Registers this process in the process table of `dir` (NULL: $NDSHM_DIR, else /dev/shm) if
- *  it is not registered there yet, and stores its id in *key (never 0).
+ *  it is not registered there yet, and stores its id in *key (never 0). A directory that
+ *  cannot hold this user's table (hugetlbfs, full, not writable) has the default directory's
+ *  stand in (testers look there too); the error is the directory's if that fails as well.
  *  @return : 0, or NDSHM_EINVAL (key NULL), NDSHM_ENOENT (no such directory), NDSHM_EACCES
  *            (the directory's table cannot be made or written), NDSHM_EBUSY (every entry of the
  *            table is held by a live process), NDSHM_ENOSPC, NDSHM_ESYS. */
