@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, child_env
+from conftest import ROOT, child_env, dir_files
 from optional_deps import require
 
 README = ROOT / "README.md"
@@ -81,7 +81,7 @@ def run_group(argv: list, stdin: str = "", **env: str) -> subprocess.CompletedPr
 
 
 def leftovers(directory: Path) -> list:
-    return sorted(p.name for p in directory.iterdir())
+    return dir_files(str(directory))
 
 
 def in_dev_shm(code: str) -> set:

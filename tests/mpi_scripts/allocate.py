@@ -24,7 +24,8 @@ RANK = WORLD.Get_rank()
 
 
 def files(d: str) -> list:
-    return sorted(os.listdir(d))
+    """The names in ``d`` but the process tables (``.ndshm-procs-<uid>``) every ndshm process leaves."""
+    return sorted(e for e in os.listdir(d) if not e.startswith(".ndshm-procs-"))
 
 
 def mapped_file(address: int) -> str:
