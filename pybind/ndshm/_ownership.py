@@ -187,6 +187,7 @@ def hand_over(seg: Any) -> None:
     view dying here leaves the name alone."""
     disown(seg)
     seg._owner = "handed"
+    _mappings.note_owner(seg)
     # Unowned from now on (the marker says: handed over, waiting for a receiver) until one claims it.
     lib.ndshm_lock_release(_owner_area(seg))
 

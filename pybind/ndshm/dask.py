@@ -5,20 +5,25 @@ machine, and would send a :class:`~ndshm.SharedArray` by value (its serializer r
 NumPy's through the ndarray subclass chain). Importing this module (in every process: see
 :func:`install`) registers:
 
-- a Dask serializer for :class:`~ndshm.SharedArray`: a transfer to a process with the **same node
-  identity** (:func:`ndshm.node_identity`: same boot, mount and IPC namespaces) carries only an
-  :class:`ndshm.Reference`, and the receiver maps the segment (no second copy in RAM). Every other
-  case travels by value with Dask's own NumPy serializer: a recipient on another node or in
-  another container, a recipient that has not installed ndshm.dask, a connection made before
-  the install, an array not in a live named segment, and the spill path (Dask spills with no
-  recipient: the data, not a reference, goes to disk; it comes back as a plain ndarray).
-  How the sender knows the recipient's identity: each process adds its node identity to the
-  handshake Dask's comms exchange when they connect (``Comm.handshake_info``, which Dask made to
-  share "environment information that may differ" between peers), so the serializer finds it in
-  ``context["recipient"]``; the receiver checks it once more and refuses a reference from
-  another node (:class:`ndshm.WrongNodeError`). A scheduler announces no node: it forwards what
-  it is sent (a plain ``client.scatter``, which goes through it) to workers that may be on other
-  nodes, so it is sent data; :func:`scatter` sends straight to the workers (``direct=True``).
+- a Dask serializer for :class:`~ndshm.SharedArray`: a transfer to a process that sees the
+  segment's file carries only an :class:`ndshm.Reference`, and the receiver maps the segment (no
+  second copy in RAM): a process with the **same node identity** (:func:`ndshm.node_identity`:
+  same boot, mount and IPC namespaces), or one in another container of this machine (same boot
+  id) that sees the segment's directory as the same directory (device and inode: a tmpfs both
+  containers share). Every other case travels by value with Dask's own NumPy serializer: a
+  recipient on another node or in a container with its own ``/dev/shm``, a recipient that has
+  not installed ndshm.dask, a connection made before the install, an array not in a live named
+  segment, and the spill path (Dask spills with no recipient: the data, not a reference, goes
+  to disk; it comes back as a plain ndarray).
+  How the sender knows the recipient's identity: each process adds its node identity, and the
+  (device, inode) of its segment directories (``$NDSHM_DIR`` or ``/dev/shm``, and ``/dev/shm``),
+  to the handshake Dask's comms exchange when they connect (``Comm.handshake_info``, which Dask
+  made to share "environment information that may differ" between peers), so the serializer
+  finds them in ``context["recipient"]``; the receiver checks once more and refuses a reference
+  from another node, or to a file its directory does not lead to (:class:`ndshm.WrongNodeError`).
+  A scheduler announces no node: it forwards what it is sent (a plain ``client.scatter``, which
+  goes through it) to workers that may be on other nodes, so it is sent data; :func:`scatter`
+  sends straight to the workers (``direct=True``).
   A SharedArray pickled inside another object (a task's argument, a tuple's element Dask
   pickles whole) goes by ndshm's own pickling: by reference, refused with WrongNodeError if it
   reaches another node.
@@ -48,7 +53,7 @@ from distributed.protocol.numpy import deserialize_numpy_ndarray, serialize_nump
 from distributed.protocol.serialize import dask_deserialize, dask_serialize
 
 from . import _segment
-from ._reference import Reference, from_reference, node_identity, reference
+from ._reference import Reference, dir_identity, from_reference, node_identity, reference, same_boot
 
 if TYPE_CHECKING:
     from typing_extensions import TypeGuard
@@ -58,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = ["install", "NdshmPlugin", "scatter", "empty", "share", "stats", "replicate"]
 
 HANDSHAKE_KEY = "ndshm-node"
+DIRS_KEY = "ndshm-dirs"  # the handshake's {segment directory: [device, inode]} of the process announcing it
 _writeable = False
 _counts = {"by_reference": 0, "by_value": 0, "received_by_reference": 0}
 
@@ -104,6 +110,7 @@ def _patch_handshake() -> None:
         # that may be on other nodes: it announces no node, so it is sent data, not references.
         if not _is_scheduler_end(self):
             info[HANDSHAKE_KEY] = node_identity()
+            info[DIRS_KEY] = _dir_identities()
         return info
 
     handshake_info._ndshm = True  # type: ignore[attr-defined]
@@ -116,13 +123,41 @@ _patch_handshake()
 
 # ---- the serializer ---------------------------------------------------------------------------
 
-def _same_node(context: Optional[dict[str, Any]]) -> bool:
+def _dir_identities() -> dict[str, list[int]]:
+    """{directory: [device, inode]} of the segment directories this process sees (for the handshake)."""
+    out = {}
+    for d in dict.fromkeys((_segment.default_dir(), "/dev/shm")):
+        ident = dir_identity(d)
+        if ident is not None:
+            out[d] = list(ident)
+    return out
+
+
+def _by_reference(context: Optional[dict[str, Any]], x: Any) -> bool:
+    """Whether the recipient of ``x`` (as ``context`` tells) can map its segment: the same node
+    identity, or another container of this machine that sees the segment's directory as the
+    very same directory."""
     if not context:
         return False  # the spill path, or a caller that does not say where the data goes
     recipient = context.get("recipient")
     if not isinstance(recipient, dict):
         return False
-    return recipient.get(HANDSHAKE_KEY) == node_identity()
+    node = recipient.get(HANDSHAKE_KEY)
+    if not isinstance(node, str):
+        return False
+    if node == node_identity():
+        return True
+    if not same_boot(node):
+        return False
+    try:
+        d = _segment.segment_of(x)._dir
+    except ValueError:
+        return False
+    dirs = recipient.get(DIRS_KEY)
+    if d is None or not isinstance(dirs, dict):
+        return False
+    there, here = dirs.get(d), dir_identity(d)
+    return here is not None and isinstance(there, (list, tuple)) and tuple(there) == here
 
 
 @dask_serialize.register(_segment.SharedArray)  # type: ignore[untyped-decorator, no-untyped-call]
@@ -130,7 +165,7 @@ def serialize_shared_array(x: NDArray[Any],
                            context: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], list[Any]]:
     """Dask serializer of a SharedArray: a Reference when the recipient is on this node, else the
     data with Dask's NumPy serializer."""
-    if _same_node(context):
+    if _by_reference(context, x):
         try:
             ref = reference(x)
         except ValueError:  # not in a live named segment (any more): by value
