@@ -18,8 +18,8 @@ is **idle**: it lets go of the segment's shared ``flock``, which tells ``gc`` an
 sweep that someone maps the file. So a cached mapping never keeps a dead owner's segment from
 being reclaimed. When an attach finds an idle mapping of its name, it takes the shared flock
 again (without waiting: a reclaimer holds it exclusively only while it removes the name), checks
-that the file still has its name (``st_nlink``) and that the name still leads to it (device and
-inode), and only then hands it out in a new Segment object; otherwise the entry is dropped and
+that the name still leads to that very file (device and inode: a reclaimed or replaced segment
+fails this), and only then hands it out in a new Segment object; otherwise the entry is dropped and
 the segment mapped afresh (or not found). A live mapping's name is also checked on every reuse,
 in ``Segment.attach``. Mappings whose file was removed are dropped promptly (checked at most
 every ``CHECK_SECONDS`` on attach and create, and by a daemon thread while anything is kept),
@@ -63,9 +63,10 @@ _max_bytes = _env_int(_LIMIT_BYTES_ENV, 8 << 30)
 
 class _Entry:
     """A kept mapping: the attributes of the Segment it was kept for (its C handle among them,
-    which keeps it mapped), and how many Segment objects now use it (0: idle, flock released)."""
+    which keeps it mapped), and a weak reference to the Segment object now using it (None, or
+    dead: idle, its flock released)."""
 
-    __slots__ = ("key", "state", "fd", "size", "users", "hot", "pid", "__weakref__")
+    __slots__ = ("key", "state", "fd", "size", "ref", "hot", "pid", "__weakref__")
 
     def __init__(self, key: tuple[str, str], seg: "Segment") -> None:
         self.key = key
@@ -73,8 +74,29 @@ class _Entry:
         self.state = {attr: getattr(seg, attr) for attr in _STATE}
         self.fd: int = seg._fd
         self.size: int = seg._data_size
-        self.users = 0
+        self.ref: "Optional[weakref.ref[Segment]]" = None
         self.hot = False
+
+    def use(self, seg: "Segment") -> None:
+        """``seg`` uses this mapping (caller holds ``lock``): when it dies, the mapping is idle."""
+        self.ref = weakref.ref(seg, self._unused)
+
+    def idle(self) -> bool:
+        ref = self.ref
+        return ref is None or ref() is None
+
+    def _unused(self, ref: "weakref.ref[Segment]") -> None:
+        """The Segment object using this kept mapping died: the mapping is idle and releases the
+        segment's shared flock (it no longer says "mapped" to a reclaimer)."""
+        if self.pid != _pid:
+            return  # a parent's, inherited through fork: its flock is the parent's too
+        with lock:
+            if self.ref is ref and kept.get(self.key) is self:
+                self.ref = None
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+                except OSError:
+                    pass
 
 
 # The Segment attributes an entry keeps to hand the mapping out again (all but its weak references).
@@ -148,33 +170,11 @@ def keep(key: tuple[str, str], seg: "Segment", fresh: bool = True) -> None:
     if _max_count == 0 or seg._data_size > _max_bytes:
         return
     entry = _Entry(key, seg)
-    _use(entry, seg)
+    entry.use(seg)
     kept[key] = entry
     _kept_bytes += entry.size
     _evict()
     _start_watcher()
-
-
-def _use(entry: _Entry, seg: "Segment") -> None:
-    """``seg`` uses the mapping of ``entry`` (caller holds ``lock``): when it dies, the mapping
-    may go idle."""
-    entry.users += 1
-    weakref.finalize(seg, _unused, weakref.ref(entry)).atexit = False
-
-
-def _unused(ref: "weakref.ref[_Entry]") -> None:
-    """A Segment object using a kept mapping died: with no other user left, the mapping is idle
-    and releases the segment's shared flock (it no longer says "mapped" to a reclaimer)."""
-    entry = ref()
-    if entry is None or entry.pid != _pid:
-        return  # dropped from the cache (the handle closes with its last reference), or a parent's
-    with lock:
-        entry.users -= 1
-        if entry.users == 0 and kept.get(entry.key) is entry:
-            try:
-                fcntl.flock(entry.fd, fcntl.LOCK_UN)
-            except OSError:
-                pass
 
 
 def note_owner(seg: "Segment") -> None:
@@ -191,11 +191,11 @@ def note_owner(seg: "Segment") -> None:
 def revive(key: tuple[str, str], path: str, readonly: bool, cls: Any) -> "Optional[Segment]":
     """The idle kept mapping of ``key``, in a new Segment object, if it may be handed out: not
     read-only when ``readonly`` is False, its shared flock taken again (never waiting: a
-    reclaimer holds it exclusively while it removes the name), the file still named and ``path``
-    still leading to it. Else None (an entry that can serve no more is dropped). Caller holds ``lock``."""
+    reclaimer holds it exclusively while it removes the name) and ``path`` still leading to that
+    very file. Else None (an entry that can serve no more is dropped). Caller holds ``lock``."""
     global _kept_bytes
     entry = kept.get(key)
-    if entry is None or entry.users or (not readonly and entry.state["_readonly"]):
+    if entry is None or not entry.idle() or (not readonly and entry.state["_readonly"]):
         return None
     state = entry.state
     ok = False
@@ -209,7 +209,7 @@ def revive(key: tuple[str, str], path: str, readonly: bool, cls: Any) -> "Option
         else:
             try:
                 st = os.stat(path)
-                ok = (os.fstat(entry.fd).st_nlink > 0 and st.st_dev == state["_dev"] and st.st_ino == state["_ino"])
+                ok = st.st_ino == state["_ino"] and st.st_dev == state["_dev"]
             except OSError:
                 pass
     if not ok:  # reclaimed, removed or replaced: this mapping serves no attach any more
@@ -221,7 +221,7 @@ def revive(key: tuple[str, str], path: str, readonly: bool, cls: Any) -> "Option
         setattr(seg, attr, value)
     seg._hot = True
     live[key] = weakref.ref(seg)
-    _use(entry, seg)
+    entry.use(seg)
     return seg  # type: ignore[no-any-return]
 
 
