@@ -112,13 +112,14 @@ def _mark_alive(d: str, mark: _Mark) -> bool:
 
 
 def _mark_pid(d: str, mark: _Mark) -> int:
-    """The creator's pid as this process sees it (0 where it cannot be told: dead and forgotten)."""
+    """The creator's pid, where it names a process this one can see: 0 when the creator runs in
+    another PID namespace (another container: its pid means nothing here) or its entry is gone."""
     if not mark.key:
         return mark.pid
     pid, same_ns = ffi.new("int64_t *"), ffi.new("int *")
-    if lib.ndshm_key_pid(os.fsencode(d), mark.key, pid, same_ns) != 0:
+    if lib.ndshm_key_pid(os.fsencode(d), mark.key, pid, same_ns) != 0 or not same_ns[0]:
         return 0
-    return int(pid[0])
+    return int(pid[0]) if 0 < pid[0] <= _PID_MAX else 0
 
 
 def _start_time(pid: int) -> Optional[int]:
