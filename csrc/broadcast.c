@@ -48,7 +48,7 @@
 #include <string.h>
 
 #define BC_MAGIC 0x5453414344424e44ull /* "NDBDCAST" */
-#define BC_VERSION 1u
+#define BC_VERSION 2u /* 2: records hold process ids (identity.c), not pid and start time */
 #define SLOT_HDR NDSHM__RING_SLOT_HDR
 #define ST_WRITING 1u
 #define ST_PUBLISHED 2u
@@ -144,6 +144,7 @@ static int init_ring(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_by
 }
 
 int ndshm_bcast_init_raw(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes, int policy) {
+    (void)ndshm__self_key(); /* registers this process (the default directory) if it is not yet */
     return init_ring(mem, bytes, slots, slot_bytes, policy, 0);
 }
 

@@ -1,12 +1,13 @@
 /*
  * header.c -- the self-describing header at the start of every segment, and its validation.
  *
- * Format version 1. Integers are in the creator's native byte order (a reader of the other
+ * Format version 2 (1 recorded owners as pid and start time; 2 records process ids, see
+ * identity.c: a version 1 segment is refused, naming its version). Integers are in the creator's native byte order (a reader of the other
  * order fails the version check, which is what it should do: the data would be foreign too).
  *
  *   offset  size  field
  *        0     8  magic         "NDSHMSEG"
- *        8     4  version       1
+ *        8     4  version       2
  *       12     4  header_size   896 + descr_len + meta_len
  *       16     4  state         0 or 'INIT' while the creator writes; 'REDY' once published
  *                               (a release store after everything else; not checksummed)
@@ -224,6 +225,10 @@ int ndshm__header_validate(const void *bytes, size_t len, uint64_t file_size, nd
     if (memcmp(h.magic, zero8, 8) == 0 && h.state == 0)
         return ndshm__fail(NDSHM_EBUSY, 0, "segment header is blank: not initialised yet");
     if (memcmp(h.magic, MAGIC, 8) != 0) return CORRUPT("bad magic: not an ndshm segment");
+    if (h.version != 0 && h.version < NDSHM__FORMAT_VERSION)
+        return CORRUPT("header format version %u was written by an older ndshm; this one reads version %d only "
+                       "(its owner records hold across PID namespaces): recreate the segment with this version",
+                       h.version, NDSHM__FORMAT_VERSION);
     if (h.version != NDSHM__FORMAT_VERSION)
         return CORRUPT("header format version %u is not the supported %d", h.version, NDSHM__FORMAT_VERSION);
     if (h.state == STATE_INIT) return ndshm__fail(NDSHM_EBUSY, 0, "segment is still being initialised");

@@ -85,7 +85,7 @@ enum {
     NDSHM__HDR_FIXED = 896,                                         /* bytes before descr and meta */
     NDSHM__HDR_MAX = 896 + NDSHM_DESCR_MAX + NDSHM_META_MAX,       /* the largest valid header */
     NDSHM__HDR_SYNC_OFFSET = 640,                                   /* first sync slot, 64-aligned */
-    NDSHM__FORMAT_VERSION = 1
+    NDSHM__FORMAT_VERSION = 2 /* 2: owner words hold process ids (identity.c), not pid and start time */
 };
 
 /* *extent = bytes the layout's elements reach from the data start (0 if any dimension is 0).
@@ -114,14 +114,44 @@ NDSHM_HIDDEN int ndshm__header_validate(const void *bytes, size_t len, uint64_t 
 NDSHM_HIDDEN void ndshm__header_reseal(void *bytes, size_t len);
 
 
-/* ---- queue and sync ---- */
+/* ---- process identity (identity.c) ---- */
 
-/* This process's identity: (start time in clock ticks & 0xffffffff) << 32 | pid; never 0.
- * Refreshed in a fork()ed child (pthread_atfork). */
-NDSHM_HIDDEN uint64_t ndshm__self_key(void);
+NDSHM_HIDDEN extern _Atomic uint64_t ndshm__self_id;
+NDSHM_HIDDEN uint64_t ndshm__self_key_slow(void);
 
-/* 1 if the process behind `key` (as ndshm__self_key builds it) still runs (zombies are dead). */
+/* This process's identity: a random non-zero 64-bit id, registered in the process table of
+ * every directory this process registered in (at least the default one), made anew in a
+ * fork()ed child. One relaxed load once made: the queue's hot path may call it. */
+static inline uint64_t ndshm__self_key(void) {
+    uint64_t id = atomic_load_explicit(&ndshm__self_id, memory_order_acquire);
+    return __builtin_expect(id != 0, 1) ? id : ndshm__self_key_slow();
+}
+
+/* 1 if the process behind `key` runs (its table entry's record lock is held), 0 if it is dead
+ * or 0. Looks in every process table this process has open (identity.c). */
 NDSHM_HIDDEN int ndshm__key_alive(uint64_t key);
+
+/* Registers this process in the table of directory `dir` (NULL: $NDSHM_DIR, else /dev/shm),
+ * or of the directory holding file `path`; 0 or a negative NDSHM_E* with the detail. A process
+ * registers in a directory before it writes its id into any segment there. */
+NDSHM_HIDDEN int ndshm__register(const char *dir);
+NDSHM_HIDDEN int ndshm__register_path(const char *path);
+
+/* Opens the tables of `dir` (of the directory holding `path`) to test ids found there. */
+NDSHM_HIDDEN int ndshm__open_dir(const char *dir);
+NDSHM_HIDDEN int ndshm__open_dir_of(const char *path);
+
+/* The pid `key`'s process has in its own PID namespace and whether that is ours: 0, or
+ * NDSHM_ENOENT (in no table open; no detail recorded). */
+NDSHM_HIDDEN int ndshm__key_pid(uint64_t key, int64_t *pid, int *same_ns);
+
+/* "pid N", "pid N (in another PID namespace)" or what is known of an id found in no table. */
+NDSHM_HIDDEN void ndshm__key_describe(uint64_t key, char *buf, size_t len);
+
+/* For tests: drops this process's id and closes its tables as a fork()ed child does. */
+NDSHM_HIDDEN void ndshm__identity_renew(void);
+
+/* ---- queue and sync ---- */
 
 /* A deadline in CLOCK_MONOTONIC nanoseconds for `timeout` seconds (< 0, +inf or beyond ~31
  * years: none, INT64_MAX). NaN also gives INT64_MAX, but every public function taking a timeout

@@ -469,7 +469,7 @@ NDSHM_API int ndshm_queue_shutdown(ndshm_queue_t *q, int immediate);
  *  3 shut down because every registered producer exited (or unregistered). */
 NDSHM_API int ndshm_queue_is_shutdown(const ndshm_queue_t *q);
 
-/*! ndshm_queue_register_producer() : records this process (pid and start time) as a producer;
+/*! ndshm_queue_register_producer() : records this process (its process id) as a producer;
  *  once every registered producer has exited or unregistered, the queue shuts down (drain, then
  *  NDSHM_ESHUTDOWN). Registering twice is a no-op. @return : 0, NDSHM_ESHUTDOWN, NDSHM_EBUSY
  *  (NDSHM_QUEUE_MAX_PRODUCERS live producers hold every record), NDSHM_EINVAL. */
@@ -496,11 +496,54 @@ NDSHM_API int ndshm_queue_init_raw(void *mem, uint64_t bytes, uint64_t slots, ui
 NDSHM_API int ndshm_queue_open_raw(void *mem, uint64_t bytes, ndshm_queue_t **out);
 
 /* ======================================================================================
+ * Process identity
+ * Whatever records a process in shared memory (lock owners, queue and broadcast claims,
+ * producer and subscriber records) records its id: a random non-zero 64-bit number, made at
+ * first use, shared by its threads, new in a fork()ed child, never reused. A process
+ * registers in the process table of every directory whose segments it opens (a file
+ * ".ndshm-procs-<uid>" there: an entry holding its id, under a record lock the kernel drops
+ * when the process ends, however it ends). Another process tests the id by testing that lock:
+ * the answer holds across PID namespaces (containers sharing the directory) and through pid
+ * reuse, with no /proc. Segments of every kind register: named and file segments in their
+ * directory, anonymous and memfd ones in the default directory ($NDSHM_DIR, else /dev/shm).
+ * Raw memory (ndshm_lock_acquire on any area, ndshm_queue_init_raw and the like) records the
+ * id as is, the process being registered in the default directory at least: memory shared
+ * across PID namespaces must live in a segment of a directory both sides use.
+ * Thread rule: every function is thread safe.
+ * ====================================================================================== */
+
+/*! ndshm_process_key() :
+ *  Registers this process in the process table of `dir` (NULL: $NDSHM_DIR, else /dev/shm) if
+ *  it is not registered there yet, and stores its id in *key (never 0).
+ *  @return : 0, or NDSHM_EINVAL (key NULL), NDSHM_ENOENT (no such directory), NDSHM_EACCES
+ *            (the directory's table cannot be made or written), NDSHM_EBUSY (every entry of the
+ *            table is held by a live process), NDSHM_ENOSPC, NDSHM_ESYS. */
+NDSHM_API int ndshm_process_key(const char *dir, uint64_t *key);
+
+/*! ndshm_key_alive() :
+ *  Tests the id `key` found in a segment of `dir` (NULL: the default directory), opening that
+ *  directory's process tables if this process has not (testing needs no registration; the
+ *  ids in the directory's segments can then be tested with ndshm_lock_state too: `key` 0 only
+ *  opens them).
+ *  @return : 1 if its process runs (this process included), 0 if it ended or `key` is 0 or in
+ *            no table; NDSHM_ENOENT (no such directory), NDSHM_ESYS. A process that ended a
+ *            moment ago may still be reported alive once; a running one is never reported dead. */
+NDSHM_API int ndshm_key_alive(const char *dir, uint64_t key);
+
+/*! ndshm_key_pid() :
+ *  Stores in *pid the pid that the process of id `key` has in its own PID namespace, and in
+ *  *same_ns 1 if that namespace is the caller's (the pid names a process the caller can
+ *  see), else 0. The entry outlives its process until reused: test ndshm_key_alive first.
+ *  @return : 0, or NDSHM_ENOENT (`key` is in no process table of `dir`), NDSHM_EINVAL. */
+NDSHM_API int ndshm_key_pid(const char *dir, uint64_t key, int64_t *pid, int *same_ns);
+
+/* ======================================================================================
  * Sync
  * Process-shared lock, event and barrier, each living in NDSHM_SYNC_SIZE bytes of shared
  * memory (8-aligned) whose all-zero state is valid: unlocked, unset, uninitialised barrier.
- * Owners are processes, identified by pid and start time, so a reused pid is not mistaken
- * for a dead owner. Timeouts as for the queue (< 0 forever, 0 try once).
+ * Owners are processes, identified by their process id (see Process identity), so an owner
+ * in another PID namespace is respected and a reused pid is not mistaken for a dead owner.
+ * Timeouts as for the queue (< 0 forever, 0 try once).
  * ====================================================================================== */
 
 /*! ndshm_lock_acquire() :
@@ -553,7 +596,9 @@ NDSHM_API int ndshm_barrier_reset(void *area);
 NDSHM_API int ndshm_barrier_state(void *area, uint32_t *parties, uint32_t *waiting, int *broken);
 
 /*! ndshm_process_alive() : @return : 1 if process `pid` runs and started at `start_time`
- *  (clock ticks since boot, /proc/<pid>/stat field 22; 0 = do not compare), else 0. */
+ *  (clock ticks since boot, /proc/<pid>/stat field 22; 0 = do not compare), else 0. Reads
+ *  /proc, so it knows the caller's PID namespace only: ndshm_key_alive is the test that
+ *  holds across namespaces. Kept for compatibility. */
 NDSHM_API int ndshm_process_alive(int64_t pid, uint64_t start_time);
 
 /* ======================================================================================

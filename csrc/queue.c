@@ -22,7 +22,7 @@
  * that finds the queue empty for NDSHM__RING_DEAD_CHECK_NS checks the producer records' owners.
  *
  * Faults. Before its CAS on tail (or head), a claimer takes a claim record (owner = its process
- * key, pid + start time) and writes its intent (pos, producer or consumer) there, and keeps it
+ * id, identity.c) and writes its intent (pos, producer or consumer) there, and keeps it
  * until publish/discard (release). A waiter stuck on a position that is claimed but unfinished
  * for NDSHM__RING_DEAD_CHECK_NS (ring.h) looks for a live claimer with that intent; if there is
  * none, the claimer died: a producer's slot is marked published+SKIP (consumers pass over it), a consumer's slot
@@ -40,7 +40,7 @@
 #include <string.h>
 
 #define RING_MAGIC 0x51554555534d444eull /* "NDMSQUEQ" */
-#define RING_VERSION 2u /* 2: shutdown bits in tail and head, producer records */
+#define RING_VERSION 3u /* 2: shutdown bits in tail and head, producer records; 3: records hold process ids */
 #define SLOT_HDR NDSHM__RING_SLOT_HDR
 #define SKIP ((uint64_t)1 << 63)
 #define NPART NDSHM_QUEUE_PARTICIPANTS
@@ -120,6 +120,7 @@ static int init_ring(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_by
 }
 
 int ndshm_queue_init_raw(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes) {
+    (void)ndshm__self_key(); /* registers this process (the default directory) if it is not yet */
     return init_ring(mem, bytes, slots, slot_bytes, 0);
 }
 
@@ -156,6 +157,7 @@ int ndshm_queue_open_raw(void *mem, uint64_t bytes, ndshm_queue_t **out) {
         free(q);
         return rc;
     }
+    (void)ndshm__self_key(); /* registers this process (the default directory) if it is not yet */
     NDSHM__COUNT(live_queues, 1);
     *out = q;
     return 0;

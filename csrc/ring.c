@@ -145,8 +145,14 @@ int ndshm__ring_hdr_open(const ndshm__ring_kind_t *k, void *mem, uint64_t bytes,
         return ndshm__fail(NDSHM_ECORRUPT, 0, "ring magic 0x%llx is not an ndshm %s's", (unsigned long long)magic,
                            k->name);
     uint32_t version = h->version;
+    if (version < k->version)
+        return ndshm__fail(NDSHM_ECORRUPT, 0,
+                           "%s version %u was made by an older ndshm; this one reads version %u only (its process "
+                           "records hold across PID namespaces): recreate the %s with this version",
+                           k->ring, version, k->version, k->name);
     if (version != k->version)
-        return ndshm__fail(NDSHM_ECORRUPT, 0, "%s version %u is not %u", k->ring, version, k->version);
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "%s version %u is not %u: it was made by a newer ndshm", k->ring,
+                           version, k->version);
     uint64_t slots = h->slots, slot_bytes = h->slot_bytes, need; /* read once: another process may write */
     if (ndshm__ring_bytes(k, slots, slot_bytes, &need) != 0)
         return ndshm__fail(NDSHM_ECORRUPT, 0, "%s geometry is corrupt: slots %llu, slot_bytes %llu", k->ring,

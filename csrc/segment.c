@@ -290,6 +290,14 @@ int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out)
         rc = make_path(p->kind, p->name, p->dir, &path);
         if (rc) return rc;
     }
+    /* this process's id goes into the segment (its owner lock, rings' records): register it in
+     * the directory's process table first; anonymous and memfd segments use the default one */
+    rc = p->kind == NDSHM_KIND_FILE ? ndshm__register_path(path)
+                                    : ndshm__register(p->kind == NDSHM_KIND_NAMED ? p->dir : NULL);
+    if (rc) {
+        free(path);
+        return rc;
+    }
     ndshm_segment_t *seg = new_handle(p->kind);
     if (seg == NULL) {
         free(path);
@@ -390,6 +398,21 @@ fail:
 }
 
 /* ---- attach --------------------------------------------------------------------------- */
+
+/* Registers this process in the process table of the directory of an attached segment (`dir`,
+ * or the directory holding file `path`), so that the ids it writes there can be tested by
+ * every process that maps it. Best effort: a directory this user cannot write (a read-only
+ * attach of another user's segment) falls back to the default directory, and its tables are
+ * still opened so that the ids found in its segments can be tested. */
+static void attach_register(const char *dir, const char *path) {
+    int saved = errno;
+    int rc = path != NULL ? ndshm__register_path(path) : ndshm__register(dir);
+    if (rc) {
+        (void)(path != NULL ? ndshm__open_dir_of(path) : ndshm__open_dir(dir));
+        (void)ndshm__register(NULL);
+    }
+    errno = saved;
+}
 
 /* Reads up to `want` header bytes of fd into buf: the first page, and the rest only when the
  * header_size found there asks for more (most headers fit in a page). Returns the bytes read. */
@@ -519,6 +542,7 @@ int ndshm_segment_attach(int kind, const char *name, const char *dir, unsigned f
     }
     rc = attach_open(seg, flags, path);
     if (rc) goto fail;
+    attach_register(kind == NDSHM_KIND_FILE ? NULL : dir, kind == NDSHM_KIND_FILE ? path : NULL);
     if (kind == NDSHM_KIND_NAMED) memcpy(seg->info.name, name, strlen(name) + 1); /* checked: <= NDSHM_NAME_MAX */
     *out = seg;
     return 0;
@@ -550,6 +574,7 @@ int ndshm_segment_attach_fd(int fd, unsigned flags, ndshm_segment_t **out) {
     snprintf(what, sizeof what, "descriptor %d", fd);
     rc = attach_open(seg, flags, what);
     if (rc) goto fail;
+    attach_register(NULL, NULL);
     *out = seg;
     return 0;
 fail:
@@ -612,6 +637,7 @@ int ndshm_segment_attach_raw(const char *path, unsigned flags, ndshm_segment_t *
     i->fd = seg->fd;
     i->dev = (uint64_t)st.st_dev;
     i->ino = (uint64_t)st.st_ino;
+    attach_register(NULL, path);
     *out = seg;
     return 0;
 fail:
@@ -724,6 +750,12 @@ int ndshm_segment_probe(int kind, const char *name, const char *dir, ndshm_segme
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break;
         len += (size_t)n;
+    }
+    { /* the caller may test the ids in its sync slots (the owner lock): open the directory's
+       * tables (before the validation: a failure here must not overwrite its detail) */
+        int saved = errno;
+        (void)(kind == NDSHM_KIND_FILE ? ndshm__open_dir_of(path) : ndshm__open_dir(dir));
+        errno = saved;
     }
     rc = ndshm__header_validate(buf, len, (uint64_t)st.st_size, out);
     if (rc == NDSHM_EBUSY && !used)

@@ -5,9 +5,9 @@
  * Every object's all-zero state is valid (unlocked, unset, uninitialised barrier), so the
  * zeroed sync areas in every segment header need no initialisation.
  *
- * Process identity: key = (start time & 0xffffffff) << 32 | pid, start time being field 22 of
- * /proc/<pid>/stat (clock ticks since boot). A pid that was reused by a new process has another
- * start time, so a dead owner is never mistaken for a live one; a zombie counts as dead.
+ * Owners are process ids (identity.c): a lock's owner word holds its holder's id, and a waiter
+ * asks the kernel, through the holder's entry in a process table, whether it still runs, in
+ * whatever PID namespace it lives.
  */
 #include "internal.h"
 
@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* ---- process identity -------------------------------------------------------------- */
+/* ---- same-namespace pids (ndshm_process_alive) --------------------------------------- */
 
 /* Reads state and start time of `pid`; returns 0, or -1 if there is no such process. */
 static int read_stat(int64_t pid, char *state, uint64_t *start) {
@@ -47,37 +47,6 @@ static int read_stat(int64_t pid, char *state, uint64_t *start) {
     }
     *start = strtoull(p, NULL, 10);
     return 0;
-}
-
-static _Atomic uint64_t self_key;
-
-static void forget_self(void) { atomic_store_explicit(&self_key, 0, memory_order_relaxed); }
-
-static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_self); }
-
-uint64_t ndshm__self_key(void) {
-    uint64_t key = atomic_load_explicit(&self_key, memory_order_relaxed);
-    if (key != 0) return key;
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, register_atfork);
-    pid_t pid = getpid();
-    char state;
-    uint64_t start = 0;
-    if (read_stat(pid, &state, &start) != 0) start = 0;
-    key = (start & 0xffffffffu) << 32 | (uint32_t)pid;
-    atomic_store_explicit(&self_key, key, memory_order_relaxed);
-    return key;
-}
-
-int ndshm__key_alive(uint64_t key) {
-    if (key == 0) return 0;
-    int64_t pid = (int64_t)(key & 0xffffffffu);
-    if (key == ndshm__self_key()) return 1;
-    char state;
-    uint64_t start;
-    if (read_stat(pid, &state, &start) != 0) return 0;
-    if (state == 'Z' || state == 'X' || state == 'x') return 0;
-    return (start & 0xffffffffu) == (key >> 32);
 }
 
 int ndshm_process_alive(int64_t pid, uint64_t start_time) {
@@ -178,23 +147,28 @@ int ndshm_lock_acquire(void *area, double timeout) {
             continue;
         }
         if (!ndshm__key_alive(cur)) {
+            char who[96];
+            ndshm__key_describe(cur, who, sizeof who); /* before the entry is reused */
             if (atomic_compare_exchange_strong(&l->owner, &cur, me))
-                return ndshm__fail(NDSHM_EOWNERDEAD, 0, "lock %p: its owner pid %llu died holding it; acquired",
-                                   area, (unsigned long long)(cur & 0xffffffffu));
+                return ndshm__fail(NDSHM_EOWNERDEAD, 0, "lock %p: its owner %s died holding it; acquired", area, who);
             continue;
         }
-        if (timeout == 0)
-            return ndshm__fail(NDSHM_EBUSY, 0, "lock %p is held by pid %llu", area,
-                               (unsigned long long)(cur & 0xffffffffu));
+        if (timeout == 0) {
+            char who[96];
+            ndshm__key_describe(cur, who, sizeof who);
+            return ndshm__fail(NDSHM_EBUSY, 0, "lock %p is held by %s", area, who);
+        }
         if (deadline < 0) deadline = ndshm__deadline(timeout);
         uint32_t seq = atomic_load(&l->seq);
         atomic_fetch_add(&l->waiters, 1);
         int w = 0;
         if (atomic_load(&l->owner) == cur) w = ndshm__futex_wait(&l->seq, seq, deadline, DEAD_CHECK_NS);
         atomic_fetch_sub(&l->waiters, 1);
-        if (w == ETIMEDOUT)
-            return ndshm__fail(NDSHM_ETIMEDOUT, 0, "lock %p: still held by pid %llu after %g s", area,
-                               (unsigned long long)(cur & 0xffffffffu), timeout);
+        if (w == ETIMEDOUT) {
+            char who[96];
+            ndshm__key_describe(cur, who, sizeof who);
+            return ndshm__fail(NDSHM_ETIMEDOUT, 0, "lock %p: still held by %s after %g s", area, who, timeout);
+        }
     }
 }
 
@@ -205,10 +179,12 @@ int ndshm_lock_release(void *area) {
     uint64_t me = ndshm__self_key(), cur = me;
     if (!atomic_compare_exchange_strong(&l->owner, &cur, 0)) {
         if (cur == 0)
-            return ndshm__fail(NDSHM_EPERM, 0, "lock %p is not held by any process: pid %llu cannot release it",
-                               area, (unsigned long long)(me & 0xffffffffu));
-        return ndshm__fail(NDSHM_EPERM, 0, "lock %p is not held by this process (pid %llu) but by pid %llu", area,
-                           (unsigned long long)(me & 0xffffffffu), (unsigned long long)(cur & 0xffffffffu));
+            return ndshm__fail(NDSHM_EPERM, 0, "lock %p is not held by any process: pid %lld cannot release it",
+                               area, (long long)getpid());
+        char who[96];
+        ndshm__key_describe(cur, who, sizeof who);
+        return ndshm__fail(NDSHM_EPERM, 0, "lock %p is not held by this process (pid %lld) but by %s", area,
+                           (long long)getpid(), who);
     }
     atomic_fetch_add(&l->seq, 1);
     if (atomic_load(&l->waiters) != 0) ndshm__futex_wake(&l->seq, 1);

@@ -361,6 +361,8 @@ def remove_if_unused(path: str, grace: float = GRACE_SECONDS, now: Optional[floa
         if os.pread(fd, 8, 0) not in (_MAGIC, b"\0" * 8, b""):
             return False  # not ours
         age = (time.time() if now is None else now) - max(st.st_mtime, st.st_ctime)
+        # the owner lock holds a process id: open the directory's process tables to test it
+        lib.ndshm_key_alive(os.fsencode(os.path.dirname(path) or "."), 0)
         if not _persistent(fd) and reclaimable(fd, age, grace):
             cur = os.lstat(path)
             if (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino):

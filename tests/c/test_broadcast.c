@@ -399,7 +399,7 @@ TEST(named_segment) {
     ndshm_bcast_close(a);
     ndshm_bcast_close(b);
     CHECK_RC(ndshm_bcast_attach("bc", dir, &a), NDSHM_ENOENT); /* the creator unlinked it */
-    rmdir(dir);
+    CHECK(rmdir_tables(dir) == 0);
 }
 
 /* 2 publishers x 3 subscribers (child processes), block: every subscriber gets every message

@@ -261,7 +261,11 @@ TEST(a_ring_header_is_initialised_and_validated_for_its_kind) {
     CHECK_DETAIL("smaller than its 128-byte header");
     r->h.version = 4;
     CHECK_RC(ndshm__ring_hdr_open(&TEST_KIND, mem, need, &g), NDSHM_ECORRUPT);
-    CHECK(strcmp(ndshm_last_detail(), "tester ring version 4 is not 3") == 0);
+    CHECK(strcmp(ndshm_last_detail(), "tester ring version 4 is not 3: it was made by a newer ndshm") == 0);
+    r->h.version = 2;
+    CHECK_RC(ndshm__ring_hdr_open(&TEST_KIND, mem, need, &g), NDSHM_ECORRUPT);
+    CHECK_DETAIL("tester ring version 2 was made by an older ndshm; this one reads version 3 only");
+    CHECK_DETAIL("recreate the tester with this version");
     r->h.version = 3;
     r->h.slots = 5;
     CHECK_RC(ndshm__ring_hdr_open(&TEST_KIND, mem, need, &g), NDSHM_ECORRUPT);

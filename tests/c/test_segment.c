@@ -860,7 +860,7 @@ int main(void) {
     RUN(raw_attach_and_file_kind);
     RUN(populate_prefaults_and_keeps_the_data);
     RUN(nothing_leaks);
-    if (rmdir(dir) != 0) {
+    if (rmdir_tables(dir) != 0) {
         perror(dir);
         th_failed++;
     }

@@ -11,6 +11,7 @@
 #define NDSHM_TESTHELPER_H
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -86,6 +87,15 @@ static inline void wait_or_kill(pid_t pid, double limit) {
         }
         usleep(2000);
     }
+}
+
+/* rmdir(dir) of a test's own directory, removing first the process tables (".ndshm-procs-*",
+ * csrc/identity.c) that every process which opened a segment there left. */
+static inline int rmdir_tables(const char *dir) {
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -f '%s'/.ndshm-procs-*", dir);
+    if (system(cmd) != 0) return -1;
+    return rmdir(dir);
 }
 
 #define SUMMARY() (printf("%d passed, %d failed\n", th_passed, th_failed), th_failed != 0)
