@@ -157,7 +157,8 @@ def test_event_and_barrier_across_pid_namespaces(d):
 
 def test_queue_received_slot_of_a_live_peer_in_another_namespace_is_kept(d):
     """The issue's third row: A holds a received message in place; B puts and gets (get,
-    get_many) on the same 2-slot ring: A's slot is never recycled under it, B's put waits."""
+    get_many) on the same 2-slot ring: A's slot is never recycled under it (B's put waits for it),
+    and A's view keeps its bytes."""
     q = ndshm.Queue("q", slots=2, slot_bytes=64, dir=d)
     q.put(np.full(8, 7, np.int64))
     a = start_python_ns(BLOCK + f"""
@@ -169,22 +170,20 @@ def test_queue_received_slot_of_a_live_peer_in_another_namespace_is_kept(d):
     """)
     try:
         expect_line(a, "holding 56")
-        for i in range(3):
-            q.put(np.full(8, i, np.int64), timeout=5)  # the free slot, over and over
-            got = q.get(timeout=5) if i % 2 == 0 else q.get_many(4, timeout=5)[0]
-            assert got.tolist() == [i] * 8
-        q.put(np.full(8, 9, np.int64), timeout=5)
-        with pytest.raises(ndshm.Full):  # the only other slot is A's
-            q.put(np.full(8, 10, np.int64), timeout=0.5)
-        assert q.get_many(4, timeout=0.5)[0].tolist() == [9] * 8
+        q.put(np.full(8, 1, np.int64), timeout=5)  # the other slot
+        assert q.get(timeout=5).tolist() == [1] * 8
+        with pytest.raises(ndshm.Full):  # the next position is A's slot: it waits for A
+            q.put(np.full(8, 2, np.int64), timeout=0.5)
         with pytest.raises(ndshm.Empty):
             q.get(timeout=0.2)
+        with pytest.raises(ndshm.Empty):
+            q.get_many(4, timeout=0.2)
         _say(a)
         expect_line(a, "still True")
         assert finish_python(a) == ""
-        q.put(np.full(8, 10, np.int64), timeout=5)  # A released its slot
-        q.put(np.full(8, 11, np.int64), timeout=5)
-        assert [int(m[0]) for m in q.get_many(4, timeout=5)] == [10, 11]
+        q.put(np.full(8, 2, np.int64), timeout=5)  # A released its slot
+        q.put(np.full(8, 3, np.int64), timeout=5)
+        assert [int(m[0]) for m in q.get_many(4, timeout=5)] == [2, 3]
     finally:
         _stop(a)
         q.close()
@@ -210,7 +209,8 @@ def test_queue_loan_of_a_live_peer_in_another_namespace_is_waited_for(d):
         q.put(np.full(4, 6, np.int64), timeout=5)  # behind A's claim
         with pytest.raises(ndshm.Empty):
             q.get(timeout=0.5)  # A's message is not ready, and A lives: nothing is skipped
-        assert q.get_many(4, timeout=0.2) == []
+        with pytest.raises(ndshm.Empty):
+            q.get_many(4, timeout=0.2)
         _say(a)
         expect_line(a, "published")
         assert [int(m[0]) for m in q.get_many(4, timeout=5)] == [5, 6]
@@ -228,7 +228,6 @@ def test_queue_peers_killed_in_another_namespace_are_recovered(d):
     q = ndshm.Queue("q", slots=4, slot_bytes=1024, dir=d)
     producer = start_python_ns(BLOCK + f"""
         q = ndshm.Queue.attach("q", dir={d!r})
-        q.register_producer()
         with q.loan(100, np.float64) as out:
             out[:50] = 1.0
             print("ready", flush=True)
@@ -237,7 +236,6 @@ def test_queue_peers_killed_in_another_namespace_are_recovered(d):
     consumer = None
     try:
         expect_line(producer, "ready")
-        assert q.producers == 1
         for i in range(2):
             q.put(np.full(4, i, np.int32))
         consumer = start_python_ns(BLOCK + f"""
@@ -250,7 +248,6 @@ def test_queue_peers_killed_in_another_namespace_are_recovered(d):
         expect_line(consumer, "got 0")
         kill9(consumer)
         t0 = time.monotonic()
-        assert q.producers == 0
         q.put(np.full(4, 2, np.int32), timeout=5)
         q.put(np.full(4, 3, np.int32), timeout=5)
         q.put(np.full(4, 4, np.int32), timeout=5)
@@ -261,6 +258,34 @@ def test_queue_peers_killed_in_another_namespace_are_recovered(d):
             q.get(timeout=0.05)
     finally:
         _stop(producer, *([consumer] if consumer else []))
+        q.close()
+
+
+def test_queue_producer_killed_in_another_namespace_ends_the_queue(d):
+    """A registered producer in another namespace counts while it lives; killed, it no longer
+    does, and the queue shuts down once drained, as every registered producer has exited."""
+    q = ndshm.Queue("q", slots=4, slot_bytes=64, dir=d)
+    a = start_python_ns(BLOCK + f"""
+        q = ndshm.Queue.attach("q", dir={d!r})
+        q.register_producer()
+        q.put(np.arange(4))
+        print("producing", flush=True)
+        sys.stdin.read()
+    """)
+    try:
+        expect_line(a, "producing")
+        assert q.producers == 1
+        assert q.get(timeout=5).tolist() == [0, 1, 2, 3]
+        with pytest.raises(ndshm.Empty):
+            q.get(timeout=0.3)  # a live producer: no shutdown
+        kill9(a)
+        t0 = time.monotonic()
+        assert q.producers == 0
+        with pytest.raises(ndshm.ShutDown):
+            q.get(timeout=5)
+        assert time.monotonic() - t0 < 2
+    finally:
+        _stop(a)
         q.close()
 
 
@@ -299,7 +324,7 @@ print("got", [int(s.get(timeout=10)[0]) for _ in range(12)], flush=True)
 
 def test_broadcast_overwrite_spares_a_live_readers_message_in_another_namespace(d):
     """policy="overwrite": a message read in place by a live subscriber in another namespace is
-    not overwritten under it (its publisher waits), and the subscription stays."""
+    not overwritten under it while publishers lap the ring, and the subscription stays."""
     with ndshm.Broadcast("b", slots=4, slot_bytes=64, policy="overwrite", dir=d) as b:
         a = start_python_ns(SUBSCRIBER.format(d=d) + """
 with s.receive(timeout=10) as v:
@@ -311,10 +336,8 @@ with s.receive(timeout=10) as v:
             expect_line(a, "subscribed")
             b.put(np.array([100]))
             expect_line(a, "holding 100")
-            for i in range(1, 4):
+            for i in range(1, 10):  # two laps of the ring
                 b.put(np.array([i]), timeout=5)
-            with pytest.raises(ndshm.Full):  # the next lap would overwrite A's message
-                b.put(np.array([4]), timeout=0.5)
             assert b.subscribers == 1
             _say(a)
             expect_line(a, "still 100")
