@@ -76,6 +76,16 @@ const char *ndshm_last_detail(void) { return last_detail; }
 
 int ndshm_last_errno(void) { return last_errno; }
 
+void ndshm__error_save(ndshm__error_state_t *s) {
+    memcpy(s->detail, last_detail, sizeof s->detail);
+    s->err = last_errno;
+}
+
+void ndshm__error_restore(const ndshm__error_state_t *s) {
+    memcpy(last_detail, s->detail, sizeof last_detail);
+    last_errno = s->err;
+}
+
 static void set_detail(int err, const char *fmt, va_list ap) {
     last_errno = err;
     int n = vsnprintf(last_detail, sizeof last_detail, fmt, ap);

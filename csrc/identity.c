@@ -109,6 +109,7 @@ typedef struct dir {
     char *given;                /* the string first asked for, if absolute (fast lookup), else NULL */
     uint64_t dev, ino;          /* of the directory */
     _Atomic int registered;     /* 1: this id holds an entry in our own table here */
+    int fallback;               /* it cannot hold our table: the default directory's stands in */
     int want_register;          /* registered before a fork: register the child's id too */
     int own;                    /* index of our own table here, -1 if none is open */
     int32_t entry;              /* our entry there */
@@ -386,7 +387,7 @@ static int find_dir(const char *dir, dir_t **out) {
     if (dir == NULL || dir[0] == 0) dir = default_dir();
     struct stat st;
     if (stat(dir, &st) != 0) {
-        if (errno == ENOENT) return ndshm__fail(NDSHM_ENOENT, errno, "directory %s does not exist", dir);
+        if (errno == ENOENT) return ndshm__fail(NDSHM_ENOENT, errno, "cannot use %s: the directory does not exist", dir);
         return ndshm__fail_errno(errno, "cannot use directory %s", dir);
     }
     if (!S_ISDIR(st.st_mode)) return ndshm__fail(NDSHM_EINVAL, 0, "%s is not a directory", dir);
@@ -437,13 +438,30 @@ int ndshm__register(const char *dir) {
     if (atomic_load_explicit(&ndshm__self_id, memory_order_acquire) != 0 && want[0] == '/') {
         unsigned n = atomic_load_explicit(&ndirs, memory_order_acquire);
         for (unsigned i = 0; i < n; i++)
-            if (atomic_load(&dirs[i].registered) && dirs[i].given != NULL && strcmp(dirs[i].given, want) == 0) return 0;
+            if ((atomic_load(&dirs[i].registered) || dirs[i].fallback) && dirs[i].given != NULL &&
+                strcmp(dirs[i].given, want) == 0)
+                return 0;
     }
     pthread_mutex_lock(&mu);
     uint64_t id = id_locked();
     dir_t *d;
     int rc = find_dir(want, &d);
     if (rc == 0) rc = register_in(d, id);
+    if (rc != 0 && rc != NDSHM_ENOENT) {
+        /* a directory that cannot hold our table (hugetlbfs, full, another user's): the default
+         * directory's stands in, which testers always look at too; the error stays if it fails */
+        int saved_errno = errno;
+        ndshm__error_state_t saved;
+        ndshm__error_save(&saved);
+        dir_t *fallback;
+        if (find_dir(NULL, &fallback) == 0 && register_in(fallback, id) == 0) {
+            d->fallback = 1;
+            rc = 0;
+        } else {
+            ndshm__error_restore(&saved);
+        }
+        errno = saved_errno;
+    }
     pthread_mutex_unlock(&mu);
     return rc;
 }
@@ -552,14 +570,11 @@ int ndshm__key_alive(uint64_t key) {
     /* not in any table open: look for tables that appeared since, then in them */
     pthread_mutex_lock(&mu);
     unsigned before = atomic_load(&ntables);
+    dir_t *dflt;
+    int saved = errno;
+    (void)find_dir(NULL, &dflt); /* the default directory stands in for those that cannot hold a table */
+    errno = saved;
     unsigned n = atomic_load(&ndirs);
-    if (n == 0) {
-        dir_t *d;
-        int saved = errno;
-        (void)find_dir(NULL, &d);
-        errno = saved;
-        n = atomic_load(&ndirs);
-    }
     for (unsigned i = 0; i < n; i++) discover(&dirs[i]);
     pthread_mutex_unlock(&mu);
     r = lookup(key, before, NULL, NULL);

@@ -30,6 +30,15 @@ NDSHM_HIDDEN int ndshm__fail(int code, int err, const char *fmt, ...) NDSHM_PRIN
 /* Maps errno `err` to the closest NDSHM_E* code, records it with the detail; returns the code. */
 NDSHM_HIDDEN int ndshm__fail_errno(int err, const char *fmt, ...) NDSHM_PRINTF(2, 3);
 
+/* This thread's failure detail and errno, kept across calls whose own failures must not
+ * replace them (a fallback that was tried and failed too). */
+typedef struct ndshm__error_state {
+    char detail[512];
+    int err;
+} ndshm__error_state_t;
+NDSHM_HIDDEN void ndshm__error_save(ndshm__error_state_t *s);
+NDSHM_HIDDEN void ndshm__error_restore(const ndshm__error_state_t *s);
+
 /* ---- sizes ------------------------------------------------------------------------ */
 
 static inline bool ndshm__is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }

@@ -36,6 +36,13 @@ def collect() -> None:
         gc.collect()
 
 
+def dir_files(d: str) -> list[str]:
+    """The names in directory ``d``, sorted, without the process tables (``.ndshm-procs-<uid>``,
+    csrc/identity.c) that every process which opened a segment there leaves: what tests of a
+    directory's segments compare."""
+    return sorted(e for e in os.listdir(d) if not e.startswith(".ndshm-procs-"))
+
+
 def child_env(**extra: str) -> dict:
     """The environment for a child interpreter that must import this very ndshm."""
     env = dict(os.environ)

@@ -11,7 +11,7 @@ import sys
 
 
 import ndshm
-from conftest import child_env, run_python
+from conftest import child_env, dir_files, run_python
 from ndshm import _cli
 
 
@@ -259,7 +259,7 @@ def test_unknown_options_are_one_line_errors_for_every_command(tmp_path):
         assert out.returncode == 2, (args, out.stderr)
         _one_line_error(out, bad)
     _one_line_error(cli("--dir", d, "gc", "extra"), "'extra'")
-    assert os.listdir(d) == []
+    assert dir_files(d) == []
 
 
 def test_help_version_and_dir_forms(tmp_path):
@@ -331,4 +331,4 @@ def test_gc_keeps_a_handed_over_segment_until_its_receiver_claims_it(tmp_path):
         assert out.returncode == 0, out.stderr
         assert " orphan (" in out.stdout and " handed (" not in out.stdout, out.stdout
         assert " 1 segment from" in out.stdout, out.stdout
-    assert os.listdir(d) == ["ndshm.handed"]
+    assert dir_files(d) == ["ndshm.handed"]

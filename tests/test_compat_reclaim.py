@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from conftest import child_env, collect
+from conftest import child_env, collect, dir_files
 from ndshm.compat import shared_memory
 from ndshm.compat.shared_memory import _ndshm_blocks, _reclaim_dead
 
@@ -82,7 +82,7 @@ def test_a_killed_creators_block_is_reclaimed_a_live_ones_is_kept(shm_dir, xattr
     # once the live one is killed too, it goes as well
     assert _reclaim_dead(shm_dir) == [live_name]
     registry = ".ndshm-compat-%d" % os.getuid()
-    assert sorted(os.listdir(shm_dir)) == (["psm_foreign"] if xattr else [registry, "psm_foreign"])
+    assert dir_files(shm_dir) == (["psm_foreign"] if xattr else [registry, "psm_foreign"])
     if not xattr:
         assert os.listdir(os.path.join(shm_dir, ".ndshm-compat-%d" % os.getuid())) == []  # entries dropped
 
@@ -198,4 +198,4 @@ def test_a_block_whose_attach_fails_after_create_is_removed(shm_dir, monkeypatch
     monkeypatch.setattr(Segment, "_attach_raw", classmethod(lambda cls, p, ro: refuse(p, ro)))
     with pytest.raises(OSError, match="no mapping today"):
         shared_memory.SharedMemory("psm_failing", create=True, size=16)
-    assert os.listdir(shm_dir) == []
+    assert dir_files(shm_dir) == []

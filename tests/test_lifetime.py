@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import PYPY, child_env, collect, run_python
+from conftest import PYPY, child_env, collect, dir_files, run_python
 
 CONTEXTS = ["fork", "spawn"]
 
@@ -245,15 +245,15 @@ def test_sigkilled_creator_is_reclaimed_by_the_next_create(tmp_path, monkeypatch
     assert _ownership.sweep(d, force=True) == 0  # a live owner's name stays, mapped or not
     child.kill()
     child.wait()
-    assert sorted(os.listdir(d)) == ["ndshm.dead", "ndshm.handed", "ndshm.kept"]
+    assert dir_files(d) == ["ndshm.dead", "ndshm.handed", "ndshm.kept"]
     _ownership._last_sweep.clear()
     with ndshm.Segment.create("next", 4, dir=d):
         # the dead creator's segment went; the persistent one and the unclaimed hand-over stay
-        assert sorted(os.listdir(d)) == ["ndshm.handed", "ndshm.kept", "ndshm.next"]
+        assert dir_files(d) == ["ndshm.handed", "ndshm.kept", "ndshm.next"]
     # a hand-over nobody claimed goes after HANDOVER_SECONDS
     monkeypatch.setattr(_ownership, "HANDOVER_SECONDS", 0.0)
     assert _ownership.sweep(d, force=True) == 1
-    assert sorted(os.listdir(d)) == ["ndshm.kept"]
+    assert dir_files(d) == ["ndshm.kept"]
 
 
 def test_a_removed_name_ends_ownership(unique_name):

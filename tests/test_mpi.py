@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, child_env, run_python, skip_or_fail
+from conftest import ROOT, child_env, dir_files, run_python, skip_or_fail
 from optional_deps import require
 
 SCRIPT = ROOT / "tests" / "mpi_scripts" / "allocate.py"
@@ -97,7 +97,7 @@ def test_every_rank_sees_one_segment_and_free_removes_it(n, shm_dir):
         assert r["array_after"]["type"] == "ClosedError" and name in r["array_after"]["message"]
         assert r["segment_after"]["type"] == "ClosedError"
         assert r["mapped_after"] == []  # every rank dropped its mapping (no cache keeps it)
-    assert os.listdir(shm_dir) == []
+    assert dir_files(shm_dir) == []
 
 
 def test_context_manager_fills_and_frees(shm_dir):
@@ -192,7 +192,7 @@ def test_an_exception_in_the_block_ends_the_job_instead_of_hanging(who, shm_dir)
     _, done = mpirun("raise_in_block", 2, shm_dir, expect_ok=False, RAISE_ON=str(who))
     assert done.returncode != 0 and f"boom on rank {who}" in done.stderr, done.stderr
     if who == 0:
-        assert os.listdir(shm_dir) == []
+        assert dir_files(shm_dir) == []
 
 
 def test_import_ndshm_does_not_import_mpi4py():
@@ -227,4 +227,4 @@ def test_the_example_runs_under_mpirun(shm_dir):
     _, done = mpirun("-", 3, shm_dir, script=ROOT / "examples" / "mpi_allocate_shared.py", NDSHM_DIR=shm_dir)
     out = done.stdout
     assert "3 rank(s), 3 on this node" in out and "read in place correctly" in out, out
-    assert "total across nodes correct, freed: True" in out and os.listdir(shm_dir) == []
+    assert "total across nodes correct, freed: True" in out and dir_files(shm_dir) == []

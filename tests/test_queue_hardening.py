@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import PYPY, collect, skip_or_fail
+from conftest import PYPY, collect, dir_files, skip_or_fail
 
 SHM = os.environ.get("NDSHM_DIR", "/dev/shm")
 
@@ -118,7 +118,7 @@ def test_queue_that_does_not_fit_names_path_and_size(tiny_tmpfs, unique_name):
     size = re.search(r"(\d+) bytes", str(e))
     assert size and int(size.group(1)) > 16 << 20, str(e)
     assert tiny_tmpfs in str(e) and path in str(e)
-    assert os.listdir(tiny_tmpfs) == []  # nothing left behind
+    assert dir_files(tiny_tmpfs) == []  # nothing left behind
     with ndshm.Queue(unique_name, slots=2, slot_bytes=64, dir=tiny_tmpfs) as q:  # a small one fits
         q.put(np.arange(3))
         assert q.get(timeout=1).tolist() == [0, 1, 2]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import PYPY, child_env, collect, run_python, skip_or_fail
+from conftest import PYPY, child_env, collect, dir_files, run_python, skip_or_fail
 
 CONTEXTS = ["fork", "spawn"]
 
@@ -453,7 +453,7 @@ def test_enospc_fails_at_create(small_tmpfs):
         ndshm.Segment.create("toobig", 4 << 20, dir=d)
     assert exc.value.errno == 28 and isinstance(exc.value, ndshm.NoSpaceError)
     assert d in str(exc.value) and str((4 << 20) + 4096) in str(exc.value)  # the data plus one header page
-    assert sorted(os.listdir(d)) == ["ndshm.fits"]  # the partial file is gone
+    assert dir_files(d) == ["ndshm.fits"]  # the partial file is gone
     # NDSHM_DIR points there too, and a stdlib-style block fails the same way up front
     child = run_python("""
         import ndshm
@@ -464,7 +464,7 @@ def test_enospc_fails_at_create(small_tmpfs):
     """, NDSHM_DIR=d)
     assert child.stdout.strip() == "28"
     small.close()
-    assert os.listdir(d) == []
+    assert dir_files(d) == []
 
 
 def test_stress_no_leaks(unique_name):

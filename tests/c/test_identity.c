@@ -65,7 +65,7 @@ TEST(self_key_registers_and_the_api_answers) {
     CHECK_DETAIL("0123456789abcdef is in no process table");
     CHECK_RC(ndshm_key_pid(dir, k, NULL, &same), NDSHM_EINVAL);
     CHECK_RC(ndshm_process_key("/nonexistent-ndshm-dir", &k2), NDSHM_ENOENT);
-    CHECK_DETAIL("/nonexistent-ndshm-dir does not exist");
+    CHECK_DETAIL("/nonexistent-ndshm-dir: the directory does not exist");
     CHECK(ndshm_key_alive("/nonexistent-ndshm-dir", 0x1234) == NDSHM_ENOENT);
 }
 
