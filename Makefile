@@ -34,7 +34,7 @@ CTEST_SRCS := $(wildcard tests/c/test_*.c)
 SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 CTEST_BINS := $(patsubst tests/c/%.c,$(BUILD)/ctest/%,$(CTEST_SRCS))
 
-.PHONY: all help lib venv test ctest pytest pypy-test oldnumpy-test wheel bench bench-quick clean
+.PHONY: all help lib venv test ctest pytest pypy-test oldnumpy-test wheel bench bench-quick bench-liveness clean
 
 all: lib
 
@@ -166,6 +166,13 @@ bench: lib $(VENV)/.bench-stamp
 
 bench-quick: lib $(VENV)/.bench-stamp
 	$(VENV)/bin/python -m ndshm bench --quick
+
+# The liveness test's cost (bench/liveness.c, with the library's sources: ns per test of another
+# process's id, alive and dead, per self_key, and per queue put + take pair). bench_queue prints it too.
+bench-liveness: $(SRCS) $(HDRS) bench/liveness.c
+	@mkdir -p $(BUILD)/bench
+	$(CC) -O2 -std=c11 -D_GNU_SOURCE -pthread -Icsrc -o $(BUILD)/bench/liveness bench/liveness.c $(SRCS)
+	$(BUILD)/bench/liveness
 
 clean:
 	rm -rf $(BUILD) $(PKG)/libndshm.so $(PKG)/ndshm.h $(PKG)/_ndshm_cffi.py dist *.egg-info

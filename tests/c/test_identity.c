@@ -35,10 +35,10 @@ static pid_t child_key(int hold, uint64_t *key) {
         if (hold >= 0) n = read(hold, &c, 1);
         _exit(n >= 0 ? 0 : 1);
     }
+    close(fds[1]); /* a child that dies before writing gives EOF, not a hang */
     *key = 0;
     if (read(fds[0], key, sizeof *key) != (ssize_t)sizeof *key) *key = 0;
     close(fds[0]);
-    close(fds[1]);
     return pid;
 }
 
@@ -112,6 +112,7 @@ TEST(a_fork_child_has_its_own_id_and_sees_its_parent_alive) {
         n = read(hold[0], &c, 1);
         _exit(n == 1 ? 0 : 1);
     }
+    close(res[1]);
     uint64_t k = 0;
     int ok = 0;
     CHECK(read(res[0], &k, sizeof k) == (ssize_t)sizeof k && read(res[0], &ok, sizeof ok) == (ssize_t)sizeof ok);
@@ -129,7 +130,6 @@ TEST(a_fork_child_has_its_own_id_and_sees_its_parent_alive) {
     close(hold[0]);
     close(hold[1]);
     close(res[0]);
-    close(res[1]);
 }
 
 /* A holder killed with kill -9 is dead at once, its lock recovered; and a child it forked that
@@ -236,6 +236,7 @@ TEST(ten_thousand_ids_claimed_and_released) {
         ssize_t w = write(res[1], &bad, sizeof bad);
         _exit(w == (ssize_t)sizeof bad ? 0 : 1);
     }
+    close(res[1]);
     int bad = -1;
     CHECK(read(res[0], &bad, sizeof bad) == (ssize_t)sizeof bad);
     CHECK(bad == 0);
@@ -249,7 +250,6 @@ TEST(ten_thousand_ids_claimed_and_released) {
     CHECK(max_probe < 64); /* dead entries were reused: no cluster grew */
     close(fd);
     close(res[0]);
-    close(res[1]);
 }
 
 /* A lock held by a live process in another PID namespace is not taken (its pid there is 1, as
@@ -395,6 +395,55 @@ TEST(a_foreign_file_under_the_table_name_is_passed_over) {
     CHECK(rmdir(sub) == 0);
 }
 
+/* Processes of two users in one directory: each registers in its own table (".ndshm-procs-<uid>",
+ * writable by its owner only), and each tests the other's ids through the other's table, which
+ * it opens read-only. */
+TEST(another_users_process_is_tested_through_its_table) {
+    if (geteuid() != 0) {
+        not_run = "switching to another user needs root";
+        return;
+    }
+    char sub[128];
+    snprintf(sub, sizeof sub, "%s/shared", dir);
+    CHECK(mkdir(sub, 0777) == 0 && chmod(sub, 01777) == 0 && chmod(dir, 0711) == 0); /* reachable for nobody */
+    uint64_t me = 0;
+    CHECK_RC(ndshm_process_key(sub, &me), 0);
+    int res[2], hold[2];
+    CHECK(pipe(res) == 0 && pipe(hold) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        uint64_t k = 0;
+        int ok = setgid(65534) == 0 && setuid(65534) == 0 && ndshm_process_key(sub, &k) == 0 &&
+                 ndshm_key_alive(sub, me) == 1; /* root's id, through root's table */
+        if (!ok) k = 0;
+        ssize_t w = write(res[1], &k, sizeof k);
+        char c;
+        w = read(hold[0], &c, 1);
+        _exit(w == 1 ? 0 : 1);
+    }
+    close(res[1]);
+    uint64_t k = 0;
+    CHECK(read(res[0], &k, sizeof k) == (ssize_t)sizeof k);
+    CHECK(k != 0);
+    char path[160];
+    snprintf(path, sizeof path, "%s/.ndshm-procs-65534", sub);
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && st.st_uid == 65534 && (st.st_mode & 0777) == 0644);
+    CHECK(ndshm_key_alive(sub, k) == 1);
+    int64_t p = 0;
+    int same = 0;
+    CHECK_RC(ndshm_key_pid(sub, k, &p, &same), 0);
+    CHECK(p == pid && same == 1);
+    CHECK(write(hold[1], "x", 1) == 1);
+    waitpid(pid, NULL, 0);
+    CHECK(ndshm_key_alive(sub, k) == 0);
+    close(res[0]);
+    close(hold[0]);
+    close(hold[1]);
+    CHECK(chmod(dir, 0700) == 0);
+    CHECK(rmdir_tables(sub) == 0);
+}
+
 static void not_run_check(const char *name) {
     if (not_run == NULL) return;
     th_passed--;
@@ -424,6 +473,8 @@ int main(void) {
     not_run_check("a_holder_in_another_pid_namespace");
     RUN(older_formats_are_refused_by_version);
     RUN(a_foreign_file_under_the_table_name_is_passed_over);
+    RUN(another_users_process_is_tested_through_its_table);
+    not_run_check("another_users_process_is_tested_through_its_table");
     if (rmdir_tables(dir) != 0) {
         perror(dir);
         th_failed++;
