@@ -5,9 +5,13 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -78,9 +82,92 @@ def finish_python(p: subprocess.Popen, timeout: float = 60) -> str:
     return out
 
 
-def expect_line(p: subprocess.Popen, want: str) -> None:
-    """The next line the child prints must be ``want`` (the child prints it once it is ready)."""
-    line = p.stdout.readline().strip()
+_ns_problem: dict[str, str] = {}  # unshare options -> why they cannot be used here ("" if they can)
+
+
+def require_namespaces(*options: str) -> None:
+    """Skip (fail under CI) unless ``unshare <options> true`` works here (it needs root, or user
+    namespaces): once per set of options, saying why not."""
+    key = " ".join(options)
+    if key not in _ns_problem:
+        exe = shutil.which("unshare")
+        if exe is None:
+            _ns_problem[key] = "no unshare command (util-linux) on PATH"
+        else:
+            try:
+                r = subprocess.run([exe, *options, "true"], capture_output=True, text=True, timeout=30)
+                _ns_problem[key] = "" if r.returncode == 0 else (
+                    f"'unshare {key}' is refused here (exit {r.returncode}: {r.stderr.strip()}); it needs root")
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                _ns_problem[key] = f"'unshare {key}' failed: {exc}"
+    if _ns_problem[key]:
+        skip_or_fail(_ns_problem[key])
+
+
+PID_NS = ("--pid", "--fork", "--mount-proc", "--kill-child")
+
+
+def start_python_ns(code: str, *args: str, unshare: tuple[str, ...] = PID_NS, tmpfs_over: str = "",
+                    **env: str) -> subprocess.Popen:
+    """:func:`start_python` in new namespaces: by default a new PID namespace with its own
+    ``/proc`` (``unshare --pid --fork --mount-proc``; the interpreter is pid 1 there, and
+    ``--kill-child`` ends it with its ``unshare``). ``tmpfs_over``: a directory over which the
+    child mounts a tmpfs of its own (needs ``--mount`` among ``unshare``), as a container with
+    its own ``/dev/shm`` has. Skips (fails under CI) where unshare is refused. Find the
+    interpreter's pid outside with :func:`inner_pid`."""
+    require_namespaces(*unshare)
+    argv = [sys.executable, "-c", textwrap.dedent(code), *args]
+    if tmpfs_over:
+        argv = ["sh", "-c", 'mount -t tmpfs -o size=16m ndshm-test "$0" && exec "$@"', tmpfs_over, *argv]
+    return subprocess.Popen(["unshare", *unshare, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=child_env(**env))
+
+
+def inner_pid(p: subprocess.Popen, timeout: float = 10) -> int:
+    """The pid (as this process sees it) of the interpreter :func:`start_python_ns` started: the
+    child of its ``unshare`` (``unshare`` itself when it forks nothing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+                kids = f.read().split()
+        except OSError:
+            kids = []
+        if kids:
+            return int(kids[0])
+        if "--fork" not in p.args:
+            return p.pid
+        if time.monotonic() > deadline or p.poll() is not None:
+            pytest.fail(f"unshare (pid {p.pid}) started no child within {timeout} s")
+        time.sleep(0.01)
+
+
+def kill9(p: subprocess.Popen, timeout: float = 10) -> None:
+    """kill -9 the interpreter of ``p`` (:func:`start_python_ns` or :func:`start_python`), and reap it."""
+    pid = inner_pid(p) if p.args[0] == "unshare" else p.pid
+    os.kill(pid, signal.SIGKILL)
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        pytest.fail(f"pid {pid} still running {timeout} s after SIGKILL")
+
+
+def read_line(p: subprocess.Popen, timeout: float = 60) -> str:
+    """The next line the child prints (stripped), killing it if none comes within ``timeout``."""
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    try:
+        return p.stdout.readline().strip()
+    finally:
+        timer.cancel()
+
+
+def expect_line(p: subprocess.Popen, want: str, timeout: float = 60) -> None:
+    """The next line the child prints must be ``want`` (the child prints it once it is ready)
+    within ``timeout`` seconds."""
+    line = read_line(p, timeout)
     if line != want:
         p.kill()
         _, err = p.communicate()

@@ -10,17 +10,25 @@ Two tables, both keyed by (real directory, name):
 
 - ``live``: a weak reference to every mapped :class:`~ndshm.Segment` (creator's or attacher's),
   so that all views of one segment in a process share one mapping;
-- ``kept``: strong references to recently attached segments, which keep them mapped after their
-  last view died.
+- ``kept``: an :class:`_Entry` per recently attached segment: its C handle and its attributes,
+  which keep it mapped after its last view (and with it the Segment object) died.
 
-A cached mapping is reused only while its name still leads to the very same file (device and
-inode are checked on every reuse, in ``Segment.attach``). Mappings whose file was removed are dropped promptly (checked
-at most every ``CHECK_SECONDS`` on attach and create, and by a daemon thread while anything is
-kept), so the cache never keeps a removed segment's memory alive for long.
+A kept mapping no Segment object uses (every view of it died, and nothing else holds the Segment)
+is **idle**: it lets go of the segment's shared ``flock``, which tells ``gc`` and ``create``'s
+sweep that someone maps the file. So a cached mapping never keeps a dead owner's segment from
+being reclaimed. When an attach finds an idle mapping of its name, it takes the shared flock
+again (without waiting: a reclaimer holds it exclusively only while it removes the name), checks
+that the name still leads to that very file (device and inode: a reclaimed or replaced segment
+fails this), and only then hands it out in a new Segment object; otherwise the entry is dropped and
+the segment mapped afresh (or not found). A live mapping's name is also checked on every reuse,
+in ``Segment.attach``. Mappings whose file was removed are dropped promptly (checked at most
+every ``CHECK_SECONDS`` on attach and create, and by a daemon thread while anything is kept),
+so the cache never keeps a removed segment's memory alive for long.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
@@ -53,9 +61,50 @@ def _env_int(name: str, default: int) -> int:
 _max_count = _env_int(_LIMIT_COUNT_ENV, 64)
 _max_bytes = _env_int(_LIMIT_BYTES_ENV, 8 << 30)
 
+class _Entry:
+    """A kept mapping: the attributes of the Segment it was kept for (its C handle among them,
+    which keeps it mapped), and a weak reference to the Segment object now using it (None, or
+    dead: idle, its flock released)."""
+
+    __slots__ = ("key", "state", "fd", "size", "ref", "hot", "pid", "__weakref__")
+
+    def __init__(self, key: tuple[str, str], seg: "Segment") -> None:
+        self.key = key
+        self.pid = _pid  # a forked child shares the descriptor (and its flock): it leaves it alone
+        self.state = {attr: getattr(seg, attr) for attr in _STATE}
+        self.fd: int = seg._fd
+        self.size: int = seg._data_size
+        self.ref: "Optional[weakref.ref[Segment]]" = None
+        self.hot = False
+
+    def use(self, seg: "Segment") -> None:
+        """``seg`` uses this mapping (caller holds ``lock``): when it dies, the mapping is idle."""
+        self.ref = weakref.ref(seg, self._unused)
+
+    def idle(self) -> bool:
+        ref = self.ref
+        return ref is None or ref() is None
+
+    def _unused(self, ref: "weakref.ref[Segment]") -> None:
+        """The Segment object using this kept mapping died: the mapping is idle and releases the
+        segment's shared flock (it no longer says "mapped" to a reclaimer)."""
+        if self.pid != _pid:
+            return  # a parent's, inherited through fork: its flock is the parent's too
+        with lock:
+            if self.ref is ref and kept.get(self.key) is self:
+                self.ref = None
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+                except OSError:
+                    pass
+
+
+# The Segment attributes an entry keeps to hand the mapping out again (all but its weak references).
+_STATE: tuple[str, ...] = ()
+
 lock = threading.RLock()
 live: "dict[tuple[str, str], weakref.ref[Segment]]" = {}
-kept: "OrderedDict[tuple[str, str], Segment]" = OrderedDict()
+kept: "OrderedDict[tuple[str, str], _Entry]" = OrderedDict()
 _kept_bytes = 0
 _fresh = 0  # attaches that had to map a segment afresh (no live or kept mapping served them)
 _last_check = 0.0
@@ -117,13 +166,63 @@ def keep(key: tuple[str, str], seg: "Segment", fresh: bool = True) -> None:
         _fresh += 1
     old = kept.pop(key, None)
     if old is not None:
-        _kept_bytes -= old._data_size
+        _kept_bytes -= old.size
     if _max_count == 0 or seg._data_size > _max_bytes:
         return
-    kept[key] = seg
-    _kept_bytes += seg._data_size
+    entry = _Entry(key, seg)
+    entry.use(seg)
+    kept[key] = entry
+    _kept_bytes += entry.size
     _evict()
     _start_watcher()
+
+
+def note_owner(seg: "Segment") -> None:
+    """``seg``'s ownership changed (a hand-over): a mapping handed out again must say so too."""
+    key = seg._key
+    if key is None:
+        return
+    with lock:
+        entry = kept.get(key)
+        if entry is not None and entry.state.get("_handle") is seg._handle:
+            entry.state["_owner"] = seg._owner
+
+
+def revive(key: tuple[str, str], path: str, readonly: bool, cls: Any) -> "Optional[Segment]":
+    """The idle kept mapping of ``key``, in a new Segment object, if it may be handed out: not
+    read-only when ``readonly`` is False, its shared flock taken again (never waiting: a
+    reclaimer holds it exclusively while it removes the name) and ``path`` still leading to that
+    very file. Else None (an entry that can serve no more is dropped). Caller holds ``lock``."""
+    global _kept_bytes
+    entry = kept.get(key)
+    if entry is None or not entry.idle() or (not readonly and entry.state["_readonly"]):
+        return None
+    state = entry.state
+    ok = False
+    if entry.pid != _pid:
+        pass  # inherited through fork: its flock is the parent's too, so this process maps afresh
+    else:
+        try:
+            fcntl.flock(entry.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            pass
+        else:
+            try:
+                st = os.stat(path)
+                ok = st.st_ino == state["_ino"] and st.st_dev == state["_dev"]
+            except OSError:
+                pass
+    if not ok:  # reclaimed, removed or replaced: this mapping serves no attach any more
+        del kept[key]
+        _kept_bytes -= entry.size
+        return None
+    seg = object.__new__(cls)
+    for attr, value in state.items():
+        setattr(seg, attr, value)
+    seg._hot = True
+    live[key] = weakref.ref(seg)
+    entry.use(seg)
+    return seg  # type: ignore[no-any-return]
 
 
 def release(seg: "Segment") -> None:
@@ -149,11 +248,12 @@ def unkeep(seg: "Segment") -> None:
 
 
 def _unkeep(key: tuple[str, str], seg: "Segment") -> None:
-    """Drop ``seg`` from the kept mappings if it is the one kept under ``key`` (``lock`` held)."""
+    """Drop ``seg``'s mapping from the kept ones if it is the one kept under ``key`` (``lock`` held)."""
     global _kept_bytes
-    if kept.get(key) is seg:
+    entry = kept.get(key)
+    if entry is not None and entry.state.get("_handle") is seg._handle:
         del kept[key]
-        _kept_bytes -= seg._data_size
+        _kept_bytes -= entry.size
 
 
 def _evict() -> None:
@@ -164,13 +264,19 @@ def _evict() -> None:
     global _kept_bytes
     chances = len(kept)
     while kept and (len(kept) > _max_count or _kept_bytes > _max_bytes):
-        key, seg = kept.popitem(last=False)
-        if seg._hot and chances > 0 and _max_count > 0:
-            seg._hot = False
+        key, entry = kept.popitem(last=False)
+        ref = live.get(key)
+        seg = ref() if ref is not None else None
+        if seg is not None and seg._handle is not entry.state.get("_handle"):
+            seg = None
+        if (entry.hot or (seg is not None and seg._hot)) and chances > 0 and _max_count > 0:
+            entry.hot = False
+            if seg is not None:
+                seg._hot = False
             chances -= 1
-            kept[key] = seg
+            kept[key] = entry
             continue
-        _kept_bytes -= seg._data_size
+        _kept_bytes -= entry.size
 
 
 def drop_removed(force: bool = False) -> int:
@@ -183,14 +289,14 @@ def drop_removed(force: bool = False) -> int:
     _last_check = now
     gone = []
     with lock:
-        for key, seg in kept.items():
+        for key, entry in kept.items():
             try:
-                if os.fstat(seg._fd).st_nlink == 0:
+                if os.fstat(entry.fd).st_nlink == 0:
                     gone.append(key)
             except OSError:
                 gone.append(key)
         for key in gone:
-            _kept_bytes -= kept.pop(key)._data_size
+            _kept_bytes -= kept.pop(key).size
     for check in checks:
         check()
     return len(gone)

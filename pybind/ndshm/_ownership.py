@@ -20,7 +20,8 @@ A named segment is created with one of three owners (``create(..., owner=...)``)
 
 Dead owners' segments are reclaimed by :func:`sweep`: at most every ``SWEEP_SECONDS`` per
 directory, creating a segment removes the segments there that nobody maps (no one holds their
-flock), that are not persistent and older than ``GRACE_SECONDS``; an unclaimed hand-over only
+flock: a mapping a process only keeps in its mapping cache, which no view uses, holds none; see
+:mod:`ndshm._mappings`), that are not persistent and older than ``GRACE_SECONDS``; an unclaimed hand-over only
 after ``HANDOVER_SECONDS`` (its receiver may not have unpickled it yet). ``ndshm gc`` applies the
 same rule (:func:`reclaimable`). :func:`cleanup_on_signals` makes SIGTERM, SIGHUP and SIGINT
 remove this process's names before it dies.
@@ -187,6 +188,7 @@ def hand_over(seg: Any) -> None:
     view dying here leaves the name alone."""
     disown(seg)
     seg._owner = "handed"
+    _mappings.note_owner(seg)
     # Unowned from now on (the marker says: handed over, waiting for a receiver) until one claims it.
     lib.ndshm_lock_release(_owner_area(seg))
 

@@ -6,13 +6,18 @@ a segment removed and re-created under the same name is refused). It is what a
 :class:`~ndshm.SharedArray` pickles to, and what engine integrations (``ndshm.dask``,
 ``ndshm.ray``) send instead of the data.
 
-A name means something only on the machine (and in the container) it was made in. So every
-reference also carries the **node identity** of the process that made it: the kernel's boot id
+A name means something only on the machine it was made on, and (in containers) only where the
+directory holding it is the same file system. So every reference also carries the **node
+identity** of the process that made it: the kernel's boot id
 (``/proc/sys/kernel/random/boot_id``) and the inodes of the mount and IPC namespaces
-(``/proc/self/ns/mnt``, ``/proc/self/ns/ipc``), read once per process. The segment's device
-(``Reference.dev``, its directory's file system) is checked too. A reference that reaches
-another node or container raises :class:`WrongNodeError` before anything is attached, instead of
-attaching a different segment that happens to share the name.
+(``/proc/self/ns/mnt``, ``/proc/self/ns/ipc``), read once per process, and the segment file's
+device and inode. A reference made with another boot id (another machine, or another boot)
+raises :class:`WrongNodeError` before anything is attached, instead of attaching a different
+segment that happens to share the name. One made in the same namespaces is used as is. One made
+on the same boot in other namespaces (another container) is decided by the file itself: if the
+segment's path resolves here to the very (device, inode) the reference carries, both containers
+see one file (a shared tmpfs: ``--ipc=container:X``, a pod's ``emptyDir``) and it is mapped, zero
+copy; otherwise (a container with its own ``/dev/shm``) :class:`WrongNodeError`.
 
 ``NDSHM_NODE_ID``, when set in a process's environment before it first needs its identity,
 replaces the computed one. It exists for tests that simulate a second node on one machine
@@ -62,14 +67,32 @@ def _ns(kind: str) -> str:
 
 def node_identity() -> str:
     """This process's node identity: ``"<boot id>/<mount ns>/<ipc ns>"`` (computed once per
-    process; ``$NDSHM_NODE_ID`` overrides it, for tests only). Two processes can share a segment
-    by name only if their identities are equal."""
+    process; ``$NDSHM_NODE_ID`` overrides it, for tests only). Equal identities share segments by
+    name; identities with the same boot id (the part before the first ``/``: containers of one
+    machine) share a segment when its path leads to the same file in both (see the module
+    documentation); others never do."""
     global _node
     node = _node
     if node is None:
         node = os.environ.get(NODE_ENV) or f"{_read('/proc/sys/kernel/random/boot_id')}/{_ns('mnt')}/{_ns('ipc')}"
         _node = node
     return node
+
+
+def same_boot(node: str) -> bool:
+    """True if ``node`` (another process's identity) has this process's boot id: the same machine
+    and boot, in any container."""
+    here = _node or node_identity()
+    return node.split("/", 1)[0] == here.split("/", 1)[0]
+
+
+def dir_identity(dir: str) -> Optional[tuple[int, int]]:
+    """(device, inode) of directory ``dir`` as this process sees it, or None if it cannot be read."""
+    try:
+        st = os.stat(dir)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class Reference(NamedTuple):
@@ -148,9 +171,30 @@ def from_reference(ref: Reference, readonly: Optional[bool] = None) -> np.ndarra
                              ref.dev, ref.ino, ref.handover, ref.node)
 
 
-def check_node(node: Optional[str], name: str, dir: str) -> None:
-    """Raise WrongNodeError if ``node`` (a reference's identity) is not this process's."""
-    if node is not None and node != (_node or node_identity()):
-        raise WrongNodeError(f"segment {name!r} in {dir} was referenced on another node or container (node "
-                             f"identity {node!r}, here {node_identity()!r}): its name does not reach it here; "
-                             "send the data by value across nodes")
+def check_node(node: Optional[str], name: str, dir: str) -> bool:
+    """Whether a reference made with identity ``node`` can be used here: True if it needs no
+    further check (same identity, or none), False if it was made in another container on this
+    machine (then :func:`check_file` decides); WrongNodeError for another machine or boot."""
+    if node is None or node == (_node or node_identity()):
+        return True
+    if same_boot(node):
+        return False
+    raise WrongNodeError(f"segment {name!r} in {dir} was referenced on another node or container (node "
+                         f"identity {node!r}, here {node_identity()!r}): its name does not reach it here; "
+                         "send the data by value across nodes")
+
+
+def check_file(node: str, name: str, dir: str, path: str, dev: Optional[int], ino: Optional[int]) -> None:
+    """For a reference made in another container of this machine: WrongNodeError unless ``path``
+    leads here to the very file (``dev``, ``ino``) the reference names (a file system both share)."""
+    try:
+        st = os.stat(path)
+        here: Optional[tuple[int, int]] = (st.st_dev, st.st_ino)
+    except OSError:
+        here = None
+    if dev is None or here != (dev, ino):
+        raise WrongNodeError(f"segment {name!r} in {dir} was referenced in another container (node identity "
+                             f"{node!r}, here {node_identity()!r}), and {path} does not lead here to that file "
+                             f"(device {dev}, inode {ino}; here {'none' if here is None else here}): the "
+                             "containers do not share that directory; share it (the same tmpfs in both) or send "
+                             "the data by value")

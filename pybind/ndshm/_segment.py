@@ -181,8 +181,11 @@ def _rebuild(name: str, dir: str, offset: int, shape: tuple[int, ...], strides: 
     """Unpickle a reference (see :mod:`ndshm._reference`): WrongNodeError if it was made on another
     node or in another container, else attach and view. A hand-over (``claim``) maps the segment
     writeable even for a read-only view: taking ownership writes the header's owner lock."""
+    other_container = False
     if node is not None and node != _refmod._node:
-        _refmod.check_node(node, name, dir)
+        other_container = not _refmod.check_node(node, name, dir)
+        if other_container:  # decided by the file: the path must lead here to the referenced one
+            _refmod.check_file(node, name, dir, f"{dir}/{_PREFIX}{name}", dev, ino)
     seg = None
     if claim and readonly:
         try:
@@ -195,6 +198,8 @@ def _rebuild(name: str, dir: str, offset: int, shape: tuple[int, ...], strides: 
         raise CorruptSegmentError(f"segment {name!r} in {dir} now holds a {seg._content}, not the array that "
                                   "was pickled")
     if dev is not None and not seg._same_file(dev, ino):
+        if other_container:
+            _refmod.check_file(node, name, dir, f"{dir}/{_PREFIX}{name}", dev, ino)  # type: ignore[arg-type]
         raise SegmentNotFoundError(f"segment {name!r} in {dir} was replaced by another one since this array "
                                    "was pickled")
     if claim and (seg._owner is None or seg._owner == "handed"):  # "handed": back in its creator
@@ -487,6 +492,10 @@ class Segment:
                     if st is not None and seg._dev == st.st_dev and seg._ino == st.st_ino:
                         seg._hot = True  # for the cache's eviction (second chance)
                         return seg
+            if _mappings.kept:  # an idle kept mapping (no Segment object uses it): hand it out again
+                seg = _mappings.revive(key, f"{dir}/{_PREFIX}{name}", readonly, cls)
+                if seg is not None:
+                    return seg
             nb = _NAMEBYTES.get(name) or _name_bytes(name)
             db = _DIRBYTES.get(dir) or _dir_bytes(dir)
             out = _scratch.out
@@ -761,6 +770,9 @@ class Segment:
         what = self._name or self._path or ""
         return (f"<ndshm.Segment {state}{self._kind} {what!r} shape={self._shape} dtype={self._dtype} "
                 f"{self._data_size} bytes{' readonly' if self._readonly else ''}>")
+
+
+_mappings._STATE = tuple(attr for attr in Segment.__slots__ if attr != "__weakref__")
 
 
 def _attach_segment(name: str, dir: str, readonly: bool, claim: bool = False) -> Segment:

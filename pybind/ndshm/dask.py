@@ -5,24 +5,27 @@ machine, and would send a :class:`~ndshm.SharedArray` by value (its serializer r
 NumPy's through the ndarray subclass chain). Importing this module (in every process: see
 :func:`install`) registers:
 
-- a Dask serializer for :class:`~ndshm.SharedArray`: a transfer to a process on the **same node**
-  carries only an :class:`ndshm.Reference`, and the receiver maps the segment (no second copy in
-  RAM). Same node means the same :func:`ndshm.node_identity` *and* the same file system at the
-  default segment directory (``$NDSHM_DIR`` or ``/dev/shm``): two processes of one boot, each with
-  its own tmpfs mounted there, are two nodes. Every other case travels by value with Dask's own
-  NumPy serializer: a recipient on another node, one that has not installed ndshm.dask, a
-  connection made before the install, an array not in a live named segment, and the spill path
-  (Dask spills with no recipient: the data, not a reference, goes to disk; it comes back as a
-  plain ndarray).
-  How the sender knows the recipient: each process adds its node key to the handshake Dask's
-  comms exchange when they connect (``Comm.handshake_info``, which Dask made to share
-  "environment information that may differ" between peers), so the serializer finds it in
-  ``context["recipient"]``. A scheduler announces no node: it forwards what it is sent (a plain
-  ``client.scatter``, which goes through it) to workers that may be on other nodes, so it is sent
-  data; :func:`scatter` sends straight to the workers (``direct=True``).
+- a Dask serializer for :class:`~ndshm.SharedArray`: a transfer to a process that can map the
+  segment carries only an :class:`ndshm.Reference`, and the receiver maps the segment (no second
+  copy in RAM). That is a process with the same node key (the same :func:`ndshm.node_identity`
+  *and* the same file system at the default segment directory, ``$NDSHM_DIR`` or ``/dev/shm``:
+  two processes of one boot, each with its own tmpfs mounted there, are two nodes), or one in
+  another container of this machine (same boot id) that sees the segment's directory as the very
+  same directory (device and inode: a tmpfs both containers share). Every other case travels by
+  value with Dask's own NumPy serializer: a recipient on another node or in a container with its
+  own ``/dev/shm``, one that has not installed ndshm.dask, a connection made before the install,
+  an array not in a live named segment, and the spill path (Dask spills with no recipient: the
+  data, not a reference, goes to disk; it comes back as a plain ndarray).
+  How the sender knows the recipient: each process adds its node key and the (device, inode) of
+  its segment directories to the handshake Dask's comms exchange when they connect
+  (``Comm.handshake_info``, which Dask made to share "environment information that may differ"
+  between peers), so the serializer finds them in ``context["recipient"]``. A scheduler announces
+  no node: it forwards what it is sent (a plain ``client.scatter``, which goes through it) to
+  workers that may be on other nodes, so it is sent data; :func:`scatter` sends straight to the
+  workers (``direct=True``).
 - the same for a SharedArray pickled inside another object (``types.SimpleNamespace(x=arr)``, a
-  task's argument; Dask's "pickle" family): by reference to a process of this node, re-pickled by
-  value for any other recipient and for the disk.
+  task's argument; Dask's "pickle" family): by reference to a process that can map it, re-pickled
+  by value for any other recipient and for the disk.
 - a reference that cannot be mapped where it arrives (it reached another node in a way the sender
   could not tell, or its segment is gone) fails with :class:`UnreachableReferenceError`, a
   ``RuntimeError`` naming the segment and both nodes: the task that needed it errs. Not an
@@ -85,7 +88,7 @@ from distributed.protocol.serialize import dask_deserialize, dask_serialize
 from . import _ownership, _segment
 from ._errors import SegmentNotFoundError
 from ._lib import lib
-from ._reference import Reference, from_reference, node_identity, reference
+from ._reference import Reference, dir_identity, from_reference, node_identity, reference, same_boot
 
 if TYPE_CHECKING:
     from typing_extensions import TypeGuard
@@ -95,6 +98,7 @@ if TYPE_CHECKING:
 __all__ = ["install", "NdshmPlugin", "scatter", "empty", "share", "stats", "replicate", "UnreachableReferenceError"]
 
 HANDSHAKE_KEY = "ndshm-node"
+DIRS_KEY = "ndshm-dirs"  # the handshake's {segment directory: [device, inode]} of the process announcing it
 _writeable = False
 _counts = {"by_reference": 0, "by_value": 0, "received_by_reference": 0}
 
@@ -141,6 +145,7 @@ def _patch_handshake() -> None:
         # that may be on other nodes: it announces no node, so it is sent data, not references.
         if not _is_scheduler_end(self):
             info[HANDSHAKE_KEY] = _node_key()
+            info[DIRS_KEY] = _dir_identities()
         return info
 
     handshake_info._ndshm = True  # type: ignore[attr-defined]
@@ -170,13 +175,49 @@ def _node_key() -> str:
     return _key_cache[0]
 
 
+def _dir_identities() -> dict[str, list[int]]:
+    """{directory: [device, inode]} of the segment directories this process sees (for the handshake)."""
+    out = {}
+    for d in dict.fromkeys((_segment.default_dir(), "/dev/shm")):
+        ident = dir_identity(d)
+        if ident is not None:
+            out[d] = list(ident)
+    return out
+
+
+def _recipient_node(context: Optional[dict[str, Any]]) -> Optional[str]:
+    """The node key the recipient announced (None: the spill path, a scheduler, an old peer)."""
+    recipient = context.get("recipient") if context else None
+    node = recipient.get(HANDSHAKE_KEY) if isinstance(recipient, dict) else None
+    return node if isinstance(node, str) else None
+
+
 def _same_node(context: Optional[dict[str, Any]]) -> bool:
-    if not context:
-        return False  # the spill path, or a caller that does not say where the data goes
-    recipient = context.get("recipient")
-    if not isinstance(recipient, dict):
+    """Whether the recipient has this process's node key (for objects pickled whole, whose
+    segments are not looked at one by one)."""
+    return _recipient_node(context) == _node_key()
+
+
+def _by_reference(context: Optional[dict[str, Any]], x: Any) -> bool:
+    """Whether the recipient of ``x`` (as ``context`` tells) can map its segment: the same node
+    identity, or another container of this machine that sees the segment's directory as the
+    very same directory."""
+    node = _recipient_node(context)
+    if node is None:
+        return False  # the spill path, or a recipient that does not say where it is
+    if node == _node_key():
+        return True
+    if not same_boot(node.partition("|")[0]):
         return False
-    return recipient.get(HANDSHAKE_KEY) == _node_key()
+    try:
+        d = _segment.segment_of(x)._dir
+    except ValueError:
+        return False
+    dirs = context["recipient"].get(DIRS_KEY)  # type: ignore[index]  # a recipient announced a node
+    if d is None or not isinstance(dirs, dict):
+        return False
+    there, here = dirs.get(d), dir_identity(d)
+    return here is not None and isinstance(there, (list, tuple)) and tuple(there) == here
 
 
 class UnreachableReferenceError(RuntimeError):
@@ -197,7 +238,7 @@ def serialize_shared_array(x: NDArray[Any],
                            context: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], list[Any]]:
     """Dask serializer of a SharedArray: a Reference when the recipient is on this node, else the
     data with Dask's NumPy serializer."""
-    if _same_node(context):
+    if _by_reference(context, x):
         try:
             ref = reference(x)
         except ValueError:  # not in a live named segment (any more): by value

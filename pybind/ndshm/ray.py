@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 import ray
 
 from . import _segment
-from ._reference import Reference, WrongNodeError, from_reference, node_identity, reference
+from ._reference import Reference, WrongNodeError, from_reference, node_identity, reference, same_boot
 
 if TYPE_CHECKING:
     from ._replicate import Replica
@@ -90,7 +90,7 @@ def deserialize(obj: tuple[Any, ...]) -> NDArray[Any]:
     if kind != "ref" or not isinstance(obj[1], Reference):
         raise TypeError(f"not an ndshm.ray serialized array: {obj!r:.100}")
     ref, sender_node = obj[1], obj[2]
-    if ref.node != node_identity():
+    if ref.node != node_identity() and not same_boot(ref.node):  # same boot: from_reference checks the file
         raise WrongNodeError(f"the shared array in segment {ref.name!r} was made on Ray node {sender_node} "
                              f"(ndshm node {ref.node!r}); this is Ray node {_ray_node_id()} (ndshm node "
                              f"{node_identity()!r}): shared memory does not reach across nodes. Return "

@@ -39,6 +39,8 @@ from typing import (TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, N
 import numpy as np
 
 from .._dtype import as_int
+from .._errors import NdshmError, error_from_code
+from .._lib import ffi, lib
 from .._segment import Segment
 
 __all__ = ["SharedMemory", "ShareableList", "ShareableListTypeError", "SHM_DIR"]
@@ -63,6 +65,61 @@ def _bare(name: str, reported: str) -> str:
 
 _XATTR = "user.ndshm.compat"
 _USE_XATTR = True  # tmpfs has user xattrs from Linux 6.6; before that a per-user registry is used
+_KEY_TAG = b"key"  # a mark "key <16 hex digits>": the creator's process key in the block's directory
+_PID_MAX = 2**31 - 1  # a pid that does not fit a C int is no pid (and never reaches os.kill)
+
+
+class _Mark(NamedTuple):
+    """A decoded liveness mark: the creator's process key in the block's directory (the kernel
+    vouches for it, in any PID namespace), or a legacy mark of older ndshm versions (pid and start
+    time, meaningful only in the creator's own PID namespace)."""
+    key: int    # 0 for a legacy mark
+    pid: int    # legacy marks only (0 otherwise)
+    start: int  # legacy marks only
+
+
+def _decode_mark(raw: bytes) -> Optional[_Mark]:
+    """``raw`` (a mark's bytes) decoded, or None if it is not a mark ndshm wrote: the caller treats
+    that one block as unknown. Never raises."""
+    fields = raw.split()
+    try:
+        if len(fields) == 2 and fields[0] == _KEY_TAG and len(fields[1]) == 16:
+            key = int(fields[1], 16)
+            return _Mark(key, 0, 0) if key else None
+        if len(fields) == 2 and all(f.isdigit() for f in fields):
+            pid, start = int(fields[0]), int(fields[1])
+            return _Mark(0, pid, start) if 0 < pid <= _PID_MAX else None
+    except ValueError:
+        pass
+    return None
+
+
+def _own_key(d: str) -> int:
+    """This process's key in directory ``d``'s process table (registered on first use)."""
+    out = ffi.new("uint64_t *")
+    rc = lib.ndshm_process_key(os.fsencode(d), out)
+    if rc:
+        raise error_from_code(rc, d)
+    return int(out[0])
+
+
+def _mark_alive(d: str, mark: _Mark) -> bool:
+    """Whether the process that wrote ``mark`` on a block in ``d`` still runs (an error: yes, so
+    nothing is removed on a guess)."""
+    if not mark.key:
+        return _legacy_alive(mark.pid, mark.start)
+    return bool(lib.ndshm_key_alive(os.fsencode(d), mark.key) != 0)
+
+
+def _mark_pid(d: str, mark: _Mark) -> int:
+    """The creator's pid, where it names a process this one can see: 0 when the creator runs in
+    another PID namespace (another container: its pid means nothing here) or its entry is gone."""
+    if not mark.key:
+        return mark.pid
+    pid, same_ns = ffi.new("int64_t *"), ffi.new("int *")
+    if lib.ndshm_key_pid(os.fsencode(d), mark.key, pid, same_ns) != 0 or not same_ns[0]:
+        return 0
+    return int(pid[0]) if 0 < pid[0] <= _PID_MAX else 0
 
 
 def _start_time(pid: int) -> Optional[int]:
@@ -78,11 +135,11 @@ def _start_time(pid: int) -> Optional[int]:
         return None
 
 
-def _creator_alive(pid: int, start: int) -> bool:
-    """Whether the process that wrote a mark (``pid``, started at ``start``) still runs: the pid
-    exists, is no zombie, and (where /proc tells) started when the mark says, so a reused pid
-    does not keep a block alive."""
-    if pid <= 0:
+def _legacy_alive(pid: int, start: int) -> bool:
+    """Whether the process of a legacy mark (``pid``, started at ``start``) still runs, as older
+    versions judged it: the pid exists in this PID namespace, is no zombie, and (where /proc
+    tells) started when the mark says, so a reused pid does not keep a block alive."""
+    if not 0 < pid <= _PID_MAX:
         return False
     try:
         os.kill(pid, 0)
@@ -90,6 +147,8 @@ def _creator_alive(pid: int, start: int) -> bool:
         return False
     except PermissionError:
         pass  # another user's process: it exists
+    except OSError:
+        return False
     now = _start_time(pid)
     if now is None:
         return True
@@ -119,7 +178,10 @@ def _mark(fd: int, d: str, bare: str) -> None:
     """Record in block ``bare`` (open as ``fd``) that this process created it. Where neither an
     xattr nor a safe registry can be written, the block stays unmarked (``gc`` leaves it alone)."""
     global _USE_XATTR
-    value = f"{os.getpid()} {_start_time(os.getpid()) or 0}"
+    try:
+        value = f"{_KEY_TAG.decode()} {_own_key(d):016x}"
+    except (OSError, NdshmError):  # no process table in d: unmarked, gc leaves it alone
+        return
     if _USE_XATTR:
         try:
             os.setxattr(fd, _XATTR, value.encode())
@@ -139,8 +201,8 @@ def _mark(fd: int, d: str, bare: str) -> None:
     os.replace(tmp, entry)
 
 
-def _read_mark(path: str, d: str, bare: str, st: os.stat_result) -> Optional[tuple[int, int]]:
-    """(creator pid, creator start time) if ndshm made the block at ``path``, else None."""
+def _read_mark(path: str, d: str, bare: str, st: os.stat_result) -> Optional[_Mark]:
+    """The creator's mark if ndshm made the block at ``path``, else None (see :func:`_decode_mark`)."""
     raw: Optional[bytes] = None
     try:
         raw = os.getxattr(path, _XATTR, follow_symlinks=False)
@@ -158,11 +220,7 @@ def _read_mark(path: str, d: str, bare: str, st: os.stat_result) -> Optional[tup
             raw = b" ".join(rest)
         except (OSError, ValueError):
             return None
-    try:
-        pid, start = (int(v) for v in raw.split())
-    except ValueError:
-        return None
-    return pid, start
+    return _decode_mark(raw)
 
 
 def _unmark(d: str, bare: str, uid: Optional[int] = None) -> None:
@@ -229,7 +287,7 @@ def _ndshm_blocks(dir: Optional[str] = None) -> list[CompatBlock]:
                 in_use = _locked_by_others(fd)
             finally:
                 os.close(fd)
-        out.append(CompatBlock(entry, path, int(st.st_size), in_use, mark[0], _creator_alive(*mark)))
+        out.append(CompatBlock(entry, path, int(st.st_size), in_use, _mark_pid(d, mark), _mark_alive(d, mark)))
     return out
 
 
@@ -255,7 +313,7 @@ def _reclaim_dead(dir: Optional[str] = None, *, dry_run: bool = False) -> list[s
             if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
                 continue
             mark = _read_mark(blk.path, d, blk.name, st)
-            if mark is None or mark[0] != blk.creator_pid or _creator_alive(*mark):
+            if mark is None or _mark_alive(d, mark):
                 continue
             if not dry_run:
                 os.unlink(blk.path)
