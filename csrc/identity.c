@@ -408,6 +408,20 @@ static int find_dir(const char *dir, dir_t **out) {
     unsigned n = atomic_load(&ndirs);
     for (unsigned i = 0; i < n; i++)
         if (dirs[i].dev == (uint64_t)st.st_dev && dirs[i].ino == (uint64_t)st.st_ino) {
+            struct stat was;
+            if (stat(dirs[i].path, &was) != 0 || was.st_dev != st.st_dev || was.st_ino != st.st_ino) {
+                /* a directory that went away (an unmounted tmpfs) and a new one mounted with its
+                 * numbers: the entry is the new directory's from now on */
+                char *real = realpath(dir, NULL);
+                if (real == NULL) return ndshm__fail_errno(errno, "cannot resolve directory %s", dir);
+                atomic_store(&dirs[i].registered, 0);
+                atomic_store(&dirs[i].fallback, 0);
+                dirs[i].path = real; /* the old strings are not freed: the fast path may read them */
+                dirs[i].given = dir[0] == '/' ? strdup(dir) : NULL;
+                dirs[i].own = -1;
+                dirs[i].want_register = 0;
+                dirs[i].snap_valid = 0;
+            }
             *out = &dirs[i];
             return 0;
         }

@@ -518,3 +518,40 @@ def test_multiprocessing_child_unlinks_its_segments_at_exit(unique_name, method)
     assert not os.path.exists(shm_path(unique_name))  # the child's finalizer removed it (no atexit there)
     assert os.path.exists(shm_path(unique_name + "p"))
     ndshm.unlink(unique_name + "p")
+
+
+def test_a_new_tmpfs_with_an_unmounted_ones_numbers_gets_its_own_process_table():
+    """A directory this process used (its tiny tmpfs could not hold a process table) is unmounted
+    and another tmpfs is mounted that the kernel gives the same device and root inode: segments
+    there register in the new directory, not the gone one's path (it failed with ENOENT naming
+    the unmounted directory)."""
+    if os.geteuid() != 0:
+        skip_or_fail("mounting a tmpfs needs root")
+    proc = run_python("""
+        import os, subprocess, tempfile, ndshm
+        def mount(opts):
+            d = tempfile.mkdtemp(prefix="ndshm-tmpfs-")
+            subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", d], check=True)
+            return d
+        first = mount("size=4k")                 # one page: no room for a process table
+        try:
+            ndshm.Segment.create("x", 64, dir=first).close()
+        except OSError:
+            pass
+        dev = os.stat(first).st_dev
+        subprocess.run(["umount", "-l", first], check=True)
+        for _ in range(20):                      # until a new mount reuses the device number
+            second = mount("size=1m")
+            if os.stat(second).st_dev == dev:
+                break
+            subprocess.run(["umount", "-l", second], check=True)
+        else:
+            print("no reuse")
+            raise SystemExit
+        s = ndshm.Segment.create("y", 64, dir=second)
+        assert any(n.startswith(".ndshm-procs-") for n in os.listdir(second)), os.listdir(second)
+        s.close()
+        subprocess.run(["umount", "-l", second], check=True)
+        print("ok")
+    """)
+    assert proc.stdout.split() == ["ok"], proc.stdout  # "no reuse": the kernel gave no mount the same numbers
