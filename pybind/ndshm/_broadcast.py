@@ -48,7 +48,7 @@ from . import _async, _dtype
 from ._errors import ClosedError, Empty, Full, Lagged, NdshmTimeoutError, ShutDown, error_from_code
 from ._lib import ffi, lib
 from ._messages import _PLANS, _msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc
-from ._ring import _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
+from ._ring import _SLICE, _Ring, _as_dir, _attach_waiting, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
 from ._slots import (
     _OWN_REF, SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _getrefcount, _hold_past_block,
     _itemless_views, _received_views, _when_gone,
@@ -178,9 +178,11 @@ class Broadcast(_Ring):
         self._subs: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
 
     @classmethod
-    def attach(cls, name: str, dir: Any = None) -> "Broadcast":
-        """Attach to the existing broadcast ``name`` (in ``dir``; default ``$NDSHM_DIR`` or /dev/shm)."""
-        return cls(name, dir=dir, create=False)
+    def attach(cls, name: str, dir: Any = None, *, timeout: Optional[float] = None) -> "Broadcast":
+        """Attach to the existing broadcast ``name`` (in ``dir``; default ``$NDSHM_DIR`` or /dev/shm).
+        With ``timeout`` (seconds; ``float("inf")``: for ever) one not created yet, or whose
+        creator is still filling its header, is waited for; None (the default) tries once."""
+        return _attach_waiting(lambda: cls(name, dir=dir, create=False), timeout, f"broadcast {name!r}")
 
     # ---- internals -------------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ from ._messages import (
     _MAX_NBYTES, _MAXDIM, _PLANS, _TYPESTR_MAX, _W_NBYTES, _W_NDIM, _W_SHAPE0, _W_TYPESTR, _WORD_DESC, _describe,
     _dtype_of, _msg, _new_msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc,
 )
-from ._ring import _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
+from ._ring import _SLICE, _Ring, _as_dir, _attach_waiting, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
 from ._slots import (
     _OWN_REF, _U1, SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _getrefcount, _hold_past_block,
     _itemless_views, _received_views, _when_gone,
@@ -363,9 +363,13 @@ class Queue(_Ring):
         self._loaned: List[Optional[tuple[tuple[int, ...], np.dtype[Any], SlotArray]]] = [None] * self.slots  # (dims, dtype, inner) of each slot's last loan
 
     @classmethod
-    def attach(cls, name: str, *, dir: Optional[str] = None, shape: Any = None, dtype: Any = None) -> "Queue":
-        """Attach to the existing queue ``name``."""
-        return cls(name, dir=dir, create=False, shape=shape, dtype=dtype)
+    def attach(cls, name: str, *, dir: Optional[str] = None, shape: Any = None, dtype: Any = None,
+               timeout: Optional[float] = None) -> "Queue":
+        """Attach to the existing queue ``name``. With ``timeout`` (seconds; ``float("inf")``: for
+        ever) a queue not created yet, or whose creator is still filling its header, is waited
+        for (:class:`SegmentNotFoundError` once it runs out); None (the default) tries once."""
+        return _attach_waiting(lambda: cls(name, dir=dir, create=False, shape=shape, dtype=dtype), timeout,
+                               f"queue {name!r}")
 
     # ---- internals -------------------------------------------------------------------------
 
