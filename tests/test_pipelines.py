@@ -512,3 +512,39 @@ def test_subscription_receiving_iterates_views_until_shutdown():
         t.join(10)
         assert [int(a[0]) for a in out] == list(range(30))
         sub.close()
+
+
+# ---- 6. messages with the numbers that help ---------------------------------------------------
+
+def test_no_space_error_says_how_much_is_free_and_how_to_enlarge_a_small_dir(monkeypatch):
+    free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
+    with pytest.raises(ndshm.NoSpaceError) as info:
+        ndshm.create(None, (free + (1 << 30),), np.uint8)
+    msg = str(info.value)
+    assert "MiB free of" in msg and "/dev/shm" in msg
+    assert info.value.errno == 28
+    real = os.statvfs
+
+    class Small:  # a 64 MiB /dev/shm, as Docker gives by default
+        f_bavail, f_frsize, f_blocks = 1000, 4096, 16384
+
+    monkeypatch.setattr(os, "statvfs", lambda p: Small() if p == "/dev/shm" else real(p))
+    from ndshm._errors import _space_advice
+    advice = _space_advice("/dev/shm")
+    assert "3.9 MiB free of 64.0 MiB" in advice
+    for hint in ("--shm-size", "emptyDir", "medium: Memory", "NDSHM_DIR"):
+        assert hint in advice
+
+
+def test_a_missing_segment_directory_says_to_create_it(tmp_path, monkeypatch):
+    missing = str(tmp_path / "nope")
+    for make in (lambda: ndshm.create("x", (3,), np.uint8, dir=missing),
+                 lambda: ndshm.Queue(slots=2, slot_bytes=8, dir=missing),
+                 lambda: ndshm.attach("x", dir=missing)):
+        with pytest.raises(ndshm.DirectoryNotFoundError, match="mkdir -m 700") as info:
+            make()
+        assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ndshm.SegmentNotFoundError)
+        assert not os.path.exists(missing)  # never created behind the user's back
+    monkeypatch.setenv("NDSHM_DIR", missing)
+    with pytest.raises(ndshm.DirectoryNotFoundError, match="NDSHM_DIR"):
+        ndshm.create("x", (3,), np.uint8)
