@@ -548,3 +548,29 @@ def test_a_missing_segment_directory_says_to_create_it(tmp_path, monkeypatch):
     monkeypatch.setenv("NDSHM_DIR", missing)
     with pytest.raises(ndshm.DirectoryNotFoundError, match="NDSHM_DIR"):
         ndshm.create("x", (3,), np.uint8)
+
+
+# ---- 8. ShareableList: where the drop-in is better than the original --------------------------
+
+def test_shareable_list_sizes_str_by_utf8_bytes_and_the_stdlib_reads_it():
+    import subprocess
+    import sys
+    from ndshm.compat.shared_memory import ShareableList
+    sl = ShareableList(["ééééééé", "encodés", "abcdefgh", 7])
+    try:
+        assert sl[0] == "ééééééé"  # intact: the slot holds its 14 UTF-8 bytes
+        assert sl.format == "16s16s16sq"  # the stdlib (3.11-3.13) sizes by characters: '8s8s16sq'
+        reader = (
+            "import sys\n"
+            "from multiprocessing import resource_tracker, shared_memory\n"
+            "sl = shared_memory.ShareableList(name=sys.argv[1])\n"
+            "print(repr(list(sl)))\n"
+            "print(sl.format)\n"
+            "resource_tracker.unregister(sl.shm._name, 'shared_memory')\n"  # attaching registered it (< 3.13)
+            "sl.shm.close()\n")
+        out = subprocess.run([sys.executable, "-c", reader, sl.shm.name], capture_output=True, text=True,
+                             timeout=60, check=True).stdout.splitlines()
+        assert out == ["['ééééééé', 'encodés', 'abcdefgh', 7]", "16s16s16sq"]
+    finally:
+        sl.shm.close()
+        sl.shm.unlink()
