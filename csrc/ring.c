@@ -48,9 +48,8 @@ int ndshm__ring_wait_word(_Atomic uint32_t *word, _Atomic uint32_t *waiters, uin
         if (atomic_load(word) != seen) return 0;
         if (timeout == 0 || ndshm__now_ns() >= deadline) return ETIMEDOUT;
         atomic_fetch_add(waiters, 1);
-        int rc = ndshm__futex_wait(word, seen, deadline, NDSHM__RING_SLICE_NS);
+        ndshm__futex_wait(word, seen, deadline, NDSHM__RING_SLICE_NS); /* woken, slice over, or EINTR */
         atomic_fetch_sub(waiters, 1);
-        if (rc == 0) return 0; /* woken: the caller looks again */
     }
 }
 

@@ -97,8 +97,8 @@ static inline int ndshm__ring_wait(ndshm__ring_waiter_t *w, _Atomic uint32_t *wo
 }
 
 /* Sleeps while `word` holds `seen` (the caller read it before finding nothing to do), counted in
- * `waiters`, for at most `timeout` seconds (< 0: no limit). Returns 0 once it differs (or on a
- * spurious wake-up), ETIMEDOUT, or ECANCELED once `intr` (may be NULL) is set. */
+ * `waiters`, for at most `timeout` seconds (< 0: no limit). Returns 0 once it differs,
+ * ETIMEDOUT, or ECANCELED once `intr` (may be NULL) is set. */
 NDSHM_HIDDEN int ndshm__ring_wait_word(_Atomic uint32_t *word, _Atomic uint32_t *waiters, uint32_t seen,
                                        double timeout, _Atomic uint32_t *intr);
 
