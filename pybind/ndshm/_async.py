@@ -47,6 +47,35 @@ def _left(deadline: Optional[float]) -> float:
     return min(max(deadline - time.monotonic(), 0.0), _ASLICE)
 
 
+def _settle(fut: "asyncio.Future[Any]", value: Any, exc: Optional[BaseException]) -> None:
+    if not fut.done():
+        if exc is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(exc)
+
+
+def _in_thread(loop: asyncio.AbstractEventLoop, wait: Callable[[int, float], int], seen: int,
+               s: float) -> "asyncio.Future[Any]":
+    """An asyncio future of ``wait(seen, s)`` run in a pool thread, settled straight from that thread
+    (one hop back to the loop: no concurrent.futures.Future chained in between)."""
+    fut = loop.create_future()
+
+    def job() -> None:
+        value: Any = None
+        exc: Optional[BaseException] = None
+        try:
+            value = wait(seen, s)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+            exc = e
+        try:
+            loop.call_soon_threadsafe(_settle, fut, value, exc)
+        except RuntimeError:  # the loop is closed: nobody awaits any more
+            pass
+    _pool().submit(job)
+    return fut
+
+
 async def retry(attempt: Callable[[], _T], epoch: Callable[[], int], wait: Callable[[int, float], int],
                 timeout: Optional[float], block_exc: type[Exception], what: str) -> _T:
     """``attempt()`` (a non-blocking call that raises ``block_exc`` when it would block) until it
@@ -66,7 +95,7 @@ async def retry(attempt: Callable[[], _T], epoch: Callable[[], int], wait: Calla
         if loop is None:
             loop = asyncio.get_running_loop()
         # the thread claims nothing: a cancellation here leaves no trace (it finishes its slice)
-        await loop.run_in_executor(_pool(), wait, seen, s)
+        await _in_thread(loop, wait, seen, s)
 
 
 async def sliced_in_thread(call: Callable[[float], int], timeout: Optional[float], again: int,
