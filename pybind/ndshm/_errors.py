@@ -166,8 +166,8 @@ def error_from_code(code: int, filename: str | None = None) -> NdshmError:
         elif code == lib.NDSHM_ENOENT and not os.path.isdir(os.path.dirname(filename)):
             d = os.path.dirname(filename)
             cls = DirectoryNotFoundError
-            message = (f"directory {d} does not exist (the segment directory: dir= or $NDSHM_DIR); create it "
-                       f"(mkdir -m 700 {d}) or point NDSHM_DIR at an existing one (default /dev/shm)")
+            message += (f"; the segment directory {d} (dir= or $NDSHM_DIR) does not exist: create it "
+                        f"(mkdir -m 700 {d}) or point NDSHM_DIR at an existing one (default /dev/shm)")
     if issubclass(cls, OSError):
         err = err if err is not None else (lib.ndshm_last_errno() or _errno.EIO)
         exc = cls(err, message) if filename is None else cls(err, message, filename)
