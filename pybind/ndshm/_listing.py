@@ -86,12 +86,12 @@ def open_regular(path: str) -> Optional[int]:
     return None
 
 
-# The head of a queue's ring (csrc/queue.c, ring_hdr_t, versions 1 and 2, which differ after it):
+# The head of a queue's ring (csrc/queue.c, ring_hdr_t, versions 1 to 4, which differ after it):
 # magic, version, hdr_bytes, slots, slot_bytes, in the creator's byte order. Read with pread (a
 # mapping would let whoever truncates the file kill the lister with SIGBUS); any other version
 # shows no geometry.
 _RING_HEAD = struct.Struct("=QIIQQ")
-_RING_MAGIC, _RING_VERSIONS = 0x51554555534D444E, (1, 2)
+_RING_MAGIC, _RING_VERSIONS = 0x51554555534D444E, (1, 2, 3, 4)
 
 
 def _queue_geometry(path: str, data_offset: int, data_size: int) -> tuple[Optional[int], Optional[int]]:
