@@ -35,8 +35,9 @@ import errno
 import functools
 import os
 import re
-import time
 import sys
+import threading
+import time
 import uuid
 import weakref
 from typing import Any, AsyncIterator, Callable, Iterator, Optional
@@ -434,14 +435,29 @@ class Subscription:
     it cannot be pickled (subscribe in the process that reads).
     """
 
-    __slots__ = ("_b", "_h", "_missed", "_held", "_closing", "_closed", "_waiting", "__weakref__")
+    __slots__ = ("_b", "_h", "_missed", "_held", "_closing", "_closed", "_waiting", "_lock", "__weakref__")
 
     def __init__(self, b: Broadcast, handle: Any) -> None:
         self._b, self._h = b, handle
         self._missed = ffi.new("uint64_t *")
         self._held: Optional[tuple[Any, ...]] = None
         self._closing = self._closed = False
-        self._waiting = 0  # takes in progress (one thread reads; close() may come from another)
+        self._waiting = 0  # C waits on the handle in progress (a read, an async wait; close() may come from another thread)
+        self._lock = threading.Lock()  # guards _waiting and _closing between those threads
+
+    def _enter_wait(self) -> bool:
+        """Count a C wait on the handle about to start; False (nothing counted) once closing."""
+        with self._lock:
+            if self._closing or self._closed:
+                return False
+            self._waiting += 1
+            return True
+
+    def _leave_wait(self) -> bool:
+        """Uncount a C wait; True if it was the last one of a subscription being closed."""
+        with self._lock:
+            self._waiting -= 1
+            return self._closing and not self._waiting
 
     def _error(self, rc: int, waited: float) -> Exception:
         """The exception of a failed take (returned, not raised: see Queue._error)."""
@@ -470,27 +486,28 @@ class Subscription:
         """``ndshm_bcast_take`` into ``m``; a negative ``timeout`` waits for ever; waits longer
         than _SLICE go in slices (Ctrl-C works)."""
         h, missed = self._h, self._missed
-        self._waiting += 1
-        try:
-            # close() from another thread sets _closing, then looks at _waiting: either it sees
-            # this take (it interrupts the handle and leaves the unsubscribing to the last take
-            # to end) or this take sees _closing here and never touches the handle
-            if self._closing or self._closed:
-                rc: int = _ECLOSED
-            elif timeout < 0:
-                rc = _take(h, _SLICE, m, missed)
-                while rc == _ETIMEDOUT:
+        # close() from another thread sets _closing, then looks at _waiting (both under _lock):
+        # either it sees this take (it interrupts the handle and leaves the unsubscribing to the
+        # last wait to end) or this take sees _closing here and never touches the handle
+        last = False
+        if not self._enter_wait():
+            rc: int = _ECLOSED
+        else:
+            try:
+                if timeout < 0:
                     rc = _take(h, _SLICE, m, missed)
-            elif timeout <= _SLICE:
-                rc = _take(h, timeout, m, missed)
-            else:
-                rc = _sliced(lambda s: _take(h, s, m, missed), timeout)
-        finally:
-            self._waiting -= 1
+                    while rc == _ETIMEDOUT:
+                        rc = _take(h, _SLICE, m, missed)
+                elif timeout <= _SLICE:
+                    rc = _take(h, timeout, m, missed)
+                else:
+                    rc = _sliced(lambda s: _take(h, s, m, missed), timeout)
+            finally:
+                last = self._leave_wait()
         if self._closing and self._held is None:
             if rc == 0:
                 _release(h, m)  # closed meanwhile: the message goes back (this subscription ends)
-            if not self._waiting:
+            if last:
                 self._close_now()
             raise ClosedError(f"subscription to broadcast {self._b.name!r} was closed")
         return rc
@@ -553,16 +570,12 @@ class Subscription:
         return int(lib.ndshm_bcast_epoch(self._b._handle, 0))
 
     def _wait_epoch(self, seen: int, s: float) -> int:
-        if self._closing or self._closed:
+        if not self._enter_wait():  # the handle stays valid while this wait runs (see close)
             return 0  # the loop's retry raises ClosedError
-        self._waiting += 1  # the handle stays valid while this wait runs (see close)
         try:
-            if self._closing or self._closed:
-                return 0
             return int(lib.ndshm_bcast_wait_epoch(self._b._handle, self._h, seen, s))
         finally:
-            self._waiting -= 1
-            if self._closing and not self._waiting and self._held is None:
+            if self._leave_wait() and self._held is None:
                 self._close_now()
 
     async def get_async(self, timeout: Optional[float] = None) -> NDArray[Any]:
@@ -606,10 +619,12 @@ class Subscription:
     def close(self) -> None:
         """Leave the broadcast: publishers no longer wait for this subscriber. If views derived
         from a receive() view still hold a message (CPython), it is released when they go."""
-        if self._closed or self._closing:
-            return
-        self._closing = True  # before looking at _waiting (see _take)
-        if self._held is not None or self._waiting:
+        with self._lock:
+            if self._closed or self._closing:
+                return
+            self._closing = True  # before looking at _waiting (see _take)
+            busy = self._held is not None or self._waiting
+        if busy:
             lib.ndshm_bsub_interrupt(self._h)  # a take blocked in another thread: ClosedError now
             return
         self._close_now()
