@@ -106,6 +106,12 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
         add(f"queue 64 B, C API alone: p50 hand-off < {limit} µs, consumer {label}", v,
             None if v is None else v < limit,
             f"{C.fmt(v)} µs" + (f" (bare futex wake-up: {C.fmt(floor)} µs)" if label == "asleep" else ""))
+    blk, asy = _get(q, "async_handoff", "q.get() (blocking)") or {}, _get(q, "async_handoff", "await q.get_async()") or {}
+    for key, label in (("p50_asleep", "asleep"), ("p50_awake", "awake")):
+        b, a = blk.get(key), asy.get(key)
+        d = None if a is None or b is None else a - b
+        add(f"queue 64 B: async hand-off p50 within 50 µs of the blocking get(), consumer {label}", d,
+            None if d is None else d <= 50, "not measured" if d is None else f"{C.fmt(a)} vs {C.fmt(b)} µs")
     v = _get(q, "batches_64B", "figures", "ndshm", "msgs_per_s")
     add("queue 64 B put_many/get_many ≥ 200k msgs/s", v, None if v is None else v >= 2e5, f"{C.fmt(v)} msgs/s")
     add("queue 64 B put_many/get_many ≥ 2M msgs/s (issue 12)", v, None if v is None else v >= 2e6, f"{C.fmt(v)} msgs/s")

@@ -103,6 +103,7 @@ struct ndshm_bcast_s {
     uint32_t policy;
     ndshm_segment_t *seg; /* NULL for raw rings */
     _Atomic uint64_t populated;
+    _Atomic uint32_t interrupted; /* ndshm_bcast_interrupt was called: this handle's publishers stop waiting */
     char name[NDSHM_NAME_MAX + 1];
 };
 
@@ -112,6 +113,7 @@ struct ndshm_bsub_s {
     uint64_t key;  /* owner key written there */
     uint64_t pos;  /* next position (the record's pos is a copy for publishers; never read back) */
     int holding;   /* a message is taken */
+    _Atomic uint32_t interrupted; /* ndshm_bsub_interrupt was called: this subscription's takes stop waiting */
 };
 
 static inline bc_slot_t *slot_at(const ndshm_bcast_t *b, uint64_t pos) {
@@ -400,6 +402,7 @@ static int claim(ndshm_bcast_t *b, double timeout, uint32_t part, uint64_t *out_
     const uint64_t n = b->n;
     ndshm__ring_waiter_t w;
     ndshm__ring_waiter_init(&w, timeout);
+    w.intr = &b->interrupted;
     stuck_t stuck = {-1, NO_POS};
     for (;;) {
         uint32_t seen = atomic_load(&r->freed);
@@ -483,7 +486,41 @@ static int claim_slot(ndshm_bcast_t *b, double timeout, uint32_t *part, uint64_t
     if (rc) return rc;
     rc = claim(b, timeout, *part, pos);
     if (rc) part_release(b, *part);
+    if ((rc == NDSHM_ETIMEDOUT || rc == NDSHM_EFULL) && atomic_load(&b->interrupted))
+        return ndshm__fail(NDSHM_ECLOSED, 0, "broadcast '%s': this handle was closed while the call waited", b->name);
     return rc;
+}
+
+uint32_t ndshm_bcast_epoch(const ndshm_bcast_t *b, int publisher) {
+    if (b == NULL) return 0;
+    return atomic_load(publisher ? &b->r->freed : &b->r->published);
+}
+
+int ndshm_bcast_wait_epoch(ndshm_bcast_t *b, ndshm_bsub_t *sub, uint32_t seen, double timeout) {
+    if (b == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_wait_epoch: NULL argument");
+    if (sub != NULL && sub->b != b) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_wait_epoch: foreign subscription");
+    if (ndshm__check_timeout(timeout, "ndshm_bcast_wait_epoch")) return NDSHM_EINVAL;
+    int rc = sub == NULL
+                 ? ndshm__ring_wait_word(&b->r->freed, &b->r->freed_waiters, seen, timeout, &b->interrupted)
+                 : ndshm__ring_wait_word(&b->r->published, &b->r->pub_waiters, seen, timeout, &sub->interrupted);
+    if (rc == ECANCELED)
+        return ndshm__fail(NDSHM_ECLOSED, 0, "broadcast '%s': this handle was closed while the call waited", b->name);
+    if (rc == ETIMEDOUT) return ndshm__fail(NDSHM_ETIMEDOUT, 0, "broadcast unchanged after %g s", timeout);
+    return 0;
+}
+
+void ndshm_bcast_interrupt(ndshm_bcast_t *b) {
+    if (b == NULL) return;
+    atomic_store(&b->interrupted, 1u);
+    atomic_fetch_add(&b->r->freed, 1u); /* as ndshm_queue_interrupt: other handles' waiters look again */
+    ndshm__futex_wake(&b->r->freed, INT_MAX);
+}
+
+void ndshm_bsub_interrupt(ndshm_bsub_t *sub) {
+    if (sub == NULL) return;
+    atomic_store(&sub->interrupted, 1u);
+    atomic_fetch_add(&sub->b->r->published, 1u);
+    ndshm__futex_wake(&sub->b->r->published, INT_MAX);
 }
 
 int ndshm_bcast_loan(ndshm_bcast_t *b, uint64_t nbytes, double timeout, ndshm_qmsg_t *msg) {
@@ -687,6 +724,7 @@ int ndshm_bcast_take(ndshm_bsub_t *sub, double timeout, ndshm_qmsg_t *msg, uint6
                            sub->idx, b->name);
     ndshm__ring_waiter_t w;
     ndshm__ring_waiter_init(&w, timeout);
+    w.intr = &sub->interrupted;
     stuck_t stuck = {-1, NO_POS};
     for (;;) {
         uint32_t seen = atomic_load(&r->published);
@@ -742,8 +780,12 @@ int ndshm_bcast_take(ndshm_bsub_t *sub, double timeout, ndshm_qmsg_t *msg, uint6
                 continue;
             }
         }
-        if (timeout == 0 || ndshm__ring_wait(&w, &r->published, &r->pub_waiters, seen) == ETIMEDOUT)
+        if (timeout == 0 || ndshm__ring_wait(&w, &r->published, &r->pub_waiters, seen) == ETIMEDOUT) {
+            if (atomic_load(&sub->interrupted))
+                return ndshm__fail(NDSHM_ECLOSED, 0, "subscription to broadcast '%s' was closed while it waited",
+                                   b->name);
             return empty_or_timedout(timeout);
+        }
     }
 }
 

@@ -499,6 +499,41 @@ NDSHM_API int ndshm_queue_unregister_producer(ndshm_queue_t *q);
 /*! ndshm_queue_producers() : @return : registered producers still running (>= 0), or NDSHM_EINVAL. */
 NDSHM_API int ndshm_queue_producers(const ndshm_queue_t *q);
 
+/*! ndshm_queue_register_consumer() : records this process (pid and start time) as a consumer;
+ *  once every registered consumer has exited (even killed) or unregistered, a producer that finds
+ *  the queue full shuts it down (within ~40 ms), and loan, put and put_many raise NDSHM_ESHUTDOWN
+ *  naming the reason instead of waiting for ever. Registering twice is a no-op.
+ *  @return : 0, NDSHM_ESHUTDOWN, NDSHM_EBUSY (NDSHM_QUEUE_MAX_PRODUCERS live consumers hold every
+ *  record), NDSHM_EINVAL. */
+NDSHM_API int ndshm_queue_register_consumer(ndshm_queue_t *q);
+
+/*! ndshm_queue_expect_consumers() : producers give up on dead consumers only once `n`
+ *  registrations (counted since creation) have happened. @return : 0, or NDSHM_EINVAL. */
+NDSHM_API int ndshm_queue_expect_consumers(ndshm_queue_t *q, uint32_t n);
+
+/*! ndshm_queue_unregister_consumer() : this process is done consuming.
+ *  @return : 0, or NDSHM_EINVAL (it is not registered). */
+NDSHM_API int ndshm_queue_unregister_consumer(ndshm_queue_t *q);
+
+/*! ndshm_queue_consumers() : @return : registered consumers still running (>= 0), or NDSHM_EINVAL. */
+NDSHM_API int ndshm_queue_consumers(const ndshm_queue_t *q);
+
+/*! ndshm_queue_interrupt() : ends every wait of this handle (in any thread of this process):
+ *  they return NDSHM_ECLOSED instead of waiting on, and so do later waits on it. Other handles
+ *  of the queue (in this process or others) are not affected. NULL ok; thread-safe. */
+NDSHM_API void ndshm_queue_interrupt(ndshm_queue_t *q);
+
+/*! ndshm_queue_epoch() / ndshm_queue_wait_epoch() : waiting without claiming (event loops).
+ *  epoch reads the counter that consumers (`producer` 0: a message was published) or producers
+ *  (`producer` 1: a slot was freed) wait on; read it, try the call with timeout 0, and if that
+ *  found nothing, wait_epoch sleeps until the counter differs from `seen` (or a spurious
+ *  wake-up), then try again. A caller that only retries non-blocking calls still recovers dead
+ *  claimers and notices dead producers or consumers (the clocks of those checks are per thread).
+ *  epoch of NULL is 0. @return (wait_epoch) : 0, NDSHM_ETIMEDOUT, NDSHM_ECLOSED (this handle was
+ *  interrupted), NDSHM_EINVAL. */
+NDSHM_API uint32_t ndshm_queue_epoch(const ndshm_queue_t *q, int producer);
+NDSHM_API int ndshm_queue_wait_epoch(ndshm_queue_t *q, int producer, uint32_t seen, double timeout);
+
 /*! ndshm_queue_init_raw() / ndshm_queue_open_raw() : a ring in caller-provided shared memory
  *  (for tests and embedding): init writes the ring header into `mem` (`bytes` long, 64-aligned);
  *  open validates it. ndshm_queue_ring_bytes() gives the size a ring needs. The handle does not
@@ -709,6 +744,22 @@ NDSHM_API int ndshm_bcast_subscribers(const ndshm_bcast_t *b);
 /*! ndshm_bcast_subscribe() : a new subscription that receives every message claimed from now on.
  *  @return : 0, or NDSHM_EBUSY (every record is in use by live processes), NDSHM_ENOMEM. */
 NDSHM_API int ndshm_bcast_subscribe(ndshm_bcast_t *b, ndshm_bsub_t **out);
+
+/*! ndshm_bcast_epoch() / ndshm_bcast_wait_epoch() : as ndshm_queue_epoch / _wait_epoch:
+ *  `publisher` 1 reads the counter publishers wait on (a slot was freed), 0 the one subscribers
+ *  wait on (a message was published). wait_epoch with `sub` NULL waits as a publisher of `b`
+ *  (ends with NDSHM_ECLOSED once `b` is interrupted), with a subscription of `b` as that
+ *  subscriber (ends once `sub` is interrupted). @return (wait_epoch) : 0, NDSHM_ETIMEDOUT,
+ *  NDSHM_ECLOSED, NDSHM_EINVAL. */
+NDSHM_API uint32_t ndshm_bcast_epoch(const ndshm_bcast_t *b, int publisher);
+NDSHM_API int ndshm_bcast_wait_epoch(ndshm_bcast_t *b, ndshm_bsub_t *sub, uint32_t seen, double timeout);
+
+/*! ndshm_bcast_interrupt() / ndshm_bsub_interrupt() : end every wait of this broadcast handle
+ *  (loan, put) or of this subscription (take), in any thread of this process: they return
+ *  NDSHM_ECLOSED, as do later waits on it. Other handles are not affected. NULL ok; thread-safe.
+ *  The subscription stays valid until ndshm_bcast_unsubscribe (call that once no take runs). */
+NDSHM_API void ndshm_bcast_interrupt(ndshm_bcast_t *b);
+NDSHM_API void ndshm_bsub_interrupt(ndshm_bsub_t *sub);
 
 /*! ndshm_bcast_unsubscribe() : ends the subscription (a taken message is released); NULL ok. */
 NDSHM_API void ndshm_bcast_unsubscribe(ndshm_bsub_t *sub);

@@ -40,7 +40,7 @@
 #include <string.h>
 
 #define RING_MAGIC 0x51554555534d444eull /* "NDMSQUEQ" */
-#define RING_VERSION 3u /* 2: shutdown bits in tail and head, producer records; 3: records hold process ids, pinned slots */
+#define RING_VERSION 3u /* 2: shutdown bits in tail and head, producer records; 3: records hold process ids, pinned slots, consumer records */
 #define SLOT_HDR NDSHM__RING_SLOT_HDR
 #define SKIP ((uint64_t)1 << 63)
 #define NPART NDSHM_QUEUE_PARTICIPANTS
@@ -68,6 +68,11 @@ typedef struct ring_hdr {
     _Atomic uint32_t producers_ever;     /* registrations so far */
     _Atomic uint32_t producers_expected; /* the stream ends by producers exiting only after this many */
     char pad5[56];
+    _Atomic uint64_t consumers[NPROD]; /* process keys of registered consumers, 0 when free */
+    _Atomic uint32_t consumers_ever;     /* registrations so far */
+    _Atomic uint32_t consumers_expected; /* producers give up on dead consumers only after this many */
+    _Atomic uint32_t readers_gone;       /* 1: the shutdown came from every registered consumer exiting */
+    char pad6[52];
 } ring_hdr_t;
 
 typedef struct slot_hdr {
@@ -89,6 +94,7 @@ struct ndshm_queue_s {
     uint64_t n, mask, slot_bytes, stride, ring_bytes;
     ndshm_segment_t *seg; /* NULL for raw rings */
     _Atomic uint64_t populated; /* key of the process that pre-faulted the ring (0: none) */
+    _Atomic uint32_t interrupted; /* ndshm_queue_interrupt was called: this handle's waits end */
     char name[NDSHM_NAME_MAX + 1];
 };
 
@@ -290,9 +296,30 @@ static bool producers_alive(ndshm_queue_t *q) {
     return false;
 }
 
+/* true if a registered consumer still runs */
+static bool consumers_alive(ndshm_queue_t *q) {
+    for (unsigned i = 0; i < NPROD; i++) {
+        uint64_t owner = atomic_load(&q->r->consumers[i]);
+        if (owner != 0 && ndshm__key_alive(owner)) return true;
+    }
+    return false;
+}
+
+/* true when consumers registered (as many as expected) and none of them runs any more */
+static bool consumers_gone(ndshm_queue_t *q) {
+    uint32_t ever = atomic_load_explicit(&q->r->consumers_ever, memory_order_relaxed);
+    return ever && ever >= atomic_load_explicit(&q->r->consumers_expected, memory_order_relaxed) &&
+           !consumers_alive(q);
+}
+
 /* ---- shutdown and producers ---------------------------------------------------------- */
 
 static int shut_down(const ndshm_queue_t *q, uint64_t tail) {
+    if (atomic_load(&q->r->readers_gone))
+        return ndshm__fail(NDSHM_ESHUTDOWN, 0,
+                           "queue '%s' is shut down: every registered consumer has exited (or unregistered), so "
+                           "nothing put would be read",
+                           q->name);
     if (tail & T_GONE)
         return ndshm__fail(NDSHM_ESHUTDOWN, 0, "queue '%s' is shut down: every registered producer has exited",
                            q->name);
@@ -314,30 +341,56 @@ int ndshm_queue_is_shutdown(const ndshm_queue_t *q) {
     return !(t & T_SHUTDOWN) ? 0 : (t & T_GONE) ? 3 : 1;
 }
 
-int ndshm_queue_register_producer(ndshm_queue_t *q) {
-    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_register_producer: NULL argument");
+/* The records of registered participants (producers or consumers): `recs` holds NPROD keys. */
+static int register_in(ndshm_queue_t *q, _Atomic uint64_t *recs, _Atomic uint32_t *ever, const char *who) {
     ring_hdr_t *r = q->r;
     uint64_t me = ndshm__self_key();
     for (unsigned i = 0; i < NPROD; i++)
-        if (atomic_load(&r->producers[i]) == me) return 0; /* already registered */
-    for (int round = 0; round < 2; round++) {             /* free records first, then those of the dead */
+        if (atomic_load(&recs[i]) == me) return 0; /* already registered */
+    for (int round = 0; round < 2; round++) {      /* free records first, then those of the dead */
         for (unsigned i = 0; i < NPROD; i++) {
-            uint64_t cur = atomic_load(&r->producers[i]);
+            uint64_t cur = atomic_load(&recs[i]);
             if (round == 0 ? cur != 0 : (cur == 0 || ndshm__key_alive(cur))) continue;
-            if (atomic_compare_exchange_strong(&r->producers[i], &cur, me)) {
-                atomic_fetch_add(&r->producers_ever, 1u);
-                /* checked after the record is visible: a consumer that saw every producer dead
+            if (atomic_compare_exchange_strong(&recs[i], &cur, me)) {
+                atomic_fetch_add(ever, 1u);
+                /* checked after the record is visible: a process that saw every one of them dead
                  * has shut the queue down by now, or will see this one alive */
                 if (atomic_load(&r->tail) & T_SHUTDOWN) {
-                    atomic_store(&r->producers[i], 0);
+                    atomic_store(&recs[i], 0);
                     return shut_down(q, atomic_load(&r->tail));
                 }
                 return 0;
             }
         }
     }
-    return ndshm__fail(NDSHM_EBUSY, 0, "all %d producer records of queue '%s' are held by live processes", NPROD,
+    return ndshm__fail(NDSHM_EBUSY, 0, "all %d %s records of queue '%s' are held by live processes", NPROD, who,
                        q->name);
+}
+
+static int unregister_in(ndshm_queue_t *q, _Atomic uint64_t *recs, const char *who) {
+    uint64_t me = ndshm__self_key();
+    int found = 0;
+    for (unsigned i = 0; i < NPROD; i++) {
+        uint64_t cur = me;
+        if (atomic_compare_exchange_strong(&recs[i], &cur, 0)) found = 1;
+    }
+    if (!found) return ndshm__fail(NDSHM_EINVAL, 0, "this process is not a registered %s of queue '%s'", who, q->name);
+    wake_all(q); /* the other side may find every one of them gone now */
+    return 0;
+}
+
+static int count_alive(_Atomic uint64_t *recs) {
+    int n = 0;
+    for (unsigned i = 0; i < NPROD; i++) {
+        uint64_t owner = atomic_load(&recs[i]);
+        if (owner != 0 && ndshm__key_alive(owner)) n++;
+    }
+    return n;
+}
+
+int ndshm_queue_register_producer(ndshm_queue_t *q) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_register_producer: NULL argument");
+    return register_in(q, q->r->producers, &q->r->producers_ever, "producer");
 }
 
 int ndshm_queue_expect_producers(ndshm_queue_t *q, uint32_t n) {
@@ -349,25 +402,68 @@ int ndshm_queue_expect_producers(ndshm_queue_t *q, uint32_t n) {
 
 int ndshm_queue_unregister_producer(ndshm_queue_t *q) {
     if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_unregister_producer: NULL argument");
-    uint64_t me = ndshm__self_key();
-    int found = 0;
-    for (unsigned i = 0; i < NPROD; i++) {
-        uint64_t cur = me;
-        if (atomic_compare_exchange_strong(&q->r->producers[i], &cur, 0)) found = 1;
-    }
-    if (!found) return ndshm__fail(NDSHM_EINVAL, 0, "this process is not a registered producer of queue '%s'", q->name);
-    ndshm__ring_wake(&q->r->not_empty, &q->r->ne_waiters); /* consumers may find every producer gone now */
-    return 0;
+    return unregister_in(q, q->r->producers, "producer");
 }
 
 int ndshm_queue_producers(const ndshm_queue_t *q) {
     if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_producers: NULL argument");
-    int n = 0;
-    for (unsigned i = 0; i < NPROD; i++) {
-        uint64_t owner = atomic_load(&q->r->producers[i]);
-        if (owner != 0 && ndshm__key_alive(owner)) n++;
-    }
-    return n;
+    return count_alive(q->r->producers);
+}
+
+int ndshm_queue_register_consumer(ndshm_queue_t *q) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_register_consumer: NULL argument");
+    return register_in(q, q->r->consumers, &q->r->consumers_ever, "consumer");
+}
+
+int ndshm_queue_expect_consumers(ndshm_queue_t *q, uint32_t n) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_expect_consumers: NULL argument");
+    atomic_store(&q->r->consumers_expected, n);
+    ndshm__ring_wake(&q->r->not_full, &q->r->nf_waiters);
+    return 0;
+}
+
+int ndshm_queue_unregister_consumer(ndshm_queue_t *q) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_unregister_consumer: NULL argument");
+    return unregister_in(q, q->r->consumers, "consumer");
+}
+
+int ndshm_queue_consumers(const ndshm_queue_t *q) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_consumers: NULL argument");
+    return count_alive(q->r->consumers);
+}
+
+void ndshm_queue_interrupt(ndshm_queue_t *q) {
+    if (q == NULL) return;
+    atomic_store(&q->interrupted, 1u);
+    /* a waiter of this handle that read the words before the flag sees them changed and looks
+     * again; waiters of other handles wake, find nothing new and sleep again */
+    atomic_fetch_add(&q->r->not_empty, 1u);
+    atomic_fetch_add(&q->r->not_full, 1u);
+    ndshm__futex_wake(&q->r->not_empty, INT_MAX);
+    ndshm__futex_wake(&q->r->not_full, INT_MAX);
+}
+
+uint32_t ndshm_queue_epoch(const ndshm_queue_t *q, int producer) {
+    if (q == NULL) return 0;
+    return atomic_load(producer ? &q->r->not_full : &q->r->not_empty);
+}
+
+int ndshm_queue_wait_epoch(ndshm_queue_t *q, int producer, uint32_t seen, double timeout) {
+    if (q == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_wait_epoch: NULL argument");
+    if (ndshm__check_timeout(timeout, "ndshm_queue_wait_epoch")) return NDSHM_EINVAL;
+    int rc = producer ? ndshm__ring_wait_word(&q->r->not_full, &q->r->nf_waiters, seen, timeout, &q->interrupted)
+                      : ndshm__ring_wait_word(&q->r->not_empty, &q->r->ne_waiters, seen, timeout, &q->interrupted);
+    if (rc == ECANCELED)
+        return ndshm__fail(NDSHM_ECLOSED, 0, "queue '%s': this handle was closed while the call waited", q->name);
+    if (rc == ETIMEDOUT) return ndshm__fail(NDSHM_ETIMEDOUT, 0, "queue unchanged after %g s", timeout);
+    return 0;
+}
+
+/* A wait of handle q that ended early because q was interrupted: NDSHM_ECLOSED instead of `rc`. */
+static int interrupted_or(const ndshm_queue_t *q, int rc) {
+    if ((rc == NDSHM_ETIMEDOUT || rc == NDSHM_EFULL || rc == NDSHM_EEMPTY) && atomic_load(&q->interrupted))
+        return ndshm__fail(NDSHM_ECLOSED, 0, "queue '%s': this handle was closed while the call waited", q->name);
+    return rc;
 }
 
 /* ---- waiting (ring.h has the waiter) ------------------------------------------------- */
@@ -422,6 +518,7 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
     ring_hdr_t *r = q->r;
     ndshm__ring_waiter_t w;
     ndshm__ring_waiter_init(&w, timeout);
+    w.intr = &q->interrupted;
     for (;;) {
         uint32_t seen = atomic_load(&r->not_full);
         uint64_t pos = atomic_load(&r->tail);
@@ -454,10 +551,18 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
         }
         /* full: slot of pos - n not yet released */
         uint64_t p0 = pos - q->n;
-        if ((raw & ~SKIP) == p0 + 1 && (atomic_load(&r->head) & H_POS) > p0 && stuck_long(q, 0, pos) &&
-            !intent_alive(q, enc(p0, 1))) {
-            if (atomic_compare_exchange_strong(&s->seq, &raw, pos)) ndshm__ring_wake(&r->not_full, &r->nf_waiters);
-            continue;
+        if (stuck_long(q, 0, pos)) {
+            if ((raw & ~SKIP) == p0 + 1 && (atomic_load(&r->head) & H_POS) > p0 && !intent_alive(q, enc(p0, 1))) {
+                if (atomic_compare_exchange_strong(&s->seq, &raw, pos)) ndshm__ring_wake(&r->not_full, &r->nf_waiters);
+                continue;
+            }
+            if (consumers_gone(q)) { /* nobody will ever free a slot: the stream ends */
+                atomic_store(&r->readers_gone, 1u);
+                uint64_t want = pos;
+                if (atomic_compare_exchange_strong(&r->tail, &want, pos | T_SHUTDOWN)) wake_all(q);
+                else if (!(want & T_SHUTDOWN)) atomic_store(&r->readers_gone, 0u); /* tail moved: look again */
+                continue;
+            }
         }
         if (timeout == 0 || ndshm__ring_wait(&w, &r->not_full, &r->nf_waiters, seen) == ETIMEDOUT)
             return full_or_timedout(q, timeout);
@@ -483,7 +588,7 @@ int ndshm_queue_loan(ndshm_queue_t *q, uint64_t nbytes, double timeout, ndshm_qm
     uint32_t part;
     uint64_t pos;
     rc = claim_slot(q, timeout, &part, &pos);
-    if (rc) return rc;
+    if (rc) return interrupted_or(q, rc);
     ndshm__ring_msg_loaned(msg, (char *)slot_at(q, pos) + SLOT_HDR, q->slot_bytes, nbytes, pos, part);
     return 0;
 }
@@ -537,7 +642,7 @@ int ndshm_queue_put(ndshm_queue_t *q, const void *data, uint64_t nbytes, const c
     uint32_t part;
     uint64_t pos;
     rc = claim_slot(q, timeout, &part, &pos);
-    if (rc) return rc;
+    if (rc) return interrupted_or(q, rc);
     slot_hdr_t *s = slot_at(q, pos);
     if (nbytes) memcpy((char *)s + SLOT_HDR, data, nbytes);
     ndshm__ring_write_desc(&s->d, nbytes, typestr, ndim, shape);
@@ -590,6 +695,7 @@ static int claim_consumer(ndshm_queue_t *q, double timeout, uint32_t part, ndshm
     ring_hdr_t *r = q->r;
     ndshm__ring_waiter_t w;
     ndshm__ring_waiter_init(&w, timeout);
+    w.intr = &q->interrupted;
     for (;;) {
         uint32_t seen = atomic_load(&r->not_empty);
         uint64_t pos = atomic_load(&r->head);
@@ -662,7 +768,7 @@ int ndshm_queue_take(ndshm_queue_t *q, double timeout, ndshm_qmsg_t *msg) {
     rc = claim_consumer(q, timeout, part, msg, NULL);
     if (rc == NDSHM_ECORRUPT && msg->state_ == 2) ndshm_queue_release(q, msg), rc = NDSHM_ECORRUPT; /* keeps the detail */
     else if (rc) part_release(q, part);
-    return rc;
+    return interrupted_or(q, rc);
 }
 
 int ndshm_queue_release(ndshm_queue_t *q, ndshm_qmsg_t *msg) {
@@ -741,5 +847,5 @@ int ndshm_queue_get_many(ndshm_queue_t *q, void *dst, uint64_t dst_bytes, uint64
     }
     part_release(q, part);
     *count = n;
-    return rc;
+    return n ? rc : interrupted_or(q, rc);
 }

@@ -28,6 +28,7 @@ int ndshm__ring_wait_clock(ndshm__ring_waiter_t *w, _Atomic uint32_t *word, _Ato
     int64_t now = ndshm__now_ns();
     int64_t d = ndshm__ring_waiter_deadline(w, now);
     if (now >= d) return ETIMEDOUT;
+    if (w->intr != NULL && atomic_load(w->intr)) return ETIMEDOUT; /* the caller's handle was interrupted */
     if (now < w->spin_until) {
         ndshm__pause();
         return 0;
@@ -37,6 +38,19 @@ int ndshm__ring_wait_clock(ndshm__ring_waiter_t *w, _Atomic uint32_t *word, _Ato
     int rc = ndshm__futex_wait(word, seen, d, NDSHM__RING_SLICE_NS);
     atomic_fetch_sub(waiters, 1);
     return rc == ETIMEDOUT ? ETIMEDOUT : 0;
+}
+
+int ndshm__ring_wait_word(_Atomic uint32_t *word, _Atomic uint32_t *waiters, uint32_t seen, double timeout,
+                          _Atomic uint32_t *intr) {
+    int64_t deadline = timeout == 0 ? 0 : ndshm__deadline(timeout);
+    for (;;) {
+        if (intr != NULL && atomic_load(intr)) return ECANCELED;
+        if (atomic_load(word) != seen) return 0;
+        if (timeout == 0 || ndshm__now_ns() >= deadline) return ETIMEDOUT;
+        atomic_fetch_add(waiters, 1);
+        ndshm__futex_wait(word, seen, deadline, NDSHM__RING_SLICE_NS); /* woken, slice over, or EINTR */
+        atomic_fetch_sub(waiters, 1);
+    }
 }
 
 /* ---- claim records ------------------------------------------------------------------- */

@@ -46,6 +46,7 @@ typedef struct ndshm__ring_waiter {
     double timeout;
     int64_t deadline, spin_until; /* -1 until the first look at the clock; spin_until 0: spinning is over */
     unsigned looks, retries;
+    _Atomic uint32_t *intr; /* the handle's interrupt flag (NULL: none): once set, waits end as timed out */
 } ndshm__ring_waiter_t;
 
 static inline void ndshm__ring_waiter_init(ndshm__ring_waiter_t *w, double timeout) {
@@ -54,6 +55,7 @@ static inline void ndshm__ring_waiter_init(ndshm__ring_waiter_t *w, double timeo
     w->spin_until = -1;
     w->looks = 0;
     w->retries = 0;
+    w->intr = NULL;
 }
 
 /* The waiter's deadline (CLOCK_MONOTONIC ns, INT64_MAX for none), fixed at the first call with
@@ -93,6 +95,12 @@ static inline int ndshm__ring_wait(ndshm__ring_waiter_t *w, _Atomic uint32_t *wo
     }
     return ndshm__ring_wait_clock(w, word, waiters, seen);
 }
+
+/* Sleeps while `word` holds `seen` (the caller read it before finding nothing to do), counted in
+ * `waiters`, for at most `timeout` seconds (< 0: no limit). Returns 0 once it differs,
+ * ETIMEDOUT, or ECANCELED once `intr` (may be NULL) is set. */
+NDSHM_HIDDEN int ndshm__ring_wait_word(_Atomic uint32_t *word, _Atomic uint32_t *waiters, uint32_t seen,
+                                       double timeout, _Atomic uint32_t *intr);
 
 /* Signals progress on `word` (a futex word that waiters sleep on), waking the sleepers only if
  * `waiters` counts some. */

@@ -49,6 +49,10 @@ NEEDS = {
     "mpi_allocate_shared": ["mpi4py"],
     "dask_by_reference": ["distributed"],
     "ray_task_results": ["ray"],
+    "readonly_sharing": [],
+    "parallel_slices": [],
+    "asyncio_service": [],
+    "dataloader": ["torch"],
 }
 
 
@@ -112,3 +116,29 @@ def test_buffers_io(example):
     assert r["dlpack_numpy"]["same_address"] and r["dlpack_numpy"]["write_through"] == 7.0
     if "dlpack_torch" in r:
         assert r["dlpack_torch"] == {"same_address": True, "write_through": 9.0}
+
+
+def test_readonly_sharing_is_enforced_in_other_processes(example):
+    r = example("readonly_sharing").main("spawn")
+    for w in r["workers"]:
+        assert w == {"writeable": False, "sum": 100000.0, "write": "refused", "unlock": "refused",
+                     "writeable_view": "refused"}
+    assert r["owner_writeable"] and r["after"] == 2.0
+
+
+def test_parallel_slices_share_by_reference(example):
+    r = example("parallel_slices").main()
+    assert r["matches"] and r["tasks"] == 8
+    assert r["pickled_bytes"] < 1000 < r["array_bytes"]
+
+
+def test_asyncio_service(example):
+    r = example("asyncio_service").main(50)
+    assert r == {"answers_ok": True, "clients": 50, "gave_up_cleanly": True, "worker_exit": 0}
+
+
+def test_dataloader_over_a_shared_dataset(example):
+    requires("torch")
+    r = example("dataloader").main(1000)
+    assert r["samples"] == 1000 and r["consistent"]
+    assert r["dataset_pickled_bytes"] < 1000

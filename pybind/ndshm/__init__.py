@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ._lib import HEADER_VERSION as _HEADER_VERSION
 from ._errors import (
-    BrokenBarrierError, BusyError, ClosedError, CorruptSegmentError, Empty, Full, InvalidValueError,
+    BrokenBarrierError, BusyError, ClosedError, CorruptSegmentError, DirectoryNotFoundError, Empty, Full,
+    InvalidValueError,
     MessageTooBigError, NdshmError, NdshmOSError, NdshmPermissionError, NdshmTimeoutError, NoSpaceError,
     NotSupportedError, OutOfMemoryError, OwnerDiedError, SegmentExistsError, SegmentNotFoundError,
 )
@@ -39,7 +40,7 @@ __all__ = [
     "__version__",
     # errors
     "NdshmError", "InvalidValueError", "CorruptSegmentError", "SegmentExistsError", "SegmentNotFoundError",
-    "NdshmPermissionError", "OutOfMemoryError", "NoSpaceError", "NdshmTimeoutError", "BusyError", "Empty",
+    "NdshmPermissionError", "OutOfMemoryError", "NoSpaceError", "DirectoryNotFoundError", "NdshmTimeoutError", "BusyError", "Empty",
     "Full", "MessageTooBigError", "OwnerDiedError", "ClosedError", "NotSupportedError", "NdshmOSError",
     "BrokenBarrierError", "ShutDown", "Lagged",
     # aligned allocation

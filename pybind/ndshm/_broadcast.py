@@ -31,22 +31,25 @@ it lives, and on CPython:
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
 import sys
+import threading
+import time
 import uuid
 import weakref
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _dtype
-from ._errors import ClosedError, Empty, Full, Lagged, ShutDown, error_from_code
+from . import _async, _dtype
+from ._errors import ClosedError, Empty, Full, Lagged, NdshmTimeoutError, ShutDown, error_from_code
 from ._lib import ffi, lib
 from ._messages import _PLANS, _msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc
-from ._ring import _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
+from ._ring import _SLICE, _Ring, _as_dir, _attach_waiting, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
 from ._slots import (
     _OWN_REF, SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _getrefcount, _hold_past_block,
     _itemless_views, _received_views, _when_gone,
@@ -55,7 +58,7 @@ from ._slots import (
 __all__ = ["Broadcast", "Subscription"]
 
 _ETIMEDOUT, _EEMPTY, _EFULL = lib.NDSHM_ETIMEDOUT, lib.NDSHM_EEMPTY, lib.NDSHM_EFULL
-_ELAGGED = lib.NDSHM_ELAGGED
+_ELAGGED, _ECLOSED = lib.NDSHM_ELAGGED, lib.NDSHM_ECLOSED
 _PERSIST, _POPULATE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE
 _put, _loan, _publish, _discard = lib.ndshm_bcast_put, lib.ndshm_bcast_loan, lib.ndshm_bcast_publish, \
     lib.ndshm_bcast_discard
@@ -176,9 +179,11 @@ class Broadcast(_Ring):
         self._subs: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
 
     @classmethod
-    def attach(cls, name: str, dir: Any = None) -> "Broadcast":
-        """Attach to the existing broadcast ``name`` (in ``dir``; default ``$NDSHM_DIR`` or /dev/shm)."""
-        return cls(name, dir=dir, create=False)
+    def attach(cls, name: str, dir: Any = None, *, timeout: Optional[float] = None) -> "Broadcast":
+        """Attach to the existing broadcast ``name`` (in ``dir``; default ``$NDSHM_DIR`` or /dev/shm).
+        With ``timeout`` (seconds; ``float("inf")``: for ever) one not created yet, or whose
+        creator is still filling its header, is waited for; None (the default) tries once."""
+        return _attach_waiting(lambda: cls(name, dir=dir, create=False), timeout, f"broadcast {name!r}")
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -229,6 +234,56 @@ class Broadcast(_Ring):
         self._live()
         return _Loan(self, shape, dtype, _timeout(True, timeout))
 
+    def _pub_epoch(self) -> Callable[[], int]:
+        h = self._handle
+        return lambda: int(lib.ndshm_bcast_epoch(h, 1))
+
+    def _pub_wait(self) -> Callable[[int, float], int]:
+        h = self._handle
+        return lambda seen, s: int(lib.ndshm_bcast_wait_epoch(h, ffi.NULL, seen, s))
+
+    async def put_async(self, arr: Any, timeout: Optional[float] = None) -> None:
+        """``await b.put_async(arr)``: :meth:`put` without blocking the event loop (see
+        :mod:`ndshm._async`); a cancelled call has not published ``arr``."""
+        self._live()
+        t = None if timeout is None else _timeout(True, timeout)
+        a = arr if arr.__class__ is np.ndarray else np.asarray(arr)
+        await _async.retry(lambda: self.put(a, 0), self._pub_epoch(), self._pub_wait(), t, Full,
+                           f"broadcast still full ({self.slots} slots)")
+
+    def loan_async(self, shape: Any, dtype: Any, timeout: Optional[float] = None) -> _async.AsyncContext:
+        """``async with b.loan_async(shape, dtype) as out:`` :meth:`loan` without blocking the event
+        loop; a cancellation before the block claims no slot."""
+        self._live()
+        t = None if timeout is None else _timeout(True, timeout)
+
+        async def enter() -> tuple[_Loan, NDArray[Any]]:
+            ln = _Loan(self, shape, dtype, 0.0)
+            out = await _async.retry(ln.__enter__, self._pub_epoch(), self._pub_wait(), t, Full,
+                                     f"broadcast still full ({self.slots} slots)")
+            return ln, out
+        return _async.AsyncContext(enter)
+
+    def wait_for_subscribers(self, n: int, timeout: Optional[float] = None) -> int:
+        """Wait until at least ``n`` live subscriptions (from every process) exist, so that
+        workers started in other processes receive the first message published afterwards;
+        returns their number. :class:`NdshmTimeoutError` (a ``TimeoutError``) if ``timeout``
+        seconds (None: for ever) pass first; :class:`ClosedError` if this handle is closed
+        meanwhile."""
+        n = _dtype.as_int(n, "n", 0, lib.NDSHM_BCAST_MAX_SUBSCRIBERS)
+        t = _timeout(True, timeout)
+        deadline = None if t < 0 else time.monotonic() + t
+        pause = 0.0005
+        while True:
+            have = self.subscribers  # raises ClosedError once closed
+            if have >= n:
+                return have
+            if deadline is not None and time.monotonic() >= deadline:
+                raise NdshmTimeoutError(errno.ETIMEDOUT, f"broadcast {self.name!r} has {have} of the {n} "
+                                        f"subscribers waited for after {t:g} s")
+            time.sleep(pause if deadline is None else max(min(pause, deadline - time.monotonic()), 0.0))
+            pause = min(pause * 2, 0.02)
+
     def shutdown(self, immediate: bool = False) -> None:
         """Shut the broadcast down for every process: further ``put``/``loan`` raise
         :class:`ShutDown`; subscribers first receive what was published before, then their
@@ -276,6 +331,7 @@ class Broadcast(_Ring):
         for sub in list(self._subs):
             sub.close()
         self._closed = True
+        lib.ndshm_bcast_interrupt(self._handle)  # publishers blocked on this handle: ClosedError now
         if self._finalizer is not None:
             self._finalizer()
 
@@ -379,13 +435,29 @@ class Subscription:
     it cannot be pickled (subscribe in the process that reads).
     """
 
-    __slots__ = ("_b", "_h", "_missed", "_held", "_closing", "_closed", "__weakref__")
+    __slots__ = ("_b", "_h", "_missed", "_held", "_closing", "_closed", "_waiting", "_lock", "__weakref__")
 
     def __init__(self, b: Broadcast, handle: Any) -> None:
         self._b, self._h = b, handle
         self._missed = ffi.new("uint64_t *")
         self._held: Optional[tuple[Any, ...]] = None
         self._closing = self._closed = False
+        self._waiting = 0  # C waits on the handle in progress (a read, an async wait; close() may come from another thread)
+        self._lock = threading.Lock()  # guards _waiting and _closing between those threads
+
+    def _enter_wait(self) -> bool:
+        """Count a C wait on the handle about to start; False (nothing counted) once closing."""
+        with self._lock:
+            if self._closing or self._closed:
+                return False
+            self._waiting += 1
+            return True
+
+    def _leave_wait(self) -> bool:
+        """Uncount a C wait; True if it was the last one of a subscription being closed."""
+        with self._lock:
+            self._waiting -= 1
+            return self._closing and not self._waiting
 
     def _error(self, rc: int, waited: float) -> Exception:
         """The exception of a failed take (returned, not raised: see Queue._error)."""
@@ -414,15 +486,31 @@ class Subscription:
         """``ndshm_bcast_take`` into ``m``; a negative ``timeout`` waits for ever; waits longer
         than _SLICE go in slices (Ctrl-C works)."""
         h, missed = self._h, self._missed
-        if timeout < 0:
-            rc: int = _take(h, _SLICE, m, missed)
-            while rc == _ETIMEDOUT:
-                rc = _take(h, _SLICE, m, missed)
-            return rc
-        if timeout <= _SLICE:
-            rc = _take(h, timeout, m, missed)
-            return rc
-        return _sliced(lambda s: _take(h, s, m, missed), timeout)
+        # close() from another thread sets _closing, then looks at _waiting (both under _lock):
+        # either it sees this take (it interrupts the handle and leaves the unsubscribing to the
+        # last wait to end) or this take sees _closing here and never touches the handle
+        last = False
+        if not self._enter_wait():
+            rc: int = _ECLOSED
+        else:
+            try:
+                if timeout < 0:
+                    rc = _take(h, _SLICE, m, missed)
+                    while rc == _ETIMEDOUT:
+                        rc = _take(h, _SLICE, m, missed)
+                elif timeout <= _SLICE:
+                    rc = _take(h, timeout, m, missed)
+                else:
+                    rc = _sliced(lambda s: _take(h, s, m, missed), timeout)
+            finally:
+                last = self._leave_wait()
+        if self._closing and self._held is None:
+            if rc == 0:
+                _release(h, m)  # closed meanwhile: the message goes back (this subscription ends)
+            if last:
+                self._close_now()
+            raise ClosedError(f"subscription to broadcast {self._b.name!r} was closed")
+        return rc
 
     def get(self, timeout: Optional[float] = None) -> NDArray[Any]:
         """The next message, as a fresh array, waiting up to ``timeout`` seconds (``None``: for
@@ -461,6 +549,62 @@ class Subscription:
         except ShutDown:
             raise StopIteration from None
 
+    def receiving(self, timeout: Optional[float] = None) -> Iterator[NDArray[Any]]:
+        """``for view in sub.receiving():`` the zero-copy form of ``for arr in sub``: each ``view``
+        is a :meth:`receive` view valid until the next iteration; ends once the broadcast is shut
+        down and drained. A view still referred to from elsewhere when the next one is asked for
+        holds its message, and the next read raises ``BufferError`` (copy what you keep)."""
+        while True:
+            rec = self.receive(timeout)
+            try:
+                view = rec.__enter__()
+            except ShutDown:
+                return
+            rec._ra += 1  # the caller's loop variable still holds the view when the block ends
+            try:
+                yield view
+            finally:
+                rec.__exit__(None, None, None)
+
+    def _epoch(self) -> int:
+        return int(lib.ndshm_bcast_epoch(self._b._handle, 0))
+
+    def _wait_epoch(self, seen: int, s: float) -> int:
+        if not self._enter_wait():  # the handle stays valid while this wait runs (see close)
+            return 0  # the loop's retry raises ClosedError
+        try:
+            return int(lib.ndshm_bcast_wait_epoch(self._b._handle, self._h, seen, s))
+        finally:
+            if self._leave_wait() and self._held is None:
+                self._close_now()
+
+    async def get_async(self, timeout: Optional[float] = None) -> NDArray[Any]:
+        """``await sub.get_async()``: :meth:`get` without blocking the event loop (see
+        :mod:`ndshm._async`: a cancellation never loses a message)."""
+        self._ready()
+        t = None if timeout is None else _timeout(True, timeout)
+        return await _async.retry(lambda: self.get(0), self._epoch, self._wait_epoch, t, Empty, "no new message")
+
+    def receive_async(self, timeout: Optional[float] = None) -> _async.AsyncContext:
+        """``async with sub.receive_async() as view:`` :meth:`receive` without blocking the event loop."""
+        self._ready()
+        t = None if timeout is None else _timeout(True, timeout)
+
+        async def enter() -> tuple[_Receive, NDArray[Any]]:
+            rec = _Receive(self, 0.0)
+            view = await _async.retry(rec.__enter__, self._epoch, self._wait_epoch, t, Empty, "no new message")
+            return rec, view
+        return _async.AsyncContext(enter)
+
+    async def __aiter__(self) -> AsyncIterator[NDArray[Any]]:
+        """``async for arr in sub:`` :meth:`get_async` until the broadcast is shut down and drained."""
+        while True:
+            try:
+                arr = await self.get_async()
+            except ShutDown:
+                return
+            yield arr
+
     @property
     def pending(self) -> int:
         """Messages published that this subscription has not read yet."""
@@ -475,14 +619,19 @@ class Subscription:
     def close(self) -> None:
         """Leave the broadcast: publishers no longer wait for this subscriber. If views derived
         from a receive() view still hold a message (CPython), it is released when they go."""
-        if self._closed or self._closing:
-            return
-        if self._held is not None:
-            self._closing = True
+        with self._lock:
+            if self._closed or self._closing:
+                return
+            self._closing = True  # before looking at _waiting (see _take)
+            busy = self._held is not None or self._waiting
+        if busy:
+            lib.ndshm_bsub_interrupt(self._h)  # a take blocked in another thread: ClosedError now
             return
         self._close_now()
 
     def _close_now(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         h = self._h
         try:
@@ -498,7 +647,8 @@ class Subscription:
 
     def __reduce__(self) -> Any:
         raise TypeError("a Subscription cannot be pickled: pickle the Broadcast and subscribe() in the reading "
-                        "process")
+                        "process; to make sure no reader misses the first messages, have the publisher call "
+                        "broadcast.wait_for_subscribers(n) before publishing")
 
     def __repr__(self) -> str:
         state = "closed " if self.closed else ""

@@ -8,6 +8,7 @@ negative C code) and ``.errname`` (``"NDSHM_EINVAL"``); OSError subclasses also 
 from __future__ import annotations
 
 import errno as _errno
+import os
 import queue as _queue
 import threading as _threading
 from typing import NoReturn, Optional
@@ -16,7 +17,7 @@ from ._lib import ffi, lib
 
 __all__ = [
     "NdshmError", "InvalidValueError", "CorruptSegmentError", "SegmentExistsError",
-    "SegmentNotFoundError", "NdshmPermissionError", "OutOfMemoryError", "NoSpaceError",
+    "SegmentNotFoundError", "DirectoryNotFoundError", "NdshmPermissionError", "OutOfMemoryError", "NoSpaceError",
     "NdshmTimeoutError", "BusyError", "Empty", "Full", "MessageTooBigError", "OwnerDiedError",
     "ClosedError", "NotSupportedError", "NdshmOSError", "BrokenBarrierError", "ShutDown", "Lagged",
     "error_from_code", "check",
@@ -55,6 +56,13 @@ class SegmentExistsError(NdshmError, FileExistsError):
 
 class SegmentNotFoundError(NdshmError, FileNotFoundError):
     """No segment of that name."""
+
+
+class DirectoryNotFoundError(SegmentNotFoundError):
+    """The directory meant to hold segments (``dir=``, or ``$NDSHM_DIR``) does not exist. ndshm
+    never creates it (a typo would otherwise scatter segments in a new directory): the message
+    says to create it (``mkdir -m 700 DIR``, private to the user) or to fix ``NDSHM_DIR``.
+    A ``FileNotFoundError``, and a :class:`SegmentNotFoundError` as before."""
 
 
 class NdshmPermissionError(NdshmError, PermissionError):
@@ -152,6 +160,14 @@ def error_from_code(code: int, filename: str | None = None) -> NdshmError:
     message = detail or ffi.string(lib.ndshm_strerror(code)).decode()
     cls, err = _TABLE.get(code, (NdshmOSError, None))
     exc: NdshmError
+    if filename is not None and os.path.isabs(filename):
+        if code == lib.NDSHM_ENOSPC:
+            message += _space_advice(os.path.dirname(filename))
+        elif code == lib.NDSHM_ENOENT and not os.path.isdir(os.path.dirname(filename)):
+            d = os.path.dirname(filename)
+            cls = DirectoryNotFoundError
+            message += (f"; the segment directory {d} (dir= or $NDSHM_DIR) does not exist: create it "
+                        f"(mkdir -m 700 {d}) or point NDSHM_DIR at an existing one (default /dev/shm)")
     if issubclass(cls, OSError):
         err = err if err is not None else (lib.ndshm_last_errno() or _errno.EIO)
         exc = cls(err, message) if filename is None else cls(err, message, filename)
@@ -160,6 +176,24 @@ def error_from_code(code: int, filename: str | None = None) -> NdshmError:
     exc.code = code
     exc.errname = ffi.string(lib.ndshm_errname(code)).decode()
     return exc
+
+
+_GiB = 1 << 30
+
+
+def _space_advice(d: str) -> str:
+    """What a NoSpaceError adds: the free and total bytes of directory ``d``'s file system and, on a
+    small one, how to enlarge it."""
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return ""
+    free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    text = f" ({d} has {free / 2**20:.1f} MiB free of {total / 2**20:.1f} MiB)"
+    if total < _GiB:
+        text += ("; it is small: give the container more shared memory (Docker: --shm-size=2g; Kubernetes: mount "
+                 "an emptyDir volume with medium: Memory at /dev/shm), or set NDSHM_DIR to a larger tmpfs directory")
+    return text
 
 
 def check(rc: int, filename: str | None = None) -> int:

@@ -42,18 +42,18 @@ import os
 import sys
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterator, List, Optional
 
 import numpy as np
 
-from . import _dtype
+from . import _async, _dtype
 from ._errors import CorruptSegmentError, Empty, Full, ShutDown, error_from_code
 from ._lib import ffi, lib
 from ._messages import (
     _MAX_NBYTES, _MAXDIM, _PLANS, _TYPESTR_MAX, _W_NBYTES, _W_NDIM, _W_SHAPE0, _W_TYPESTR, _WORD_DESC, _describe,
     _dtype_of, _msg, _new_msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc,
 )
-from ._ring import _SLICE, _Ring, _as_dir, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
+from ._ring import _SLICE, _Ring, _as_dir, _attach_waiting, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
 from ._slots import (
     _OWN_REF, _U1, SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _getrefcount, _hold_past_block,
     _itemless_views, _received_views, _when_gone,
@@ -363,9 +363,13 @@ class Queue(_Ring):
         self._loaned: List[Optional[tuple[tuple[int, ...], np.dtype[Any], SlotArray]]] = [None] * self.slots  # (dims, dtype, inner) of each slot's last loan
 
     @classmethod
-    def attach(cls, name: str, *, dir: Optional[str] = None, shape: Any = None, dtype: Any = None) -> "Queue":
-        """Attach to the existing queue ``name``."""
-        return cls(name, dir=dir, create=False, shape=shape, dtype=dtype)
+    def attach(cls, name: str, *, dir: Optional[str] = None, shape: Any = None, dtype: Any = None,
+               timeout: Optional[float] = None) -> "Queue":
+        """Attach to the existing queue ``name``. With ``timeout`` (seconds; ``float("inf")``: for
+        ever) a queue not created yet, or whose creator is still filling its header, is waited
+        for (:class:`SegmentNotFoundError` once it runs out); None (the default) tries once."""
+        return _attach_waiting(lambda: cls(name, dir=dir, create=False, shape=shape, dtype=dtype), timeout,
+                               f"queue {name!r}")
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -756,6 +760,39 @@ class Queue(_Ring):
         """Registered producers still running."""
         return int(lib.ndshm_queue_producers(self._live()))
 
+    def register_consumer(self) -> None:
+        """Record this process as a consumer of the queue (the mirror of :meth:`register_producer`):
+        once every registered consumer has exited (normally, killed with kill -9, or crashed) or
+        called :meth:`unregister_consumer`, a producer that finds the queue full shuts it down
+        (within ~40 ms), and blocked or later ``put``/``put_many``/``loan`` calls raise
+        :class:`ShutDown` saying that every registered consumer has exited, instead of waiting
+        for ever. A ``put`` that finds a free slot still succeeds (a consumer that attaches later
+        can drain the queue). Registering twice is harmless. Raises :class:`ShutDown` on a
+        shut-down queue and :class:`BusyError` when 64 live consumers are registered already."""
+        rc = lib.ndshm_queue_register_consumer(self._live())
+        if rc:
+            raise error_from_code(rc)
+
+    def expect_consumers(self, n: int) -> None:
+        """Producers give up on dead consumers only once ``n`` consumer registrations (since
+        creation) have happened: call it before starting consumers, so that a first consumer that
+        exits early does not end the stream while the others are still starting."""
+        n = _dtype.as_int(n, "n", 0, 2**32 - 1)
+        lib.ndshm_queue_expect_consumers(self._live(), n)
+
+    def unregister_consumer(self) -> None:
+        """This process is done consuming (see :meth:`register_consumer`); once the last one is
+        gone, producers blocked on a full queue raise :class:`ShutDown`. :class:`InvalidValueError`
+        if it is not registered."""
+        rc = lib.ndshm_queue_unregister_consumer(self._live())
+        if rc:
+            raise error_from_code(rc)
+
+    @property
+    def consumers(self) -> int:
+        """Registered consumers still running."""
+        return int(lib.ndshm_queue_consumers(self._live()))
+
     def __iter__(self) -> Iterator[np.ndarray]:
         """``for arr in q:`` yields :meth:`get` (a copy, waiting for ever) until the queue is shut
         down and drained."""
@@ -767,12 +804,97 @@ class Queue(_Ring):
                 return
             yield arr
 
+    def receiving(self, timeout: Optional[float] = None) -> Iterator[np.ndarray]:
+        """``for view in q.receiving():`` the zero-copy form of ``for arr in q``: each ``view`` is a
+        :meth:`receive` view (read-only, in place), valid until the next iteration (then its slot
+        goes back, and the view is closed unless something else still refers to it: the usual
+        receive rules); iteration ends once the queue is shut down and drained. ``timeout``: as
+        for :meth:`receive` (:class:`Empty` if no message comes in time)."""
+        while True:
+            rec = self.receive(timeout)
+            try:
+                view = rec.__enter__()
+            except ShutDown:
+                return
+            rec._ra += 1  # the caller's loop variable still holds the view when the block ends
+            try:
+                yield view
+            finally:
+                rec.__exit__(None, None, None)
+
+    # ---- asyncio ---------------------------------------------------------------------------
+
+    def _epoch(self, producer: int) -> Callable[[], int]:
+        h = self._handle
+        return lambda: int(lib.ndshm_queue_epoch(h, producer))
+
+    def _wait_epoch(self, producer: int) -> Callable[[int, float], int]:
+        h = self._handle
+        return lambda seen, s: int(lib.ndshm_queue_wait_epoch(h, producer, seen, s))
+
+    async def get_async(self, timeout: Optional[float] = None) -> np.ndarray:
+        """``await q.get_async()``: :meth:`get` without blocking the event loop (see
+        :mod:`ndshm._async`: a cancellation never loses a message). :class:`Empty` after
+        ``timeout`` seconds (None: wait for ever); :class:`ShutDown` once shut down and drained."""
+        self._live()
+        t = None if timeout is None else _timeout(True, timeout)
+        return await _async.retry(lambda: self.get(False), self._epoch(0), self._wait_epoch(0), t, Empty,
+                                  "queue still empty")
+
+    async def put_async(self, arr: Any, timeout: Optional[float] = None) -> None:
+        """``await q.put_async(arr)``: :meth:`put` without blocking the event loop; a cancelled
+        call has not put ``arr``. :class:`Full` after ``timeout`` seconds (None: for ever)."""
+        self._live()
+        t = None if timeout is None else _timeout(True, timeout)
+        a = self._prepare(arr if arr.__class__ is np.ndarray else np.asarray(arr))
+        await _async.retry(lambda: self.put(a, False), self._epoch(1), self._wait_epoch(1), t, Full,
+                           f"queue still full ({self.slots} slots)")
+
+    def receive_async(self, timeout: Optional[float] = None) -> _async.AsyncContext:
+        """``async with q.receive_async() as view:`` :meth:`receive` without blocking the event loop
+        (the same view rules); a cancellation before the block never takes a message."""
+        self._live()
+        t = None if timeout is None else _timeout(True, timeout)
+
+        async def enter() -> tuple[_Receive, np.ndarray]:
+            rec = _Receive(self, 0.0)
+            view = await _async.retry(rec.__enter__, self._epoch(0), self._wait_epoch(0), t, Empty,
+                                      "queue still empty")
+            return rec, view
+        return _async.AsyncContext(enter)
+
+    def loan_async(self, shape: Any = None, dtype: Any = None, timeout: Optional[float] = None) -> _async.AsyncContext:
+        """``async with q.loan_async(shape, dtype) as out:`` :meth:`loan` without blocking the event
+        loop; a cancellation before the block never claims a slot."""
+        self._live()
+        t = None if timeout is None else _timeout(True, timeout)
+
+        async def enter() -> tuple[_Loan, np.ndarray]:
+            ln = _Loan(self, shape, dtype, 0.0)
+            out = await _async.retry(ln.__enter__, self._epoch(1), self._wait_epoch(1), t, Full,
+                                     f"queue still full ({self.slots} slots)")
+            return ln, out
+        return _async.AsyncContext(enter)
+
+    async def __aiter__(self) -> AsyncIterator[np.ndarray]:
+        """``async for arr in q:`` :meth:`get_async` until the queue is shut down and drained."""
+        while True:
+            try:
+                arr = await self.get_async()
+            except ShutDown:
+                return
+            yield arr
+
     def close(self) -> None:
         """End this handle's use; the creator's name is removed (unless ``persist``). Memory is
-        unmapped when the last view of a slot is gone."""
+        unmapped when the last view of a slot is gone. Every call of this handle blocked in another
+        thread (``get``, ``receive``, ``put``, ``loan``, ``get_many``, ``put_many``, the async
+        forms) wakes at once with :class:`ClosedError`; other handles and processes are not
+        affected."""
         if self._closed:
             return
         self._closed = True
+        lib.ndshm_queue_interrupt(self._handle)
         if self._finalizer is not None:
             self._finalizer()
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar
 
 import numpy as np
 
-from ._errors import ClosedError, error_from_code
+from ._errors import BusyError, ClosedError, SegmentNotFoundError, error_from_code
 from ._lib import ffi, lib
 
 _ETIMEDOUT = lib.NDSHM_ETIMEDOUT
@@ -19,6 +19,7 @@ _UPTR = ffi.typeof("uintptr_t")
 _SLICE = 0.25  # a wait longer than this returns to Python this often, so Ctrl-C works
 _monotonic = time.monotonic
 _R = TypeVar("_R", bound="_Ring")
+_A = TypeVar("_A")
 
 
 _FOREVER = 1e9  # a timeout above this many seconds (~31 years, or +inf) waits for ever
@@ -89,6 +90,26 @@ def _sliced(call: Callable[[float], int], t: float) -> int:
         rc = call(s)
         if rc != _ETIMEDOUT or s < _SLICE:
             return rc
+
+
+def _attach_waiting(attach: Callable[[], _A], timeout: Any, what: str) -> _A:
+    """``attach()``, retried while it raises SegmentNotFoundError (no creator yet) or BusyError (a
+    creator still filling the header) for up to ``timeout`` seconds (None: one try, as before;
+    ``float("inf")``: for ever), then the last error, its message saying how long it waited."""
+    if timeout is None:
+        return attach()
+    t = _timeout(True, timeout)
+    deadline = None if t < 0 else _monotonic() + t
+    pause = 0.001
+    while True:
+        try:
+            return attach()
+        except (SegmentNotFoundError, BusyError) as e:
+            if deadline is not None and _monotonic() >= deadline:
+                e.strerror = f"{e.strerror}; still so after waiting {t:g} s for the creator of {what}"
+                raise
+        time.sleep(pause if deadline is None else max(min(pause, deadline - _monotonic()), 0.0))
+        pause = min(pause * 2, 0.05)
 
 
 def _unlink_if(name: str, dir: Optional[str], pid: int) -> None:

@@ -796,10 +796,15 @@ def create(name: Optional[str], shape: Any, dtype: Any = float, order: str = "C"
                           mode=mode, hugepages=hugepages, populate=populate, meta=meta, owner=owner).asarray()
 
 
-def attach(name: str, *, readonly: bool = False, populate: bool = False, dir: Optional[str] = None) -> NDArray[Any]:
+def attach(name: str, *, readonly: bool = False, populate: bool = False, dir: Optional[str] = None,
+           timeout: Optional[float] = None) -> NDArray[Any]:
     """The array in named segment ``name``, zero-copy, with dtype and shape restored. A queue's or a
-    standalone Lock's, Event's or Barrier's segment is refused (attach those with their class)."""
-    seg = Segment.attach(name, readonly=readonly, dir=dir, populate=populate)
+    standalone Lock's, Event's or Barrier's segment is refused (attach those with their class).
+    With ``timeout`` (seconds; ``float("inf")``: for ever) a segment not created yet, or whose
+    creator is still filling its header, is waited for; None (the default) tries once."""
+    from ._ring import _attach_waiting
+    seg = _attach_waiting(lambda: Segment.attach(name, readonly=readonly, dir=dir, populate=populate), timeout,
+                          f"segment {name!r}")
     if seg._content:
         seg._refuse_content()
     if readonly and not seg._readonly:

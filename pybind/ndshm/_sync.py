@@ -11,6 +11,11 @@ acquire (the data it protects may be half-updated; check it). A barrier is broke
 noticed: give ``wait`` a timeout when a party may die. A wait interrupted by an exception
 (Ctrl-C) breaks it too. Every wait (with a timeout or without) comes back to Python a few times
 a second, so Ctrl-C works.
+
+``close()`` ends one handle's use in this process: calls blocked on it in other threads
+(``acquire``, ``wait``) wake within 0.1 s with :class:`ClosedError` (a barrier wait that ends so
+leaves the barrier broken, as for any exception); later calls raise it too, except
+``Lock.release`` (a held lock can still be given back). Other handles and processes notice nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from . import _dtype
-from ._errors import BrokenBarrierError, NdshmPermissionError, check, error_from_code
+from ._errors import BrokenBarrierError, ClosedError, NdshmPermissionError, check, error_from_code
 from ._lib import ffi, lib
 
 if TYPE_CHECKING:  # pragma: no cover - _segment imports this module
@@ -48,7 +53,7 @@ _ev_wait: _Wait = lib.ndshm_event_wait
 # (area, parties, timeout, slice, uint64_t *ticket, uint32_t *index) -> rc; (area, ticket) -> rc
 _b_wait: Callable[[_Area, int, float, float, Any, Any], int] = lib.ndshm_barrier_wait_sliced
 _b_leave: Callable[[_Area, int], int] = lib.ndshm_barrier_leave
-_SLICE = 0.25  # every wait longer than this comes back to Python this often, so Ctrl-C works
+_SLICE = 0.1  # every wait longer than this comes back to Python this often (Ctrl-C, close() from another thread)
 _MAX_PARTIES = 1 << 20  # what ndshm_barrier_wait accepts (parties is a uint32_t, 1 .. 2^20)
 
 
@@ -78,13 +83,16 @@ def _timeout(blocking: bool, timeout: Optional[float]) -> float:
     return -1.0 if t is None else t
 
 
-def _wait_in_slices(wait: _Wait, area: _Area, t: float) -> int:
+def _wait_in_slices(wait: _Wait, area: _Area, t: float, obj: "_Sync") -> int:
     """``wait(area, seconds)`` (a C wait: 0, NDSHM_ETIMEDOUT or another code) for ``t`` seconds in
-    all (> _SLICE), called in slices of at most _SLICE so that Ctrl-C is noticed between them."""
-    deadline = time.monotonic() + t
+    all (> _SLICE; < 0: for ever), called in slices of at most _SLICE so that Ctrl-C and a
+    close() of ``obj`` are noticed between them (ClosedError)."""
+    deadline = None if t < 0 else time.monotonic() + t
     while True:
-        s = min(max(deadline - time.monotonic(), 0.0), _SLICE)
+        s = _SLICE if deadline is None else min(max(deadline - time.monotonic(), 0.0), _SLICE)
         rc = wait(area, s)
+        if rc == _ETIMEDOUT and obj._closed:
+            raise obj._closed_error()
         if rc != _ETIMEDOUT or s < _SLICE:
             return rc
 
@@ -95,7 +103,7 @@ def _rebuild(cls: Union[type[Lock], type[Event], type[Barrier]], segment: Segmen
 
 
 class _Sync:
-    __slots__ = ("_segment", "_index", "_area", "address", "__weakref__")
+    __slots__ = ("_segment", "_index", "_area", "address", "_closed", "__weakref__")
     _segment: Segment
     _index: int
     _area: _Area
@@ -103,6 +111,7 @@ class _Sync:
     _extra: tuple[Any, ...] = ()
 
     def _bind(self, segment: Segment, index: int) -> None:
+        self._closed = False
         self._segment = segment  # keeps the mapping alive
         self._index = index
         self.address = segment.sync_address(index)
@@ -118,6 +127,31 @@ class _Sync:
         if dir is not None and not isinstance(dir, (str, os.PathLike)):
             raise TypeError(f"{kind} dir {dir!r} is not a str or path")
         self._bind(sync_segment(name, dir, create), 0)
+
+    def close(self) -> None:
+        """End this handle's use in this process: calls blocked on it in other threads wake with
+        :class:`ClosedError` (within 0.1 s), as do later ones (``Lock.release`` excepted). The
+        shared object and other handles of it are not affected. Idempotent."""
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called on this handle."""
+        return self._closed
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError(f"this {type(self).__name__} handle is closed")
+
+    def _live(self) -> _Area:
+        if self._closed:
+            raise self._closed_error()
+        return self._area
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def segment(self) -> Segment:
@@ -160,20 +194,37 @@ class Lock(_Sync):
         previous owner died holding it, the lock is taken all the same and :attr:`owner_died` is
         set to True (it is reset by the next successful acquire)."""
         t = _timeout(blocking, timeout)
-        area = self._area
-        if t < 0:
-            rc = _acquire(area, _SLICE)
-            while rc == _ETIMEDOUT:
-                rc = _acquire(area, _SLICE)
-        elif t <= _SLICE:
+        area = self._live()
+        if 0 <= t <= _SLICE:
             rc = _acquire(area, t)
         else:
-            rc = _wait_in_slices(_acquire, area, t)
+            rc = _wait_in_slices(_acquire, area, t, self)
         if rc == 0:
             self.owner_died = False
             return True
         if rc == _EOWNERDEAD:
             self.owner_died = True
+            return True
+        if rc == _EBUSY or rc == _ETIMEDOUT:
+            return False
+        raise error_from_code(rc)
+
+    async def acquire_async(self, timeout: Optional[float] = None) -> bool:
+        """``await lock.acquire_async()``: :meth:`acquire` without blocking the event loop. The
+        wait runs in a pool thread in slices (a lock cannot be waited for without taking it); if
+        the coroutine is cancelled while a slice takes the lock, that thread gives it back."""
+        from . import _async
+        t = _timeout(True, timeout)
+        area = self._live()
+        rc = _acquire(area, 0.0)
+        if rc == _EBUSY and t != 0:
+            def give_back(rc: int) -> None:
+                if rc == 0 or rc == _EOWNERDEAD:
+                    _lock_release(area)
+            rc = await _async.sliced_in_thread(lambda s: int(_acquire(area, s)), None if t < 0 else t, _ETIMEDOUT,
+                                               give_back, lambda: self._closed, self._closed_error)
+        if rc == 0 or rc == _EOWNERDEAD:
+            self.owner_died = rc == _EOWNERDEAD
             return True
         if rc == _EBUSY or rc == _ETIMEDOUT:
             return False
@@ -219,25 +270,35 @@ class Event(_Sync):
         return self
 
     def set(self) -> None:
-        _ev_set(self._area)
+        _ev_set(self._live())
 
     def clear(self) -> None:
-        _ev_clear(self._area)
+        _ev_clear(self._live())
 
     def is_set(self) -> bool:
-        return _ev_is_set(self._area) == 1
+        return _ev_is_set(self._live()) == 1
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Wait until set; False if ``timeout`` ran out first."""
         t = _timeout(True, timeout)
-        area = self._area
-        if t < 0:
-            while _ev_wait(area, _SLICE) == _ETIMEDOUT:
-                pass
-            return True
-        if t <= _SLICE:
+        area = self._live()
+        if 0 <= t <= _SLICE:
             return _ev_wait(area, t) == 0
-        return _wait_in_slices(_ev_wait, area, t) == 0
+        return _wait_in_slices(_ev_wait, area, t, self) == 0
+
+    async def wait_async(self, timeout: Optional[float] = None) -> bool:
+        """``await event.wait_async()``: :meth:`wait` without blocking the event loop (the wait runs
+        in a pool thread in slices; cancelling it leaves nothing behind)."""
+        from . import _async
+        t = _timeout(True, timeout)
+        area = self._live()
+        if _ev_is_set(area) == 1:
+            return True
+        if t == 0:
+            return False
+        rc = await _async.sliced_in_thread(lambda s: int(_ev_wait(area, s)), None if t < 0 else t, _ETIMEDOUT,
+                                           lambda rc: None, lambda: self._closed, self._closed_error)
+        return rc == 0
 
     def __repr__(self) -> str:
         return f"<ndshm.Event {'set' if self.is_set() else 'unset'} at 0x{self.address:x}>"
@@ -279,12 +340,14 @@ class Barrier(_Sync):
         if timeout is None:
             timeout = self._timeout
         t = _timeout(True, timeout)
-        area, parties = self._area, self.parties
+        area, parties = self._live(), self.parties
         ticket, idx = ffi.new("uint64_t *"), ffi.new("uint32_t *")
         deadline = None if t < 0 else time.monotonic() + t
         try:
             rc = _b_wait(area, parties, t, _SLICE, ticket, idx)
             while rc == _ETIMEDOUT:  # the slice ran out: Python's signal handlers have run
+                if self._closed:
+                    raise self._closed_error()  # leaves (breaks) the barrier below
                 left = -1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
                 rc = _b_wait(area, parties, left, _SLICE, ticket, idx)
         except BaseException:

@@ -7,6 +7,7 @@
 #include "testhelper.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -1129,6 +1130,91 @@ TEST(pinned_slot_is_not_reused) {
     munmap(mem, len);
 }
 
+/* A consumer killed with kill -9 while the queue is full: the blocked put returns
+ * NDSHM_ESHUTDOWN naming the dead consumers, within a liveness check or two. */
+TEST(dead_consumers_end_the_stream) {
+    RAW_QUEUE_OR_RETURN(q, mem, len, 2, 64);
+    CHECK_RC(ndshm_queue_consumers(q), 0);
+    CHECK_RC(ndshm_queue_expect_consumers(q, 1), 0);
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (ndshm_queue_register_consumer(q) != 0 || ndshm_queue_register_consumer(q) != 0) _exit(2);
+        if (write(fds[1], "x", 1) != 1) _exit(4);
+        pause(); /* killed */
+        _exit(0);
+    }
+    char c;
+    CHECK(read(fds[0], &c, 1) == 1);
+    CHECK_RC(ndshm_queue_consumers(q), 1);
+    CHECK_RC(put_i(q, 1, 0), 0);
+    CHECK_RC(put_i(q, 2, 0), 0);
+    CHECK_RC(put_i(q, 3, 0.2), NDSHM_ETIMEDOUT); /* full, the consumer lives */
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    double t0 = now_s();
+    CHECK_RC(put_i(q, 3, 5), NDSHM_ESHUTDOWN);
+    CHECK_DETAIL("every registered consumer has exited");
+    CHECK(now_s() - t0 < 1.0);
+    CHECK_RC(ndshm_queue_consumers(q), 0);
+    ndshm_qmsg_t m;
+    CHECK_RC(ndshm_queue_loan(q, 4, 0, &m), NDSHM_ESHUTDOWN);
+    CHECK_RC(ndshm_queue_take(q, 0, &m), 0); /* a later consumer still drains */
+    ndshm_queue_release(q, &m);
+    CHECK_RC(ndshm_queue_unregister_consumer(q), NDSHM_EINVAL);
+    close(fds[0]);
+    close(fds[1]);
+    ndshm_queue_close(q);
+    munmap(mem, len);
+}
+
+typedef struct interrupt_arg {
+    ndshm_queue_t *q;
+    int rc;
+    double dt;
+} interrupt_arg_t;
+
+static void *take_forever(void *p) {
+    interrupt_arg_t *a = p;
+    ndshm_qmsg_t m;
+    double t0 = now_s();
+    a->rc = ndshm_queue_take(a->q, -1, &m);
+    a->dt = now_s() - t0;
+    return NULL;
+}
+
+/* ndshm_queue_interrupt ends this handle's waits at once (NDSHM_ECLOSED) and no other handle's;
+ * the epoch counter moves when a message is published. */
+TEST(interrupt_and_epoch) {
+    RAW_QUEUE_OR_RETURN(q, mem, len, 2, 64);
+    ndshm_queue_t *other = NULL;
+    CHECK_RC(ndshm_queue_open_raw(mem, len, &other), 0);
+    interrupt_arg_t a = {q, 1, 0};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, take_forever, &a) == 0);
+    struct timespec ts = {0, 100 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    double t0 = now_s();
+    ndshm_queue_interrupt(q);
+    pthread_join(th, NULL);
+    CHECK_RC(a.rc, NDSHM_ECLOSED);
+    CHECK(now_s() - t0 < 0.05);
+    ndshm_qmsg_t m;
+    CHECK_RC(ndshm_queue_take(q, 0.5, &m), NDSHM_ECLOSED);
+    CHECK_RC(ndshm_queue_take(other, 0.05, &m), NDSHM_ETIMEDOUT); /* the other handle waits on */
+    uint32_t e = ndshm_queue_epoch(other, 0);
+    CHECK_RC(ndshm_queue_wait_epoch(other, 0, e, 0.05), NDSHM_ETIMEDOUT);
+    CHECK_RC(put_i(other, 5, 0), 0);
+    CHECK(ndshm_queue_epoch(other, 0) != e);
+    CHECK_RC(ndshm_queue_wait_epoch(other, 0, e, 1), 0);
+    CHECK_RC(ndshm_queue_wait_epoch(q, 1, ndshm_queue_epoch(q, 1), 1), NDSHM_ECLOSED);
+    CHECK_RC(ndshm_queue_wait_epoch(NULL, 0, 0, 0), NDSHM_EINVAL);
+    ndshm_queue_close(other);
+    ndshm_queue_close(q);
+    munmap(mem, len);
+}
+
 int main(void) {
     RUN(geometry_and_errors);
     RUN(put_take_descriptors);
@@ -1151,5 +1237,7 @@ int main(void) {
     RUN(hostile_shutdown_bits);
     RUN(take_copy_fits_or_stays_taken);
     RUN(pinned_slot_is_not_reused);
+    RUN(dead_consumers_end_the_stream);
+    RUN(interrupt_and_epoch);
     return SUMMARY();
 }
