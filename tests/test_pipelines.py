@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import PYPY
+from conftest import PYPY, dir_files
 from ndshm import ClosedError, Empty, Full, ShutDown
 
 CTX = mp.get_context("fork")
@@ -93,7 +93,7 @@ def test_producers_blocked_in_put_and_loan_raise_once_every_consumer_is_gone(tmp
             q.put(np.zeros(2))
         assert q.consumers == 0
         assert q.get().shape == (2,)  # a consumer that comes later still drains what was queued
-    assert os.listdir(d) == []  # nothing left behind once the with block ended
+    assert dir_files(d) == []  # nothing left behind once the with block ended
 
 
 def test_consumers_not_yet_expected_do_not_end_the_stream():
