@@ -470,9 +470,17 @@ class Queue(_Ring):
     def _regot(self, m: Any, w: Any, out: Optional[np.ndarray]) -> np.ndarray:
         """get() of a message already copied into ``out`` (or of no bytes) and released, whose
         description differs from the guess."""
-        dt, shape = _describe(m, w, self._dtype)  # raises CorruptSegmentError for impossible ones
-        new = np.empty(shape, dt)
         n = int(w[_W_NBYTES])
+        try:
+            dt, shape = _describe(m, w, self._dtype)  # raises CorruptSegmentError for impossible ones
+            new = np.empty(shape, dt)
+        except CorruptSegmentError:
+            raise
+        except Exception as e:  # NumPy's ValueError/MemoryError for shapes no array can have
+            raise CorruptSegmentError(f"queue message cannot be made into an array: {e}") from None
+        if new.nbytes != n:  # never hand out bytes nobody wrote
+            raise CorruptSegmentError(f"queue message of shape {shape} and dtype {dt} makes an array of "
+                                      f"{new.nbytes} bytes, not its {n}")
         if n:
             ffi.memmove(ffi.cast(_VOIDP, new.__array_interface__["data"][0]),
                         ffi.cast(_VOIDP, out.__array_interface__["data"][0]), n)  # type: ignore[union-attr]  # out is None only for n == 0
