@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno as _errno
 import queue as _queue
 import threading as _threading
-from typing import NoReturn, Optional
+import time as _time
+from typing import Any, Callable, NoReturn, Optional
 
 from ._lib import ffi, lib
 
@@ -160,6 +161,24 @@ def error_from_code(code: int, filename: str | None = None) -> NdshmError:
     exc.code = code
     exc.errname = ffi.string(lib.ndshm_errname(code)).decode()
     return exc
+
+
+_ESYS = lib.NDSHM_ESYS
+
+
+def retry_interrupted(rc: int, call: Callable[..., int], *args: Any) -> int:
+    """``rc`` of ``call(*args)``, or of calling it again if a signal ended its wait (the C library
+    returns EINTR from an attach's wait for a segment's lock rather than retrying, so that Python
+    runs its signal handlers: a Ctrl-C raises KeyboardInterrupt here, as PEP 475 has Python do for
+    system calls). Signals arriving without end stop the retries after two seconds."""
+    end = 0.0
+    while rc == _ESYS and lib.ndshm_last_errno() == _errno.EINTR:
+        now = _time.monotonic()
+        end = end or now + 2.0
+        if now > end:
+            break
+        rc = call(*args)
+    return rc
 
 
 def check(rc: int, filename: str | None = None) -> int:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optio
 import numpy as np
 
 from . import _dtype
-from ._errors import CorruptSegmentError, Empty, Full, ShutDown, error_from_code
+from ._errors import CorruptSegmentError, Empty, Full, ShutDown, error_from_code, retry_interrupted
 from ._lib import ffi, lib
 from ._messages import (
     _MAX_NBYTES, _MAXDIM, _PLANS, _TYPESTR_MAX, _W_NBYTES, _W_NDIM, _W_SHAPE0, _W_TYPESTR, _WORD_DESC, _describe,
@@ -332,6 +332,8 @@ class Queue(_Ring):
             if name is None:
                 raise ValueError("attaching needs the queue's name")
             rc = lib.ndshm_queue_attach(_encode(name), dir_c, out)
+            if rc:  # (again if a signal ended its wait for the ring's lock, once Python ran the handlers)
+                rc = retry_interrupted(rc, lib.ndshm_queue_attach, _encode(name), dir_c, out)
             if rc:
                 raise error_from_code(rc, _path_of(name, dir))
         self._handle = ffi.gc(out[0], _close)
