@@ -4,11 +4,13 @@
  * Creation: O_CREAT|O_EXCL (named, file) with the mode forced by fchmod, a shared flock taken at
  * once, the whole size reserved with posix_fallocate (ENOSPC here, never SIGBUS later), a
  * MAP_SHARED mapping, the header written with state INITIALIZING and then published READY with a
- * release store. Attach: open, flock(LOCK_SH), fstat, read the header with one pread into a
+ * release store. Attach: open (O_NONBLOCK), flock(LOCK_SH) (a bounded wait that a signal ends:
+ * anyone who may read the file can hold LOCK_EX), fstat, read the header with one pread into a
  * private copy (a truncating peer cannot SIGBUS us there; the mapping is never read before the
  * copy is validated), wait a bounded time while it is unpublished and someone else still holds
- * the file, validate it (header.c), then map data_offset + data_size: six system calls, and
- * munmap + close at the end.
+ * the file, validate it (header.c), refuse a file with holes on tmpfs (ndshm reserved every
+ * page: holes mean another writer, and SIGBUS once the file system is full), then map
+ * data_offset + data_size: seven system calls, and munmap + close at the end.
  * Every handle keeps its descriptor, and so its shared flock, until ndshm_segment_close: a
  * successful flock(LOCK_EX|LOCK_NB) by anyone else means no process maps the segment.
  */
