@@ -19,6 +19,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,20 +124,41 @@ static int make_path(int kind, const char *name, const char *dir, char **out) {
  * microseconds, to probe or remove a segment nobody maps), and anyone who may read the file can
  * take one and keep it: so the wait is bounded (LOCK_WAIT_NS) and polls with LOCK_NB in short
  * sleeps, and a signal ends it (EINTR, never retried here: a Python caller's Ctrl-C must reach
- * Python). Returns 0, EBUSY at the deadline, EINTR, or flock's errno. */
+ * Python). Signals are blocked between the sleeps and let in only by ppoll, atomically: one that
+ * comes while we poll the lock (or while a loaded machine has not yet run us after a sleep, when
+ * a handler would run unseen) is pending, and ends the next sleep at once. Returns 0, EBUSY at
+ * the deadline, EINTR, or flock's errno. */
 static int lock_shared(int fd) {
     if (flock(fd, LOCK_SH | LOCK_NB) == 0) return 0;
     if (errno != EWOULDBLOCK && errno != EINTR) return errno;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     int64_t deadline = now_ns(CLOCK_MONOTONIC) + LOCK_WAIT_NS;
     long pause = 50000; /* 50 us, doubling up to 5 ms */
+    int err;
     for (;;) {
         struct timespec ts = {0, pause};
-        if (nanosleep(&ts, NULL) != 0 && errno == EINTR) return EINTR;
-        if (flock(fd, LOCK_SH | LOCK_NB) == 0) return 0;
-        if (errno != EWOULDBLOCK && errno != EINTR) return errno;
-        if (now_ns(CLOCK_MONOTONIC) >= deadline) return EBUSY;
+        if (ppoll(NULL, 0, &ts, &old) < 0 && errno == EINTR) {
+            err = EINTR;
+            break;
+        }
+        if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+            err = 0;
+            break;
+        }
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            err = errno;
+            break;
+        }
+        if (now_ns(CLOCK_MONOTONIC) >= deadline) {
+            err = EBUSY;
+            break;
+        }
         if (pause < 5000000) pause *= 2;
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return err;
 }
 
 /* The failure of lock_shared(fd) with `err`, for the file `what`. */
