@@ -43,8 +43,9 @@ def _fill(d: str) -> None:
         size = 1 << 20
         while size >= 4096:
             try:
-                st = os.fstat(fd)
-                os.posix_fallocate(fd, st.st_size, size)
+                rc = os.posix_fallocate(fd, os.fstat(fd).st_size, size)
+                if rc:  # PyPy returns the error number instead of raising it
+                    raise OSError(rc, os.strerror(rc))
             except OSError as e:
                 if e.errno != errno.ENOSPC:
                     raise
