@@ -258,10 +258,13 @@ NDSHM_API int ndshm_segment_create(const ndshm_segment_params_t *params, ndshm_s
 
 /*! ndshm_segment_attach() :
  *  Maps an existing NAMED segment (`name` in `dir`) or FILE segment (`name` is the path).
- *  `flags`: NDSHM_SEG_READONLY, NDSHM_SEG_POPULATE. Waits a bounded time for a segment still
- *  being initialised.
- *  @return : 0, or NDSHM_ENOENT, NDSHM_EACCES, NDSHM_ECORRUPT, NDSHM_EBUSY (still initialising),
- *            NDSHM_EINVAL, NDSHM_ESYS. */
+ *  `flags`: NDSHM_SEG_READONLY, NDSHM_SEG_POPULATE. Waits a bounded time (2 s) for a segment
+ *  still being initialised, and for its shared lock while another process holds the file's
+ *  exclusive flock; a signal ends that wait (NDSHM_ESYS, last errno EINTR: call again once the
+ *  handlers ran). On tmpfs a file with holes (fewer blocks than its size) is refused: ndshm
+ *  reserves every page it creates, and a hole would raise SIGBUS once the file system is full.
+ *  @return : 0, or NDSHM_ENOENT, NDSHM_EACCES, NDSHM_ECORRUPT (also: holes), NDSHM_EBUSY (still
+ *            initialising, or locked exclusively), NDSHM_EINVAL, NDSHM_ESYS. */
 NDSHM_API int ndshm_segment_attach(int kind, const char *name, const char *dir, unsigned flags,
                                    ndshm_segment_t **out);
 
@@ -273,8 +276,13 @@ NDSHM_API int ndshm_segment_attach_fd(int fd, unsigned flags, ndshm_segment_t **
 
 /*! ndshm_segment_attach_raw() :
  *  Maps a headerless file or NAMED-style path made by another tool: the data is the whole
- *  file; the caller bounds-checks its own view against info.data_size.
- *  @return : 0, or NDSHM_ENOENT, NDSHM_EACCES, NDSHM_EINVAL, NDSHM_ESYS. */
+ *  file; the caller bounds-checks its own view against info.data_size. Never blocks on opening
+ *  (a FIFO is refused: not a regular file); the lock wait is as for ndshm_segment_attach. A file
+ *  with holes on tmpfs (the standard library's blocks are sparse) has them reserved, as
+ *  ndshm_segment_create reserves its own (through a writable reopen when `flags` say READONLY).
+ *  @return : 0, or NDSHM_ENOENT, NDSHM_EACCES, NDSHM_EINVAL (empty, not a regular file),
+ *            NDSHM_EBUSY (locked exclusively), NDSHM_ENOSPC (no room for its holes),
+ *            NDSHM_ECORRUPT (holes this process may not reserve), NDSHM_ESYS. */
 NDSHM_API int ndshm_segment_attach_raw(const char *path, unsigned flags, ndshm_segment_t **out);
 
 /*! ndshm_segment_info() : fills *out from the handle. @return : 0, or NDSHM_EINVAL. */

@@ -110,8 +110,10 @@ int ndshm__ring_pin_check(void *slot, ndshm__ring_desc_t *d, uint64_t me, uint64
                            "referenced (a name, a view or an export of it); drop it or copy it (np.array(out))",
                            ring, (unsigned long long)idx);
     if (owner != 0 && ndshm__key_alive(owner)) return 1;
-    uint32_t one = 1;
-    __atomic_compare_exchange_n(&d->pinned, &one, 0u, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    /* the pinner died (or a hostile writer set the flag, to any value): cleared from the value
+     * seen, so that a retry never finds the same flag again */
+    uint32_t seen = __atomic_load_n(&d->pinned, __ATOMIC_ACQUIRE);
+    if (seen != 0) __atomic_compare_exchange_n(&d->pinned, &seen, 0u, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
     return 0;
 }
 

@@ -4,11 +4,13 @@
  * Creation: O_CREAT|O_EXCL (named, file) with the mode forced by fchmod, a shared flock taken at
  * once, the whole size reserved with posix_fallocate (ENOSPC here, never SIGBUS later), a
  * MAP_SHARED mapping, the header written with state INITIALIZING and then published READY with a
- * release store. Attach: open, flock(LOCK_SH), fstat, read the header with one pread into a
+ * release store. Attach: open (O_NONBLOCK), flock(LOCK_SH) (a bounded wait that a signal ends:
+ * anyone who may read the file can hold LOCK_EX), fstat, read the header with one pread into a
  * private copy (a truncating peer cannot SIGBUS us there; the mapping is never read before the
  * copy is validated), wait a bounded time while it is unpublished and someone else still holds
- * the file, validate it (header.c), then map data_offset + data_size: six system calls, and
- * munmap + close at the end.
+ * the file, validate it (header.c), refuse a file with holes on tmpfs (ndshm reserved every
+ * page: holes mean another writer, and SIGBUS once the file system is full), then map
+ * data_offset + data_size: seven system calls, and munmap + close at the end.
  * Every handle keeps its descriptor, and so its shared flock, until ndshm_segment_close: a
  * successful flock(LOCK_EX|LOCK_NB) by anyone else means no process maps the segment.
  */
@@ -17,6 +19,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +47,7 @@ static int memfd_create_(const char *name, unsigned flags) { return (int)syscall
 #endif
 
 #define ATTACH_WAIT_NS 2000000000LL
+#define LOCK_WAIT_NS 2000000000LL /* for a shared flock at attach */
 
 
 struct ndshm_segment_s {
@@ -114,18 +120,82 @@ static int make_path(int kind, const char *name, const char *dir, char **out) {
     return ndshm__fail(NDSHM_EINVAL, 0, "kind %d is not NDSHM_KIND_NAMED or NDSHM_KIND_FILE", kind);
 }
 
+/* Takes fd's shared flock. Only an exclusive holder makes us wait (ndshm takes LOCK_EX for
+ * microseconds, to probe or remove a segment nobody maps), and anyone who may read the file can
+ * take one and keep it: so the wait is bounded (LOCK_WAIT_NS) and polls with LOCK_NB in short
+ * sleeps, and a signal ends it (EINTR, never retried here: a Python caller's Ctrl-C must reach
+ * Python). Signals are blocked between the sleeps and let in only by ppoll, atomically: one that
+ * comes while we poll the lock (or while a loaded machine has not yet run us after a sleep, when
+ * a handler would run unseen) is pending, and ends the next sleep at once. Returns 0, EBUSY at
+ * the deadline, EINTR, or flock's errno. */
 static int lock_shared(int fd) {
-    while (flock(fd, LOCK_SH) != 0)
-        if (errno != EINTR) return errno;
-    return 0;
+    if (flock(fd, LOCK_SH | LOCK_NB) == 0) return 0;
+    if (errno != EWOULDBLOCK && errno != EINTR) return errno;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int64_t deadline = now_ns(CLOCK_MONOTONIC) + LOCK_WAIT_NS;
+    long pause = 50000; /* 50 us, doubling up to 5 ms */
+    int err;
+    for (;;) {
+        struct timespec ts = {0, pause};
+        if (ppoll(NULL, 0, &ts, &old) < 0 && errno == EINTR) {
+            err = EINTR;
+            break;
+        }
+        if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+            err = 0;
+            break;
+        }
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            err = errno;
+            break;
+        }
+        if (now_ns(CLOCK_MONOTONIC) >= deadline) {
+            err = EBUSY;
+            break;
+        }
+        if (pause < 5000000) pause *= 2;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return err;
 }
 
-/* 1 if another open file description holds a lock on fd's file (we hold LOCK_SH, and still do
- * on return: a failed conversion to LOCK_EX drops the lock on Linux, so it is always retaken). */
-static int others_hold(int fd) {
+/* The failure of lock_shared(fd) with `err`, for the file `what`. */
+static int lock_error(int err, const char *what) {
+    if (err == EBUSY)
+        return ndshm__fail(NDSHM_EBUSY, EBUSY, "%s is locked exclusively by another process (no shared lock within %lld ms)",
+                           what, LOCK_WAIT_NS / 1000000);
+    if (err == EINTR) return ndshm__fail_errno(EINTR, "interrupted by a signal while waiting to lock %s", what);
+    return ndshm__fail_errno(err, "cannot lock %s", what);
+}
+
+/* 1 if another open file description holds a lock on fd's file, 0 if not; we hold LOCK_SH, and
+ * still do on return 0 or 1: a failed conversion to LOCK_EX drops the lock on Linux, so it is
+ * retaken. A negative NDSHM_E* (detail set) if it cannot be retaken. */
+static int others_hold(int fd, const char *what) {
     int free_ = flock(fd, LOCK_EX | LOCK_NB) == 0;
-    (void)lock_shared(fd);
+    int err = lock_shared(fd);
+    if (err) return lock_error(err, what);
     return !free_;
+}
+
+/* Memory file systems allocate a page when it is first touched, also to read it, and raise
+ * SIGBUS when they cannot. ndshm reserves every page of what it creates (posix_fallocate), so on
+ * them a file holding fewer blocks than its size (holes) was not made, or was since changed, by
+ * ndshm. Disk file systems are left alone: a hole there reads as zeros, and compression makes
+ * st_blocks smaller than the size of files that have no hole at all. */
+static bool has_holes(int fd, const struct stat *st) {
+    struct statfs fs;
+    if (st->st_size <= 0 || fstatfs(fd, &fs) != 0 || fs.f_type != 0x01021994 /* TMPFS_MAGIC */) return false;
+    return (uint64_t)st->st_blocks * 512u < (uint64_t)st->st_size;
+}
+
+static int holes_error(const struct stat *st, const char *what) {
+    return ndshm__fail(NDSHM_ECORRUPT, 0,
+                       "%s has holes (%llu of its %lld bytes are allocated): ndshm reserves every page it creates, "
+                       "so it was not made by ndshm, and its holes would raise SIGBUS once the file system is full",
+                       what, (unsigned long long)st->st_blocks * 512u, (long long)st->st_size);
 }
 
 static int check_hugepages(void) {
@@ -333,7 +403,7 @@ int ndshm_segment_create(const ndshm_segment_params_t *p, ndshm_segment_t **out)
     }
     if (seg->fd >= 0) {
         if ((err = lock_shared(seg->fd)) != 0) {
-            rc = ndshm__fail_errno(err, "cannot lock %s", path ? path : "memfd");
+            rc = lock_error(err, path ? path : "memfd");
             goto fail;
         }
         if (huge) {
@@ -473,7 +543,12 @@ static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
         /* Nobody holds the file: its creator died, unless it is so young that the creator may be
          * between open(O_CREAT) and its flock (a window of microseconds; allow a second). */
         int64_t age = now_ns(CLOCK_REALTIME) - ((int64_t)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec);
-        if (!others_hold(seg->fd) && age > 1000000000LL) {
+        int held = others_hold(seg->fd, what);
+        if (held < 0) {
+            rc = held;
+            break;
+        }
+        if (!held && age > 1000000000LL) {
             rc = ndshm__fail(NDSHM_ECORRUPT, 0, "segment %s was never fully initialised (its creator died?)", what);
             break;
         }
@@ -486,6 +561,10 @@ static int attach_open(ndshm_segment_t *seg, unsigned flags, const char *what) {
         nanosleep(&ts, NULL);
     }
     if (rc) goto out;
+    if (!(seg->info.flags & NDSHM_SEG_HUGEPAGES) && has_holes(seg->fd, &st)) { /* after the header: it is */
+        rc = holes_error(&st, what);                                       /* written after fallocate */
+        goto out;
+    }
     seg->info.dev = (uint64_t)st.st_dev;
     seg->info.ino = (uint64_t)st.st_ino;
     size_t map_len = (size_t)(seg->info.data_offset + seg->info.data_size);
@@ -537,7 +616,7 @@ int ndshm_segment_attach(int kind, const char *name, const char *dir, unsigned f
     }
     int err = lock_shared(seg->fd);
     if (err) {
-        rc = ndshm__fail_errno(err, "cannot lock %s", path);
+        rc = lock_error(err, path);
         goto fail;
     }
     rc = attach_open(seg, flags, path);
@@ -565,13 +644,13 @@ int ndshm_segment_attach_fd(int fd, unsigned flags, ndshm_segment_t **out) {
         rc = ndshm__fail_errno(errno, "cannot duplicate descriptor %d", fd);
         goto fail;
     }
-    int err = lock_shared(seg->fd);
-    if (err) {
-        rc = ndshm__fail_errno(err, "cannot lock descriptor %d", fd);
-        goto fail;
-    }
     char what[48];
     snprintf(what, sizeof what, "descriptor %d", fd);
+    int err = lock_shared(seg->fd);
+    if (err) {
+        rc = lock_error(err, what);
+        goto fail;
+    }
     rc = attach_open(seg, flags, what);
     if (rc) goto fail;
     attach_register(NULL, NULL);
@@ -579,6 +658,45 @@ int ndshm_segment_attach_fd(int fd, unsigned flags, ndshm_segment_t **out) {
     return 0;
 fail:
     release(seg);
+    return rc;
+}
+
+/* A raw file with holes on a memory file system (see has_holes): the standard library's
+ * SharedMemory and the SharedArray package make theirs with ftruncate, so they are sparse. Their
+ * pages are reserved here, as ndshm reserves its own at creation: ENOSPC now rather than SIGBUS
+ * later (FALLOC_FL_KEEP_SIZE: a file someone truncates meanwhile is never grown back). A
+ * read-only attacher reserves them through a writable descriptor of the same file if it may
+ * open one, and is refused otherwise. */
+static int reserve_holes(int fd, const struct stat *st, int ro, const char *path) {
+    int wfd = fd;
+    if (ro) {
+        char self[64];
+        snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+        wfd = open(self, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+        struct stat again;
+        if (wfd >= 0 && (fstat(wfd, &again) != 0 || again.st_dev != st->st_dev || again.st_ino != st->st_ino)) {
+            close(wfd);
+            wfd = -1;
+        }
+        if (wfd < 0)
+            return ndshm__fail(NDSHM_ECORRUPT, 0,
+                               "%s has holes (%llu of its %lld bytes are allocated) and this process may not write "
+                               "it to reserve them: reading them would raise SIGBUS once the file system is full",
+                               path, (unsigned long long)st->st_blocks * 512u, (long long)st->st_size);
+    }
+    int rc = 0;
+    if (fallocate(wfd, FALLOC_FL_KEEP_SIZE, 0, st->st_size) != 0) {
+        if (errno == ENOSPC)
+            rc = ndshm__fail(NDSHM_ENOSPC, ENOSPC, "no space to reserve the %lld bytes of %s (it has holes)",
+                             (long long)st->st_size, path);
+        else if (errno == EINTR) /* tmpfs undoes a partial reservation: the caller may try again */
+            rc = ndshm__fail_errno(EINTR, "interrupted by a signal while reserving the %lld bytes of %s",
+                                   (long long)st->st_size, path);
+        else
+            rc = ndshm__fail_errno(errno, "cannot reserve the %lld bytes of %s (it has holes)", (long long)st->st_size,
+                                   path);
+    }
+    if (wfd != fd) close(wfd);
     return rc;
 }
 
@@ -597,21 +715,36 @@ int ndshm_segment_attach_raw(const char *path, unsigned flags, ndshm_segment_t *
     }
     seg->path = copy;
     int ro = (flags & NDSHM_SEG_READONLY) != 0;
-    seg->fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO planted there must not hang us (no effect on a regular file) */
+    seg->fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK);
     struct stat st;
     if (seg->fd < 0) {
         rc = open_error(errno, path, ro ? "for reading" : "for reading and writing");
         goto fail;
     }
+    if (fstat(seg->fd, &st) != 0) {
+        rc = ndshm__fail_errno(errno, "cannot stat %s", path);
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = ndshm__fail(NDSHM_EINVAL, 0, "%s is not a regular file (mode 0%o): there is nothing to map", path,
+                         (unsigned)st.st_mode);
+        goto fail;
+    }
     int err = lock_shared(seg->fd);
-    if (err || fstat(seg->fd, &st) != 0) {
-        rc = ndshm__fail_errno(err ? err : errno, "cannot lock or stat %s", path);
+    if (err) {
+        rc = lock_error(err, path);
+        goto fail;
+    }
+    if (fstat(seg->fd, &st) != 0) { /* again, now that nobody may be truncating it under LOCK_EX */
+        rc = ndshm__fail_errno(errno, "cannot stat %s", path);
         goto fail;
     }
     if (st.st_size <= 0) {
         rc = ndshm__fail(NDSHM_EINVAL, 0, "%s is empty: there is nothing to map", path);
         goto fail;
     }
+    if (has_holes(seg->fd, &st) && (rc = reserve_holes(seg->fd, &st, ro, path)) != 0) goto fail;
     size_t len = (size_t)st.st_size;
     void *base = mmap(NULL, len, PROT_READ | (ro ? 0 : PROT_WRITE), MAP_SHARED, seg->fd, 0);
     if (base == MAP_FAILED) {

@@ -46,7 +46,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _async, _dtype
-from ._errors import ClosedError, Empty, Full, Lagged, NdshmTimeoutError, ShutDown, error_from_code
+from ._errors import ClosedError, Empty, Full, Lagged, NdshmTimeoutError, ShutDown, error_from_code, retry_interrupted
 from ._lib import ffi, lib
 from ._messages import _PLANS, _msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc
 from ._ring import _SLICE, _Ring, _as_dir, _attach_waiting, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
@@ -164,6 +164,8 @@ class Broadcast(_Ring):
             if name is None:
                 raise ValueError("attaching needs the broadcast's name")
             rc = lib.ndshm_bcast_attach(_encode(name), dir_c, out)
+            if rc:  # (again if a signal ended its wait for the ring's lock, once Python ran the handlers)
+                rc = retry_interrupted(rc, lib.ndshm_bcast_attach, _encode(name), dir_c, out)
             if rc:
                 raise error_from_code(rc, _path_of(name, dir))
         self._handle = ffi.gc(out[0], lib.ndshm_bcast_close)

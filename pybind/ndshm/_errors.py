@@ -11,7 +11,8 @@ import errno as _errno
 import os
 import queue as _queue
 import threading as _threading
-from typing import NoReturn, Optional
+import time as _time
+from typing import Any, Callable, NoReturn, Optional
 
 from ._lib import ffi, lib
 
@@ -194,6 +195,24 @@ def _space_advice(d: str) -> str:
         text += ("; it is small: give the container more shared memory (Docker: --shm-size=2g; Kubernetes: mount "
                  "an emptyDir volume with medium: Memory at /dev/shm), or set NDSHM_DIR to a larger tmpfs directory")
     return text
+
+
+_ESYS = lib.NDSHM_ESYS
+
+
+def retry_interrupted(rc: int, call: Callable[..., int], *args: Any) -> int:
+    """``rc`` of ``call(*args)``, or of calling it again if a signal ended its wait (the C library
+    returns EINTR from an attach's wait for a segment's lock rather than retrying, so that Python
+    runs its signal handlers: a Ctrl-C raises KeyboardInterrupt here, as PEP 475 has Python do for
+    system calls). Signals arriving without end stop the retries after two seconds."""
+    end = 0.0
+    while rc == _ESYS and lib.ndshm_last_errno() == _errno.EINTR:
+        now = _time.monotonic()
+        end = end or now + 2.0
+        if now > end:
+            break
+        rc = call(*args)
+    return rc
 
 
 def check(rc: int, filename: str | None = None) -> int:

@@ -148,8 +148,8 @@ def _write_desc(mw: _MsgWords, dims: tuple[int, ...], ts: bytes, word: Optional[
 
 def _describe(m: Any, w: Any, sdt: Optional[np.dtype[Any]]) -> tuple[np.dtype[Any], tuple[int, ...]]:
     """(dtype, shape) of message ``m`` (``w`` its words), refusing what no publisher wrote: an
-    unknown or object typestr, a negative dimension, an item count NumPy cannot hold, or nbytes
-    that disagree. ``sdt``: the dtype of a typed ring (a structured dtype travels as ``|V<n>``)."""
+    unknown or object typestr, a negative dimension, an item count NumPy cannot hold, items of 0
+    bytes that are not void (NumPy would make them 1-character strings), or nbytes that disagree. ``sdt``: the dtype of a typed ring (a structured dtype travels as ``|V<n>``)."""
     key = w[_W_TYPESTR]
     try:
         dt = _KEY_DTYPE[key]
@@ -179,6 +179,9 @@ def _describe(m: Any, w: Any, sdt: Optional[np.dtype[Any]]) -> tuple[np.dtype[An
         if count > _MAX_NBYTES:  # zero-size items: NumPy cannot count that many
             raise CorruptSegmentError(f"queue message of shape {shape} has more items than NumPy can count")
         n = dt.itemsize * count
+    if not n and dt.kind != "V" and (shape[0] if ndim == 1 else count):
+        # NumPy makes an 'S0'/'U0' array of one character per item: memory nobody wrote
+        raise CorruptSegmentError(f"queue message of shape {shape} has items of dtype {dt}, of 0 bytes")
     if sdt is not None and sdt.names is not None and dt.kind == "V" and dt.itemsize == sdt.itemsize:
         dt = sdt
     if n != w[_W_NBYTES] or n < 0:

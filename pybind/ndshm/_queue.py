@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterat
 import numpy as np
 
 from . import _async, _dtype
-from ._errors import CorruptSegmentError, Empty, Full, ShutDown, error_from_code
+from ._errors import CorruptSegmentError, Empty, Full, ShutDown, error_from_code, retry_interrupted
 from ._lib import ffi, lib
 from ._messages import (
     _MAX_NBYTES, _MAXDIM, _PLANS, _TYPESTR_MAX, _W_NBYTES, _W_NDIM, _W_SHAPE0, _W_TYPESTR, _WORD_DESC, _describe,
@@ -348,6 +348,8 @@ class Queue(_Ring):
             if name is None:
                 raise ValueError("attaching needs the queue's name")
             rc = lib.ndshm_queue_attach(_encode(name), dir_c, out)
+            if rc:  # (again if a signal ended its wait for the ring's lock, once Python ran the handlers)
+                rc = retry_interrupted(rc, lib.ndshm_queue_attach, _encode(name), dir_c, out)
             if rc:
                 raise error_from_code(rc, _path_of(name, dir))
         self._handle = ffi.gc(out[0], _close)
@@ -490,9 +492,17 @@ class Queue(_Ring):
     def _regot(self, m: Any, w: Any, out: Optional[np.ndarray]) -> np.ndarray:
         """get() of a message already copied into ``out`` (or of no bytes) and released, whose
         description differs from the guess."""
-        dt, shape = _describe(m, w, self._dtype)  # raises CorruptSegmentError for impossible ones
-        new = np.empty(shape, dt)
         n = int(w[_W_NBYTES])
+        try:
+            dt, shape = _describe(m, w, self._dtype)  # raises CorruptSegmentError for impossible ones
+            new = np.empty(shape, dt)
+        except CorruptSegmentError:
+            raise
+        except Exception as e:  # NumPy's ValueError/MemoryError for shapes no array can have
+            raise CorruptSegmentError(f"queue message cannot be made into an array: {e}") from None
+        if new.nbytes != n:  # never hand out bytes nobody wrote
+            raise CorruptSegmentError(f"queue message of shape {shape} and dtype {dt} makes an array of "
+                                      f"{new.nbytes} bytes, not its {n}")
         if n:
             ffi.memmove(ffi.cast(_VOIDP, new.__array_interface__["data"][0]),
                         ffi.cast(_VOIDP, out.__array_interface__["data"][0]), n)  # type: ignore[union-attr]  # out is None only for n == 0

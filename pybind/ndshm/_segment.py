@@ -31,7 +31,7 @@ from . import _dtype, _mappings, _ownership
 from ._codec import _DTYPES, _decode_dtype, _decode_meta, _encode_dtype, _encode_meta, _lookup_dtype  # noqa: F401
 from ._dirs import _REALDIRS, _cache_key, _env_dir, _huge_dir, _huge_kind, _mounts, default_dir  # noqa: F401
 from . import _reference as _refmod
-from ._errors import ClosedError, CorruptSegmentError, SegmentNotFoundError, check, error_from_code
+from ._errors import ClosedError, CorruptSegmentError, SegmentNotFoundError, check, error_from_code, retry_interrupted
 from ._lib import ffi, lib
 
 if TYPE_CHECKING:
@@ -501,6 +501,9 @@ class Segment:
             out = _scratch.out
             rc = _seg_attach(_NAMED, nb, db, (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
             path = f"{dir}/{_PREFIX}{name}"
+            if rc:  # (again if a signal ended its wait for the segment's lock, once Python ran the handlers)
+                rc = retry_interrupted(rc, _seg_attach, _NAMED, nb, db,
+                                       (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
             if rc:
                 raise error_from_code(rc, path)
             seg = cls._wrap(out[0], name, "named", dir, path)
@@ -517,8 +520,10 @@ class Segment:
         readonly, populate = _dtype.as_flag(readonly, "readonly"), _dtype.as_flag(populate, "populate")
         path = os.path.abspath(os.fspath(path))
         out = ffi.new(_SEG_PP)
-        rc = lib.ndshm_segment_attach(lib.NDSHM_KIND_FILE, _cstr(path), ffi.NULL,
-                                      (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
+        fl = (_READONLY if readonly else 0) | (_POPULATE if populate else 0)
+        rc = lib.ndshm_segment_attach(lib.NDSHM_KIND_FILE, _cstr(path), ffi.NULL, fl, out)
+        if rc:
+            rc = retry_interrupted(rc, lib.ndshm_segment_attach, lib.NDSHM_KIND_FILE, _cstr(path), ffi.NULL, fl, out)
         if rc:
             raise error_from_code(rc, path)
         return cls._wrap(out[0], None, "file", None, path)
@@ -531,6 +536,8 @@ class Segment:
         out = ffi.new(_SEG_PP)
         rc = lib.ndshm_segment_attach_fd(fd, _READONLY if readonly else 0, out)
         if rc:
+            rc = retry_interrupted(rc, lib.ndshm_segment_attach_fd, fd, _READONLY if readonly else 0, out)
+        if rc:
             raise error_from_code(rc)
         return cls._wrap(out[0], None, "memfd", None, None)
 
@@ -538,6 +545,8 @@ class Segment:
     def _attach_raw(cls, path: str, readonly: bool) -> "Segment":
         out = ffi.new(_SEG_PP)
         rc = lib.ndshm_segment_attach_raw(_cstr(path), _READONLY if readonly else 0, out)
+        if rc:
+            rc = retry_interrupted(rc, lib.ndshm_segment_attach_raw, _cstr(path), _READONLY if readonly else 0, out)
         if rc:
             raise error_from_code(rc, path)
         return cls._wrap(out[0], None, "file", None, path, True)

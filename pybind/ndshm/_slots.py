@@ -206,6 +206,9 @@ def _copy_target(ring: Any, m: Any, w: Any, what: str) -> tuple[np.ndarray, Any]
     try:
         dt, shape = _describe(m, w, ring._dtype)
         out = np.empty(shape, dt)
+        if out.nbytes != m.nbytes:  # never hand out bytes the copy will not write
+            raise CorruptSegmentError(f"{what} message of shape {shape} and dtype {dt} makes an array of "
+                                      f"{out.nbytes} bytes, not its {m.nbytes}")
         try:
             dst = ffi.from_buffer(out)
         except (TypeError, ValueError, BufferError):  # dtypes without a buffer format (datetime64, ...)

@@ -5,10 +5,13 @@
 #include <stdlib.h>
 #include <sys/file.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -825,6 +828,118 @@ TEST(nothing_leaks) {
     CHECK(fds_after == fds_before);
 }
 
+static double seconds_since(const struct timespec *t0) {
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+static void on_alarm(int sig) { (void)sig; }
+
+TEST(exclusive_lock_holder_gives_busy_and_a_signal_ends_the_wait) {
+    const char *name = uname_();
+    ndshm_segment_params_t p = params(name, 8);
+    p.flags = NDSHM_SEG_PERSIST;
+    ndshm_segment_t *s = NULL, *t = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_close(s);
+    int ready[2];
+    CHECK(pipe(ready) == 0);
+    pid_t pid = fork();
+    if (pid == 0) { /* anyone who may read the file can hold its exclusive lock, for ever */
+        int fd = open(path_of(name), O_RDONLY);
+        if (fd < 0 || flock(fd, LOCK_EX) != 0) _exit(1);
+        if (write(ready[1], "x", 1) != 1) _exit(1);
+        pause();
+        _exit(0);
+    }
+    char c;
+    CHECK(read(ready[0], &c, 1) == 1);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), NDSHM_EBUSY);
+    double waited = seconds_since(&t0);
+    CHECK(waited > 1.5 && waited < 10);
+    CHECK_DETAIL("locked exclusively");
+    CHECK_DETAIL(path_of(name));
+    CHECK_RC(ndshm_segment_attach_raw(path_of(name), NDSHM_SEG_READONLY, &t), NDSHM_EBUSY);
+    /* a signal ends the wait (EINTR), so that a caller's handler (Python's Ctrl-C) runs */
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm; /* no SA_RESTART, as Python installs its handlers */
+    sigaction(SIGALRM, &sa, &old);
+    struct itimerval it = {{0, 0}, {0, 200000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), NDSHM_ESYS);
+    waited = seconds_since(&t0);
+    CHECK(ndshm_last_errno() == EINTR && waited < 1.0);
+    CHECK_DETAIL("interrupted");
+    sigaction(SIGALRM, &old, NULL);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    close(ready[0]);
+    close(ready[1]);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, &t), 0);
+    ndshm_segment_close(t);
+    unlink(path_of(name));
+}
+
+static int punch(const char *path, off_t off, off_t len) {
+    int fd = open(path, O_RDWR);
+    int rc = fd >= 0 ? fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) : -1;
+    if (fd >= 0) close(fd);
+    return rc;
+}
+
+static off_t allocated(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (off_t)st.st_blocks * 512 : -1;
+}
+
+TEST(holes_on_tmpfs_are_refused_or_reserved) {
+    struct statfs fs;
+    CHECK(statfs(dir, &fs) == 0 && fs.f_type == 0x01021994); /* /dev/shm is a tmpfs */
+    const char *name = uname_();
+    ndshm_segment_params_t p = params(name, 1 << 17); /* 1 MiB of data */
+    p.flags = NDSHM_SEG_PERSIST;
+    ndshm_segment_t *s = NULL, *t = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &s), 0);
+    ndshm_segment_close(s);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, NDSHM_SEG_POPULATE, &t), 0);
+    ndshm_segment_close(t);
+    CHECK(punch(path_of(name), 65536, 65536) == 0);
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, NDSHM_SEG_POPULATE, &t), NDSHM_ECORRUPT);
+    CHECK_DETAIL("has holes");
+    CHECK_DETAIL(path_of(name));
+    CHECK(t == NULL);
+    unlink(path_of(name));
+    /* a raw file made with ftruncate (as the standard library makes its blocks): reserved */
+    char raw[512];
+    snprintf(raw, sizeof raw, "%s/raw-%d", dir, counter++);
+    int fd = open(raw, O_RDWR | O_CREAT | O_EXCL, 0600);
+    CHECK(fd >= 0 && ftruncate(fd, 1 << 20) == 0 && pwrite(fd, "abc", 3, 0) == 3);
+    close(fd);
+    CHECK(allocated(raw) < (1 << 20));
+    CHECK_RC(ndshm_segment_attach_raw(raw, NDSHM_SEG_READONLY, &t), 0); /* through a writable reopen */
+    CHECK(allocated(raw) >= (1 << 20));
+    ndshm_segment_info_t info;
+    ndshm_segment_info(t, &info);
+    CHECK(info.data_size == (1 << 20) && memcmp((void *)info.data, "abc", 3) == 0);
+    ndshm_segment_close(t);
+    CHECK(punch(raw, 0, 1 << 20) == 0 && allocated(raw) == 0);
+    CHECK_RC(ndshm_segment_attach_raw(raw, 0, &t), 0);
+    CHECK(allocated(raw) >= (1 << 20));
+    ndshm_segment_close(t);
+    unlink(raw);
+    /* a FIFO never blocks the open: refused as not a regular file */
+    CHECK(mkfifo(raw, 0600) == 0);
+    CHECK_RC(ndshm_segment_attach_raw(raw, 0, &t), NDSHM_EINVAL);
+    CHECK_DETAIL("not a regular file");
+    CHECK_RC(ndshm_segment_attach_raw(raw, NDSHM_SEG_READONLY, &t), NDSHM_EINVAL);
+    unlink(raw);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/dev/shm/ndshm-ctest-%d", (int)getpid());
     if (mkdir(dir, 0700) != 0) {
@@ -842,6 +957,8 @@ int main(void) {
     RUN(shapes_numpy_cannot_represent_are_refused);
     RUN(initialising_segment_waits_then_busy);
     RUN(attach_waits_for_a_creator_then_still_holds_its_lock);
+    RUN(exclusive_lock_holder_gives_busy_and_a_signal_ends_the_wait);
+    RUN(holes_on_tmpfs_are_refused_or_reserved);
     RUN(probe_tells_liveness_and_persist_survives);
     RUN(close_never_removes_a_recreated_name);
     RUN(anonymous_shared_with_fork);

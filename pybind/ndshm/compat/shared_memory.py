@@ -86,9 +86,9 @@ def _decode_mark(raw: bytes) -> Optional[_Mark]:
         if len(fields) == 2 and fields[0] == _KEY_TAG and len(fields[1]) == 16:
             key = int(fields[1], 16)
             return _Mark(key, 0, 0) if key else None
-        if len(fields) == 2 and all(f.isdigit() for f in fields):
+        if len(fields) == 2 and all(f.isdigit() and len(f) <= 20 for f in fields):  # bytes: ASCII digits only
             pid, start = int(fields[0]), int(fields[1])
-            return _Mark(0, pid, start) if 0 < pid <= _PID_MAX else None
+            return _Mark(0, pid, start) if 0 < pid <= _PID_MAX and start < 2 ** 63 else None
     except ValueError:
         pass
     return None
@@ -597,13 +597,18 @@ class ShareableList(Generic[_SLT]):
         # N items need at least 8 (count) + 8 (N + 1) offsets + 8 N formats + N codes bytes
         if not 0 <= n <= (size - 16) // 25:
             raise self._corrupt(f"its item count {n} does not fit in {size} bytes")
+        # the sizes first, from the first and last offsets: the table is parsed only if they fit
+        first, end = struct.unpack_from("q", self._buf, 8)[0], struct.unpack_from("q", self._buf, 8 + 8 * n)[0]
+        if first != 0 or end < 8 * n:
+            raise self._corrupt(f"its item offsets (first {first}, last {end}) are not increasing by 8 or more")
+        if end > size - (n + 2) * 8 - 9 * n:
+            raise self._corrupt(f"its {n} items, their data ending at offset {end}, do not fit in {size} bytes")
+        table = np.frombuffer(self._buf, np.int64, n + 1, 8)
+        if n and not bool((np.diff(table) >= self._alignment).all()):
+            raise self._corrupt(f"its item offsets {table[:8].tolist()}... are not increasing by 8 or more")
         self._list_len = n
-        offsets = list(struct.unpack_from(self._format_size_metainfo, self._buf, 8))
-        if offsets[0] != 0 or any(b - a < self._alignment for a, b in zip(offsets, offsets[1:])):
-            raise self._corrupt(f"its item offsets {offsets[:8]}... are not increasing by 8 or more")
-        self._allocated_offsets = offsets
-        if self._offset_back_transform_codes + n > size:
-            raise self._corrupt(f"its {n} items reach past its {size} bytes")
+        self._allocated_offsets = table.tolist()
+        del table  # an export of the block's buffer: close() must find none
 
     def _check_position(self, position: int) -> int:
         position = position if position >= 0 else position + self._list_len
@@ -621,8 +626,9 @@ class ShareableList(Generic[_SLT]):
         except UnicodeDecodeError:
             fmt = repr(raw)
         slot = self._allocated_offsets[position + 1] - self._allocated_offsets[position]
-        if fmt not in _FIXED_FORMATS and not (fmt[-1:] == "s" and fmt[:-1].isdigit()
-                                              and 0 < int(fmt[:-1]) <= slot):
+        digits = fmt[:-1]
+        if fmt not in _FIXED_FORMATS and not (fmt[-1:] == "s" and digits.isascii() and digits.isdigit()
+                                              and 0 < int(digits) <= slot):  # isdigit alone: also '٣'
             raise self._corrupt(f"item {position} has format {fmt!r}")
         return fmt
 

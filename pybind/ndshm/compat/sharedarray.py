@@ -35,6 +35,7 @@ import ctypes
 import errno
 import os
 import struct
+import sys
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
@@ -130,9 +131,12 @@ def _read_meta(fd: int, name: str, file_size: int) -> _Meta:
                                       f"itemsize {itemsize}, which names no dtype that can be shared")
         if any(d < 0 for d in shape):
             raise CorruptSegmentError(f"SharedArray {name!r} has a negative dimension in {shape}")
-        nbytes = itemsize
+        nbytes = reach = itemsize
         for d in shape:
             nbytes *= d
+            reach *= d or 1  # NumPy counts the bytes of the dimensions that are not 0 too
+        if reach > sys.maxsize:
+            raise CorruptSegmentError(f"SharedArray {name!r} has shape {shape}, too large for an array of {dt}")
         if nbytes != size or nbytes > file_size - meta_size:
             raise CorruptSegmentError(f"SharedArray {name!r}: shape {shape} of {dt} needs {nbytes} bytes, "
                                       f"its metadata says {size} and its file holds {file_size - meta_size}")
@@ -213,11 +217,10 @@ def _array(name: str, path: str, ro: bool, meta: Optional[_Meta] = None) -> NDAr
     try:
         if meta is None:
             meta = _read_meta(seg.fd, name, int(seg.nbytes))
-        owner = MapOwner(name, seg, meta.dtype, meta.shape, ro)
+        return np.asarray(MapOwner(name, seg, meta.dtype, meta.shape, ro))
     except BaseException:
         seg.close()
         raise
-    return np.asarray(owner)
 
 
 # ---- the API ------------------------------------------------------------------------------------
