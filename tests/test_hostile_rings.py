@@ -75,7 +75,16 @@ def test_the_issue_reproducer_on_the_ring_file(tmp_path):
     d = str(tmp_path)
     with ndshm.Queue("r", slots=4, slot_bytes=64, dir=d) as q:
         q.put(np.arange(4, dtype=np.uint64))
-        so = 4096 + 4992  # slot 0's descriptor: data offset + queue ring header
+        with q.receive() as v:  # slot 0's data, to find its header in the file (the ring header's size varies)
+            data = v.__array_interface__["data"][0]
+        q.put(np.arange(4, dtype=np.uint64))  # again: position 1 is slot 1, so write position 4's way round
+        q.get()
+        for _ in range(2):
+            q.put(np.arange(4, dtype=np.uint64))
+            q.get()
+        q.put(np.arange(4, dtype=np.uint64))  # position 4: slot 0 again, published
+        # slot 0's state word (320 bytes before its data), in the file: the segment's data starts at 4096
+        so = 4096 + (data - 320 - q.ring_address)
         with open(f"{d}/ndshm.r", "r+b") as f:
             f.seek(so + 8)
             assert int.from_bytes(f.read(8), "little") == 32  # the descriptor is where the issue says
