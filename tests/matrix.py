@@ -266,7 +266,7 @@ class Matrix:
                 self.missing.append(f"the main run's interpreter {o.main_python} does not run")
             return it
         for it in newest_first:
-            if pip_finds(it.exe, o.main_packages)[0]:
+            if not o.main_packages or pip_finds(it.exe, o.main_packages)[0]:
                 return it
             for pkg in o.main_packages:  # which one is missing, to say so
                 ok, why = pip_finds(it.exe, [pkg])
@@ -345,6 +345,11 @@ class Matrix:
         run.log = logdir / f"{run.name}.log"
         t0 = time.monotonic()
         with open(run.log, "w") as log:
+            main = next((r.venv for r in self.runs if r.name == "main"), None)
+            if main is not None and run.name != "pypy" and main is not run.venv:
+                # Some tests of every run use the main venv's packages (test_compat_sharedarray runs
+                # the real SharedArray there): it is made first, and the others wait for it.
+                self.setup(main, log)
             if not self.setup(run.venv, log):
                 run.setup_failed = run.venv.error
             else:
@@ -384,7 +389,8 @@ class Matrix:
         return "ok" if run.rc == 0 else f"FAILED (pytest exit {run.rc})"
 
     def run_all(self) -> int:
-        order = sorted(self.runs, key=lambda r: (r.name != "main", r.name != "pypy"))  # the longest first
+        # The longest first: the main run, PyPy's, the sanitizer runs, then the others.
+        order = sorted(self.runs, key=lambda r: (r.name != "main", r.name != "pypy", not r.name.startswith("asan")))
         t0 = time.monotonic()
         try:
             with ThreadPoolExecutor(max_workers=self.opts.jobs) as pool:
