@@ -165,15 +165,18 @@ oldnumpy-test: lib $(OLDNUMPY_VENV)/.stamp
 # the newest other CPython) and under PYTHONMALLOC=debug. MATRIX_JOBS runs at a time, each with
 # PYTEST_WORKERS pytest-xdist workers; the tests marked slow run in the main run only. It ends
 # with a table of what ran and what could not be found; under CI a missing interpreter or a run
-# that cannot be set up fails. Logs: build/matrix/. MAIN_PYTHON=python3.X picks the main run's.
+# that cannot be set up fails. Logs: build/matrix/. MAIN_PYTHON=python3.X picks the main run's;
+# MATRIX_ONLY=cp3.12,pypy makes only those runs (a developer's check: it is not make test).
 CP_VENV_PREFIX ?= .venv-cp
 MATRIX_JOBS ?= 2
 PYTEST_WORKERS ?= 2
 MAIN_PYTHON ?=
+MATRIX_ONLY ?=
 MATRIX = $(PYTHON) tests/matrix.py --venv $(VENV) --venv-prefix $(CP_VENV_PREFIX) --floor-venv $(OLDNUMPY_VENV) \
 	--pypy-venv $(PYPY_VENV) --pypy $(PYPY) --numpy-floor $(NUMPY_FLOOR) --main-python "$(MAIN_PYTHON)" \
 	--main-packages "$(INTEROP_PKGS) $(ENGINE_PKGS)" --asan-lib $(ASAN_LIB) --asan-preload "$(ASAN_PRELOAD)" \
-	--sanitize-tests "$(SANITIZE_TESTS)" --jobs $(MATRIX_JOBS) --workers $(PYTEST_WORKERS) --make "$(MAKE)"
+	--sanitize-tests "$(SANITIZE_TESTS)" --jobs $(MATRIX_JOBS) --workers $(PYTEST_WORKERS) --make "$(MAKE)" \
+	--only "$(MATRIX_ONLY)"
 
 test: lib ctest $(ASAN_LIB)
 	$(MATRIX)

@@ -155,6 +155,7 @@ class Run:
     counts: Dict[str, int] = field(default_factory=dict)
     rc: Optional[int] = None
     seconds: float = 0.0
+    cpu: float = 0.0  # pytest's CPU time (user + system, its workers and their children included)
     setup_failed: str = ""
     log: Optional[Path] = None
     pytest_from: int = 0  # where pytest's output starts in the log
@@ -326,18 +327,29 @@ class Matrix:
         rc = self._call(cmd, log, env, timeout)
         return rc == 0, f"`{shlex.join(cmd)}` exited {rc}"
 
-    def _call(self, cmd: Sequence[str], log, env: Optional[Dict[str, str]], timeout: float) -> int:
+    def _call(self, cmd: Sequence[str], log, env: Optional[Dict[str, str]], timeout: float,
+              run: Optional[Run] = None) -> int:
+        """Run ``cmd`` (its own process group) into ``log``; its exit code. Its CPU time, and that
+        of the processes it waited for, is added to ``run.cpu``: the figure the machine's other
+        load does not change much, for sizing CI."""
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(ROOT),
                              env=env, start_new_session=True)
         with self.print_lock:
             self.children.append(p)
-        try:
-            return p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.write(f"\n*** still running after {timeout:.0f} s: killed\n")
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-            return -9
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                p.returncode = os.waitstatus_to_exitcode(status)
+                if run is not None:
+                    run.cpu += usage.ru_utime + usage.ru_stime
+                return p.returncode
+            if time.monotonic() > deadline:
+                log.write(f"\n*** still running after {timeout:.0f} s: killed\n")
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                return -9
+            time.sleep(0.1)
 
     def execute(self, run: Run) -> None:
         logdir = ROOT / self.opts.logdir
@@ -369,7 +381,7 @@ class Matrix:
                 run.pytest_from = log.tell()
                 log.write(f"$ {' '.join(f'{k}={shlex.quote(v)}' for k, v in run.env.items())} {shlex.join(cmd)}\n")
                 log.flush()
-                run.rc = self._call(cmd, log, env, self.opts.timeout)
+                run.rc = self._call(cmd, log, env, self.opts.timeout, run)
         run.seconds = time.monotonic() - t0
         raw = run.log.read_bytes()
         text = raw.decode(errors="replace")
@@ -405,15 +417,17 @@ class Matrix:
     # -------------------------------------------------------------------------- the table
 
     def report(self, seconds: float) -> int:
-        rows = [("run", "interpreter", "NumPy", "tests", "passed", "failed", "skipped", "errors", "time", "result")]
+        rows = [("run", "interpreter", "NumPy", "tests", "passed", "failed", "skipped", "errors", "time", "CPU",
+                 "result")]
         for r in self.runs:
             c = r.counts
             rows.append((r.name, str(r.venv.interpreter), r.numpy, r.what, str(c.get("passed", 0)),
                          str(c.get("failed", 0)), str(c.get("skipped", 0)), str(c.get("error", 0) + c.get("errors", 0)),
-                         f"{r.seconds:.0f} s", self.verdict(r)))
+                         f"{r.seconds:.0f} s", f"{r.cpu:.0f} s", self.verdict(r)))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         print(f"\n==== make test: the Python suite on {len(self.runs)} runs in {seconds:.0f} s "
-              f"({self.opts.jobs} at a time, pytest -n {self.opts.workers}) ====")
+              f"({self.opts.jobs} at a time, pytest -n {self.opts.workers}; pytest's CPU time "
+              f"{sum(r.cpu for r in self.runs):.0f} s; time includes making the venv) ====")
         for row in rows:
             print("  ".join(cell.rjust(w) if cell.isdigit() else cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         for m in self.missing:
@@ -455,6 +469,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--asan-lib", default="build/asan/libndshm.so")
     ap.add_argument("--asan-preload", default="", help="the sanitizer runtimes, for LD_PRELOAD")
     ap.add_argument("--sanitize-tests", default="", help="the test files of the sanitizer and debug runs")
+    ap.add_argument("--only", default="", help="run only these runs (names as the plan shows them, "
+                                               "comma-separated)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--workers", default="2", help="pytest-xdist workers per run")
     ap.add_argument("--timeout", type=float, default=2400, help="seconds one run may take")
@@ -465,6 +481,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts.sanitize_tests = opts.sanitize_tests.split()
     m = Matrix(opts)
     m.plan()
+    if opts.only:
+        names = opts.only.split(",")
+        unknown = set(names) - {r.name for r in m.runs}
+        if unknown:
+            ap.error(f"--only: no run named {', '.join(sorted(unknown))} (make test-plan lists them)")
+        m.runs = [r for r in m.runs if r.name in names]
     return m.print_plan() if opts.plan else m.run_all()
 
 
