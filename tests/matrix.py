@@ -11,11 +11,13 @@ Runs (each in its own venv, made or reused here, and its own log under ``build/m
   with the newest NumPy pip gives it and cffi, pytest, pytest-xdist only (``NDSHM_TEST_MINIMAL_DEPS``).
 * **floor**: ``numpy==<the floor pyproject declares>``, on the newest CPython with a wheel of it.
 * **pypy**: ``pypy3`` (the same libndshm.so).
-* **asan**: the C-touching tests (``--sanitize-tests``) against ``build/asan/libndshm.so`` (AddressSanitizer
-  and UBSan) with their runtimes preloaded into the interpreter (``PYTHONMALLOC=malloc``, so the
-  sanitizer sees every allocation); on the main run's venv and on the newest other CPython.
-* **pymalloc-debug**: the same tests under ``PYTHONMALLOC=debug`` (freed memory is overwritten), on the
-  newest CPython after that.
+* **asan-main**, **asan-cp3.X**: the C-touching tests (``--sanitize-tests``) against
+  ``build/asan/libndshm.so`` (AddressSanitizer and UBSan) with their runtimes preloaded into the
+  interpreter (``PYTHONMALLOC=malloc``, so the sanitizer sees every allocation, NumPy's and
+  CPython's too); on the main run's venv and on the newest other CPython. The tests marked ``mlock``
+  are left out there: ASan's runtime makes mlock() a no-op.
+* **debug-cp3.X**: the same tests under ``PYTHONMALLOC=debug`` (freed memory is overwritten with a
+  pattern, so a read after free sees garbage), on the next newest CPython.
 
 The minimal runs leave out the tests marked ``slow``; the main run has them all. At the end a table
 says what ran (interpreter, NumPy, counts) and what could not be found or set up. Under ``CI`` an
