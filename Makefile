@@ -125,7 +125,7 @@ $(VENV)/.stamp: pyproject.toml
 venv: lib $(VENV)/.stamp
 
 pytest: lib $(VENV)/.stamp
-	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests
+	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 
 # The runs on PyPy and on the oldest NumPy (make test makes them through tests/matrix.py; these
 # targets run one alone) have numpy, cffi and pytest only: the tests of optional packages (torch,
@@ -163,7 +163,11 @@ oldnumpy-test: lib $(OLDNUMPY_VENV)/.stamp
 # every optional package (VENV, on the newest CPython pip has them all for), the NumPy floor
 # (OLDNUMPY_VENV), PyPy (PYPY_VENV), and SANITIZE_TESTS against ASAN_LIB (on the main run's venv and
 # the newest other CPython) and under PYTHONMALLOC=debug. MATRIX_JOBS runs at a time, each with
-# PYTEST_WORKERS pytest-xdist workers; the tests marked slow run in the main run only. It ends
+# PYTEST_WORKERS pytest-xdist workers (--dist loadfile: a file's tests share one worker, so module
+# fixtures such as test_packaging's builds into build/ never run twice at once; xdist_group would
+# not do: pytest 9 ignores the node ids xdist 3.8 rewrites for it, and the groups split silently);
+# tests that touch machine-wide state are marked system_wide and hold a lock (tests/conftest.py);
+# the tests marked slow run in the main run only. It ends
 # with a table of what ran and what could not be found; under CI a missing interpreter or a run
 # that cannot be set up fails. Logs: build/matrix/. MAIN_PYTHON=python3.X picks the main run's;
 # MATRIX_ONLY=cp3.12,pypy makes only those runs (a developer's check: it is not make test).

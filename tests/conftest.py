@@ -36,8 +36,6 @@ def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "mlock: asserts what mlock() did, which AddressSanitizer's runtime makes a "
                                        "no-op (it intercepts mlock and returns 0): make test's sanitizer runs leave "
                                        "these out, every other run has them")
-    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist (--dist loadgroup) runs the tests of "
-                                       "one group in one worker, one after the other")
 
 
 @pytest.fixture(autouse=True)

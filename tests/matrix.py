@@ -371,11 +371,13 @@ class Matrix:
                                      capture_output=True, text=True, stdin=subprocess.DEVNULL)
                 run.numpy = ver.stdout.strip() if ver.returncode == 0 else "(none)"
                 env = dict(os.environ)
-                env.pop(MINIMAL_DEPS_VAR, None)
+                # The tests' own make commands are a user's: no variables from this make's command line.
+                for var in (MINIMAL_DEPS_VAR, "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+                    env.pop(var, None)
                 env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "pybind"), env.get("PYTHONPATH")) if p)
                 env.update(run.env)
                 cmd = [run.venv.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                       "-n", str(self.opts.workers), "--dist", "loadgroup", "--durations=10", *run.pytest_args]
+                       "-n", str(self.opts.workers), "--dist", "loadfile", "--durations=10", *run.pytest_args]
                 self.say(f"matrix: {run.name}: {run.venv.interpreter}, NumPy {run.numpy}: "
                          f"{' '.join(f'{k}={v}' for k, v in run.env.items() if k != MINIMAL_DEPS_VAR)} "
                          f"{shlex.join(cmd[1:])}".replace("  ", " "))

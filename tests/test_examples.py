@@ -19,9 +19,6 @@ import ndshm
 from conftest import ROOT, child_env
 from optional_deps import require
 
-# Some examples start a Ray cluster: the same pytest-xdist worker as test_ray.py's.
-pytestmark = pytest.mark.xdist_group("ray")
-
 EXAMPLES = ROOT / "examples"
 
 

@@ -12,10 +12,6 @@ import ndshm
 from conftest import collect
 from optional_deps import require
 
-# One pytest-xdist worker runs every test that starts Ray (also test_examples, test_readme): one
-# local Ray cluster at a time.
-pytestmark = pytest.mark.xdist_group("ray")
-
 
 @pytest.fixture(scope="module")
 def ray():

@@ -17,9 +17,6 @@ import pytest
 from conftest import ROOT, child_env
 from optional_deps import require
 
-# Some blocks start a Ray cluster: the same pytest-xdist worker as test_ray.py's.
-pytestmark = pytest.mark.xdist_group("ray")
-
 README = ROOT / "README.md"
 TIMEOUT = 60  # seconds per block: a block that blocks for ever fails with TimeoutExpired
 
