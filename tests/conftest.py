@@ -20,6 +20,11 @@ PYPY = platform.python_implementation() == "PyPy"
 CI = bool(os.environ.get("CI"))
 
 
+# ray.init() without an address joins the newest Ray cluster on the machine (/tmp/ray's
+# ray_current_cluster), such as one another test, or another test run, has just started: every
+# test's own ray.init() starts its own (children inherit this).
+os.environ.setdefault("RAY_ADDRESS", "local")
+
 # One lock for every test process on this machine (each pytest-xdist worker, each interpreter of
 # make test's matrix running at the same time): a test marked system_wide holds it throughout.
 SYSTEM_WIDE_LOCK = Path(tempfile.gettempdir()) / "ndshm-tests-system-wide.lock"

@@ -371,8 +371,12 @@ class Matrix:
                                      capture_output=True, text=True, stdin=subprocess.DEVNULL)
                 run.numpy = ver.stdout.strip() if ver.returncode == 0 else "(none)"
                 env = dict(os.environ)
-                # The tests' own make commands are a user's: no variables from this make's command line.
-                for var in (MINIMAL_DEPS_VAR, "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+                # The tests' own make commands are a user's: no variables from this make's command line
+                # (make puts them in MAKEFLAGS after " -- ", and in the environment).
+                flags = env.get("MAKEFLAGS", "")
+                overrides = flags.split(" -- ", 1)[1] if " -- " in flags else ""
+                for var in [MINIMAL_DEPS_VAR, "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"] + \
+                        re.findall(r"(?:^|\s)(\w+)=", overrides):
                     env.pop(var, None)
                 env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "pybind"), env.get("PYTHONPATH")) if p)
                 env.update(run.env)
