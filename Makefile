@@ -34,14 +34,18 @@ CTEST_SRCS := $(wildcard tests/c/test_*.c)
 SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 CTEST_BINS := $(patsubst tests/c/%.c,$(BUILD)/ctest/%,$(CTEST_SRCS))
 
-.PHONY: all help lib venv test ctest pytest pypy-test oldnumpy-test wheel bench bench-quick bench-liveness clean
+.PHONY: all help lib venv test test-plan ctest asan-lib asan-test pytest pypy-test oldnumpy-test wheel bench \
+	bench-quick bench-liveness clean
 
 all: lib
 
 help:
 	@echo "make lib        build $(PKG)/libndshm.so and its cffi module (a C compiler, and cffi in $(PYTHON))"
 	@echo "make venv       create $(VENV) with ndshm (editable) and the test dependencies"
-	@echo "make test       C tests under ASan+UBSan, then pytest on CPython, on the oldest NumPy, on PyPy"
+	@echo "make test       C tests under ASan+UBSan, then pytest on every CPython 3.9+ found (newest NumPy each),"
+	@echo "                on the oldest NumPy, on PyPy, against an ASan+UBSan libndshm.so and with PYTHONMALLOC=debug"
+	@echo "make test-plan  the runs make test would make, on this machine (nothing installed)"
+	@echo "make asan-test  pytest (ASAN_PYTHON, default $(VENV)) against $(ASAN_LIB), sanitizer runtimes preloaded"
 	@echo "make wheel      the manylinux_2_17 wheel in $(DIST)/ (Zig's cc against glibc 2.17, checked by auditwheel)"
 	@echo "make bench      install the peers into $(VENV) and run every benchmark (the main job)"
 	@echo "make clean      remove build products"
@@ -75,9 +79,35 @@ $(BUILD)/ctest/%: tests/c/%.c $(SRCS) $(HDRS) $(wildcard tests/c/*.h) Makefile
 ctest: $(CTEST_BINS)
 	@set -e; for t in $(CTEST_BINS); do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 $$t; done
 
+# libndshm.so built with AddressSanitizer and UBSan, for the Python suite: loaded (NDSHM_LIBRARY) into
+# an interpreter that has the sanitizer runtimes preloaded, so a use after free in our C, or in how
+# we hand memory to NumPy, fails a test on any interpreter (PYTHONMALLOC=malloc: the sanitizer then
+# sees every Python allocation too, not only libc's).
+ASAN_LIB := $(BUILD)/asan/libndshm.so
+ASAN_PRELOAD = $(shell $(CC) -print-file-name=libasan.so):$(shell $(CC) -print-file-name=libubsan.so)
+ASAN_ENV = LD_PRELOAD=$(ASAN_PRELOAD) ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 PYTHONMALLOC=malloc \
+	NDSHM_LIBRARY=$(CURDIR)/$(ASAN_LIB)
+# The tests that drive the C library (queues, broadcast, views, segments, sync, buffers, compat):
+# the sanitizer and PYTHONMALLOC=debug runs of make test.
+SANITIZE_TESTS ?= $(sort $(wildcard tests/test_queue*.py tests/test_broadcast.py tests/test_segment*.py \
+	tests/test_sync.py tests/test_alloc.py tests/test_lifetime.py tests/test_binding.py tests/test_hostile_*.py \
+	tests/test_compat*.py tests/test_listing.py tests/test_pipelines.py))
+ASAN_PYTHON ?= $(VENV)/bin/python
+
+$(ASAN_LIB): $(SRCS) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) -O1 -g $(SAN) $(LIB_LDFLAGS) -o $@ $(SRCS) $(LDFLAGS)
+
+asan-lib: $(ASAN_LIB)
+
+asan-test: lib $(ASAN_LIB)
+	PYTHONPATH=$(CURDIR)/pybind $(ASAN_ENV) $(ASAN_PYTHON) -m pytest -q -p no:cacheprovider -m "not mlock" $(SANITIZE_TESTS)
+
 # The interop tests (torch, OpenCV, DLPack) need these; CI must have them, elsewhere they may fail
-# to install (torch 2.13.0 is the CPU build this machine kind keeps on disk) and those tests skip.
-INTEROP_PKGS ?= torch==2.13.0 opencv-python-headless
+# to install and those tests skip. torch 2.13.0+cpu is the CPU build this machine kind keeps on
+# disk (for CPython 3.11: on 3.12 and 3.13 pip finds only the CUDA build, so make test's main run
+# stays on the newest CPython with all of these, and says why).
+INTEROP_PKGS ?= torch==2.13.0+cpu opencv-python-headless
 # The engine integrations' tests (a real LocalCluster, ray.init, mpirun) and the SharedArray drop-in's
 # test against the real package need these (mpi4py needs Open MPI: .ci/run installs it).
 ENGINE_PKGS ?= distributed ray mpi4py SharedArray
@@ -95,16 +125,17 @@ $(VENV)/.stamp: pyproject.toml
 venv: lib $(VENV)/.stamp
 
 pytest: lib $(VENV)/.stamp
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 
-# The runs on PyPy and on the oldest NumPy have numpy, cffi and pytest only: the tests of optional
-# packages (torch, OpenCV, matplotlib) skip there, saying why; the CPython run above must run them.
+# The runs on PyPy and on the oldest NumPy (make test makes them through tests/matrix.py; these
+# targets run one alone) have numpy, cffi and pytest only: the tests of optional packages (torch,
+# OpenCV, matplotlib) skip there, saying why; the CPython run above must run them.
 MINIMAL_DEPS = NDSHM_TEST_MINIMAL_DEPS
 
 $(PYPY_VENV)/.stamp: pyproject.toml
 	$(PYPY) -m venv $(PYPY_VENV)
 	$(PYPY_VENV)/bin/python -m pip install -q --upgrade pip
-	$(PYPY_VENV)/bin/python -m pip install -q numpy pytest
+	$(PYPY_VENV)/bin/python -m pip install -q numpy pytest pytest-xdist
 	touch $@
 
 # PyPy loads the very same libndshm.so, straight from the source tree.
@@ -120,14 +151,42 @@ pypy-test: lib
 # The Python suite against numpy==$(NUMPY_FLOOR) (CPython; ndshm from the source tree, as for PyPy).
 $(OLDNUMPY_VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(OLDNUMPY_VENV)
-	$(OLDNUMPY_VENV)/bin/python -m pip install -q numpy==$(NUMPY_FLOOR) cffi pytest
+	$(OLDNUMPY_VENV)/bin/python -m pip install -q numpy==$(NUMPY_FLOOR) cffi pytest pytest-xdist
 	touch $@
 
 oldnumpy-test: lib $(OLDNUMPY_VENV)/.stamp
 	PYTHONPATH=$(CURDIR)/pybind $(MINIMAL_DEPS)="the numpy==$(NUMPY_FLOOR) run has numpy, cffi and pytest only; the main CPython run covers it" \
 		$(OLDNUMPY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
 
-test: lib ctest pytest oldnumpy-test pypy-test
+# make test: the C tests, then tests/matrix.py: the Python suite on every CPython 3.9+ on PATH or in
+# pyenv (a venv each, CP_VENV_PREFIX + 3.X, with the newest NumPy pip gives it), the main run with
+# every optional package (VENV, on the newest CPython pip has them all for), the NumPy floor
+# (OLDNUMPY_VENV), PyPy (PYPY_VENV), and SANITIZE_TESTS against ASAN_LIB (on the main run's venv and
+# the newest other CPython) and under PYTHONMALLOC=debug. MATRIX_JOBS runs at a time, each with
+# PYTEST_WORKERS pytest-xdist workers (--dist loadfile: a file's tests share one worker, so module
+# fixtures such as test_packaging's builds into build/ never run twice at once; xdist_group would
+# not do: pytest 9 ignores the node ids xdist 3.8 rewrites for it, and the groups split silently);
+# tests that touch machine-wide state are marked system_wide and hold a lock (tests/conftest.py);
+# the tests marked slow run in the main run only. It ends
+# with a table of what ran and what could not be found; under CI a missing interpreter or a run
+# that cannot be set up fails. Logs: build/matrix/. MAIN_PYTHON=python3.X picks the main run's;
+# MATRIX_ONLY=cp3.12,pypy makes only those runs (a developer's check: it is not make test).
+CP_VENV_PREFIX ?= .venv-cp
+MATRIX_JOBS ?= 2
+PYTEST_WORKERS ?= 2
+MAIN_PYTHON ?=
+MATRIX_ONLY ?=
+MATRIX = $(PYTHON) tests/matrix.py --venv $(VENV) --venv-prefix $(CP_VENV_PREFIX) --floor-venv $(OLDNUMPY_VENV) \
+	--pypy-venv $(PYPY_VENV) --pypy $(PYPY) --numpy-floor $(NUMPY_FLOOR) --main-python "$(MAIN_PYTHON)" \
+	--main-packages "$(INTEROP_PKGS) $(ENGINE_PKGS)" --asan-lib $(ASAN_LIB) --asan-preload "$(ASAN_PRELOAD)" \
+	--sanitize-tests "$(SANITIZE_TESTS)" --jobs $(MATRIX_JOBS) --workers $(PYTEST_WORKERS) --make "$(MAKE)" \
+	--only "$(MATRIX_ONLY)"
+
+test: lib ctest $(ASAN_LIB)
+	$(MATRIX)
+
+test-plan:
+	$(MATRIX) --plan
 
 # ---------------------------------------------------------------- wheels for PyPI
 # No manylinux container needed: Zig's cc links against the glibc version named in its target,

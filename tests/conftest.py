@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import platform
@@ -9,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -20,6 +22,44 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PYPY = platform.python_implementation() == "PyPy"
 CI = bool(os.environ.get("CI"))
+
+
+# ray.init() without an address joins the newest Ray cluster on the machine (/tmp/ray's
+# ray_current_cluster), such as one another test, or another test run, has just started: every
+# test's own ray.init() starts its own (children inherit this).
+os.environ.setdefault("RAY_ADDRESS", "local")
+
+# One lock for every test process on this machine (each pytest-xdist worker, each interpreter of
+# make test's matrix running at the same time): a test marked system_wide holds it throughout.
+SYSTEM_WIDE_LOCK = Path(tempfile.gettempdir()) / "ndshm-tests-system-wide.lock"
+
+
+def pytest_configure(config) -> None:
+    # Registered here, not in pyproject.toml, so that a copy of tests/ (the installed-wheel test)
+    # knows them too.
+    config.addinivalue_line("markers", "slow: takes seconds of its own; make test runs it in its main run only "
+                                       "(the other runs pass -m 'not slow')")
+    config.addinivalue_line("markers", "system_wide: changes or depends on machine-wide state (huge page "
+                                       "reservations, mounts, free huge pages): runs holding a lock every test "
+                                       "process on the machine shares, so no other such test runs meanwhile")
+    config.addinivalue_line("markers", "mlock: asserts what mlock() did, which AddressSanitizer's runtime makes a "
+                                       "no-op (it intercepts mlock and returns 0): make test's sanitizer runs leave "
+                                       "these out, every other run has them")
+
+
+@pytest.fixture(autouse=True)
+def _system_wide(request):
+    """Hold SYSTEM_WIDE_LOCK for a test marked system_wide (an autouse fixture: taken before the
+    test's own fixtures, such as one reserving huge pages, and released after theirs)."""
+    if request.node.get_closest_marker("system_wide") is None:
+        yield
+        return
+    with open(SYSTEM_WIDE_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def skip_or_fail(reason: str) -> None:

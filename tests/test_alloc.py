@@ -162,6 +162,7 @@ def test_exhausted_address_space_is_memory_error():
     assert isinstance(info.value, ndshm.NdshmError) and "4611686018427387904" in str(info.value)
 
 
+@pytest.mark.mlock
 def test_lock_refused_by_rlimit_names_it():
     # root ignores RLIMIT_MEMLOCK, so a real child process drops to an unprivileged user first.
     code = ("import os, ndshm\nif os.getuid() == 0:\n    os.setgid(65534); os.setuid(65534)\n"
@@ -211,6 +212,7 @@ def test_populate_makes_every_page_resident_before_first_touch(hugepages):
     assert resident_pages(plain) < pages // 4, "without populate the fresh pages are not there yet"
 
 
+@pytest.mark.mlock
 def test_lock_locks_the_whole_buffer_in_ram():
     n = 8 << 20
     before = locked_kib()
@@ -245,6 +247,7 @@ def _anon_huge_kib(address: int) -> int:
     raise AssertionError(f"no mapping holds 0x{address:x}")
 
 
+@pytest.mark.system_wide  # needs free huge pages, which another test's reservation takes
 def test_large_buffers_get_transparent_huge_pages_like_numpy():
     mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
     if "[madvise]" not in mode:

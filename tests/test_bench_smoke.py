@@ -26,6 +26,7 @@ def _have(module: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_python_m_ndshm_bench_smoke(tmp_path):
     args = [sys.executable, "-m", "ndshm", "bench", "--smoke", "--out", str(tmp_path)]
     plots = _have("matplotlib")

@@ -9,10 +9,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 
 import ndshm
 from conftest import child_env, dir_files, run_python
 from ndshm import _cli
+
+# The tests marked slow check argument parsing and messages, one CLI process per case: seconds each,
+# the same on every interpreter, so make test runs them in its main run only.
 
 
 def cli(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
@@ -155,6 +159,7 @@ def test_blank_or_ours_skips_non_regular_files(tmp_path):
     assert os.path.lexists(link)
 
 
+@pytest.mark.slow
 def test_bad_dir_is_a_one_line_error(tmp_path):
     f = tmp_path / "file"
     f.write_bytes(b"x")
@@ -166,6 +171,7 @@ def test_bad_dir_is_a_one_line_error(tmp_path):
     assert cli("--dir", missing, "--help").returncode == 0
 
 
+@pytest.mark.slow
 def test_gc_min_age_must_be_finite_and_not_negative(tmp_path):
     d = str(tmp_path)
     (tmp_path / "ndshm.blank").write_bytes(bytes(64))
@@ -250,6 +256,7 @@ def test_ls_filters_by_name_and_glob(tmp_path):
     del keep
 
 
+@pytest.mark.slow
 def test_unknown_options_are_one_line_errors_for_every_command(tmp_path):
     d = str(tmp_path)
     for args in (("ls", "-l"), ("ls", "--bogus"), ("list", "-l"), ("info", "-l", "x"), ("rm", "--force", "x"),
@@ -262,6 +269,7 @@ def test_unknown_options_are_one_line_errors_for_every_command(tmp_path):
     assert dir_files(d) == []
 
 
+@pytest.mark.slow
 def test_help_version_and_dir_forms(tmp_path):
     d = str(tmp_path)
     keep = ndshm.create("seg", 3, dir=d)
@@ -280,6 +288,7 @@ def test_help_version_and_dir_forms(tmp_path):
     del keep
 
 
+@pytest.mark.slow
 def test_help_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
     d = str(tmp_path)
     keep = [ndshm.create(f"s{i}", 1, dir=d) for i in range(3)]
@@ -299,6 +308,7 @@ def test_help_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
     del keep
 
 
+@pytest.mark.slow
 def test_bench_help_names_the_command():
     out = cli("bench", "--help")
     assert out.returncode == 0, out.stderr

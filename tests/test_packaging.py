@@ -23,6 +23,8 @@ import pytest
 from conftest import ROOT, run_python, skip_or_fail
 from optional_deps import minimal_deps_reason
 
+# make test runs pytest-xdist with --dist loadfile: one worker runs this file, so the build venv,
+# the sdist and the wheels (into the tree's build/) are made one after the other.
 pytestmark = pytest.mark.skipif(platform.python_implementation() != "CPython" or bool(minimal_deps_reason()),
                                 reason="the wheels are built once, by the main CPython run")
 
@@ -213,16 +215,29 @@ def test_manylinux_wheel_passes_the_suite_installed_without_a_compiler(manylinux
     assert passed > 300, proc.stdout[-2000:]
 
 
-# ---------------------------------------------------------------- the NumPy floor is tested
+# ---------------------------------------------------------------- the versions make test runs
 
-def test_make_test_runs_the_suite_on_the_declared_numpy_floor():
-    """pyproject's numpy>=X is what `make test` proves: its oldnumpy-test installs exactly numpy==X."""
+def test_make_test_runs_the_declared_numpy_floor_and_python_versions():
+    """pyproject's numpy>=X, requires-python and classifiers are what `make test` proves: its plan
+    (tests/matrix.py, as `make test-plan` prints it) installs exactly numpy==X in one run and runs
+    every CPython the classifiers name, and PyPy."""
     text = (ROOT / "pyproject.toml").read_text()
     floors = re.findall(r'"numpy>=([\d.]+)"', text)
     assert len(floors) == 1, floors
-    # -n -B prints every command of the target without running one (it has no recursive make).
-    out = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "-n", "-B", "oldnumpy-test"],
-                         capture_output=True, text=True, timeout=120).stdout
-    assert f"numpy=={floors[0]} cffi pytest" in out and ".venv-oldnumpy/bin/python -m pytest" in out, out[-3000:]
-    (test_rule,) = re.findall(r"^test:(.*)$", (ROOT / "Makefile").read_text(), flags=re.M)
-    assert "oldnumpy-test" in test_rule.split(), test_rule
+    # MAIN_PYTHON: this interpreter, so the plan does not ask pip which CPython has every package.
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "test-plan", f"MAIN_PYTHON={sys.executable}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    plan = proc.stdout
+    (floor_run,) = re.findall(r"^floor: CPython .*$", plan, flags=re.M)
+    assert f"[numpy=={floors[0]} cffi pytest pytest-xdist]" in floor_run and ".venv-oldnumpy" in floor_run, plan
+    assert "NDSHM_TEST_MINIMAL_DEPS=" in floor_run, floor_run
+    assert re.search(r"^pypy: PyPy 3\.", plan, flags=re.M), plan
+    (main_run,) = re.findall(r"^main: CPython .*$", plan, flags=re.M)
+    assert "-m 'not slow'" not in main_run and "NDSHM_TEST_MINIMAL_DEPS" not in main_run, main_run
+    declared = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', text)
+    (requires,) = re.findall(r'^requires-python = ">=(3\.\d+)"$', text, flags=re.M)
+    assert declared and requires == min(declared, key=lambda v: tuple(map(int, v.split(".")))), (requires, declared)
+    runs = set(re.findall(r"^(?:main|cp[\d.]+): CPython (3\.\d+)\.\d+ ", plan, flags=re.M))
+    if runs != set(declared):
+        skip_or_fail(f"make test runs CPython {sorted(runs)} here, pyproject's classifiers name {declared}:\n{plan}")

@@ -246,6 +246,7 @@ def test_bad_names_and_values(unique_name):
     ndshm.unlink(unique_name)
 
 
+@pytest.mark.system_wide  # no huge pages reserved, no huge-page mount: test_segment_mp's make both
 def test_hugepages_without_reservation(unique_name, monkeypatch):
     from ndshm._segment import _huge_dir
     with open("/proc/sys/vm/nr_hugepages") as f:

@@ -345,6 +345,7 @@ def huge_tmpfs():
     yield from _tmpfs("huge=always,size=64m", "a huge-page tmpfs")
 
 
+@pytest.mark.system_wide  # a huge-page mount that every process's hugepages=True would find
 def test_hugepages_named_use_a_huge_tmpfs(huge_tmpfs, unique_name, monkeypatch):
     from ndshm._segment import _huge_kind, _mounts
     d = huge_tmpfs
@@ -403,6 +404,7 @@ def hugetlb():
             f.write(str(before))
 
 
+@pytest.mark.system_wide  # reserves huge pages, machine-wide
 def test_hugepages_backed_by_hugetlb(hugetlb, unique_name, monkeypatch):
     """With huge pages reserved, hugepages=True really uses them: memfd (MFD_HUGETLB), anonymous
     (MAP_HUGETLB) and named segments in a hugetlbfs mount, each shared with another process."""
