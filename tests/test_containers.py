@@ -562,7 +562,9 @@ def test_compat_marks_decode_never_raises(d):
         os.setxattr(os.path.join(d, name), sm._XATTR, raw)
         names.append(name)
     blocks = {b.name: b for b in sm._ndshm_blocks(d)}
-    assert sorted(blocks) == ["psm_planted2"]  # a well-formed key no process holds: a dead creator
+    assert sorted(blocks) == names  # the undecodable ones are shown as corrupt
+    assert [n for n in names if blocks[n].corrupt] == ["psm_planted0", "psm_planted1", "psm_planted3"]
+    # a well-formed key no process holds: a dead creator
     assert not blocks["psm_planted2"].creator_alive and blocks["psm_planted2"].creator_pid == 0
     assert sm._reclaim_dead(d) == ["psm_planted2"]
     assert "removed 0 segments" in _gc(d)

@@ -64,16 +64,20 @@ def _plant(d: str, name: str, mark: bytes) -> str:
 
 def test_one_planted_mark_stops_neither_ls_nor_gc(shm_dir):
     """A block whose mark holds b"2147483648 0" made ndshm.list(), ls and gc raise OverflowError:
-    now it marks nothing (that file is left alone), and the others are listed and collected."""
+    now that one file is shown as corrupt (and left alone), and the others are listed and collected."""
     dead = _plant(shm_dir, "psm_dead", b"%d 0" % _dead_pid())
-    for i, raw in enumerate(BAD_MARKS):
-        _plant(shm_dir, f"psm_bad{i:02d}", raw)
-    assert [b.name for b in _ndshm_blocks(shm_dir)] == ["psm_dead"]
-    names = [r.name for r in ndshm.list(shm_dir) if r.kind == "compat"]
-    assert names == ["psm_dead"]
+    bad = [f"psm_bad{i:02d}" for i in range(len(BAD_MARKS))]
+    for name, raw in zip(bad, BAD_MARKS):
+        _plant(shm_dir, name, raw)
+    blocks = _ndshm_blocks(shm_dir)
+    assert [b.name for b in blocks] == sorted(bad + ["psm_dead"])
+    assert [b.name for b in blocks if b.corrupt] == bad
+    recs = {r.name: r for r in ndshm.list(shm_dir) if r.kind == "compat"}
+    assert sorted(recs) == sorted(bad + ["psm_dead"])
+    assert recs["psm_dead"].status == "ready" and all(recs[n].status == "corrupt" for n in bad)
     ls = run_python("import sys; from ndshm._cli import main; sys.exit(main(['--dir', %r, 'ls']))" % shm_dir,
                     check=False)
-    assert ls.returncode == 0 and "psm_dead" in ls.stdout, ls.stderr
+    assert ls.returncode == 0 and "psm_dead" in ls.stdout and "psm_bad00" in ls.stdout, ls.stderr
     assert _reclaim_dead(shm_dir) == ["psm_dead"]
     assert not os.path.exists(dead)
     assert len([n for n in os.listdir(shm_dir) if n.startswith("psm_bad")]) == len(BAD_MARKS)

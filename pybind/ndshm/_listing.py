@@ -175,10 +175,11 @@ def named_segments(d: str) -> list[SegmentRecord]:
 #: records. A kind of segment that is not an ``ndshm.<name>`` file appends its own.
 def compat_blocks(d: str) -> list[SegmentRecord]:
     """The blocks ``ndshm.compat`` made in ``d`` (headerless, named as the standard library names
-    them), as records of kind ``'compat'``; ``in_use`` says whether an ndshm process maps one."""
+    them), as records of kind ``'compat'``; ``in_use`` says whether an ndshm process maps one, and a
+    block whose creation mark does not decode is ``'corrupt'``."""
     from .compat.shared_memory import _ndshm_blocks  # imported here: listing arrays never pays for it
-    return [SegmentRecord(b.name, b.size, None, None, b.creator_pid, None, b.in_use, False, "ready", b.path,
-                          None, "compat") for b in _ndshm_blocks(d)]
+    return [SegmentRecord(b.name, b.size, None, None, None if b.corrupt else b.creator_pid, None, b.in_use, False,
+                          "corrupt" if b.corrupt else "ready", b.path, None, "compat") for b in _ndshm_blocks(d)]
 
 
 LISTERS: list[Callable[[str], Iterable[SegmentRecord]]] = [named_segments, compat_blocks]

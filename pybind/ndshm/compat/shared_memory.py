@@ -94,6 +94,11 @@ def _decode_mark(raw: bytes) -> Optional[_Mark]:
     return None
 
 
+# What _read_mark gives for a block that carries ndshm's mark but one no ndshm wrote (key 0 and
+# pid 0, which _decode_mark never returns): listed as corrupt, never removed on a guess.
+_UNREADABLE = _Mark(0, 0, 0)
+
+
 def _own_key(d: str) -> int:
     """This process's key in directory ``d``'s process table (registered on first use)."""
     out = ffi.new("uint64_t *")
@@ -202,7 +207,8 @@ def _mark(fd: int, d: str, bare: str) -> None:
 
 
 def _read_mark(path: str, d: str, bare: str, st: os.stat_result) -> Optional[_Mark]:
-    """The creator's mark if ndshm made the block at ``path``, else None (see :func:`_decode_mark`)."""
+    """The creator's mark if ndshm made the block at ``path``, else None (see :func:`_decode_mark`);
+    :data:`_UNREADABLE` if it carries a mark that does not decode."""
     raw: Optional[bytes] = None
     try:
         raw = os.getxattr(path, _XATTR, follow_symlinks=False)
@@ -220,7 +226,8 @@ def _read_mark(path: str, d: str, bare: str, st: os.stat_result) -> Optional[_Ma
             raw = b" ".join(rest)
         except (OSError, ValueError):
             return None
-    return _decode_mark(raw)
+    mark = _decode_mark(raw)
+    return _UNREADABLE if mark is None else mark
 
 
 def _unmark(d: str, bare: str, uid: Optional[int] = None) -> None:
@@ -241,6 +248,7 @@ class CompatBlock(NamedTuple):
     in_use: bool              # an ndshm process maps it (holds its shared flock)
     creator_pid: int
     creator_alive: bool
+    corrupt: bool = False     # its mark does not decode: shown as corrupt, never removed
 
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
@@ -287,6 +295,9 @@ def _ndshm_blocks(dir: Optional[str] = None) -> list[CompatBlock]:
                 in_use = _locked_by_others(fd)
             finally:
                 os.close(fd)
+        if mark is _UNREADABLE:
+            out.append(CompatBlock(entry, path, int(st.st_size), in_use, 0, True, True))
+            continue
         out.append(CompatBlock(entry, path, int(st.st_size), in_use, _mark_pid(d, mark), _mark_alive(d, mark)))
     return out
 
@@ -313,7 +324,7 @@ def _reclaim_dead(dir: Optional[str] = None, *, dry_run: bool = False) -> list[s
             if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
                 continue
             mark = _read_mark(blk.path, d, blk.name, st)
-            if mark is None or _mark_alive(d, mark):
+            if mark is None or mark is _UNREADABLE or _mark_alive(d, mark):
                 continue
             if not dry_run:
                 os.unlink(blk.path)
