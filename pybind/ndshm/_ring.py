@@ -85,11 +85,15 @@ def _sliced(call: Callable[[float], int], t: float) -> int:
     """``call(seconds)`` (a C wait returning 0, NDSHM_ETIMEDOUT or another code) for ``t`` seconds
     in all (``t`` > _SLICE), in slices of at most _SLICE so that Ctrl-C is noticed between them."""
     deadline = _monotonic() + t
+    s = min(t, _SLICE)
     while True:
-        s = min(max(deadline - _monotonic(), 0.0), _SLICE)
         rc = call(s)
-        if rc != _ETIMEDOUT or s < _SLICE:
+        if rc != _ETIMEDOUT:
             return rc
+        left = deadline - _monotonic()
+        if left <= 0:  # never a last slice of 0 s: C reads a timeout of 0 as "try once" (Full, not a timeout)
+            return rc
+        s = min(left, _SLICE)
 
 
 def _attach_waiting(attach: Callable[[], _A], timeout: Any, what: str) -> _A:
