@@ -88,13 +88,18 @@ def _wait_in_slices(wait: _Wait, area: _Area, t: float, obj: "_Sync") -> int:
     all (> _SLICE; < 0: for ever), called in slices of at most _SLICE so that Ctrl-C and a
     close() of ``obj`` are noticed between them (ClosedError)."""
     deadline = None if t < 0 else time.monotonic() + t
+    s = _SLICE if t < 0 else min(t, _SLICE)
     while True:
-        s = _SLICE if deadline is None else min(max(deadline - time.monotonic(), 0.0), _SLICE)
         rc = wait(area, s)
         if rc == _ETIMEDOUT and obj._closed:
             raise obj._closed_error()
-        if rc != _ETIMEDOUT or s < _SLICE:
+        if rc != _ETIMEDOUT:
             return rc
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:  # never a last slice of 0 s: C reads it as "try once", not a timeout
+                return rc
+            s = min(left, _SLICE)
 
 
 def _rebuild(cls: Union[type[Lock], type[Event], type[Barrier]], segment: Segment, index: int,
