@@ -52,7 +52,7 @@ from ._messages import _PLANS, _msg, _plan, _pop_msg, _push_msg, _typestr_bytes,
 from ._ring import _SLICE, _Ring, _as_dir, _attach_waiting, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
 from ._slots import (
     _OWN_REF, SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _getrefcount, _hold_past_block,
-    _itemless_views, _received_views, _when_gone,
+    _itemless_views, _received_views, _receiving, _when_gone,
 )
 
 __all__ = ["Broadcast", "Subscription"]
@@ -556,17 +556,7 @@ class Subscription:
         is a :meth:`receive` view valid until the next iteration; ends once the broadcast is shut
         down and drained. A view still referred to from elsewhere when the next one is asked for
         holds its message, and the next read raises ``BufferError`` (copy what you keep)."""
-        while True:
-            rec = self.receive(timeout)
-            try:
-                view = rec.__enter__()
-            except ShutDown:
-                return
-            rec._ra += 1  # the caller's loop variable still holds the view when the block ends
-            try:
-                yield view
-            finally:
-                rec.__exit__(None, None, None)
+        return _receiving(self.receive, timeout)
 
     def _epoch(self) -> int:
         return int(lib.ndshm_bcast_epoch(self._b._handle, 0))

@@ -56,7 +56,7 @@ from ._messages import (
 from ._ring import _SLICE, _Ring, _as_dir, _attach_waiting, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
 from ._slots import (
     _OWN_REF, _U1, SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _getrefcount, _hold_past_block,
-    _itemless_views, _received_views, _when_gone,
+    _itemless_views, _received_views, _receiving, _when_gone,
 )
 
 if TYPE_CHECKING:
@@ -820,17 +820,7 @@ class Queue(_Ring):
         goes back, and the view is closed unless something else still refers to it: the usual
         receive rules); iteration ends once the queue is shut down and drained. ``timeout``: as
         for :meth:`receive` (:class:`Empty` if no message comes in time)."""
-        while True:
-            rec = self.receive(timeout)
-            try:
-                view = rec.__enter__()
-            except ShutDown:
-                return
-            rec._ra += 1  # the caller's loop variable still holds the view when the block ends
-            try:
-                yield view
-            finally:
-                rec.__exit__(None, None, None)
+        return _receiving(self.receive, timeout)
 
     # ---- asyncio ---------------------------------------------------------------------------
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import builtins
 import sys
-from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar, overload
 
 import numpy as np
 
-from ._errors import ClosedError, CorruptSegmentError
+from ._errors import ClosedError, CorruptSegmentError, ShutDown
 from ._lib import ffi
 from ._messages import _describe
 
@@ -260,3 +260,19 @@ def _hold_past_block(arr: Any, exported: bool, keep: Any, cls: type, inner: Any,
     if not exported:
         _close_array(arr, keep, cls)
     _when_gone(inner, release, *args)
+
+
+def _receiving(receive: Callable[[Optional[float]], Any], timeout: Optional[float]) -> Iterator[Any]:
+    """``for view in ring.receiving():`` (Queue and Subscription): ``receive(timeout)`` blocks, each
+    view valid until the next iteration; ends at :class:`ShutDown`."""
+    while True:
+        rec = receive(timeout)
+        try:
+            view = rec.__enter__()
+        except ShutDown:
+            return
+        rec._ra += 1  # the caller's loop variable still holds the view when the block ends
+        try:
+            yield view
+        finally:
+            rec.__exit__(None, None, None)
