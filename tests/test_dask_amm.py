@@ -15,6 +15,7 @@ import pytest
 import ndshm
 from conftest import collect
 from optional_deps import require
+from test_dask import _make, _settle, _where  # the tasks and clean-up test_dask uses
 
 N = 2_000_000  # float32: 8 MB
 NBYTES = N * 4
@@ -42,26 +43,7 @@ def cluster():
     finally:
         client.close()
         cl.close()
-        from ndshm import _mappings
-        collect()
-        _mappings.drop_removed(force=True)
-        collect()
-
-
-def _make(n: int, value: float) -> np.ndarray:
-    import ndshm.dask
-    out = ndshm.dask.empty((n,), np.float32)
-    out[...] = value
-    return out
-
-
-def _where(x: np.ndarray) -> dict:
-    try:
-        seg = ndshm.segment_of(x)
-    except ValueError:
-        seg = None
-    return {"type": type(x).__name__, "segment": seg.name if seg else None, "pid": os.getpid(),
-            "sum": float(x.sum(dtype=np.float64))}
+        _settle()
 
 
 def _managed(dask_worker, key) -> "int | None":
