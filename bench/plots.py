@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-import matplotlib
+from matplotlib.ticker import FuncFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from plot_style import plt, subtitle as _subtitle
+from plots_engines import engines_chart
 
 STYLE = {
     "ndshm put+get": ("#1f77b4", "o", "-"), "ndshm put+receive": ("#2ca02c", "s", "-"),
@@ -36,13 +35,6 @@ def _size_label(n: float, _pos: Any = None) -> str:
             v = n / size
             return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
     return f"{int(n)} B"
-
-
-def _subtitle(report: Dict[str, Any]) -> str:
-    m, v = report.get("machine", {}), report.get("versions", {})
-    return (f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, Linux {m.get('kernel', '?')}; "
-            f"Python {v.get('python', '?')}, NumPy {v.get('numpy', '?')}, ndshm {v.get('ndshm', '?')}; "
-            f"{report.get('mode', '?')} mode")
 
 
 def _missing_note(ax: Any, missing: Dict[str, str]) -> None:
@@ -197,7 +189,6 @@ def alloc_chart(report: Dict[str, Any], out: Path) -> Path:
 def make_all(report: Dict[str, Any], out: Path) -> List[Path]:
     """Every chart whose benchmark is in ``report``; a chart that fails is reported, not fatal."""
     made = []
-    from plots_engines import engines_chart
 
     for name, fn in (("queue", queue_chart), ("ipc", classic_chart), ("alloc", alloc_chart), ("engines", engines_chart)):
         if name in report.get("benchmarks", {}):

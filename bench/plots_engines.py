@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict
 
-from plots import _subtitle, plt  # plots selects the Agg backend
+from plot_style import plt, subtitle as _subtitle
 
 MPI_COLORS = {"ndshm": "#1f77b4", "ndshm-populate": "#17becf", "win": "#d62728"}
 MPI_LABELS = {"ndshm": "ndshm.mpi.allocate_shared", "ndshm-populate": "allocate_shared(populate=True)",
