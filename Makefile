@@ -141,7 +141,12 @@ pytest: lib $(VENV)/.stamp
 DOCS_PYTHON ?= $(VENV)/bin/python
 DOCS_OUT ?= docs/_build/html
 
-docs: lib $(if $(filter $(VENV)/bin/python,$(DOCS_PYTHON)),$(VENV)/.stamp)
+# A .venv made before the docs packages joined DOCS_PKGS gets them here.
+$(VENV)/.docs-stamp: $(VENV)/.stamp
+	$(VENV)/bin/python -m pip install -q $(DOCS_PKGS)
+	touch $@
+
+docs: lib $(if $(filter $(VENV)/bin/python,$(DOCS_PYTHON)),$(VENV)/.docs-stamp)
 	PYTHONPATH=$(CURDIR)/pybind$${PYTHONPATH:+:$$PYTHONPATH} $(DOCS_PYTHON) -m sphinx -b html -W --keep-going -q -j 1 docs $(DOCS_OUT)
 	@echo "docs: open $(DOCS_OUT)/index.html"
 

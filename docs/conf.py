@@ -32,7 +32,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "_templates", "examples", "_why.md"]
+exclude_patterns = ["_build", "_templates", "examples"]
 templates_path = ["_templates"]
 
 # Warnings are errors (make docs passes -W --keep-going); a reference to an ndshm name that does
