@@ -217,7 +217,7 @@ def cli_commands() -> list[str]:
 
 
 def cli_help(args: list[str]) -> str:
-    env = dict(os.environ, COLUMNS="100", NO_COLOR="1", PYTHONPATH=str(ROOT / "pybind"))
+    env = dict(os.environ, COLUMNS="80", NO_COLOR="1", PYTHONPATH=str(ROOT / "pybind"))
     proc = subprocess.run([sys.executable, "-m", "ndshm", *args, "--help"], capture_output=True, text=True,
                           env=env, timeout=60, cwd=ROOT)
     if proc.returncode != 0:
