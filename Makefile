@@ -147,7 +147,7 @@ $(VENV)/.docs-stamp: $(VENV)/.stamp
 	touch $@
 
 docs: lib $(if $(filter $(VENV)/bin/python,$(DOCS_PYTHON)),$(VENV)/.docs-stamp)
-	PYTHONPATH=$(CURDIR)/pybind$${PYTHONPATH:+:$$PYTHONPATH} $(DOCS_PYTHON) -m sphinx -b html -W --keep-going -q -j 1 docs $(DOCS_OUT)
+	PYTHONPATH=$(CURDIR)/pybind$${PYTHONPATH:+:$$PYTHONPATH} $(DOCS_PYTHON) -m sphinx -b html -W --keep-going -q docs $(DOCS_OUT)
 	@echo "docs: open $(DOCS_OUT)/index.html"
 
 # The runs on PyPy and on the oldest NumPy (make test makes them through tests/matrix.py; these

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import importlib.util
 import inspect
@@ -74,7 +73,7 @@ def groups(module: Any) -> list[tuple[str, list[str]]]:
             title = comment.group(1).strip()
             title = title[:1].upper() + title[1:]
             continue
-        found = [n for n in re.findall(r"""["']([^"']+)["']""", line.split("#")[0])]
+        found = re.findall(r"""["']([^"']+)["']""", line.split("#")[0])
         if found:
             if not out or out[-1][0] != title:
                 out.append((title, []))
