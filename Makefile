@@ -34,7 +34,7 @@ CTEST_SRCS := $(wildcard tests/c/test_*.c)
 SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 CTEST_BINS := $(patsubst tests/c/%.c,$(BUILD)/ctest/%,$(CTEST_SRCS))
 
-.PHONY: all help lib venv test test-plan ctest asan-lib asan-test pytest pypy-test oldnumpy-test wheel bench \
+.PHONY: all help lib venv docs test test-plan ctest asan-lib asan-test pytest pypy-test oldnumpy-test wheel bench \
 	bench-quick bench-liveness clean
 
 all: lib
@@ -42,6 +42,7 @@ all: lib
 help:
 	@echo "make lib        build $(PKG)/libndshm.so and its cffi module (a C compiler, and cffi in $(PYTHON))"
 	@echo "make venv       create $(VENV) with ndshm (editable) and the test dependencies"
+	@echo "make docs       the documentation site in docs/_build/html (Sphinx, warnings are errors)"
 	@echo "make test       C tests under ASan+UBSan, then pytest on every CPython 3.9+ found (newest NumPy each),"
 	@echo "                on the oldest NumPy, on PyPy, against an ASan+UBSan libndshm.so and with PYTHONMALLOC=debug"
 	@echo "make test-plan  the runs make test would make, on this machine (nothing installed)"
@@ -111,6 +112,9 @@ INTEROP_PKGS ?= torch==2.13.0+cpu opencv-python-headless
 # The engine integrations' tests (a real LocalCluster, ray.init, mpirun) and the SharedArray drop-in's
 # test against the real package need these (mpi4py needs Open MPI: .ci/run installs it).
 ENGINE_PKGS ?= distributed ray mpi4py SharedArray
+# make docs (Sphinx, its theme and extensions) and tests/test_docs.py (Selenium drives the Debian
+# chromium and chromium-driver that .ci/run installs). The main run of make test builds the docs.
+DOCS_PKGS ?= "sphinx>=7,<10" "pydata-sphinx-theme>=0.15" "myst-parser>=2" "sphinx-copybutton>=0.5" "selenium>=4.11"
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -120,12 +124,31 @@ $(VENV)/.stamp: pyproject.toml
 		echo "warning: $(INTEROP_PKGS) did not install; the interop tests will skip"; }
 	$(VENV)/bin/python -m pip install -q $(ENGINE_PKGS) || { [ -z "$$CI" ] && \
 		echo "warning: $(ENGINE_PKGS) did not install; the engine and SharedArray tests will skip"; }
+	$(VENV)/bin/python -m pip install -q $(DOCS_PKGS) || { [ -z "$$CI" ] && \
+		echo "warning: $(DOCS_PKGS) did not install; make docs and tests/test_docs.py cannot run"; }
 	touch $@
 
 venv: lib $(VENV)/.stamp
 
 pytest: lib $(VENV)/.stamp
 	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
+
+# The documentation site: every page, the API reference generated from the docstrings, the CLI's
+# --help texts and the C header's contracts (docs/_ext/ndshm_docs.py). -W: a warning (a public name
+# without a docstring, a broken reference to an ndshm name, a dead internal link) fails the build;
+# --keep-going reports them all first. Nothing is fetched (no intersphinx). DOCS_PYTHON: another
+# interpreter that has the DOCS_PKGS (tests/test_docs.py passes its own).
+DOCS_PYTHON ?= $(VENV)/bin/python
+DOCS_OUT ?= docs/_build/html
+
+# A .venv made before the docs packages joined DOCS_PKGS gets them here.
+$(VENV)/.docs-stamp: $(VENV)/.stamp
+	$(VENV)/bin/python -m pip install -q $(DOCS_PKGS)
+	touch $@
+
+docs: lib $(if $(filter $(VENV)/bin/python,$(DOCS_PYTHON)),$(VENV)/.docs-stamp)
+	PYTHONPATH=$(CURDIR)/pybind$${PYTHONPATH:+:$$PYTHONPATH} $(DOCS_PYTHON) -m sphinx -b html -W --keep-going -q docs $(DOCS_OUT)
+	@echo "docs: open $(DOCS_OUT)/index.html"
 
 # The runs on PyPy and on the oldest NumPy (make test makes them through tests/matrix.py; these
 # targets run one alone) have numpy, cffi and pytest only: the tests of optional packages (torch,
@@ -234,5 +257,5 @@ bench-liveness: $(SRCS) $(HDRS) bench/liveness.c
 	$(BUILD)/bench/liveness
 
 clean:
-	rm -rf $(BUILD) $(PKG)/libndshm.so $(PKG)/ndshm.h $(PKG)/_ndshm_cffi.py dist *.egg-info
+	rm -rf $(BUILD) docs/_build docs/api/generated docs/api/ndshm*.rst $(PKG)/libndshm.so $(PKG)/ndshm.h $(PKG)/_ndshm_cffi.py dist *.egg-info
 

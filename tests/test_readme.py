@@ -1,5 +1,6 @@
-"""Every ```python block of README.md runs as written, and the Quick start also runs pasted into
-the classic interactive interpreter (which needs a blank line after each indented block)."""
+"""Every ```python block of README.md and of the documentation's pages (docs/**/*.md) runs as
+written, and the README's Quick start also runs pasted into the classic interactive interpreter
+(which needs a blank line after each indented block)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from conftest import ROOT, child_env, dir_files
 from optional_deps import require
 
 README = ROOT / "README.md"
+# The pages whose examples run: the README and every Markdown page of the docs (not the build).
+PAGES = [README] + sorted(p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts)
 TIMEOUT = 60  # seconds per block: a block that blocks for ever fails with TimeoutExpired
 
 
-def python_blocks() -> list:
-    """(line number, code) of every ```python fenced block in README.md."""
-    text = README.read_text(encoding="utf-8")
+def python_blocks(page: Path = README) -> list:
+    """(line number, code) of every ```python fenced block of ``page``."""
+    text = page.read_text(encoding="utf-8")
     blocks = []
     for m in re.finditer(r"^```python\n(.*?)^```[ \t]*$", text, re.S | re.M):
         blocks.append((text.count("\n", 0, m.start()) + 1, m.group(1)))
@@ -90,25 +93,29 @@ def in_dev_shm(code: str) -> set:
     return {n for n in names if os.path.exists(f"/dev/shm/ndshm.{n}")}
 
 
-BLOCKS = python_blocks()
+# (page relative to the repository, line, code) of every block of every page.
+BLOCKS = [(str(page.relative_to(ROOT)), line, code) for page in PAGES for line, code in python_blocks(page)]
 
 
-def test_readme_has_python_blocks():
-    assert len(BLOCKS) >= 3, BLOCKS
+def test_pages_have_python_blocks():
+    """The README keeps a few examples; the guides hold the rest (more than the README had
+    before they moved there)."""
+    assert len(python_blocks(README)) >= 1, "README.md has no python block"
+    assert len(BLOCKS) >= 15, [(page, line) for page, line, _ in BLOCKS]
 
 
-@pytest.mark.parametrize("line,code", BLOCKS, ids=[f"README.md:{line}" for line, _ in BLOCKS])
-def test_readme_block_runs(line, code, tmp_path):
+@pytest.mark.parametrize("page,line,code", BLOCKS, ids=[f"{page}:{line}" for page, line, _ in BLOCKS])
+def test_page_block_runs(page, line, code, tmp_path):
     """The block runs in a fresh interpreter, within the timeout, and leaves no segment behind."""
     require_imports(code)
     shm = tmp_path / "shm"
     shm.mkdir()
     before = in_dev_shm(code)
     proc = run_group([sys.executable, "-c", code], NDSHM_DIR=str(shm))
-    assert proc.returncode == 0, (f"README.md block at line {line} exited {proc.returncode}\n"
+    assert proc.returncode == 0, (f"{page} block at line {line} exited {proc.returncode}\n"
                                   f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    assert leftovers(shm) == [], f"README.md block at line {line} left segments behind"
-    assert in_dev_shm(code) <= before, f"README.md block at line {line} left segments in /dev/shm"
+    assert leftovers(shm) == [], f"{page} block at line {line} left segments behind"
+    assert in_dev_shm(code) <= before, f"{page} block at line {line} left segments in /dev/shm"
 
 
 def run_repl(code: str, shm: Path) -> subprocess.CompletedProcess:

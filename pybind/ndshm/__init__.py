@@ -33,6 +33,7 @@ from ._queue import Queue
 from ._broadcast import Broadcast, Subscription
 from ._sync import Barrier, Event, Lock
 
+#: The version of ndshm, from the C header's ``NDSHM_VERSION_*`` (the library must match its ABI).
 __version__ = ".".join(map(str, _HEADER_VERSION))
 
 # `list` is deliberately absent: `from ndshm import *` must not shadow the builtin.

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["init", "runtime_env", "setup", "empty", "share", "replicate", "SETUP_HOOK"]
 
+#: The ``worker_process_setup_hook`` that registers ndshm's serializer in a Ray worker.
 SETUP_HOOK = "ndshm.ray.setup"
 WRITEABLE_ENV = "NDSHM_RAY_WRITEABLE"
 _driver = False

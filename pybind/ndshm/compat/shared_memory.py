@@ -45,6 +45,7 @@ from .._segment import Segment
 
 __all__ = ["SharedMemory", "ShareableList", "ShareableListTypeError", "SHM_DIR"]
 
+#: Where the standard library's blocks live, and so this drop-in's (POSIX shared memory on Linux).
 SHM_DIR = "/dev/shm"
 _PREFIX = "psm_"
 _NAME_MAX = 255

@@ -52,9 +52,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 
 __all__ = ["create", "attach", "delete", "list", "ArrayDesc", "MS_ASYNC", "MS_SYNC", "MS_INVALIDATE"]
 
-MS_ASYNC = 1       # msync(2) flags (Linux values)
-MS_INVALIDATE = 2
-MS_SYNC = 4
+# msync(2) flags (Linux values), as the SharedArray package exports them.
+MS_ASYNC = 1  #: msync(2) ``MS_ASYNC``: schedule the write-back and return.
+MS_INVALIDATE = 2  #: msync(2) ``MS_INVALIDATE``: invalidate other mappings of the same file.
+MS_SYNC = 4  #: msync(2) ``MS_SYNC``: write back and wait for it.
 
 _MAGIC = b"[SharedArray]\0"
 _HEAD = struct.Struct("=16sQiii")          # magic, size, typenum, itemsize, ndims (packed)
