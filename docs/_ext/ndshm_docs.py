@@ -117,8 +117,10 @@ def write_if_changed(path: Path, text: str) -> None:
         path.write_text(text, encoding="utf-8")
 
 
-def generate_api(app: Sphinx) -> None:
-    """Write api/<module>.rst for every public module (before autosummary reads them)."""
+def generate_api(app: Sphinx, config: Any) -> None:
+    """Write api/<module>.rst for every public module. It runs at config-inited, before Sphinx lists
+    the source files: a page written later (builder-inited) is unknown to that first build, so
+    autosummary would not generate its stubs and every reference to them would break."""
     missing = sorted(set(public_modules()) - set(MODULES))
     if missing:
         logger.warning("public modules missing from the API reference (docs/_ext/ndshm_docs.py MODULES): %s",
@@ -302,7 +304,7 @@ class CHeader(SphinxDirective):
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
-    app.connect("builder-inited", generate_api, priority=100)  # before autosummary's (500)
+    app.connect("config-inited", generate_api)
     app.connect("autodoc-skip-member", skip_member)
     app.connect("autodoc-process-docstring", check_docstring)
     app.connect("autodoc-process-bases", public_bases)
