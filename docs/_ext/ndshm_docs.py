@@ -170,7 +170,8 @@ def foreign_base_defining(name: str) -> str:
 
 
 def public_bases(app: Sphinx, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
-    """"Bases:" names public classes: a private base (``_Ring``) is replaced by its own bases."""
+    """"Bases:" names public classes: a private base (``_Ring``) is replaced by its own bases, down
+    to ``object`` (autodoc prints an empty "Bases:" line for an empty list)."""
     i = 0
     while i < len(bases):
         base = bases[i]
@@ -178,6 +179,8 @@ def public_bases(app: Sphinx, name: str, obj: Any, options: Any, bases: list[Any
             bases[i:i + 1] = [b for b in base.__bases__ if b is not object and b not in bases]
         else:
             i += 1
+    if not bases:
+        bases.append(object)
 
 
 def check_docstring(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
