@@ -26,7 +26,7 @@ from multiprocessing import ProcessError
 from typing import Any, Callable, Iterable, Optional
 
 from . import shared_memory as _sm
-from .shared_memory import _SLT, ShareableList, SharedMemory
+from .shared_memory import SLT, ShareableList, SharedMemory
 
 __all__ = ["SharedMemoryManager"]
 
@@ -111,7 +111,7 @@ class SharedMemoryManager:
             self._record(shm)
         return shm
 
-    def ShareableList(self, sequence: Optional[Iterable[_SLT]]) -> _sm.ShareableList[_SLT]:
+    def ShareableList(self, sequence: Optional[Iterable[SLT]]) -> _sm.ShareableList[SLT]:
         """A new :class:`ShareableList` holding ``sequence``, unlinked at :meth:`shutdown`."""
         with self._lock:
             self._check_started()

@@ -42,8 +42,8 @@ import numpy as np
 
 from .._dtype import as_dtype, as_shape, nbytes_of
 from .._errors import CorruptSegmentError
-from .._segment import Segment
-from .shared_memory import SHM_DIR, _bare, _new_file
+from .._segment import Segment, map_raw
+from ._marks import SHM_DIR, bare_name, new_file
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from numpy.typing import DTypeLike, NDArray
@@ -89,7 +89,7 @@ def _path(name: str) -> str:
     if "://" in bare and not name.startswith(_SHM):
         raise OSError(22, os.strerror(22), name)
     try:
-        return os.path.join(SHM_DIR, _bare(bare, name))
+        return os.path.join(SHM_DIR, bare_name(bare, name))
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, name) from None
 
@@ -207,7 +207,7 @@ class MapOwner:
 
 def _array(name: str, path: str, ro: bool, meta: Optional[_Meta] = None) -> NDArray[Any]:
     try:
-        seg = Segment._attach_raw(path, ro)
+        seg = map_raw(path, ro)
     except FileNotFoundError as exc:
         code = exc.errno or errno.ENOENT
         raise FileNotFoundError(code, os.strerror(code), name) from None
@@ -242,7 +242,7 @@ def create(name: str, shape: ShapeLike, dtype: DTypeLike = float) -> NDArray[Any
     nbytes = nbytes_of(dims, dt)
     meta = _meta_bytes(dt, dims, nbytes)
     try:
-        fd = _new_file(path, nbytes + len(meta), 0o666)
+        fd = new_file(path, nbytes + len(meta), 0o666)
     except OSError as exc:
         raise type(exc)(exc.errno, exc.strerror, name) from None
     try:
