@@ -17,7 +17,8 @@ from ._errors import CorruptSegmentError
 from ._lib import lib
 
 # (typestr bytes, descr bytes) -> (dtype, its __array_interface__ typestr, whether a view to the
-# dtype is needed after np.asarray): decoding a dtype costs 1-30 us, a lookup 0.05 us.
+# dtype is needed after np.asarray): decoding a dtype costs 1-30 us, a lookup 0.05 us. Bounded;
+# bench row "Attach latency: ndshm (mapping kept: the default)".
 DTYPES: dict[tuple[bytes, bytes], tuple[np.dtype, str, bool]] = {}
 
 

@@ -15,7 +15,7 @@ def default_dir(dir: Optional[str] = None) -> str:
     return dir or env_dir()
 
 
-_ENV_DIRS: dict[bytes, str] = {}
+_ENV_DIRS: dict[bytes, str] = {}  # bounded: bench row "Attach latency: ndshm (mapping kept: the default)"
 
 
 def env_dir() -> str:
@@ -36,7 +36,7 @@ def env_dir() -> str:
     return got
 
 
-REALDIRS: dict[str, str] = {}
+REALDIRS: dict[str, str] = {}  # dir -> its real path, bounded (bench row "Attach latency: ndshm (mapping kept: the default)": realpath ~30 us)
 
 
 def mounts() -> list[tuple[str, str, set[str]]]:

@@ -155,13 +155,12 @@ def own(seg: Any) -> None:
 
 
 _EOWNERDEAD = lib.NDSHM_EOWNERDEAD
-_seg_sync = lib.ndshm_segment_sync
 
 
 def _owner_area(seg: Any) -> Any:
     """The ``void *`` of ``seg``'s owner slot (one C call; the mapping must be writable)."""
     out = ffi.new("void **")
-    rc = _seg_sync(seg._handle, OWNER_SLOT, out)
+    rc = lib.ndshm_segment_sync(seg._handle, OWNER_SLOT, out)
     if rc:
         raise error_from_code(rc, seg._path)
     return out[0]

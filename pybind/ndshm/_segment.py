@@ -51,7 +51,7 @@ _QUEUE, _SYNC, _BROADCAST = lib.NDSHM_SEG_QUEUE, lib.NDSHM_SEG_SYNC, lib.NDSHM_S
 _CONTENT = _QUEUE | _SYNC | _BROADCAST  # segments whose data is not an array
 PREFIX = "ndshm."  # a named segment's file is <dir>/ndshm.<name>
 _close = lib.ndshm_segment_close
-# Functions and constants read once (bench rows "attach (cached mapping)" and "attach+view 1 MiB"):
+# Functions and constants read once (bench row "Attach latency: ndshm (mapping kept: the default)"):
 # an attribute lookup on an ABI-mode cffi library costs about as much as a small C call.
 _seg_info, _seg_attach, _seg_summary = lib.ndshm_segment_info, lib.ndshm_segment_attach, lib.ndshm_segment_summary
 _NAMED = lib.NDSHM_KIND_NAMED
@@ -65,7 +65,8 @@ _ADDR_WRAP = 1 << 64  # ndshm_segment_summary hands out unsigned values as int64
 
 
 class _Scratch(threading.local):
-    """Per-thread output buffers of the attach path (cffi releases the GIL during C calls)."""
+    """Per-thread output buffers of the attach path (cffi releases the GIL during C calls): no
+    ffi.new per attach (bench row "Attach latency: ndshm (mapping kept: the default)")."""
 
     def __init__(self) -> None:
         self.out = ffi.new(_SEG_PP)
@@ -79,6 +80,7 @@ _KEEP_NAME = lib.NDSHM_SEG_KEEP_NAME  # create: the handle's close leaves the na
 
 
 _UNREAD = object()  # Segment._meta before the metadata was read from the handle
+# Names and dirs as C bytes, bounded caches (bench row "Attach latency: ndshm (mapping kept: the default)": os.fsencode per attach).
 _DIRBYTES: dict[str, bytes] = {}
 
 
@@ -459,7 +461,7 @@ class Segment:
         keep = [_cbuf(name if kind == "named" else path), _cbuf(dir)]
         p.name = keep[0]
         p.dir = keep[1]
-        p.mode = mode if mode.__class__ is int and 0 <= mode <= 0o7777 else _dtype.as_int(mode, "mode", 0, 0o7777)
+        p.mode = _dtype.as_int(mode, "mode", 0, 0o7777)
         p.flags = ((PERSIST if persist else 0) | (_POPULATE if populate else 0) | (_HUGE if hugepages else 0)
                    | (_FORTRAN if order == "F" and len(dims) > 1 else 0) | (_KEEP_NAME if owner != "views" else 0)
                    | _flags)
@@ -517,6 +519,7 @@ class Segment:
     def attach(cls, name: str, *, readonly: bool = False, dir: Optional[str] = None,
                populate: bool = False) -> "Segment":
         """Map the named segment ``name`` (in ``dir``); a mapping this process holds already is reused."""
+        # ``__class__ is`` guards: the exact types skip the checks (bench row "Attach latency: ndshm (mapping kept: the default)")
         if name.__class__ is not str and not isinstance(name, str):
             raise TypeError(f"segment name {name!r} is not a str")
         if readonly.__class__ is not bool:
