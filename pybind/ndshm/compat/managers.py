@@ -95,8 +95,9 @@ class SharedMemoryManager:
         """Return at once: there is no server process to wait for."""
 
     def _record(self, shm: SharedMemory) -> None:
-        st = os.stat(shm._path)
-        self._blocks[shm.name] = (shm._path, st.st_dev, st.st_ino)
+        path = _sm.block_path(shm)
+        st = os.stat(path)
+        self._blocks[shm.name] = (path, st.st_dev, st.st_ino)
 
     def _check_started(self) -> None:
         if self._state != _STARTED:

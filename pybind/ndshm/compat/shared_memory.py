@@ -164,6 +164,11 @@ class SharedMemory:
         return f"{self.__class__.__name__}({self.name!r}, size={self.size})"
 
 
+def block_path(shm: SharedMemory) -> str:
+    """The file behind ``shm`` (``ndshm.compat.managers`` records it to unlink that very file)."""
+    return shm._path
+
+
 # ---- ShareableList ------------------------------------------------------------------------------
 #
 # The block's layout, the standard library's (so either module reads the other's lists):
