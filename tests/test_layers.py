@@ -42,6 +42,24 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
 }
 
 
+# Modules that are one room split into files: they share their private helpers. The rings' front
+# end (queue and broadcast over one ring core, its messages and its slots) is one such room until
+# the rings' part of issue 19 names what its files share for the package.
+ROOMS: list[set[str]] = [
+    {"_ring", "_messages", "_slots", "_queue", "_broadcast", "_async"},
+]
+
+# Private names one room may still read in another, each with its reason. Keep this list short.
+ALLOWED_PRIVATE: dict[str, str] = {
+    "_api imports _ring._attach_waiting": "the rings' wait for a creator, which ndshm.attach(timeout=) shares; "
+                                          "the rings' part of issue 19 gives it a package name",
+}
+
+
+def _same_room(a: str, b: str) -> bool:
+    return a == b or any(a in room and b in room for room in ROOMS)
+
+
 def _module_name(path: Path, root: Path) -> str:
     rel = path.relative_to(root).with_suffix("")
     parts = list(rel.parts)
@@ -105,7 +123,7 @@ def collect(root: Path) -> tuple[dict[str, set[str]], list[str], list[str]]:
                         aliases[a.asname or a.name] = sub
                     else:
                         deps.add(target)
-                        if a.name.startswith("_") and not a.name.startswith("__") and target != mod:
+                        if a.name.startswith("_") and not a.name.startswith("__") and not _same_room(target, mod):
                             private.append(f"{mod}:{node.lineno} imports {target}.{a.name}")
             elif isinstance(node, ast.Import):
                 for a in node.names:
@@ -113,7 +131,8 @@ def collect(root: Path) -> tuple[dict[str, set[str]], list[str], list[str]]:
                         deps.add(a.name[len("ndshm."):])
         for node in nodes:
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and node.value.id in aliases and node.attr.startswith("_") and not node.attr.startswith("__")):
+                    and node.value.id in aliases and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not _same_room(aliases[node.value.id], mod)):
                 private.append(f"{mod}:{node.lineno} reads {aliases[node.value.id]}.{node.attr}")
         deps.discard(mod)
         graph[mod] = {d for d in deps if d in modules}
@@ -202,7 +221,14 @@ def test_allowed_upward_edges_still_exist() -> None:
 
 def test_no_room_reads_another_rooms_private_names() -> None:
     _, private, _ = collect(PKG)
-    assert private == []
+    assert [p for p in private if p.split(" ", 1)[0].split(":")[0] + " " + p.split(" ", 1)[1]
+            not in ALLOWED_PRIVATE] == []
+
+
+def test_allowed_private_reaches_still_exist() -> None:
+    _, private, _ = collect(PKG)
+    seen = {p.split(":")[0] + " " + p.split(" ", 1)[1] for p in private}
+    assert sorted(set(ALLOWED_PRIVATE) - seen) == []
 
 
 def test_the_check_fails_on_a_planted_upward_import(tmp_path: Path) -> None:
