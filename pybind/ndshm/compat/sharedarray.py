@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
 
+from .._dirs import READ_FLAGS
 from .._dtype import as_dtype, as_shape, nbytes_of
 from .._errors import CorruptSegmentError
 from .._segment import Segment, map_raw
@@ -293,7 +294,7 @@ def list() -> tuple[ArrayDesc, ...]:  # noqa: A001 - SharedArray's name
             try:
                 if not entry.is_file(follow_symlinks=False):
                     continue
-                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+                fd = os.open(entry.path, READ_FLAGS)
             except OSError:
                 continue
             try:
