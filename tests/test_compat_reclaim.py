@@ -15,8 +15,8 @@ import pytest
 
 from conftest import child_env, collect, dir_files
 from ndshm.compat import shared_memory
-from ndshm.compat import _marks
-from ndshm.compat._marks import ndshm_blocks as _ndshm_blocks, reclaim_dead as _reclaim_dead
+from ndshm import _compat_blocks as _marks
+from ndshm._compat_blocks import ndshm_blocks as _ndshm_blocks, reclaim_dead as _reclaim_dead
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def _holder(d: str, *, xattr: bool = True, code: str = "") -> tuple[subprocess.P
         import sys
         from ndshm.compat import shared_memory
         shared_memory.SHM_DIR = {d!r}
-        from ndshm.compat import _marks
+        from ndshm import _compat_blocks as _marks
         _marks.USE_XATTR = {xattr!r}
         shm = shared_memory.SharedMemory(create=True, size=4096)
         {code}

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import child_env, run_python
-from ndshm.compat import _marks, managers, shared_memory
+from ndshm import _compat_blocks as _marks
+from ndshm.compat import managers, shared_memory
 from ndshm.compat.managers import SharedMemoryManager
 from ndshm.compat.shared_memory import ShareableList, ShareableListTypeError, SharedMemory
 

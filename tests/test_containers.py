@@ -525,7 +525,7 @@ sys.stdin.read()
 def test_compat_block_of_a_creator_in_another_namespace(d):
     """A live creator in another namespace keeps its block (even unmapped); killed, its block is
     reclaimed."""
-    from ndshm.compat._marks import ndshm_blocks as _ndshm_blocks, reclaim_dead as _reclaim_dead
+    from ndshm._compat_blocks import ndshm_blocks as _ndshm_blocks, reclaim_dead as _reclaim_dead
     a = start_python_ns(COMPAT.format(d=d))
     try:
         name = read_line(a)
@@ -548,7 +548,7 @@ def test_compat_marks_decode_never_raises(d):
     """A mark is the creator's process key ("key <16 hex>"); a legacy "pid start" mark is judged
     as older versions did; anything else (a pid that does not fit a C int, garbage) leaves that
     one block out, never an exception that stops ls or gc."""
-    from ndshm.compat import _marks as sm
+    from ndshm import _compat_blocks as sm
     assert sm.decode_mark(b"key 00000000000000ff") == (255, 0, 0)
     assert sm.decode_mark(b"123 456") == (0, 123, 456)
     for bad in (b"key 0000000000000000", b"key ff", b"key zzzzzzzzzzzzzzzz", b"2147483648 0", b"-1 0", b"0 0",

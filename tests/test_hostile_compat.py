@@ -19,8 +19,8 @@ import pytest
 import ndshm
 from conftest import collect, run_python
 from ndshm.compat import shared_memory
-from ndshm.compat import _marks
-from ndshm.compat._marks import ndshm_blocks as _ndshm_blocks, reclaim_dead as _reclaim_dead
+from ndshm import _compat_blocks as _marks
+from ndshm._compat_blocks import ndshm_blocks as _ndshm_blocks, reclaim_dead as _reclaim_dead
 from ndshm.compat.shared_memory import ShareableList, SharedMemory
 
 
@@ -45,7 +45,7 @@ BAD_MARKS = [b"2147483648 0", b"99999999999999999999999 0", b"-5 0", b"0 0", b"1
 
 @pytest.mark.parametrize("raw", BAD_MARKS, ids=repr)
 def test_a_mark_no_creator_wrote_marks_nothing(raw):
-    from ndshm.compat._marks import decode_mark as _decode_mark
+    from ndshm._compat_blocks import decode_mark as _decode_mark
     assert _decode_mark(raw) is None
     assert tuple(_decode_mark(b"1234 5678")) == (0, 1234, 5678)  # (key, pid, start time): the legacy form
 

@@ -20,7 +20,7 @@ PKG = Path(__file__).resolve().parent.parent / "pybind" / "ndshm"
 # Lowest first. A module may import its own layer (without a circle) and the layers below it.
 LAYERS: list[tuple[str, set[str]]] = [
     ("binding", {"_lib", "_ndshm_cffi"}),
-    ("base", {"_errors", "_dtype", "_dirs", "_codec", "_identity", "_buffer", "compat._marks"}),
+    ("base", {"_errors", "_dtype", "_dirs", "_codec", "_identity", "_buffer", "_compat_blocks"}),
     # Who removes a name, and the per-process mapping cache: state machines the Segment class
     # drives; they know a segment by its package methods, never by importing the class.
     ("segment state", {"_ownership", "_mappings"}),

@@ -26,7 +26,7 @@ from ._api import unlink
 from ._dirs import default_dir, open_regular
 from ._listing import SegmentRecord, list_segments, named_segments, probe
 from ._ownership import GRACE_SECONDS, blank_or_ours, reclaimable, remove_if_unused
-from .compat._marks import reclaim_dead
+from ._compat_blocks import reclaim_dead
 
 _VALUE_OPTIONS = ("--dir", "--min-age")  # options that take the next word whatever it looks like
 

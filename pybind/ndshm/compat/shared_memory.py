@@ -7,7 +7,7 @@ in the other (the same binary layout). Differences, all deliberate:
 
 * no resource tracker: a block is removed only by :meth:`SharedMemory.unlink` (the standard
   library's tracker unlinks blocks that other processes still use). A block ndshm created is
-  marked as such (see :mod:`ndshm.compat._marks`); once its creator is dead and no ndshm process maps
+  marked as such (see :mod:`ndshm._compat_blocks`); once its creator is dead and no ndshm process maps
   it, ``python -m ndshm gc`` may remove it, as the stdlib's tracker would have at the creator's exit;
 * the space is reserved at creation (``posix_fallocate``): a full ``/dev/shm`` raises
   ``OSError(ENOSPC)`` here instead of SIGBUS later;
@@ -36,8 +36,8 @@ import numpy as np
 
 from .._dtype import as_int
 from .._segment import Segment, map_raw, view
-from . import _marks
-from ._marks import PREFIX, bare_name, mark_block, new_file, unmark_block
+from .. import _compat_blocks as _marks
+from .._compat_blocks import PREFIX, bare_name, mark_block, new_file, unmark_block
 
 __all__ = ["SharedMemory", "ShareableList", "ShareableListTypeError", "SHM_DIR"]
 

@@ -44,7 +44,7 @@ from .._dirs import READ_FLAGS
 from .._dtype import as_dtype, as_shape, nbytes_of
 from .._errors import CorruptSegmentError
 from .._segment import Segment, map_raw
-from ._marks import SHM_DIR, bare_name, new_file
+from .._compat_blocks import SHM_DIR, bare_name, new_file
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from numpy.typing import DTypeLike, NDArray

@@ -14,9 +14,9 @@ import os
 import stat
 from typing import NamedTuple, Optional
 
-from .._dirs import READ_FLAGS
-from .._errors import NdshmError, error_from_code
-from .._lib import ffi, lib
+from ._dirs import READ_FLAGS
+from ._errors import NdshmError, error_from_code
+from ._lib import ffi, lib
 
 __all__ = ["SHM_DIR", "CompatBlock", "ndshm_blocks", "reclaim_dead"]
 
