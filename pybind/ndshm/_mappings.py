@@ -72,8 +72,8 @@ class _Entry:
         self.key = key
         self.pid = _pid  # a forked child shares the descriptor (and its flock): it leaves it alone
         self.state = {attr: getattr(seg, attr) for attr in _state_of(type(seg))}
-        self.fd: int = seg._fd
-        self.size: int = seg._data_size
+        self.fd: int = seg.fd
+        self.size: int = seg.nbytes
         self.ref: "Optional[weakref.ref[Segment]]" = None
         self.hot = False
 
@@ -175,7 +175,7 @@ def keep(key: tuple[str, str], seg: "Segment", fresh: bool = True) -> None:
     old = kept.pop(key, None)
     if old is not None:
         _kept_bytes -= old.size
-    if _max_count == 0 or seg._data_size > _max_bytes:
+    if _max_count == 0 or seg.nbytes > _max_bytes:
         return
     entry = _Entry(key, seg)
     entry.use(seg)

@@ -107,7 +107,7 @@ def end(seg: Any) -> None:
 def removes_at_close(seg: Any) -> bool:
     """True if closing ``seg`` must remove its name: this process created it (not persistent, not
     handed over) or owns that very file (the creator's object may be gone)."""
-    return ((seg._creator and not seg._persist and seg._owner != "handed" and seg._pid == os.getpid())
+    return ((seg.creator and not seg.persist and seg._owner != "handed" and seg._pid == os.getpid())
             or owns(seg))
 
 
@@ -129,7 +129,7 @@ def give_up(seg: Any) -> None:
     disown(seg)
     with _lock:
         _received.pop(id(seg), None)
-    if was in ("creator", "received") and not seg._readonly:
+    if was in ("creator", "received") and not seg.readonly:
         lib.ndshm_lock_release(_owner_area(seg))
     seg._owner = None
 
@@ -144,13 +144,13 @@ def own(seg: Any) -> None:
         if seg._owner == "views":
             _temporaries.add(seg)
         else:
-            _owned[seg._path] = (seg._dev, seg._ino, os.getpid())
+            _owned[seg.path] = (seg._dev, seg._ino, os.getpid())
     if seg._owner != "views":
         # Say so in the header too: the owner lock (pid and start time) tells a sweep or gc in any
         # process that a live process owns this name even when nobody maps it.
         rc = lib.ndshm_lock_acquire(_owner_area(seg), 0.0)
         if rc != 0 and rc != _EOWNERDEAD:
-            raise error_from_code(rc, seg._path)
+            raise error_from_code(rc, seg.path)
     _ensure_exit_hook()
 
 
@@ -162,7 +162,7 @@ def _owner_area(seg: Any) -> Any:
     out = ffi.new("void **")
     rc = lib.ndshm_segment_sync(seg._handle, OWNER_SLOT, out)
     if rc:
-        raise error_from_code(rc, seg._path)
+        raise error_from_code(rc, seg.path)
     return out[0]
 
 
@@ -174,7 +174,7 @@ def owned_names() -> int:
 
 def owns(seg: Any) -> bool:
     """True if this process owns the name of ``seg``'s very file (as its creator)."""
-    rec = _owned.get(seg._path) if seg._path else None
+    rec = _owned.get(seg.path) if seg.path else None
     return rec is not None and rec[0] == seg._dev and rec[1] == seg._ino and rec[2] == os.getpid()
 
 
@@ -205,7 +205,7 @@ _mappings.checks.append(drop_removed)
 def disown(seg: Any) -> None:
     with _lock:
         if owns(seg):
-            del _owned[seg._path]
+            del _owned[seg.path]
         _temporaries.discard(seg)
 
 
@@ -213,7 +213,7 @@ def mark_handover(seg: Any) -> None:
     """Write the hand-over marker into a new receiver-owned segment (before anyone can claim it)."""
     rc = lib.ndshm_segment_mark_handover(seg._handle)
     if rc:
-        raise error_from_code(rc, seg._path)
+        raise error_from_code(rc, seg.path)
 
 
 def hand_over(seg: Any) -> None:
@@ -236,9 +236,9 @@ def claim(seg: "Segment") -> bool:
     owns otherwise (its creator's, not handed over) is left as it is."""
     if seg._owner not in (None, "handed", "received"):  # "handed": back in its creator
         return False
-    if seg._readonly or seg._owner == "received":
+    if seg.readonly or seg._owner == "received":
         return seg._owner == "received"
-    path = seg._path
+    path = seg.path
     if path is None:  # not a named segment: there is no name to take over
         return False
     if lib.ndshm_segment_handover_marked(seg._handle) != 1:
@@ -256,7 +256,7 @@ def claim(seg: "Segment") -> bool:
 
 def release_received(seg: Any) -> None:
     """The receiver closed or unlinked ``seg``: its name goes now (if it still names that file)."""
-    _drop_received(id(seg), seg._path, seg._dev, seg._ino)
+    _drop_received(id(seg), seg.path, seg._dev, seg._ino)
 
 
 def _drop_received(key: int, path: str, dev: int, ino: int) -> None:
