@@ -38,9 +38,11 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAGIC "NDSHMSEG"
 #define STATE_INIT 0x54494E49u  /* "INIT" little-endian */
@@ -77,6 +79,59 @@ _Static_assert(offsetof(header_t, checksum) == 632, "checksum offset");
 _Static_assert(offsetof(header_t, sync) == NDSHM__HDR_SYNC_OFFSET, "sync offset");
 _Static_assert(NDSHM__HDR_SYNC_OFFSET % 64 == 0, "sync slots are 64-byte aligned");
 _Static_assert(sizeof(header_t) == NDSHM__HDR_FIXED, "fixed header size");
+
+/* The owner slot (sync[NDSHM_SYNC_OWNER]): the owner lock in its first 16 bytes, then the
+ * hand-over marker, a uint32_t a creator with owner="receiver" sets (ndshm_segment_mark_handover). */
+#define HANDOVER_OFFSET 16
+#define HANDOVER_MARKER 0x48414E44u /* "DNAH" little-endian */
+_Static_assert(HANDOVER_OFFSET + 4 <= NDSHM_SYNC_SIZE, "the marker lies in the owner slot");
+_Static_assert(NDSHM_SYNC_OWNER < NDSHM_SEG_SYNC_SLOTS, "the owner slot is a header slot");
+
+void ndshm__handover_set(void *sync) {
+    uint32_t marker = HANDOVER_MARKER;
+    memcpy((unsigned char *)sync + HANDOVER_OFFSET, &marker, sizeof marker);
+}
+
+bool ndshm__handover_is_set(const void *sync) {
+    uint32_t marker;
+    memcpy(&marker, (const unsigned char *)sync + HANDOVER_OFFSET, sizeof marker);
+    return marker == HANDOVER_MARKER;
+}
+
+int ndshm_segment_probe_fd(int fd, ndshm_fd_probe_t *out) {
+    if (out == NULL || fd < 0)
+        return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_segment_probe_fd: descriptor %d or out is invalid", fd);
+    out->magic = NDSHM_PROBE_FOREIGN;
+    out->flags = 0;
+    out->owner_state = -1;
+    out->handover = 0;
+    header_t h;
+    memset(&h, 0, sizeof h);
+    size_t got = 0;
+    while (got < sizeof h) {
+        ssize_t n = pread(fd, (unsigned char *)&h + got, sizeof h - got, (off_t)got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return ndshm__fail_errno(errno, "cannot read the header of descriptor %d", fd);
+        if (n == 0) break;
+        got += (size_t)n;
+    }
+    static const char zeros[sizeof h.magic];
+    size_t head = got < sizeof h.magic ? got : sizeof h.magic;
+    if (got >= sizeof h.magic && memcmp(h.magic, MAGIC, sizeof h.magic) == 0) out->magic = NDSHM_PROBE_OURS;
+    else if (memcmp(h.magic, zeros, head) == 0) out->magic = NDSHM_PROBE_BLANK;
+    else return 0;
+    if (got >= offsetof(header_t, flags) + sizeof h.flags) out->flags = h.flags;
+    if (got >= offsetof(header_t, sync) + (NDSHM_SYNC_OWNER + 1) * (size_t)NDSHM_SYNC_SIZE) {
+        /* the lock and the marker are tested in the private copy `h`: nothing in the file is trusted */
+        uint64_t slot[NDSHM_SYNC_SIZE / 8];
+        memcpy(slot, h.sync[NDSHM_SYNC_OWNER], sizeof slot);
+        int state = ndshm_lock_state(slot);
+        if (state < 0) return state;
+        out->owner_state = state;
+        out->handover = ndshm__handover_is_set(slot);
+    }
+    return 0;
+}
 
 #define FNV_PRIME 0x100000001b3ull
 /* FNV_PRIME^8 (mod 2^64): FNV-1a of a zero byte is one multiplication by the prime. */

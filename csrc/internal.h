@@ -118,6 +118,11 @@ NDSHM_HIDDEN void ndshm__header_publish(void *dst);
 NDSHM_HIDDEN int ndshm__header_validate(const void *bytes, size_t len, uint64_t file_size,
                                         ndshm_segment_info_t *out);
 
+/* Set / test the hand-over marker in `sync`, a header's NDSHM_SYNC_OWNER slot (header.c owns
+ * where it lies and its value). */
+NDSHM_HIDDEN void ndshm__handover_set(void *sync);
+NDSHM_HIDDEN bool ndshm__handover_is_set(const void *sync);
+
 /* Recomputes the checksum of the header in `bytes` if its header_size fits in `len` (for the
  * fuzzer and tests, so mutations reach the checks behind the checksum). */
 NDSHM_HIDDEN void ndshm__header_reseal(void *bytes, size_t len);

@@ -198,7 +198,9 @@ enum ndshm_segment_limits {
     NDSHM_DESCR_MAX = 4096,   /* bytes of a structured-dtype description (opaque to C) */
     NDSHM_META_MAX = 4096,    /* bytes of user metadata */
     NDSHM_SYNC_SIZE = 64,     /* bytes of one lock, event or barrier (see Sync) */
-    NDSHM_SEG_SYNC_SLOTS = 4  /* zero-initialised sync objects in every segment header */
+    NDSHM_SEG_SYNC_SLOTS = 4, /* zero-initialised sync objects in every segment header */
+    NDSHM_SYNC_OWNER = 3      /* the sync slot of the owner lock (who removes the name; see
+                                 ndshm_segment_mark_handover), never handed out as Lock/Event/Barrier */
 };
 
 /* How the data is laid out: one NumPy array. */
@@ -334,6 +336,43 @@ NDSHM_API int ndshm_unlink(const char *name, const char *dir);
  *  @return : as ndshm_segment_attach. */
 NDSHM_API int ndshm_segment_probe(int kind, const char *name, const char *dir, ndshm_segment_info_t *out,
                                   int *in_use);
+
+/* What ndshm_segment_probe_fd() found at the start of a file (see there). */
+enum ndshm_fd_probe_magic {
+    NDSHM_PROBE_FOREIGN = 0, /* not a segment of ours */
+    NDSHM_PROBE_OURS = 1,    /* starts with the segment magic */
+    NDSHM_PROBE_BLANK = 2    /* empty, or zero where the magic goes: a creator that died before writing it */
+};
+
+typedef struct ndshm_fd_probe {
+    int magic;        /* NDSHM_PROBE_* */
+    uint32_t flags;   /* NDSHM_SEG_* from the header as written (0 if the file is shorter, or not ours) */
+    int owner_state;  /* the owner lock, as ndshm_lock_state() says (0 free, 1 this process, 2 another
+                         live one, 3 a dead one); -1 if the file is too short to hold it, or not ours */
+    int handover;     /* 1 if the hand-over marker is set (see ndshm_segment_mark_handover), else 0 */
+} ndshm_fd_probe_t;
+
+/*! ndshm_segment_probe_fd() :
+ *  Reads the fixed header at the start of open file `fd` (pread: the file offset is left alone;
+ *  nothing is mapped, locked or validated beyond the fields read) and fills *out: whether it is
+ *  ours, its flags, the state of its owner lock and its hand-over marker. For reclaimers (gc,
+ *  the sweep at create) that must decide without attaching. Nothing read is trusted further:
+ *  the owner lock is tested on a private copy. Call ndshm_key_alive() on the file's directory
+ *  first for owner_state to see holders in other PID namespaces.
+ *  @return : 0, or NDSHM_EINVAL (fd < 0, out NULL), NDSHM_ESYS (the read failed). */
+NDSHM_API int ndshm_segment_probe_fd(int fd, ndshm_fd_probe_t *out);
+
+/*! ndshm_segment_mark_handover() :
+ *  Sets the hand-over marker in the owner slot of a writable mapping (a creator with
+ *  owner="receiver" does, before anyone can attach): the first receiver that takes the owner
+ *  lock (ndshm_lock_acquire on sync slot NDSHM_SYNC_OWNER) becomes the name's owner.
+ *  @return : 0, or NDSHM_EINVAL (NULL, a raw segment), NDSHM_EPERM (read-only mapping). */
+NDSHM_API int ndshm_segment_mark_handover(ndshm_segment_t *seg);
+
+/*! ndshm_segment_handover_marked() :
+ *  @return : 1 if the segment's hand-over marker is set, 0 if not, or NDSHM_EINVAL (NULL, a raw
+ *  segment). Read-only mappings may ask. */
+NDSHM_API int ndshm_segment_handover_marked(const ndshm_segment_t *seg);
 
 /*! ndshm_segment_close() :
  *  Unmaps and releases the handle; a creator's non-persistent NAMED or FILE segment is

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import child_env, collect, dir_files
 from ndshm.compat import shared_memory
-from ndshm.compat.shared_memory import _ndshm_blocks, _reclaim_dead
+from ndshm import _compat_blocks as _marks
+from ndshm._compat_blocks import ndshm_blocks as _ndshm_blocks, reclaim_dead as _reclaim_dead
 
 
 @pytest.fixture
@@ -33,7 +34,8 @@ def _holder(d: str, *, xattr: bool = True, code: str = "") -> tuple[subprocess.P
         import sys
         from ndshm.compat import shared_memory
         shared_memory.SHM_DIR = {d!r}
-        shared_memory._USE_XATTR = {xattr!r}
+        from ndshm import _compat_blocks as _marks
+        _marks.USE_XATTR = {xattr!r}
         shm = shared_memory.SharedMemory(create=True, size=4096)
         {code}
         print(shm.name, flush=True)
@@ -126,7 +128,7 @@ def test_a_reused_pid_does_not_keep_a_block_alive(shm_dir):
     shm = shared_memory.SharedMemory(create=True, size=64)
     path = os.path.join(shm_dir, shm.name)
     try:
-        os.setxattr(path, shared_memory._XATTR, f"{os.getpid()} 1".encode())  # this pid, another start time
+        os.setxattr(path, _marks.XATTR, f"{os.getpid()} 1".encode())  # this pid, another start time
         shm.close()
         collect()  # PyPy releases the mapping, and its flock, at a collection
         (blk,) = _ndshm_blocks(shm_dir)
@@ -150,7 +152,7 @@ def test_manager_blocks_survive_its_crash_until_reclaimed(shm_dir):
 
 
 def test_unlink_drops_the_registry_entry(shm_dir, monkeypatch):
-    monkeypatch.setattr(shared_memory, "_USE_XATTR", False)
+    monkeypatch.setattr(_marks, "USE_XATTR", False)
     shm = shared_memory.SharedMemory(create=True, size=32)
     reg = os.path.join(shm_dir, ".ndshm-compat-%d" % os.getuid())
     assert os.listdir(reg) == [shm.name]
@@ -167,7 +169,7 @@ def test_unlink_drops_the_registry_entry(shm_dir, monkeypatch):
 
 
 def test_a_planted_registry_is_neither_written_nor_trusted(shm_dir, monkeypatch):
-    monkeypatch.setattr(shared_memory, "_USE_XATTR", False)
+    monkeypatch.setattr(_marks, "USE_XATTR", False)
     reg = os.path.join(shm_dir, ".ndshm-compat-%d" % os.getuid())
     os.mkdir(reg)
     os.chmod(reg, 0o777)  # anyone could have made it (the directory is world-writable)
@@ -190,12 +192,10 @@ def test_a_planted_registry_is_neither_written_nor_trusted(shm_dir, monkeypatch)
 
 
 def test_a_block_whose_attach_fails_after_create_is_removed(shm_dir, monkeypatch):
-    from ndshm._segment import Segment
-
     def refuse(path, readonly):
         raise OSError(12, "no mapping today", path)
 
-    monkeypatch.setattr(Segment, "_attach_raw", classmethod(lambda cls, p, ro: refuse(p, ro)))
+    monkeypatch.setattr(shared_memory, "map_raw", refuse)
     with pytest.raises(OSError, match="no mapping today"):
         shared_memory.SharedMemory("psm_failing", create=True, size=16)
     assert dir_files(shm_dir) == []

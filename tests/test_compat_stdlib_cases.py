@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import child_env, run_python
+from ndshm import _compat_blocks as _marks
 from ndshm.compat import managers, shared_memory
 from ndshm.compat.managers import SharedMemoryManager
 from ndshm.compat.shared_memory import ShareableList, ShareableListTypeError, SharedMemory
@@ -529,7 +530,7 @@ def test_ndshm_makes_a_list_a_stdlib_process_reads_and_writes_it():
 def test_stdlib_blocks_are_not_marked_as_ndshm_blocks():
     s = stdlib_shm.SharedMemory(create=True, size=16)
     try:
-        assert s.name not in [b.name for b in shared_memory._ndshm_blocks()]
+        assert s.name not in [b.name for b in _marks.ndshm_blocks()]
     finally:
         s.close()
         s.unlink()

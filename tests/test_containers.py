@@ -525,7 +525,7 @@ sys.stdin.read()
 def test_compat_block_of_a_creator_in_another_namespace(d):
     """A live creator in another namespace keeps its block (even unmapped); killed, its block is
     reclaimed."""
-    from ndshm.compat.shared_memory import _ndshm_blocks, _reclaim_dead
+    from ndshm._compat_blocks import ndshm_blocks as _ndshm_blocks, reclaim_dead as _reclaim_dead
     a = start_python_ns(COMPAT.format(d=d))
     try:
         name = read_line(a)
@@ -548,25 +548,25 @@ def test_compat_marks_decode_never_raises(d):
     """A mark is the creator's process key ("key <16 hex>"); a legacy "pid start" mark is judged
     as older versions did; anything else (a pid that does not fit a C int, garbage) leaves that
     one block out, never an exception that stops ls or gc."""
-    from ndshm.compat import shared_memory as sm
-    assert sm._decode_mark(b"key 00000000000000ff") == (255, 0, 0)
-    assert sm._decode_mark(b"123 456") == (0, 123, 456)
+    from ndshm import _compat_blocks as sm
+    assert sm.decode_mark(b"key 00000000000000ff") == (255, 0, 0)
+    assert sm.decode_mark(b"123 456") == (0, 123, 456)
     for bad in (b"key 0000000000000000", b"key ff", b"key zzzzzzzzzzzzzzzz", b"2147483648 0", b"-1 0", b"0 0",
                 b"1 2 3", b"", b"\xff\xfe", "\u0663 1".encode()):
-        assert sm._decode_mark(bad) is None, bad
+        assert sm.decode_mark(bad) is None, bad
     names = []
     for i, raw in enumerate((b"2147483648 0", b"99999999999999999999999 1", b"key " + b"f" * 16, b"garbage")):
         name = f"psm_planted{i}"
         with open(os.path.join(d, name), "wb") as f:
             f.write(bytes(16))
-        os.setxattr(os.path.join(d, name), sm._XATTR, raw)
+        os.setxattr(os.path.join(d, name), sm.XATTR, raw)
         names.append(name)
-    blocks = {b.name: b for b in sm._ndshm_blocks(d)}
+    blocks = {b.name: b for b in sm.ndshm_blocks(d)}
     assert sorted(blocks) == names  # the undecodable ones are shown as corrupt
     assert [n for n in names if blocks[n].corrupt] == ["psm_planted0", "psm_planted1", "psm_planted3"]
     # a well-formed key no process holds: a dead creator
     assert not blocks["psm_planted2"].creator_alive and blocks["psm_planted2"].creator_pid == 0
-    assert sm._reclaim_dead(d) == ["psm_planted2"]
+    assert sm.reclaim_dead(d) == ["psm_planted2"]
     assert "removed 0 segments" in _gc(d)
     assert all(os.path.exists(os.path.join(d, n)) for n in names if n != "psm_planted2")
 

@@ -19,7 +19,9 @@ import pytest
 import ndshm
 from conftest import collect, run_python
 from ndshm.compat import shared_memory
-from ndshm.compat.shared_memory import ShareableList, SharedMemory, _ndshm_blocks, _reclaim_dead
+from ndshm import _compat_blocks as _marks
+from ndshm._compat_blocks import ndshm_blocks as _ndshm_blocks, reclaim_dead as _reclaim_dead
+from ndshm.compat.shared_memory import ShareableList, SharedMemory
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ BAD_MARKS = [b"2147483648 0", b"99999999999999999999999 0", b"-5 0", b"0 0", b"1
 
 @pytest.mark.parametrize("raw", BAD_MARKS, ids=repr)
 def test_a_mark_no_creator_wrote_marks_nothing(raw):
-    from ndshm.compat.shared_memory import _decode_mark
+    from ndshm._compat_blocks import decode_mark as _decode_mark
     assert _decode_mark(raw) is None
     assert tuple(_decode_mark(b"1234 5678")) == (0, 1234, 5678)  # (key, pid, start time): the legacy form
 
@@ -53,9 +55,9 @@ def _plant(d: str, name: str, mark: bytes) -> str:
     with open(path, "wb") as f:
         f.write(bytes(4096))
     try:
-        os.setxattr(path, shared_memory._XATTR, mark)
+        os.setxattr(path, _marks.XATTR, mark)
     except OSError:  # tmpfs before Linux 6.6: the registry holds the mark
-        reg = shared_memory._registry(d, os.getuid(), create=True)
+        reg = _marks.registry(d, os.getuid(), create=True)
         st = os.stat(path)
         with open(os.path.join(reg, name), "wb") as f:
             f.write(b"%d %d " % (st.st_dev, st.st_ino) + mark + b"\n")

@@ -80,7 +80,7 @@ def test_deeply_nested_meta_is_corrupt_and_gc_still_collects_the_dead(tmp_path):
 
 @pytest.mark.parametrize("exc", [RecursionError("deep"), MemoryError(), ValueError("bad"), KeyError("x"),
                                  UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")])
-@pytest.mark.parametrize("decoder", ["_decode_meta", "_decode_dtype"])
+@pytest.mark.parametrize("decoder", ["decode_meta", "decode_dtype"])
 def test_any_decoding_failure_is_corrupt_for_that_segment_only(tmp_path, monkeypatch, decoder, exc):
     d = str(tmp_path)
     bad = ndshm.create("bad", 3, "i4", dir=d, meta={"k": 1})

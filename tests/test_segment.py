@@ -248,7 +248,7 @@ def test_bad_names_and_values(unique_name):
 
 @pytest.mark.system_wide  # no huge pages reserved, no huge-page mount: test_segment_mp's make both
 def test_hugepages_without_reservation(unique_name, monkeypatch):
-    from ndshm._segment import _huge_dir
+    from ndshm._dirs import huge_dir as _huge_dir
     with open("/proc/sys/vm/nr_hugepages") as f:
         if int(f.read()) != 0:
             skip_or_fail("huge pages are reserved here")
@@ -487,12 +487,12 @@ def test_default_dir_follows_the_environment(unique_name, tmp_path, monkeypatch)
 def test_hostile_meta_is_a_corrupt_segment_error(unique_name, monkeypatch):
     """Nested JSON deeper than the interpreter recurses, bad UTF-8 and bad JSON in a segment's
     metadata are a CorruptSegmentError naming the segment, never a RecursionError."""
-    from ndshm._segment import _decode_meta
+    from ndshm._codec import decode_meta as _decode_meta
     for data in (b"J" + b"[" * 100000 + b"]" * 100000, b"J\xff\xfe", b"J{not json"):
         with pytest.raises(ndshm.CorruptSegmentError, match=unique_name):
             _decode_meta(data, unique_name)
     # a real planted segment (valid checksum, under the meta limit), read by another process
-    monkeypatch.setattr(ndshm._segment, "_encode_meta", lambda meta: b"J" + b"[" * 3000 + b"]" * 1000)
+    monkeypatch.setattr(ndshm._segment, "encode_meta", lambda meta: b"J" + b"[" * 3000 + b"]" * 1000)
     seg = ndshm.Segment.create(unique_name, 4, meta="anything")
     child = run_python(f"""
         import ndshm
@@ -507,7 +507,7 @@ def test_hostile_meta_is_a_corrupt_segment_error(unique_name, monkeypatch):
 
 
 def test_hostile_descr_is_a_corrupt_segment_error():
-    from ndshm._segment import _lookup_dtype
+    from ndshm._codec import lookup_dtype as _lookup_dtype
     for descr in (b"[" * 100000, b"\xff\xfe", b"[('x', '<i4')" + b"," * 10, b"__import__('os')"):
         with pytest.raises(ndshm.CorruptSegmentError, match="planted"):
             _lookup_dtype(b"|V4", descr, 4, "planted")

@@ -347,7 +347,7 @@ def huge_tmpfs():
 
 @pytest.mark.system_wide  # a huge-page mount that every process's hugepages=True would find
 def test_hugepages_named_use_a_huge_tmpfs(huge_tmpfs, unique_name, monkeypatch):
-    from ndshm._segment import _huge_kind, _mounts
+    from ndshm._dirs import huge_kind as _huge_kind, mounts as _mounts
     d = huge_tmpfs
     # an explicit huge-page tmpfs: ordinary files there, no hugetlb reservation needed
     seg = ndshm.Segment.create(unique_name, (512, 1024), "f8", dir=d, hugepages=True, fill=2.0)

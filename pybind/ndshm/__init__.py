@@ -15,12 +15,11 @@ from ._errors import (
 )
 from ._errors import Lagged, ShutDown
 from ._buffer import (
-    Buffer, asaligned, empty, empty_like, full, full_like, is_aligned, ones, ones_like, stats, zeros,
-    zeros_like,
+    Buffer, asaligned, empty, empty_like, full, full_like, is_aligned, ones, ones_like, zeros, zeros_like,
 )
-from ._segment import (
-    Segment, SharedArray, attach, attach_raw, create, exists, recv_fd, segment_of, send_fd, unlink,
-)
+from ._segment import Segment, SharedArray, segment_of
+from ._api import attach, attach_raw, create, exists, stats, unlink
+from ._fdpass import recv_fd, send_fd
 from ._mappings import set_mapping_cache
 from ._ownership import cleanup_on_signals
 from ._reference import Reference, WrongNodeError, from_reference, node_identity, reference

@@ -17,7 +17,7 @@ from ._errors import ClosedError, raise_for
 from ._lib import ffi, lib
 
 __all__ = ["Buffer", "empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like",
-           "full_like", "asaligned", "is_aligned", "stats"]
+           "full_like", "asaligned", "is_aligned"]
 
 _free = lib.ndshm_buffer_free
 _alloc = lib.ndshm_alloc
@@ -356,18 +356,11 @@ def asaligned(a: Any, align: AlignLike = 64, dtype: Any = None) -> NDArray[Any]:
     return out
 
 
-def stats() -> dict[str, int]:
-    """The C library's process-wide counters (live buffers and bytes, segments, mappings, queues),
-    plus ``cached_buffers``: small blocks kept for reuse, which ``live_buffers`` includes, and the
-    mapping cache's ``cached_mappings`` / ``cached_mapping_bytes`` (segments kept mapped after
-    their last view died, which ``live_mappings`` includes) with its limits, and ``owned_names``: the
-    segment names this process will remove (at close, with its views, or at exit)."""
-    from ._mappings import mapping_cache_info
-    from ._ownership import owned_names
+def library_counters() -> dict[str, int]:
+    """The C library's process-wide counters, plus ``cached_buffers``: small blocks kept for reuse
+    (which ``live_buffers`` includes). ``ndshm.stats()`` adds the segment rooms' counts."""
     s = ffi.new("ndshm_stats_t *")
     lib.ndshm_get_stats(s)
     counters = {name: getattr(s, name) for name, _ in ffi.typeof("ndshm_stats_t").fields}
     counters["cached_buffers"] = sum(map(len, _cache))
-    counters.update(mapping_cache_info())
-    counters["owned_names"] = owned_names()
     return counters

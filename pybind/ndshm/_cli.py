@@ -22,12 +22,12 @@ import time
 from typing import Any, NoReturn, Optional, Sequence, TextIO
 
 from ._errors import NdshmError
-from ._listing import SegmentRecord, list_segments, named_segments, open_regular, probe
-from ._ownership import reclaimable, remove_if_unused
-from ._segment import default_dir, unlink
+from ._api import unlink
+from ._dirs import default_dir, open_regular
+from ._listing import SegmentRecord, list_segments, named_segments, probe
+from ._ownership import GRACE_SECONDS, blank_or_ours, reclaimable, remove_if_unused
+from ._compat_blocks import reclaim_dead
 
-GRACE_SECONDS = 5.0
-_MAGIC = b"NDSHMSEG"
 _VALUE_OPTIONS = ("--dir", "--min-age")  # options that take the next word whatever it looks like
 
 _EPILOG = """\
@@ -169,12 +169,9 @@ def _blank_or_ours(path: str) -> bool:
     if fd is None:
         return False
     try:
-        head = os.pread(fd, 8, 0)
-    except OSError:
-        return False
+        return blank_or_ours(fd)
     finally:
         os.close(fd)
-    return head == _MAGIC or head.strip(b"\0") == b""
 
 
 def _min_age(text: str) -> float:
@@ -224,8 +221,7 @@ def cmd_gc(d: str, dry: bool, grace: float, out: TextIO) -> int:
         elif remove_if_unused(r.path, grace, now):  # under the file's exclusive flock: no attacher slips in
             print(f"removed {r.name} ({human(r.size)}, {r.status})", file=out)
             removed += 1
-    from .compat.shared_memory import _reclaim_dead
-    for name in _reclaim_dead(d, dry_run=dry):  # compat blocks: their creator is dead and no ndshm process maps them
+    for name in reclaim_dead(d, dry_run=dry):  # compat blocks: their creator is dead and no ndshm process maps them
         print(f"{'would remove' if dry else 'removed'} compat block {name}", file=out)
         removed += 1
     print(f"{'would remove' if dry else 'removed'} {removed} segment{'s' if removed != 1 else ''} from {d}", file=out)

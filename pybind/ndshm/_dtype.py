@@ -8,9 +8,11 @@ from __future__ import annotations
 import mmap
 import operator
 import sys
-from typing import TYPE_CHECKING, Any, Sequence, SupportsIndex, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, SupportsIndex, Union
 
 import numpy as np
+
+from ._lib import lib
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from numpy.typing import NDArray
@@ -101,19 +103,42 @@ def is_plain_shape(shape: tuple[Any, ...]) -> bool:
 
 # dtype argument -> (element dtype, trailing dims of a subarray dtype); a hot-path cache.
 _RESOLVED: dict[Any, tuple[np.dtype[Any], tuple[int, ...]]] = {}
-# element dtype -> the typestr that maps it exactly (raw void for structured dtypes: see exact_dtype)
-_TYPESTR: dict[np.dtype[Any], str] = {}
+# The one dtype -> typestr cache (views, and every ring message; bench rows "attach+view" and the
+# queue's "put/get" rows: ``dt.str`` costs ~0.5 us): element dtype -> (the typestr that maps it
+# exactly, raw void for structured dtypes (see exact_dtype); its bytes once checked for a ring
+# message, else None).
+_TYPESTR: dict[np.dtype[Any], tuple[str, Optional[bytes]]] = {}
 
 
 def typestr_of(dt: np.dtype[Any]) -> str:
-    """The ``__array_interface__`` typestr for element dtype ``dt`` (``dt.str`` costs ~0.5 us)."""
+    """The ``__array_interface__`` typestr for element dtype ``dt``."""
     try:
-        return _TYPESTR[dt]
+        return _TYPESTR[dt][0]
     except KeyError:
         ts = dt.str if dt.names is None else f"|V{dt.itemsize}"
         if len(_TYPESTR) < 1024:
-            _TYPESTR[dt] = ts
+            _TYPESTR[dt] = (ts, None)
         return ts
+
+
+def typestr_bytes(dt: np.dtype[Any], limit: int = lib.NDSHM_TYPESTR_MAX) -> bytes:
+    """``dt``'s typestr as the bytes a ring message carries: TypeError for a dtype holding Python
+    objects (pointers mean nothing in another process), ValueError if it is ``limit`` bytes or longer
+    (C's NDSHM_TYPESTR_MAX, NUL included)."""
+    try:
+        b = _TYPESTR[dt][1]
+    except KeyError:
+        b = None
+    if b is not None:
+        return b
+    as_dtype(dt)
+    ts = typestr_of(dt)
+    b = ts.encode()
+    if len(b) >= limit:
+        raise ValueError(f"dtype {dt} has a typestr {b!r} longer than {limit - 1} bytes")
+    if len(_TYPESTR) < 1024:
+        _TYPESTR[dt] = (ts, b)
+    return b
 
 
 def resolve_dtype(dtype: Any) -> tuple[np.dtype[Any], tuple[int, ...]]:

@@ -25,8 +25,11 @@ import numpy as np
 
 from ._errors import SegmentNotFoundError, error_from_code
 from ._lib import ffi, lib
-from ._codec import _decode_dtype, _decode_meta
-from ._segment import _PERSIST, _PREFIX, _cstr, _str_name, default_dir
+from ._api import str_name
+from ._codec import decode_dtype, decode_meta
+from ._dirs import default_dir, open_regular
+from ._segment import PERSIST, PREFIX, cstr
+from ._compat_blocks import ndshm_blocks
 
 __all__ = ["SegmentRecord", "probe", "list_segments", "LISTERS"]
 
@@ -64,28 +67,6 @@ def _kind_of(flags: int) -> str:
     return "array"
 
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
-
-
-def open_regular(path: str) -> Optional[int]:
-    """A read-only descriptor of ``path`` if it is a regular file (not a symlink, FIFO, device,
-    socket or directory), else None. Never blocks: /dev/shm is world-writable, so anyone may
-    plant a FIFO there, and a plain open() of one waits for a writer for ever."""
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError:
-        return None
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between lstat and open
-            return fd
-    except OSError:
-        pass
-    os.close(fd)
-    return None
-
-
 # The head of a queue's ring (csrc/queue.c, ring_hdr_t, versions 1 to 3, which differ after it):
 # magic, version, hdr_bytes, slots, slot_bytes, in the creator's byte order. Read with pread (a
 # mapping would let whoever truncates the file kill the lister with SIGBUS); any other version
@@ -120,12 +101,12 @@ def probe(name: str, *, dir: Optional[str] = None) -> SegmentRecord:
 
     Raises :class:`SegmentNotFoundError` if there is none and ``ValueError`` for a bad name; a
     segment that exists but cannot be decoded is a record with status ``'corrupt'``."""
-    _str_name(name)
+    str_name(name)
     d = default_dir(dir)
-    path = os.path.join(d, _PREFIX + name)
+    path = os.path.join(d, PREFIX + name)
     info = ffi.new("ndshm_segment_info_t *")
     in_use = ffi.new("int *")
-    rc = lib.ndshm_segment_probe(lib.NDSHM_KIND_NAMED, _cstr(name), _cstr(d), info, in_use)
+    rc = lib.ndshm_segment_probe(lib.NDSHM_KIND_NAMED, cstr(name), cstr(d), info, in_use)
     if rc in (lib.NDSHM_ENOENT, lib.NDSHM_EINVAL):
         raise error_from_code(rc, path)
     size = int(info.segment_size)
@@ -137,12 +118,12 @@ def probe(name: str, *, dir: Optional[str] = None) -> SegmentRecord:
     # Each decoder may fail in its own way on hostile bytes (RecursionError, MemoryError,
     # UnicodeDecodeError, ValueError, ...): the segment is corrupt, the listing goes on.
     try:
-        dt = _decode_dtype(ffi.string(lay.typestr).decode("ascii", "replace"),
+        dt = decode_dtype(ffi.string(lay.typestr).decode("ascii", "replace"),
                            bytes(ffi.buffer(info.descr, info.descr_len)), int(lay.itemsize), name)
     except Exception:
         status = "corrupt"
     try:
-        meta = _decode_meta(bytes(ffi.buffer(info.meta, info.meta_len)))
+        meta = decode_meta(bytes(ffi.buffer(info.meta, info.meta_len)))
     except Exception:
         status = "corrupt"
     flags = int(info.flags)
@@ -151,7 +132,7 @@ def probe(name: str, *, dir: Optional[str] = None) -> SegmentRecord:
         slots, slot_bytes = _queue_geometry(path, int(info.data_offset), int(info.data_size))
     created = _dt.datetime.fromtimestamp(info.created_ns / 1e9, tz=_dt.timezone.utc)  # any int64 ns fits
     return SegmentRecord(name, size, dt, tuple(int(lay.shape[i]) for i in range(lay.ndim)), int(info.creator_pid),
-                         created, bool(in_use[0]), bool(flags & _PERSIST), status, path, meta, kind, slots, slot_bytes)
+                         created, bool(in_use[0]), bool(flags & PERSIST), status, path, meta, kind, slots, slot_bytes)
 
 
 def named_segments(d: str) -> list[SegmentRecord]:
@@ -162,10 +143,10 @@ def named_segments(d: str) -> list[SegmentRecord]:
     except FileNotFoundError:
         return []
     for entry in entries:
-        if not entry.startswith(_PREFIX):
+        if not entry.startswith(PREFIX):
             continue
         try:
-            out.append(probe(entry[len(_PREFIX):], dir=d))
+            out.append(probe(entry[len(PREFIX):], dir=d))
         except (SegmentNotFoundError, ValueError):
             continue  # removed meanwhile, or not a valid name
     return out
@@ -177,9 +158,8 @@ def compat_blocks(d: str) -> list[SegmentRecord]:
     """The blocks ``ndshm.compat`` made in ``d`` (headerless, named as the standard library names
     them), as records of kind ``'compat'``; ``in_use`` says whether an ndshm process maps one, and a
     block whose creation mark does not decode is ``'corrupt'``."""
-    from .compat.shared_memory import _ndshm_blocks  # imported here: listing arrays never pays for it
     return [SegmentRecord(b.name, b.size, None, None, None if b.corrupt else b.creator_pid, None, b.in_use, False,
-                          "corrupt" if b.corrupt else "ready", b.path, None, "compat") for b in _ndshm_blocks(d)]
+                          "corrupt" if b.corrupt else "ready", b.path, None, "compat") for b in ndshm_blocks(d)]
 
 
 LISTERS: list[Callable[[str], Iterable[SegmentRecord]]] = [named_segments, compat_blocks]

@@ -71,9 +71,9 @@ class _Entry:
     def __init__(self, key: tuple[str, str], seg: "Segment") -> None:
         self.key = key
         self.pid = _pid  # a forked child shares the descriptor (and its flock): it leaves it alone
-        self.state = {attr: getattr(seg, attr) for attr in _STATE}
-        self.fd: int = seg._fd
-        self.size: int = seg._data_size
+        self.state = {attr: getattr(seg, attr) for attr in _state_of(type(seg))}
+        self.fd: int = seg.fd
+        self.size: int = seg.nbytes
         self.ref: "Optional[weakref.ref[Segment]]" = None
         self.hot = False
 
@@ -99,8 +99,16 @@ class _Entry:
                     pass
 
 
-# The Segment attributes an entry keeps to hand the mapping out again (all but its weak references).
-_STATE: tuple[str, ...] = ()
+# Segment class -> the attributes an entry keeps to hand the mapping out again (its slots but the
+# weak references): read from the class itself, so a new slot is never forgotten here.
+_STATES: dict[type, tuple[str, ...]] = {}
+
+
+def _state_of(cls: type) -> tuple[str, ...]:
+    attrs = _STATES.get(cls)
+    if attrs is None:
+        attrs = _STATES[cls] = tuple(a for a in getattr(cls, "__slots__", ()) if a != "__weakref__")
+    return attrs
 
 lock = threading.RLock()
 live: "dict[tuple[str, str], weakref.ref[Segment]]" = {}
@@ -167,7 +175,7 @@ def keep(key: tuple[str, str], seg: "Segment", fresh: bool = True) -> None:
     old = kept.pop(key, None)
     if old is not None:
         _kept_bytes -= old.size
-    if _max_count == 0 or seg._data_size > _max_bytes:
+    if _max_count == 0 or seg.nbytes > _max_bytes:
         return
     entry = _Entry(key, seg)
     entry.use(seg)

@@ -70,22 +70,11 @@ def _push_msg(m: _MsgWords) -> None:
         pool.append(m)
 
 
-_TS_BYTES: dict[np.dtype[Any], bytes] = {}   # dtype -> typestr bytes
 _TS_DTYPE: dict[bytes, np.dtype[Any]] = {}   # typestr bytes -> dtype
 _KEY_DTYPE: dict[int, np.dtype[Any]] = {}  # first 8 bytes of a typestr shorter than 8, as the native int64 -> dtype
 
 
-def _typestr_bytes(dt: np.dtype[Any]) -> bytes:
-    try:
-        return _TS_BYTES[dt]
-    except KeyError:
-        _dtype.as_dtype(dt)  # object dtypes hold pointers that mean nothing in another process
-        b: bytes = _dtype.typestr_of(dt).encode()
-        if len(b) >= _TYPESTR_MAX:
-            raise ValueError(f"dtype {dt} has a typestr {b!r} longer than {_TYPESTR_MAX - 1} bytes")
-        if len(_TS_BYTES) < 1024:
-            _TS_BYTES[dt] = b
-        return b
+_typestr_bytes = _dtype.typestr_bytes  # dtype -> typestr bytes, from the one dtype -> typestr cache
 
 
 def _dtype_of(ts: bytes) -> np.dtype[Any]:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._segment import Segment
 
 from . import _mappings
+from ._dirs import READ_FLAGS
 from ._errors import error_from_code
 from ._lib import ffi, lib
 
@@ -53,12 +54,7 @@ OWNERS = ("creator", "views", "receiver")
 GRACE_SECONDS = 5.0
 HANDOVER_SECONDS = 600.0
 SWEEP_SECONDS = 10.0
-OWNER_SLOT = 3  # the header's sync slot holding the ownership lock and the hand-over marker
-_SYNC_OFFSET = 640  # where the header's sync slots begin (csrc/header.c: sync[4][64] at 640)
-_MARKER_OFFSET = 16  # in the slot, after the 16-byte lock
-_HANDOVER = 0x48414E44  # "HAND": a segment whose creator hands it to the first receiver
-_MAGIC = b"NDSHMSEG"
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+OWNER_SLOT = lib.NDSHM_SYNC_OWNER  # the header's sync slot holding the ownership lock and the hand-over marker
 
 _lock = threading.RLock()
 # path -> (dev, ino, pid) of each name this process owns as creator: a record, not the segment (no
@@ -81,23 +77,61 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-# (name, dir, create) -> the segment of a standalone Lock, Event or Barrier; set by _segment when it
-# is imported. Sync objects need an address and an owner to keep alive, not the Segment class:
-# reaching segments through here keeps _sync from importing _segment, which imports _sync.
-segment_factory: Any = None
-
-
-def sync_segment(name: Optional[str], dir: Optional[str], create: bool) -> Any:
-    """A new segment for a standalone sync object (``create``), or the existing one named ``name``."""
-    return segment_factory(name, dir, create)
-
-
 def check_owner(owner: Any, persist: bool) -> str:
     if owner not in OWNERS:
         raise ValueError(f"owner {owner!r} is not one of {', '.join(map(repr, OWNERS))}")
     if persist and owner != "creator":
         raise ValueError(f"owner={owner!r} does not apply to persist=True segments, which no process owns")
     return cast(str, owner)  # one of OWNERS
+
+
+# ---- the owner state of a Segment (its _owner slot: this module alone changes it) ----------------
+
+def start(seg: Any, owner: str) -> None:
+    """A creator's new non-persistent named or file segment: ``owner`` (one of OWNERS) removes its name."""
+    seg._owner = owner
+    if owner == "receiver":
+        mark_handover(seg)
+    own(seg)
+
+
+def end(seg: Any) -> None:
+    """``seg`` was closed or its name removed: this process owns it no more."""
+    if seg._owner == "received":
+        release_received(seg)
+    else:
+        disown(seg)
+    seg._owner = None
+
+
+def removes_at_close(seg: Any) -> bool:
+    """True if closing ``seg`` must remove its name: this process created it (not persistent, not
+    handed over) or owns that very file (the creator's object may be gone)."""
+    return ((seg.creator and not seg.persist and seg._owner != "handed" and seg._pid == os.getpid())
+            or owns(seg))
+
+
+def hand_over_once(seg: Any) -> bool:
+    """A reference to ``seg`` is leaving this process: True if it carries the hand-over (created
+    with owner="receiver"); the first such reference ends this process's ownership."""
+    owner: Optional[str] = seg._owner
+    if owner == "receiver":
+        hand_over(seg)
+        return True
+    return owner == "handed"
+
+
+def give_up(seg: Any) -> None:
+    """Make ``seg`` (just created, or just claimed from a hand-over) owned by no process: its owner
+    lock is released, no exit or close removes its name (ndshm.dask's node-owned arrays: their
+    holders decide; the sweep reclaims them once every holder died)."""
+    was = seg._owner
+    disown(seg)
+    with _lock:
+        _received.pop(id(seg), None)
+    if was in ("creator", "received") and not seg.readonly:
+        lib.ndshm_lock_release(_owner_area(seg))
+    seg._owner = None
 
 
 # ---- the creator's side --------------------------------------------------------------------------
@@ -110,26 +144,25 @@ def own(seg: Any) -> None:
         if seg._owner == "views":
             _temporaries.add(seg)
         else:
-            _owned[seg._path] = (seg._dev, seg._ino, os.getpid())
+            _owned[seg.path] = (seg._dev, seg._ino, os.getpid())
     if seg._owner != "views":
         # Say so in the header too: the owner lock (pid and start time) tells a sweep or gc in any
         # process that a live process owns this name even when nobody maps it.
         rc = lib.ndshm_lock_acquire(_owner_area(seg), 0.0)
         if rc != 0 and rc != _EOWNERDEAD:
-            raise error_from_code(rc, seg._path)
+            raise error_from_code(rc, seg.path)
     _ensure_exit_hook()
 
 
 _EOWNERDEAD = lib.NDSHM_EOWNERDEAD
-_seg_sync = lib.ndshm_segment_sync
 
 
 def _owner_area(seg: Any) -> Any:
     """The ``void *`` of ``seg``'s owner slot (one C call; the mapping must be writable)."""
     out = ffi.new("void **")
-    rc = _seg_sync(seg._handle, OWNER_SLOT, out)
+    rc = lib.ndshm_segment_sync(seg._handle, OWNER_SLOT, out)
     if rc:
-        raise error_from_code(rc, seg._path)
+        raise error_from_code(rc, seg.path)
     return out[0]
 
 
@@ -141,7 +174,7 @@ def owned_names() -> int:
 
 def owns(seg: Any) -> bool:
     """True if this process owns the name of ``seg``'s very file (as its creator)."""
-    rec = _owned.get(seg._path) if seg._path else None
+    rec = _owned.get(seg.path) if seg.path else None
     return rec is not None and rec[0] == seg._dev and rec[1] == seg._ino and rec[2] == os.getpid()
 
 
@@ -172,14 +205,15 @@ _mappings.checks.append(drop_removed)
 def disown(seg: Any) -> None:
     with _lock:
         if owns(seg):
-            del _owned[seg._path]
+            del _owned[seg.path]
         _temporaries.discard(seg)
 
 
 def mark_handover(seg: Any) -> None:
     """Write the hand-over marker into a new receiver-owned segment (before anyone can claim it)."""
-    area = ffi.cast("uint32_t *", seg.sync_address(OWNER_SLOT) + _MARKER_OFFSET)
-    area[0] = _HANDOVER
+    rc = lib.ndshm_segment_mark_handover(seg._handle)
+    if rc:
+        raise error_from_code(rc, seg.path)
 
 
 def hand_over(seg: Any) -> None:
@@ -198,16 +232,18 @@ def hand_over(seg: Any) -> None:
 def claim(seg: "Segment") -> bool:
     """Become the owner of a handed-over segment just attached, if nobody (alive) is: the name then
     goes when this process's last view of it dies, or when it exits. False if another process
-    owns it already, or the mapping is read-only (it cannot take the lock)."""
-    if seg._readonly or seg._owner == "received":
+    owns it already, or the mapping is read-only (it cannot take the lock). A segment this process
+    owns otherwise (its creator's, not handed over) is left as it is."""
+    if seg._owner not in (None, "handed", "received"):  # "handed": back in its creator
+        return False
+    if seg.readonly or seg._owner == "received":
         return seg._owner == "received"
-    path = seg._path
+    path = seg.path
     if path is None:  # not a named segment: there is no name to take over
         return False
-    address = seg.sync_address(OWNER_SLOT)
-    if ffi.cast("uint32_t *", address + _MARKER_OFFSET)[0] != _HANDOVER:
+    if lib.ndshm_segment_handover_marked(seg._handle) != 1:
         return False  # not a hand-over segment (the name was reused since the pickling)
-    rc = lib.ndshm_lock_acquire(ffi.cast("void *", address), 0.0)
+    rc = lib.ndshm_lock_acquire(ffi.cast("void *", seg.sync_address(OWNER_SLOT)), 0.0)
     if rc not in (0, lib.NDSHM_EOWNERDEAD):
         return False
     seg._owner = "received"
@@ -220,7 +256,7 @@ def claim(seg: "Segment") -> bool:
 
 def release_received(seg: Any) -> None:
     """The receiver closed or unlinked ``seg``: its name goes now (if it still names that file)."""
-    _drop_received(id(seg), seg._path, seg._dev, seg._ino)
+    _drop_received(id(seg), seg.path, seg._dev, seg._ino)
 
 
 def _drop_received(key: int, path: str, dev: int, ino: int) -> None:
@@ -319,25 +355,40 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 # ---- reclaiming dead owners' segments ------------------------------------------------------------
 
+def probe(fd: int) -> Any:
+    """What C reads at the start of open file ``fd`` without mapping it (an ``ndshm_fd_probe_t``:
+    ``magic`` one of the ``NDSHM_PROBE_*``, ``flags``, ``owner_state``, ``handover``), or None if
+    it cannot be read."""
+    out = ffi.new("ndshm_fd_probe_t *")
+    return out if lib.ndshm_segment_probe_fd(fd, out) == 0 else None
+
+
+def blank_or_ours(fd: int) -> bool:
+    """True if open file ``fd`` starts with the segment magic, or is blank where it goes (a creator
+    that died before writing its header)."""
+    found = probe(fd)
+    return found is not None and found.magic in (lib.NDSHM_PROBE_OURS, lib.NDSHM_PROBE_BLANK)
+
+
 def reclaimable(fd: int, age: float, grace: float = GRACE_SECONDS) -> bool:
     """The rule ``gc`` and :func:`sweep` share, for a regular file ``fd`` (open, not locked) of a
     non-persistent segment ``age`` seconds old that no process maps: True if it may go. A segment
     handed over and not yet claimed waits HANDOVER_SECONDS; one whose owner is alive stays."""
     if age < grace:
         return False
-    try:
-        slot = os.pread(fd, 64, _SYNC_OFFSET + OWNER_SLOT * 64)
-    except OSError:
+    found = probe(fd)
+    if found is None:
         return False
-    if len(slot) < 64:
+    return _reclaimable(found, age)
+
+
+def _reclaimable(found: Any, age: float) -> bool:
+    state = found.owner_state
+    if state < 0:
         return True  # too short to be owned by anyone
-    copy = ffi.new("uint64_t[8]")
-    ffi.memmove(copy, slot, 64)
-    state = lib.ndshm_lock_state(copy)
     if state in (1, 2):  # owned by this or another live process
         return False
-    marker = int(ffi.cast("uint32_t *", copy)[_MARKER_OFFSET // 4])
-    if marker == _HANDOVER and state == 0 and age < HANDOVER_SECONDS:
+    if found.handover and state == 0 and age < HANDOVER_SECONDS:
         return False  # handed over, not yet claimed: its receiver may still be on the way
     return True
 
@@ -348,7 +399,7 @@ def remove_if_unused(path: str, grace: float = GRACE_SECONDS, now: Optional[floa
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return False
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, READ_FLAGS)
     except OSError:
         return False
     try:
@@ -359,12 +410,13 @@ def remove_if_unused(path: str, grace: float = GRACE_SECONDS, now: Optional[floa
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return False  # someone maps it
-        if os.pread(fd, 8, 0) not in (_MAGIC, b"\0" * 8, b""):
-            return False  # not ours
         age = (time.time() if now is None else now) - max(st.st_mtime, st.st_ctime)
         # the owner lock holds a process id: open the directory's process tables to test it
         lib.ndshm_key_alive(os.fsencode(os.path.dirname(path) or "."), 0)
-        if not _persistent(fd) and reclaimable(fd, age, grace):
+        found = probe(fd)
+        if found is None or found.magic == lib.NDSHM_PROBE_FOREIGN:
+            return False  # not ours
+        if not found.flags & lib.NDSHM_SEG_PERSIST and age >= grace and _reclaimable(found, age):
             cur = os.lstat(path)
             if (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino):
                 os.unlink(path)
@@ -374,12 +426,6 @@ def remove_if_unused(path: str, grace: float = GRACE_SECONDS, now: Optional[floa
         return False
     finally:
         os.close(fd)
-
-
-def _persistent(fd: int) -> bool:
-    """The header's PERSIST flag (offset 24, csrc/header.c); a blank or short header is not."""
-    raw = os.pread(fd, 4, 24)
-    return len(raw) == 4 and int.from_bytes(raw, sys.byteorder) & lib.NDSHM_SEG_PERSIST != 0
 
 
 def sweep(dir: str, force: bool = False) -> int:

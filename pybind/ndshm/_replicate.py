@@ -20,67 +20,11 @@ must return its slice by value instead.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import numpy as np
-from numpy.typing import DTypeLike, NDArray
-
-from ._errors import SegmentNotFoundError
+from ._replica import Replica
 
 __all__ = ["Replica", "replicate"]
-
-
-class Replica:
-    """A handle on an array replicated to every node (picklable: tasks take it as an argument).
-    ``array()`` maps this node's copy; ``release()`` (in the process that replicated it) removes
-    every node's copy."""
-
-    __slots__ = ("name", "shape", "dtype", "nodes", "_release")
-    name: str
-    """The segment name every node's copy has."""
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-    nodes: int
-    """How many nodes got a copy."""
-    _release: Optional[Callable[[], None]]
-
-    def __init__(self, name: str, shape: tuple[int, ...], dtype: DTypeLike, nodes: int,
-                 release: Optional[Callable[[], None]] = None) -> None:
-        self.name = name
-        self.shape = tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.nodes = nodes
-        self._release = release
-
-    def __reduce__(self) -> tuple[type[Replica], tuple[str, tuple[int, ...], np.dtype[Any], int]]:
-        return (Replica, (self.name, self.shape, self.dtype, self.nodes))
-
-    def array(self, readonly: bool = True) -> NDArray[Any]:
-        """This node's copy, zero-copy (read-only unless ``readonly=False``: then writes are seen
-        by this node's processes only). SegmentNotFoundError if this node has none (it joined the
-        cluster after :func:`replicate`, or the replica was released)."""
-        from . import _segment
-        try:
-            arr = _segment.attach(self.name, readonly=readonly)
-        except SegmentNotFoundError:
-            raise SegmentNotFoundError(f"replica {self.name!r} has no copy on this node (in "
-                                       f"{_segment.default_dir()}): it joined after replicate(), or the "
-                                       "replica was released") from None
-        if arr.shape != self.shape or arr.dtype != self.dtype:
-            raise SegmentNotFoundError(f"segment {self.name!r} holds {arr.dtype} {arr.shape}, not replica "
-                                       f"{self.dtype} {self.shape}")
-        return arr
-
-    def release(self) -> None:
-        """Remove every node's copy (processes mapping one keep their mapping). Only the handle
-        :func:`replicate` returned can; a copy received by a task cannot."""
-        if self._release is None:
-            raise ValueError(f"this handle on replica {self.name!r} was not made by replicate() in this process")
-        release, self._release = self._release, None
-        release()
-
-    def __repr__(self) -> str:
-        return f"<ndshm.Replica {self.name!r} {self.dtype} {self.shape} on {self.nodes} node(s)>"
 
 
 def replicate(arr: Any, engine: Any, *, name: Optional[str] = None, include_client: bool = False) -> Replica:
@@ -91,10 +35,10 @@ def replicate(arr: Any, engine: Any, *, name: Optional[str] = None, include_clie
     :class:`Replica` tasks attach by name."""
     cls = type(engine)
     if cls.__module__.startswith("distributed") and cls.__name__ == "Client":
-        from . import dask as nd_dask
+        from . import dask as nd_dask  # imported when asked for: an optional engine ``import ndshm`` never pays for
         return nd_dask.replicate(engine, arr, name=name, include_client=include_client)
     if getattr(engine, "__name__", None) == "ray":
-        from . import ray as nd_ray
+        from . import ray as nd_ray  # the same
         return nd_ray.replicate(arr, name=name)
     raise TypeError(f"replicate() takes a distributed.Client or the ray module as its engine, not "
                     f"{cls.__module__}.{cls.__name__}")

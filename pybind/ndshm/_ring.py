@@ -123,8 +123,8 @@ def _unlink_if(name: str, dir: Optional[str], pid: int) -> None:
 
 def _path_of(name: str, dir: Optional[str]) -> str:
     """The file of ring ``name`` in ``dir`` (for error messages, as segments name theirs)."""
-    from ._segment import _PREFIX, default_dir
-    return os.path.join(default_dir(dir), _PREFIX + name)
+    from ._segment import PREFIX, default_dir
+    return os.path.join(default_dir(dir), PREFIX + name)
 
 
 def _keep(handle: Any, ptr: Any) -> None:

@@ -21,17 +21,17 @@ import datetime as _dt
 import os
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Optional, SupportsIndex
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, SupportsIndex
 
 import numpy as np
 from numpy.lib import format as _npformat
 from numpy.typing import NDArray
 
 from . import _dtype, _mappings, _ownership
-from ._codec import _DTYPES, _decode_dtype, _decode_meta, _encode_dtype, _encode_meta, _lookup_dtype  # noqa: F401
-from ._dirs import _REALDIRS, _cache_key, _env_dir, _huge_dir, _huge_kind, _mounts, default_dir  # noqa: F401
-from . import _reference as _refmod
+from ._codec import DTYPES, decode_meta, encode_dtype, encode_meta, lookup_dtype
+from ._dirs import REALDIRS, cache_key, default_dir, env_dir, huge_dir
 from ._errors import ClosedError, CorruptSegmentError, SegmentNotFoundError, check, error_from_code, retry_interrupted
+from ._identity import check_file, check_node, node_identity
 from ._lib import ffi, lib
 
 if TYPE_CHECKING:
@@ -40,28 +40,33 @@ if TYPE_CHECKING:
 else:
     _NDArrayBase = np.ndarray
 
-__all__ = ["Segment", "SharedArray", "create", "attach", "attach_raw", "unlink", "exists",
-           "segment_of", "send_fd", "recv_fd", "default_dir"]
+__all__ = ["Segment", "SharedArray", "Reference", "segment_of", "default_dir"]
 
 _KINDS = {"named": lib.NDSHM_KIND_NAMED, "anonymous": lib.NDSHM_KIND_ANONYMOUS, "memfd": lib.NDSHM_KIND_MEMFD,
           "file": lib.NDSHM_KIND_FILE}
 _KIND_NAMES = {v: k for k, v in _KINDS.items()}
-_PERSIST, _POPULATE, _HUGE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE, lib.NDSHM_SEG_HUGEPAGES
+PERSIST, _POPULATE, _HUGE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE, lib.NDSHM_SEG_HUGEPAGES
 _READONLY, _FORTRAN = lib.NDSHM_SEG_READONLY, lib.NDSHM_SEG_FORTRAN
 _QUEUE, _SYNC, _BROADCAST = lib.NDSHM_SEG_QUEUE, lib.NDSHM_SEG_SYNC, lib.NDSHM_SEG_BROADCAST
 _CONTENT = _QUEUE | _SYNC | _BROADCAST  # segments whose data is not an array
-_PREFIX = "ndshm."
+PREFIX = "ndshm."  # a named segment's file is <dir>/ndshm.<name>
 _close = lib.ndshm_segment_close
-# Functions and constants read once: attribute lookups on an ABI-mode cffi library are slow.
+# Functions and constants read once (bench row "Attach latency: ndshm (mapping kept: the default)"):
+# an attribute lookup on an ABI-mode cffi library costs about as much as a small C call.
 _seg_info, _seg_attach, _seg_summary = lib.ndshm_segment_info, lib.ndshm_segment_attach, lib.ndshm_segment_summary
 _NAMED = lib.NDSHM_KIND_NAMED
 _INFO_P, _SEG_PP = ffi.typeof("ndshm_segment_info_t *"), ffi.typeof("ndshm_segment_t **")
+# ndshm_segment_summary's slots, by the names ndshm.h gives them (then shape[ndim], strides[ndim])
 _SUM_MAX, _SUM_FIXED = lib.NDSHM_SUM_MAX, lib.NDSHM_SUM_FIXED
+_S_DATA, _S_SIZE, _S_FLAGS, _S_CREATOR = lib.NDSHM_SUM_DATA, lib.NDSHM_SUM_DATA_SIZE, lib.NDSHM_SUM_FLAGS, lib.NDSHM_SUM_CREATOR
+_S_FD, _S_DEV, _S_INO, _S_ITEMSIZE = lib.NDSHM_SUM_FD, lib.NDSHM_SUM_DEV, lib.NDSHM_SUM_INO, lib.NDSHM_SUM_ITEMSIZE
+_S_NDIM, _S_DESCR_LEN, _S_META_LEN = lib.NDSHM_SUM_NDIM, lib.NDSHM_SUM_DESCR_LEN, lib.NDSHM_SUM_META_LEN
 _ADDR_WRAP = 1 << 64  # ndshm_segment_summary hands out unsigned values as int64
 
 
 class _Scratch(threading.local):
-    """Per-thread output buffers of the attach path (cffi releases the GIL during C calls)."""
+    """Per-thread output buffers of the attach path (cffi releases the GIL during C calls): no
+    ffi.new per attach (bench row "Attach latency: ndshm (mapping kept: the default)")."""
 
     def __init__(self) -> None:
         self.out = ffi.new(_SEG_PP)
@@ -75,11 +80,12 @@ _KEEP_NAME = lib.NDSHM_SEG_KEEP_NAME  # create: the handle's close leaves the na
 
 
 _UNREAD = object()  # Segment._meta before the metadata was read from the handle
+# Names and dirs as C bytes, bounded caches (bench row "Attach latency: ndshm (mapping kept: the default)": os.fsencode per attach).
 _DIRBYTES: dict[str, bytes] = {}
 
 
 
-def _cstr(s: Any) -> Any:
+def cstr(s: Any) -> Any:
     """``s`` (a str, bytes or path) as C string bytes; NUL bytes are refused (C would cut there)."""
     if s is None:
         return ffi.NULL
@@ -94,7 +100,7 @@ _NAMEBYTES: dict[str, bytes] = {}
 
 def _name_bytes(name: str) -> bytes:
     """A segment name as C string bytes (C checks the characters and names a bad one)."""
-    b: bytes = _cstr(name)
+    b: bytes = cstr(name)
     if len(_NAMEBYTES) < 4096:
         _NAMEBYTES[name] = b
     return b
@@ -103,33 +109,34 @@ def _name_bytes(name: str) -> bytes:
 def _dir_bytes(dir: str) -> bytes:
     b = _DIRBYTES.get(dir)
     if b is None:
-        b = _cstr(dir)
+        b = cstr(dir)
         if len(_DIRBYTES) < 256:
             _DIRBYTES[dir] = b
     return b
 
 
 def _cbuf(s: Any) -> Any:
-    return ffi.NULL if s is None else ffi.new("char[]", _cstr(s))
+    return ffi.NULL if s is None else ffi.new("char[]", cstr(s))
 
 
 class SharedArray(_NDArrayBase):
     """An ndarray that pickles by reference when its data lies in a live named segment."""
 
     def __reduce__(self) -> str | tuple[Any, ...]:
-        ref = _reference(self)
+        ref = reference_of(self)
         if ref is not None:
-            return ref
+            return (rebuild_view, tuple(ref))
         return np.asarray(self).__reduce__()
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
-        ref = _reference(self)
+        ref = reference_of(self)
         if ref is not None:
-            return ref
+            return (rebuild_view, tuple(ref))
         return np.asarray(self).__reduce_ex__(protocol)
 
 
-def _owner(arr: Any) -> Any:
+def owner_of(arr: Any) -> Any:
+    """What ends ``arr``'s ``.base`` chain: its Segment for a view of one, else whatever it is."""
     base = arr
     while isinstance(base, np.ndarray):
         base = base.base
@@ -138,8 +145,47 @@ def _owner(arr: Any) -> Any:
     return base
 
 
-def _reference(arr: NDArray[Any]) -> Optional[tuple[Any, ...]]:
-    seg = _owner(arr)
+class Reference(NamedTuple):
+    """Where a shared array's data lies, small and picklable (see the module documentation).
+    Made by :func:`reference`, turned back into an array by :func:`from_reference`."""
+
+    name: str
+    """The segment's name."""
+    dir: str
+    """The directory holding it."""
+    offset: int
+    """Byte offset of the array's first element from the start of the segment's data."""
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    descr: Any
+    """The dtype, as ``numpy.lib.format.dtype_to_descr`` writes it."""
+    readonly: bool
+    """True if the referenced array was read-only (its receivers then get read-only views)."""
+    dev: int
+    """Device of the segment's file (its directory's file system)."""
+    ino: int
+    """Inode of the segment's file: with ``dev``, the segment's identity."""
+    handover: bool
+    """True for a segment created with ``owner="receiver"``: the first receiver becomes its owner."""
+    node: str
+    """The node identity of the process that made the reference (:func:`node_identity`)."""
+
+    @property
+    def dtype(self) -> np.dtype:
+        return _npformat.descr_to_dtype(self.descr)
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * self.dtype.itemsize
+
+
+def reference_of(arr: NDArray[Any]) -> Optional[Reference]:
+    """The :class:`Reference` to ``arr`` if its data lies in a live named segment, else None. For
+    a segment created with ``owner="receiver"`` this hands the name over (see _ownership)."""
+    seg = owner_of(arr)
     if not isinstance(seg, Segment) or seg._kind != "named" or seg._raw or seg._closed or seg._path is None:
         return None
     iface = arr.__array_interface__
@@ -155,11 +201,10 @@ def _reference(arr: NDArray[Any]) -> Optional[tuple[Any, ...]]:
         return None
     if not seg._same_file(st.st_dev, st.st_ino):
         return None
-    claim = seg._owner == "receiver" or seg._owner == "handed"
-    if seg._owner == "receiver":
-        _ownership.hand_over(seg)
-    return (_rebuild, (seg._name, seg._dir, offset, arr.shape, strides, _npformat.dtype_to_descr(arr.dtype),
-                       not arr.flags.writeable, seg._dev, seg._ino, claim, _refmod._node or _refmod.node_identity()))
+    assert seg._name is not None and seg._dir is not None  # a live named segment has both
+    return Reference(seg._name, seg._dir, offset, tuple(arr.shape), tuple(strides),
+                     _npformat.dtype_to_descr(arr.dtype), not arr.flags.writeable, seg._dev, seg._ino,
+                     _ownership.hand_over_once(seg), node_identity())
 
 
 def _span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
@@ -175,19 +220,26 @@ def _span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tu
     return lo, hi
 
 
-def _rebuild(name: str, dir: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], descr: Any,
-             readonly: bool = False, dev: Optional[int] = None, ino: Optional[int] = None,
-             claim: bool = False, node: Optional[str] = None) -> NDArray[Any]:
-    """Unpickle a reference (see :mod:`ndshm._reference`): WrongNodeError if it was made on another
-    node or in another container, else attach and view. A hand-over (``claim``) maps the segment
-    writeable even for a read-only view: taking ownership writes the header's owner lock."""
+def rebuild_view(name: str, dir: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], descr: Any,
+                 readonly: bool = False, dev: Optional[int] = None, ino: Optional[int] = None,
+                 claim: bool = False, node: Optional[str] = None) -> NDArray[Any]:
+    """Unpickle a SharedArray: the fields of its :class:`Reference`, in order (see array_of)."""
+    return array_of(Reference(name, dir, offset, shape, strides, descr, readonly, dev, ino, claim, node),  # type: ignore[arg-type]
+                    readonly)
+
+
+def array_of(ref: Reference, readonly: bool) -> NDArray[Any]:
+    """The view ``ref`` describes: WrongNodeError if it was made on another node or in another
+    container, else attach and view. A hand-over (``ref.handover``) maps the segment writeable
+    even for a read-only view: taking ownership writes the header's owner lock."""
+    name, dir, dev, ino, node = ref.name, ref.dir, ref.dev, ref.ino, ref.node
     other_container = False
-    if node is not None and node != _refmod._node:
-        other_container = not _refmod.check_node(node, name, dir)
+    if node is not None and node != node_identity():
+        other_container = not check_node(node, name, dir)
         if other_container:  # decided by the file: the path must lead here to the referenced one
-            _refmod.check_file(node, name, dir, f"{dir}/{_PREFIX}{name}", dev, ino)
+            check_file(node, name, dir, f"{dir}/{PREFIX}{name}", dev, ino)
     seg = None
-    if claim and readonly:
+    if ref.handover and readonly:
         try:
             seg = Segment.attach(name, readonly=False, dir=dir)
         except PermissionError:
@@ -199,17 +251,18 @@ def _rebuild(name: str, dir: str, offset: int, shape: tuple[int, ...], strides: 
                                   "was pickled")
     if dev is not None and not seg._same_file(dev, ino):
         if other_container:
-            _refmod.check_file(node, name, dir, f"{dir}/{_PREFIX}{name}", dev, ino)  # type: ignore[arg-type]
+            check_file(node, name, dir, f"{dir}/{PREFIX}{name}", dev, ino)
         raise SegmentNotFoundError(f"segment {name!r} in {dir} was replaced by another one since this array "
                                    "was pickled")
-    if claim and (seg._owner is None or seg._owner == "handed"):  # "handed": back in its creator
+    if ref.handover:
         _claim(seg)
-    dt = _npformat.descr_to_dtype(descr)
-    return seg._view(offset, tuple(shape), dt, tuple(strides), readonly)
+    dt = _npformat.descr_to_dtype(ref.descr)
+    return seg._view(ref.offset, tuple(ref.shape), dt, tuple(ref.strides), readonly)
 
 
 def _claim(seg: "Segment") -> None:
-    """Take over a handed-over segment (owner="receiver"); then it dies with this process's views."""
+    """Take over a handed-over segment (owner="receiver"); then it dies with this process's views.
+    A segment already owned elsewhere (or "handed": back in its creator) is left as it is."""
     if _ownership.claim(seg):
         _mappings.unkeep(seg)
 
@@ -263,7 +316,7 @@ class Segment:
     _dev: int
     _ino: int
     _content: Optional[str]  # 'queue', 'broadcast', 'sync', or None for an array
-    _owner: Optional[str]
+    _owner: Optional[str]  # the ownership state: written by _ownership only (see there)
     _hot: bool
 
     def __init__(self) -> None:  # pragma: no cover - use the classmethods
@@ -285,29 +338,30 @@ class Segment:
             check(n)
         v = ffi.unpack(buf, n)
         self = object.__new__(cls)
-        self._handle = ffi.gc(handle, _close, v[1])
+        self._handle = ffi.gc(handle, _close, v[_S_SIZE])
         self._info = None
         self._name = name
         self._kind = kind
         self._dir = dir
         self._path = path
         self._closed = False
-        flags = v[2]
+        flags = v[_S_FLAGS]
         self._content = (None if not flags & _CONTENT else "queue" if flags & _QUEUE
                          else "broadcast" if flags & _BROADCAST else "sync")
-        self._creator = creator = v[3] != 0
-        self._persist = flags & _PERSIST != 0
+        self._creator = creator = v[_S_CREATOR] != 0
+        self._persist = flags & PERSIST != 0
         self._readonly = flags & _READONLY != 0
         self._raw = raw
         self._pid = os.getpid() if creator else 0  # only a creator's close() compares it
         self._key = None
-        self._owner = None  # who removes the name: see _ownership (None: not this process)
+        self._owner = None  # who removes the name: _ownership's state (None: not this process)
         self._hot = False  # reused since the mapping cache last looked (see _mappings._evict)
-        self._fd = v[4]
-        self._dev = v[5] if v[5] >= 0 else v[5] + _ADDR_WRAP
-        self._ino = v[6] if v[6] >= 0 else v[6] + _ADDR_WRAP
-        self.address = v[0] if v[0] >= 0 else v[0] + _ADDR_WRAP
-        self._data_size = size = v[1]
+        self._fd = v[_S_FD]
+        dev, ino, address = v[_S_DEV], v[_S_INO], v[_S_DATA]
+        self._dev = dev if dev >= 0 else dev + _ADDR_WRAP
+        self._ino = ino if ino >= 0 else ino + _ADDR_WRAP
+        self.address = address if address >= 0 else address + _ADDR_WRAP
+        self._data_size = size = v[_S_SIZE]
         if raw:
             self._dtype = np.dtype(np.uint8)
             self._typestr, self._needs_view = "|u1", False
@@ -315,18 +369,18 @@ class Segment:
             self._strides = (1,)
             self._meta = None
         else:
-            ndim = v[8]
-            entry = None if v[9] else _DTYPES.get((ffi.string(tsbuf), b""))
-            if entry is None or entry[0].itemsize != v[7]:
+            ndim, itemsize, descr_len = v[_S_NDIM], v[_S_ITEMSIZE], v[_S_DESCR_LEN]
+            entry = None if descr_len else DTYPES.get((ffi.string(tsbuf), b""))
+            if entry is None or entry[0].itemsize != itemsize:
                 descr = b""
-                if v[9]:
+                if descr_len:
                     info = self._full_info()
                     descr = ffi.unpack(info.descr, info.descr_len)
-                entry = _lookup_dtype(ffi.string(tsbuf), descr, v[7], name or path or kind)
+                entry = lookup_dtype(ffi.string(tsbuf), descr, itemsize, name or path or kind)
             self._dtype, self._typestr, self._needs_view = entry
-            self._shape = tuple(v[11:11 + ndim])
-            self._strides = tuple(v[11 + ndim:11 + 2 * ndim])
-            self._meta = _UNREAD if v[10] else b""
+            self._shape = tuple(v[_SUM_FIXED:_SUM_FIXED + ndim])
+            self._strides = tuple(v[_SUM_FIXED + ndim:_SUM_FIXED + 2 * ndim])
+            self._meta = _UNREAD if v[_S_META_LEN] else b""
         return self
 
     def _full_info(self) -> Any:
@@ -379,8 +433,8 @@ class Segment:
         dims, dt = _dtype.normalize(shape, dtype)
         _dtype.nbytes_of(dims, dt)
         strides = _dtype.contiguous_strides(dims, dt.itemsize, order)
-        typestr, descr = _encode_dtype(dt)
-        meta_b = _encode_meta(meta)
+        typestr, descr = encode_dtype(dt)
+        meta_b = encode_meta(meta)
         alignment = _dtype.as_alignment(align)
         if kind == "named":
             if name is None:
@@ -390,9 +444,9 @@ class Segment:
             if not isinstance(name, str):
                 raise TypeError(f"segment name {name!r} is not a str")
             if hugepages:
-                dir, hugepages = _huge_dir(dir)
+                dir, hugepages = huge_dir(dir)
             dir = os.fspath(default_dir(dir))
-            where: Optional[str] = os.path.join(dir, _PREFIX + name)
+            where: Optional[str] = os.path.join(dir, PREFIX + name)
         elif kind == "file":
             if path is None:
                 if name is None:
@@ -407,8 +461,8 @@ class Segment:
         keep = [_cbuf(name if kind == "named" else path), _cbuf(dir)]
         p.name = keep[0]
         p.dir = keep[1]
-        p.mode = mode if mode.__class__ is int and 0 <= mode <= 0o7777 else _dtype.as_int(mode, "mode", 0, 0o7777)
-        p.flags = ((_PERSIST if persist else 0) | (_POPULATE if populate else 0) | (_HUGE if hugepages else 0)
+        p.mode = _dtype.as_int(mode, "mode", 0, 0o7777)
+        p.flags = ((PERSIST if persist else 0) | (_POPULATE if populate else 0) | (_HUGE if hugepages else 0)
                    | (_FORTRAN if order == "F" and len(dims) > 1 else 0) | (_KEEP_NAME if owner != "views" else 0)
                    | _flags)
         p.alignment = alignment
@@ -438,13 +492,10 @@ class Segment:
         if kind in ("named", "file"):
             self._path = where
             if not persist:
-                self._owner = owner
-                if owner == "receiver":
-                    _ownership.mark_handover(self)
-                _ownership.own(self)
+                _ownership.start(self, owner)
             if kind == "named":
                 assert dir is not None and name is not None  # set above for named segments
-                key = _cache_key(dir, name)
+                key = cache_key(dir, name)
                 with _mappings.lock:
                     _mappings.remember(key, self)
                     if owner != "views":  # the creator's mapping is kept for reuse too, within the limits
@@ -468,6 +519,7 @@ class Segment:
     def attach(cls, name: str, *, readonly: bool = False, dir: Optional[str] = None,
                populate: bool = False) -> "Segment":
         """Map the named segment ``name`` (in ``dir``); a mapping this process holds already is reused."""
+        # ``__class__ is`` guards: the exact types skip the checks (bench row "Attach latency: ndshm (mapping kept: the default)")
         if name.__class__ is not str and not isinstance(name, str):
             raise TypeError(f"segment name {name!r} is not a str")
         if readonly.__class__ is not bool:
@@ -475,11 +527,11 @@ class Segment:
         if populate.__class__ is not bool:
             populate = _dtype.as_flag(populate, "populate")
         if not dir:
-            dir = _env_dir()
+            dir = env_dir()
         elif dir.__class__ is not str:
             dir = os.fspath(dir)
-        real = _REALDIRS.get(dir)
-        key = (real, name) if real is not None else _cache_key(dir, name)
+        real = REALDIRS.get(dir)
+        key = (real, name) if real is not None else cache_key(dir, name)
         with _mappings.lock:
             ref = _live.get(key)
             if ref is not None:  # the mapping this process holds, if its name still leads to that file
@@ -493,14 +545,14 @@ class Segment:
                         seg._hot = True  # for the cache's eviction (second chance)
                         return seg
             if _mappings.kept:  # an idle kept mapping (no Segment object uses it): hand it out again
-                seg = _mappings.revive(key, f"{dir}/{_PREFIX}{name}", readonly, cls)
+                seg = _mappings.revive(key, f"{dir}/{PREFIX}{name}", readonly, cls)
                 if seg is not None:
                     return seg
             nb = _NAMEBYTES.get(name) or _name_bytes(name)
             db = _DIRBYTES.get(dir) or _dir_bytes(dir)
             out = _scratch.out
             rc = _seg_attach(_NAMED, nb, db, (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
-            path = f"{dir}/{_PREFIX}{name}"
+            path = f"{dir}/{PREFIX}{name}"
             if rc:  # (again if a signal ended its wait for the segment's lock, once Python ran the handlers)
                 rc = retry_interrupted(rc, _seg_attach, _NAMED, nb, db,
                                        (_READONLY if readonly else 0) | (_POPULATE if populate else 0), out)
@@ -521,9 +573,9 @@ class Segment:
         path = os.path.abspath(os.fspath(path))
         out = ffi.new(_SEG_PP)
         fl = (_READONLY if readonly else 0) | (_POPULATE if populate else 0)
-        rc = lib.ndshm_segment_attach(lib.NDSHM_KIND_FILE, _cstr(path), ffi.NULL, fl, out)
+        rc = lib.ndshm_segment_attach(lib.NDSHM_KIND_FILE, cstr(path), ffi.NULL, fl, out)
         if rc:
-            rc = retry_interrupted(rc, lib.ndshm_segment_attach, lib.NDSHM_KIND_FILE, _cstr(path), ffi.NULL, fl, out)
+            rc = retry_interrupted(rc, lib.ndshm_segment_attach, lib.NDSHM_KIND_FILE, cstr(path), ffi.NULL, fl, out)
         if rc:
             raise error_from_code(rc, path)
         return cls._wrap(out[0], None, "file", None, path)
@@ -540,16 +592,6 @@ class Segment:
         if rc:
             raise error_from_code(rc)
         return cls._wrap(out[0], None, "memfd", None, None)
-
-    @classmethod
-    def _attach_raw(cls, path: str, readonly: bool) -> "Segment":
-        out = ffi.new(_SEG_PP)
-        rc = lib.ndshm_segment_attach_raw(_cstr(path), _READONLY if readonly else 0, out)
-        if rc:
-            rc = retry_interrupted(rc, lib.ndshm_segment_attach_raw, _cstr(path), _READONLY if readonly else 0, out)
-        if rc:
-            raise error_from_code(rc, path)
-        return cls._wrap(out[0], None, "file", None, path, True)
 
     # ---- properties ------------------------------------------------------------------------
 
@@ -633,7 +675,7 @@ class Segment:
         if raw is _UNREAD:
             info = self._full_info()
             self._meta = raw = ffi.buffer(info.meta, info.meta_len)[:]
-        return _decode_meta(raw, self._name or self._path) if raw is not None else None
+        return decode_meta(raw, self._name or self._path) if raw is not None else None
 
     @property
     def creator_pid(self) -> int:
@@ -711,6 +753,8 @@ class Segment:
         check(lib.ndshm_segment_sync(self._handle, index, out))
         return int(ffi.cast("uintptr_t", out[0]))
 
+    # The sync room sits above this one (its standalone objects are Segments): these three hand out
+    # its objects, the one upward import of the segment rooms (tests/test_layers.py ALLOWED_UPWARD).
     @property
     def lock(self) -> Lock:
         """The segment's own Lock (in its header's sync slot 0)."""
@@ -735,15 +779,8 @@ class Segment:
         if self._kind not in ("named", "file") or self._raw:
             raise ValueError(f"a {self._kind} segment has no name to remove")
         check(lib.ndshm_segment_unlink(self._handle), self._path)
-        self._end_ownership()
+        _ownership.end(self)
         _mappings.unkeep(self)
-
-    def _end_ownership(self) -> None:
-        if self._owner == "received":
-            _ownership.release_received(self)
-        else:
-            _ownership.disown(self)
-        self._owner = None
 
     def close(self) -> None:
         """End this segment's use: no new views; a creator's non-persistent segment loses its name.
@@ -752,13 +789,11 @@ class Segment:
             return
         self._closed = True
         _mappings.release(self)
-        if self._kind in ("named", "file") and not self._raw and (
-                (self._creator and not self._persist and self._owner != "handed" and self._pid == os.getpid())
-                or _ownership.owns(self)):  # this process owns the name (the creator's object may be gone)
+        if self._kind in ("named", "file") and not self._raw and _ownership.removes_at_close(self):
             rc = lib.ndshm_segment_unlink(self._handle)
             if rc and rc != lib.NDSHM_ENOENT:
                 raise error_from_code(rc, self._path)
-        self._end_ownership()
+        _ownership.end(self)
 
     def __enter__(self) -> "Segment":
         return self
@@ -769,10 +804,7 @@ class Segment:
     def __reduce__(self) -> tuple[Callable[..., Segment], tuple[Optional[str], Optional[str], bool, bool]]:
         if self._kind != "named" or self._raw:
             raise TypeError(f"a {self._kind} segment cannot be pickled; pickle its arrays or pass its fd")
-        claim = self._owner == "receiver" or self._owner == "handed"
-        if self._owner == "receiver":
-            _ownership.hand_over(self)
-        return (_attach_segment, (self._name, self._dir, self._readonly, claim))
+        return (_attach_segment, (self._name, self._dir, self._readonly, _ownership.hand_over_once(self)))
 
     def __repr__(self) -> str:
         state = "closed " if self._closed else ""
@@ -781,127 +813,66 @@ class Segment:
                 f"{self._data_size} bytes{' readonly' if self._readonly else ''}>")
 
 
-_mappings._STATE = tuple(attr for attr in Segment.__slots__ if attr != "__weakref__")
-
-
 def _attach_segment(name: str, dir: str, readonly: bool, claim: bool = False) -> Segment:
     seg = Segment.attach(name, readonly=readonly, dir=dir)
-    if claim and (seg._owner is None or seg._owner == "handed"):  # "handed": back in its creator
+    if claim:
         _claim(seg)
     return seg
 
 
-# ---- module-level API ---------------------------------------------------------------------
-
-def create(name: Optional[str], shape: Any, dtype: Any = float, order: str = "C", *, fill: Any = None,
-           align: Any = 64, persist: bool = False, mode: int = 0o600, hugepages: bool = False,
-           populate: bool = False, meta: Any = None, owner: str = "creator", dir: Optional[str] = None) -> NDArray[Any]:
-    """Create the named segment ``name`` (``None``: a unique name) holding a zeroed array (or
-    ``fill``) and return the array. The name lives until this process closes the segment
-    (``ndshm.segment_of(arr).close()``), unlinks it, or exits; ``owner="views"``: until the last
-    view is gone; ``owner="receiver"``: handed to the process that unpickles it (see
-    :meth:`Segment.create`); ``persist=True``: until :func:`unlink`."""
-    return Segment.create(name, shape, dtype, order, kind="named", dir=dir, fill=fill, align=align, persist=persist,
-                          mode=mode, hugepages=hugepages, populate=populate, meta=meta, owner=owner).asarray()
+def segment_of(arr: Any) -> Segment:
+    """The :class:`Segment` an array (or any view of it) lives in; ValueError if none."""
+    seg = owner_of(arr)
+    if not isinstance(seg, Segment):
+        raise ValueError("the array does not live in an ndshm segment")
+    return seg
 
 
-def attach(name: str, *, readonly: bool = False, populate: bool = False, dir: Optional[str] = None,
-           timeout: Optional[float] = None) -> NDArray[Any]:
-    """The array in named segment ``name``, zero-copy, with dtype and shape restored. A queue's or a
-    standalone Lock's, Event's or Barrier's segment is refused (attach those with their class).
-    With ``timeout`` (seconds; ``float("inf")``: for ever) a segment not created yet, or whose
-    creator is still filling its header, is waited for; None (the default) tries once."""
-    from ._ring import _attach_waiting
-    seg = _attach_waiting(lambda: Segment.attach(name, readonly=readonly, dir=dir, populate=populate), timeout,
-                          f"segment {name!r}")
-    if seg._content:
-        seg._refuse_content()
-    if readonly and not seg._readonly:
-        return seg._view(0, seg._shape, seg._dtype, seg._strides, True, True)
-    arr = np.asarray(seg)
-    if seg._needs_view:
-        arr = arr.view(seg._dtype)
-    return arr.view(SharedArray)
+# ---- for the package's other rooms (module API, fd passing, sync, engines) ------------------
+
+def map_raw(path: str, readonly: bool) -> Segment:
+    """A Segment over headerless file ``path`` (see ``ndshm.attach_raw``): raw bytes, no name owned."""
+    out = ffi.new(_SEG_PP)
+    rc = lib.ndshm_segment_attach_raw(cstr(path), _READONLY if readonly else 0, out)
+    if rc:
+        rc = retry_interrupted(rc, lib.ndshm_segment_attach_raw, cstr(path), _READONLY if readonly else 0, out)
+    if rc:
+        raise error_from_code(rc, path)
+    return Segment._wrap(out[0], None, "file", None, path, True)
 
 
-def attach_raw(name_or_path: str, shape: Any, dtype: Any, offset: int = 0, *, readonly: bool = False) -> NDArray[Any]:
-    """Map a headerless segment or file made by another tool: a bare name means ``/dev/shm/<name>``
-    (as ``multiprocessing.shared_memory`` makes them). The view is bounds-checked against its size."""
-    path = os.fspath(name_or_path)
-    if os.sep not in path.lstrip("/"):
-        path = os.path.join("/dev/shm", path.lstrip("/"))
-    dims, dt = _dtype.normalize(shape, dtype)
-    offset = _dtype.as_offset(offset)
-    seg = Segment._attach_raw(path, _dtype.as_flag(readonly, "readonly"))
-    need = _dtype.nbytes_of(dims, dt)
-    if offset + need > seg.nbytes:
-        raise ValueError(f"shape {dims} of dtype {dt} at offset {offset} needs {offset + need} bytes; "
-                         f"{path} has {seg.nbytes}")
-    return seg._view(offset, dims, dt, _dtype.contiguous_strides(dims, dt.itemsize, "C"), readonly)
+def view(seg: Segment, offset: int, shape: tuple[int, ...], dt: np.dtype[Any], strides: tuple[int, ...],
+         readonly: bool) -> NDArray[Any]:
+    """A SharedArray view of ``seg`` at byte ``offset``, bounds-checked against its data."""
+    return seg._view(offset, shape, dt, strides, readonly)
 
 
-def _str_name(name: Any) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"segment name {name!r} is not a str")
-    return name
-
-
-def unlink(name: str, *, dir: Optional[str] = None) -> None:
-    """Remove the named segment ``name`` (processes that map it keep their mappings). If this
-    process owns it, ownership ends: the segment is no longer kept mapped for its name's sake."""
-    _str_name(name)
+def unlink_name(name: str, dir: Optional[str]) -> None:
+    """Remove named segment ``name`` in ``dir``; if this process maps that very file, its
+    ownership of the name ends and the mapping is no longer kept for the name's sake."""
     d = default_dir(dir)
     with _mappings.lock:
-        ref = _live.get(_cache_key(d, name))
+        ref = _live.get(cache_key(d, name))
     seg = ref() if ref is not None else None
-    path = os.path.join(d, _PREFIX + name)
+    path = os.path.join(d, PREFIX + name)
     st = None
     if seg is not None:
         try:
             st = os.lstat(path)
         except OSError:
             pass
-    check(lib.ndshm_unlink(_cstr(name), _cstr(dir)), path)
+    check(lib.ndshm_unlink(cstr(name), cstr(dir)), path)
     if seg is not None and st is not None and seg._same_file(st.st_dev, st.st_ino):
-        seg._end_ownership()
+        _ownership.end(seg)
         _mappings.unkeep(seg)
 
 
-def exists(name: str, *, dir: Optional[str] = None) -> bool:
-    """True if a named segment ``name`` exists (in any state)."""
-    _str_name(name)
-    return os.path.exists(os.path.join(default_dir(dir), _PREFIX + name))
+def file_identity(seg: Segment) -> tuple[int, int]:
+    """(device, inode) of ``seg``'s backing file."""
+    return seg._dev, seg._ino
 
 
-
-
-def segment_of(arr: Any) -> Segment:
-    """The :class:`Segment` an array (or any view of it) lives in; ValueError if none."""
-    seg = _owner(arr)
-    if not isinstance(seg, Segment):
-        raise ValueError("the array does not live in an ndshm segment")
-    return seg
-
-
-def send_fd(sock: Any, fd: Any) -> None:
-    """Send descriptor ``fd`` (or a memfd Segment's) over the connected Unix socket ``sock``."""
-    if isinstance(fd, Segment):
-        fd = fd.fd
-    check(lib.ndshm_send_fd(_sock_fd(sock), _dtype.as_int(fd, "file descriptor", 0, 2**31 - 1)))
-
-
-def _sock_fd(sock: Any) -> int:
-    return _dtype.as_int(sock.fileno() if hasattr(sock, "fileno") else sock, "socket", 0, 2**31 - 1)
-
-
-def recv_fd(sock: Any) -> int:
-    """Receive one descriptor from the connected Unix socket ``sock``; the caller owns it."""
-    out = ffi.new("int *")
-    check(lib.ndshm_recv_fd(_sock_fd(sock), out))
-    return int(out[0])
-
-
-def _sync_segment(name: Optional[str], dir: Optional[str], create: bool) -> Segment:
+def sync_segment(name: Optional[str], dir: Optional[str], create: bool) -> Segment:
     """The segment of a standalone Lock, Event or Barrier: a new one (flagged NDSHM_SEG_SYNC, owned
     by its creator like any other) or the existing one named ``name``."""
     if create:
@@ -909,6 +880,3 @@ def _sync_segment(name: Optional[str], dir: Optional[str], create: bool) -> Segm
     if name is None:
         raise ValueError("attaching needs a name")
     return Segment.attach(name, dir=dir)
-
-
-_ownership.segment_factory = _sync_segment  # for _sync, which must not import this module (Segment.lock imports it)

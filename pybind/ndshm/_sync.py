@@ -24,14 +24,12 @@ import math
 import numbers
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from . import _dtype
 from ._errors import BrokenBarrierError, ClosedError, NdshmPermissionError, check, error_from_code
 from ._lib import ffi, lib
-
-if TYPE_CHECKING:  # pragma: no cover - _segment imports this module
-    from ._segment import Segment
+from ._segment import Segment, sync_segment
 
 __all__ = ["Lock", "Event", "Barrier"]
 
@@ -123,9 +121,6 @@ class _Sync:
         self._area = ffi.cast("void *", self.address)
 
     def _standalone(self, name: Optional[str], dir: Optional[str], create: bool) -> None:
-        # The segment comes through _ownership, not the Segment class: _segment imports this module
-        # (Segment.lock), so importing it from here would close an import circle.
-        from ._ownership import sync_segment
         kind = type(self).__name__
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{kind} name {name!r} is not a str")

@@ -86,14 +86,15 @@ from distributed.protocol.numpy import deserialize_numpy_ndarray, serialize_nump
 from distributed.protocol.serialize import dask_deserialize, dask_serialize
 
 from . import _ownership, _segment
+from ._api import create
 from ._errors import SegmentNotFoundError
 from ._lib import lib
 from ._reference import Reference, dir_identity, from_reference, node_identity, reference, same_boot
+from ._replica import Replica
 
 if TYPE_CHECKING:
     from typing_extensions import TypeGuard
 
-    from ._replicate import Replica
 
 __all__ = ["install", "NdshmPlugin", "scatter", "empty", "share", "stats", "replicate", "UnreachableReferenceError"]
 
@@ -210,7 +211,7 @@ def _by_reference(context: Optional[dict[str, Any]], x: Any) -> bool:
     if not same_boot(node.partition("|")[0]):
         return False
     try:
-        d = _segment.segment_of(x)._dir
+        d = _segment.segment_of(x).dir
     except ValueError:
         return False
     dirs = context["recipient"].get(DIRS_KEY)  # type: ignore[index]  # a recipient announced a node
@@ -267,7 +268,7 @@ def deserialize_shared_array(header: dict[str, Any], frames: list[Any]) -> NDArr
         _counts["received_by_reference"] += 1
         if ref.name.startswith(NODE_PREFIX) and _SETLK is not None:
             if ref.handover:
-                _node_own(_segment._owner(got))
+                _ownership.give_up(_segment.owner_of(got))
             _hold(got)
         return got
     arr: NDArray[Any] = deserialize_numpy_ndarray(header, frames)
@@ -275,12 +276,12 @@ def deserialize_shared_array(header: dict[str, Any], frames: list[Any]) -> NDArr
 
 
 def _sizeof_shared_array(x: NDArray[Any]) -> int:
-    seg = _segment._owner(x)
+    seg = _segment.owner_of(x)
     if isinstance(seg, _segment.Segment):
-        h = _holds.get((seg._dev, seg._ino)) if seg._path is not None else None
+        h = _holds.get(_segment.file_identity(seg)) if seg.path is not None else None
         if h is not None:  # node-owned: the holder that accounts for it counts the bytes
             return int(x.nbytes) + 100 if h.accountant else 100
-        if not (seg._creator or seg._owner == "received"):
+        if not (seg.creator or seg.owner == "received"):
             return 100  # a mapping of memory another process owns
     return int(x.nbytes) + 100
 
@@ -343,7 +344,7 @@ def _pickle_dumps(x: Any, context: Optional[dict[str, Any]] = None) -> tuple[dic
 
 
 def _rebuild_and_hold(*args: Any) -> Any:
-    arr = _segment._rebuild(*args)
+    arr = _segment.rebuild_view(*args)
     _counts["received_by_reference"] += 1
     if isinstance(args[0], str) and args[0].startswith(NODE_PREFIX):
         _hold(arr)
@@ -352,7 +353,7 @@ def _rebuild_and_hold(*args: Any) -> Any:
 
 class _HoldingUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if module == "ndshm._segment" and name == "_rebuild":
+        if module == "ndshm._segment" and name == "rebuild_view":
             return _rebuild_and_hold
         return super().find_class(module, name)
 
@@ -455,19 +456,19 @@ def _root(arr: NDArray[Any]) -> NDArray[Any]:
 def _hold(arr: NDArray[Any], accountant: bool = True) -> bool:
     """Hold ``arr``'s node-owned segment while ``arr`` (or any view of it) lives in this process;
     ``accountant``: count its bytes here if no other holder does. False if it cannot be held."""
-    seg = _segment._owner(arr)
-    if _SETLK is None or not isinstance(seg, _segment.Segment) or seg._path is None or seg._kind != "named":
+    seg = _segment.owner_of(arr)
+    if _SETLK is None or not isinstance(seg, _segment.Segment) or seg.path is None or seg.kind != "named":
         return False
-    key = (seg._dev, seg._ino)
+    key = _segment.file_identity(seg)
     root = _root(arr)
     token = next(_tokens)
     with _holding():
         h = _holds.get(key)
         if h is None:
-            fd = _open_hold(seg._path, key)
+            fd = _open_hold(seg.path, key)
             if fd is None:
                 return False
-            h = _holds[key] = _Hold(seg._path, key, fd)
+            h = _holds[key] = _Hold(seg.path, key, fd)
         if id(root) in h.roots:
             return True
         h.roots[id(root)] = token
@@ -542,19 +543,6 @@ def _remove_if_unheld(path: str, key: tuple[int, int]) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _node_own(seg: Any) -> None:
-    """Make ``seg`` (just created, or just claimed from a hand-over) owned by no process: its name
-    then lives while a holder holds it (see above), and ndshm's sweep reclaims it if every holder
-    was killed."""
-    was = seg._owner
-    _ownership.disown(seg)
-    with _ownership._lock:
-        _ownership._received.pop(id(seg), None)
-    if was in ("creator", "received") and not seg._readonly:
-        lib.ndshm_lock_release(_ownership._owner_area(seg))
-    seg._owner = None
 
 
 def _new_name() -> str:
@@ -677,7 +665,7 @@ def _in_named_segment(arr: object) -> TypeGuard[NDArray[Any]]:
     reference would hand an owner="receiver" segment over)."""
     if not isinstance(arr, np.ndarray):
         return False
-    seg = _segment._owner(arr)
+    seg = _segment.owner_of(arr)
     return isinstance(seg, _segment.Segment) and seg.kind == "named" and not seg.closed
 
 
@@ -689,9 +677,9 @@ def empty(shape: Any, dtype: Any = float, *, owner: str = "node", dir: Optional[
     accounting over when it lets go). Other values are ``ndshm.create``'s owners; without OFD
     locks (``F_OFD_SETLK``: Linux only) ``"node"`` means ``"views"``, the maker's views."""
     if owner != "node" or _SETLK is None:  # no OFD locks (not Linux): the maker's views own the name
-        return _segment.create(None, shape, dtype, owner="views" if owner == "node" else owner, dir=dir)
-    arr = _segment.create(_new_name(), shape, dtype, owner="creator", dir=dir)
-    _node_own(_segment._owner(arr))
+        return create(None, shape, dtype, owner="views" if owner == "node" else owner, dir=dir)
+    arr = create(_new_name(), shape, dtype, owner="creator", dir=dir)
+    _ownership.give_up(_segment.owner_of(arr))
     _hold(arr)
     return arr
 
@@ -719,7 +707,7 @@ def scatter(client: Any, data: Any, *, workers: Any = None, broadcast: bool = Fa
         shared = data
     else:  # handed to the first receiver, which makes it node-owned (see empty)
         src = np.asarray(data)
-        shared = _segment.create(_new_name(), src.shape, src.dtype, owner="receiver", dir=dir)
+        shared = create(_new_name(), src.shape, src.dtype, owner="receiver", dir=dir)
         shared[...] = src
     return client.scatter(shared, workers=workers, broadcast=broadcast, direct=True if direct is None else direct,
                           hash=False)
@@ -758,7 +746,6 @@ def replicate(client: Any, arr: Any, *, name: Optional[str] = None, include_clie
     ``replica.array()``."""
     import uuid
 
-    from ._replicate import Replica
     src = np.asarray(arr)
     if src.dtype.hasobject:
         raise TypeError(f"dtype {src.dtype} holds Python objects: it cannot live in shared memory")

@@ -35,7 +35,7 @@ by value (``np.asarray(arr)`` before returning it) or use ``ndshm.replicate``.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 from numpy.typing import NDArray
@@ -43,10 +43,9 @@ from numpy.typing import NDArray
 import ray
 
 from . import _segment
+from ._api import create
 from ._reference import Reference, WrongNodeError, from_reference, node_identity, reference, same_boot
-
-if TYPE_CHECKING:
-    from ._replicate import Replica
+from ._replica import Replica
 
 __all__ = ["init", "runtime_env", "setup", "empty", "share", "replicate", "SETUP_HOOK"]
 
@@ -144,7 +143,7 @@ def init(*args: Any, writeable: bool = False, **kwargs: Any) -> Any:
 def empty(shape: Any, dtype: Any = float, *, dir: Optional[str] = None) -> NDArray[Any]:
     """A new shared array (zeroed) for a task to fill and return: handed to the driver when it gets
     the result (``owner="receiver"``; see the module documentation)."""
-    return _segment.create(None, shape, dtype, owner="receiver", dir=dir)
+    return create(None, shape, dtype, owner="receiver", dir=dir)
 
 
 def share(arr: Any, *, dir: Optional[str] = None) -> NDArray[Any]:
@@ -190,7 +189,6 @@ def replicate(arr: Any, *, name: Optional[str] = None) -> Replica:
 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from ._replicate import Replica
     src = np.asarray(arr)
     if src.dtype.hasobject:
         raise TypeError(f"dtype {src.dtype} holds Python objects: it cannot live in shared memory")

@@ -940,6 +940,61 @@ TEST(holes_on_tmpfs_are_refused_or_reserved) {
     unlink(raw);
 }
 
+/* What reclaimers read without mapping: magic, flags, the owner lock and the hand-over marker. */
+TEST(probe_fd_reads_magic_flags_owner_and_handover) {
+    const char *name = uname_();
+    ndshm_segment_params_t p = params(name, 6);
+    p.flags = NDSHM_SEG_PERSIST;
+    ndshm_segment_t *a = NULL;
+    CHECK_RC(ndshm_segment_create(&p, &a), 0);
+    int fd = open(path_of(name), O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0);
+    ndshm_fd_probe_t pr;
+    CHECK_RC(ndshm_segment_probe_fd(fd, &pr), 0);
+    CHECK(pr.magic == NDSHM_PROBE_OURS && (pr.flags & NDSHM_SEG_PERSIST) && pr.owner_state == 0 && pr.handover == 0);
+    CHECK_RC(ndshm_segment_handover_marked(a), 0);
+    CHECK_RC(ndshm_segment_mark_handover(a), 0);
+    CHECK_RC(ndshm_segment_handover_marked(a), 1);
+    void *owner = NULL;
+    CHECK_RC(ndshm_segment_sync(a, NDSHM_SYNC_OWNER, &owner), 0);
+    CHECK_RC(ndshm_lock_acquire(owner, 0.0), 0);
+    CHECK_RC(ndshm_segment_probe_fd(fd, &pr), 0);
+    CHECK(pr.magic == NDSHM_PROBE_OURS && pr.owner_state == 1 && pr.handover == 1);
+    CHECK_RC(ndshm_lock_release(owner), 0);
+    ndshm_segment_t *r = NULL;
+    CHECK_RC(ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, NDSHM_SEG_READONLY, &r), 0);
+    CHECK_RC(ndshm_segment_handover_marked(r), 1);
+    CHECK_RC(ndshm_segment_mark_handover(r), NDSHM_EPERM);
+    CHECK_DETAIL("read-only");
+    ndshm_segment_close(r);
+    close(fd);
+    CHECK_RC(ndshm_unlink(name, dir), 0);
+    ndshm_segment_close(a);
+    CHECK_RC(ndshm_segment_mark_handover(NULL), NDSHM_EINVAL);
+    CHECK_RC(ndshm_segment_handover_marked(NULL), NDSHM_EINVAL);
+    CHECK_RC(ndshm_segment_probe_fd(-1, &pr), NDSHM_EINVAL);
+    CHECK_RC(ndshm_segment_probe_fd(0, NULL), NDSHM_EINVAL);
+    /* a blank file (a creator that died before writing its header), a short one, a foreign one */
+    char *path = path_of(uname_());
+    static const unsigned char zeros[900];
+    write_file(path, zeros, sizeof zeros);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK_RC(ndshm_segment_probe_fd(fd, &pr), 0);
+    CHECK(pr.magic == NDSHM_PROBE_BLANK && pr.flags == 0 && pr.owner_state == 0 && pr.handover == 0);
+    close(fd);
+    write_file(path, zeros, 0);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK_RC(ndshm_segment_probe_fd(fd, &pr), 0);
+    CHECK(pr.magic == NDSHM_PROBE_BLANK && pr.owner_state == -1);
+    close(fd);
+    write_file(path, "not ours, surely", 16);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK_RC(ndshm_segment_probe_fd(fd, &pr), 0);
+    CHECK(pr.magic == NDSHM_PROBE_FOREIGN && pr.owner_state == -1);
+    close(fd);
+    unlink(path);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/dev/shm/ndshm-ctest-%d", (int)getpid());
     if (mkdir(dir, 0700) != 0) {
@@ -976,6 +1031,7 @@ int main(void) {
     }
     RUN(raw_attach_and_file_kind);
     RUN(populate_prefaults_and_keeps_the_data);
+    RUN(probe_fd_reads_magic_flags_owner_and_handover);
     RUN(nothing_leaks);
     if (rmdir_tables(dir) != 0) {
         perror(dir);

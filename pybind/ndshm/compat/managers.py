@@ -26,7 +26,7 @@ from multiprocessing import ProcessError
 from typing import Any, Callable, Iterable, Optional
 
 from . import shared_memory as _sm
-from .shared_memory import _SLT, ShareableList, SharedMemory
+from .shared_memory import SLT, ShareableList, SharedMemory
 
 __all__ = ["SharedMemoryManager"]
 
@@ -95,8 +95,9 @@ class SharedMemoryManager:
         """Return at once: there is no server process to wait for."""
 
     def _record(self, shm: SharedMemory) -> None:
-        st = os.stat(shm._path)
-        self._blocks[shm.name] = (shm._path, st.st_dev, st.st_ino)
+        path = _sm.block_path(shm)
+        st = os.stat(path)
+        self._blocks[shm.name] = (path, st.st_dev, st.st_ino)
 
     def _check_started(self) -> None:
         if self._state != _STARTED:
@@ -111,7 +112,7 @@ class SharedMemoryManager:
             self._record(shm)
         return shm
 
-    def ShareableList(self, sequence: Optional[Iterable[_SLT]]) -> _sm.ShareableList[_SLT]:
+    def ShareableList(self, sequence: Optional[Iterable[SLT]]) -> _sm.ShareableList[SLT]:
         """A new :class:`ShareableList` holding ``sequence``, unlinked at :meth:`shutdown`."""
         with self._lock:
             self._check_started()

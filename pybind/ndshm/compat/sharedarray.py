@@ -40,10 +40,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
 
+from .._dirs import READ_FLAGS
 from .._dtype import as_dtype, as_shape, nbytes_of
 from .._errors import CorruptSegmentError
-from .._segment import Segment
-from .shared_memory import SHM_DIR, _bare, _new_file
+from .._segment import Segment, map_raw
+from .._compat_blocks import SHM_DIR, bare_name, new_file
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from numpy.typing import DTypeLike, NDArray
@@ -90,7 +91,7 @@ def _path(name: str) -> str:
     if "://" in bare and not name.startswith(_SHM):
         raise OSError(22, os.strerror(22), name)
     try:
-        return os.path.join(SHM_DIR, _bare(bare, name))
+        return os.path.join(SHM_DIR, bare_name(bare, name))
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, name) from None
 
@@ -208,7 +209,7 @@ class MapOwner:
 
 def _array(name: str, path: str, ro: bool, meta: Optional[_Meta] = None) -> NDArray[Any]:
     try:
-        seg = Segment._attach_raw(path, ro)
+        seg = map_raw(path, ro)
     except FileNotFoundError as exc:
         code = exc.errno or errno.ENOENT
         raise FileNotFoundError(code, os.strerror(code), name) from None
@@ -243,7 +244,7 @@ def create(name: str, shape: ShapeLike, dtype: DTypeLike = float) -> NDArray[Any
     nbytes = nbytes_of(dims, dt)
     meta = _meta_bytes(dt, dims, nbytes)
     try:
-        fd = _new_file(path, nbytes + len(meta), 0o666)
+        fd = new_file(path, nbytes + len(meta), 0o666)
     except OSError as exc:
         raise type(exc)(exc.errno, exc.strerror, name) from None
     try:
@@ -294,7 +295,7 @@ def list() -> tuple[ArrayDesc, ...]:  # noqa: A001 - SharedArray's name
             try:
                 if not entry.is_file(follow_symlinks=False):
                     continue
-                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+                fd = os.open(entry.path, READ_FLAGS)
             except OSError:
                 continue
             try:
