@@ -39,7 +39,9 @@ templates_path = ["_templates"]
 # not resolve is one of them. References into NumPy, the standard library and the engines stay
 # plain text (no intersphinx: nothing is downloaded while building).
 nitpicky = True
-nitpick_ignore_regex = [(r"py:.*", r"(?!ndshm\b).*"), (r"py:.*", r".*(^|\.)_[^_].*")]
+nitpick_ignore_regex = [(r"py:.*", r"(?!ndshm\b).*"), (r"py:.*", r".*(^|\.)_[^_].*"),
+                        # ShareableList's element TypeVar: in signatures, not a name of its own
+                        (r"py:.*", r"ndshm\.compat\.shared_memory\.SLT")]
 
 # Our docstrings are reST with ``literals`` and :class: roles, sectioned (Parameters, Returns) in
 # a few places only: napoleon reads those and leaves the rest as written.
