@@ -1,4 +1,11 @@
-"""Shared test plumbing: run code in a real second interpreter, and unique segment names."""
+"""Shared test plumbing: run code in a real second interpreter, and unique segment names.
+
+The tests live in one folder per room of the package they test (``binding/``, ``segment/``,
+``rings/``, ``sync/``, ``compat/``, ``engines/``, ``cli/``, ``system/``), without ``__init__.py``:
+pytest's default import mode puts this folder on ``sys.path`` when it loads this file, so every
+test file imports ``conftest`` and ``optional_deps`` as top-level modules, from any folder (file
+names stay unique across folders for the same reason).
+"""
 
 from __future__ import annotations
 

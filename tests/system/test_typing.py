@@ -20,7 +20,7 @@ import pytest
 
 from optional_deps import require as requires
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 # A user's program: ndshm's arrays, sync objects, listing and the compat modules, with the types a
 # type checker must see for them.

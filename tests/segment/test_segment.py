@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import PYPY, collect, run_python, skip_or_fail
+from conftest import PYPY, ROOT, collect, run_python, skip_or_fail
 
 
 def shm_path(name: str, d: str | None = None) -> str:
@@ -600,7 +600,7 @@ def test_populate_makes_the_mapping_resident(unique_name):
     # a fresh process: attach(populate=True) faults the pages in, a plain attach does not
     code = f"""
         import ndshm, sys
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        sys.path[:0] = [{os.path.dirname(__file__)!r}, {str(ROOT / 'tests')!r}]
         from test_segment import _rss_kib
         a = ndshm.attach(sys.argv[1], populate=sys.argv[2] == "1")
         print(_rss_kib(ndshm.segment_of(a).path))
