@@ -453,7 +453,8 @@ def test_attach_timeout_races_a_slow_creator(unique_name, kind):
     p = CTX.Process(target=_slow_creator, args=(kind, unique_name, 0.3, done))
     p.start()
     try:
-        with pytest.raises(FileNotFoundError):  # without a timeout: at once, as before
+        # without a timeout: at once, as before
+        with pytest.raises(ndshm.SegmentNotFoundError, match="no segment .*" + unique_name):
             ndshm.Queue.attach(unique_name) if kind == "queue" else ndshm.attach(unique_name + "-none")
         t0 = time.monotonic()
         if kind == "queue":

@@ -125,7 +125,7 @@ def test_zero_copy_loan_receive_addresses(q):
         vaddr = view.__array_interface__["data"][0]
         assert vaddr == addr  # read in place: the very slot written
         assert not view.flags.writeable
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="read-only"):
             view[0, 0] = 1
         assert (view == 3.0).all()
     with pytest.raises(IndexError if PYPY else ndshm.ClosedError, match=None if PYPY else "copy what you keep"):
@@ -187,7 +187,7 @@ def test_timeouts(q):
     with pytest.raises(std_queue.Full):
         with q.loan(3, float, timeout=0.01):
             pass
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="timeout -1 must be a non-negative number"):
         q.get(timeout=-1)
 
 
@@ -412,7 +412,7 @@ def test_put_many_checks_every_array_before_putting(unique_name):
                 q.put_many(batch)
             assert q.qsize() == 0, batch
     with ndshm.Queue(unique_name + "-typed", slots=4, shape=(2,), dtype="f8") as tq:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="could not convert string to float"):
             tq.put_many([np.zeros(2), np.array(["a", "b"])])  # not convertible to the queue's dtype
         with pytest.raises(ndshm.MessageTooBigError):
             tq.put_many([np.zeros(2), np.zeros(3)])
