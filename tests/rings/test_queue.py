@@ -554,8 +554,8 @@ import sys, numpy as np, ndshm
 q = ndshm.Queue.attach({unique_name!r}); out = []
 while True:
     try:
-        batch = q.get_many(256, timeout=2.0 if out else 20.0)
-    except ndshm.Empty:
+        batch = q.get_many(256, timeout=30)
+    except ndshm.ShutDown:  # drained after the producers ended (no idle timeout to wait out)
         break
     out.extend(batch)
 a = np.array([m for m in out], np.int64).reshape(-1, 2)
@@ -568,6 +568,7 @@ np.save(sys.argv[1], a)
     ps = [subprocess.Popen([sys.executable, "-c", prod, str(p)], env=env) for p in range(4)]
     for p in ps:
         assert p.wait(60) == 0
+    q.shutdown()  # every message is in: the consumers drain the queue, then get ShutDown
     for c in cs:
         assert c.wait(60) == 0
     seen = np.zeros((4, n), np.int32)
