@@ -54,6 +54,23 @@ def pytest_configure(config) -> None:
                                        "these out, every other run has them")
 
 
+# make test runs pytest-xdist with --dist loadfile: a worker takes whole files, in collection order.
+# The files that take longest (--durations of the main run: the wheel and sdist builds, two-node Ray
+# clusters, the examples, the benchmark smoke run, the multi-node Dask cluster, mypy) are collected
+# first, so the other files fill in around them and the workers end together, instead of one
+# worker starting the last big file while the other has nothing left. Order within a file is kept.
+SLOWEST_FILES_FIRST = ("system/test_packaging.py", "engines/test_ray.py", "system/test_examples.py",
+                       "system/test_bench_smoke.py", "engines/test_multinode.py", "system/test_typing.py",
+                       "engines/test_dask.py", "segment/test_hostile_files.py", "rings/test_queue.py",
+                       "engines/test_dask_amm.py", "system/test_readme.py", "rings/test_broadcast.py")
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES_FIRST)}
+    last = len(SLOWEST_FILES_FIRST)
+    items.sort(key=lambda item: rank.get(f"{item.path.parent.name}/{item.path.name}", last))
+
+
 @pytest.fixture(autouse=True)
 def _system_wide(request):
     """Hold SYSTEM_WIDE_LOCK for a test marked system_wide (an autouse fixture: taken before the
