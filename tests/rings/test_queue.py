@@ -133,7 +133,7 @@ def test_zero_copy_loan_receive_addresses(q):
 
 
 def test_loan_exception_discards(q):
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="boom"):
         with q.loan(3, np.uint8) as out:
             out[:] = 1
             raise RuntimeError("boom")
