@@ -44,8 +44,9 @@ SYSTEM_WIDE_LOCK = Path(tempfile.gettempdir()) / "ndshm-tests-system-wide.lock"
 def pytest_configure(config) -> None:
     # Registered here, not in pyproject.toml, so that a copy of tests/ (the installed-wheel test)
     # knows them too.
-    config.addinivalue_line("markers", "slow: takes seconds of its own; make test runs it in its main run only "
-                                       "(the other runs pass -m 'not slow')")
+    config.addinivalue_line("markers", "slow: takes seconds of its own (builds, mypy, multi-node clusters, the "
+                                       "benchmarks); make test runs it in its main run only (the other runs pass "
+                                       "-m 'not slow', as a developer's quick loop can)")
     config.addinivalue_line("markers", "system_wide: changes or depends on machine-wide state (huge page "
                                        "reservations, mounts, free huge pages): runs holding a lock every test "
                                        "process on the machine shares, so no other such test runs meanwhile")

@@ -25,8 +25,9 @@ from optional_deps import minimal_deps_reason
 
 # make test runs pytest-xdist with --dist loadfile: one worker runs this file, so the build venv,
 # the sdist and the wheels (into the tree's build/) are made one after the other.
-pytestmark = pytest.mark.skipif(platform.python_implementation() != "CPython" or bool(minimal_deps_reason()),
-                                reason="the wheels are built once, by the main CPython run")
+pytestmark = [pytest.mark.slow,  # builds: tens of seconds each
+               pytest.mark.skipif(platform.python_implementation() != "CPython" or bool(minimal_deps_reason()),
+                                  reason="the wheels are built once, by the main CPython run")]
 
 
 def test_wheel_builds_without_python_headers(tmp_path):

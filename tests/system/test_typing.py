@@ -215,6 +215,7 @@ def test_mpi_window_types(tmp_path, mypy_cache):
 _ERROR_LINE = re.compile(r"^(?P<path>[^:\s]+\.pyi?):\d+: error: ", re.M)
 
 
+@pytest.mark.slow  # mypy over the whole package, from a cold cache: 15-40 s
 def test_package_is_clean_under_mypy_strict():
     """``mypy --strict`` over the package (as ``[tool.mypy]`` in pyproject.toml configures it)
     reports no error in any of its files."""
