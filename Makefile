@@ -90,9 +90,9 @@ ASAN_ENV = LD_PRELOAD=$(ASAN_PRELOAD) ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=
 	NDSHM_LIBRARY=$(CURDIR)/$(ASAN_LIB)
 # The tests that drive the C library (queues, broadcast, views, segments, sync, buffers, compat):
 # the sanitizer and PYTHONMALLOC=debug runs of make test.
-SANITIZE_TESTS ?= $(sort $(wildcard tests/test_queue*.py tests/test_broadcast.py tests/test_segment*.py \
-	tests/test_sync.py tests/test_alloc.py tests/test_lifetime.py tests/test_binding.py tests/test_hostile_*.py \
-	tests/test_compat*.py tests/test_listing.py tests/test_pipelines.py))
+SANITIZE_TESTS ?= $(sort $(wildcard tests/rings/test_*.py tests/segment/test_segment*.py tests/segment/test_hostile_*.py \
+	tests/segment/test_lifetime.py tests/segment/test_listing.py tests/sync/test_*.py tests/binding/test_*.py \
+	tests/compat/test_*.py))
 ASAN_PYTHON ?= $(VENV)/bin/python
 
 $(ASAN_LIB): $(SRCS) $(HDRS) Makefile

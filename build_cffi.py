@@ -10,7 +10,7 @@ pycparser. The header's version macros are appended to it, so that ``ndshm._lib`
 library built from another header without reading the header again.
 
 ``make lib`` runs this (it needs cffi, and so pycparser, at build time only); so does the wheel
-build (``hatch_build.py``). ``tests/test_binding.py`` regenerates the module in memory and fails
+build (``hatch_build.py``). ``tests/binding/test_binding.py`` regenerates the module in memory and fails
 if the installed one has drifted from the header.
 """
 

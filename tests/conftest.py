@@ -1,4 +1,11 @@
-"""Shared test plumbing: run code in a real second interpreter, and unique segment names."""
+"""Shared test plumbing: run code in a real second interpreter, and unique segment names.
+
+The tests live in one folder per room of the package they test (``binding/``, ``segment/``,
+``rings/``, ``sync/``, ``compat/``, ``engines/``, ``cli/``, ``system/``), without ``__init__.py``:
+pytest's default import mode puts this folder on ``sys.path`` when it loads this file, so every
+test file imports ``conftest`` and ``optional_deps`` as top-level modules, from any folder (file
+names stay unique across folders for the same reason).
+"""
 
 from __future__ import annotations
 
@@ -37,14 +44,32 @@ SYSTEM_WIDE_LOCK = Path(tempfile.gettempdir()) / "ndshm-tests-system-wide.lock"
 def pytest_configure(config) -> None:
     # Registered here, not in pyproject.toml, so that a copy of tests/ (the installed-wheel test)
     # knows them too.
-    config.addinivalue_line("markers", "slow: takes seconds of its own; make test runs it in its main run only "
-                                       "(the other runs pass -m 'not slow')")
+    config.addinivalue_line("markers", "slow: takes seconds of its own (builds, mypy, multi-node clusters, the "
+                                       "benchmarks); make test runs it in its main run only (the other runs pass "
+                                       "-m 'not slow', as a developer's quick loop can)")
     config.addinivalue_line("markers", "system_wide: changes or depends on machine-wide state (huge page "
                                        "reservations, mounts, free huge pages): runs holding a lock every test "
                                        "process on the machine shares, so no other such test runs meanwhile")
     config.addinivalue_line("markers", "mlock: asserts what mlock() did, which AddressSanitizer's runtime makes a "
                                        "no-op (it intercepts mlock and returns 0): make test's sanitizer runs leave "
                                        "these out, every other run has them")
+
+
+# make test runs pytest-xdist with --dist loadfile: a worker takes whole files, in collection order.
+# The files that take longest (--durations of the main run: the wheel and sdist builds, two-node Ray
+# clusters, the examples, the benchmark smoke run, the multi-node Dask cluster, mypy) are collected
+# first, so the other files fill in around them and the workers end together, instead of one
+# worker starting the last big file while the other has nothing left. Order within a file is kept.
+SLOWEST_FILES_FIRST = ("system/test_packaging.py", "engines/test_ray.py", "system/test_examples.py",
+                       "system/test_bench_smoke.py", "engines/test_multinode.py", "system/test_typing.py",
+                       "engines/test_dask.py", "segment/test_hostile_files.py", "rings/test_queue.py",
+                       "engines/test_dask_amm.py", "system/test_readme.py", "rings/test_broadcast.py")
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES_FIRST)}
+    last = len(SLOWEST_FILES_FIRST)
+    items.sort(key=lambda item: rank.get(f"{item.path.parent.name}/{item.path.name}", last))
 
 
 @pytest.fixture(autouse=True)

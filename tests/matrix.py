@@ -381,7 +381,7 @@ class Matrix:
                 env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "pybind"), env.get("PYTHONPATH")) if p)
                 env.update(run.env)
                 cmd = [run.venv.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                       "-n", str(self.opts.workers), "--dist", "loadfile", "--durations=10", *run.pytest_args]
+                       "-n", str(self.opts.workers), "--dist", "loadfile", "--durations=40", *run.pytest_args]
                 self.say(f"matrix: {run.name}: {run.venv.interpreter}, NumPy {run.numpy}: "
                          f"{' '.join(f'{k}={v}' for k, v in run.env.items() if k != MINIMAL_DEPS_VAR)} "
                          f"{shlex.join(cmd[1:])}".replace("  ", " "))

@@ -58,7 +58,7 @@ def _worker_cmd(address: str, name: str) -> list:
 def _start_node(layout: str, address: str, names: list, tmp_path) -> subprocess.Popen:
     """Start the workers ``names`` of one node (one process group)."""
     env = child_env()
-    env["PYTHONPATH"] = os.pathsep.join([TESTS, env["PYTHONPATH"]])
+    env["PYTHONPATH"] = os.pathsep.join([TESTS, str(ROOT / "tests"), env["PYTHONPATH"]])
     env.pop("NDSHM_DIR", None)
     env.pop("NDSHM_NODE_ID", None)
     if layout == "node-id":

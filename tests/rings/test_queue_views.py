@@ -243,7 +243,7 @@ def test_loan_with_a_derived_view_bound_in_the_block_is_published(unique_name):
 @CPYTHON_ONLY
 def test_loan_block_that_raises_still_discards_quietly(unique_name):
     with ndshm.Queue(unique_name, slots=2, slot_bytes=256) as q:
-        with pytest.raises(KeyError):  # the block's own exception, not a BufferError on top
+        with pytest.raises(KeyError, match="boom"):  # the block's own exception, not a BufferError on top
             with q.loan((8,), np.float64) as out:
                 kept = memoryview(out)
                 raise KeyError("boom")
@@ -361,7 +361,7 @@ def test_pypy_releases_the_slot_at_the_end_of_the_block(unique_name):
         assert kept.shape == (3,) and len(kept2) == 2
         # a closed array is emptied there (PyPy's cpyext cannot take a changed class)
         assert v.shape == (0,) and out.shape == (0,)
-        with pytest.raises(IndexError):
+        with pytest.raises(IndexError, match="index 0 is out of bounds"):
             v[0]
 
 

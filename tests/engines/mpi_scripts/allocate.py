@@ -1,6 +1,6 @@
-"""Run by tests/test_mpi.py under ``mpirun -n N``: one scenario of ndshm.mpi.allocate_shared per run.
+"""Run by tests/engines/test_mpi.py under ``mpirun -n N``: one scenario of ndshm.mpi.allocate_shared per run.
 
-    MPI_RESULTS=OUT mpirun -n N python -m mpi4py tests/mpi_scripts/allocate.py SCENARIO DIR
+    MPI_RESULTS=OUT mpirun -n N python -m mpi4py tests/engines/mpi_scripts/allocate.py SCENARIO DIR
 
 Every rank writes what it observed to ``OUT/<rank>.json`` (the test asserts on those); ``DIR`` is a
 private directory for the segments, so the test can count what is in it.

@@ -169,7 +169,7 @@ def test_barrier_timeout_breaks(unique_name):
     b.abort()
     with pytest.raises(ndshm.BrokenBarrierError):
         b.wait(1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="parties 0 is not an int from 1 to"):
         ndshm.Barrier(0)
 
 
@@ -324,7 +324,7 @@ def test_direct_in_segment_constructors(unique_name):
     seg = Segment.create(unique_name, shape=(0,), dtype=np.uint8)
     for i, obj in enumerate([Lock._in_segment(seg, 0), Event._in_segment(seg, 1), Barrier._in_segment(seg, 2, 2)]):
         assert obj.address == seg.sync_address(i)
-    with pytest.raises(ValueError):
+    with pytest.raises(ndshm.InvalidValueError, match="sync index 99 is not below 4"):
         Lock._in_segment(seg, 99)
     seg.close()
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
+import io
 import json
 import os
 import subprocess
@@ -15,11 +17,32 @@ import ndshm
 from conftest import child_env, dir_files, run_python
 from ndshm import _cli
 
-# The tests marked slow check argument parsing and messages, one CLI process per case: seconds each,
-# the same on every interpreter, so make test runs them in its main run only.
+# Argument parsing, messages and exit statuses need no process of their own: cli() runs the command
+# line in this process. cli_process() starts `python -m ndshm` where the process is what is tested:
+# its exit status through sys.exit, a command that must not hang (a timeout kills it, not the test
+# run), and output into a pipe or into another program.
 
 
-def cli(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -m ndshm ARGS`` run in this process (``_cli.main``, what ``__main__`` calls), with
+    ``env`` set in ``os.environ`` meanwhile: its exit status and what it printed, as a subprocess's."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = _cli.main(list(args), prog="python -m ndshm")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess(["python -m ndshm", *args], rc, out.getvalue(), err.getvalue())
+
+
+def cli_process(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    """``python -m ndshm ARGS`` in a new interpreter."""
     return subprocess.run([sys.executable, "-m", "ndshm", *args], capture_output=True, text=True, timeout=timeout,
                           env=child_env(**env))
 
@@ -55,13 +78,13 @@ sys.stdin.read()
 def test_rm_and_errors(unique_name):
     seg = ndshm.Segment.create(unique_name, 10, persist=True)
     seg.close()
-    out = cli("rm", unique_name, unique_name + "-missing")
+    out = cli_process("rm", unique_name, unique_name + "-missing")  # the exit statuses of the process: 1, 2, 0
     assert out.returncode == 1 and unique_name + "-missing" in out.stderr
     assert not ndshm.exists(unique_name)
     assert cli("info", unique_name).returncode == 1
-    assert cli("bogus").returncode == 2
+    assert cli_process("bogus").returncode == 2
     assert cli().returncode == 2
-    assert cli("--help").returncode == 0
+    assert cli_process("--help").returncode == 0
     assert cli("rm", "bad/name").returncode == 1
 
 
@@ -116,7 +139,7 @@ def _one_line_error(out: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 def test_gc_ls_info_do_not_hang_on_fifos_or_follow_symlinks(tmp_path):
-    d = str(tmp_path)
+    d = str(tmp_path)  # in processes: a command that hangs is killed by its timeout, not the test run
     os.mkfifo(os.path.join(d, "ndshm.f1"))  # anyone can plant one in /dev/shm
     os.symlink(os.path.join(d, "ndshm.f1"), os.path.join(d, "ndshm.tofifo"))
     (tmp_path / "target").write_bytes(bytes(64))  # a blank file: gc would take it under its own name
@@ -128,16 +151,16 @@ def test_gc_ls_info_do_not_hang_on_fifos_or_follow_symlinks(tmp_path):
         os.utime(os.path.join(d, n), (old, old))
     os.utime(os.path.join(d, "ndshm.toblank"), (old, old), follow_symlinks=False)
     for args in (("gc", "--dry-run", "--min-age", "0"), ("gc", "--min-age", "0")):
-        out = cli("--dir", d, *args, timeout=20)
+        out = cli_process("--dir", d, *args, timeout=20)
         assert out.returncode == 0, out.stderr
         assert " blank (" in out.stdout and "1 segment from" in out.stdout, out.stdout
     for n in ("ndshm.f1", "ndshm.tofifo", "ndshm.toblank", "target", "ndshm.sub"):
         assert os.path.lexists(os.path.join(d, n)), n
     assert not os.path.exists(os.path.join(d, "ndshm.blank"))
-    out = cli("--dir", d, "ls", timeout=20)
+    out = cli_process("--dir", d, "ls", timeout=20)
     assert out.returncode == 0 and "f1" in out.stdout and "4 segments" in out.stdout
-    assert cli("--dir", d, "info", "f1", "tofifo", timeout=20).returncode == 0
-    assert cli("--dir", d, "rm", "tofifo", timeout=20).returncode == 0  # by name: the link, not its target
+    assert cli_process("--dir", d, "info", "f1", "tofifo", timeout=20).returncode == 0
+    assert cli_process("--dir", d, "rm", "tofifo", timeout=20).returncode == 0  # by name: the link, not its target
     assert os.path.exists(os.path.join(d, "ndshm.f1")) and not os.path.lexists(os.path.join(d, "ndshm.tofifo"))
 
 
@@ -159,7 +182,6 @@ def test_blank_or_ours_skips_non_regular_files(tmp_path):
     assert os.path.lexists(link)
 
 
-@pytest.mark.slow
 def test_bad_dir_is_a_one_line_error(tmp_path):
     f = tmp_path / "file"
     f.write_bytes(b"x")
@@ -171,7 +193,6 @@ def test_bad_dir_is_a_one_line_error(tmp_path):
     assert cli("--dir", missing, "--help").returncode == 0
 
 
-@pytest.mark.slow
 def test_gc_min_age_must_be_finite_and_not_negative(tmp_path):
     d = str(tmp_path)
     (tmp_path / "ndshm.blank").write_bytes(bytes(64))
@@ -256,7 +277,6 @@ def test_ls_filters_by_name_and_glob(tmp_path):
     del keep
 
 
-@pytest.mark.slow
 def test_unknown_options_are_one_line_errors_for_every_command(tmp_path):
     d = str(tmp_path)
     for args in (("ls", "-l"), ("ls", "--bogus"), ("list", "-l"), ("info", "-l", "x"), ("rm", "--force", "x"),
@@ -269,7 +289,6 @@ def test_unknown_options_are_one_line_errors_for_every_command(tmp_path):
     assert dir_files(d) == []
 
 
-@pytest.mark.slow
 def test_help_version_and_dir_forms(tmp_path):
     d = str(tmp_path)
     keep = ndshm.create("seg", 3, dir=d)
@@ -310,10 +329,11 @@ def test_help_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_bench_help_names_the_command():
-    out = cli("bench", "--help")
+    # in a process: bench runs bench/run_all.py in a child that writes to this process's stdout
+    out = cli_process("bench", "--help")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: python -m ndshm bench") and "run_all.py" not in out.stdout
-    out = cli("bench", "--bogus")
+    out = cli_process("bench", "--bogus")
     assert out.returncode == 2 and "python -m ndshm bench" in out.stderr and "run_all.py" not in out.stderr
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from optional_deps import require as requires
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 # A user's program: ndshm's arrays, sync objects, listing and the compat modules, with the types a
 # type checker must see for them.
@@ -215,6 +215,7 @@ def test_mpi_window_types(tmp_path, mypy_cache):
 _ERROR_LINE = re.compile(r"^(?P<path>[^:\s]+\.pyi?):\d+: error: ", re.M)
 
 
+@pytest.mark.slow  # mypy over the whole package, from a cold cache: 15-40 s
 def test_package_is_clean_under_mypy_strict():
     """``mypy --strict`` over the package (as ``[tool.mypy]`` in pyproject.toml configures it)
     reports no error in any of its files."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import child_env, collect
+from conftest import ROOT, child_env, collect
 from optional_deps import require
 
 
@@ -161,7 +161,9 @@ def other_node(cluster, tmp_path_factory):
     client, _ = cluster
     seg_dir = str(tmp_path_factory.mktemp("other-node-shm"))
     env = child_env(NDSHM_NODE_ID="simulated-second-node", NDSHM_DIR=seg_dir)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), env.get("PYTHONPATH", "")])
+    # test_dask (this file) and the conftest it imports, for the functions the worker unpickles
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), str(ROOT / "tests"),
+                                         env.get("PYTHONPATH", "")])
     proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", client.scheduler.address,
                              "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", "other-node",
                              "--preload", "ndshm.dask"],

@@ -56,7 +56,7 @@ def test_readonly(unique_name):
     a = ndshm.create(unique_name, (5,), np.int32)
     ro = ndshm.from_reference(ndshm.reference(a), readonly=True)
     assert not ro.flags.writeable
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         ro[0] = 1
     view = a[1:]
     view.flags.writeable = False

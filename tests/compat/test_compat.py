@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
+import ndshm
 from conftest import collect, run_python
 from ndshm.compat.shared_memory import SharedMemory
 
@@ -44,25 +45,25 @@ def test_create_attach_close_unlink():
         a.close()
         a.unlink()
     assert not os.path.exists("/dev/shm/" + a.name)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ndshm.SegmentNotFoundError, match=a.name):
         SharedMemory(a.name)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=a.name):
         a.unlink()
 
 
 def test_argument_errors_match_the_stdlib(unique_name):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'size' must be a positive number different from zero"):
         SharedMemory(create=True, size=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'size' must be a positive integer"):
         SharedMemory(create=True, size=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'name' can only be None if create=True"):
         SharedMemory()
     for bad in (5, b"x"):
         with pytest.raises(TypeError, match="name"):
             SharedMemory(bad, create=True, size=4)
     name = "psm_" + unique_name
     a = SharedMemory(name, create=True, size=10)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match=name):
         SharedMemory(name, create=True, size=10)
     a.close()
     a.unlink()
@@ -138,7 +139,7 @@ def test_attach_raw_of_a_stdlib_block():
         arr = ndshm.attach_raw(a.name, (10,), "f8")
         arr[:] = 2.5
         assert np.frombuffer(a.buf, "f8").sum() == 25.0
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"shape \(11,\) of dtype float64 at offset 0 needs 88 bytes; .* has 80"):
             ndshm.attach_raw(a.name, (11,), "f8")
     finally:
         a.close()

@@ -1,6 +1,6 @@
 """ndshm.mpi.allocate_shared under a real ``mpirun -n 2`` and ``-n 3`` (Open MPI from Debian here).
 
-Each test runs one scenario of tests/mpi_scripts/allocate.py under mpirun, in a private segment
+Each test runs one scenario of tests/engines/mpi_scripts/allocate.py under mpirun, in a private segment
 directory; every rank writes what it saw as JSON and the assertions are made here.
 mpi4py comes with `make venv` (the ``[mpi]`` extra); missing, the tests skip locally and fail under
 CI, and the minimal-deps runs (PyPy, oldest NumPy) skip saying so (optional_deps.require).
@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT, child_env, dir_files, run_python, skip_or_fail
 from optional_deps import require
 
-SCRIPT = ROOT / "tests" / "mpi_scripts" / "allocate.py"
+SCRIPT = ROOT / "tests" / "engines" / "mpi_scripts" / "allocate.py"
 TIMEOUT = 90  # a hang (a rank left in a collective) fails here instead of blocking the suite
 
 

