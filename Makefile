@@ -112,7 +112,7 @@ INTEROP_PKGS ?= torch==2.13.0+cpu opencv-python-headless
 # The engine integrations' tests (a real LocalCluster, ray.init, mpirun) and the SharedArray drop-in's
 # test against the real package need these (mpi4py needs Open MPI: .ci/run installs it).
 ENGINE_PKGS ?= distributed ray mpi4py SharedArray
-# make docs (Sphinx, its theme and extensions) and tests/test_docs.py (Selenium drives the Debian
+# make docs (Sphinx, its theme and extensions) and tests/docs/test_docs.py (Selenium drives the Debian
 # chromium and chromium-driver that .ci/run installs). The main run of make test builds the docs.
 DOCS_PKGS ?= "sphinx>=7,<10" "pydata-sphinx-theme>=0.15" "myst-parser>=2" "sphinx-copybutton>=0.5" "selenium>=4.11"
 
@@ -125,7 +125,7 @@ $(VENV)/.stamp: pyproject.toml
 	$(VENV)/bin/python -m pip install -q $(ENGINE_PKGS) || { [ -z "$$CI" ] && \
 		echo "warning: $(ENGINE_PKGS) did not install; the engine and SharedArray tests will skip"; }
 	$(VENV)/bin/python -m pip install -q $(DOCS_PKGS) || { [ -z "$$CI" ] && \
-		echo "warning: $(DOCS_PKGS) did not install; make docs and tests/test_docs.py cannot run"; }
+		echo "warning: $(DOCS_PKGS) did not install; make docs and tests/docs/test_docs.py cannot run"; }
 	touch $@
 
 venv: lib $(VENV)/.stamp
@@ -137,7 +137,7 @@ pytest: lib $(VENV)/.stamp
 # --help texts and the C header's contracts (docs/_ext/ndshm_docs.py). -W: a warning (a public name
 # without a docstring, a broken reference to an ndshm name, a dead internal link) fails the build;
 # --keep-going reports them all first. Nothing is fetched (no intersphinx). DOCS_PYTHON: another
-# interpreter that has the DOCS_PKGS (tests/test_docs.py passes its own).
+# interpreter that has the DOCS_PKGS (tests/docs/test_docs.py passes its own).
 DOCS_PYTHON ?= $(VENV)/bin/python
 DOCS_OUT ?= docs/_build/html
 

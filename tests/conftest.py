@@ -61,9 +61,9 @@ def pytest_configure(config) -> None:
 # first, so the other files fill in around them and the workers end together, instead of one
 # worker starting the last big file while the other has nothing left. Order within a file is kept.
 SLOWEST_FILES_FIRST = ("system/test_packaging.py", "engines/test_ray.py", "system/test_examples.py",
-                       "system/test_bench_smoke.py", "engines/test_multinode.py", "system/test_typing.py",
+                       "system/test_bench_smoke.py", "docs/test_docs.py", "engines/test_multinode.py", "system/test_typing.py",
                        "engines/test_dask.py", "segment/test_hostile_files.py", "rings/test_queue.py",
-                       "engines/test_dask_amm.py", "system/test_readme.py", "rings/test_broadcast.py")
+                       "engines/test_dask_amm.py", "docs/test_readme.py", "rings/test_broadcast.py")
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-PKG = Path(__file__).resolve().parent.parent / "pybind" / "ndshm"
+PKG = Path(__file__).resolve().parents[2] / "pybind" / "ndshm"
 
 # Lowest first. A module may import its own layer (without a circle) and the layers below it.
 LAYERS: list[tuple[str, set[str]]] = [

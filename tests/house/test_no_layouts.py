@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "pybind" / "ndshm"
 
 # Files that read or write a binary format that is *not* ndshm's, so struct/pread are theirs to use.
