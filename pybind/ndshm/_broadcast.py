@@ -58,6 +58,8 @@ __all__ = ["Broadcast", "Subscription"]
 _ETIMEDOUT, _EEMPTY, _EFULL = lib.NDSHM_ETIMEDOUT, lib.NDSHM_EEMPTY, lib.NDSHM_EFULL
 _ELAGGED, _ECLOSED = lib.NDSHM_ELAGGED, lib.NDSHM_ECLOSED
 _PERSIST, _POPULATE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE
+# module-level aliases of the C calls: ~25 ns less per call than lib.<name> (bench_broadcast's
+# "ndshm Broadcast put+receive" and "loan+receive" rows)
 _put, _loan, _publish, _discard = lib.ndshm_bcast_put, lib.ndshm_bcast_loan, lib.ndshm_bcast_publish, \
     lib.ndshm_bcast_discard
 _take, _release, _release_copy = lib.ndshm_bcast_take, lib.ndshm_bcast_release, lib.ndshm_bcast_release_copy
@@ -218,7 +220,7 @@ class Broadcast(_Ring):
         :meth:`shutdown`."""
         h = self._live()
         t = _timeout(True, timeout)
-        a = arr if arr.__class__ is np.ndarray else np.asarray(arr)
+        a = np.asarray(arr)
         if not a.flags.c_contiguous:
             a = np.ascontiguousarray(a)
         ts = _typestr_bytes(a.dtype)
@@ -257,7 +259,7 @@ class Broadcast(_Ring):
         :mod:`ndshm._async`); a cancelled call has not published ``arr``."""
         self._live()
         t = None if timeout is None else _timeout(True, timeout)
-        a = arr if arr.__class__ is np.ndarray else np.asarray(arr)
+        a = np.asarray(arr)
         await _async.retry(lambda: self.put(a, 0), self._pub_epoch(), self._pub_wait(), t, Full,
                            f"broadcast still full ({self.slots} slots)")
 

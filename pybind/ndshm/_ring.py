@@ -30,7 +30,7 @@ def _timeout(block: bool, timeout: Optional[float]) -> float:
         return 0.0
     if timeout is None:
         return -1.0
-    c = timeout.__class__
+    c = timeout.__class__  # a float or int checked inline: ~70 ns less per call ("ndshm put+get", 64 B)
     if (c is float or c is int) and 0 <= timeout <= _FOREVER:  # False for NaN
         return float(timeout)
     return _timeout_slow(timeout)
@@ -146,7 +146,7 @@ class _Ring:
         owner = ffi.gc(ffi.cast("char *", self.ring_address), functools.partial(_keep, self._handle))
         self._rw = ffi.buffer(owner, self.ring_bytes)
         self._ro = memoryview(self._rw).toreadonly()
-        self._offs = [None] * self.slots  # data offset of each slot in the ring
+        self._offs = [None] * self.slots  # data offset of each slot in the ring (no ffi.cast per message: "ndshm loan+receive")
         self._mask = self.slots - 1
         self._loaned = [None] * self.slots  # see ndshm._slots.Loan
 

@@ -343,6 +343,7 @@ class Loan:
             if dt.itemsize:  # inner and arr as in Receive.__enter__
                 # a loan counts no reference to inner, so the slot's inner of the last loan of
                 # this (shape, dtype) plan is used again: one array made per loan, not two
+                # (bench_queue's and bench_broadcast's "loan+receive" rows)
                 i = m.pos_ & r._mask
                 c: Optional[tuple[tuple[int, ...], np.dtype[Any], SlotArray]] = r._loaned[i]
                 if c is not None and c[0] is dims and c[1] is dt:
