@@ -15,9 +15,11 @@
  *   pins         a publisher that still references a loan's memory after publishing it pins
  *                the slot: no publisher reuses the slot until it unpins or dies.
  *
- *   geometry     the header fields both rings start with (magic, version, sizes), the ring's
- *                size, its initialisation and validation at open (never trusting the ring),
- *                pre-faulting, and the named segment that holds a ring.
+ *   geometry     the header fields both rings start with (magic, version, sizes), the rings'
+ *                magics and versions, the ring's size, its initialisation and validation at open
+ *                (never trusting the ring), pre-faulting, the named segment that holds a ring
+ *                (one create/attach with the same checks for both), and reading a ring's header
+ *                from its file for listings (ndshm_ring_read_header).
  *
  * Hot helpers are static inline (the queue's put/take path calls them on every message); the
  * cold ones live in ring.c, hidden like every ndshm__ internal.
@@ -294,7 +296,8 @@ _Static_assert(sizeof(ndshm__ring_hdr_t) == 56, "ring header prefix is not 56 by
 #define NDSHM__BCAST_MAGIC 0x5453414344424e44ull /* "NDBDCAST" */
 #define NDSHM__BCAST_VERSION 2u /* 2: records hold process ids (identity.c), not pid and start time; pinned slots */
 #define NDSHM__BCAST_OLDEST 2u
-#define NDSHM__RING_MAX_BYTES ((uint64_t)PTRDIFF_MAX) /* the largest ring of either kind (<= INT64_MAX) */
+#define NDSHM__RING_MAX_BYTES ((uint64_t)PTRDIFF_MAX) /* the largest ring of either kind */
+_Static_assert(PTRDIFF_MAX <= INT64_MAX, "a ring's size must fit a segment's int64 shape");
 
 /* What a ring's kind fixes, and how its details name it. */
 typedef struct ndshm__ring_kind {
