@@ -47,8 +47,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BC_MAGIC 0x5453414344424e44ull /* "NDBDCAST" */
-#define BC_VERSION 2u /* 2: records hold process ids (identity.c), not pid and start time; pinned slots */
 #define SLOT_HDR NDSHM__RING_SLOT_HDR
 #define ST_WRITING 1u
 #define ST_PUBLISHED 2u
@@ -93,8 +91,10 @@ _Static_assert(sizeof(bc_sub_t) == 64, "subscriber record is not one cache line"
 _Static_assert(sizeof(bc_hdr_t) % 64 == 0, "ring header not a multiple of 64");
 _Static_assert(offsetof(bc_hdr_t, tail) == 64, "tail not on its own line");
 
-static const ndshm__ring_kind_t KIND = {"broadcast", "broadcast ring", BC_MAGIC, BC_VERSION, sizeof(bc_hdr_t),
-                                        NDSHM_BCAST_MAX_SLOTS, INT64_MAX};
+const ndshm__ring_kind_t ndshm__bcast_kind = {"broadcast", "broadcast ring", "ndshm_bcast", NDSHM__BCAST_MAGIC,
+                                               NDSHM__BCAST_VERSION, NDSHM__BCAST_OLDEST, sizeof(bc_hdr_t),
+                                               NDSHM_SEG_BROADCAST, NDSHM_BCAST_MAX_SLOTS};
+#define KIND ndshm__bcast_kind
 
 struct ndshm_bcast_s {
     bc_hdr_t *r;
@@ -141,7 +141,7 @@ static int init_ring(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_by
     for (unsigned i = 0; i < NSUB; i++) atomic_store_explicit(&r->subs[i].pos, NO_POS, memory_order_relaxed);
     for (uint64_t i = 0; i < slots; i++)
         memset((char *)mem + r->h.slots_offset + i * r->h.slot_stride, 0, sizeof(bc_slot_t));
-    atomic_store_explicit(&r->h.magic, BC_MAGIC, memory_order_release);
+    atomic_store_explicit(&r->h.magic, KIND.magic, memory_order_release);
     return 0;
 }
 
@@ -185,78 +185,63 @@ int ndshm_bcast_open_raw(void *mem, uint64_t bytes, ndshm_bcast_t **out) {
         return rc;
     }
     atomic_store_explicit(&b->populated, ndshm__self_key(), memory_order_relaxed);
+    NDSHM__COUNT(live_broadcasts, 1);
     *out = b;
     return 0;
 }
 
 /* ---- segments ------------------------------------------------------------------------ */
 
-int ndshm_bcast_create(const char *name, const char *dir, uint64_t slots, uint64_t slot_bytes, int policy,
-                       unsigned mode, unsigned flags, ndshm_bcast_t **out) {
-    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_create: out is NULL");
-    *out = NULL;
-    if (name == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_create: name is NULL");
-    const unsigned known = NDSHM_SEG_PERSIST | NDSHM_SEG_POPULATE;
-    if (flags & ~known) return ndshm__fail(NDSHM_EINVAL, 0, "unknown broadcast flags 0x%x", flags & ~known);
-    if (policy != NDSHM_BCAST_BLOCK && policy != NDSHM_BCAST_OVERWRITE)
-        return ndshm__fail(NDSHM_EINVAL, 0, "broadcast policy %d is neither NDSHM_BCAST_BLOCK (0) nor "
-                                            "NDSHM_BCAST_OVERWRITE (1)", policy);
-    uint64_t bytes;
-    int rc = ndshm_bcast_ring_bytes(slots, slot_bytes, &bytes);
-    if (rc) return rc;
-    ndshm_bcast_t *b = calloc(1, sizeof *b);
-    if (b == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a broadcast handle");
-    const ndshm_segment_info_t *info;
-    rc = ndshm__ring_segment_create(name, dir, mode, flags | NDSHM_SEG_BROADCAST, bytes, &b->seg, &info);
-    if (rc) {
-        free(b);
-        return rc;
-    }
-    rc = init_ring((void *)info->data, info->data_size, slots, slot_bytes, policy,
-                   (flags & NDSHM_SEG_POPULATE) ? NDSHM__RING_POPULATE : 0);
+/* The end of create and attach: the ring in the segment opened into `b` (`rc` 0) and the
+ * handle counted and returned, or everything undone (as in queue.c). */
+static int finish_named(ndshm_bcast_t *b, int rc, const ndshm_segment_info_t *info, const char *name, int created,
+                        ndshm_bcast_t **out) {
     if (rc == 0) rc = open_ring((void *)info->data, info->data_size, b);
     if (rc) {
         ndshm_segment_close(b->seg);
         free(b);
         return rc;
     }
-    atomic_store_explicit(&b->populated, ndshm__self_key(), memory_order_relaxed);
+    if (created)
+        atomic_store_explicit(&b->populated, ndshm__self_key(), memory_order_relaxed); /* the segment was populated */
+    else
+        populate_ring(b);
     snprintf(b->name, sizeof b->name, "%s", name);
+    NDSHM__COUNT(live_broadcasts, 1);
     *out = b;
     return 0;
+}
+
+int ndshm_bcast_create(const char *name, const char *dir, uint64_t slots, uint64_t slot_bytes, int policy,
+                       unsigned mode, unsigned flags, ndshm_bcast_t **out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_create: out is NULL");
+    *out = NULL;
+    if (policy != NDSHM_BCAST_BLOCK && policy != NDSHM_BCAST_OVERWRITE) /* before the segment is made */
+        return ndshm__fail(NDSHM_EINVAL, 0, "broadcast policy %d is neither NDSHM_BCAST_BLOCK (0) nor "
+                                            "NDSHM_BCAST_OVERWRITE (1)", policy);
+    ndshm_bcast_t *b = calloc(1, sizeof *b);
+    if (b == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a broadcast handle");
+    const ndshm__ring_params_t p = {slots, slot_bytes, mode, flags};
+    const ndshm_segment_info_t *info = NULL;
+    int rc = ndshm__ring_named(&KIND, name, dir, &p, &b->seg, &info);
+    if (rc == 0)
+        rc = init_ring((void *)info->data, info->data_size, slots, slot_bytes, policy, ndshm__ring_flags_of(flags));
+    return finish_named(b, rc, info, name, 1, out);
 }
 
 int ndshm_bcast_attach(const char *name, const char *dir, ndshm_bcast_t **out) {
     if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_attach: out is NULL");
     *out = NULL;
-    if (name == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_bcast_attach: name is NULL");
     ndshm_bcast_t *b = calloc(1, sizeof *b);
     if (b == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a broadcast handle");
-    const ndshm_segment_info_t *info;
-    int rc = ndshm__ring_segment_attach(name, dir, &b->seg, &info);
-    if (rc) {
-        free(b);
-        return rc;
-    }
-    if (!(info->flags & NDSHM_SEG_BROADCAST))
-        rc = ndshm__fail(NDSHM_EINVAL, 0, "segment '%s' holds %s, not a broadcast", name,
-                         (info->flags & NDSHM_SEG_QUEUE)  ? "a queue"
-                         : (info->flags & NDSHM_SEG_SYNC) ? "a sync object"
-                                                          : "an array");
-    if (rc == 0) rc = open_ring((void *)info->data, info->data_size, b);
-    if (rc) {
-        ndshm_segment_close(b->seg);
-        free(b);
-        return rc;
-    }
-    populate_ring(b);
-    snprintf(b->name, sizeof b->name, "%s", name);
-    *out = b;
-    return 0;
+    const ndshm_segment_info_t *info = NULL;
+    int rc = ndshm__ring_named(&KIND, name, dir, NULL, &b->seg, &info);
+    return finish_named(b, rc, info, name, 0, out);
 }
 
 void ndshm_bcast_close(ndshm_bcast_t *b) {
     if (b == NULL) return;
+    atomic_fetch_sub_explicit(&ndshm__counters.live_broadcasts, 1, memory_order_relaxed);
     if (b->seg) ndshm_segment_close(b->seg);
     free(b);
 }

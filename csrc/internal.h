@@ -78,7 +78,7 @@ NDSHM_HIDDEN void ndshm__populate(void *addr, size_t len, int how);
 typedef struct ndshm__counters {
     _Atomic uint64_t live_buffers, live_bytes, total_buffers;
     _Atomic uint64_t live_segments, live_mappings, mapped_bytes;
-    _Atomic uint64_t live_queues;
+    _Atomic uint64_t live_queues, live_broadcasts; /* ring handles (live_broadcasts is not in ndshm_stats_t) */
 } ndshm__counters_t;
 
 NDSHM_HIDDEN extern ndshm__counters_t ndshm__counters;

@@ -441,8 +441,8 @@ NDSHM_API int ndshm_queue_create(const char *name, const char *dir, uint64_t slo
                                  unsigned mode, unsigned flags, ndshm_queue_t **out);
 
 /*! ndshm_queue_attach() : attaches the queue `name` in `dir`, validating its ring header.
- *  @return : 0, or NDSHM_ENOENT, NDSHM_ECORRUPT (not a queue, or a damaged ring), and the
- *            errors of segment_attach. */
+ *  @return : 0, or NDSHM_ENOENT, NDSHM_EINVAL (not a queue), NDSHM_ECORRUPT (a damaged ring), and
+ *            the errors of segment_attach. */
 NDSHM_API int ndshm_queue_attach(const char *name, const char *dir, ndshm_queue_t **out);
 
 /*! ndshm_queue_close() : releases the handle (the creator's non-persistent name is unlinked);
@@ -832,6 +832,31 @@ NDSHM_API int ndshm_bcast_release_copy(ndshm_bsub_t *sub, ndshm_qmsg_t *msg, voi
 NDSHM_API int ndshm_bcast_ring_bytes(uint64_t slots, uint64_t slot_bytes, uint64_t *out);
 NDSHM_API int ndshm_bcast_init_raw(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_bytes, int policy);
 NDSHM_API int ndshm_bcast_open_raw(void *mem, uint64_t bytes, ndshm_bcast_t **out);
+
+/* ======================================================================================
+ * Ring headers
+ * What a ring's header says, read from its segment's file without mapping it (listings): the
+ * binding never decodes a ring's bytes itself. Thread-safe.
+ * ====================================================================================== */
+
+/* A ring's header fields, by name. */
+typedef struct ndshm_ring_header {
+    int kind;                        /* NDSHM_SEG_QUEUE or NDSHM_SEG_BROADCAST: what its magic names */
+    uint32_t version;                /* its format version (queue 1 to 3, broadcast 2) */
+    uint64_t slots;
+    uint64_t slot_bytes;
+    uint64_t ring_bytes;             /* what slots and slot_bytes need (ndshm_queue_ring_bytes) */
+} ndshm_ring_header_t;
+
+/*! ndshm_ring_read_header() :
+ *  Reads the header of the ring at byte `offset` of the open file `fd` (a segment's data_offset;
+ *  `size`: its data_size) with pread, never mapping it (a file truncated meanwhile cannot kill
+ *  the caller with SIGBUS), and fills *out. Trusts nothing it reads: the magic must be a
+ *  queue's or a broadcast's, the version one whose header this library knows, the geometry
+ *  valid and the ring no larger than `size`.
+ *  @return : 0, or NDSHM_EINVAL (out NULL, fd negative, offset too large), NDSHM_ECORRUPT (not a
+ *            ring this library can read, naming the first bad field), NDSHM_ESYS (the read). */
+NDSHM_API int ndshm_ring_read_header(int fd, uint64_t offset, uint64_t size, ndshm_ring_header_t *out);
 
 #ifdef __cplusplus
 }

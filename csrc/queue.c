@@ -39,8 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RING_MAGIC 0x51554555534d444eull /* "NDMSQUEQ" */
-#define RING_VERSION 3u /* 2: shutdown bits in tail and head, producer records; 3: records hold process ids, pinned slots, consumer records */
 #define SLOT_HDR NDSHM__RING_SLOT_HDR
 #define SKIP ((uint64_t)1 << 63)
 #define NPART NDSHM_QUEUE_PARTICIPANTS
@@ -85,8 +83,10 @@ _Static_assert(offsetof(slot_hdr_t, d) == 8, "message descriptor not right after
 _Static_assert(sizeof(ring_hdr_t) % 64 == 0, "ring header not a multiple of 64");
 _Static_assert(offsetof(ring_hdr_t, tail) == 64, "tail not on its own line");
 
-static const ndshm__ring_kind_t KIND = {"queue", "ring", RING_MAGIC, RING_VERSION, sizeof(ring_hdr_t),
-                                        NDSHM_QUEUE_MAX_SLOTS, PTRDIFF_MAX};
+const ndshm__ring_kind_t ndshm__queue_kind = {"queue", "ring", "ndshm_queue", NDSHM__QUEUE_MAGIC, NDSHM__QUEUE_VERSION,
+                                               NDSHM__QUEUE_OLDEST, sizeof(ring_hdr_t), NDSHM_SEG_QUEUE,
+                                               NDSHM_QUEUE_MAX_SLOTS};
+#define KIND ndshm__queue_kind
 
 struct ndshm_queue_s {
     ring_hdr_t *r;
@@ -121,7 +121,7 @@ static int init_ring(void *mem, uint64_t bytes, uint64_t slots, uint64_t slot_by
         memset(s, 0, sizeof *s);
         atomic_store_explicit(&s->seq, i, memory_order_relaxed);
     }
-    atomic_store_explicit(&r->h.magic, RING_MAGIC, memory_order_release);
+    atomic_store_explicit(&r->h.magic, KIND.magic, memory_order_release);
     return 0;
 }
 
@@ -171,65 +171,47 @@ int ndshm_queue_open_raw(void *mem, uint64_t bytes, ndshm_queue_t **out) {
 
 /* ---- segments ------------------------------------------------------------------------ */
 
-int ndshm_queue_create(const char *name, const char *dir, uint64_t slots, uint64_t slot_bytes, unsigned mode,
-                       unsigned flags, ndshm_queue_t **out) {
-    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_create: out is NULL");
-    *out = NULL;
-    if (name == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_create: name is NULL");
-    const unsigned known = NDSHM_SEG_PERSIST | NDSHM_SEG_POPULATE;
-    if (flags & ~known) return ndshm__fail(NDSHM_EINVAL, 0, "unknown queue flags 0x%x", flags & ~known);
-    uint64_t bytes;
-    int rc = ndshm_queue_ring_bytes(slots, slot_bytes, &bytes);
-    if (rc) return rc;
-    if (bytes > (uint64_t)INT64_MAX) return ndshm__fail(NDSHM_EOVERFLOW, 0, "ring of %llu bytes", (unsigned long long)bytes);
-    ndshm_queue_t *q = calloc(1, sizeof *q);
-    if (q == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a queue handle");
-    const ndshm_segment_info_t *info;
-    rc = ndshm__ring_segment_create(name, dir, mode, flags | NDSHM_SEG_QUEUE, bytes, &q->seg, &info);
-    if (rc) {
-        free(q);
-        return rc;
-    }
-    rc = init_ring((void *)info->data, info->data_size, slots, slot_bytes,
-                   (flags & NDSHM_SEG_POPULATE) ? NDSHM__RING_POPULATE : 0);
+/* The end of create and attach: the ring in the segment opened into `q` (`rc` 0) and the
+ * handle counted and returned, or everything undone. */
+static int finish_named(ndshm_queue_t *q, int rc, const ndshm_segment_info_t *info, const char *name, int created,
+                        ndshm_queue_t **out) {
     if (rc == 0) rc = open_ring((void *)info->data, info->data_size, q);
     if (rc) {
         ndshm_segment_close(q->seg);
         free(q);
         return rc;
     }
-    atomic_store_explicit(&q->populated, ndshm__self_key(), memory_order_relaxed); /* the segment was populated */
+    if (created)
+        atomic_store_explicit(&q->populated, ndshm__self_key(), memory_order_relaxed); /* the segment was populated */
+    else
+        populate_ring(q);
     snprintf(q->name, sizeof q->name, "%s", name);
     NDSHM__COUNT(live_queues, 1);
     *out = q;
     return 0;
 }
 
+int ndshm_queue_create(const char *name, const char *dir, uint64_t slots, uint64_t slot_bytes, unsigned mode,
+                       unsigned flags, ndshm_queue_t **out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_create: out is NULL");
+    *out = NULL;
+    ndshm_queue_t *q = calloc(1, sizeof *q);
+    if (q == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a queue handle");
+    const ndshm__ring_params_t p = {slots, slot_bytes, mode, flags};
+    const ndshm_segment_info_t *info = NULL;
+    int rc = ndshm__ring_named(&KIND, name, dir, &p, &q->seg, &info);
+    if (rc == 0) rc = init_ring((void *)info->data, info->data_size, slots, slot_bytes, ndshm__ring_flags_of(flags));
+    return finish_named(q, rc, info, name, 1, out);
+}
+
 int ndshm_queue_attach(const char *name, const char *dir, ndshm_queue_t **out) {
     if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_attach: out is NULL");
     *out = NULL;
-    if (name == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_queue_attach: name is NULL");
     ndshm_queue_t *q = calloc(1, sizeof *q);
     if (q == NULL) return ndshm__fail(NDSHM_ENOMEM, errno, "cannot allocate a queue handle");
-    const ndshm_segment_info_t *info;
-    int rc = ndshm__ring_segment_attach(name, dir, &q->seg, &info);
-    if (rc) {
-        free(q);
-        return rc;
-    }
-    if (!(info->flags & NDSHM_SEG_QUEUE))
-        rc = ndshm__fail(NDSHM_EINVAL, 0, "segment '%s' holds an array, not a queue", name);
-    if (rc == 0) rc = open_ring((void *)info->data, info->data_size, q);
-    if (rc) {
-        ndshm_segment_close(q->seg);
-        free(q);
-        return rc;
-    }
-    populate_ring(q);
-    snprintf(q->name, sizeof q->name, "%s", name);
-    NDSHM__COUNT(live_queues, 1);
-    *out = q;
-    return 0;
+    const ndshm_segment_info_t *info = NULL;
+    int rc = ndshm__ring_named(&KIND, name, dir, NULL, &q->seg, &info);
+    return finish_named(q, rc, info, name, 0, out);
 }
 
 void ndshm_queue_close(ndshm_queue_t *q) {

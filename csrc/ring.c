@@ -138,7 +138,7 @@ int ndshm__ring_bytes(const ndshm__ring_kind_t *k, uint64_t slots, uint64_t slot
     if (ndshm__add_overflow(NDSHM__RING_SLOT_HDR, (size_t)slot_bytes, &stride) ||
         ndshm__round_up(stride, 64, &stride) ||
         ndshm__mul_overflow(stride, (size_t)slots, &total) || ndshm__add_overflow(total, k->hdr_bytes, &total) ||
-        total > k->max_bytes)
+        total > NDSHM__RING_MAX_BYTES)
         return ndshm__fail(NDSHM_EOVERFLOW, 0, "a %s of %llu slots of %llu bytes overflows", k->ring,
                            (unsigned long long)slots, (unsigned long long)slot_bytes);
     *out = total;
@@ -235,27 +235,92 @@ static int segment_info(ndshm_segment_t **seg, const ndshm_segment_info_t **info
     return 0;
 }
 
-int ndshm__ring_segment_create(const char *name, const char *dir, unsigned mode, unsigned flags, uint64_t bytes,
-                               ndshm_segment_t **seg, const ndshm_segment_info_t **info) {
-    ndshm_segment_params_t p;
-    memset(&p, 0, sizeof p);
-    p.kind = NDSHM_KIND_NAMED;
-    p.name = name;
-    p.dir = dir;
-    p.mode = mode;
-    p.flags = flags;
-    p.alignment = 64;
-    memcpy(p.layout.typestr, "|u1", 4);
-    p.layout.itemsize = 1;
-    p.layout.ndim = 1;
-    p.layout.shape[0] = (int64_t)bytes;
-    p.layout.strides[0] = 1;
-    int rc = ndshm_segment_create(&p, seg);
+static const char *holds(unsigned flags) {
+    return (flags & NDSHM_SEG_QUEUE)       ? "a queue"
+           : (flags & NDSHM_SEG_BROADCAST) ? "a broadcast"
+           : (flags & NDSHM_SEG_SYNC)      ? "a sync object"
+                                           : "an array";
+}
+
+int ndshm__ring_named(const ndshm__ring_kind_t *k, const char *name, const char *dir, const ndshm__ring_params_t *p,
+                      ndshm_segment_t **seg, const ndshm_segment_info_t **info) {
+    *seg = NULL;
+    if (name == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "%s_%s: name is NULL", k->api, p ? "create" : "attach");
+    if (p == NULL) {
+        int rc = ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, seg);
+        if (rc == 0) rc = segment_info(seg, info);
+        if (rc == 0 && !((*info)->flags & k->seg_flag)) {
+            rc = ndshm__fail(NDSHM_EINVAL, 0, "segment '%s' holds %s, not a %s", name, holds((*info)->flags), k->name);
+            ndshm_segment_close(*seg);
+            *seg = NULL;
+        }
+        return rc;
+    }
+    const unsigned known = NDSHM_SEG_PERSIST | NDSHM_SEG_POPULATE;
+    if (p->flags & ~known) return ndshm__fail(NDSHM_EINVAL, 0, "unknown %s flags 0x%x", k->name, p->flags & ~known);
+    uint64_t bytes;
+    int rc = ndshm__ring_bytes(k, p->slots, p->slot_bytes, &bytes); /* at most NDSHM__RING_MAX_BYTES */
+    if (rc) return rc;
+    ndshm_segment_params_t sp;
+    memset(&sp, 0, sizeof sp);
+    sp.kind = NDSHM_KIND_NAMED;
+    sp.name = name;
+    sp.dir = dir;
+    sp.mode = p->mode;
+    sp.flags = p->flags | k->seg_flag;
+    sp.alignment = 64;
+    memcpy(sp.layout.typestr, "|u1", 4);
+    sp.layout.itemsize = 1;
+    sp.layout.ndim = 1;
+    sp.layout.shape[0] = (int64_t)bytes;
+    sp.layout.strides[0] = 1;
+    rc = ndshm_segment_create(&sp, seg);
     return rc ? rc : segment_info(seg, info);
 }
 
-int ndshm__ring_segment_attach(const char *name, const char *dir, ndshm_segment_t **seg,
-                               const ndshm_segment_info_t **info) {
-    int rc = ndshm_segment_attach(NDSHM_KIND_NAMED, name, dir, 0, seg);
-    return rc ? rc : segment_info(seg, info);
+/* ---- reading a ring's header from a file --------------------------------------------- */
+
+int ndshm_ring_read_header(int fd, uint64_t offset, uint64_t size, ndshm_ring_header_t *out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_ring_read_header: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (fd < 0) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_ring_read_header: fd %d is not a descriptor", fd);
+    if (offset > (uint64_t)INT64_MAX - sizeof(ndshm__ring_hdr_t))
+        return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_ring_read_header: offset %llu is too large",
+                           (unsigned long long)offset);
+    ndshm__ring_hdr_t h;
+    size_t got = 0;
+    while (got < sizeof h) {
+        ssize_t n = pread(fd, (char *)&h + got, sizeof h - got, (off_t)(offset + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return ndshm__fail(NDSHM_ESYS, errno, "cannot read the ring header at offset %llu",
+                                      (unsigned long long)offset);
+        if (n == 0) break;
+        got += (size_t)n;
+    }
+    if (got < sizeof h || size < sizeof h)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "the %llu bytes at offset %llu are too few for a ring header",
+                           (unsigned long long)(size < got ? size : got), (unsigned long long)offset);
+    uint64_t magic = atomic_load_explicit(&h.magic, memory_order_relaxed);
+    const ndshm__ring_kind_t *k = magic == ndshm__queue_kind.magic   ? &ndshm__queue_kind
+                                  : magic == ndshm__bcast_kind.magic ? &ndshm__bcast_kind
+                                                                     : NULL;
+    if (k == NULL)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "ring magic 0x%llx is neither a queue's nor a broadcast's",
+                           (unsigned long long)magic);
+    if (h.version < k->oldest || h.version > k->version)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "%s version %u is not one of %u to %u", k->ring, h.version, k->oldest,
+                           k->version);
+    uint64_t need;
+    if (ndshm__ring_bytes(k, h.slots, h.slot_bytes, &need) != 0)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "%s geometry is corrupt: slots %llu, slot_bytes %llu", k->ring,
+                           (unsigned long long)h.slots, (unsigned long long)h.slot_bytes);
+    if (need > size)
+        return ndshm__fail(NDSHM_ECORRUPT, 0, "%s needs %llu bytes but its segment holds %llu", k->ring,
+                           (unsigned long long)need, (unsigned long long)size);
+    out->kind = (int)k->seg_flag;
+    out->version = h.version;
+    out->slots = h.slots;
+    out->slot_bytes = h.slot_bytes;
+    out->ring_bytes = need;
+    return 0;
 }

@@ -15,9 +15,11 @@
  *   pins         a publisher that still references a loan's memory after publishing it pins
  *                the slot: no publisher reuses the slot until it unpins or dies.
  *
- *   geometry     the header fields both rings start with (magic, version, sizes), the ring's
- *                size, its initialisation and validation at open (never trusting the ring),
- *                pre-faulting, and the named segment that holds a ring.
+ *   geometry     the header fields both rings start with (magic, version, sizes), the rings'
+ *                magics and versions, the ring's size, its initialisation and validation at open
+ *                (never trusting the ring), pre-faulting, the named segment that holds a ring
+ *                (one create/attach with the same checks for both), and reading a ring's header
+ *                from its file for listings (ndshm_ring_read_header).
  *
  * Hot helpers are static inline (the queue's put/take path calls them on every message); the
  * cold ones live in ring.c, hidden like every ndshm__ internal.
@@ -285,16 +287,33 @@ typedef struct ndshm__ring_hdr {
 
 _Static_assert(sizeof(ndshm__ring_hdr_t) == 56, "ring header prefix is not 56 bytes");
 
+/* The rings' magics (the first word of their headers) and format versions: written here once,
+ * for the ring files and for ndshm_ring_read_header. */
+#define NDSHM__QUEUE_MAGIC 0x51554555534d444eull /* "NDMSQUEQ" */
+#define NDSHM__QUEUE_VERSION 3u /* 2: shutdown bits in tail and head, producer records; 3: records hold process
+                                   ids, pinned slots, consumer records */
+#define NDSHM__QUEUE_OLDEST 1u  /* versions 1 to 3 start with the same fields (ndshm__ring_hdr_t) */
+#define NDSHM__BCAST_MAGIC 0x5453414344424e44ull /* "NDBDCAST" */
+#define NDSHM__BCAST_VERSION 2u /* 2: records hold process ids (identity.c), not pid and start time; pinned slots */
+#define NDSHM__BCAST_OLDEST 2u
+#define NDSHM__RING_MAX_BYTES ((uint64_t)PTRDIFF_MAX) /* the largest ring of either kind */
+_Static_assert(PTRDIFF_MAX <= INT64_MAX, "a ring's size must fit a segment's int64 shape");
+
 /* What a ring's kind fixes, and how its details name it. */
 typedef struct ndshm__ring_kind {
     const char *name; /* "queue", "broadcast" */
     const char *ring; /* what the details call its ring: "ring", "broadcast ring" */
+    const char *api;  /* the prefix of its functions, for details: "ndshm_queue", "ndshm_bcast" */
     uint64_t magic;
     uint32_t version;
+    uint32_t oldest;    /* the oldest version whose header starts as this one's (ndshm_ring_read_header) */
     uint32_t hdr_bytes; /* sizeof its header, a multiple of 64: the slots start there */
+    unsigned seg_flag;  /* NDSHM_SEG_QUEUE, NDSHM_SEG_BROADCAST: what its segment's header says it holds */
     uint64_t max_slots;
-    uint64_t max_bytes; /* the largest ring */
 } ndshm__ring_kind_t;
+
+/* The two kinds (queue.c, broadcast.c). */
+NDSHM_HIDDEN extern const ndshm__ring_kind_t ndshm__queue_kind, ndshm__bcast_kind;
 
 /* The geometry of an opened ring, read once from its header and checked. */
 typedef struct ndshm__ring_geom {
@@ -328,13 +347,25 @@ NDSHM_HIDDEN int ndshm__ring_hdr_open(const ndshm__ring_kind_t *k, void *mem, ui
 NDSHM_HIDDEN void ndshm__ring_populate(const void *ring, uint64_t ring_bytes, uint32_t ring_flags,
                                        _Atomic uint64_t *populated);
 
-/* Creates the named segment (64-aligned, `bytes` of "|u1", `flags` with the ring's
- * NDSHM_SEG_* kind) that holds a ring, or attaches one (ndshm__ring_segment_attach). On success
- * *info points to its information (this thread's storage, valid until the next call); on
- * failure nothing stays open. */
-NDSHM_HIDDEN int ndshm__ring_segment_create(const char *name, const char *dir, unsigned mode, unsigned flags,
-                                            uint64_t bytes, ndshm_segment_t **seg, const ndshm_segment_info_t **info);
-NDSHM_HIDDEN int ndshm__ring_segment_attach(const char *name, const char *dir, ndshm_segment_t **seg,
-                                            const ndshm_segment_info_t **info);
+/* What creating a named ring asks for (NULL instead of one: attach). */
+typedef struct ndshm__ring_params {
+    uint64_t slots, slot_bytes;
+    unsigned mode, flags; /* flags: NDSHM_SEG_PERSIST, NDSHM_SEG_POPULATE */
+} ndshm__ring_params_t;
+
+/* The named segment that holds ring `name` of kind `k` in `dir`: created (`p` not NULL: the
+ * flags and geometry checked, 64-aligned, its ring's bytes of "|u1", the header's flags with
+ * k->seg_flag) or attached (`p` NULL: NDSHM_EINVAL if the header says it holds anything else,
+ * naming what). The same checks and details for both rings. On success *info points to its
+ * information (this thread's storage, valid until the next call); on failure nothing stays
+ * open. The caller initialises (create) and opens the ring in info->data. */
+NDSHM_HIDDEN int ndshm__ring_named(const ndshm__ring_kind_t *k, const char *name, const char *dir,
+                                   const ndshm__ring_params_t *p, ndshm_segment_t **seg,
+                                   const ndshm_segment_info_t **info);
+
+/* The ring_flags a creator's segment flags ask for (NDSHM_SEG_POPULATE: NDSHM__RING_POPULATE). */
+static inline uint32_t ndshm__ring_flags_of(unsigned flags) {
+    return (flags & NDSHM_SEG_POPULATE) ? NDSHM__RING_POPULATE : 0;
+}
 
 #endif /* NDSHM_RING_H */

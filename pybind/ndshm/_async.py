@@ -26,9 +26,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional, TypeVar
 
-from ._errors import Empty, Full
+from ._errors import Empty, Full, NdshmError, error_from_code
+from ._lib import lib
 
 _T = TypeVar("_T")
+_ETIMEDOUT = lib.NDSHM_ETIMEDOUT
 _ASLICE = 0.05  # a waiting thread comes back this often (the loop then retries the call)
 _POOL: Optional[ThreadPoolExecutor] = None
 
@@ -77,7 +79,7 @@ def _in_thread(loop: asyncio.AbstractEventLoop, wait: Callable[[int, float], int
 
 
 async def retry(attempt: Callable[[], _T], epoch: Callable[[], int], wait: Callable[[int, float], int],
-                timeout: Optional[float], block_exc: type[Exception], what: str) -> _T:
+                timeout: Optional[float], block_exc: type[NdshmError], what: str) -> _T:
     """``attempt()`` (a non-blocking call that raises ``block_exc`` when it would block) until it
     succeeds, waiting between tries in a pool thread with ``wait(seen, seconds)`` for the counter
     ``epoch()`` to move. ``timeout`` None waits for ever; otherwise ``block_exc`` after it."""
@@ -91,7 +93,7 @@ async def retry(attempt: Callable[[], _T], epoch: Callable[[], int], wait: Calla
             pass
         s = _left(deadline)
         if s <= 0.0:
-            raise block_exc(f"{what} after {timeout:g} s")
+            raise error_from_code(_ETIMEDOUT, detail=f"{what} after {timeout:g} s", timed_out=block_exc)
         if loop is None:
             loop = asyncio.get_running_loop()
         # the thread claims nothing: a cancellation here leaves no trace (it finishes its slice)

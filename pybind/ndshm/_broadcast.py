@@ -48,18 +48,18 @@ from numpy.typing import NDArray
 from . import _async, _dtype
 from ._errors import ClosedError, Empty, Full, Lagged, NdshmTimeoutError, ShutDown, error_from_code, retry_interrupted
 from ._lib import ffi, lib
-from ._messages import _PLANS, _msg, _plan, _pop_msg, _push_msg, _typestr_bytes, _write_desc
-from ._ring import _SLICE, _Ring, _as_dir, _attach_waiting, _as_name, _encode, _path_of, _sliced, _timeout, _unlink_if
-from ._slots import (
-    _OWN_REF, SlotArray, _close_array, _ClosedSlot, _copy_target, _data_of, _getrefcount, _hold_past_block,
-    _itemless_views, _received_views, _receiving, _when_gone,
-)
+from ._messages import _msg, _push_msg, _typestr_bytes
+from ._ring import _Ring, _as_dir, _attach_waiting, _as_name, _encode, _path_of, _timeout, _unlink_if
+from ._slots import Loan, Receive, RingCalls, _ClosedSlot, _copy_target, _hold_past_block, _receiving
+from ._waits import SLICE as _SLICE, rest as _rest
 
 __all__ = ["Broadcast", "Subscription"]
 
 _ETIMEDOUT, _EEMPTY, _EFULL = lib.NDSHM_ETIMEDOUT, lib.NDSHM_EEMPTY, lib.NDSHM_EFULL
 _ELAGGED, _ECLOSED = lib.NDSHM_ELAGGED, lib.NDSHM_ECLOSED
 _PERSIST, _POPULATE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE
+# module-level aliases of the C calls: ~25 ns less per call than lib.<name> (bench_broadcast's
+# "ndshm Broadcast put+receive" and "loan+receive" rows)
 _put, _loan, _publish, _discard = lib.ndshm_bcast_put, lib.ndshm_bcast_loan, lib.ndshm_bcast_publish, \
     lib.ndshm_bcast_discard
 _take, _release, _release_copy = lib.ndshm_bcast_take, lib.ndshm_bcast_release, lib.ndshm_bcast_release_copy
@@ -82,6 +82,9 @@ class _ClosedReceive(_ClosedSlot):
     _message = ("Subscription receive() view used after its with block: the message was released when the block "
                 "ended (an overwrite broadcast may reuse its slot); copy what you keep inside the block "
                 "(np.array(view))")
+
+
+_CALLS = RingCalls(_loan, _publish, _discard, _pin, _unpin, _ClosedLoan, _ClosedReceive)
 
 
 def _detail(rc: int, waited: float) -> str:
@@ -193,9 +196,20 @@ class Broadcast(_Ring):
         """The exception of a publisher's failed call (returned, not raised: see Queue._error)."""
         if rc != _ETIMEDOUT and rc != _EFULL:
             return error_from_code(rc)
-        exc = Full(_detail(rc, waited))
-        exc.code, exc.errname = rc, ffi.string(lib.ndshm_errname(rc)).decode()
-        return exc
+        return error_from_code(rc, detail=_detail(rc, waited), timed_out=Full)
+
+    # what the loan blocks of ndshm._slots ask of a broadcast
+    _calls = _CALLS
+
+    def _toobig(self, nbytes: int) -> int:
+        rc: int = _loan(self._handle, nbytes, 0.0, _msg()[0])  # sets ETOOBIG naming both sizes
+        return rc
+
+    @staticmethod
+    def _loan_defaults(shape: Any, dtype: Any) -> tuple[Any, Any]:
+        return shape, dtype  # a broadcast is untyped: the plan refuses a None
+
+    _loan_error = _full
 
     # ---- publishing ------------------------------------------------------------------------
 
@@ -206,7 +220,7 @@ class Broadcast(_Ring):
         :meth:`shutdown`."""
         h = self._live()
         t = _timeout(True, timeout)
-        a = arr if arr.__class__ is np.ndarray else np.asarray(arr)
+        a = np.asarray(arr)
         if not a.flags.c_contiguous:
             a = np.ascontiguousarray(a)
         ts = _typestr_bytes(a.dtype)
@@ -218,23 +232,19 @@ class Broadcast(_Ring):
         except (TypeError, ValueError, BufferError):  # dtypes without a buffer format (datetime64, ...)
             ptr = ffi.cast(_VOIDP, a.__array_interface__["data"][0])
         nb, nd, shape = a.nbytes, a.ndim, a.shape
-        if t < 0:
-            rc = _put(h, ptr, nb, ts, nd, shape, _SLICE)
-            while rc == _ETIMEDOUT:
-                rc = _put(h, ptr, nb, ts, nd, shape, _SLICE)
-        elif t <= _SLICE:
-            rc = _put(h, ptr, nb, ts, nd, shape, t)
-        else:  # in slices, so that Ctrl-C is noticed
-            rc = _sliced(lambda s: _put(h, ptr, nb, ts, nd, shape, s), t)
+        s = t if 0 <= t <= _SLICE else _SLICE  # the first slice inline (see ndshm._queue._take_waiting)
+        rc = _put(h, ptr, nb, ts, nd, shape, s)
+        if rc == _ETIMEDOUT and s != t:
+            rc = _rest(lambda s: _put(h, ptr, nb, ts, nd, shape, s), t)
         if rc:
             raise self._full(rc, t)
 
-    def loan(self, shape: Any, dtype: Any, timeout: Optional[float] = None) -> "_Loan":
+    def loan(self, shape: Any, dtype: Any, timeout: Optional[float] = None) -> Loan:
         """``with b.loan(shape, dtype) as out:`` fill ``out`` in place (zero copy); it is published
         to every subscriber on a normal exit and discarded (skipped by all) if the block raises.
         ``out`` is closed after the block. Waits for a slot as :meth:`put` does."""
         self._live()
-        return _Loan(self, shape, dtype, _timeout(True, timeout))
+        return Loan(self, shape, dtype, _timeout(True, timeout))
 
     def _pub_epoch(self) -> Callable[[], int]:
         h = self._handle
@@ -249,7 +259,7 @@ class Broadcast(_Ring):
         :mod:`ndshm._async`); a cancelled call has not published ``arr``."""
         self._live()
         t = None if timeout is None else _timeout(True, timeout)
-        a = arr if arr.__class__ is np.ndarray else np.asarray(arr)
+        a = np.asarray(arr)
         await _async.retry(lambda: self.put(a, 0), self._pub_epoch(), self._pub_wait(), t, Full,
                            f"broadcast still full ({self.slots} slots)")
 
@@ -259,8 +269,8 @@ class Broadcast(_Ring):
         self._live()
         t = None if timeout is None else _timeout(True, timeout)
 
-        async def enter() -> tuple[_Loan, NDArray[Any]]:
-            ln = _Loan(self, shape, dtype, 0.0)
+        async def enter() -> tuple[Loan, NDArray[Any]]:
+            ln = Loan(self, shape, dtype, 0.0)
             out = await _async.retry(ln.__enter__, self._pub_epoch(), self._pub_wait(), t, Full,
                                      f"broadcast still full ({self.slots} slots)")
             return ln, out
@@ -346,86 +356,6 @@ class Broadcast(_Ring):
                 f"policy={self.policy!r}>")
 
 
-class _Loan:
-    __slots__ = ("_b", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr", "_slot", "_ra", "_ri")
-    _msg: Optional[tuple[Any, ...]]  # the message (struct, words) while the block is open
-    _arr: Any  # a SlotArray inside the block; closed (another class) after it
-    _slot: Any  # the SlotArray arr is a view of, inside the block
-    _ra: int  # references to _arr and _slot at entry (see ndshm._slots)
-    _ri: int
-
-    def __init__(self, b: Broadcast, shape: Any, dtype: Any, timeout: float) -> None:
-        try:
-            plan = _PLANS[(shape, dtype)]
-        except (KeyError, TypeError):
-            plan = _plan(shape, dtype)
-        self._shape, self._dt, self._nbytes, self._ts, self._word = plan
-        if len(self._shape) > lib.NDSHM_MAXDIM:
-            raise ValueError(f"shape {self._shape} has {len(self._shape)} dimensions; a message has at most "
-                             f"{lib.NDSHM_MAXDIM}")
-        self._b, self._timeout, self._arr, self._msg = b, timeout, None, None
-
-    def __enter__(self) -> NDArray[Any]:
-        if self._msg is not None:
-            raise RuntimeError("this loan() context is already entered; call loan() again for another slot")
-        b, dims, dt, nbytes = self._b, self._shape, self._dt, self._nbytes
-        if b._closed:
-            b._live()  # raises
-        h = b._handle
-        mw = _pop_msg()
-        m = mw[0]
-        t = self._timeout
-        if t < 0:
-            rc = _loan(h, nbytes, _SLICE, m)
-            while rc == _ETIMEDOUT:
-                rc = _loan(h, nbytes, _SLICE, m)
-        elif t <= _SLICE:
-            rc = _loan(h, nbytes, t, m)
-        else:  # in slices, so that Ctrl-C is noticed
-            rc = _sliced(lambda s: _loan(h, nbytes, s, m), t)
-        if rc:
-            _push_msg(mw)
-            raise b._full(rc, t)
-        try:
-            _write_desc(mw, dims, self._ts, self._word)
-            if dt.itemsize:
-                inner = SlotArray(dims, dt, b._rw, b._offset(m))
-                arr: NDArray[Any] = inner.view()
-            else:
-                inner, arr = _itemless_views(b, _data_of(m), dims, dt, self._ts.decode(), False)
-        except BaseException:  # never keep a slot nobody can publish
-            _discard(h, m)
-            _push_msg(mw)
-            raise
-        self._msg, self._arr, self._slot = mw, arr, inner
-        self._ra, self._ri = _getrefcount(arr), _getrefcount(inner) - _OWN_REF  # the baseline (ndshm._slots)
-        return arr
-
-    def __exit__(self, exc_type: Any, *exc: object) -> None:
-        mw = self._msg
-        if mw is None:
-            raise RuntimeError("loan() context exited without being entered")
-        arr, inner = self._arr, self._slot
-        self._arr = self._slot = self._msg = None
-        h, m = self._b._handle, mw[0]
-        # CPython, as the queue's loan: aliases or exports of arr, or views derived from it, still
-        # alive pin the slot until they are gone; arr is left untouched if it has any
-        escaped = _getrefcount(arr) > self._ra
-        pinned = escaped or _getrefcount(inner) > self._ri
-        if pinned:
-            _pin(h, m)
-        rc = _publish(h, m) if exc_type is None else _discard(h, m)
-        pos = m.pos_
-        _push_msg(mw)
-        if not escaped:
-            _close_array(arr, self._b._rw, _ClosedLoan)  # keeps the ring mapped, not inner (PyPy: for its exports)
-        if pinned:
-            _when_gone(inner, _unpin, h, pos)  # 0, or EINVAL if the pin was taken back already
-        del arr, inner
-        if rc:
-            raise error_from_code(rc)
-
-
 class Subscription:
     """One subscriber of a :class:`Broadcast` (from :meth:`Broadcast.subscribe`): receives every
     message published after it was made, in order.
@@ -470,9 +400,7 @@ class Subscription:
             return lagged
         if rc != _ETIMEDOUT and rc != _EEMPTY:
             return error_from_code(rc)
-        exc = Empty(_detail(rc, waited))
-        exc.code, exc.errname = rc, ffi.string(lib.ndshm_errname(rc)).decode()
-        return exc
+        return error_from_code(rc, detail=_detail(rc, waited), timed_out=Empty)
 
     def _ready(self) -> Any:
         if self._closed or self._closing:
@@ -496,14 +424,10 @@ class Subscription:
             rc: int = _ECLOSED
         else:
             try:
-                if timeout < 0:
-                    rc = _take(h, _SLICE, m, missed)
-                    while rc == _ETIMEDOUT:
-                        rc = _take(h, _SLICE, m, missed)
-                elif timeout <= _SLICE:
-                    rc = _take(h, timeout, m, missed)
-                else:
-                    rc = _sliced(lambda s: _take(h, s, m, missed), timeout)
+                s = timeout if 0 <= timeout <= _SLICE else _SLICE  # the first slice inline (see ndshm._queue)
+                rc = _take(h, s, m, missed)
+                if rc == _ETIMEDOUT and s != timeout:
+                    rc = _rest(lambda s: _take(h, s, m, missed), timeout)
             finally:
                 last = self._leave_wait()
         if self._closing and self._held is None:
@@ -513,6 +437,28 @@ class Subscription:
                 self._close_now()
             raise ClosedError(f"subscription to broadcast {self._b.name!r} was closed")
         return rc
+
+    # what the receive blocks of ndshm._slots ask of a subscription
+    _rx_error = _error
+
+    def _rx_take(self, t: float, mw: tuple[Any, ...]) -> int:
+        if self._held is not None or self._closed or self._closing:
+            self._ready()  # raises
+        rc = self._take(t, mw[0])
+        if rc == 0:
+            self._held = mw  # until released: no other read, and close() waits for it
+        return rc
+
+    def _rx_keep(self, arr: Any, exported: bool, inner: Any, mw: tuple[Any, ...]) -> None:
+        _hold_past_block(arr, exported, self._b._ro, _ClosedReceive, inner, _release_later, weakref.ref(self),
+                         self._h, mw)
+
+    def _rx_done(self, mw: tuple[Any, ...]) -> None:
+        self._held = None
+        _release(self._h, mw[0])
+        _push_msg(mw)
+        if self._closing:
+            self._close_now()
 
     def get(self, timeout: Optional[float] = None) -> NDArray[Any]:
         """The next message, as a fresh array, waiting up to ``timeout`` seconds (``None``: for
@@ -535,11 +481,11 @@ class Subscription:
             raise error_from_code(rc)
         return out
 
-    def receive(self, timeout: Optional[float] = None) -> "_Receive":
+    def receive(self, timeout: Optional[float] = None) -> Receive:
         """``with sub.receive() as view:`` read the next message in place (read-only, zero copy).
         ``view`` is closed after the block (see the module). Raises as :meth:`get`."""
         self._ready()
-        return _Receive(self, _timeout(True, timeout))
+        return Receive(self, self._b, _timeout(True, timeout))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self
@@ -582,8 +528,8 @@ class Subscription:
         self._ready()
         t = None if timeout is None else _timeout(True, timeout)
 
-        async def enter() -> tuple[_Receive, NDArray[Any]]:
-            rec = _Receive(self, 0.0)
+        async def enter() -> tuple[Receive, NDArray[Any]]:
+            rec = Receive(self, self._b, 0.0)
             view = await _async.retry(rec.__enter__, self._epoch, self._wait_epoch, t, Empty, "no new message")
             return rec, view
         return _async.AsyncContext(enter)
@@ -645,62 +591,3 @@ class Subscription:
     def __repr__(self) -> str:
         state = "closed " if self.closed else ""
         return f"<ndshm.Subscription {state}to {self._b.name!r}>"
-
-
-class _Receive:
-    __slots__ = ("_s", "_timeout", "_msg", "_arr", "_slot", "_ra", "_ri")
-    _msg: Optional[tuple[Any, ...]]  # the message (struct, words) while the block is open
-    _arr: Any  # a SlotArray inside the block; closed (another class) after it
-    _slot: Any  # the SlotArray arr is a view of, inside the block
-    _ra: int  # references to _arr and _slot at entry (see ndshm._slots)
-    _ri: int
-
-    def __init__(self, s: Subscription, timeout: float) -> None:
-        self._s, self._timeout, self._arr, self._msg = s, timeout, None, None
-
-    def __enter__(self) -> NDArray[Any]:
-        if self._msg is not None:
-            raise RuntimeError("this receive() context is already entered; call receive() again for another message")
-        s = self._s
-        if s._held is not None or s._closed or s._closing:
-            s._ready()  # raises
-        h, b = s._h, s._b
-        mw = _pop_msg()
-        m = mw[0]
-        rc = s._take(self._timeout, m)
-        if rc:
-            _push_msg(mw)
-            raise s._error(rc, self._timeout)
-        try:
-            inner, arr = _received_views(b, m, mw[1], "broadcast")  # as the queue's receive
-        except BaseException:
-            _release(h, m)
-            _push_msg(mw)
-            raise
-        self._msg, self._slot, self._arr = mw, inner, arr
-        self._ra, self._ri = _getrefcount(arr), _getrefcount(inner) - _OWN_REF  # the baseline (ndshm._slots)
-        s._held = mw  # until released: no other read, and close() waits for it
-        return arr
-
-    def __exit__(self, *exc: object) -> None:
-        mw = self._msg
-        if mw is None:
-            raise RuntimeError("receive() context exited without being entered")
-        arr: Any  # the SlotArray: its state, _keep slot and class change below
-        arr, inner = self._arr, self._slot
-        self._arr = self._slot = self._msg = None
-        s = self._s
-        ro = s._b._ro
-        # CPython, as the queue's receive (see ndshm._slots): aliases or exports of arr, or views
-        # derived from it, kept beyond the block keep the message until they are gone
-        exported = _getrefcount(arr) > self._ra
-        if exported or _getrefcount(inner) > self._ri:
-            _hold_past_block(arr, exported, ro, _ClosedReceive, inner, _release_later, weakref.ref(s), s._h, mw)
-            return
-        _close_array(arr, ro, _ClosedReceive)
-        del arr, inner
-        s._held = None
-        _release(s._h, mw[0])
-        _push_msg(mw)
-        if s._closing:
-            s._close_now()

@@ -153,13 +153,20 @@ _TABLE: dict[int, tuple[type[NdshmError], int | None]] = {
     lib.NDSHM_ENOTSUP: (NotSupportedError, _errno.EOPNOTSUPP),
     lib.NDSHM_ESYS: (NdshmOSError, None),
 }
+_ETIMEDOUT = lib.NDSHM_ETIMEDOUT
 
 
-def error_from_code(code: int, filename: str | None = None) -> NdshmError:
-    """Build the exception for a negative NDSHM_E* ``code`` from this thread's failure detail."""
-    detail = ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace")
+def error_from_code(code: int, filename: str | None = None, *, detail: str | None = None,
+                    timed_out: type[NdshmError] | None = None) -> NdshmError:
+    """Build the exception for a negative NDSHM_E* ``code`` from this thread's failure detail
+    (or from ``detail``). ``timed_out``: the class of an NDSHM_ETIMEDOUT instead of
+    NdshmTimeoutError (a ring's wait that ran out is :class:`Empty` or :class:`Full`)."""
+    if detail is None:
+        detail = ffi.string(lib.ndshm_last_detail()).decode("utf-8", "replace")
     message = detail or ffi.string(lib.ndshm_strerror(code)).decode()
     cls, err = _TABLE.get(code, (NdshmOSError, None))
+    if timed_out is not None and code == _ETIMEDOUT:
+        cls, err = timed_out, None
     exc: NdshmError
     if filename is not None and os.path.isabs(filename):
         if code == lib.NDSHM_ENOSPC:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import stat
-import struct
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import numpy as np
@@ -67,33 +66,23 @@ def _kind_of(flags: int) -> str:
     return "array"
 
 
-# The head of a queue's ring (csrc/queue.c, ring_hdr_t, versions 1 to 3, which differ after it):
-# magic, version, hdr_bytes, slots, slot_bytes, in the creator's byte order. Read with pread (a
-# mapping would let whoever truncates the file kill the lister with SIGBUS); any other version
-# shows no geometry.
-_RING_HEAD = struct.Struct("=QIIQQ")
-_RING_MAGIC, _RING_VERSIONS = 0x51554555534D444E, (1, 2, 3)
 
 
 def _queue_geometry(path: str, data_offset: int, data_size: int) -> tuple[Optional[int], Optional[int]]:
-    """(slots, slot_bytes) of the queue ring at ``data_offset`` of ``path``, or (None, None)."""
+    """(slots, slot_bytes) of the queue ring at ``data_offset`` of ``path``, or (None, None). The C
+    library reads the ring's header (with pread: a mapping would let whoever truncates the file
+    kill the lister with SIGBUS) and checks it."""
     fd = open_regular(path)
     if fd is None:
         return None, None
+    head = ffi.new("ndshm_ring_header_t *")
     try:
-        head = os.pread(fd, _RING_HEAD.size, data_offset)
-    except OSError:
-        return None, None
+        rc = lib.ndshm_ring_read_header(fd, data_offset, data_size, head)
     finally:
         os.close(fd)
-    if len(head) != _RING_HEAD.size:
+    if rc or head.kind != lib.NDSHM_SEG_QUEUE:
         return None, None
-    magic, version, _, slots, slot_bytes = _RING_HEAD.unpack(head)
-    need = ffi.new("uint64_t *")
-    if (magic != _RING_MAGIC or version not in _RING_VERSIONS
-            or lib.ndshm_queue_ring_bytes(slots, slot_bytes, need) != 0 or need[0] > data_size):
-        return None, None
-    return int(slots), int(slot_bytes)
+    return int(head.slots), int(head.slot_bytes)
 
 
 def probe(name: str, *, dir: Optional[str] = None) -> SegmentRecord:

