@@ -121,7 +121,7 @@ def scan(root: Path) -> list[str]:
 def test_the_c_sources_name_what_is_searched() -> None:
     words = c_words()
     assert words.get("MAGIC") == b"NDSHMSEG"
-    assert {"RING_MAGIC", "BC_MAGIC", "TABLE_MAGIC", "HANDOVER_MARKER"} <= set(words)
+    assert {"NDSHM__QUEUE_MAGIC", "NDSHM__BCAST_MAGIC", "TABLE_MAGIC", "HANDOVER_MARKER"} <= set(words)
     assert header_offsets()["NDSHM__HDR_SYNC_OFFSET"] == 640
 
 
