@@ -199,9 +199,11 @@ def test_fragmentation_is_bounded_and_measured(unique_name):
     with ndshm.Pool(64 << 20, name=unique_name, max_blocks=8192) as p:
         live: list = []
         peak_live = 0
-        for i in range(6000):
+        for i in range(600 if PYPY else 6000):  # PyPy frees a block at its GC: one collection per free
             if live and (len(live) > 300 or rng.random() < 0.5):
                 live.pop(rng.randrange(len(live)))
+                if PYPY:
+                    collect()
             else:
                 live.append(p.empty(rng.choice((64, 1000, 4096, 60_000, 250_000)), np.uint8))
             peak_live = max(peak_live, sum(a.nbytes for a in live))
@@ -255,6 +257,7 @@ def test_queue_of_references(pool):
     assert proc.exitcode == 0
     assert [g[0] for g in got] == list(range(20))
     assert [g[2] for g in got] == sent
+    pool.reclaim()  # PyPy's consumer may end before its GC unpinned its views: its pins go with it
     assert _live(pool) == 0
 
 

@@ -23,7 +23,9 @@ use :func:`default_pool`.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
+import platform
 import threading
 import uuid
 from typing import Any, NamedTuple, Optional
@@ -47,6 +49,7 @@ _ENOSPC, _ENOENT = lib.NDSHM_ENOSPC, lib.NDSHM_ENOENT
 _ON_FULL = ("raise", "segment")
 _DEFAULT_ENV = "NDSHM_DEFAULT_POOL"
 _DEFAULT_BYTES = 256 << 20
+_PYPY = platform.python_implementation() == "PyPy"
 
 
 class BlockFreedError(SegmentNotFoundError):
@@ -199,10 +202,11 @@ class PoolArray(SharedArray):
     def __reduce__(self) -> Any:
         return self.__reduce_ex__(2)
 
-    def __deepcopy__(self, memo: Any) -> NDArray[Any]:
+    # A copy is a private ndarray (pickling's reference would give the same memory back).
+    def __deepcopy__(self, memo: Any) -> Any:
         return np.array(self, copy=True)
 
-    def __copy__(self) -> NDArray[Any]:
+    def __copy__(self) -> Any:
         return np.array(self, copy=True)
 
 
@@ -397,6 +401,9 @@ class Pool:
             raise ClosedError("the pool is closed")
         b = _tls.block
         rc = _carve(h.ptr, nbytes, b)
+        if rc == _ENOSPC and _PYPY:  # blocks of dead arrays wait for PyPy's GC: run it once, as memory pressure would
+            gc.collect()
+            rc = _carve(h.ptr, nbytes, b)
         if rc < 0:
             if rc == _ENOSPC and self._on_full == "segment":
                 out: NDArray[Any] = _create_segment(None, shp, dt, order, dir=h.dir, owner="receiver")
