@@ -834,6 +834,7 @@ typedef struct ndshm_pool_stats {
     uint64_t capacity;     /* bytes blocks can be carved from */
     uint64_t used;         /* bytes in live blocks */
     uint64_t high_water;   /* the most `used` ever was */
+    uint64_t high_end;     /* the highest end offset of a block ever carved: the pages ever touched */
     uint64_t live_blocks;
     uint64_t max_blocks;
     uint64_t free_extents; /* free ranges (fragmentation: 1 is none) */

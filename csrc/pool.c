@@ -68,7 +68,8 @@ typedef struct pool_hdr {
     uint64_t bin_map[NBINS / 64];
     uint32_t bin_head[NBINS];
     uint64_t procs[NPROCS];
-    char pad[24];
+    uint64_t high_end; /* the highest end of a block ever carved: the pool's footprint */
+    char pad[16];
 } pool_hdr_t;
 
 typedef struct rec {
@@ -557,6 +558,7 @@ static int carve_locked(ndshm_pool_t *p, uint64_t g, ndshm_pool_block_t *out) {
     p->local_gen[i] = x->generation;
     h->used += x->size;
     if (h->used > h->high_water) h->high_water = h->used;
+    if (x->offset + x->size > h->high_end) h->high_end = x->offset + x->size;
     h->live_blocks++;
     h->carves++;
     fill(p, i, out);
@@ -692,6 +694,7 @@ int ndshm_pool_stats(ndshm_pool_t *p, ndshm_pool_stats_t *out) {
     out->capacity = p->capacity;
     out->used = h->used;
     out->high_water = h->high_water;
+    out->high_end = h->high_end;
     out->live_blocks = h->live_blocks;
     out->max_blocks = p->n;
     out->in_transit = h->in_transit;

@@ -64,6 +64,7 @@ class PoolStats(NamedTuple):
     capacity: int        #: bytes blocks are carved from
     used: int            #: bytes in live blocks
     high_water: int      #: the most ``used`` ever was
+    high_end: int        #: the highest end of a block ever carved (the pool's footprint)
     live_blocks: int
     max_blocks: int
     free_extents: int    #: free ranges (1: no fragmentation)
@@ -356,7 +357,7 @@ class Pool:
         rc = lib.ndshm_pool_stats(h.ptr, st)
         if rc < 0:
             raise error_from_code(rc)
-        return PoolStats(h.name, st.capacity, st.used, st.high_water, st.live_blocks, st.max_blocks,
+        return PoolStats(h.name, st.capacity, st.used, st.high_water, st.high_end, st.live_blocks, st.max_blocks,
                          st.free_extents, st.largest_free, st.in_transit, st.procs, st.carves, st.frees,
                          st.reclaimed)
 
