@@ -911,6 +911,13 @@ NDSHM_API int ndshm_pool_reclaim(ndshm_pool_t *p, uint32_t *released);
 /*! ndshm_pool_stats() : fills *out. @return : 0, or NDSHM_ECORRUPT, NDSHM_ETIMEDOUT. */
 NDSHM_API int ndshm_pool_stats(ndshm_pool_t *p, ndshm_pool_stats_t *out);
 
+/*! ndshm_pool_peek() :
+ *  Reads the counters of the pool whose header is at `offset` of descriptor `fd` (a listing's
+ *  look, without mapping, locking or registering; a snapshot that may be torn by a writer):
+ *  capacity, used, high_water, high_end, live_blocks, in_transit, procs, counts (free_extents and
+ *  largest_free stay 0). @return : 0, or NDSHM_ECORRUPT, NDSHM_EBUSY (not initialised yet), NDSHM_ESYS. */
+NDSHM_API int ndshm_pool_peek(int fd, uint64_t offset, ndshm_pool_stats_t *out);
+
 /*! ndshm_pool_check() : validates every record and free list (what attach does).
  *  @return : 0, or NDSHM_ECORRUPT naming the first bad value. */
 NDSHM_API int ndshm_pool_check(ndshm_pool_t *p);

@@ -37,6 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #define POOL_MAGIC 0x4c4f4f504d485344ull /* "DSHMPOOL" */
@@ -723,6 +725,38 @@ int ndshm_pool_check(ndshm_pool_t *p) {
     rc = check_all(p);
     release(p);
     return rc;
+}
+
+int ndshm_pool_peek(int fd, uint64_t offset, ndshm_pool_stats_t *out) {
+    if (out == NULL) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_pool_peek: out is NULL");
+    memset(out, 0, sizeof *out);
+    pool_hdr_t h;
+    struct stat st;
+    if (fstat(fd, &st) != 0) return ndshm__fail_errno(errno, "ndshm_pool_peek: fstat of descriptor %d", fd);
+    if (offset > (uint64_t)INT64_MAX) return ndshm__fail(NDSHM_EINVAL, 0, "ndshm_pool_peek: offset %llu", (unsigned long long)offset);
+    ssize_t got = pread(fd, &h, sizeof h, (off_t)offset);
+    if (got < 0) return ndshm__fail_errno(errno, "ndshm_pool_peek: reading descriptor %d", fd);
+    if ((size_t)got != sizeof h) return CORRUPT("pool: its file ends inside its header (%zd bytes)", got);
+    if (h.magic == 0) return ndshm__fail(NDSHM_EBUSY, 0, "pool is still being initialised");
+    uint64_t t, d, total;
+    if (h.magic != POOL_MAGIC || h.version != POOL_VERSION || h.hdr_bytes != sizeof h || h.max_procs != NPROCS ||
+        geometry(h.capacity, h.max_blocks, &t, &d, &total) || t != h.table_offset || d != h.data_offset ||
+        total != h.total_bytes || (uint64_t)st.st_size < offset || total > (uint64_t)st.st_size - offset)
+        return CORRUPT("pool: its header (magic 0x%016llx, version %u) does not describe a pool in its file",
+                       (unsigned long long)h.magic, h.version);
+    out->pool_id = h.pool_id;
+    out->capacity = h.capacity;
+    out->used = h.used;
+    out->high_water = h.high_water;
+    out->high_end = h.high_end;
+    out->live_blocks = h.live_blocks;
+    out->max_blocks = h.max_blocks;
+    out->in_transit = h.in_transit;
+    for (int s = 0; s < NPROCS; s++) out->procs += h.procs[s] != 0;
+    out->carves = h.carves;
+    out->frees = h.frees;
+    out->reclaimed = h.reclaimed;
+    return 0;
 }
 
 /* ---- create, open, close ---------------------------------------------------------------- */

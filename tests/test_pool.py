@@ -387,3 +387,33 @@ def test_default_pool_is_shared_with_children(monkeypatch):
     finally:
         p.close()
         ndpool._default = None
+
+
+def test_ls_and_gc_show_pools_and_release_dead_processes(pool):
+    keep = [pool.empty(1 << 20, np.uint8) for _ in range(3)]
+    rec = next(r for r in ndshm.list() if r.name == pool.name)
+    assert rec.kind == "pool" and rec.in_use and rec.status == "ready"
+    assert (rec.pool_used, rec.pool_capacity, rec.pool_blocks) == (3 << 20, 8 << 20, 3)
+    ls = subprocess.run([sys.executable, "-m", "ndshm", "ls"], capture_output=True, text=True, timeout=60,
+                        env=child_env())
+    line = next(l for l in ls.stdout.splitlines() if pool.name in l)
+    assert "pool" in line and "3.0 MiB of 8.0 MiB (37.5%), 3 blocks" in line, ls.stdout
+    info = subprocess.run([sys.executable, "-m", "ndshm", "info", pool.name], capture_output=True, text=True,
+                          timeout=60, env=child_env())
+    assert "pool use:" in info.stdout and "37.5%" in info.stdout, info.stdout
+    # a process that took blocks and was killed: gc gives them back
+    child = start_python("""
+        import sys, numpy as np, ndshm
+        p = ndshm.Pool.attach(sys.argv[1])
+        held = [p.empty(1 << 20, np.uint8) for _ in range(2)]
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """, pool.name)
+    expect_line(child, "ready")
+    assert pool.stats().live_blocks == 5
+    kill9(child)
+    gc_out = subprocess.run([sys.executable, "-m", "ndshm", "gc"], capture_output=True, text=True, timeout=60,
+                            env=child_env())
+    assert f"pool {pool.name}: released the blocks and pins of 1 dead process" in gc_out.stdout, gc_out.stdout
+    assert pool.stats().live_blocks == 3
+    del keep

@@ -495,6 +495,25 @@ def _close_all() -> None:
         p.close()
 
 
+def reclaim_pool(name: str, dir: str) -> int:
+    """Releases the dead processes of pool ``name`` in ``dir`` (``ndshm gc``); returns how many,
+    0 if the pool cannot be opened. Maps it for the call only, unless this process has it already."""
+    key = _key(name, dir)
+    h = _handles.get(key)
+    if h is not None and h.ptr is not None:
+        ptr, own = h.ptr, False
+    else:
+        out = ffi.new("ndshm_pool_t **")
+        if lib.ndshm_pool_attach(name.encode(), os.fsencode(dir), 0, out) != 0:
+            return 0
+        ptr, own = out[0], True
+    n = ffi.new("uint32_t *")
+    rc = lib.ndshm_pool_reclaim(ptr, n)
+    if own:
+        lib.ndshm_pool_close(ptr)
+    return int(n[0]) if rc == 0 else 0
+
+
 # ---- the default pool ---------------------------------------------------------------------
 
 _default: Optional[Pool] = None
