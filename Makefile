@@ -91,7 +91,7 @@ ASAN_ENV = LD_PRELOAD=$(ASAN_PRELOAD) ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=
 # the sanitizer and PYTHONMALLOC=debug runs of make test.
 SANITIZE_TESTS ?= $(sort $(wildcard tests/test_queue*.py tests/test_broadcast.py tests/test_segment*.py \
 	tests/test_sync.py tests/test_alloc.py tests/test_lifetime.py tests/test_binding.py tests/test_hostile_*.py \
-	tests/test_compat*.py tests/test_listing.py tests/test_pipelines.py))
+	tests/test_compat*.py tests/test_listing.py tests/test_pipelines.py tests/test_pool*.py))
 ASAN_PYTHON ?= $(VENV)/bin/python
 
 $(ASAN_LIB): $(SRCS) $(HDRS) Makefile

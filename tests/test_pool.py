@@ -139,6 +139,13 @@ def test_bad_arguments(unique_name):
             ndshm.Pool(4096, name=unique_name)
     with pytest.raises(ndshm.SegmentNotFoundError):
         ndshm.Pool.attach(unique_name)
+    a = ndshm.create(unique_name, 4)
+    with pytest.raises(ndshm.InvalidValueError, match="is not a pool"):
+        ndshm.Pool.attach(unique_name)
+    ndshm.segment_of(a).close()
+    with ndshm.Pool(4096, name=unique_name) as p:
+        with pytest.raises(TypeError, match="holds an ndshm pool, not an array: use ndshm.Pool.attach"):
+            ndshm.attach(unique_name)
 
 
 def test_pickle_is_a_reference_and_views_keep_their_offset(pool):

@@ -49,7 +49,8 @@ _KIND_NAMES = {v: k for k, v in _KINDS.items()}
 _PERSIST, _POPULATE, _HUGE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE, lib.NDSHM_SEG_HUGEPAGES
 _READONLY, _FORTRAN = lib.NDSHM_SEG_READONLY, lib.NDSHM_SEG_FORTRAN
 _QUEUE, _SYNC, _BROADCAST = lib.NDSHM_SEG_QUEUE, lib.NDSHM_SEG_SYNC, lib.NDSHM_SEG_BROADCAST
-_CONTENT = _QUEUE | _SYNC | _BROADCAST  # segments whose data is not an array
+_POOL = lib.NDSHM_SEG_POOL
+_CONTENT = _QUEUE | _SYNC | _BROADCAST | _POOL  # segments whose data is not an array
 _PREFIX = "ndshm."
 _close = lib.ndshm_segment_close
 # Functions and constants read once: attribute lookups on an ABI-mode cffi library are slow.
@@ -262,7 +263,7 @@ class Segment:
     _fd: int
     _dev: int
     _ino: int
-    _content: Optional[str]  # 'queue', 'broadcast', 'sync', or None for an array
+    _content: Optional[str]  # 'queue', 'broadcast', 'sync', 'pool', or None for an array
     _owner: Optional[str]
     _hot: bool
 
@@ -294,7 +295,7 @@ class Segment:
         self._closed = False
         flags = v[2]
         self._content = (None if not flags & _CONTENT else "queue" if flags & _QUEUE
-                         else "broadcast" if flags & _BROADCAST else "sync")
+                         else "broadcast" if flags & _BROADCAST else "pool" if flags & _POOL else "sync")
         self._creator = creator = v[3] != 0
         self._persist = flags & _PERSIST != 0
         self._readonly = flags & _READONLY != 0
@@ -652,6 +653,8 @@ class Segment:
         if self._content == "broadcast":
             raise TypeError(f"segment {what!r} holds an ndshm broadcast ring, not an array: use "
                             f"ndshm.Broadcast.attach({what!r})")
+        if self._content == "pool":
+            raise TypeError(f"segment {what!r} holds an ndshm pool, not an array: use ndshm.Pool.attach({what!r})")
         raise TypeError(f"segment {what!r} holds a standalone ndshm Lock, Event or Barrier, not an array: use "
                         f"ndshm.Lock(name, create=False) (or Event, Barrier)")
 
