@@ -850,7 +850,8 @@ NDSHM_API int ndshm_pool_bytes(uint64_t capacity, uint32_t max_blocks, uint64_t 
 
 /*! ndshm_pool_create() :
  *  Creates NAMED segment `name` in `dir` holding a pool of `capacity` bytes (rounded up to
- *  NDSHM_POOL_GRANULE) and `max_blocks` records (0: one per 4 KiB of capacity, 64 .. 65536).
+ *  NDSHM_POOL_GRANULE) and `max_blocks` records (0: one per 2 KiB of capacity, 256 .. 2^20;
+ *  live blocks and free ranges each take one).
  *  `flags`: NDSHM_SEG_PERSIST, NDSHM_SEG_POPULATE (pre-fault every page, on several threads),
  *  NDSHM_SEG_HUGEPAGES (`dir` must be a hugetlbfs mount).
  *  @return : 0, or as ndshm_segment_create. */
@@ -878,8 +879,9 @@ NDSHM_API int ndshm_pool_unlink(ndshm_pool_t *p);
 /*! ndshm_pool_carve() :
  *  Carves a block of at least `nbytes` (0 is taken as 1) bytes, NDSHM_POOL_GRANULE-aligned,
  *  pinned by this process, into *out. A full pool first reclaims dead processes' blocks.
- *  @return : 0, or NDSHM_ENOSPC (no free range that large: the detail names the pool, its size
- *            and the request), NDSHM_ECORRUPT, NDSHM_ETIMEDOUT (the lock stayed held 5 s). */
+ *  @return : 0, or NDSHM_ENOSPC (no free range that large, or no record left to split one: the
+ *            detail names the pool, its size and the request), NDSHM_ECORRUPT, NDSHM_ETIMEDOUT
+ *            (the lock stayed held 5 s). */
 NDSHM_API int ndshm_pool_carve(ndshm_pool_t *p, uint64_t nbytes, ndshm_pool_block_t *out);
 
 /*! ndshm_pool_pin() :

@@ -522,7 +522,7 @@ static void fill(const ndshm_pool_t *p, uint32_t i, ndshm_pool_block_t *out) {
     out->data = (uintptr_t)(p->data + x->offset);
 }
 
-static int carve_locked(ndshm_pool_t *p, uint64_t g, ndshm_pool_block_t *out) {
+static int carve_locked(ndshm_pool_t *p, uint64_t g, ndshm_pool_block_t *out, bool *no_records) {
     pool_hdr_t *h = p->h;
     uint32_t i = find_free(p, g);
     if (i == NONE) return NDSHM_ENOSPC;
@@ -530,9 +530,13 @@ static int carve_locked(ndshm_pool_t *p, uint64_t g, ndshm_pool_block_t *out) {
     if (x == NULL || x->state != ST_FREE || !range_ok(p, x) || x->size / GRAN < g)
         return CORRUPT("pool: free record %u (of %u) is not a free range of %llu granules", i, p->n,
                        (unsigned long long)g);
+    uint64_t want = g * GRAN;
+    if (x->size > want && p->h->unused_head == NONE && x->size - want > want / 4) {
+        *no_records = true; /* no record for the rest: a block may waste at most a quarter of its request */
+        return NDSHM_ENOSPC;
+    }
     int rc = bin_remove(p, i);
     if (rc) return rc;
-    uint64_t want = g * GRAN;
     if (x->size > want) {
         uint32_t j = unused_pop(p);
         if (j != NONE) { /* split: the rest is a free range of its own (else the block keeps it) */
@@ -575,14 +579,22 @@ int ndshm_pool_carve(ndshm_pool_t *p, uint64_t nbytes, ndshm_pool_block_t *out) 
     uint64_t g = nbytes == 0 ? 1 : (nbytes + GRAN - 1) / GRAN;
     int rc = lock_pool(p);
     if (rc) return rc;
-    rc = carve_locked(p, g, out);
+    bool no_records = false;
+    rc = carve_locked(p, g, out, &no_records);
     if (rc == NDSHM_ENOSPC) { /* full: dead processes' blocks first */
+        no_records = false;
         rc = drop_procs(p, dead_procs(p));
-        if (rc == 0) rc = carve_locked(p, g, out);
+        if (rc == 0) rc = carve_locked(p, g, out, &no_records);
     }
     if (rc == NDSHM_ENOSPC) {
-        uint64_t used = p->h->used;
+        uint64_t used = p->h->used, live = p->h->live_blocks;
         release(p);
+        if (no_records)
+            return ndshm__fail(NDSHM_ENOSPC, 0,
+                               "pool '%s' of %llu bytes (%llu in use) has no block record left for a block of %llu "
+                               "bytes: all %u are in use (%llu live blocks; make the pool with more max_blocks)",
+                               p->name, (unsigned long long)p->capacity, (unsigned long long)used,
+                               (unsigned long long)nbytes, p->n, (unsigned long long)live);
         return ndshm__fail(NDSHM_ENOSPC, 0,
                            "pool '%s' of %llu bytes (%llu in use) has no free range for a block of %llu bytes",
                            p->name, (unsigned long long)p->capacity, (unsigned long long)used,
@@ -863,8 +875,8 @@ int ndshm_pool_create(const char *name, const char *dir, uint64_t capacity, uint
         return ndshm__fail(NDSHM_EINVAL, 0, "pool capacity %llu bytes: must be 1 .. 2^63", (unsigned long long)capacity);
     capacity = (capacity + GRAN - 1) / GRAN * GRAN;
     if (max_blocks == 0) {
-        uint64_t m = capacity / 4096;
-        max_blocks = (uint32_t)(m < 64 ? 64 : m > 65536 ? 65536 : m);
+        uint64_t m = capacity / 2048;
+        max_blocks = (uint32_t)(m < 256 ? 256 : m > 1048576 ? 1048576 : m);
     }
     uint64_t bytes;
     int rc = ndshm_pool_bytes(capacity, max_blocks, &bytes);

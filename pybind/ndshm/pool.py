@@ -172,6 +172,7 @@ class _Block:
 
 # typestr per dtype (dtype.str builds a new string each time): a benchmark-proven 0.3 us of the ~2 us.
 _TYPESTR: dict[np.dtype[Any], str] = {}
+_asarray = np.asarray
 _DTYPES: dict[Any, np.dtype[Any]] = {}
 
 
@@ -185,9 +186,10 @@ def _array(block: _Block, shape: tuple[int, ...], dt: np.dtype[Any], strides: Op
     else:
         block.__array_interface__ = {"version": 3, "data": (address, readonly), "shape": shape, "typestr": ts,
                                      "strides": strides}
-    arr = np.asarray(block)
-    del block.__array_interface__  # the array holds the block; the next view gets its own dict
-    out: PoolArray = _dtype.exact_dtype(arr, dt).view(PoolArray)
+    arr = _asarray(block)
+    if ts is None or dt.names is not None:
+        arr = _dtype.exact_dtype(arr, dt)
+    out: PoolArray = arr.view(PoolArray)
     return out
 
 
@@ -275,7 +277,8 @@ class Pool:
     max_blocks=0)`` creates the pool (a named segment in ``dir``, ``$NDSHM_DIR`` or /dev/shm;
     ``name=None`` picks a unique one), pre-faulting it unless ``populate=False``. ``hugepages=True``
     puts it where huge pages are (as ``ndshm.create`` does). ``max_blocks``: how many blocks can
-    live at once (0: one per 4 KiB, 64 .. 65536). :meth:`attach` maps an existing pool by name.
+    live at once, free ranges included (0: one per 2 KiB, 256 .. 2**20). :meth:`attach` maps an
+    existing pool by name.
 
     ``on_full``: ``"raise"`` (:class:`NoSpaceError` naming the pool, its size and the request)
     or ``"segment"`` (the array gets a named segment of its own, ``owner="receiver"``-free, as
@@ -402,9 +405,11 @@ class Pool:
             raise ClosedError("the pool is closed")
         b = _tls.block
         rc = _carve(h.ptr, nbytes, b)
-        if rc == _ENOSPC and _PYPY:  # blocks of dead arrays wait for PyPy's GC: run it once, as memory pressure would
+        tries = 4 if _PYPY else 0  # blocks of dead arrays wait for PyPy's GC (through cpyext, a level a pass)
+        while rc == _ENOSPC and tries:
             gc.collect()
             rc = _carve(h.ptr, nbytes, b)
+            tries -= 1
         if rc < 0:
             if rc == _ENOSPC and self._on_full == "segment":
                 out: NDArray[Any] = _create_segment(None, shp, dt, order, dir=h.dir, owner="receiver")
