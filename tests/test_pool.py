@@ -467,3 +467,24 @@ def test_threads_carve_and_free_at_once(unique_name):
     pool.check()
     assert _live(pool) == 0
     pool.close()
+
+
+def test_a_forked_childs_exit_leaves_the_parents_pool(pool):
+    a = pool.full(10, 1, np.uint8)
+    pid = os.fork()
+    if pid == 0:  # the child uses the pool, closes it and runs what exit runs (the atexit hook)
+        code = 4
+        try:
+            b = pool.full(10, 2, np.uint8)
+            code = 0 if (a == 1).all() and (b == 2).all() else 3
+            del b
+            pool.close()
+            ndpool._close_all()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (SHM / f"ndshm.{pool.name}").exists()  # still there: only its creator's close removes it
+    b = pool.full(10, 3, np.uint8)
+    assert (a == 1).all() and (b == 3).all()
+    pool.reclaim()

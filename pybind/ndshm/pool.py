@@ -310,7 +310,7 @@ class Pool:
         with _handles_lock:
             _handles[_key(nm, d)] = h
         self._h: Optional[_Handle] = h
-        self._creator = True
+        self._creator = os.getpid()  # a fork()ed child's close (or exit) leaves its parent's pool alone
         _creators.add(self)
 
     @classmethod
@@ -321,7 +321,7 @@ class Pool:
         self = cls.__new__(cls)
         self._on_full = _check_on_full(on_full)
         self._h = _attach_handle(name, default_dir(dir), None)
-        self._creator = False
+        self._creator = 0
         return self
 
     # ---- what it is -------------------------------------------------------------------
@@ -455,7 +455,7 @@ class Pool:
         if h is None:
             return
         _creators.discard(self)
-        if not self._creator:
+        if self._creator != os.getpid():
             return
         with _handles_lock:
             if _handles.get(_key(h.name, h.dir)) is h:
