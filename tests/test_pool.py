@@ -488,3 +488,32 @@ def test_a_forked_childs_exit_leaves_the_parents_pool(pool):
     b = pool.full(10, 3, np.uint8)
     assert (a == 1).all() and (b == 3).all()
     pool.reclaim()
+
+
+@pytest.fixture
+def huge_tmpfs():
+    from test_segment_mp import _tmpfs
+    yield from _tmpfs("huge=always,size=64m", "a huge-page tmpfs")
+
+
+def _shmem_huge_kib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("ShmemHugePages:"):
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.system_wide  # a huge-page mount that every process's hugepages=True would find
+def test_hugepages_pool_in_a_huge_tmpfs(huge_tmpfs, unique_name):
+    before = _shmem_huge_kib()
+    with ndshm.Pool(16 << 20, name=unique_name, dir=huge_tmpfs, hugepages=True) as p:
+        assert p.dir == huge_tmpfs and (Path(huge_tmpfs) / f"ndshm.{unique_name}").exists()
+        assert _shmem_huge_kib() - before >= 8 << 10  # pre-faulted in 2 MiB pages
+        a = p.full(1 << 20, 5, np.uint8)
+        out = subprocess.run([sys.executable, "-c", "import pickle, sys, ndshm; "
+                              "print(int(pickle.loads(sys.stdin.buffer.read()).sum()))"],
+                             input=pickle.dumps(a), capture_output=True, timeout=60, env=child_env())
+        assert out.returncode == 0, out.stderr
+        assert int(out.stdout) == 5 << 20
+        del a
