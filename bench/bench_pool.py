@@ -200,12 +200,13 @@ def soak(res: C.Results, seconds: float) -> None:
     fig = {"seconds": seconds, "ops": ops, "peak_live_bytes": peak, "high_water": s.high_water,
            "footprint": s.high_end, "footprint_over_peak": s.high_end / peak, "high_water_over_peak": s.high_water / peak,
            "free_extents_at_end": s.free_extents, "live_blocks_at_end": s.live_blocks}
-    res.emit(C.table(["soak", "value"], [
-        ["duration", f"{seconds:g} s, {ops} carves and frees"],
-        ["peak live bytes (requested)", C.human_bytes(peak)],
-        ["high-water mark of bytes in blocks", f"{C.human_bytes(s.high_water)} ({fig['high_water_over_peak']:.3f}x)"],
-        ["footprint (highest block end ever)", f"{C.human_bytes(s.high_end)} ({fig['footprint_over_peak']:.3f}x)"],
-        ["free ranges at the end", s.free_extents]],
+    res.emit(C.table(["soak figure", "value", "÷ peak live bytes"], [
+        ["peak live bytes (requested)", C.human_bytes(peak), "1.000x"],
+        ["high-water mark of bytes in blocks", C.human_bytes(s.high_water), f"{fig['high_water_over_peak']:.3f}x"],
+        ["footprint (highest block end ever)", C.human_bytes(s.high_end), f"{fig['footprint_over_peak']:.3f}x"],
+        ["free ranges at the end", s.free_extents, C.NA],
+        ["carves and frees", ops, C.NA],
+        ["seconds", seconds, C.NA]],
         title="Soak: mixed sizes 64 B .. 4 MiB (log-uniform), ~256 MiB live, one 1 GiB pool",
         note=f"Target: footprint within {TARGET_FOOTPRINT:g}x of the peak live bytes."))
     res.data["soak"] = fig
