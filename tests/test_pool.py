@@ -107,7 +107,10 @@ def test_arrays_shapes_dtypes_and_fill(pool):
     assert c.dtype == np.int16 and (c == src).all() and c.ctypes.data != src.ctypes.data
     rec = pool.zeros(4, np.dtype([("x", "<i4"), ("y", "<f8")]))
     rec["y"] = 2.5
-    assert rec.dtype.names == ("x", "y") and (rec["y"] == 2.5).all()
+    assert rec.dtype.names == ("x", "y") and (rec["y"] == 2.5).all() and not rec["x"].any()
+    frec = pool.zeros((3, 2), np.dtype([("x", "<i2"), ("y", "<f4")], align=True), order="F")
+    assert frec.flags.f_contiguous and frec.dtype.itemsize == 8 and not frec["x"].any() and not frec["y"].any()
+    del frec
     e = pool.empty(0, np.float32)
     assert e.shape == (0,)
     assert _live(pool) == 5

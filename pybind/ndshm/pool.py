@@ -421,7 +421,10 @@ class Pool:
 
     def zeros(self, shape: Any, dtype: Any = float, order: str = "C") -> NDArray[Any]:
         arr = self.empty(shape, dtype, order)
-        arr.fill(0) if arr.dtype.names is None else arr.view(np.uint8).fill(0)
+        if arr.dtype.names is None:
+            arr.fill(0)
+        else:
+            arr[...] = np.zeros((), arr.dtype)
         return arr
 
     def full(self, shape: Any, fill_value: Any, dtype: Any = None, order: str = "C") -> NDArray[Any]:
