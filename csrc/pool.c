@@ -408,12 +408,12 @@ static uint64_t dead_procs(ndshm_pool_t *p) {
     return dead;
 }
 
-/* Takes this process's slot (a fork()ed child: a new one, re-pinning what its handle pins). */
+/* Takes a process slot for this handle (a fork()ed child: a new one, re-pinning what the handle
+ * pins). Every handle has its own, even two of one process: its pins are its own bit, which its
+ * close clears, so one handle's close never drops another's pins. */
 static int take_slot(ndshm_pool_t *p) {
     uint64_t me = ndshm__self_key();
     int slot = -1;
-    for (int s = 0; s < NPROCS && slot < 0; s++)
-        if (p->h->procs[s] == me) slot = s;
     for (int pass = 0; slot < 0 && pass < 2; pass++) {
         for (int s = 0; s < NPROCS && slot < 0; s++)
             if (p->h->procs[s] == 0) slot = s;

@@ -328,6 +328,24 @@ TEST(named_pool) {
     CHECK_RC(ndshm_pool_create(name, NULL, 100000, 0, 0600, 0xFFFF, &q), NDSHM_EINVAL);
 }
 
+TEST(two_handles_of_one_process_pin_apart) {
+    uint64_t bytes;
+    void *mem = raw_pool(CAP, NREC, &bytes);
+    ndshm_pool_t *p = NULL, *q = NULL;
+    CHECK_RC(ndshm_pool_open_raw(mem, bytes, &p), 0);
+    CHECK_RC(ndshm_pool_open_raw(mem, bytes, &q), 0);
+    ndshm_pool_block_t a, b;
+    CHECK_RC(ndshm_pool_carve(p, 100, &a), 0);
+    CHECK_RC(ndshm_pool_pin(q, a.index, a.generation, a.offset, 100, 0, &b), 0);
+    CHECK(pstats(p).procs == 2);
+    ndshm_pool_close(p); /* drops p's pin and slot only */
+    CHECK(pstats(q).live_blocks == 1 && pstats(q).procs == 1);
+    CHECK_RC(ndshm_pool_unpin(q, b.index, b.generation), 0);
+    CHECK(pstats(q).live_blocks == 0);
+    ndshm_pool_close(q);
+    munmap(mem, bytes);
+}
+
 int main(void) {
     RUN(bad_arguments);
     RUN(carve_free_coalesce);
@@ -338,5 +356,6 @@ int main(void) {
     RUN(lock_holder_dies_mid_update);
     RUN(concurrent_random_carve_free);
     RUN(named_pool);
+    RUN(two_handles_of_one_process_pin_apart);
     return SUMMARY();
 }
