@@ -167,6 +167,8 @@ def test_pickle_is_a_reference_and_views_keep_their_offset(pool):
     assert isinstance(b, ndpool.PoolArray) and b.shape == (2, 50) and b.strides == (400, 8)
     b[:] = 9  # the same memory
     assert (a[5:7, ::2] == 9).all() and a.sum() == 900
+    c = pickle.loads(pickle.dumps(b[1]))  # a received view passed on again
+    assert c.shape == (50,) and c.ctypes.data == a[6].ctypes.data
     assert copy.deepcopy(a).ctypes.data != a.ctypes.data  # a copy is a copy
     assert not isinstance(copy.copy(a), ndpool.PoolArray)
 

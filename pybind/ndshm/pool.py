@@ -93,7 +93,7 @@ class _Handle:
     with the handle's last reference (its last block). Finalizers run blocks first: a block
     refers to its handle (PyPy too orders finalizers by reference)."""
 
-    __slots__ = ("ptr", "name", "dir", "pool_id", "capacity", "__weakref__")
+    __slots__ = ("ptr", "name", "dir", "pool_id", "capacity", "base", "__weakref__")
     _lib = lib  # keeps the library loaded while any handle lives
 
     def __init__(self, ptr: Any, name: str, dir: str) -> None:
@@ -107,6 +107,7 @@ class _Handle:
         self.dir = dir
         self.pool_id = int(st.pool_id)
         self.capacity = int(st.capacity)
+        self.base = 0  # the address of the pool's data in this process, known from the first block
 
     def __del__(self, _close: Any = lib.ndshm_pool_close) -> None:
         ptr = getattr(self, "ptr", None)
@@ -148,18 +149,24 @@ def _attach_handle(name: str, dir: str, pool_id: Optional[int]) -> _Handle:
 
 
 class _Block:
-    """One block as seen by this process: the ``.base`` of its arrays, unpinned when it dies."""
+    """One block as seen by this process: the ``.base`` of its arrays, unpinned when it dies.
+    ``size`` is what this process uses of it (the request, or what a reference names)."""
 
-    __slots__ = ("handle", "index", "generation", "offset", "size", "address", "__array_interface__")
+    __slots__ = ("handle", "index", "generation", "address", "size", "__array_interface__")
     __array_interface__: dict[str, Any]
 
-    def __init__(self, handle: _Handle, b: Any) -> None:
+    def __init__(self, handle: _Handle, b: Any, size: int) -> None:
         self.handle = handle
         self.index = b.index
         self.generation = b.generation
-        self.offset = b.offset
-        self.size = b.size
-        self.address = b.data
+        self.address = address = b.data
+        self.size = size
+        if not handle.base:
+            handle.base = address - b.offset
+
+    @property
+    def offset(self) -> int:
+        return int(self.address - self.handle.base)
 
     def __del__(self, _unpin: Any = _unpin) -> None:  # the default outlives module teardown at exit
         try:
@@ -173,6 +180,7 @@ class _Block:
 # typestr per dtype (dtype.str builds a new string each time): a benchmark-proven 0.3 us of the ~2 us.
 _TYPESTR: dict[np.dtype[Any], str] = {}
 _asarray = np.asarray
+_MAX_ITEMS = _dtype.MAX_NBYTES // 64  # a 1-D shape below this of a cached dtype (itemsize <= 64) cannot overflow
 _DTYPES: dict[Any, np.dtype[Any]] = {}
 
 
@@ -261,7 +269,7 @@ def _rebuild(name: str, dir: str, pool_id: int, index: int, generation: int, off
                                   f"since the array was pickled; its memory is not read "
                                   f"({ffi.string(lib.ndshm_last_detail()).decode(errors='replace')})")
         raise error_from_code(rc)
-    block = _Block(h, b)
+    block = _Block(h, b, size)
     dt = _npformat.descr_to_dtype(descr)
     lo, hi = _span(tuple(shape), tuple(strides), dt.itemsize)
     if start + lo < 0 or start + hi > block.size:
@@ -387,13 +395,13 @@ class Pool:
             dt = _DTYPES.get(dtype)
         except TypeError:  # unhashable (a list describing a structured dtype)
             dt = None
-        if shape.__class__ is int and dt is not None and 0 <= shape < _dtype.MAX_NBYTES // 64:  # the common case
+        if shape.__class__ is int and dt is not None and 0 <= shape < _MAX_ITEMS:  # the common case
             shp: tuple[int, ...] = (shape,)
             nbytes = shape * dt.itemsize
         else:
             shp, dt = _dtype.normalize(shape, dtype)
             nbytes = _dtype.nbytes_of(shp, dt)
-            if dt.names is None and not dt.subdtype and len(_DTYPES) < 256:
+            if dt.names is None and not dt.subdtype and dt.itemsize <= 64 and len(_DTYPES) < 256:
                 try:
                     _DTYPES[dtype] = dt
                 except TypeError:  # an unhashable dtype argument
@@ -412,12 +420,19 @@ class Pool:
             tries -= 1
         if rc < 0:
             if rc == _ENOSPC and self._on_full == "segment":
-                out: NDArray[Any] = _create_segment(None, shp, dt, order, dir=h.dir, owner="receiver")
-                return out
+                seg: NDArray[Any] = _create_segment(None, shp, dt, order, dir=h.dir, owner="receiver")
+                return seg
             raise error_from_code(rc)
-        block = _Block(h, b)
-        strides = None if order == "C" or len(shp) < 2 else _dtype.contiguous_strides(shp, dt.itemsize, "F")
-        return _array(block, shp, dt, strides, block.address)
+        block = _Block(h, b, nbytes)
+        if order == "C" or len(shp) < 2:
+            ts = _TYPESTR.get(dt)
+            if ts is not None:  # the common case, inlined (see _array)
+                block.__array_interface__ = {"version": 3, "data": (block.address, False), "shape": shp,
+                                             "typestr": ts, "strides": None}
+                out: NDArray[Any] = _asarray(block).view(PoolArray)
+                return out
+            return _array(block, shp, dt, None, block.address)
+        return _array(block, shp, dt, _dtype.contiguous_strides(shp, dt.itemsize, "F"), block.address)
 
     def zeros(self, shape: Any, dtype: Any = float, order: str = "C") -> NDArray[Any]:
         arr = self.empty(shape, dtype, order)
