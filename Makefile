@@ -92,7 +92,7 @@ ASAN_ENV = LD_PRELOAD=$(ASAN_PRELOAD) ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=
 # the sanitizer and PYTHONMALLOC=debug runs of make test.
 SANITIZE_TESTS ?= $(sort $(wildcard tests/rings/test_*.py tests/segment/test_segment*.py tests/segment/test_hostile_*.py \
 	tests/segment/test_lifetime.py tests/segment/test_listing.py tests/sync/test_*.py tests/binding/test_*.py \
-	tests/compat/test_*.py))
+	tests/compat/test_*.py tests/pool/test_*.py))
 ASAN_PYTHON ?= $(VENV)/bin/python
 
 $(ASAN_LIB): $(SRCS) $(HDRS) Makefile

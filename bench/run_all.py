@@ -3,7 +3,7 @@
 Each benchmark runs in a fresh interpreter (so one cannot skew another's memory figures); this
 script merges their JSON with the machine's description and the versions of everything compared.
 
-    python bench/run_all.py [--quick | --smoke] [--out DIR] [--only alloc,ipc,queue,broadcast,import,engines] [--no-plots]
+    python bench/run_all.py [--quick | --smoke] [--out DIR] [--only alloc,ipc,queue,broadcast,pool,import,engines] [--no-plots]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import _common as C  # noqa: E402
 
-BENCHMARKS = ["alloc", "ipc", "queue", "broadcast", "import", "engines"]
+BENCHMARKS = ["alloc", "ipc", "queue", "broadcast", "pool", "import", "engines"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

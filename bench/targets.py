@@ -128,6 +128,26 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     v = bc.get("ratio_vs_mpqueue3")
     add("broadcast 1 MiB fan-out to 3 subscribers: Broadcast loan+receive ≥ 50x multiprocessing.Queue x3", v,
         None if v is None else v >= 50, f"{C.fmt(v)}x")
+    # ---- the pool (issue 21) ----
+    pl = _get(report, "benchmarks", "pool", "data") or {}
+    v = _get(pl, "small_us", "ndshm Pool.empty + free")
+    peer = _get(pl, "small_us", "SharedMemory create + unlink")
+    add("pool: 64 B shared array create + free from a warm pool ≤ 3 µs", v, None if v is None else v <= 3,
+        f"{C.fmt(v)} µs (SharedMemory {C.fmt(peer)} µs)")
+    v = pl.get("fill_over_np_full")
+    add("pool: 4 MiB shared create + fill ≤ 1.3x np.full", v, None if v is None else v <= 1.3, f"{C.fmt(v)}x")
+    v = pl.get("results_pool_vs_segment")
+    add("pool: Pool(2) 4 MiB task results ≥ 3x faster than a segment each (owner='receiver')", v,
+        None if v is None else v >= 3, f"{C.fmt(v)}x")
+    v = pl.get("results_pool_vs_numpy")
+    add("pool: Pool(2) 4 MiB task results ≥ 10x faster than returning NumPy", v, None if v is None else v >= 10,
+        f"{C.fmt(v)}x")
+    v = pl.get("results_pool_faults_per_result")
+    add("pool: Pool(2) task results, parent minor faults per result < 1", v, None if v is None else v < 1,
+        f"{C.fmt(v)}")
+    v = _get(pl, "soak", "footprint_over_peak")
+    add(f"pool: soak ({C.fmt(_get(pl, 'soak', 'seconds'))} s, mixed sizes) footprint ≤ 1.5x the peak live bytes", v,
+        None if v is None else v <= 1.5, f"{C.fmt(v)}x")
     eng = _get(b, "engines", "data") or {}
     one_copy = _get(eng, "dask", "copies_in_ram", "ndshm") == 1
     v = _get(eng, "dask", "speedup_worker_to_worker")

@@ -20,7 +20,7 @@
 /* The segment flags a header records (create accepts them; attach refuses a header with others). */
 #define NDSHM__SEG_STORED_FLAGS \
     (NDSHM_SEG_PERSIST | NDSHM_SEG_POPULATE | NDSHM_SEG_HUGEPAGES | NDSHM_SEG_FORTRAN | NDSHM_SEG_QUEUE | NDSHM_SEG_SYNC | \
-     NDSHM_SEG_BROADCAST)
+     NDSHM_SEG_BROADCAST | NDSHM_SEG_POOL)
 
 /* ---- errors (error.c) ------------------------------------------------------------- */
 

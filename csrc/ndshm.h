@@ -188,7 +188,8 @@ enum ndshm_segment_flags {
     NDSHM_SEG_SYNC = 64,     /* a standalone Lock, Event or Barrier: its sync slots are the content */
     NDSHM_SEG_KEEP_NAME = 128, /* create: this handle's close never removes the name (the binding decides
                                   when it goes, e.g. after a hand-over); held by the handle, not stored */
-    NDSHM_SEG_BROADCAST = 256 /* the data holds an ndshm broadcast ring, not an array */
+    NDSHM_SEG_BROADCAST = 256, /* the data holds an ndshm broadcast ring, not an array */
+    NDSHM_SEG_POOL = 512       /* the data holds an ndshm pool (see Pool), not an array */
 };
 
 enum ndshm_segment_limits {
@@ -857,6 +858,135 @@ typedef struct ndshm_ring_header {
  *  @return : 0, or NDSHM_EINVAL (out NULL, fd negative, offset too large), NDSHM_ECORRUPT (not a
  *            ring this library can read, naming the first bad field), NDSHM_ESYS (the read). */
 NDSHM_API int ndshm_ring_read_header(int fd, uint64_t offset, uint64_t size, ndshm_ring_header_t *out);
+
+/* ======================================================================================
+ * Pool
+ * A pool is one NAMED segment (NDSHM_SEG_POOL), created once and pre-faulted (populated on
+ * several threads, in huge pages where asked), that blocks are carved from: carving, pinning
+ * and freeing a block touch only the pool's own shared metadata (a robust lock, a block
+ * table, TLSF-style segregated free lists), never a system call or a fresh page.
+ * A block is named by (index, generation, offset): generations come from one 64-bit counter
+ * per pool and never repeat, so a reference to a block freed since is refused (NDSHM_ENOENT),
+ * never read. Every process that uses a pool holds one of its NDSHM_POOL_MAX_PROCS process
+ * slots (by process id, see Process identity); a block lives while any process pins it or a
+ * hand-over (ndshm_pool_send) is outstanding. A dead process's slot, its pins and its
+ * outstanding hand-overs are released by ndshm_pool_reclaim (which a full pool runs by itself).
+ * Everything read from the pool is validated before use: NDSHM_ECORRUPT, never a crash.
+ * Thread rule: a handle is thread safe; a fork()ed child re-pins, under its own process slot,
+ * the blocks its parent's handle pinned, at its first pool call.
+ * ====================================================================================== */
+
+typedef struct ndshm_pool_s ndshm_pool_t;
+
+enum ndshm_pool_limits {
+    NDSHM_POOL_GRANULE = 64,        /* block sizes and offsets are multiples of this */
+    NDSHM_POOL_MAX_PROCS = 64,      /* processes using one pool at once */
+    NDSHM_POOL_MAX_BLOCKS = 16777216 /* records of the block table */
+};
+
+/* One block in this process: where it is and what names it. */
+typedef struct ndshm_pool_block {
+    uint32_t index;        /* in the block table */
+    uint64_t generation;   /* unique in the pool's life */
+    uint64_t offset;       /* from the start of the pool's data */
+    uint64_t size;         /* bytes reserved (the request rounded up to NDSHM_POOL_GRANULE) */
+    uintptr_t data;        /* address in this process */
+} ndshm_pool_block_t;
+
+typedef struct ndshm_pool_stats {
+    uint64_t pool_id;      /* random at creation: a pool made again under the same name differs */
+    uint64_t capacity;     /* bytes blocks can be carved from */
+    uint64_t used;         /* bytes in live blocks */
+    uint64_t high_water;   /* the most `used` ever was */
+    uint64_t high_end;     /* the highest end offset of a block ever carved: the pages ever touched */
+    uint64_t live_blocks;
+    uint64_t max_blocks;
+    uint64_t free_extents; /* free ranges (fragmentation: 1 is none) */
+    uint64_t largest_free; /* bytes of the largest free range */
+    uint64_t in_transit;   /* live blocks with an outstanding hand-over */
+    uint64_t procs;        /* process slots in use */
+    uint64_t carves, frees, reclaimed; /* counts since creation */
+} ndshm_pool_stats_t;
+
+/*! ndshm_pool_bytes() : stores in *out the bytes a pool of `capacity` data bytes and
+ *  `max_blocks` block records needs (header, table, data). @return : 0, or NDSHM_EINVAL, NDSHM_EOVERFLOW. */
+NDSHM_API int ndshm_pool_bytes(uint64_t capacity, uint32_t max_blocks, uint64_t *out);
+
+/*! ndshm_pool_create() :
+ *  Creates NAMED segment `name` in `dir` holding a pool of `capacity` bytes (rounded up to
+ *  NDSHM_POOL_GRANULE) and `max_blocks` records (0: one per 2 KiB of capacity, 256 .. 2^20;
+ *  live blocks and free ranges each take one).
+ *  `flags`: NDSHM_SEG_PERSIST, NDSHM_SEG_POPULATE (pre-fault every page, on several threads),
+ *  NDSHM_SEG_HUGEPAGES (`dir` must be a hugetlbfs mount).
+ *  @return : 0, or as ndshm_segment_create. */
+NDSHM_API int ndshm_pool_create(const char *name, const char *dir, uint64_t capacity, uint32_t max_blocks,
+                                unsigned mode, unsigned flags, ndshm_pool_t **out);
+
+/*! ndshm_pool_attach() : maps pool `name` in `dir` and validates it (every record).
+ *  `flags`: NDSHM_SEG_POPULATE pre-faults this process's page tables now.
+ *  @return : 0, or as ndshm_segment_attach; NDSHM_EINVAL (the segment is no pool), NDSHM_ECORRUPT,
+ *            NDSHM_EBUSY (every process slot is held by a live process). */
+NDSHM_API int ndshm_pool_attach(const char *name, const char *dir, unsigned flags, ndshm_pool_t **out);
+
+/*! ndshm_pool_init_raw() / ndshm_pool_open_raw() : a pool in memory the caller shares (at least
+ *  ndshm_pool_bytes() bytes, 64-aligned); open validates it as attach does. */
+NDSHM_API int ndshm_pool_init_raw(void *mem, uint64_t bytes, uint64_t capacity, uint32_t max_blocks);
+NDSHM_API int ndshm_pool_open_raw(void *mem, uint64_t bytes, ndshm_pool_t **out);
+
+/*! ndshm_pool_close() : drops this handle's pins and process slot, unmaps. NULL is ignored. */
+NDSHM_API void ndshm_pool_close(ndshm_pool_t *p);
+
+/*! ndshm_pool_unlink() : removes the pool's name now (mappings stay valid).
+ *  @return : as ndshm_segment_unlink; NDSHM_EINVAL for a raw pool. */
+NDSHM_API int ndshm_pool_unlink(ndshm_pool_t *p);
+
+/*! ndshm_pool_carve() :
+ *  Carves a block of at least `nbytes` (0 is taken as 1) bytes, NDSHM_POOL_GRANULE-aligned,
+ *  pinned by this process, into *out. A full pool first reclaims dead processes' blocks.
+ *  @return : 0, or NDSHM_ENOSPC (no free range that large, or no record left to split one: the
+ *            detail names the pool, its size and the request), NDSHM_ECORRUPT, NDSHM_ETIMEDOUT
+ *            (the lock stayed held 5 s). */
+NDSHM_API int ndshm_pool_carve(ndshm_pool_t *p, uint64_t nbytes, ndshm_pool_block_t *out);
+
+/*! ndshm_pool_pin() :
+ *  Pins block (`index`, `generation`) for this process, checking that it is live and reaches
+ *  `offset` + `nbytes`, and fills *out. `received` 1 also ends one hand-over of the block
+ *  (ndshm_pool_send), as a receiver does once it holds its pin.
+ *  @return : 0, or NDSHM_ENOENT (freed since, or never carved), NDSHM_EINVAL, NDSHM_ECORRUPT. */
+NDSHM_API int ndshm_pool_pin(ndshm_pool_t *p, uint32_t index, uint64_t generation, uint64_t offset,
+                             uint64_t nbytes, int received, ndshm_pool_block_t *out);
+
+/*! ndshm_pool_unpin() :
+ *  Drops one of this process's pins of the block; with the last pin of the last process and no
+ *  hand-over outstanding, the block is free again. @return : 0, or NDSHM_ENOENT (not pinned
+ *  here), NDSHM_ECORRUPT. */
+NDSHM_API int ndshm_pool_unpin(ndshm_pool_t *p, uint32_t index, uint64_t generation);
+
+/*! ndshm_pool_send() :
+ *  Records a hand-over of a block this process pins (a reference on its way to another
+ *  process): the block stays live until a receiver's ndshm_pool_pin(received=1), or until this
+ *  process dies and ndshm_pool_reclaim runs. @return : 0, or NDSHM_ENOENT (not pinned here). */
+NDSHM_API int ndshm_pool_send(ndshm_pool_t *p, uint32_t index, uint64_t generation);
+
+/*! ndshm_pool_reclaim() :
+ *  Releases the process slots of dead processes, their pins and their hand-overs, freeing the
+ *  blocks nobody else holds; stores in *released (NULL: not stored) how many processes it released.
+ *  @return : 0, or NDSHM_ECORRUPT, NDSHM_ETIMEDOUT. */
+NDSHM_API int ndshm_pool_reclaim(ndshm_pool_t *p, uint32_t *released);
+
+/*! ndshm_pool_stats() : fills *out. @return : 0, or NDSHM_ECORRUPT, NDSHM_ETIMEDOUT. */
+NDSHM_API int ndshm_pool_stats(ndshm_pool_t *p, ndshm_pool_stats_t *out);
+
+/*! ndshm_pool_peek() :
+ *  Reads the counters of the pool whose header is at `offset` of descriptor `fd` (a listing's
+ *  look, without mapping, locking or registering; a snapshot that may be torn by a writer):
+ *  capacity, used, high_water, high_end, live_blocks, in_transit, procs, counts (free_extents and
+ *  largest_free stay 0). @return : 0, or NDSHM_ECORRUPT, NDSHM_EBUSY (not initialised yet), NDSHM_ESYS. */
+NDSHM_API int ndshm_pool_peek(int fd, uint64_t offset, ndshm_pool_stats_t *out);
+
+/*! ndshm_pool_check() : validates every record and free list (what attach does).
+ *  @return : 0, or NDSHM_ECORRUPT naming the first bad value. */
+NDSHM_API int ndshm_pool_check(ndshm_pool_t *p);
 
 #ifdef __cplusplus
 }

@@ -239,6 +239,7 @@ static const char *holds(unsigned flags) {
     return (flags & NDSHM_SEG_QUEUE)       ? "a queue"
            : (flags & NDSHM_SEG_BROADCAST) ? "a broadcast"
            : (flags & NDSHM_SEG_SYNC)      ? "a sync object"
+           : (flags & NDSHM_SEG_POOL)      ? "a pool"
                                            : "an array";
 }
 
@@ -261,20 +262,28 @@ int ndshm__ring_named(const ndshm__ring_kind_t *k, const char *name, const char 
     uint64_t bytes;
     int rc = ndshm__ring_bytes(k, p->slots, p->slot_bytes, &bytes); /* at most NDSHM__RING_MAX_BYTES */
     if (rc) return rc;
+    return ndshm__named_bytes_create(name, dir, p->mode, p->flags | k->seg_flag, bytes, seg, info);
+}
+
+int ndshm__named_bytes_create(const char *name, const char *dir, unsigned mode, unsigned flags, uint64_t bytes,
+                              ndshm_segment_t **seg, const ndshm_segment_info_t **info) {
+    if (bytes > (uint64_t)INT64_MAX) /* the layout's shape is an int64 */
+        return ndshm__fail(NDSHM_EINVAL, 0, "segment '%s': %llu bytes do not fit a layout", name,
+                           (unsigned long long)bytes);
     ndshm_segment_params_t sp;
     memset(&sp, 0, sizeof sp);
     sp.kind = NDSHM_KIND_NAMED;
     sp.name = name;
     sp.dir = dir;
-    sp.mode = p->mode;
-    sp.flags = p->flags | k->seg_flag;
+    sp.mode = mode;
+    sp.flags = flags;
     sp.alignment = 64;
     memcpy(sp.layout.typestr, "|u1", 4);
     sp.layout.itemsize = 1;
     sp.layout.ndim = 1;
     sp.layout.shape[0] = (int64_t)bytes;
     sp.layout.strides[0] = 1;
-    rc = ndshm_segment_create(&sp, seg);
+    int rc = ndshm_segment_create(&sp, seg);
     return rc ? rc : segment_info(seg, info);
 }
 

@@ -362,6 +362,10 @@ typedef struct ndshm__ring_params {
 NDSHM_HIDDEN int ndshm__ring_named(const ndshm__ring_kind_t *k, const char *name, const char *dir,
                                    const ndshm__ring_params_t *p, ndshm_segment_t **seg,
                                    const ndshm_segment_info_t **info);
+/* A named segment of `bytes` raw bytes (a ring's or a pool's memory), created with `flags` (its
+ * NDSHM_SEG_* kind among them), and its information in this thread's storage. */
+NDSHM_HIDDEN int ndshm__named_bytes_create(const char *name, const char *dir, unsigned mode, unsigned flags,
+                                           uint64_t bytes, ndshm_segment_t **seg, const ndshm_segment_info_t **info);
 
 /* The ring_flags a creator's segment flags ask for (NDSHM_SEG_POPULATE: NDSHM__RING_POPULATE). */
 static inline uint32_t ndshm__ring_flags_of(unsigned flags) {

@@ -37,7 +37,7 @@ API = DOCS / "api"  # generated: api/<module>.rst and api/generated/ (autosummar
 
 # Every public module, in the order of the reference's table of contents. A public module that
 # is missing here (found by walking the package) fails the build.
-MODULES = ["ndshm", "ndshm.torch", "ndshm.dask", "ndshm.ray", "ndshm.mpi", "ndshm.compat",
+MODULES = ["ndshm", "ndshm.pool", "ndshm.torch", "ndshm.dask", "ndshm.ray", "ndshm.mpi", "ndshm.compat",
            "ndshm.compat.shared_memory", "ndshm.compat.managers", "ndshm.compat.sharedarray"]
 
 

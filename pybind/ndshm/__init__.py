@@ -31,6 +31,8 @@ list = _list_segments  # noqa: A001 - ndshm.list() (an assignment, so type check
 from ._queue import Queue
 from ._broadcast import Broadcast, Subscription
 from ._sync import Barrier, Event, Lock
+# the pool (issue 21)
+from .pool import BlockFreedError, Pool, PoolArray, PoolStats, default_pool
 
 #: The version of ndshm, from the C header's ``NDSHM_VERSION_*`` (the library must match its ABI).
 __version__ = ".".join(map(str, _HEADER_VERSION))
@@ -58,4 +60,6 @@ __all__ = [
     "Queue", "Lock", "Event", "Barrier",
     # publish-subscribe
     "Broadcast", "Subscription",
+    # the pool (issue 21)
+    "Pool", "PoolArray", "PoolStats", "BlockFreedError", "default_pool",
 ]

@@ -56,7 +56,17 @@ def _layout(rec: SegmentRecord) -> tuple[str, str]:
     is its ring's bytes): other kinds show their slots when known, else nothing."""
     if rec.kind in ("array", None):
         return (str(rec.dtype) if rec.dtype is not None else "-"), (str(rec.shape) if rec.shape is not None else "-")
+    if rec.kind == "pool":
+        return "-", _pool_fill(rec)
     return "-", (f"{rec.slots} slots x {human(rec.slot_bytes)}" if rec.slots is not None else "-")
+
+
+def _pool_fill(rec: SegmentRecord) -> str:
+    """How full a pool is: "12.0 MiB of 256.0 MiB (4.7%), 3 blocks", or "-" when unreadable."""
+    if rec.pool_capacity is None or rec.pool_used is None:
+        return "-"
+    pct = 100.0 * rec.pool_used / max(rec.pool_capacity, 1)
+    return f"{human(rec.pool_used)} of {human(rec.pool_capacity)} ({pct:.1f}%), {rec.pool_blocks} blocks"
 
 
 def as_json(rec: SegmentRecord) -> dict[str, Any]:
@@ -146,6 +156,8 @@ def cmd_info(d: str, names: Sequence[str], as_json_: bool, out: TextIO, err: Tex
             rows += [("dtype", dtype), ("shape", shape)]
         elif r.slots is not None:
             rows += [("slots", r.slots), ("slot bytes", human(r.slot_bytes))]
+        elif r.kind == "pool":
+            rows += [("pool use", _pool_fill(r))]
         rows += [("creator pid", r.creator_pid), ("created", _created(r)), ("in use", r.in_use),
                  ("persist", r.persist), ("status", r.status), ("meta", repr(r.meta))]  # repr: no raw escapes
         for key, value in rows:
@@ -221,6 +233,13 @@ def cmd_gc(d: str, dry: bool, grace: float, out: TextIO) -> int:
         elif remove_if_unused(r.path, grace, now):  # under the file's exclusive flock: no attacher slips in
             print(f"removed {r.name} ({human(r.size)}, {r.status})", file=out)
             removed += 1
+    for r in named_segments(d):  # pools in use: their dead processes' pins and blocks go back
+        if r.kind == "pool" and r.in_use and r.status == "ready" and not dry:
+            from .pool import reclaim_pool
+            n = reclaim_pool(r.name, d)
+            if n:
+                print(f"pool {r.name}: released the blocks and pins of {n} dead process{'es' if n != 1 else ''}",
+                      file=out)
     for name in reclaim_dead(d, dry_run=dry):  # compat blocks: their creator is dead and no ndshm process maps them
         print(f"{'would remove' if dry else 'removed'} compat block {name}", file=out)
         removed += 1

@@ -7,7 +7,8 @@ whatever the decoder raises, is reported with status ``'corrupt'`` and the listi
 the others; it never raises out of a listing.
 
 Every record has a ``kind``: ``'array'``, ``'queue'`` (a :class:`~ndshm.Queue`'s ring),
-``'broadcast'`` (a broadcast ring) or ``'sync'`` (a standalone Lock, Event or Barrier), from its
+``'broadcast'`` (a broadcast ring), ``'sync'`` (a standalone Lock, Event or Barrier) or ``'pool'``
+(an :class:`~ndshm.Pool`, with how full it is), from its
 header's flags; ``None`` when the header could not be read. Sources of segments that are not
 ``ndshm.<name>`` files with a header (compat blocks: headerless files) add themselves to
 :data:`LISTERS` and give their own kind.
@@ -53,10 +54,14 @@ class SegmentRecord(NamedTuple):
     kind: Optional[str] = "array"   # 'array', 'queue', 'broadcast', 'sync'; None if the header is unreadable
     slots: Optional[int] = None
     slot_bytes: Optional[int] = None
+    pool_used: Optional[int] = None      # a pool's bytes in live blocks (kind 'pool'; None if unreadable)
+    pool_capacity: Optional[int] = None  # a pool's bytes blocks are carved from
+    pool_blocks: Optional[int] = None    # a pool's live blocks
 
 
 # What a header's flags say its data holds; anything else is an array.
-_KINDS = ((lib.NDSHM_SEG_QUEUE, "queue"), (lib.NDSHM_SEG_BROADCAST, "broadcast"), (lib.NDSHM_SEG_SYNC, "sync"))
+_KINDS = ((lib.NDSHM_SEG_QUEUE, "queue"), (lib.NDSHM_SEG_BROADCAST, "broadcast"), (lib.NDSHM_SEG_SYNC, "sync"),
+          (lib.NDSHM_SEG_POOL, "pool"))
 
 
 def _kind_of(flags: int) -> str:
@@ -83,6 +88,21 @@ def _queue_geometry(path: str, data_offset: int, data_size: int) -> tuple[Option
     if rc or head.kind != lib.NDSHM_SEG_QUEUE:
         return None, None
     return int(head.slots), int(head.slot_bytes)
+
+
+def _pool_fill(path: str, data_offset: int) -> tuple[Optional[int], Optional[int], Optional[int]]:
+    """(used, capacity, live blocks) of the pool at ``data_offset`` of ``path`` (C reads and checks
+    its header with pread: no mapping), or Nones."""
+    fd = open_regular(path)
+    if fd is None:
+        return None, None, None
+    try:
+        st = ffi.new("ndshm_pool_stats_t *")
+        if lib.ndshm_pool_peek(fd, data_offset, st) != 0:
+            return None, None, None
+        return int(st.used), int(st.capacity), int(st.live_blocks)
+    finally:
+        os.close(fd)
 
 
 def probe(name: str, *, dir: Optional[str] = None) -> SegmentRecord:
@@ -119,9 +139,13 @@ def probe(name: str, *, dir: Optional[str] = None) -> SegmentRecord:
     kind = _kind_of(flags)
     if kind == "queue":
         slots, slot_bytes = _queue_geometry(path, int(info.data_offset), int(info.data_size))
+    pool: tuple[Optional[int], Optional[int], Optional[int]] = (None, None, None)
+    if kind == "pool":
+        pool = _pool_fill(path, int(info.data_offset))
     created = _dt.datetime.fromtimestamp(info.created_ns / 1e9, tz=_dt.timezone.utc)  # any int64 ns fits
     return SegmentRecord(name, size, dt, tuple(int(lay.shape[i]) for i in range(lay.ndim)), int(info.creator_pid),
-                         created, bool(in_use[0]), bool(flags & PERSIST), status, path, meta, kind, slots, slot_bytes)
+                         created, bool(in_use[0]), bool(flags & PERSIST), status, path, meta, kind, slots, slot_bytes,
+                         *pool)
 
 
 def named_segments(d: str) -> list[SegmentRecord]:

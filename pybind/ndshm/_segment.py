@@ -48,7 +48,8 @@ _KIND_NAMES = {v: k for k, v in _KINDS.items()}
 PERSIST, _POPULATE, _HUGE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE, lib.NDSHM_SEG_HUGEPAGES
 _READONLY, _FORTRAN = lib.NDSHM_SEG_READONLY, lib.NDSHM_SEG_FORTRAN
 _QUEUE, _SYNC, _BROADCAST = lib.NDSHM_SEG_QUEUE, lib.NDSHM_SEG_SYNC, lib.NDSHM_SEG_BROADCAST
-_CONTENT = _QUEUE | _SYNC | _BROADCAST  # segments whose data is not an array
+_POOL = lib.NDSHM_SEG_POOL
+_CONTENT = _QUEUE | _SYNC | _BROADCAST | _POOL  # segments whose data is not an array
 PREFIX = "ndshm."  # a named segment's file is <dir>/ndshm.<name>
 _close = lib.ndshm_segment_close
 # Functions and constants read once (bench row "Attach latency: ndshm (mapping kept: the default)"):
@@ -315,7 +316,7 @@ class Segment:
     _fd: int
     _dev: int
     _ino: int
-    _content: Optional[str]  # 'queue', 'broadcast', 'sync', or None for an array
+    _content: Optional[str]  # 'queue', 'broadcast', 'sync', 'pool', or None for an array
     _owner: Optional[str]  # the ownership state: written by _ownership only (see there)
     _hot: bool
 
@@ -347,7 +348,7 @@ class Segment:
         self._closed = False
         flags = v[_S_FLAGS]
         self._content = (None if not flags & _CONTENT else "queue" if flags & _QUEUE
-                         else "broadcast" if flags & _BROADCAST else "sync")
+                         else "broadcast" if flags & _BROADCAST else "pool" if flags & _POOL else "sync")
         self._creator = creator = v[_S_CREATOR] != 0
         self._persist = flags & PERSIST != 0
         self._readonly = flags & _READONLY != 0
@@ -694,6 +695,8 @@ class Segment:
         if self._content == "broadcast":
             raise TypeError(f"segment {what!r} holds an ndshm broadcast ring, not an array: use "
                             f"ndshm.Broadcast.attach({what!r})")
+        if self._content == "pool":
+            raise TypeError(f"segment {what!r} holds an ndshm pool, not an array: use ndshm.Pool.attach({what!r})")
         raise TypeError(f"segment {what!r} holds a standalone ndshm Lock, Event or Barrier, not an array: use "
                         f"ndshm.Lock(name, create=False) (or Event, Barrier)")
 

@@ -28,6 +28,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("references", {"_reference"}),
     ("rings and sync", {"_ring", "_messages", "_slots", "_async", "_queue", "_broadcast", "_sync", "_waits"}),
     ("module API", {"_api"}),
+    # Arrays carved from a pre-faulted pool; a full pool's fallback is a segment of its own (_api).
+    ("pool", {"pool"}),
     ("integrations and compat", {"_replica", "_replicate", "dask", "ray", "mpi", "torch", "_listing", "compat",
                                  "compat.shared_memory",
                                  "compat.managers", "compat.sharedarray"}),

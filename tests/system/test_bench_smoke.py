@@ -37,7 +37,7 @@ def test_python_m_ndshm_bench_smoke(tmp_path):
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=child_env(), cwd=str(ROOT))
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     # progress on stderr, tables on stdout
-    assert all(f"bench_{b}" in proc.stderr for b in ("alloc", "ipc", "queue", "broadcast", "import", "engines"))
+    assert all(f"bench_{b}" in proc.stderr for b in ("alloc", "ipc", "queue", "broadcast", "pool", "import", "engines"))
     for title in ("Allocation cost", "Classic table", "Attach latency", "Pool.map", "Creating and touching",
                   "float32 messages between two processes", "put_many/get_many", "without Python", "Import time", "MPI: one", "Dask: a", "Ray: a task", "Fan-out of"):
         assert title in proc.stdout, f"missing table {title!r}"
@@ -46,7 +46,7 @@ def test_python_m_ndshm_bench_smoke(tmp_path):
     check_tables(proc.stdout)
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["mode"] == "smoke" and not report["failed"]
-    assert set(report["benchmarks"]) == {"alloc", "ipc", "queue", "broadcast", "import", "engines"}
+    assert set(report["benchmarks"]) == {"alloc", "ipc", "queue", "broadcast", "pool", "import", "engines"}
     for key in ("cpu_model", "cores", "kernel", "memory_bytes"):
         assert report["machine"][key]
     assert report["versions"]["numpy"] and report["versions"]["ndshm"] and report["versions"]["python"]
