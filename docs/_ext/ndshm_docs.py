@@ -138,10 +138,19 @@ def _defined_in_ndshm(obj: Any) -> bool:
     return isinstance(module, str) and (module == "ndshm" or module.startswith("ndshm."))
 
 
+def callable_or_property(obj: Any) -> bool:
+    return isinstance(obj, (property, staticmethod, classmethod)) or callable(obj)
+
+
 def skip_member(app: Sphinx, what: str, name: str, obj: Any, skip: bool, options: Any) -> Any:
     """Members inherited from NumPy, the standard library or ``object`` stay on their own pages:
     a class's page lists what ndshm defines (its own methods and those of ndshm base classes)."""
     if skip:
+        # autodoc skips an undocumented member silently (no undoc-members): a public method or
+        # property that ndshm defines must have a docstring, so that skip is a warning.
+        if (what in ("class", "exception") and not name.startswith("_") and callable_or_property(obj)
+                and _defined_in_ndshm(obj) and not (getattr(obj, "__doc__", None) or "").strip()):
+            logger.warning("%s.%s has no docstring (every public member of an ndshm class needs one)", getattr(obj, "__qualname__", "?").rsplit(".", 1)[0] if not isinstance(obj, property) else getattr(obj.fget, "__qualname__", "?").rsplit(".", 1)[0], name)
         return None
     if what in ("class", "exception") and not _defined_in_ndshm(obj):
         return True

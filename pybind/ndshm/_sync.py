@@ -143,7 +143,8 @@ class _Sync:
 
     @property
     def name(self) -> Optional[str]:
-        return getattr(self._segment, "_name", None)
+        """The name of the segment that holds it, or None (anonymous, or inside another segment)."""
+        return self._segment.name
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self._segment, self._index, self._extra_args()))
@@ -217,6 +218,7 @@ class Lock(_Sync):
             raise error_from_code(rc)
 
     def locked(self) -> bool:
+        """Whether any thread or process holds the lock now (as ``threading.Lock.locked``)."""
         return check(_lock_state(self._area)) != 0
 
     def held_by_dead_owner(self) -> bool:
@@ -250,12 +252,15 @@ class Event(_Sync):
         return self
 
     def set(self) -> None:
+        """Sets the flag and wakes every waiter, in every process (as ``threading.Event.set``)."""
         _ev_set(self._live())
 
     def clear(self) -> None:
+        """Resets the flag: later :meth:`wait` calls block until the next :meth:`set`."""
         _ev_clear(self._live())
 
     def is_set(self) -> bool:
+        """Whether the flag is set."""
         return _ev_is_set(self._live()) == 1
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -336,9 +341,13 @@ class Barrier(_Sync):
         return int(idx[0])
 
     def abort(self) -> None:
+        """Puts the barrier in the broken state: current and later waiters raise
+        :class:`BrokenBarrierError` until :meth:`reset` (as ``threading.Barrier.abort``)."""
         lib.ndshm_barrier_abort(self._area)
 
     def reset(self) -> None:
+        """Returns the barrier to its empty, unbroken state; current waiters raise
+        :class:`BrokenBarrierError` (as ``threading.Barrier.reset``)."""
         lib.ndshm_barrier_reset(self._area)
 
     def _state(self) -> tuple[int, int, bool]:
@@ -348,10 +357,12 @@ class Barrier(_Sync):
 
     @property
     def n_waiting(self) -> int:
+        """How many parties wait at the barrier now."""
         return self._state()[1]
 
     @property
     def broken(self) -> bool:
+        """Whether the barrier is broken (see :meth:`abort`)."""
         return self._state()[2]
 
     def __repr__(self) -> str:

@@ -436,6 +436,7 @@ class Pool:
         return _array(block, shp, dt, _dtype.contiguous_strides(shp, dt.itemsize, "F"), block.address)
 
     def zeros(self, shape: Any, dtype: Any = float, order: str = "C") -> NDArray[Any]:
+        """A new array in the pool, filled with zeros (as ``np.zeros``)."""
         arr = self.empty(shape, dtype, order)
         if arr.dtype.names is None:
             arr.fill(0)
@@ -444,6 +445,8 @@ class Pool:
         return arr
 
     def full(self, shape: Any, fill_value: Any, dtype: Any = None, order: str = "C") -> NDArray[Any]:
+        """A new array in the pool, filled with ``fill_value`` (as ``np.full``: the dtype is
+        ``fill_value``'s unless given)."""
         dt = np.asarray(fill_value).dtype if dtype is None else dtype
         arr = self.empty(shape, dt, order)
         arr.fill(fill_value)
@@ -457,10 +460,12 @@ class Pool:
         return arr
 
     def empty_like(self, a: Any, dtype: Any = None) -> NDArray[Any]:
+        """A new uninitialised array in the pool with ``a``'s shape and dtype (or ``dtype``)."""
         a = np.asarray(a)
         return self.empty(a.shape, a.dtype if dtype is None else dtype)
 
     def zeros_like(self, a: Any, dtype: Any = None) -> NDArray[Any]:
+        """A new zero-filled array in the pool with ``a``'s shape and dtype (or ``dtype``)."""
         a = np.asarray(a)
         return self.zeros(a.shape, a.dtype if dtype is None else dtype)
 
