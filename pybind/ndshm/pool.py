@@ -343,10 +343,12 @@ class Pool:
 
     @property
     def name(self) -> str:
+        """The pool's name (``Pool.attach(name)`` in another process)."""
         return self._handle().name
 
     @property
     def dir(self) -> str:
+        """The directory of the pool's file."""
         return self._handle().dir
 
     @property
@@ -356,10 +358,12 @@ class Pool:
 
     @property
     def on_full(self) -> str:
+        """What a request the pool cannot hold does: ``"raise"`` or ``"segment"``."""
         return self._on_full
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
         return self._h is None
 
     def stats(self) -> PoolStats:
