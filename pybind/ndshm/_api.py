@@ -16,7 +16,8 @@ from ._dirs import default_dir
 from ._mappings import mapping_cache_info
 from ._ownership import owned_names
 from ._ring import attach_waiting
-from ._segment import PREFIX, Segment, map_raw, unlink_name, view
+from ._params import PREFIX
+from ._segment import Segment, map_raw, unlink_name, view
 
 __all__ = ["create", "attach", "attach_raw", "unlink", "exists", "stats"]
 

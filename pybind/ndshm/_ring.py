@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar
 
 import numpy as np
 
+from ._dirs import default_dir
 from ._errors import BusyError, ClosedError, SegmentNotFoundError, error_from_code
 from ._lib import ffi, lib
+from ._params import PREFIX
 
 _UPTR = ffi.typeof("uintptr_t")
 _monotonic = time.monotonic
@@ -107,7 +109,6 @@ def unlink_if(name: str, dir: Optional[str], pid: int) -> None:
 
 def path_of(name: str, dir: Optional[str]) -> str:
     """The file of ring ``name`` in ``dir`` (for error messages, as segments name theirs)."""
-    from ._segment import PREFIX, default_dir
     return os.path.join(default_dir(dir), PREFIX + name)
 
 

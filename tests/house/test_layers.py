@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     # Who removes a name, and the per-process mapping cache: state machines the Segment class
     # drives; they know a segment by its package methods, never by importing the class.
     ("segment state", {"_ownership", "_mappings"}),
-    ("segment core", {"_segment", "_fdpass"}),
+    # _params: Segment.create's arguments checked and written into the C struct (no mapped segment)
+    ("segment core", {"_params", "_segment", "_fdpass"}),
     ("references", {"_reference"}),
     ("rings and sync", {"_ring", "_messages", "_slots", "_async", "_queue", "_broadcast", "_sync", "_waits"}),
     ("module API", {"_api"}),
