@@ -4,8 +4,10 @@ Every module of ``pybind/ndshm`` is parsed with ``ast`` (imports at module level
 functions: a lazy import is still a dependency; imports under ``if TYPE_CHECKING:`` are for
 annotations only and are left out) and mapped to a layer in ``LAYERS``. The check fails
 on an import of a higher layer, on any circle among modules, and on a room reaching into another
-room's private names (``from ._x import _name``, ``_x._name``). A planted upward import in a copy of
-the package shows that the check can fail.
+room's private names (``from ._x import _name``, ``_x._name`` with ``_x`` bound by ``from . import
+_x`` or ``import ndshm._x as _x``). Attributes of objects (``seg._owner``, ``ring._handle``) are not
+followed: which class an object is cannot be told from the source alone. A planted upward import
+in a copy of the package shows that the check can fail.
 """
 
 from __future__ import annotations
