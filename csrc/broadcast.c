@@ -93,7 +93,7 @@ _Static_assert(offsetof(bc_hdr_t, tail) == 64, "tail not on its own line");
 
 const ndshm__ring_kind_t ndshm__bcast_kind = {"broadcast", "broadcast ring", "ndshm_bcast", NDSHM__BCAST_MAGIC,
                                                NDSHM__BCAST_VERSION, NDSHM__BCAST_OLDEST, sizeof(bc_hdr_t),
-                                               NDSHM_SEG_BROADCAST, NDSHM_BCAST_MAX_SLOTS};
+                                               NDSHM_SEG_BROADCAST, NDSHM_BCAST_MAX_SLOTS, &ndshm__counters.live_broadcasts};
 #define KIND ndshm__bcast_kind
 
 struct ndshm_bcast_s {
@@ -193,21 +193,13 @@ int ndshm_bcast_open_raw(void *mem, uint64_t bytes, ndshm_bcast_t **out) {
 /* ---- segments ------------------------------------------------------------------------ */
 
 /* The end of create and attach: the ring in the segment opened into `b` (`rc` 0) and the
- * handle counted and returned, or everything undone (as in queue.c). */
+ * handle counted and returned (ndshm__ring_named_done), or everything undone. */
 static int finish_named(ndshm_bcast_t *b, int rc, const ndshm_segment_info_t *info, const char *name, int created,
                         ndshm_bcast_t **out) {
     if (rc == 0) rc = open_ring((void *)info->data, info->data_size, b);
-    if (rc) {
-        ndshm_segment_close(b->seg);
-        free(b);
-        return rc;
-    }
-    if (created)
-        atomic_store_explicit(&b->populated, ndshm__self_key(), memory_order_relaxed); /* the segment was populated */
-    else
-        populate_ring(b);
-    snprintf(b->name, sizeof b->name, "%s", name);
-    NDSHM__COUNT(live_broadcasts, 1);
+    if (rc) return ndshm__ring_named_fail(b->seg, b, rc);
+    ndshm__ring_named_done(&KIND, name, created, b->r, b->ring_bytes, b->r->ring_flags, &b->populated,
+                           b->name);
     *out = b;
     return 0;
 }
@@ -241,9 +233,7 @@ int ndshm_bcast_attach(const char *name, const char *dir, ndshm_bcast_t **out) {
 
 void ndshm_bcast_close(ndshm_bcast_t *b) {
     if (b == NULL) return;
-    atomic_fetch_sub_explicit(&ndshm__counters.live_broadcasts, 1, memory_order_relaxed);
-    if (b->seg) ndshm_segment_close(b->seg);
-    free(b);
+    ndshm__ring_close(&KIND, b->seg, b);
 }
 
 int ndshm_bcast_info(const ndshm_bcast_t *b, ndshm_bcast_info_t *out) {

@@ -85,7 +85,7 @@ _Static_assert(offsetof(ring_hdr_t, tail) == 64, "tail not on its own line");
 
 const ndshm__ring_kind_t ndshm__queue_kind = {"queue", "ring", "ndshm_queue", NDSHM__QUEUE_MAGIC, NDSHM__QUEUE_VERSION,
                                                NDSHM__QUEUE_OLDEST, sizeof(ring_hdr_t), NDSHM_SEG_QUEUE,
-                                               NDSHM_QUEUE_MAX_SLOTS};
+                                               NDSHM_QUEUE_MAX_SLOTS, &ndshm__counters.live_queues};
 #define KIND ndshm__queue_kind
 
 struct ndshm_queue_s {
@@ -172,21 +172,13 @@ int ndshm_queue_open_raw(void *mem, uint64_t bytes, ndshm_queue_t **out) {
 /* ---- segments ------------------------------------------------------------------------ */
 
 /* The end of create and attach: the ring in the segment opened into `q` (`rc` 0) and the
- * handle counted and returned, or everything undone. */
+ * handle counted and returned (ndshm__ring_named_done), or everything undone. */
 static int finish_named(ndshm_queue_t *q, int rc, const ndshm_segment_info_t *info, const char *name, int created,
                         ndshm_queue_t **out) {
     if (rc == 0) rc = open_ring((void *)info->data, info->data_size, q);
-    if (rc) {
-        ndshm_segment_close(q->seg);
-        free(q);
-        return rc;
-    }
-    if (created)
-        atomic_store_explicit(&q->populated, ndshm__self_key(), memory_order_relaxed); /* the segment was populated */
-    else
-        populate_ring(q);
-    snprintf(q->name, sizeof q->name, "%s", name);
-    NDSHM__COUNT(live_queues, 1);
+    if (rc) return ndshm__ring_named_fail(q->seg, q, rc);
+    ndshm__ring_named_done(&KIND, name, created, q->r, q->ring_bytes, q->r->ring_flags, &q->populated,
+                           q->name);
     *out = q;
     return 0;
 }
@@ -216,9 +208,7 @@ int ndshm_queue_attach(const char *name, const char *dir, ndshm_queue_t **out) {
 
 void ndshm_queue_close(ndshm_queue_t *q) {
     if (q == NULL) return;
-    atomic_fetch_sub_explicit(&ndshm__counters.live_queues, 1, memory_order_relaxed);
-    if (q->seg) ndshm_segment_close(q->seg);
-    free(q);
+    ndshm__ring_close(&KIND, q->seg, q);
 }
 
 int ndshm_queue_info(const ndshm_queue_t *q, ndshm_queue_info_t *out) {

@@ -5,6 +5,8 @@
 #include "ring.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -263,6 +265,25 @@ int ndshm__ring_named(const ndshm__ring_kind_t *k, const char *name, const char 
     int rc = ndshm__ring_bytes(k, p->slots, p->slot_bytes, &bytes); /* at most NDSHM__RING_MAX_BYTES */
     if (rc) return rc;
     return ndshm__named_bytes_create(name, dir, p->mode, p->flags | k->seg_flag, bytes, seg, info);
+}
+
+void ndshm__ring_named_done(const ndshm__ring_kind_t *k, const char *name, int created, const void *ring,
+                            uint64_t ring_bytes, uint32_t ring_flags, _Atomic uint64_t *populated, char *name_out) {
+    ndshm__ring_populate(ring, ring_bytes, created ? 0 : ring_flags, populated);
+    snprintf(name_out, NDSHM_NAME_MAX + 1, "%s", name);
+    atomic_fetch_add_explicit(k->live, 1, memory_order_relaxed);
+}
+
+int ndshm__ring_named_fail(ndshm_segment_t *seg, void *handle, int rc) {
+    if (seg) ndshm_segment_close(seg);
+    free(handle);
+    return rc;
+}
+
+void ndshm__ring_close(const ndshm__ring_kind_t *k, ndshm_segment_t *seg, void *handle) {
+    atomic_fetch_sub_explicit(k->live, 1, memory_order_relaxed);
+    if (seg) ndshm_segment_close(seg);
+    free(handle);
 }
 
 int ndshm__named_bytes_create(const char *name, const char *dir, unsigned mode, unsigned flags, uint64_t bytes,

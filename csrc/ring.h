@@ -310,6 +310,7 @@ typedef struct ndshm__ring_kind {
     uint32_t hdr_bytes; /* sizeof its header, a multiple of 64: the slots start there */
     unsigned seg_flag;  /* NDSHM_SEG_QUEUE, NDSHM_SEG_BROADCAST: what its segment's header says it holds */
     uint64_t max_slots;
+    _Atomic uint64_t *live; /* the counter of its handles open in this process (ndshm__counters) */
 } ndshm__ring_kind_t;
 
 /* The two kinds (queue.c, broadcast.c). */
@@ -362,6 +363,19 @@ typedef struct ndshm__ring_params {
 NDSHM_HIDDEN int ndshm__ring_named(const ndshm__ring_kind_t *k, const char *name, const char *dir,
                                    const ndshm__ring_params_t *p, ndshm_segment_t **seg,
                                    const ndshm_segment_info_t **info);
+/* The end of a named ring's create (`created`) or attach, once the caller opened the ring at
+ * `ring` (`ring_bytes`, its header's `ring_flags`) into its handle: records this process in
+ * *populated as the one that pre-faulted the ring (segment_create pre-faulted a creator's segment;
+ * an attacher does it now if the creator asked), copies `name` into the handle's `name_out`
+ * (NDSHM_NAME_MAX + 1 bytes) and counts the handle in k->live. Create, attach and close time only. */
+NDSHM_HIDDEN void ndshm__ring_named_done(const ndshm__ring_kind_t *k, const char *name, int created, const void *ring,
+                                         uint64_t ring_bytes, uint32_t ring_flags, _Atomic uint64_t *populated,
+                                         char *name_out);
+/* A failed named create or attach: closes `seg` (NULL: none) and frees `handle` (not counted yet). Returns `rc`. */
+NDSHM_HIDDEN int ndshm__ring_named_fail(ndshm_segment_t *seg, void *handle, int rc);
+/* Closes a counted handle of kind `k`: uncounts it, closes `seg` (NULL for raw rings), frees `handle`. */
+NDSHM_HIDDEN void ndshm__ring_close(const ndshm__ring_kind_t *k, ndshm_segment_t *seg, void *handle);
+
 /* A named segment of `bytes` raw bytes (a ring's or a pool's memory), created with `flags` (its
  * NDSHM_SEG_* kind among them), and its information in this thread's storage. */
 NDSHM_HIDDEN int ndshm__named_bytes_create(const char *name, const char *dir, unsigned mode, unsigned flags,

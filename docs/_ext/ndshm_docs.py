@@ -178,13 +178,27 @@ def foreign_base_defining(name: str) -> str:
     return ""
 
 
+def _private_base(base: Any) -> bool:
+    """A class of ours the reader cannot name: a private name (``_SlotBase``), or a package-internal
+    one of a private module that ``ndshm`` does not export (``ndshm._ring.Ring``)."""
+    if not isinstance(base, type):
+        return False
+    if base.__name__.startswith("_"):
+        return True
+    parts = base.__module__.split(".")
+    if parts[0] != "ndshm" or not any(p.startswith("_") for p in parts[1:]):
+        return False
+    import ndshm
+    return getattr(ndshm, base.__name__, None) is not base
+
+
 def public_bases(app: Sphinx, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
-    """"Bases:" names public classes: a private base (``_Ring``) is replaced by its own bases, down
-    to ``object`` (autodoc prints an empty "Bases:" line for an empty list)."""
+    """"Bases:" names public classes: a private base (``ndshm._ring.Ring``) is replaced by its own
+    bases, down to ``object`` (autodoc prints an empty "Bases:" line for an empty list)."""
     i = 0
     while i < len(bases):
         base = bases[i]
-        if isinstance(base, type) and base.__name__.startswith("_"):
+        if _private_base(base):
             bases[i:i + 1] = [b for b in base.__bases__ if b is not object and b not in bases]
         else:
             i += 1

@@ -15,8 +15,9 @@ from ._buffer import library_counters
 from ._dirs import default_dir
 from ._mappings import mapping_cache_info
 from ._ownership import owned_names
-from ._ring import _attach_waiting
-from ._segment import PREFIX, Segment, map_raw, unlink_name, view
+from ._ring import attach_waiting
+from ._params import PREFIX
+from ._segment import Segment, map_raw, unlink_name, view
 
 __all__ = ["create", "attach", "attach_raw", "unlink", "exists", "stats"]
 
@@ -39,7 +40,7 @@ def attach(name: str, *, readonly: bool = False, populate: bool = False, dir: Op
     standalone Lock's, Event's or Barrier's segment is refused (attach those with their class).
     With ``timeout`` (seconds; ``float("inf")``: for ever) a segment not created yet, or whose
     creator is still filling its header, is waited for; None (the default) tries once."""
-    seg = _attach_waiting(lambda: Segment.attach(name, readonly=readonly, dir=dir, populate=populate), timeout,
+    seg = attach_waiting(lambda: Segment.attach(name, readonly=readonly, dir=dir, populate=populate), timeout,
                           f"segment {name!r}")
     return seg.asarray(readonly)
 

@@ -48,9 +48,10 @@ from numpy.typing import NDArray
 from . import _async, _dtype
 from ._errors import ClosedError, Empty, Full, Lagged, NdshmTimeoutError, ShutDown, error_from_code, retry_interrupted
 from ._lib import ffi, lib
-from ._messages import _msg, _push_msg, _typestr_bytes
-from ._ring import _Ring, _as_dir, _attach_waiting, _as_name, _encode, _path_of, _timeout, _unlink_if
-from ._slots import Loan, Receive, RingCalls, _ClosedSlot, _copy_target, _hold_past_block, _receiving
+from ._dtype import typestr_bytes
+from ._messages import push_msg, thread_msg
+from ._ring import Ring, as_dir, as_name, attach_waiting, c_timeout, encode_name, path_of, unlink_if
+from ._slots import ClosedSlot, Loan, Receive, RingCalls, copy_target, hold_past_block, receive_loop
 from ._waits import SLICE as _SLICE, rest as _rest
 
 __all__ = ["Broadcast", "Subscription"]
@@ -71,13 +72,13 @@ _POLICY_NAMES = {v: k for k, v in _POLICIES.items()}
 _VOIDP = ffi.typeof("void *")
 
 
-class _ClosedLoan(_ClosedSlot):
+class _ClosedLoan(ClosedSlot):
     __slots__ = ()
     _message = ("Broadcast loan() array used after its with block: the message was published (or discarded) when "
                 "the block ended; write it inside the block, and copy what you keep from it there (np.array(out))")
 
 
-class _ClosedReceive(_ClosedSlot):
+class _ClosedReceive(ClosedSlot):
     __slots__ = ()
     _message = ("Subscription receive() view used after its with block: the message was released when the block "
                 "ended (an overwrite broadcast may reuse its slot); copy what you keep inside the block "
@@ -114,7 +115,7 @@ def _release_later(sref: "weakref.ref[Subscription]", h: Any, mw: tuple[Any, ...
             sub._close_now()
 
 
-class Broadcast(_Ring):
+class Broadcast(Ring):
     """A publish-subscribe channel of NumPy arrays in shared memory.
 
     ``Broadcast(name=None, *, slots, slot_bytes, policy="block", dir=None, create=True,
@@ -135,8 +136,8 @@ class Broadcast(_Ring):
                  persist: bool = False, mode: int = 0o600, populate: bool = True) -> None:
         self._dtype = None  # read by the queue's message decoder
         if name is not None:
-            name = _as_name(name)
-        dir = _as_dir(dir)
+            name = as_name(name)
+        dir = as_dir(dir)
         create = _dtype.as_flag(create, "create")
         persist = _dtype.as_flag(persist, "persist")
         populate = _dtype.as_flag(populate, "populate")
@@ -157,20 +158,20 @@ class Broadcast(_Ring):
             mode = _dtype.as_int(mode, "mode", 0, 0o7777)
             if name is None:
                 name = f"b-{os.getpid()}-{uuid.uuid4().hex[:16]}"
-            rc = lib.ndshm_bcast_create(_encode(name), dir_c, n, nb, _POLICIES[policy], mode,
+            rc = lib.ndshm_bcast_create(encode_name(name), dir_c, n, nb, _POLICIES[policy], mode,
                                         (_PERSIST if persist else 0) | (_POPULATE if populate else 0), out)
             if rc:
-                raise error_from_code(rc, _path_of(name, dir))
+                raise error_from_code(rc, path_of(name, dir))
             if not persist:
-                self._finalizer = weakref.finalize(self, _unlink_if, name, dir, os.getpid())
+                self._finalizer = weakref.finalize(self, unlink_if, name, dir, os.getpid())
         else:
             if name is None:
                 raise ValueError("attaching needs the broadcast's name")
-            rc = lib.ndshm_bcast_attach(_encode(name), dir_c, out)
+            rc = lib.ndshm_bcast_attach(encode_name(name), dir_c, out)
             if rc:  # (again if a signal ended its wait for the ring's lock, once Python ran the handlers)
-                rc = retry_interrupted(rc, lib.ndshm_bcast_attach, _encode(name), dir_c, out)
+                rc = retry_interrupted(rc, lib.ndshm_bcast_attach, encode_name(name), dir_c, out)
             if rc:
-                raise error_from_code(rc, _path_of(name, dir))
+                raise error_from_code(rc, path_of(name, dir))
         self._handle = ffi.gc(out[0], lib.ndshm_bcast_close)
         self._closed = False
         self._creator = create
@@ -188,7 +189,7 @@ class Broadcast(_Ring):
         """Attach to the existing broadcast ``name`` (in ``dir``; default ``$NDSHM_DIR`` or /dev/shm).
         With ``timeout`` (seconds; ``float("inf")``: for ever) one not created yet, or whose
         creator is still filling its header, is waited for; None (the default) tries once."""
-        return _attach_waiting(lambda: cls(name, dir=dir, create=False), timeout, f"broadcast {name!r}")
+        return attach_waiting(lambda: cls(name, dir=dir, create=False), timeout, f"broadcast {name!r}")
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -202,7 +203,7 @@ class Broadcast(_Ring):
     _calls = _CALLS
 
     def _toobig(self, nbytes: int) -> int:
-        rc: int = _loan(self._handle, nbytes, 0.0, _msg()[0])  # sets ETOOBIG naming both sizes
+        rc: int = _loan(self._handle, nbytes, 0.0, thread_msg()[0])  # sets ETOOBIG naming both sizes
         return rc
 
     @staticmethod
@@ -219,11 +220,11 @@ class Broadcast(_Ring):
         timeout, :class:`MessageTooBigError` if it exceeds a slot, :class:`ShutDown` after
         :meth:`shutdown`."""
         h = self._live()
-        t = _timeout(True, timeout)
+        t = c_timeout(True, timeout)
         a = np.asarray(arr)
         if not a.flags.c_contiguous:
             a = np.ascontiguousarray(a)
-        ts = _typestr_bytes(a.dtype)
+        ts = typestr_bytes(a.dtype)
         if a.ndim > lib.NDSHM_MAXDIM:
             raise ValueError(f"an array of shape {a.shape} has {a.ndim} dimensions; a message has at most "
                              f"{lib.NDSHM_MAXDIM}")
@@ -244,7 +245,7 @@ class Broadcast(_Ring):
         to every subscriber on a normal exit and discarded (skipped by all) if the block raises.
         ``out`` is closed after the block. Waits for a slot as :meth:`put` does."""
         self._live()
-        return Loan(self, shape, dtype, _timeout(True, timeout))
+        return Loan(self, shape, dtype, c_timeout(True, timeout))
 
     def _pub_epoch(self) -> Callable[[], int]:
         h = self._handle
@@ -258,7 +259,7 @@ class Broadcast(_Ring):
         """``await b.put_async(arr)``: :meth:`put` without blocking the event loop (see
         :mod:`ndshm._async`); a cancelled call has not published ``arr``."""
         self._live()
-        t = None if timeout is None else _timeout(True, timeout)
+        t = None if timeout is None else c_timeout(True, timeout)
         a = np.asarray(arr)
         await _async.retry(lambda: self.put(a, 0), self._pub_epoch(), self._pub_wait(), t, Full,
                            f"broadcast still full ({self.slots} slots)")
@@ -267,7 +268,7 @@ class Broadcast(_Ring):
         """``async with b.loan_async(shape, dtype) as out:`` :meth:`loan` without blocking the event
         loop; a cancellation before the block claims no slot."""
         self._live()
-        t = None if timeout is None else _timeout(True, timeout)
+        t = None if timeout is None else c_timeout(True, timeout)
 
         async def enter() -> tuple[Loan, NDArray[Any]]:
             ln = Loan(self, shape, dtype, 0.0)
@@ -283,7 +284,7 @@ class Broadcast(_Ring):
         seconds (None: for ever) pass first; :class:`ClosedError` if this handle is closed
         meanwhile."""
         n = _dtype.as_int(n, "n", 0, lib.NDSHM_BCAST_MAX_SUBSCRIBERS)
-        t = _timeout(True, timeout)
+        t = c_timeout(True, timeout)
         deadline = None if t < 0 else time.monotonic() + t
         pause = 0.0005
         while True:
@@ -450,13 +451,13 @@ class Subscription:
         return rc
 
     def _rx_keep(self, arr: Any, exported: bool, inner: Any, mw: tuple[Any, ...]) -> None:
-        _hold_past_block(arr, exported, self._b._ro, _ClosedReceive, inner, _release_later, weakref.ref(self),
+        hold_past_block(arr, exported, self._b._ro, _ClosedReceive, inner, _release_later, weakref.ref(self),
                          self._h, mw)
 
     def _rx_done(self, mw: tuple[Any, ...]) -> None:
         self._held = None
         _release(self._h, mw[0])
-        _push_msg(mw)
+        push_msg(mw)
         if self._closing:
             self._close_now()
 
@@ -466,13 +467,13 @@ class Subscription:
         overwritten before this subscriber read them, :class:`ShutDown` once the broadcast is shut
         down and drained."""
         h = self._ready()
-        t = _timeout(True, timeout)
-        m, w = _msg()
+        t = c_timeout(True, timeout)
+        m, w = thread_msg()
         rc = self._take(t, m)
         if rc:
             raise self._error(rc, t)
         try:
-            out, dst = _copy_target(self._b, m, w, "broadcast")
+            out, dst = copy_target(self._b, m, w, "broadcast")
         except BaseException:
             _release(h, m)
             raise
@@ -485,7 +486,7 @@ class Subscription:
         """``with sub.receive() as view:`` read the next message in place (read-only, zero copy).
         ``view`` is closed after the block (see the module). Raises as :meth:`get`."""
         self._ready()
-        return Receive(self, self._b, _timeout(True, timeout))
+        return Receive(self, self._b, c_timeout(True, timeout))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self
@@ -502,7 +503,7 @@ class Subscription:
         is a :meth:`receive` view valid until the next iteration; ends once the broadcast is shut
         down and drained. A view still referred to from elsewhere when the next one is asked for
         holds its message, and the next read raises ``BufferError`` (copy what you keep)."""
-        return _receiving(self.receive, timeout)
+        return receive_loop(self.receive, timeout)
 
     def _epoch(self) -> int:
         return int(lib.ndshm_bcast_epoch(self._b._handle, 0))
@@ -520,13 +521,13 @@ class Subscription:
         """``await sub.get_async()``: :meth:`get` without blocking the event loop (see
         :mod:`ndshm._async`: a cancellation never loses a message)."""
         self._ready()
-        t = None if timeout is None else _timeout(True, timeout)
+        t = None if timeout is None else c_timeout(True, timeout)
         return await _async.retry(lambda: self.get(0), self._epoch, self._wait_epoch, t, Empty, "no new message")
 
     def receive_async(self, timeout: Optional[float] = None) -> _async.AsyncContext:
         """``async with sub.receive_async() as view:`` :meth:`receive` without blocking the event loop."""
         self._ready()
-        t = None if timeout is None else _timeout(True, timeout)
+        t = None if timeout is None else c_timeout(True, timeout)
 
         async def enter() -> tuple[Receive, NDArray[Any]]:
             rec = Receive(self, self._b, 0.0)

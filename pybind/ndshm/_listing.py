@@ -28,7 +28,7 @@ from ._lib import ffi, lib
 from ._api import str_name
 from ._codec import decode_dtype, decode_meta
 from ._dirs import default_dir, open_regular
-from ._segment import PERSIST, PREFIX, cstr
+from ._params import PERSIST, PREFIX, cstr
 from ._compat_blocks import ndshm_blocks
 
 __all__ = ["SegmentRecord", "probe", "list_segments", "LISTERS"]

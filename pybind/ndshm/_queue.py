@@ -49,18 +49,17 @@ import numpy as np
 from . import _async, _dtype
 from ._errors import CorruptSegmentError, Empty, Full, ShutDown, error_from_code, retry_interrupted
 from ._lib import ffi, lib
+from ._dtype import typestr_bytes
 from ._messages import (
-    _MAX_NBYTES, _MAXDIM, _TYPESTR_MAX, _W_NBYTES, _W_NDIM, _W_SHAPE0, _W_TYPESTR, _WORD_DESC, _describe, _dtype_of,
-    _msg, _new_msg, _push_msg, _typestr_bytes,
+    MAX_NBYTES, MAXDIM, TYPESTR_MAX, W_NBYTES, W_NDIM, W_SHAPE0, W_TYPESTR, WORD_DESC, describe, dtype_of, new_msg,
+    push_msg, thread_msg,
 )
-from ._ring import _Ring, _as_dir, _attach_waiting, _as_name, _encode, _path_of, _timeout, _unlink_if
-from ._slots import (
-    _U1, Loan, Receive, RingCalls, SlotArray, _ClosedSlot, _copy_target, _hold_past_block, _receiving,
-)
+from ._ring import Ring, as_dir, as_name, attach_waiting, c_timeout, encode_name, path_of, unlink_if
+from ._slots import ClosedSlot, Loan, Receive, RingCalls, SlotArray, copy_target, hold_past_block, receive_loop
 from ._waits import SLICE as _SLICE, rest as _rest, sliced as _sliced
 
 if TYPE_CHECKING:
-    from ._messages import _Guess, _MsgWords
+    from ._messages import Guess, MsgWords
 
 __all__ = ["Queue", "SlotArray"]
 
@@ -84,15 +83,16 @@ _PINNED: dict[tuple[Optional[str], str], int] = {}  # (dir, name) -> slots of th
 _VOIDP = ffi.typeof("void *")
 _NDIM_OF, _DTYPE_OF, _NBYTES_OF = (operator.attrgetter(n) for n in ("ndim", "dtype", "nbytes"))
 _ND_ONLY, _ONE = {np.ndarray}, {1}
+_U1 = np.dtype(np.uint8)
 
 
-class _ClosedLoan(_ClosedSlot):
+class _ClosedLoan(ClosedSlot):
     __slots__ = ()
     _message = ("loan() array used after its with block: the message was published (or discarded) when the block "
                 "ended; write it inside the block, and copy what you keep from it there (np.array(out))")
 
 
-class _ClosedReceive(_ClosedSlot):
+class _ClosedReceive(ClosedSlot):
     __slots__ = ()
     _message = ("receive() view used after its with block: its slot went back to the queue when the block ended; "
                 "copy what you keep inside the block (np.array(view), tensor.clone())")
@@ -120,7 +120,7 @@ def _attach(name: str, dir: Optional[str], shape: Any, dtype: Any) -> "Queue":
     return Queue(name, dir=dir, create=False, shape=shape, dtype=dtype)
 
 
-def _release_later(handle: Any, mw: _MsgWords, key: tuple[Optional[str], str]) -> None:
+def _release_later(handle: Any, mw: MsgWords, key: tuple[Optional[str], str]) -> None:
     _release(handle, mw[0])
     n = _PINNED.get(key, 0) - 1
     if n > 0:
@@ -132,7 +132,7 @@ def _release_later(handle: Any, mw: _MsgWords, key: tuple[Optional[str], str]) -
 _CALLS = RingCalls(_loan, _publish, _discard, _pin, _unpin, _ClosedLoan, _ClosedReceive)
 
 
-class Queue(_Ring):
+class Queue(Ring):
     """A bounded multi-producer multi-consumer queue of NumPy arrays in shared memory.
 
     ``Queue(name=None, *, slots=16, slot_bytes=1 MiB, shape=None, dtype=None, dir=None,
@@ -156,21 +156,21 @@ class Queue(_Ring):
     _KIND = "queue"
     _shape: Optional[tuple[int, ...]]
     _dtype: Optional[np.dtype[Any]]
-    _guess: Optional[_Guess]
+    _guess: Optional[Guess]
 
     def __init__(self, name: Optional[str] = None, *, slots: int = 16, slot_bytes: int = 1 << 20,
                  shape: Any = None, dtype: Any = None, dir: Optional[str] = None, create: bool = True,
                  persist: bool = False, mode: int = 0o600, populate: bool = True) -> None:
         self._shape = self._dtype = self._guess = None
         if name is not None:
-            name = _as_name(name)
-        dir = _as_dir(dir)
+            name = as_name(name)
+        dir = as_dir(dir)
         if shape is not None or dtype is not None:
             if shape is None or dtype is None:
                 raise TypeError("a typed queue needs both shape= and dtype=")
             dims, dt = _dtype.normalize(shape, dtype)
             self._shape, self._dtype = dims, dt
-            _typestr_bytes(dt)
+            typestr_bytes(dt)
             slot_bytes = _dtype.nbytes_of(dims, dt)
         out = ffi.new("ndshm_queue_t **")
         dir_c = os.fsencode(dir) if dir else ffi.NULL
@@ -180,22 +180,22 @@ class Queue(_Ring):
                 name = f"q-{os.getpid()}-{uuid.uuid4().hex[:16]}"
             n = _dtype.as_int(slots, "slots", 1, _MAX_SLOTS)
             n = max(2, 1 << (n - 1).bit_length())
-            nb = slot_bytes if self._dtype is not None else _dtype.as_int(slot_bytes, "slot_bytes", 1, _MAX_NBYTES)
+            nb = slot_bytes if self._dtype is not None else _dtype.as_int(slot_bytes, "slot_bytes", 1, MAX_NBYTES)
             mode = _dtype.as_int(mode, "mode", 0, 0o7777)
-            rc = lib.ndshm_queue_create(_encode(name), dir_c, n, nb, mode,
+            rc = lib.ndshm_queue_create(encode_name(name), dir_c, n, nb, mode,
                                         (_PERSIST if persist else 0) | (_POPULATE if populate else 0), out)
             if rc:
-                raise error_from_code(rc, _path_of(name, dir))
+                raise error_from_code(rc, path_of(name, dir))
             if not persist:
-                self._finalizer = weakref.finalize(self, _unlink_if, name, dir, os.getpid())
+                self._finalizer = weakref.finalize(self, unlink_if, name, dir, os.getpid())
         else:
             if name is None:
                 raise ValueError("attaching needs the queue's name")
-            rc = lib.ndshm_queue_attach(_encode(name), dir_c, out)
+            rc = lib.ndshm_queue_attach(encode_name(name), dir_c, out)
             if rc:  # (again if a signal ended its wait for the ring's lock, once Python ran the handlers)
-                rc = retry_interrupted(rc, lib.ndshm_queue_attach, _encode(name), dir_c, out)
+                rc = retry_interrupted(rc, lib.ndshm_queue_attach, encode_name(name), dir_c, out)
             if rc:
-                raise error_from_code(rc, _path_of(name, dir))
+                raise error_from_code(rc, path_of(name, dir))
         self._handle = ffi.gc(out[0], _close)
         self._lib = lib
         self._closed = False
@@ -213,13 +213,13 @@ class Queue(_Ring):
         """Attach to the existing queue ``name``. With ``timeout`` (seconds; ``float("inf")``: for
         ever) a queue not created yet, or whose creator is still filling its header, is waited
         for (:class:`SegmentNotFoundError` once it runs out); None (the default) tries once."""
-        return _attach_waiting(lambda: cls(name, dir=dir, create=False, shape=shape, dtype=dtype), timeout,
+        return attach_waiting(lambda: cls(name, dir=dir, create=False, shape=shape, dtype=dtype), timeout,
                                f"queue {name!r}")
 
     # ---- internals -------------------------------------------------------------------------
 
     def _toobig(self, nbytes: int) -> int:
-        rc: int = _loan(self._handle, nbytes, 0.0, _msg()[0])  # sets ETOOBIG naming both sizes
+        rc: int = _loan(self._handle, nbytes, 0.0, thread_msg()[0])  # sets ETOOBIG naming both sizes
         return rc
 
     # what the loan and receive blocks of ndshm._slots ask of a queue
@@ -240,7 +240,7 @@ class Queue(_Ring):
     def _loan_error(self, rc: int, t: float) -> Exception:
         return self._error(rc, False, waited=t)
 
-    def _rx_take(self, t: float, mw: _MsgWords) -> int:
+    def _rx_take(self, t: float, mw: MsgWords) -> int:
         if self._closed:
             self._live()  # raises
         h, m = self._handle, mw[0]
@@ -253,14 +253,14 @@ class Queue(_Ring):
     def _rx_error(self, rc: int, t: float) -> Exception:
         return self._error(rc, True, waited=t)
 
-    def _rx_keep(self, arr: Any, exported: bool, inner: Any, mw: _MsgWords) -> None:
+    def _rx_keep(self, arr: Any, exported: bool, inner: Any, mw: MsgWords) -> None:
         key = (self.dir, self.name)
         _PINNED[key] = _PINNED.get(key, 0) + 1
-        _hold_past_block(arr, exported, self._ro, _ClosedReceive, inner, _release_later, self._handle, mw, key)
+        hold_past_block(arr, exported, self._ro, _ClosedReceive, inner, _release_later, self._handle, mw, key)
 
-    def _rx_done(self, mw: _MsgWords) -> None:
+    def _rx_done(self, mw: MsgWords) -> None:
         _release(self._handle, mw[0])
-        _push_msg(mw)
+        push_msg(mw)
 
     def _error(self, rc: int, empty: bool, done: Optional[int] = None, count: int = 0,
                waited: Optional[float] = None) -> Exception:
@@ -307,12 +307,12 @@ class Queue(_Ring):
         if not a.flags.c_contiguous:
             a = np.ascontiguousarray(a)
         dt = a.dtype
-        ts = _typestr_bytes(dt)
+        ts = typestr_bytes(dt)
         try:
             ptr = ffi.from_buffer(a)
         except (TypeError, ValueError, BufferError):  # dtypes without a buffer format (datetime64, ...)
             ptr = ffi.cast(_VOIDP, a.__array_interface__["data"][0])
-        t = _timeout(block, timeout)
+        t = c_timeout(block, timeout)
         s = t if 0 <= t <= _SLICE else _SLICE  # the first slice inline (see _take_waiting)
         rc = _put(h, ptr, a.nbytes, ts, a.ndim, a.shape, s)
         if rc == _ETIMEDOUT and s != t:
@@ -329,8 +329,8 @@ class Queue(_Ring):
         if self._closed:
             self._live()
         h = self._handle
-        m, w = _msg()
-        t = -1.0 if block and timeout is None else _timeout(block, timeout)
+        m, w = thread_msg()
+        t = -1.0 if block and timeout is None else c_timeout(block, timeout)
         g = self._guess
         if g is not None:
             # the output array made before the take, from the last message's description: one
@@ -339,8 +339,8 @@ class Queue(_Ring):
             out = np.empty(g[0], g[1])
             rc = _take_waiting(h, t, m, ffi.from_buffer(out), g[2])
             if rc == 0:
-                if (w[_W_TYPESTR] == g[3] and w[_W_NBYTES] == g[2] and w[_W_NDIM] == g[4]
-                        and (w[_W_SHAPE0] == g[0][0] if g[4] == 1 else tuple(m.shape[0:g[4]]) == g[0])):
+                if (w[W_TYPESTR] == g[3] and w[W_NBYTES] == g[2] and w[W_NDIM] == g[4]
+                        and (w[W_SHAPE0] == g[0][0] if g[4] == 1 else tuple(m.shape[0:g[4]]) == g[0])):
                     return out
                 return self._regot(m, w, out)  # another description, but it fitted and was copied
         else:
@@ -350,7 +350,7 @@ class Queue(_Ring):
                 return self._regot(m, w, None)
             raise self._error(rc, True, waited=t)
         try:
-            out, dst = _copy_target(self, m, w, "queue")
+            out, dst = copy_target(self, m, w, "queue")
         except BaseException:
             _release(h, m)
             raise
@@ -360,9 +360,9 @@ class Queue(_Ring):
 
     def _remember(self, shape: tuple[int, ...], dt: np.dtype[Any], nbytes: int) -> None:
         """Make (shape, dt) the guess of the next get's output array (see get)."""
-        if not _WORD_DESC or not dt.itemsize or dt.hasobject:
+        if not WORD_DESC or not dt.itemsize or dt.hasobject:
             return
-        ts = _typestr_bytes(dt) if dt.names is None else f"|V{dt.itemsize}".encode()
+        ts = typestr_bytes(dt) if dt.names is None else f"|V{dt.itemsize}".encode()
         if len(ts) >= 8 or (self._dtype is not None and dt is not self._dtype and dt.names is not None):
             return
         word = int.from_bytes(ts.ljust(8, b"\0"), "little", signed=True)
@@ -371,9 +371,9 @@ class Queue(_Ring):
     def _regot(self, m: Any, w: Any, out: Optional[np.ndarray]) -> np.ndarray:
         """get() of a message already copied into ``out`` (or of no bytes) and released, whose
         description differs from the guess."""
-        n = int(w[_W_NBYTES])
+        n = int(w[W_NBYTES])
         try:
-            dt, shape = _describe(m, w, self._dtype)  # raises CorruptSegmentError for impossible ones
+            dt, shape = describe(m, w, self._dtype)  # raises CorruptSegmentError for impossible ones
             new = np.empty(shape, dt)
         except CorruptSegmentError:
             raise
@@ -397,7 +397,7 @@ class Queue(_Ring):
         (:class:`ClosedError` on use) unless something else still refers to it; on CPython a name,
         export or view of it still alive then pins its slot (see the module docstring)."""
         self._live()
-        return Loan(self, shape, dtype, _timeout(True, timeout))
+        return Loan(self, shape, dtype, c_timeout(True, timeout))
 
     def receive(self, timeout: Optional[float] = None) -> Receive:
         """``with q.receive() as view:`` read the oldest message in place (read-only, zero copy); the
@@ -405,7 +405,7 @@ class Queue(_Ring):
         on use). On CPython views and exports of it still alive then keep the slot until they die;
         on PyPy the slot goes back at once (see the module docstring)."""
         self._live()
-        return Receive(self, self, _timeout(True, timeout))
+        return Receive(self, self, c_timeout(True, timeout))
 
     def _receive_owned(self, timeout: Optional[float], convert: Callable[[np.ndarray], Any]) -> Any:
         """``convert(arr)`` of the oldest message as a writable plain ndarray ``arr`` in place on
@@ -416,14 +416,14 @@ class Queue(_Ring):
         if self._closed:
             self._live()
         h = self._handle
-        t = _timeout(True, timeout)
-        mw = _new_msg()  # owned by the finalizer, not the pool
+        t = c_timeout(True, timeout)
+        mw = new_msg()  # owned by the finalizer, not the pool
         m = mw[0]
         rc = _take_waiting(h, t, m)
         if rc:
             raise self._error(rc, True, waited=t)
         try:
-            dt, shape = _describe(m, mw[1], self._dtype)
+            dt, shape = describe(m, mw[1], self._dtype)
             if not dt.itemsize:  # nothing in the slot to point at
                 _release(h, m)
                 return convert(np.empty(shape, dt))
@@ -454,9 +454,9 @@ class Queue(_Ring):
             a = a.astype(sdt)
         if not a.flags.c_contiguous:
             a = np.ascontiguousarray(a)
-        _typestr_bytes(a.dtype)
-        if a.ndim > _MAXDIM:
-            raise ValueError(f"an array of shape {a.shape} has {a.ndim} dimensions; a message has at most {_MAXDIM}")
+        typestr_bytes(a.dtype)
+        if a.ndim > MAXDIM:
+            raise ValueError(f"an array of shape {a.shape} has {a.ndim} dimensions; a message has at most {MAXDIM}")
         if a.nbytes > self.slot_bytes:
             raise error_from_code(self._toobig(a.nbytes))
         return a
@@ -466,7 +466,7 @@ class Queue(_Ring):
         Every array is checked (dtype, size) before the first is put. On a timeout the
         :class:`Full` says how many went in (also as its ``arrays_put``); those stay queued."""
         h = self._live()
-        t = _timeout(True, timeout)
+        t = c_timeout(True, timeout)
         arrs = list(arrays)
         if not arrs:
             return
@@ -486,7 +486,7 @@ class Queue(_Ring):
             else:
                 return
             raise self._error(rc, False, i, len(arrs))
-        ts = _typestr_bytes(dt)
+        ts = typestr_bytes(dt)
         data: bytes | np.ndarray[Any, Any]
         try:
             data = b"".join(arrs)  # C-contiguous arrays with a buffer format: much faster than concatenate
@@ -534,7 +534,7 @@ class Queue(_Ring):
         if mx <= 1:
             if mx == 1:
                 return [self.get(True, timeout)]
-            _timeout(True, timeout)
+            c_timeout(True, timeout)
             self._live()
             return []
         first = self.get(True, timeout)
@@ -552,7 +552,7 @@ class Queue(_Ring):
         cap = max(self.slot_bytes, min(more * self.slot_bytes, 4 << 20))
         buf = np.empty(cap, _U1)
         offsets = np.empty(more + 1, np.uint64)
-        ts = ffi.new("char[]", _TYPESTR_MAX)
+        ts = ffi.new("char[]", TYPESTR_MAX)
         count = ffi.new("uint64_t *")
         rc = _get_many(h, ffi.from_buffer(buf), cap, ffi.cast("uint64_t *", offsets.__array_interface__["data"][0]),
                        more, ts, 0.0, count)
@@ -560,7 +560,7 @@ class Queue(_Ring):
         if rc and n == 0:
             return out
         try:
-            dt = _dtype_of(ffi.string(ts))
+            dt = dtype_of(ffi.string(ts))
         except CorruptSegmentError:  # hostile messages (all of the batch share the typestr): dropped
             return out
         sdt = self._dtype
@@ -692,7 +692,7 @@ class Queue(_Ring):
         goes back, and the view is closed unless something else still refers to it: the usual
         receive rules); iteration ends once the queue is shut down and drained. ``timeout``: as
         for :meth:`receive` (:class:`Empty` if no message comes in time)."""
-        return _receiving(self.receive, timeout)
+        return receive_loop(self.receive, timeout)
 
     # ---- asyncio ---------------------------------------------------------------------------
 
@@ -709,7 +709,7 @@ class Queue(_Ring):
         :mod:`ndshm._async`: a cancellation never loses a message). :class:`Empty` after
         ``timeout`` seconds (None: wait for ever); :class:`ShutDown` once shut down and drained."""
         self._live()
-        t = None if timeout is None else _timeout(True, timeout)
+        t = None if timeout is None else c_timeout(True, timeout)
         return await _async.retry(lambda: self.get(False), self._epoch(0), self._wait_epoch(0), t, Empty,
                                   "queue still empty")
 
@@ -717,7 +717,7 @@ class Queue(_Ring):
         """``await q.put_async(arr)``: :meth:`put` without blocking the event loop; a cancelled
         call has not put ``arr``. :class:`Full` after ``timeout`` seconds (None: for ever)."""
         self._live()
-        t = None if timeout is None else _timeout(True, timeout)
+        t = None if timeout is None else c_timeout(True, timeout)
         a = self._prepare(np.asarray(arr))
         await _async.retry(lambda: self.put(a, False), self._epoch(1), self._wait_epoch(1), t, Full,
                            f"queue still full ({self.slots} slots)")
@@ -726,7 +726,7 @@ class Queue(_Ring):
         """``async with q.receive_async() as view:`` :meth:`receive` without blocking the event loop
         (the same view rules); a cancellation before the block never takes a message."""
         self._live()
-        t = None if timeout is None else _timeout(True, timeout)
+        t = None if timeout is None else c_timeout(True, timeout)
 
         async def enter() -> tuple[Receive, np.ndarray]:
             rec = Receive(self, self, 0.0)
@@ -739,7 +739,7 @@ class Queue(_Ring):
         """``async with q.loan_async(shape, dtype) as out:`` :meth:`loan` without blocking the event
         loop; a cancellation before the block never claims a slot."""
         self._live()
-        t = None if timeout is None else _timeout(True, timeout)
+        t = None if timeout is None else c_timeout(True, timeout)
 
         async def enter() -> tuple[Loan, np.ndarray]:
             ln = Loan(self, shape, dtype, 0.0)

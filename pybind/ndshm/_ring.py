@@ -1,5 +1,5 @@
 """What the queue and broadcast rings share as named segments: argument checks (names, dirs,
-timeouts), waiting for a creator, and :class:`_Ring`, the handle part both classes have (the
+timeouts), waiting for a creator, and :class:`Ring`, the handle part both classes have (the
 ring mapped as one buffer, slot offsets, the last loan's array of each slot, unlink, context
 manager)."""
 
@@ -12,19 +12,21 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar
 
 import numpy as np
 
+from ._dirs import default_dir
 from ._errors import BusyError, ClosedError, SegmentNotFoundError, error_from_code
 from ._lib import ffi, lib
+from ._params import PREFIX
 
 _UPTR = ffi.typeof("uintptr_t")
 _monotonic = time.monotonic
-_R = TypeVar("_R", bound="_Ring")
+_R = TypeVar("_R", bound="Ring")
 _A = TypeVar("_A")
 
 
 _FOREVER = 1e9  # a timeout above this many seconds (~31 years, or +inf) waits for ever
 
 
-def _timeout(block: bool, timeout: Optional[float]) -> float:
+def c_timeout(block: bool, timeout: Optional[float]) -> float:
     """The C timeout for (block, timeout): 0 tries once, a negative value waits for ever."""
     if not block:
         return 0.0
@@ -52,7 +54,7 @@ def _timeout_slow(timeout: Any) -> float:
     return -1.0 if t > _FOREVER else t
 
 
-def _as_name(name: Any) -> str:
+def as_name(name: Any) -> str:
     if not isinstance(name, str):
         raise TypeError(f"queue name {name!r} is not a str")
     if "\0" in name:
@@ -60,7 +62,7 @@ def _as_name(name: Any) -> str:
     return name
 
 
-def _as_dir(dir: Any) -> Optional[str]:
+def as_dir(dir: Any) -> Optional[str]:
     """A directory argument (str, bytes or os.PathLike; None or empty: the default) as a str."""
     if dir is None:
         return None
@@ -73,20 +75,20 @@ def _as_dir(dir: Any) -> Optional[str]:
     return d or None
 
 
-def _encode(name: str) -> bytes:
+def encode_name(name: str) -> bytes:
     try:
         return name.encode()
     except UnicodeEncodeError:
         raise ValueError(f"queue name {name!r} cannot be encoded as UTF-8") from None
 
 
-def _attach_waiting(attach: Callable[[], _A], timeout: Any, what: str) -> _A:
+def attach_waiting(attach: Callable[[], _A], timeout: Any, what: str) -> _A:
     """``attach()``, retried while it raises SegmentNotFoundError (no creator yet) or BusyError (a
     creator still filling the header) for up to ``timeout`` seconds (None: one try, as before;
     ``float("inf")``: for ever), then the last error, its message saying how long it waited."""
     if timeout is None:
         return attach()
-    t = _timeout(True, timeout)
+    t = c_timeout(True, timeout)
     deadline = None if t < 0 else _monotonic() + t
     pause = 0.001
     while True:
@@ -100,14 +102,13 @@ def _attach_waiting(attach: Callable[[], _A], timeout: Any, what: str) -> _A:
         pause = min(pause * 2, 0.05)
 
 
-def _unlink_if(name: str, dir: Optional[str], pid: int) -> None:
+def unlink_if(name: str, dir: Optional[str], pid: int) -> None:
     if os.getpid() == pid:
-        lib.ndshm_unlink(_encode(name), os.fsencode(dir) if dir else ffi.NULL)
+        lib.ndshm_unlink(encode_name(name), os.fsencode(dir) if dir else ffi.NULL)
 
 
-def _path_of(name: str, dir: Optional[str]) -> str:
+def path_of(name: str, dir: Optional[str]) -> str:
     """The file of ring ``name`` in ``dir`` (for error messages, as segments name theirs)."""
-    from ._segment import PREFIX, default_dir
     return os.path.join(default_dir(dir), PREFIX + name)
 
 
@@ -115,7 +116,7 @@ def _keep(handle: Any, ptr: Any) -> None:
     """Destructor of the ring's buffer owner: does nothing; holding ``handle`` keeps the ring mapped."""
 
 
-class _Ring:
+class Ring:
     """The handle part of Queue and Broadcast: each sets ``_handle``, ``name``, ``dir``, ``slots``,
     ``ring_address`` and ``ring_bytes``, then calls :meth:`_map_ring`."""
 
@@ -172,7 +173,7 @@ class _Ring:
         """Remove the name now (attached handles keep working)."""
         if self._finalizer is not None:
             self._finalizer.detach()
-        rc = lib.ndshm_unlink(_encode(self.name), os.fsencode(self.dir) if self.dir else ffi.NULL)
+        rc = lib.ndshm_unlink(encode_name(self.name), os.fsencode(self.dir) if self.dir else ffi.NULL)
         if rc:
             raise error_from_code(rc, self.name)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
-import uuid
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, SupportsIndex
 
 import numpy as np
@@ -28,11 +27,12 @@ from numpy.lib import format as _npformat
 from numpy.typing import NDArray
 
 from . import _dtype, _mappings, _ownership
-from ._codec import DTYPES, decode_meta, encode_dtype, encode_meta, lookup_dtype
-from ._dirs import REALDIRS, cache_key, default_dir, env_dir, huge_dir
+from ._codec import DTYPES, decode_meta, lookup_dtype
+from ._dirs import REALDIRS, cache_key, default_dir, env_dir
 from ._errors import ClosedError, CorruptSegmentError, SegmentNotFoundError, check, error_from_code, retry_interrupted
 from ._identity import check_file, check_node, node_identity
 from ._lib import ffi, lib
+from ._params import PERSIST, PREFIX, create_params, cstr
 
 if TYPE_CHECKING:
     from ._sync import Barrier, Event, Lock
@@ -42,15 +42,10 @@ else:
 
 __all__ = ["Segment", "SharedArray", "Reference", "segment_of", "default_dir"]
 
-_KINDS = {"named": lib.NDSHM_KIND_NAMED, "anonymous": lib.NDSHM_KIND_ANONYMOUS, "memfd": lib.NDSHM_KIND_MEMFD,
-          "file": lib.NDSHM_KIND_FILE}
-_KIND_NAMES = {v: k for k, v in _KINDS.items()}
-PERSIST, _POPULATE, _HUGE = lib.NDSHM_SEG_PERSIST, lib.NDSHM_SEG_POPULATE, lib.NDSHM_SEG_HUGEPAGES
-_READONLY, _FORTRAN = lib.NDSHM_SEG_READONLY, lib.NDSHM_SEG_FORTRAN
+_POPULATE, _READONLY = lib.NDSHM_SEG_POPULATE, lib.NDSHM_SEG_READONLY
 _QUEUE, _SYNC, _BROADCAST = lib.NDSHM_SEG_QUEUE, lib.NDSHM_SEG_SYNC, lib.NDSHM_SEG_BROADCAST
 _POOL = lib.NDSHM_SEG_POOL
 _CONTENT = _QUEUE | _SYNC | _BROADCAST | _POOL  # segments whose data is not an array
-PREFIX = "ndshm."  # a named segment's file is <dir>/ndshm.<name>
 _close = lib.ndshm_segment_close
 # Functions and constants read once (bench row "Attach latency: ndshm (mapping kept: the default)"):
 # an attribute lookup on an ABI-mode cffi library costs about as much as a small C call.
@@ -77,23 +72,12 @@ class _Scratch(threading.local):
 
 _scratch = _Scratch()
 _live = _mappings.live  # (real dir, name) -> weakref to the mapped Segment (see _mappings)
-_KEEP_NAME = lib.NDSHM_SEG_KEEP_NAME  # create: the handle's close leaves the name (ownership decides)
 
 
 _UNREAD = object()  # Segment._meta before the metadata was read from the handle
 # Names and dirs as C bytes, bounded caches (bench row "Attach latency: ndshm (mapping kept: the default)": os.fsencode per attach).
 _DIRBYTES: dict[str, bytes] = {}
 
-
-
-def cstr(s: Any) -> Any:
-    """``s`` (a str, bytes or path) as C string bytes; NUL bytes are refused (C would cut there)."""
-    if s is None:
-        return ffi.NULL
-    b = os.fsencode(s)
-    if b"\0" in b:
-        raise ValueError(f"{s!r} contains a NUL character")
-    return b
 
 
 _NAMEBYTES: dict[str, bytes] = {}
@@ -114,10 +98,6 @@ def _dir_bytes(dir: str) -> bytes:
         if len(_DIRBYTES) < 256:
             _DIRBYTES[dir] = b
     return b
-
-
-def _cbuf(s: Any) -> Any:
-    return ffi.NULL if s is None else ffi.new("char[]", cstr(s))
 
 
 class SharedArray(_NDArrayBase):
@@ -419,74 +399,11 @@ class Segment:
         /proc/self/mounts. The segment then lives in that directory: :attr:`dir` names it, and
         other processes attach with ``dir=`` (arrays pickle with it). With no such mount,
         NotSupportedError names /proc/sys/vm/nr_hugepages."""
-        if kind not in _KINDS:
-            raise ValueError(f"kind {kind!r} is not one of {sorted(_KINDS)}")
-        if kind == "named" and name is not None and not isinstance(name, str):
-            raise TypeError(f"segment name {name!r:.80} is not a str: the name comes first, as in "
-                            "create(name, shape, dtype) (None picks a unique name)")
-        persist = _dtype.as_flag(persist, "persist")
-        hugepages = _dtype.as_flag(hugepages, "hugepages")
-        populate = _dtype.as_flag(populate, "populate")
-        owner = _ownership.check_owner(owner, persist)
-        if owner == "receiver" and kind != "named":
-            raise ValueError(f"owner='receiver' applies to named segments, not kind={kind!r}")
-        order = _dtype.check_order(order)
-        dims, dt = _dtype.normalize(shape, dtype)
-        _dtype.nbytes_of(dims, dt)
-        strides = _dtype.contiguous_strides(dims, dt.itemsize, order)
-        typestr, descr = encode_dtype(dt)
-        meta_b = encode_meta(meta)
-        alignment = _dtype.as_alignment(align)
-        if kind == "named":
-            if name is None:
-                name = f"ndshm-{os.getpid()}-{uuid.uuid4().hex[:16]}"
-            if path is not None:
-                raise ValueError("path= applies to kind='file'; named segments take name= and dir=")
-            if not isinstance(name, str):
-                raise TypeError(f"segment name {name!r} is not a str")
-            if hugepages:
-                dir, hugepages = huge_dir(dir)
-            dir = os.fspath(default_dir(dir))
-            where: Optional[str] = os.path.join(dir, PREFIX + name)
-        elif kind == "file":
-            if path is None:
-                if name is None:
-                    raise ValueError("kind='file' needs path=")
-                path = name
-            where = path = os.path.abspath(os.fspath(path))
-            name = None
-        else:
-            where = name = None
-        p = ffi.new("ndshm_segment_params_t *")
-        p.kind = _KINDS[kind]
-        keep = [_cbuf(name if kind == "named" else path), _cbuf(dir)]
-        p.name = keep[0]
-        p.dir = keep[1]
-        p.mode = _dtype.as_int(mode, "mode", 0, 0o7777)
-        p.flags = ((PERSIST if persist else 0) | (_POPULATE if populate else 0) | (_HUGE if hugepages else 0)
-                   | (_FORTRAN if order == "F" and len(dims) > 1 else 0) | (_KEEP_NAME if owner != "views" else 0)
-                   | _flags)
-        p.alignment = alignment
-        lay = p.layout
-        tb = typestr.encode()
-        if len(tb) >= lib.NDSHM_TYPESTR_MAX:
-            raise ValueError(f"dtype {dt} has a typestr {typestr!r} longer than {lib.NDSHM_TYPESTR_MAX - 1}")
-        lay.typestr = tb
-        lay.itemsize = dt.itemsize
-        lay.ndim = len(dims)
-        for i, (n, s) in enumerate(zip(dims, strides)):
-            lay.shape[i] = n
-            lay.strides[i] = s
-        if descr:
-            keep.append(ffi.from_buffer(descr))
-            p.descr = keep[-1]
-            p.descr_len = len(descr)
-        if meta_b:
-            keep.append(ffi.from_buffer(meta_b))
-            p.meta = keep[-1]
-            p.meta_len = len(meta_b)
+        c = create_params(name, shape, dtype, order, kind, path, dir, align, persist, mode, hugepages, populate, meta,
+                          owner, _flags)
+        name, dir, path, where, owner, persist = c.name, c.dir, c.path, c.where, c.owner, c.persist
         out = ffi.new(_SEG_PP)
-        rc = lib.ndshm_segment_create(p, out)
+        rc = lib.ndshm_segment_create(c.params, out)
         if rc:
             raise error_from_code(rc, where)
         self = cls._wrap(out[0], name, kind, dir, path)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._errors import ClosedError, CorruptSegmentError, ShutDown, error_from_code
 from ._lib import ffi
-from ._messages import _PLANS, _describe, _plan, _pop_msg, _push_msg, _write_desc
+from ._messages import PLANS, describe, make_plan, pop_msg, push_msg, write_desc
 from ._waits import ETIMEDOUT as _ETIMEDOUT, SLICE as _SLICE, rest as _rest
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def _closed(self: Any, *args: Any, **kwargs: Any) -> Any:
     raise ClosedError(type(self)._message)
 
 
-class _ClosedSlot(_SlotBase):
+class ClosedSlot(_SlotBase):
     """The array of a ``loan``/``receive`` block once the block is over: every use raises
     :class:`ClosedError` (NumPy functions and ufuncs too); it holds no element. Each ring's
     subclasses say, in ``_message``, what was closed and what to do instead."""
@@ -135,7 +135,7 @@ class _ClosedSlot(_SlotBase):
     _ALLOWED = frozenset({"__class__", "__repr__", "__str__"})
 
     def __getattribute__(self, name: str) -> Any:
-        if name in _ClosedSlot._ALLOWED:
+        if name in ClosedSlot._ALLOWED:
             return object.__getattribute__(self, name)
         _closed(self)
 
@@ -188,7 +188,7 @@ def _received_views(ring: Any, m: Any, w: Any, what: str) -> tuple[SlotArray, Sl
     publisher could have written, or that NumPy cannot view, is a :class:`CorruptSegmentError`
     naming ``what`` (the caller releases the message)."""
     try:
-        dt, shape = _describe(m, w, ring._dtype)
+        dt, shape = describe(m, w, ring._dtype)
         if dt.itemsize:
             inner = SlotArray(shape, dt, ring._ro, ring._offset(m))
             return inner, inner.view()
@@ -200,12 +200,12 @@ def _received_views(ring: Any, m: Any, w: Any, what: str) -> tuple[SlotArray, Sl
         raise CorruptSegmentError(f"{what} message cannot be viewed as an array: {e}") from None
 
 
-def _copy_target(ring: Any, m: Any, w: Any, what: str) -> tuple[np.ndarray, Any]:
+def copy_target(ring: Any, m: Any, w: Any, what: str) -> tuple[np.ndarray, Any]:
     """A fresh array for the message ``m`` (``w`` its words) just taken from ``ring``, and the
     C pointer to copy the message into. A message no publisher could have written, or that NumPy
     cannot make, is a :class:`CorruptSegmentError` naming ``what`` (the caller releases it)."""
     try:
-        dt, shape = _describe(m, w, ring._dtype)
+        dt, shape = describe(m, w, ring._dtype)
         out = np.empty(shape, dt)
         if out.nbytes != m.nbytes:  # never hand out bytes the copy will not write
             raise CorruptSegmentError(f"{what} message of shape {shape} and dtype {dt} makes an array of "
@@ -252,7 +252,7 @@ def _when_gone(inner: Any, fn: Callable[..., object], *args: Any) -> None:
     inner._keep = _WhenGone(fn, args)
 
 
-def _hold_past_block(arr: Any, exported: bool, keep: Any, cls: type, inner: Any,
+def hold_past_block(arr: Any, exported: bool, keep: Any, cls: type, inner: Any,
                      release: Callable[..., object], *args: Any) -> None:
     """CPython: a received ``arr`` or views derived from it outlive the block, so its message
     stays taken until ``inner`` (which every one of them keeps) dies, then ``release(*args)``
@@ -263,7 +263,7 @@ def _hold_past_block(arr: Any, exported: bool, keep: Any, cls: type, inner: Any,
     _when_gone(inner, release, *args)
 
 
-def _receiving(receive: Callable[[Optional[float]], Any], timeout: Optional[float]) -> Iterator[Any]:
+def receive_loop(receive: Callable[[Optional[float]], Any], timeout: Optional[float]) -> Iterator[Any]:
     """``for view in ring.receiving():`` (Queue and Subscription): ``receive(timeout)`` blocks, each
     view valid until the next iteration; ends at :class:`ShutDown`."""
     while True:
@@ -311,9 +311,9 @@ class Loan:
         if shape is None or dtype is None:
             shape, dtype = ring._loan_defaults(shape, dtype)
         try:
-            plan = _PLANS[(shape, dtype)]
+            plan = PLANS[(shape, dtype)]
         except (KeyError, TypeError):
-            plan = _plan(shape, dtype)
+            plan = make_plan(shape, dtype)
         self._shape, self._dt, self._nbytes, self._ts, self._word = plan
         self._ring, self._timeout, self._arr, self._msg = ring, timeout, None, None
 
@@ -326,7 +326,7 @@ class Loan:
         h = r._handle
         if nbytes > r.slot_bytes:
             raise error_from_code(r._toobig(nbytes))
-        mw = _pop_msg()
+        mw = pop_msg()
         m = mw[0]
         t = self._timeout
         calls: RingCalls = r._calls
@@ -336,10 +336,10 @@ class Loan:
         if rc == _ETIMEDOUT and s != t:
             rc = _rest(lambda s: loan(h, nbytes, s, m), t)
         if rc:
-            _push_msg(mw)
+            push_msg(mw)
             raise r._loan_error(rc, t)
         try:
-            _write_desc(mw, dims, self._ts, self._word)
+            write_desc(mw, dims, self._ts, self._word)
             if dt.itemsize:  # inner and arr as in Receive.__enter__
                 # a loan counts no reference to inner, so the slot's inner of the last loan of
                 # this (shape, dtype) plan is used again: one array made per loan, not two
@@ -356,7 +356,7 @@ class Loan:
                 inner, arr = _itemless_views(r, _data_of(m), dims, dt, self._ts.decode(), False)
         except BaseException:  # never keep a slot nobody can publish
             calls.discard(h, m)
-            _push_msg(mw)
+            push_msg(mw)
             raise
         self._msg, self._arr, self._slot = mw, arr, inner
         self._ra, self._ri = _getrefcount(arr), _getrefcount(inner) - _OWN_REF  # the baseline
@@ -382,7 +382,7 @@ class Loan:
         # publish first (the hand-off does not wait for the closing), then close the array
         rc = calls.publish(h, m) if exc_type is None else calls.discard(h, m)
         pos = m.pos_
-        _push_msg(mw)
+        push_msg(mw)
         if not escaped:
             _close_array(arr, r._rw, calls.closed_loan)  # keeps the ring mapped, not inner (PyPy: for its exports)
         if pinned:
@@ -414,11 +414,11 @@ class Receive:
         if self._msg is not None:
             raise RuntimeError("this receive() context is already entered; call receive() again for another message")
         src, ring = self._src, self._ring
-        mw = _pop_msg()
+        mw = pop_msg()
         m = mw[0]
         rc = src._rx_take(self._timeout, mw)
         if rc:
-            _push_msg(mw)
+            push_msg(mw)
             raise src._rx_error(rc, self._timeout)
         try:
             # `inner` is read-only on the ring (its base the ring's buffer, which keeps the ring's

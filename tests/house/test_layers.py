@@ -4,8 +4,10 @@ Every module of ``pybind/ndshm`` is parsed with ``ast`` (imports at module level
 functions: a lazy import is still a dependency; imports under ``if TYPE_CHECKING:`` are for
 annotations only and are left out) and mapped to a layer in ``LAYERS``. The check fails
 on an import of a higher layer, on any circle among modules, and on a room reaching into another
-room's private names (``from ._x import _name``, ``_x._name``). A planted upward import in a copy of
-the package shows that the check can fail.
+room's private names (``from ._x import _name``, ``_x._name`` with ``_x`` bound by ``from . import
+_x`` or ``import ndshm._x as _x``). Attributes of objects (``seg._owner``, ``ring._handle``) are not
+followed: which class an object is cannot be told from the source alone. A planted upward import
+in a copy of the package shows that the check can fail.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     # Who removes a name, and the per-process mapping cache: state machines the Segment class
     # drives; they know a segment by its package methods, never by importing the class.
     ("segment state", {"_ownership", "_mappings"}),
-    ("segment core", {"_segment", "_fdpass"}),
+    # _params: Segment.create's arguments checked and written into the C struct (no mapped segment)
+    ("segment core", {"_params", "_segment", "_fdpass"}),
     ("references", {"_reference"}),
     ("rings and sync", {"_ring", "_messages", "_slots", "_async", "_queue", "_broadcast", "_sync", "_waits"}),
     ("module API", {"_api"}),
@@ -44,18 +47,14 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
 }
 
 
-# Modules that are one room split into files: they share their private helpers. The rings' front
-# end (queue and broadcast over one ring core, its messages and its slots) is one such room until
-# the rings' part of issue 19 names what its files share for the package.
-ROOMS: list[set[str]] = [
-    {"_ring", "_messages", "_slots", "_queue", "_broadcast", "_async"},
-]
+# Modules that are one room split into files, sharing their private helpers. None today: the rings'
+# files (_ring, _messages, _slots, _queue, _broadcast, _async) give what they share a package name
+# in the module that owns it (_ring.Ring, _messages.push_msg, _slots.Loan ...). An entry here needs
+# its reason, as the lists above.
+ROOMS: list[set[str]] = []
 
-# Private names one room may still read in another, each with its reason. Keep this list short.
-ALLOWED_PRIVATE: dict[str, str] = {
-    "_api imports _ring._attach_waiting": "the rings' wait for a creator, which ndshm.attach(timeout=) shares; "
-                                          "the rings' part of issue 19 gives it a package name",
-}
+# Private names one room may still read in another, each with its reason. Keep this list empty.
+ALLOWED_PRIVATE: dict[str, str] = {}
 
 
 def _same_room(a: str, b: str) -> bool:
@@ -131,6 +130,8 @@ def collect(root: Path) -> tuple[dict[str, set[str]], list[str], list[str]]:
                 for a in node.names:
                     if a.name.startswith("ndshm."):
                         deps.add(a.name[len("ndshm."):])
+                        if a.asname:  # import ndshm._x as m: m._y reads _x's private name
+                            aliases[a.asname] = a.name[len("ndshm."):]
         for node in nodes:
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                     and node.value.id in aliases and node.attr.startswith("_") and not node.attr.startswith("__")
@@ -252,3 +253,15 @@ def test_the_check_fails_on_a_planted_private_read(tmp_path: Path) -> None:
     cli.write_text(cli.read_text() + "\n\nfrom . import _segment as _planted_seg\nX = _planted_seg._PREFIX\n")
     _, private, _ = collect(copy)
     assert any("_cli" in p and "_segment._PREFIX" in p for p in private), private
+
+
+def test_the_rings_files_are_rooms_of_their_own(tmp_path: Path) -> None:
+    """The rings' files share nothing private any more: a reach from one into another fails."""
+    copy = tmp_path / "ndshm"
+    shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    queue = copy / "_queue.py"
+    queue.write_text(queue.read_text() + "\n\nfrom ._messages import _tls as _planted_tls\n"
+                     "import ndshm._slots as _planted_slots\nY = _planted_slots._EMPTY\n")
+    _, private, _ = collect(copy)
+    assert any(p.startswith("_queue:") and p.endswith("imports _messages._tls") for p in private), private
+    assert any(p.startswith("_queue:") and p.endswith("reads _slots._EMPTY") for p in private), private

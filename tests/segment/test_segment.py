@@ -493,7 +493,7 @@ def test_hostile_meta_is_a_corrupt_segment_error(unique_name, monkeypatch):
         with pytest.raises(ndshm.CorruptSegmentError, match=unique_name):
             _decode_meta(data, unique_name)
     # a real planted segment (valid checksum, under the meta limit), read by another process
-    monkeypatch.setattr(ndshm._segment, "encode_meta", lambda meta: b"J" + b"[" * 3000 + b"]" * 1000)
+    monkeypatch.setattr(ndshm._params, "encode_meta", lambda meta: b"J" + b"[" * 3000 + b"]" * 1000)
     seg = ndshm.Segment.create(unique_name, 4, meta="anything")
     child = run_python(f"""
         import ndshm
