@@ -250,3 +250,19 @@ def unique_name(request) -> str:
             leftover.unlink()
         except OSError:
             pass
+
+
+def mounted_tmpfs(options: str, what: str):
+    """A private tmpfs mounted with ``options`` for one test (root only), unmounted after."""
+    if os.geteuid() != 0:
+        skip_or_fail("mounting a tmpfs needs root")
+    d = tempfile.mkdtemp(prefix="ndshm-tmpfs-")
+    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", d], capture_output=True)
+    if rc.returncode != 0:
+        os.rmdir(d)
+        skip_or_fail(f"cannot mount {what}: {rc.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", d], capture_output=True)
+        os.rmdir(d)

@@ -497,8 +497,8 @@ def test_a_forked_childs_exit_leaves_the_parents_pool(pool):
 
 @pytest.fixture
 def huge_tmpfs():
-    from test_segment_mp import _tmpfs
-    yield from _tmpfs("huge=always,size=64m", "a huge-page tmpfs")
+    from conftest import mounted_tmpfs
+    yield from mounted_tmpfs("huge=always,size=64m", "a huge-page tmpfs")
 
 
 def _shmem_huge_kib() -> int:

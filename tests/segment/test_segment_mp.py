@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import PYPY, child_env, collect, dir_files, run_python, skip_or_fail
+from conftest import PYPY, child_env, collect, dir_files, mounted_tmpfs, run_python, skip_or_fail
 
 CONTEXTS = ["fork", "spawn"]
 
@@ -319,30 +319,14 @@ def test_other_users_are_refused(unique_name):
     seg.close()
 
 
-def _tmpfs(options: str, what: str):
-    """A private tmpfs mounted with ``options`` for one test (root only), unmounted after."""
-    if os.geteuid() != 0:
-        skip_or_fail("mounting a tmpfs needs root")
-    d = tempfile.mkdtemp(prefix="ndshm-tmpfs-")
-    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", d], capture_output=True)
-    if rc.returncode != 0:
-        os.rmdir(d)
-        skip_or_fail(f"cannot mount {what}: {rc.stderr.decode().strip()}")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", d], capture_output=True)
-        os.rmdir(d)
-
-
 @pytest.fixture
 def small_tmpfs():
-    yield from _tmpfs("size=1m", "a tmpfs")
+    yield from mounted_tmpfs("size=1m", "a tmpfs")
 
 
 @pytest.fixture
 def huge_tmpfs():
-    yield from _tmpfs("huge=always,size=64m", "a huge-page tmpfs")
+    yield from mounted_tmpfs("huge=always,size=64m", "a huge-page tmpfs")
 
 
 @pytest.mark.system_wide  # a huge-page mount that every process's hugepages=True would find
