@@ -553,6 +553,7 @@ class Subscription:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called (or is under way)."""
         return self._closed or self._closing
 
     def close(self) -> None:

@@ -321,6 +321,7 @@ class Queue(Ring):
             raise self._error(rc, False, waited=t)
 
     def put_nowait(self, arr: Any) -> None:
+        """``put(arr, False)``: raises :class:`Full` at once when no slot is free."""
         self.put(arr, False)
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> np.ndarray:
@@ -389,6 +390,7 @@ class Queue(Ring):
         return new
 
     def get_nowait(self) -> np.ndarray:
+        """``get(False)``: raises :class:`Empty` at once when no message is waiting."""
         return self.get(False)
 
     def loan(self, shape: Any = None, dtype: Any = None, timeout: Optional[float] = None) -> Loan:
@@ -589,9 +591,11 @@ class Queue(Ring):
         return int(_size(self._live()))
 
     def empty(self) -> bool:
+        """Whether no message waits now (as ``queue.Queue.empty``: a hint, racy by nature)."""
         return self.qsize() == 0
 
     def full(self) -> bool:
+        """Whether every slot is taken now (as ``queue.Queue.full``: a hint, racy by nature)."""
         return self.qsize() >= self.slots
 
     # ---- end of stream ---------------------------------------------------------------------

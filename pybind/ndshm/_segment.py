@@ -153,10 +153,12 @@ class Reference(NamedTuple):
 
     @property
     def dtype(self) -> np.dtype:
+        """The referenced array's dtype."""
         return _npformat.descr_to_dtype(self.descr)
 
     @property
     def nbytes(self) -> int:
+        """The referenced array's bytes (its elements times its itemsize)."""
         n = 1
         for d in self.shape:
             n *= d
@@ -597,10 +599,12 @@ class Segment:
 
     @property
     def creator_pid(self) -> int:
+        """The process id of the segment's creator, in the creator's PID namespace."""
         return int(self._full_info().creator_pid)
 
     @property
     def created(self) -> _dt.datetime:
+        """When the segment was created (UTC)."""
         return _dt.datetime.fromtimestamp(self._full_info().created_ns / 1e9, tz=_dt.timezone.utc)
 
     # ---- views -----------------------------------------------------------------------------
