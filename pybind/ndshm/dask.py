@@ -381,8 +381,8 @@ def _pickle_dumps(x: Any, context: Optional[dict[str, Any]] = None) -> tuple[dic
     return {"serializer": "pickle", "writeable": tuple(writeable)}, out
 
 
-def _rebuild_pool_received(*args: Any, **kwargs: Any) -> Any:
-    arr = _pool._rebuild(*args, **kwargs)
+def _rebuild_pool_received(*args: Any) -> Any:
+    arr = _pool.rebuild(args, received=True)
     _counts["received_by_reference"] += 1
     _mark_received(arr)
     return arr
