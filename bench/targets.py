@@ -153,6 +153,9 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     v = _get(eng, "dask", "speedup_worker_to_worker")
     add("engines: Dask worker->worker ≥ 10x stock NumPy, one copy in RAM (the consumer reads it all)", v,
         None if v is None else v >= 10 and one_copy, f"{C.fmt(v)}x")
+    v = _get(eng, "dask", "speedup_worker_to_worker_pool")
+    add("engines: Dask worker->worker, node pool, the consumer reads it all ≥ 5x stock NumPy", v,
+        None if v is None else v >= 5 and one_copy, f"{C.fmt(v)}x")
     v = _get(eng, "dask", "speedup_handoff")
     add("engines: Dask worker->worker ≥ 10x stock NumPy, one copy in RAM (hand-off alone)", v,
         None if v is None else v >= 10 and one_copy, f"{C.fmt(v)}x")
@@ -161,6 +164,14 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     v = _get(eng, "ray", "speedup_produce_consume")
     add("engines: Ray task-produced array consumed ≥ 1.5x faster than returning NumPy", v,
         None if v is None else v >= 1.5, f"{C.fmt(v)}x")
+    runs = _get(eng, "ray", "speedup_per_run", "pool") or []
+    v = min(runs) if runs else None
+    add(f"engines: Ray task-produced array, node pool, consumed ≥ 1.5x faster than NumPy in every repeat "
+        f"(slowest of {len(runs)})", v, None if v is None else v >= 1.5, f"{C.fmt(v)}x")
+    runs = _get(eng, "ray", "speedup_per_run", "pool zeroed") or []
+    v = min(runs) if runs else None
+    add(f"engines: Ray ndshm.ray.empty from the node pool (zeroed) ≥ 1.5x NumPy in every repeat "
+        f"(slowest of {len(runs)})", v, None if v is None else v >= 1.5, f"{C.fmt(v)}x")
     v = _get(eng, "ray", "repeat_consumer_over_plasma")
     add("engines: Ray repeated consumer within 1.3x of a warm plasma read", v, None if v is None else v <= 1.3,
         f"{C.fmt(v)}x")
