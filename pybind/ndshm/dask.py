@@ -59,6 +59,23 @@ lets go of the segment.
 
 Arrays made with another ``owner`` (``empty(owner="views")``, ``ndshm.create``) keep that
 owner's rules: receivers map them while the name lives and count about 100 bytes.
+
+**The node pool** (opt-in: ``install(client, pool_bytes=N)`` or ``$NDSHM_ENGINE_POOL_BYTES``). The
+client's process creates one pre-faulted :class:`ndshm.Pool` of ``N`` bytes and every worker of
+its node maps it once (:class:`NdshmPlugin` carries its name; workers of other nodes go without).
+:func:`empty` (and :func:`share`) then carve node-owned arrays from it (a full pool: a node-owned
+segment, as without a pool): the maker writes into pages faulted long ago, and a receiver's read
+faults nothing either. A pool block is node-owned by the pool's own rule: every process holding
+it pins it (in the pool, per process), and it is free again when the last holder lets go (the
+AMM may drop any replica). A transfer to a worker or client of this node carries a pool
+reference and records one hand-over, which the recipient's unpickling ends; to any other
+recipient, the scheduler and the spill path the data goes by value (hand-overs that pickling
+made for an object sent by value are ended at once). A transfer lost on the way keeps its block
+until the sender's process ends (then ``Pool.reclaim``, which a full pool runs, frees it). A
+reference to a block freed since fails with :class:`UnreachableReferenceError` (its memory is not
+read). Accounting: the maker counts the bytes, receivers about 100 (no hand-over of the count
+when the maker drops its replica). The pool's name goes when the client's process ends; workers
+that mapped it keep using it.
 """
 
 

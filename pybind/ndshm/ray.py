@@ -27,6 +27,22 @@ writeable=True)`` gives writeable ones in every process (tasks filling disjoint 
 shared output). Per array, pass ``ndshm.reference(arr)`` and call ``ndshm.from_reference(ref)``
 in the task for a writeable view.
 
+**The node pool** (opt-in: ``init(pool_bytes=N)`` or ``$NDSHM_ENGINE_POOL_BYTES``). The driver
+creates one pre-faulted :class:`ndshm.Pool` of ``N`` bytes; workers on its node map it once (its
+name is in the runtime env) and :func:`empty` carves task results from it (a full pool: a
+segment, as above), so neither the producer nor a consumer faults a page. Pool blocks
+(:class:`ndshm.PoolArray`, any pool) travel as pool references with their own serializer, because
+Ray may deserialize one stored object many times: a task's result carries one hand-over *to the
+driver*. Tasks that read it only pin it (for the life of their views); the driver's first
+``ray.get`` ends the hand-over, and the block is free once the driver's views and every task's
+are gone. So a result lives while its readers read it and until the driver has got it and let it
+go; a result the driver never gets stays until the worker process that made it exits (then
+``Pool.reclaim`` frees it): get (or drop into the by-value path) what a long job makes. An array
+the driver carves itself (``ray.put``, task arguments) carries no hand-over: the driver's views
+keep it. A reference to a block freed since raises :class:`ndshm.BlockFreedError` (a
+``FileNotFoundError``), never reads it: for example a second ``ray.get`` of a result whose first
+array the driver already dropped.
+
 **Across nodes: a clear error, not a copy.** A reference deserialized on another node (or in
 another container) raises :class:`ndshm.WrongNodeError` naming both Ray node ids; send such data
 by value (``np.asarray(arr)`` before returning it) or use ``ndshm.replicate``.
