@@ -327,7 +327,8 @@ def ray_tasks(res: C.Results, mode: str) -> None:
 
     import ndshm.ray
     n = nbytes // 4
-    ndshm.ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # address="local": a Ray instance of its own, never one another user of the machine started
+    ndshm.ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                    object_store_memory=max(4 * nbytes + (256 << 20), 512 << 20), pool_bytes=_pool_bytes(nbytes))
     try:
         @ray.remote
