@@ -37,7 +37,8 @@ driver*. Tasks that read it only pin it (for the life of their views); the drive
 ``ray.get`` ends the hand-over, and the block is free once the driver's views and every task's
 are gone. So a result lives while its readers read it and until the driver has got it and let it
 go; a result the driver never gets stays until the worker process that made it exits (then
-``Pool.reclaim`` frees it): get (or drop into the by-value path) what a long job makes. An array
+``Pool.reclaim`` frees it), so a long job's intermediate results that the driver never gets are
+better made with ``empty(dir=...)`` (a segment each) or returned by value. An array
 the driver carves itself (``ray.put``, task arguments) carries no hand-over: the driver's views
 keep it. A reference to a block freed since raises :class:`ndshm.BlockFreedError` (a
 ``FileNotFoundError``), never reads it: for example a second ``ray.get`` of a result whose first
