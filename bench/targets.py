@@ -164,6 +164,9 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     v = _get(eng, "ray", "speedup_produce_consume")
     add("engines: Ray task-produced array consumed ≥ 1.5x faster than returning NumPy", v,
         None if v is None else v >= 1.5, f"{C.fmt(v)}x")
+    v = _get(eng, "ray", "speedup_produce_consume_pool")
+    add("engines: Ray task-produced array, node pool, consumed ≥ 1.5x faster than returning NumPy (this run's "
+        "median; the issue asks it of every run of five)", v, None if v is None else v >= 1.5, f"{C.fmt(v)}x")
     runs = _get(eng, "ray", "speedup_per_run", "pool") or []
     v = min(runs) if runs else None
     add(f"engines: Ray task-produced array, node pool, consumed ≥ 1.5x faster than NumPy in every repeat "
