@@ -449,3 +449,15 @@ def test_pool_arrays_go_by_value_without_a_same_node_recipient(pool_cluster):
     del x, header, frames, back  # by-value frames (and what they load into) view the block until sent
     collect()
     assert pool.stats().live_blocks == 0
+
+
+def test_install_refuses_a_bad_pool_size(cluster, monkeypatch):
+    import ndshm.dask
+    client, _ = cluster
+    for bad in (-1, 1.5, "1G", True):
+        with pytest.raises(ValueError, match="pool_bytes"):
+            ndshm.dask.install(client, pool_bytes=bad)
+    monkeypatch.setenv(ndshm.dask.POOL_BYTES_ENV, "lots")
+    with pytest.raises(ValueError, match="NDSHM_ENGINE_POOL_BYTES='lots'"):
+        ndshm.dask.install(client)
+    assert ndshm.dask.node_pool() is None

@@ -373,3 +373,11 @@ def test_ray_empty_carves_from_the_drivers_node_pool(ray):
         assert float(arr.sum(dtype=np.float64)) == 75_000.0
         del arr, r
         assert _wait_free(pool).live_blocks == 0
+
+
+def test_init_refuses_a_bad_pool_size():
+    require("ray", "Ray test")
+    import ndshm.ray
+    for bad in (-1, 2.5, "1G"):
+        with pytest.raises(ValueError, match="pool_bytes"):
+            ndshm.ray.init(pool_bytes=bad)  # refused before Ray starts
