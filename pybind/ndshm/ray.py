@@ -89,6 +89,24 @@ def _ray_node_id() -> str:
     return _ray_node
 
 
+def _is_driver() -> bool:
+    """Whether this process is the Ray driver (:func:`init` says so; a driver that called
+    ``ray.init`` itself and :func:`setup` is recognised by its worker mode once connected)."""
+    global _driver
+    if not _driver and _mode_known[0] != os.getpid():
+        try:
+            mode = ray.get_runtime_context().worker.mode
+        except Exception:  # not connected yet: ask again next time
+            return False
+        if mode is not None:
+            _driver = mode == ray.SCRIPT_MODE
+            _mode_known[0] = os.getpid()
+    return _driver
+
+
+_mode_known = [0]  # the pid whose worker mode _is_driver has read
+
+
 def _writeable() -> bool:
     return os.environ.get(WRITEABLE_ENV, "") == "1"
 
@@ -117,7 +135,7 @@ def deserialize(obj: tuple[Any, ...]) -> NDArray[Any]:
                              f"(ndshm node {ref.node!r}); this is Ray node {_ray_node_id()} (ndshm node "
                              f"{node_identity()!r}): shared memory does not reach across nodes. Return "
                              "np.asarray(arr) to send it by value, or use ndshm.replicate")
-    if ref.handover and not _driver:
+    if ref.handover and not _is_driver():
         ref = ref._replace(handover=False)  # the driver takes it over; tasks only map it
     return from_reference(ref, readonly=True if ref.readonly else not _writeable())
 
@@ -127,10 +145,11 @@ def serialize_pool(x: NDArray[Any]) -> tuple[Any, ...]:
     Ray node, handed over)``. From a task, the reference is a hand-over to the driver (the block
     stays live, whoever else reads it, until the driver gets the object; see the module
     documentation); from the driver, none (the driver's own views keep its blocks)."""
-    args = _pool.reference_args(x, send=not _driver)
+    driver = _is_driver()
+    args = _pool.reference_args(x, send=not driver)
     if args is None:
         return ("value", np.asarray(x))
-    return ("pool", args, node_identity(), _ray_node_id(), not _driver)
+    return ("pool", args, node_identity(), _ray_node_id(), not driver)
 
 
 def deserialize_pool(obj: tuple[Any, ...]) -> NDArray[Any]:
@@ -148,7 +167,7 @@ def deserialize_pool(obj: tuple[Any, ...]) -> NDArray[Any]:
                              f"node {node!r}); this is Ray node {_ray_node_id()} (ndshm node {node_identity()!r}): "
                              "shared memory does not reach across nodes. Return np.asarray(arr) to send it by "
                              "value, or use ndshm.replicate")
-    got = _pool.rebuild(args, received=bool(handed_over) and _driver)
+    got = _pool.rebuild(args, received=bool(handed_over) and _is_driver())
     if not _writeable():
         got.flags.writeable = False
     return got

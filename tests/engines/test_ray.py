@@ -381,3 +381,19 @@ def test_init_refuses_a_bad_pool_size():
     for bad in (-1, 2.5, "1G"):
         with pytest.raises(ValueError, match="pool_bytes"):
             ndshm.ray.init(pool_bytes=bad)  # refused before Ray starts
+
+
+def test_a_driver_that_called_ray_init_itself_is_known_as_the_driver(ray, monkeypatch):
+    """ray.init(runtime_env=ndshm.ray.runtime_env()) + ndshm.ray.setup(): the driver still takes
+    results' hand-overs (its worker mode says it is the driver)."""
+    import ndshm.ray
+    monkeypatch.setattr(ndshm.ray, "_driver", False)
+    monkeypatch.setattr(ndshm.ray, "_mode_known", [0])
+
+    @ray.remote
+    def is_driver() -> bool:
+        import ndshm.ray
+        return ndshm.ray._is_driver()
+
+    assert ray.get(is_driver.remote(), timeout=60) is False
+    assert ndshm.ray._is_driver() is True
