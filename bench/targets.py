@@ -108,10 +108,10 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
             f"{C.fmt(v)} µs" + (f" (bare futex wake-up: {C.fmt(floor)} µs)" if label == "asleep" else ""))
     blk, asy = _get(q, "async_handoff", "q.get() (blocking)") or {}, _get(q, "async_handoff", "await q.get_async()") or {}
     for key, label in (("p50_asleep", "asleep"), ("p50_awake", "awake")):
-        b, a = blk.get(key), asy.get(key)
-        d = None if a is None or b is None else a - b
+        bl, al = blk.get(key), asy.get(key)  # (not b: that is the benchmarks, read below)
+        d = None if al is None or bl is None else al - bl
         add(f"queue 64 B: async hand-off p50 within 50 µs of the blocking get(), consumer {label}", d,
-            None if d is None else d <= 50, "not measured" if d is None else f"{C.fmt(a)} vs {C.fmt(b)} µs")
+            None if d is None else d <= 50, "not measured" if d is None else f"{C.fmt(al)} vs {C.fmt(bl)} µs")
     v = _get(q, "batches_64B", "figures", "ndshm", "msgs_per_s")
     add("queue 64 B put_many/get_many ≥ 200k msgs/s", v, None if v is None else v >= 2e5, f"{C.fmt(v)} msgs/s")
     add("queue 64 B put_many/get_many ≥ 2M msgs/s (issue 12)", v, None if v is None else v >= 2e6, f"{C.fmt(v)} msgs/s")
@@ -153,6 +153,9 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     v = _get(eng, "dask", "speedup_worker_to_worker")
     add("engines: Dask worker->worker ≥ 10x stock NumPy, one copy in RAM (the consumer reads it all)", v,
         None if v is None else v >= 10 and one_copy, f"{C.fmt(v)}x")
+    v = _get(eng, "dask", "speedup_worker_to_worker_pool")
+    add("engines: Dask worker->worker, node pool, the consumer reads it all ≥ 5x stock NumPy", v,
+        None if v is None else v >= 5 and _get(eng, "dask", "copies_in_ram", "pool") == 1, f"{C.fmt(v)}x")
     v = _get(eng, "dask", "speedup_handoff")
     add("engines: Dask worker->worker ≥ 10x stock NumPy, one copy in RAM (hand-off alone)", v,
         None if v is None else v >= 10 and one_copy, f"{C.fmt(v)}x")
@@ -161,6 +164,17 @@ def check(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     v = _get(eng, "ray", "speedup_produce_consume")
     add("engines: Ray task-produced array consumed ≥ 1.5x faster than returning NumPy", v,
         None if v is None else v >= 1.5, f"{C.fmt(v)}x")
+    v = _get(eng, "ray", "speedup_produce_consume_pool")
+    add("engines: Ray task-produced array, node pool, consumed ≥ 1.5x faster than returning NumPy (this run's "
+        "median; the issue asks it of every run of five)", v, None if v is None else v >= 1.5, f"{C.fmt(v)}x")
+    runs = _get(eng, "ray", "speedup_per_run", "pool") or []
+    v = min(runs) if runs else None
+    add(f"engines: Ray task-produced array, node pool, consumed ≥ 1.5x faster than NumPy in every repeat "
+        f"(slowest of {len(runs)})", v, None if v is None else v >= 1.5, f"{C.fmt(v)}x")
+    runs = _get(eng, "ray", "speedup_per_run", "pool zeroed") or []
+    v = min(runs) if runs else None
+    add(f"engines: Ray ndshm.ray.empty from the node pool (zeroed) ≥ 1.5x NumPy in every repeat "
+        f"(slowest of {len(runs)})", v, None if v is None else v >= 1.5, f"{C.fmt(v)}x")
     v = _get(eng, "ray", "repeat_consumer_over_plasma")
     add("engines: Ray repeated consumer within 1.3x of a warm plasma read", v, None if v is None else v <= 1.3,
         f"{C.fmt(v)}x")

@@ -59,6 +59,23 @@ lets go of the segment.
 
 Arrays made with another ``owner`` (``empty(owner="views")``, ``ndshm.create``) keep that
 owner's rules: receivers map them while the name lives and count about 100 bytes.
+
+**The node pool** (opt-in: ``install(client, pool_bytes=N)`` or ``$NDSHM_ENGINE_POOL_BYTES``). The
+client's process creates one pre-faulted :class:`ndshm.Pool` of ``N`` bytes and every worker of
+its node maps it once (:class:`NdshmPlugin` carries its name; workers of other nodes go without).
+:func:`empty` (and :func:`share`) then carve node-owned arrays from it (a full pool: a node-owned
+segment, as without a pool): the maker writes into pages faulted long ago, and a receiver's read
+faults nothing either. A pool block is node-owned by the pool's own rule: every process holding
+it pins it (in the pool, per process), and it is free again when the last holder lets go (the
+AMM may drop any replica). A transfer to a worker or client of this node carries a pool
+reference and records one hand-over, which the recipient's unpickling ends; to any other
+recipient, the scheduler and the spill path the data goes by value (hand-overs that pickling
+made for an object sent by value are ended at once). A transfer lost on the way keeps its block
+until the sender's process ends (then ``Pool.reclaim``, which a full pool runs, frees it). A
+reference to a block freed since fails with :class:`UnreachableReferenceError` (its memory is not
+read). Accounting: the maker counts the bytes, receivers about 100 (no hand-over of the count
+when the maker drops its replica). The pool's name goes when the client's process ends; workers
+that mapped it keep using it.
 """
 
 
@@ -86,8 +103,9 @@ from distributed.protocol.numpy import deserialize_numpy_ndarray, serialize_nump
 from distributed.protocol.serialize import dask_deserialize, dask_serialize
 
 from . import _ownership, _segment
+from . import pool as _pool
 from ._api import create
-from ._errors import SegmentNotFoundError
+from ._errors import NoSpaceError, SegmentNotFoundError
 from ._lib import lib
 from ._reference import Reference, dir_identity, from_reference, node_identity, reference, same_boot
 from ._replica import Replica
@@ -96,7 +114,8 @@ if TYPE_CHECKING:
     from typing_extensions import TypeGuard
 
 
-__all__ = ["install", "NdshmPlugin", "scatter", "empty", "share", "stats", "replicate", "UnreachableReferenceError"]
+__all__ = ["install", "NdshmPlugin", "scatter", "empty", "share", "stats", "replicate", "node_pool",
+           "UnreachableReferenceError"]
 
 HANDSHAKE_KEY = "ndshm-node"
 DIRS_KEY = "ndshm-dirs"  # the handshake's {segment directory: [device, inode]} of the process announcing it
@@ -238,8 +257,14 @@ def _unreachable(err: BaseException) -> UnreachableReferenceError:
 def serialize_shared_array(x: NDArray[Any],
                            context: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], list[Any]]:
     """Dask serializer of a SharedArray: a Reference when the recipient is on this node, else the
-    data with Dask's NumPy serializer."""
-    if _by_reference(context, x):
+    data with Dask's NumPy serializer. A pool block (:class:`ndshm.PoolArray`) goes as a pool
+    reference with a hand-over that the recipient's unpickling ends (one per transfer)."""
+    if isinstance(x, _pool.PoolArray):
+        args = _pool.reference_args(x) if _same_node(context) else None
+        if args is not None:
+            _counts["by_reference"] += 1
+            return {"ndshm": "pool"}, [pickle.dumps(args, protocol=4)]
+    elif _by_reference(context, x):
         try:
             ref = reference(x)
         except ValueError:  # not in a live named segment (any more): by value
@@ -257,6 +282,16 @@ def serialize_shared_array(x: NDArray[Any],
 def deserialize_shared_array(header: dict[str, Any], frames: list[Any]) -> NDArray[Any]:
     """Dask deserializer: map a Reference (read-only unless installed with writeable=True), or
     rebuild a NumPy array sent by value."""
+    if header.get("ndshm") == "pool":
+        try:
+            block: NDArray[Any] = _pool.rebuild(pickle.loads(bytes(frames[0])), received=True)
+        except SegmentNotFoundError as e:  # BlockFreedError too: never an OSError (see above)
+            raise _unreachable(e) from None
+        if not _writeable:
+            block.flags.writeable = False
+        _counts["received_by_reference"] += 1
+        _mark_received(block)
+        return block
     if header.get("ndshm") == "reference":
         ref = pickle.loads(bytes(frames[0]))
         if not isinstance(ref, Reference):
@@ -275,7 +310,23 @@ def deserialize_shared_array(header: dict[str, Any], frames: list[Any]) -> NDArr
     return arr
 
 
+_received_pool: dict[int, "weakref.ref[NDArray[Any]]"] = {}  # id of a received pool array's root -> it
+
+
+def _mark_received(arr: NDArray[Any]) -> None:
+    """Remember that ``arr``'s pool block came by reference: this process does not count its bytes
+    (the maker does, as for node-owned segments)."""
+    root = _root(arr)
+    key = id(root)
+    _received_pool[key] = weakref.ref(root)
+    weakref.finalize(root, _received_pool.pop, key, None)
+
+
 def _sizeof_shared_array(x: NDArray[Any]) -> int:
+    if isinstance(x, _pool.PoolArray):
+        root = _root(x)
+        r = _received_pool.get(id(root))
+        return 100 if r is not None and r() is root else int(x.nbytes) + 100
     seg = _segment.owner_of(x)
     if isinstance(seg, _segment.Segment):
         h = _holds.get(_segment.file_identity(seg)) if seg.path is not None else None
@@ -289,6 +340,7 @@ def _sizeof_shared_array(x: NDArray[Any]) -> int:
 # ---- objects pickled whole: by value to other nodes, a clear error if a reference slips through --
 
 _SEGMENT_MODULE = b"ndshm._segment"
+_POOL_MODULE = b"ndshm.pool"
 _dask_ser = importlib.import_module("distributed.protocol.serialize")  # the module, not its function
 _orig_pickle_dumps, _orig_pickle_loads, _ = _dask_ser.families["pickle"]
 _orig_pickle_dumps = getattr(_orig_pickle_dumps, "_ndshm_orig", _orig_pickle_dumps)
@@ -321,11 +373,14 @@ def _pickle_dumps(x: Any, context: Optional[dict[str, Any]] = None) -> tuple[dic
     """Dask's pickle family, except that an object holding ndshm references (a SharedArray inside
     an object Dask pickles whole) is pickled again by value unless the recipient is on this node."""
     header, frames = _orig_pickle_dumps(x, context=context)
-    if _SEGMENT_MODULE not in frames[0]:
+    pooled = _POOL_MODULE in frames[0]
+    if not pooled and _SEGMENT_MODULE not in frames[0]:
         return header, frames
     if _same_node(context):
         header["ndshm"] = "references"  # the receiver registers its holds on node-owned arrays
         return header, frames
+    if pooled:  # pickling sent pool hand-overs that nobody will receive: end them here
+        _orig_pickle_loads(header, frames)
     if not _pickler_cls:
         _pickler_cls.append(_by_value_pickler())
     protocol = (context.get("pickle-protocol") if context else None) or pickle.HIGHEST_PROTOCOL
@@ -343,6 +398,13 @@ def _pickle_dumps(x: Any, context: Optional[dict[str, Any]] = None) -> tuple[dic
     return {"serializer": "pickle", "writeable": tuple(writeable)}, out
 
 
+def _rebuild_pool_received(*args: Any) -> Any:
+    arr = _pool.rebuild(args, received=True)
+    _counts["received_by_reference"] += 1
+    _mark_received(arr)
+    return arr
+
+
 def _rebuild_and_hold(*args: Any) -> Any:
     arr = _segment.rebuild_view(*args)
     _counts["received_by_reference"] += 1
@@ -355,6 +417,8 @@ class _HoldingUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "ndshm._segment" and name == "rebuild_view":
             return _rebuild_and_hold
+        if module == "ndshm.pool" and name == "_rebuild":
+            return _rebuild_pool_received
         return super().find_class(module, name)
 
 
@@ -603,14 +667,19 @@ class NdshmPlugin(WorkerPlugin):
     name = "ndshm"
     interval = 0.5
 
-    def __init__(self, writeable: bool = False) -> None:
+    def __init__(self, writeable: bool = False, pool: Optional[tuple[str, str, str]] = None) -> None:
         self.writeable = bool(writeable)
+        self.pool = pool  # (name, directory, node key) of the node pool made by install(pool_bytes=...)
         self.worker: Any = None
 
     def setup(self, worker: Any) -> None:
         global _writeable
         _writeable = self.writeable
         self.worker = worker
+        if self.pool is not None:
+            _attach_node_pool(*self.pool)
+        elif worker is not None:
+            _node_pools.clear()  # installed again without a pool: empty() makes segments again
         from tornado.ioloop import PeriodicCallback
         pc = PeriodicCallback(self.adopt, self.interval * 1000)
         worker.periodic_callbacks["ndshm-accounting"] = pc
@@ -637,17 +706,73 @@ class NdshmPlugin(WorkerPlugin):
             _fix_nbytes(self.worker, key, _fast_value(self.worker, key))
 
 
-def install(client: Any, *, writeable: bool = False) -> None:
+def install(client: Any, *, writeable: bool = False, pool_bytes: Optional[int] = None) -> None:
     """Make ``client`` and every worker of its cluster (present and future) send ndshm arrays by
     reference within a node: registers :class:`NdshmPlugin` and sets this process up.
     ``writeable``: receivers get writeable views (default read-only). Call it right after the
     cluster starts: connections opened before it carry no node identity and send by value.
-    ``dask worker --preload ndshm.dask`` does the same for workers from their start."""
+    ``dask worker --preload ndshm.dask`` does the same for workers from their start.
+
+    ``pool_bytes`` (default ``$NDSHM_ENGINE_POOL_BYTES``, else 0: none): this process creates a
+    pre-faulted :class:`ndshm.Pool` of that many bytes, the *node pool*, that :func:`empty` in
+    every worker of this node carves its arrays from (no page fault for the maker or any receiver;
+    a full pool falls back to a node-owned segment). The pool's name goes when this process ends;
+    blocks stay valid while any process holds them. Workers on other nodes do not use it."""
     global _writeable
     if not isinstance(writeable, (bool, np.bool_)):
         raise TypeError(f"writeable={writeable!r} is not a bool")
+    nbytes = _pool_bytes(pool_bytes)
     _writeable = bool(writeable)
-    client.register_plugin(NdshmPlugin(writeable=_writeable), name="ndshm")
+    spec = None
+    if nbytes:
+        p = _make_node_pool(nbytes)
+        spec = (p.name, p.dir, _node_key())
+    else:
+        _node_pools.clear()  # a pool made before stays valid for its blocks, and goes at exit
+    client.register_plugin(NdshmPlugin(writeable=_writeable, pool=spec), name="ndshm")
+
+
+POOL_BYTES_ENV = "NDSHM_ENGINE_POOL_BYTES"
+_node_pools: list[_pool.Pool] = []  # this process's node pool (at most one), made or attached
+
+
+def _pool_bytes(pool_bytes: Optional[int]) -> int:
+    if pool_bytes is None:
+        env = os.environ.get(POOL_BYTES_ENV, "").strip()
+        try:
+            pool_bytes = int(env) if env else 0
+        except ValueError:
+            raise ValueError(f"${POOL_BYTES_ENV}={env!r} is not a number of bytes") from None
+    if isinstance(pool_bytes, bool) or not isinstance(pool_bytes, (int, np.integer)) or pool_bytes < 0:
+        raise ValueError(f"pool_bytes={pool_bytes!r} is not a number of bytes >= 0")
+    return int(pool_bytes)
+
+
+def _make_node_pool(nbytes: int) -> _pool.Pool:
+    old = node_pool()
+    if old is not None and old.nbytes >= nbytes:
+        return old
+    p = _pool.Pool(nbytes, on_full="raise")
+    _node_pools[:] = [p]
+    return p
+
+
+def _attach_node_pool(name: str, dir: str, node: str) -> Optional[_pool.Pool]:
+    """In a worker: use the node pool ``name`` if this process is on its node (else none)."""
+    if node != _node_key():
+        return None
+    try:
+        p = _pool.Pool.attach(name, dir=dir, on_full="raise")
+    except (OSError, ValueError):  # its maker ended, or another file system: workers go without
+        return None
+    _node_pools[:] = [p]
+    return p
+
+
+def node_pool() -> Optional[_pool.Pool]:
+    """The node pool this process carves :func:`empty` arrays from (see :func:`install`), or None."""
+    p = _node_pools[0] if _node_pools else None
+    return p if p is not None and not p.closed else None
 
 
 def dask_setup(worker: Any) -> None:
@@ -675,7 +800,17 @@ def empty(shape: Any, dtype: Any = float, *, owner: str = "node", dir: Optional[
     it by reference), so Dask's Active Memory Manager may drop or move any replica; it goes with
     the last holder, and this process accounts for its bytes until then (another holder takes the
     accounting over when it lets go). Other values are ``ndshm.create``'s owners; without OFD
-    locks (``F_OFD_SETLK``: Linux only) ``"node"`` means ``"views"``, the maker's views."""
+    locks (``F_OFD_SETLK``: Linux only) ``"node"`` means ``"views"``, the maker's views.
+    With a node pool (:func:`install` ``pool_bytes``) and no ``dir``, a node-owned array is a
+    block of that pool (an :class:`ndshm.PoolArray`): every process holding it pins it, and it is
+    free again when the last one lets go."""
+    if owner == "node" and dir is None:
+        p = node_pool()
+        if p is not None:
+            try:
+                return p.zeros(shape, dtype)
+            except NoSpaceError:
+                pass  # a full node pool: a node-owned segment of its own
     if owner != "node" or _SETLK is None:  # no OFD locks (not Linux): the maker's views own the name
         return create(None, shape, dtype, owner="views" if owner == "node" else owner, dir=dir)
     arr = create(_new_name(), shape, dtype, owner="creator", dir=dir)
@@ -686,8 +821,8 @@ def empty(shape: Any, dtype: Any = float, *, owner: str = "node", dir: Optional[
 
 def share(arr: Any, *, owner: str = "node", dir: Optional[str] = None) -> NDArray[Any]:
     """``arr`` in shared memory: itself if it lies in a live named segment, else a copy in a new one
-    made as :func:`empty` makes them."""
-    if _in_named_segment(arr):
+    made as :func:`empty` makes them (a pool block's view is itself too)."""
+    if _in_named_segment(arr) or (isinstance(arr, _pool.PoolArray) and _pool.reference_args(arr, send=False)):
         return arr
     src = np.asarray(arr)
     out = empty(src.shape, src.dtype, owner=owner, dir=dir)

@@ -41,7 +41,8 @@ from ._lib import ffi, lib
 from ._api import create as _create_segment
 from ._segment import SharedArray
 
-__all__ = ["Pool", "PoolArray", "PoolStats", "BlockFreedError", "default_pool", "empty", "zeros", "full", "array"]
+__all__ = ["Pool", "PoolArray", "PoolStats", "BlockFreedError", "default_pool", "empty", "zeros", "full", "array",
+           "reference_args", "rebuild"]
 
 # Hot-path aliases: attribute lookups on an ABI-mode cffi library are slow (the 64-byte carve and
 # free is ~2 us in all; each lookup costs ~0.1 us).
@@ -229,7 +230,7 @@ def _block_of(arr: Any) -> Optional[_Block]:
     return base if isinstance(base, _Block) else None
 
 
-def _pool_reference(arr: NDArray[Any]) -> Optional[tuple[Any, ...]]:
+def _pool_reference(arr: NDArray[Any], send: bool = True) -> Optional[tuple[Any, ...]]:
     block = _block_of(arr)
     if block is None or block.handle.ptr is None:
         return None
@@ -239,9 +240,10 @@ def _pool_reference(arr: NDArray[Any]) -> Optional[tuple[Any, ...]]:
     if arr.size and (start + lo < 0 or start + hi > block.size):
         return None
     h = block.handle
-    rc = _send(h.ptr, block.index, block.generation)
-    if rc < 0:
-        raise error_from_code(rc)
+    if send:
+        rc = _send(h.ptr, block.index, block.generation)
+        if rc < 0:
+            raise error_from_code(rc)
     return (_rebuild, (h.name, h.dir, h.pool_id, block.index, block.generation, block.offset, block.size, start,
                        arr.shape, arr.strides, _npformat.dtype_to_descr(arr.dtype), not arr.flags.writeable))
 
@@ -259,11 +261,13 @@ def _span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tu
 
 
 def _rebuild(name: str, dir: str, pool_id: int, index: int, generation: int, offset: int, size: int, start: int,
-             shape: tuple[int, ...], strides: tuple[int, ...], descr: Any, readonly: bool) -> "PoolArray":
-    """Unpickles a pool reference: maps the pool (once per process), pins the block, views it."""
+             shape: tuple[int, ...], strides: tuple[int, ...], descr: Any, readonly: bool,
+             received: bool = True) -> "PoolArray":
+    """Unpickles a pool reference: maps the pool (once per process), pins the block, views it.
+    ``received``: this pin also ends the reference's hand-over (see :func:`rebuild`)."""
     h = _attach_handle(name, dir, pool_id)
     b = _tls.block
-    rc = _pin(h.ptr, index, generation, offset, size, 1, b)
+    rc = _pin(h.ptr, index, generation, offset, size, 1 if received else 0, b)
     if rc < 0:
         if rc == _ENOENT:
             raise BlockFreedError(f"pool {name!r} in {dir}: block {index} (generation {generation}) was freed "
@@ -277,6 +281,28 @@ def _rebuild(name: str, dir: str, pool_id: int, index: int, generation: int, off
         raise BlockFreedError(f"pool {name!r}: a view of {hi - lo} bytes at {start} does not fit block {index} "
                               f"of {block.size} bytes")
     return _array(block, tuple(shape), dt, tuple(strides), block.address + start, readonly)
+
+
+def reference_args(arr: Any, *, send: bool = True) -> Optional[tuple[Any, ...]]:
+    """For the engines' serializers: the arguments of ``arr``'s pool reference (what pickling
+    sends, without the callable), or None if ``arr`` is not a view of a live pool block (send it
+    by value). ``send=True`` records a hand-over, as pickling does: the block stays live until one
+    :func:`rebuild` with ``received=True`` (or until this process dies); ``send=False`` records
+    none, so the block lives only as long as this process's views (and other pins) do."""
+    ref = _pool_reference(arr, send) if isinstance(arr, np.ndarray) else None
+    return None if ref is None else tuple(ref[1])
+
+
+def rebuild(args: tuple[Any, ...], *, received: bool = True) -> "PoolArray":
+    """The array a :func:`reference_args` tuple names, pinned in this process for the life of its
+    views. ``received=True`` also ends one hand-over (a reference sent with ``send=True`` is
+    received once so); ``received=False`` only pins (a reader that is not the reference's
+    receiver). A block freed since raises :class:`BlockFreedError`, never reads."""
+    if not isinstance(args, tuple) or len(args) != 12:
+        raise TypeError(f"not a pool reference: {args!r:.100}")
+    name, dir, pool_id, index, generation, offset, size, start, shape, strides, descr, readonly = args
+    return _rebuild(name, dir, pool_id, index, generation, offset, size, start, shape, strides, descr, readonly,
+                    received=bool(received))
 
 
 class Pool:

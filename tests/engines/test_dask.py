@@ -335,3 +335,129 @@ def test_a_shared_array_in_a_task_argument_goes_by_value_through_the_scheduler(c
     wrapped = client.submit(lambda ns: _where(ns.x), types.SimpleNamespace(x=arr), workers=[w1],
                             pure=False).result(timeout=30)
     assert wrapped["type"] == "ndarray" and wrapped["sum"] == 2000.0
+
+
+# ---- the node pool (issue 21): install(client, pool_bytes=...) --------------------------------------
+
+POOL_BYTES = 32 << 20
+
+
+@pytest.fixture
+def pool_cluster(cluster):
+    """The module's cluster with a node pool made by this (the client's) process; installed again
+    without one afterwards."""
+    import ndshm.dask
+    client, workers = cluster
+    ndshm.dask.install(client, pool_bytes=POOL_BYTES)
+    pool = ndshm.dask.node_pool()
+    assert pool is not None and pool.nbytes >= POOL_BYTES
+    try:
+        yield client, workers, pool
+    finally:
+        ndshm.dask.install(client)
+        assert ndshm.dask.node_pool() is None
+
+
+def _where_pool(x: np.ndarray) -> dict:
+    import dask.sizeof
+    import ndshm.dask
+    from ndshm import pool as P
+    args = P.reference_args(x, send=False)
+    return {"type": type(x).__name__, "pool": args[0] if args else None, "offset": args[5] if args else None,
+            "writeable": bool(x.flags.writeable), "sum": float(x.sum(dtype=np.float64)),
+            "sizeof": dask.sizeof.sizeof(x), "pid": os.getpid(),
+            "node_pool": getattr(ndshm.dask.node_pool(), "name", None)}
+
+
+def _wait_free(pool, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    st = pool.stats()
+    while (st.live_blocks or st.in_transit) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        st = pool.stats()
+    return st
+
+
+def test_pool_arrays_pass_worker_to_worker_by_reference_and_are_freed(pool_cluster):
+    client, (w1, w2), pool = pool_cluster
+    f = client.submit(_make, 250_000, 3.0, workers=[w1], pure=False)
+    home = client.submit(_where_pool, f, workers=[w1], pure=False).result(timeout=30)
+    away = client.submit(_where_pool, f, workers=[w2], pure=False).result(timeout=30)
+    assert home["node_pool"] == away["node_pool"] == pool.name  # both workers attached the client's pool
+    assert home["pid"] != away["pid"]
+    assert home["type"] == away["type"] == "PoolArray" and away["pool"] == pool.name
+    assert away["offset"] == home["offset"]  # the very block, not a copy
+    assert away["sum"] == home["sum"] == 750_000.0 and not away["writeable"]
+    assert home["sizeof"] >= 1_000_000 and away["sizeof"] <= 200  # the maker counts the bytes
+    assert pool.stats().live_blocks == 1
+    # the client gets it by reference too
+    back = f.result(timeout=30)
+    assert type(back).__name__ == "PoolArray" and float(back.sum(dtype=np.float64)) == 750_000.0
+    del f, back
+    collect()
+    st = _wait_free(pool)  # every worker dropped the key: the block is free again
+    assert st.live_blocks == 0 and st.in_transit == 0 and st.frees >= 1
+
+
+def test_pool_array_inside_an_object_goes_by_reference(pool_cluster):
+    import types
+    client, (w1, w2), pool = pool_cluster
+    f = client.submit(lambda n: types.SimpleNamespace(x=_make(n, 5.0)), 1000, workers=[w1], pure=False)
+    got = client.submit(lambda ns: _where_pool(ns.x), f, workers=[w2], pure=False).result(timeout=30)
+    assert got["type"] == "PoolArray" and got["pool"] == pool.name and got["sum"] == 5000.0
+    del f
+    collect()
+    assert _wait_free(pool).live_blocks == 0
+
+
+def _receive(header: dict, frames: list) -> float:
+    from distributed.protocol.serialize import dask_deserialize
+    import ndshm
+    x = dask_deserialize.dispatch(ndshm.SharedArray)(header, frames)
+    return float(x.sum(dtype=np.float64))
+
+
+def test_a_freed_pool_block_is_refused(pool_cluster):
+    import ndshm.dask
+    client, (w1, _), pool = pool_cluster
+    x = pool.full((1000,), 2.0, np.float64)
+    ctx = {"recipient": {ndshm.dask.HANDSHAKE_KEY: ndshm.dask._node_key()}}
+    header, frames = ndshm.dask.serialize_shared_array(x, context=ctx)
+    assert header["ndshm"] == "pool" and sum(len(memoryview(fr)) for fr in frames) < 1000
+    assert client.run(_receive, header, frames, workers=[w1])[w1] == 2000.0  # ends the hand-over
+    del x
+    collect()
+    assert _wait_free(pool).live_blocks == 0
+    y = pool.full((1000,), 9.0, np.float64)  # very likely the same bytes, a new generation
+    with pytest.raises(ndshm.dask.UnreachableReferenceError, match="freed"):
+        client.run(_receive, header, frames, workers=[w1])
+    assert float(y.sum()) == 9000.0
+
+
+def test_pool_arrays_go_by_value_without_a_same_node_recipient(pool_cluster):
+    import types
+
+    import ndshm.dask
+    _, _, pool = pool_cluster
+    x = pool.full((100,), 4.0, np.float32)
+    header, frames = ndshm.dask.serialize_shared_array(x, context=None)  # the spill path
+    assert header["ndshm"] == "value"
+    header, frames = ndshm.dask._pickle_dumps(types.SimpleNamespace(x=x), context=None)
+    back = ndshm.dask._pickle_loads(header, frames)
+    assert type(back.x) is np.ndarray and float(back.x.sum()) == 400.0
+    assert pool.stats().in_transit == 0  # the hand-overs pickling made were ended, none leaks
+    del x, header, frames, back  # by-value frames (and what they load into) view the block until sent
+    collect()
+    assert pool.stats().live_blocks == 0
+
+
+def test_install_refuses_a_bad_pool_size(cluster, monkeypatch):
+    import ndshm.dask
+    client, _ = cluster
+    for bad in (-1, 1.5, "1G", True):
+        with pytest.raises(ValueError, match="pool_bytes"):
+            ndshm.dask.install(client, pool_bytes=bad)
+    monkeypatch.setenv(ndshm.dask.POOL_BYTES_ENV, "lots")
+    with pytest.raises(ValueError, match="NDSHM_ENGINE_POOL_BYTES='lots'"):
+        ndshm.dask.install(client)
+    assert ndshm.dask.node_pool() is None

@@ -281,3 +281,119 @@ def test_two_ray_nodes_replicate_and_refuse_references(tmp_path, layout):
         assert "WrongNodeError" in out[case] and ("shared memory does not reach across nodes" in out[case]
                                                   or "the containers do not share that directory" in out[case]), out[case]
         assert out[case + "_seconds"] < 30
+
+
+# ---- pool blocks (issue 21) -----------------------------------------------------------------------
+
+def _pool_tasks(ray):
+    @ray.remote
+    def make_in(pool, n: int, value: float):
+        out = pool.empty((n,), np.float32)
+        out[...] = value
+        return out
+
+    @ray.remote
+    def make_empty(n: int, value: float):
+        import ndshm.ray
+        out = ndshm.ray.empty((n,), np.float32)
+        out[...] = value
+        return out
+
+    @ray.remote
+    def where_pool(x):
+        import os
+
+        from ndshm import pool as P
+        args = P.reference_args(x, send=False)
+        return {"type": type(x).__name__, "pool": args[0] if args else None, "offset": args[5] if args else None,
+                "writeable": bool(x.flags.writeable), "sum": float(x.sum(dtype=np.float64)), "pid": os.getpid()}
+
+    return make_in, make_empty, where_pool
+
+
+def _wait_free(pool, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    st = pool.stats()
+    while (st.live_blocks or st.in_transit) and time.monotonic() < deadline:
+        collect()
+        time.sleep(0.05)
+        st = pool.stats()
+    return st
+
+
+def test_pool_result_read_by_many_tasks_then_the_driver_then_freed(ray):
+    from ndshm import pool as P
+    make_in, _, where_pool = _pool_tasks(ray)
+    with ndshm.Pool(16 << 20) as pool:
+        r = make_in.remote(pool, 100_000, 2.0)
+        first = ray.get(where_pool.remote(r), timeout=60)
+        time.sleep(0.2)  # the producer and the first consumer have dropped their views
+        more = ray.get([where_pool.remote(r) for _ in range(3)], timeout=60)  # one stored object, read again
+        for got in [first] + more:
+            assert got["type"] == "PoolArray" and got["pool"] == pool.name and got["sum"] == 200_000.0
+            assert got["offset"] == first["offset"] and not got["writeable"]
+        assert pool.stats().live_blocks == 1 and pool.stats().in_transit == 1  # the hand-over to the driver
+        arr = ray.get(r, timeout=60)  # the driver takes the hand-over
+        assert type(arr) is P.PoolArray and P.reference_args(arr, send=False)[5] == first["offset"]
+        assert float(arr.sum(dtype=np.float64)) == 200_000.0 and pool.stats().in_transit == 0
+        del arr
+        st = _wait_free(pool)
+        assert st.live_blocks == 0 and st.in_transit == 0  # gone with the driver's last view
+        with pytest.raises(Exception, match="freed"):  # a freed block is refused, never read
+            ray.get(r, timeout=60)
+
+
+def test_a_drivers_pool_array_is_read_by_tasks_while_the_driver_holds_it(ray):
+    _, _, where_pool = _pool_tasks(ray)
+    with ndshm.Pool(16 << 20) as pool:
+        x = pool.full((1000,), 3.0, np.float64)
+        ref = ray.put(x)
+        got = ray.get([where_pool.remote(ref) for _ in range(2)], timeout=60)
+        assert all(g["type"] == "PoolArray" and g["sum"] == 3000.0 for g in got)
+        assert pool.stats().in_transit == 0  # the driver's own view keeps it: no hand-over to leak
+        del x
+        assert _wait_free(pool).live_blocks == 0
+        with pytest.raises(Exception, match="freed"):
+            ray.get(where_pool.remote(ref), timeout=60)
+
+
+def test_ray_empty_carves_from_the_drivers_node_pool(ray):
+    import json
+
+    import ndshm.ray
+    _, make_empty, where_pool = _pool_tasks(ray)
+    with ndshm.Pool(16 << 20) as pool:
+        # what init(pool_bytes=...) puts in every worker's environment, here for these tasks only
+        env = {"env_vars": {ndshm.ray.POOL_ENV: json.dumps([ndshm.node_identity(), pool.name, pool.dir]),
+                            ndshm.ray.WRITEABLE_ENV: "0"}}
+        r = make_empty.options(runtime_env=env).remote(50_000, 1.5)
+        got = ray.get(where_pool.remote(r), timeout=120)
+        assert got["type"] == "PoolArray" and got["pool"] == pool.name and got["sum"] == 75_000.0
+        arr = ray.get(r, timeout=60)
+        assert float(arr.sum(dtype=np.float64)) == 75_000.0
+        del arr, r
+        assert _wait_free(pool).live_blocks == 0
+
+
+def test_init_refuses_a_bad_pool_size():
+    require("ray", "Ray test")
+    import ndshm.ray
+    for bad in (-1, 2.5, "1G"):
+        with pytest.raises(ValueError, match="pool_bytes"):
+            ndshm.ray.init(pool_bytes=bad)  # refused before Ray starts
+
+
+def test_a_driver_that_called_ray_init_itself_is_known_as_the_driver(ray, monkeypatch):
+    """ray.init(runtime_env=ndshm.ray.runtime_env()) + ndshm.ray.setup(): the driver still takes
+    results' hand-overs (its worker mode says it is the driver)."""
+    import ndshm.ray
+    monkeypatch.setattr(ndshm.ray, "_driver", False)
+    monkeypatch.setattr(ndshm.ray, "_mode_known", [0])
+
+    @ray.remote
+    def is_driver() -> bool:
+        import ndshm.ray
+        return ndshm.ray._is_driver()
+
+    assert ray.get(is_driver.remote(), timeout=60) is False
+    assert ndshm.ray._is_driver() is True
