@@ -673,6 +673,8 @@ class NdshmPlugin(WorkerPlugin):
         self.worker: Any = None
 
     def setup(self, worker: Any) -> None:
+        """Dask calls it in each worker: sets whether receivers get writeable views, attaches the
+        node pool (if any) and starts the periodic accounting of node-owned arrays."""
         global _writeable
         _writeable = self.writeable
         self.worker = worker
@@ -686,11 +688,14 @@ class NdshmPlugin(WorkerPlugin):
         pc.start()
 
     def teardown(self, worker: Any) -> None:
+        """Dask calls it when the worker closes or the plugin is removed: stops the accounting."""
         pc = worker.periodic_callbacks.pop("ndshm-accounting", None)
         if pc is not None:
             pc.stop()
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        """Dask calls it on every task transition: a key entering ``memory`` gets its ``nbytes``
+        from ndshm's accounting (the maker counts the bytes, receivers about 100)."""
         if finish == "memory" and self.worker is not None:
             _fix_nbytes(self.worker, key, _fast_value(self.worker, key))
 
