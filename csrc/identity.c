@@ -200,7 +200,7 @@ static uint32_t read_ns(void) {
     return stat("/proc/self/ns/pid", &st) == 0 ? (uint32_t)st.st_ino : 0;
 }
 
-static uint64_t random_id(void) {
+uint64_t ndshm__random_id(void) {
     uint64_t id = 0;
     while (id == 0) {
 #ifdef SYS_getrandom
@@ -288,7 +288,7 @@ static int create_table(const char *dir, const char *path) {
         /* no /proc or no O_TMPFILE link: fall back to a temporary name */
     }
     char tmp[PATH_MAX];
-    int n = snprintf(tmp, sizeof tmp, "%s/.ndshm-tmp-%d-%016llx", dir, (int)getpid(), (unsigned long long)random_id());
+    int n = snprintf(tmp, sizeof tmp, "%s/.ndshm-tmp-%d-%016llx", dir, (int)getpid(), (unsigned long long)ndshm__random_id());
     if (n < 0 || (size_t)n >= sizeof tmp) return ENAMETOOLONG;
     fd = open(tmp, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0) return errno;
@@ -449,7 +449,7 @@ static uint64_t id_locked(void) {
     uint64_t id = atomic_load(&ndshm__self_id);
     if (id != 0) return id;
     pthread_once(&hooks_once, install_hooks);
-    id = random_id();
+    id = ndshm__random_id();
     self_ns = read_ns();
     unsigned n = atomic_load(&ndirs);
     int saved = errno;

@@ -130,6 +130,9 @@ NDSHM_HIDDEN void ndshm__header_reseal(void *bytes, size_t len);
 
 /* ---- process identity (identity.c) ---- */
 
+/* A random non-zero 64-bit value (getrandom through syscall(): glibc 2.17 lacks its wrapper;
+ * /dev/urandom, else the clock and pid mixed). */
+NDSHM_HIDDEN uint64_t ndshm__random_id(void);
 NDSHM_HIDDEN extern _Atomic uint64_t ndshm__self_id;
 NDSHM_HIDDEN uint64_t ndshm__self_key_slow(void);
 

@@ -36,7 +36,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <time.h>
@@ -793,8 +792,7 @@ int ndshm_pool_init_raw(void *mem, uint64_t bytes, uint64_t capacity, uint32_t m
     h->data_offset = d;
     h->max_blocks = max_blocks;
     h->max_procs = NPROCS;
-    if (getrandom(&h->pool_id, sizeof h->pool_id, GRND_NONBLOCK) != (ssize_t)sizeof h->pool_id)
-        h->pool_id = (uint64_t)ndshm__now_ns() ^ ndshm__self_key();
+    h->pool_id = ndshm__random_id();
     h->next_gen = 1;
     ndshm_pool_t tmp = {.h = h, .r = (rec_t *)((char *)mem + t), .capacity = capacity, .n = max_blocks};
     memset(tmp.r, 0, (size_t)max_blocks * sizeof(rec_t));
