@@ -395,7 +395,7 @@ class Matrix:
                 env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "pybind"), env.get("PYTHONPATH")) if p)
                 env.update(run.env)
                 cmd = [run.venv.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                       "-n", str(self.opts.workers), "--dist", "loadfile", "--durations=40", *run.pytest_args]
+                       "-n", str(self.workers(run)), "--dist", "loadfile", "--durations=40", *run.pytest_args]
                 self.say(f"matrix: {run.name}: {run.venv.interpreter}, NumPy {run.numpy}: "
                          f"{' '.join(f'{k}={v}' for k, v in run.env.items() if k != MINIMAL_DEPS_VAR)} "
                          f"{shlex.join(cmd[1:])}".replace("  ", " "))
@@ -416,6 +416,11 @@ class Matrix:
                   f"{self.verdict(run)} in {run.seconds:.0f} s; log {run.log.relative_to(ROOT)}", flush=True)
             # the setup's output stays in the log unless it failed; pytest's is shown whole
             print(raw[run.pytest_from:].decode(errors="replace").rstrip() if not run.setup_failed else text.rstrip()[-6000:], flush=True)
+
+    def workers(self, run: Run) -> str:
+        """pytest-xdist workers of ``run``: more for the main venv's two runs, whose tests mostly wait
+        (clusters starting, children, timeouts) rather than compute."""
+        return self.opts.main_workers if run.name in ("main", "system") else self.opts.workers
 
     def verdict(self, run: Run) -> str:
         if run.setup_failed:
@@ -448,7 +453,8 @@ class Matrix:
                          f"{r.seconds:.0f} s", f"{r.cpu:.0f} s", self.verdict(r)))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         print(f"\n==== make test: the Python suite on {len(self.runs)} runs in {seconds:.0f} s "
-              f"({self.opts.jobs} at a time, pytest -n {self.opts.workers}; pytest's CPU time "
+              f"({self.opts.jobs} at a time, pytest -n {self.opts.workers}, main and system -n {self.opts.main_workers}; "
+              f"pytest's CPU time "
               f"{sum(r.cpu for r in self.runs):.0f} s; time includes making the venv) ====")
         for row in rows:
             print("  ".join(cell.rjust(w) if cell.isdigit() else cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -495,6 +501,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                "comma-separated)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--workers", default="2", help="pytest-xdist workers per run")
+    ap.add_argument("--main-workers", default="3", help="pytest-xdist workers of the main and system runs")
     ap.add_argument("--timeout", type=float, default=2400, help="seconds one run may take")
     ap.add_argument("--logdir", default="build/matrix")
     ap.add_argument("--make", default=os.environ.get("MAKE", "make"))
