@@ -113,7 +113,7 @@ INTEROP_PKGS ?= torch==2.13.0+cpu opencv-python-headless
 # test against the real package need these (mpi4py needs Open MPI: .ci/run installs it).
 ENGINE_PKGS ?= distributed ray mpi4py SharedArray
 # make docs (Sphinx, its theme and extensions) and tests/docs/test_docs.py (Selenium drives the Debian
-# chromium and chromium-driver that .ci/run installs). The main run of make test builds the docs.
+# chromium and chromium-driver that .ci/run installs). The system run of make test builds the docs.
 DOCS_PKGS ?= "sphinx>=7,<10" "pydata-sphinx-theme>=0.15" "myst-parser>=2" "sphinx-copybutton>=0.5" "selenium>=4.11"
 
 $(VENV)/.stamp: pyproject.toml
@@ -183,26 +183,30 @@ oldnumpy-test: lib $(OLDNUMPY_VENV)/.stamp
 
 # make test: the C tests, then tests/matrix.py: the Python suite on every CPython 3.9+ on PATH or in
 # pyenv (a venv each, CP_VENV_PREFIX + 3.X, with the newest NumPy pip gives it), the main run with
-# every optional package (VENV, on the newest CPython pip has them all for), the NumPy floor
+# every optional package (VENV, on the newest CPython pip has them all for; tests/system and
+# tests/docs, the builds, mypy, the docs site, the examples and the benchmarks' smoke run, are a
+# "system" run of their own on that venv, at the same time as the others), the NumPy floor
 # (OLDNUMPY_VENV), PyPy (PYPY_VENV), and SANITIZE_TESTS against ASAN_LIB (on the main run's venv and
 # the newest other CPython) and under PYTHONMALLOC=debug. MATRIX_JOBS runs at a time, each with
-# PYTEST_WORKERS pytest-xdist workers (--dist loadfile: a file's tests share one worker, so module
+# PYTEST_WORKERS pytest-xdist workers (MAIN_WORKERS for the main and system runs, whose tests
+# mostly wait for clusters, children and timeouts; --dist loadfile: a file's tests share one worker, so module
 # fixtures such as test_packaging's builds into build/ never run twice at once; xdist_group would
 # not do: pytest 9 ignores the node ids xdist 3.8 rewrites for it, and the groups split silently);
 # tests that touch machine-wide state are marked system_wide and hold a lock (tests/conftest.py);
-# the tests marked slow run in the main run only. It ends
+# the tests marked slow run in the main and system runs only. It ends
 # with a table of what ran and what could not be found; under CI a missing interpreter or a run
 # that cannot be set up fails. Logs: build/matrix/. MAIN_PYTHON=python3.X picks the main run's;
 # MATRIX_ONLY=cp3.12,pypy makes only those runs (a developer's check: it is not make test).
 CP_VENV_PREFIX ?= .venv-cp
 MATRIX_JOBS ?= 2
 PYTEST_WORKERS ?= 2
+MAIN_WORKERS ?= 3
 MAIN_PYTHON ?=
 MATRIX_ONLY ?=
 MATRIX = $(PYTHON) tests/matrix.py --venv $(VENV) --venv-prefix $(CP_VENV_PREFIX) --floor-venv $(OLDNUMPY_VENV) \
 	--pypy-venv $(PYPY_VENV) --pypy $(PYPY) --numpy-floor $(NUMPY_FLOOR) --main-python "$(MAIN_PYTHON)" \
 	--main-packages "$(INTEROP_PKGS) $(ENGINE_PKGS)" --asan-lib $(ASAN_LIB) --asan-preload "$(ASAN_PRELOAD)" \
-	--sanitize-tests "$(SANITIZE_TESTS)" --jobs $(MATRIX_JOBS) --workers $(PYTEST_WORKERS) --make "$(MAKE)" \
+	--sanitize-tests "$(SANITIZE_TESTS)" --jobs $(MATRIX_JOBS) --workers $(PYTEST_WORKERS) --main-workers $(MAIN_WORKERS) --make "$(MAKE)" \
 	--only "$(MATRIX_ONLY)"
 
 test: lib ctest $(ASAN_LIB)

@@ -45,7 +45,7 @@ def pytest_configure(config) -> None:
     # Registered here, not in pyproject.toml, so that a copy of tests/ (the installed-wheel test)
     # knows them too.
     config.addinivalue_line("markers", "slow: takes seconds of its own (builds, mypy, multi-node clusters, the "
-                                       "benchmarks); make test runs it in its main run only (the other runs pass "
+                                       "benchmarks); make test runs it in its main and system runs only (the others pass "
                                        "-m 'not slow', as a developer's quick loop can)")
     config.addinivalue_line("markers", "system_wide: changes or depends on machine-wide state (huge page "
                                        "reservations, mounts, free huge pages): runs holding a lock every test "
@@ -56,14 +56,16 @@ def pytest_configure(config) -> None:
 
 
 # make test runs pytest-xdist with --dist loadfile: a worker takes whole files, in collection order.
-# The files that take longest (--durations of the main run: the wheel and sdist builds, two-node Ray
-# clusters, the examples, the benchmark smoke run, the multi-node Dask cluster, mypy) are collected
+# The files that take longest (--durations of the main and system runs: the wheel and sdist builds, two-node Ray
+# clusters, the benchmark smoke run, the examples, mypy, the hostile-file timeouts) are collected
 # first, so the other files fill in around them and the workers end together, instead of one
 # worker starting the last big file while the other has nothing left. Order within a file is kept.
-SLOWEST_FILES_FIRST = ("system/test_packaging.py", "engines/test_ray.py", "system/test_examples.py",
-                       "system/test_bench_smoke.py", "docs/test_docs.py", "engines/test_multinode.py", "system/test_typing.py",
-                       "engines/test_dask.py", "segment/test_hostile_files.py", "rings/test_queue.py",
-                       "engines/test_dask_amm.py", "docs/test_readme.py", "rings/test_broadcast.py")
+SLOWEST_FILES_FIRST = ("system/test_packaging.py", "engines/test_ray.py", "system/test_bench_smoke.py",
+                       "system/test_examples.py", "system/test_typing.py", "docs/test_docs.py",
+                       "segment/test_hostile_files.py", "segment/test_containers.py", "rings/test_broadcast.py",
+                       "engines/test_multinode.py", "engines/test_mpi.py", "sync/test_sync.py",
+                       "rings/test_queue_views.py", "segment/test_segment_mp.py", "rings/test_queue.py",
+                       "engines/test_dask.py", "engines/test_dask_amm.py", "docs/test_readme.py")
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:

@@ -6,7 +6,10 @@ the Makefile's variables as options. Standard library only: any CPython 3.9+ run
 Runs (each in its own venv, made or reused here, and its own log under ``build/matrix/``):
 
 * **main**: every optional package (the Makefile's ``$(VENV)``, made by its ``.stamp`` rule), on the
-  newest CPython for which pip finds every one of them (``--main-packages``); every test, slow ones too.
+  newest CPython for which pip finds every one of them (``--main-packages``); every test, slow ones too,
+  but those of ``tests/system`` and ``tests/docs``, which
+* **system** runs at the same time, in the same venv: the wheel and sdist builds and the installed-wheel
+  suite, mypy, the docs site in a browser, the examples, the benchmarks' smoke run.
 * one run per other CPython 3.9+ found (``python3.X`` on ``PATH``, ``$(pyenv root)/versions/3.*``),
   with the newest NumPy pip gives it and cffi, pytest, pytest-xdist only (``NDSHM_TEST_MINIMAL_DEPS``).
 * **floor**: ``numpy==<the floor pyproject declares>``, on the newest CPython with a wheel of it.
@@ -19,7 +22,7 @@ Runs (each in its own venv, made or reused here, and its own log under ``build/m
 * **debug-cp3.X**: the same tests under ``PYTHONMALLOC=debug`` (freed memory is overwritten with a
   pattern, so a read after free sees garbage), on the next newest CPython.
 
-The minimal runs leave out the tests marked ``slow``; the main run has them all. At the end a table
+The minimal runs leave out the tests marked ``slow``; the main and system runs have them all. At the end a table
 says what ran (interpreter, NumPy, counts) and what could not be found or set up. Under ``CI`` an
 interpreter pyproject's classifiers name that is missing, or a run that cannot be set up, fails.
 """
@@ -45,6 +48,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL_DEPS_VAR = "NDSHM_TEST_MINIMAL_DEPS"
 MIN_VERSION = (3, 9)
+# The main venv's second run: the checks of the product as a whole (tests/system: packaging, typing,
+# examples, the benchmarks' smoke run; tests/docs: the site, README and guide blocks, the C example).
+SYSTEM_DIRS = ("system", "docs")
+# The order runs start in, two at a time: the longest first (seconds of the runs on this 2-core
+# machine, from make test's table), so none of them starts last and ends alone.
+EXPECTED_SECONDS = {"pypy": 240, "main": 150, "system": 150, "asan-main": 120}
 PROBE = "import platform, sys; print(platform.python_implementation(), platform.python_version())"
 
 
@@ -204,9 +213,14 @@ class Matrix:
             floor_probe = pool.submit(self.find_floor, newest_first)
             main_it, floor_it = main_probe.result(), floor_probe.result()
         if main_it is not None:
+            # One venv, two runs at the same time: the unit suite (every room of the package), and
+            # the system checks (builds, mypy, the docs site, the examples, the benchmarks' smoke run),
+            # whose few long serial tests would otherwise hold the main run's end back.
             main_venv = Venv(ROOT / o.venv, main_it, [], make_target=True)
-            self.runs.append(Run("main", main_venv, "all tests, every optional package",
-                                 ["tests"], {}))
+            self.runs.append(Run("main", main_venv, "all but system/ and docs/, every optional package",
+                                 [f"--ignore=tests/{d}" for d in SYSTEM_DIRS] + ["tests"], {}))
+            self.runs.append(Run("system", main_venv, "system/ and docs/, every optional package",
+                                 [f"tests/{d}" for d in SYSTEM_DIRS], {}))
         venvs: Dict[str, Venv] = {}
         for minor, it in cps.items():
             if main_it is not None and it.minor == main_it.minor:
@@ -381,7 +395,7 @@ class Matrix:
                 env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "pybind"), env.get("PYTHONPATH")) if p)
                 env.update(run.env)
                 cmd = [run.venv.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                       "-n", str(self.opts.workers), "--dist", "loadfile", "--durations=40", *run.pytest_args]
+                       "-n", str(self.workers(run)), "--dist", "loadfile", "--durations=40", *run.pytest_args]
                 self.say(f"matrix: {run.name}: {run.venv.interpreter}, NumPy {run.numpy}: "
                          f"{' '.join(f'{k}={v}' for k, v in run.env.items() if k != MINIMAL_DEPS_VAR)} "
                          f"{shlex.join(cmd[1:])}".replace("  ", " "))
@@ -403,14 +417,19 @@ class Matrix:
             # the setup's output stays in the log unless it failed; pytest's is shown whole
             print(raw[run.pytest_from:].decode(errors="replace").rstrip() if not run.setup_failed else text.rstrip()[-6000:], flush=True)
 
+    def workers(self, run: Run) -> str:
+        """pytest-xdist workers of ``run``: more for the main venv's two runs, whose tests mostly wait
+        (clusters starting, children, timeouts) rather than compute."""
+        return self.opts.main_workers if run.name in ("main", "system") else self.opts.workers
+
     def verdict(self, run: Run) -> str:
         if run.setup_failed:
             return "COULD NOT BE SET UP" + (" (fails under CI)" if self.ci else " (skipped outside CI)")
         return "ok" if run.rc == 0 else f"FAILED (pytest exit {run.rc})"
 
     def run_all(self) -> int:
-        # The longest first: the main run, PyPy's, the sanitizer runs, then the others.
-        order = sorted(self.runs, key=lambda r: (r.name != "main", r.name != "pypy", not r.name.startswith("asan")))
+        # The longest first: PyPy's, the main run and the system run, the sanitizer runs, then the others.
+        order = sorted(self.runs, key=lambda r: -EXPECTED_SECONDS.get(r.name, 130 if r.name.startswith("asan") else 90))
         t0 = time.monotonic()
         try:
             with ThreadPoolExecutor(max_workers=self.opts.jobs) as pool:
@@ -434,7 +453,8 @@ class Matrix:
                          f"{r.seconds:.0f} s", f"{r.cpu:.0f} s", self.verdict(r)))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         print(f"\n==== make test: the Python suite on {len(self.runs)} runs in {seconds:.0f} s "
-              f"({self.opts.jobs} at a time, pytest -n {self.opts.workers}; pytest's CPU time "
+              f"({self.opts.jobs} at a time, pytest -n {self.opts.workers}, main and system -n {self.opts.main_workers}; "
+              f"pytest's CPU time "
               f"{sum(r.cpu for r in self.runs):.0f} s; time includes making the venv) ====")
         for row in rows:
             print("  ".join(cell.rjust(w) if cell.isdigit() else cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -481,6 +501,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                "comma-separated)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--workers", default="2", help="pytest-xdist workers per run")
+    ap.add_argument("--main-workers", default="3", help="pytest-xdist workers of the main and system runs")
     ap.add_argument("--timeout", type=float, default=2400, help="seconds one run may take")
     ap.add_argument("--logdir", default="build/matrix")
     ap.add_argument("--make", default=os.environ.get("MAKE", "make"))

@@ -238,6 +238,13 @@ def test_make_test_runs_the_declared_numpy_floor_and_python_versions():
     assert re.search(r"^pypy: PyPy 3\.", plan, flags=re.M), plan
     (main_run,) = re.findall(r"^main: CPython .*$", plan, flags=re.M)
     assert "-m 'not slow'" not in main_run and "NDSHM_TEST_MINIMAL_DEPS" not in main_run, main_run
+    # the main run's venv runs the rest at the same time: every test runs there, slow ones too
+    (system_run,) = re.findall(r"^system: CPython .*$", plan, flags=re.M)
+    assert "-m 'not slow'" not in system_run and "NDSHM_TEST_MINIMAL_DEPS" not in system_run, system_run
+    assert main_run.split(" [")[0].split(": ", 1)[1] == system_run.split(" [")[0].split(": ", 1)[1], plan
+    left_out = re.findall(r"--ignore=tests/(\w+)", main_run)
+    assert left_out and system_run.endswith("pytest " + " ".join(f"tests/{d}" for d in left_out)), plan
+    assert main_run.endswith(" tests"), main_run
     declared = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', text)
     (requires,) = re.findall(r'^requires-python = ">=(3\.\d+)"$', text, flags=re.M)
     assert declared and requires == min(declared, key=lambda v: tuple(map(int, v.split(".")))), (requires, declared)
