@@ -2,7 +2,7 @@
 every exception has its place, and a headless Chromium shows the pages as a reader sees them
 (title, navigation, a code block with the copy button its JavaScript adds, no console errors).
 
-Marked slow: make test builds the docs in its main run only (the one with the docs packages).
+Marked slow: make test builds the docs in its system run only (the main venv, which has the docs packages).
 Screenshots go to docs/_build/screens/.
 """
 
