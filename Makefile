@@ -209,7 +209,12 @@ MATRIX = $(PYTHON) tests/matrix.py --venv $(VENV) --venv-prefix $(CP_VENV_PREFIX
 	--sanitize-tests "$(SANITIZE_TESTS)" --jobs $(MATRIX_JOBS) --workers $(PYTEST_WORKERS) --main-workers $(MAIN_WORKERS) --make "$(MAKE)" \
 	--only "$(MATRIX_ONLY)"
 
-test: lib ctest $(ASAN_LIB)
+# The builds first, one per core (the C tests' binaries compile every source under the sanitizers),
+# then the C tests, then the matrix.
+BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+test:
+	$(MAKE) --no-print-directory -j$(BUILD_JOBS) lib $(CTEST_BINS) $(ASAN_LIB)
+	$(MAKE) --no-print-directory ctest
 	$(MATRIX)
 
 test-plan:

@@ -14,10 +14,12 @@ Runs (each in its own venv, made or reused here, and its own log under ``build/m
   with the newest NumPy pip gives it and cffi, pytest, pytest-xdist only (``NDSHM_TEST_MINIMAL_DEPS``).
 * **floor**: ``numpy==<the floor pyproject declares>``, on the newest CPython with a wheel of it.
 * **pypy**: ``pypy3`` (the same libndshm.so).
-* **asan-main**, **asan-cp3.X**: the C-touching tests (``--sanitize-tests``) against
+* **asan-cp3.X**, **asan-main**: the C-touching tests (``--sanitize-tests``) against
   ``build/asan/libndshm.so`` (AddressSanitizer and UBSan) with their runtimes preloaded into the
   interpreter (``PYTHONMALLOC=malloc``, so the sanitizer sees every allocation, NumPy's and
-  CPython's too); on the main run's venv and on the newest other CPython. The tests marked ``mlock``
+  CPython's too), on the newest other CPython (the newest NumPy); on the main run's venv, only the
+  tests that need its torch and OpenCV, and the zero-copy exports into them (``test_torch``,
+  ``test_interop``): the rest would run twice. The tests marked ``mlock``
   are left out there: ASan's runtime makes mlock() a no-op.
 * **debug-cp3.X**: the same tests under ``PYTHONMALLOC=debug`` (freed memory is overwritten with a
   pattern, so a read after free sees garbage), on the next newest CPython.
@@ -53,7 +55,7 @@ MIN_VERSION = (3, 9)
 SYSTEM_DIRS = ("system", "docs")
 # The order runs start in, two at a time: the longest first (seconds of the runs on this 2-core
 # machine, from make test's table), so none of them starts last and ends alone.
-EXPECTED_SECONDS = {"pypy": 240, "main": 150, "system": 150, "asan-main": 120}
+EXPECTED_SECONDS = {"pypy": 240, "main": 150, "system": 150, "asan-main": 40}
 PROBE = "import platform, sys; print(platform.python_implementation(), platform.python_version())"
 
 
@@ -264,8 +266,16 @@ class Matrix:
             env = dict(asan_env)
             if not v.make_target:
                 env[MINIMAL_DEPS_VAR] = f"the sanitizer run on CPython {v.interpreter.minor} has numpy, cffi and pytest only"
-            self.runs.append(Run(f"asan-{'main' if v.make_target else 'cp' + v.interpreter.minor}", v,
-                                 "C-touching, ASan+UBSan build", asan_tests, env))
+                self.runs.append(Run(f"asan-cp{v.interpreter.minor}", v, "C-touching, ASan+UBSan build", asan_tests, env))
+            elif others:
+                # The newest CPython's sanitizer run has every C-touching test but those needing the
+                # main venv's torch and OpenCV: this one runs just those, with the zero-copy exports
+                # into torch and OpenCV (test_torch, test_interop), so no test runs twice under ASan.
+                self.runs.append(Run("asan-main", v, "C-touching tests of torch and OpenCV, and their exports, ASan+UBSan",
+                                     asan_tests[:2] + ["-k", "torch or cv2 or interop"] + list(o.sanitize_tests)
+                                     + ["tests/engines/test_torch.py", "tests/engines/test_interop.py"], env))
+            else:
+                self.runs.append(Run("asan-main", v, "C-touching, ASan+UBSan build", asan_tests, env))
         debug_on = others[1] if len(others) > 1 else (others[0] if others else
                                                      (self.runs[0].venv if main_it is not None else None))
         if debug_on is not None:
