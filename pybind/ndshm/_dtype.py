@@ -232,3 +232,16 @@ def exact_dtype(arr: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
     """``arr`` reinterpreted with ``dtype`` if the interface could not carry it exactly
     (structured dtypes with padding, titles or alignment). The view's base stays the owner."""
     return arr if arr.dtype == dtype and dtype.names is None else arr.view(dtype)
+
+
+def byte_span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
+    """Lowest and one-past-highest byte offsets an array's elements reach from its data pointer."""
+    lo, hi = 0, itemsize
+    for n, s in zip(shape, strides):
+        if n == 0:
+            return 0, 0
+        if s < 0:
+            lo += (n - 1) * s
+        else:
+            hi += (n - 1) * s
+    return lo, hi

@@ -174,7 +174,7 @@ def reference_of(arr: NDArray[Any]) -> Optional[Reference]:
     iface = arr.__array_interface__
     addr = iface["data"][0]
     strides = arr.strides
-    lo, hi = _span(arr.shape, strides, arr.itemsize)
+    lo, hi = _dtype.byte_span(arr.shape, strides, arr.itemsize)
     offset = addr - seg.address
     if arr.size and (offset + lo < 0 or offset + hi > seg._data_size):
         return None
@@ -188,19 +188,6 @@ def reference_of(arr: NDArray[Any]) -> Optional[Reference]:
     return Reference(seg._name, seg._dir, offset, tuple(arr.shape), tuple(strides),
                      _npformat.dtype_to_descr(arr.dtype), not arr.flags.writeable, seg._dev, seg._ino,
                      _ownership.hand_over_once(seg), node_identity())
-
-
-def _span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
-    """Lowest and one-past-highest byte offsets an array's elements reach from its data pointer."""
-    lo, hi = 0, itemsize
-    for n, s in zip(shape, strides):
-        if n == 0:
-            return 0, 0
-        if s < 0:
-            lo += (n - 1) * s
-        else:
-            hi += (n - 1) * s
-    return lo, hi
 
 
 def rebuild_view(name: str, dir: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], descr: Any,
@@ -656,7 +643,7 @@ class Segment:
             if self._needs_view:
                 arr = arr.view(dt)
             return arr.view(SharedArray)
-        lo, hi = _span(shape, strides, dt.itemsize)
+        lo, hi = _dtype.byte_span(shape, strides, dt.itemsize)
         if (lo != hi) and (offset + lo < 0 or offset + hi > self._data_size):
             raise ValueError(f"a view at offset {offset} with shape {shape} and strides {strides} reaches "
                              f"outside the segment's {self._data_size} bytes")

@@ -726,7 +726,7 @@ def install(client: Any, *, writeable: bool = False, pool_bytes: Optional[int] =
     global _writeable
     if not isinstance(writeable, (bool, np.bool_)):
         raise TypeError(f"writeable={writeable!r} is not a bool")
-    nbytes = _pool_bytes(pool_bytes)
+    nbytes = _pool.engine_pool_bytes(pool_bytes)
     _writeable = bool(writeable)
     spec = None
     if nbytes:
@@ -737,20 +737,8 @@ def install(client: Any, *, writeable: bool = False, pool_bytes: Optional[int] =
     client.register_plugin(NdshmPlugin(writeable=_writeable, pool=spec), name="ndshm")
 
 
-POOL_BYTES_ENV = "NDSHM_ENGINE_POOL_BYTES"
+POOL_BYTES_ENV = _pool.ENGINE_POOL_BYTES_ENV
 _node_pools: list[_pool.Pool] = []  # this process's node pool (at most one), made or attached
-
-
-def _pool_bytes(pool_bytes: Optional[int]) -> int:
-    if pool_bytes is None:
-        env = os.environ.get(POOL_BYTES_ENV, "").strip()
-        try:
-            pool_bytes = int(env) if env else 0
-        except ValueError:
-            raise ValueError(f"${POOL_BYTES_ENV}={env!r} is not a number of bytes") from None
-    if isinstance(pool_bytes, bool) or not isinstance(pool_bytes, (int, np.integer)) or pool_bytes < 0:
-        raise ValueError(f"pool_bytes={pool_bytes!r} is not a number of bytes >= 0")
-    return int(pool_bytes)
 
 
 def _make_node_pool(nbytes: int) -> _pool.Pool:

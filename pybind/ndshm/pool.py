@@ -233,7 +233,7 @@ def _pool_reference(arr: NDArray[Any], send: bool = True) -> Optional[tuple[Any,
     if block is None or block.handle.ptr is None:
         return None
     addr = arr.__array_interface__["data"][0]
-    lo, hi = _span(arr.shape, arr.strides, arr.itemsize)
+    lo, hi = _dtype.byte_span(arr.shape, arr.strides, arr.itemsize)
     start = addr - block.address
     if arr.size and (start + lo < 0 or start + hi > block.size):
         return None
@@ -244,18 +244,6 @@ def _pool_reference(arr: NDArray[Any], send: bool = True) -> Optional[tuple[Any,
             raise error_from_code(rc)
     return (_rebuild, (h.name, h.dir, h.pool_id, block.index, block.generation, block.offset, block.size, start,
                        arr.shape, arr.strides, _npformat.dtype_to_descr(arr.dtype), not arr.flags.writeable))
-
-
-def _span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
-    lo, hi = 0, itemsize
-    for n, s in zip(shape, strides):
-        if n == 0:
-            return 0, 0
-        if s < 0:
-            lo += (n - 1) * s
-        else:
-            hi += (n - 1) * s
-    return lo, hi
 
 
 def _rebuild(name: str, dir: str, pool_id: int, index: int, generation: int, offset: int, size: int, start: int,
@@ -274,7 +262,7 @@ def _rebuild(name: str, dir: str, pool_id: int, index: int, generation: int, off
         raise error_from_code(rc)
     block = _Block(h, b, size)
     dt = _npformat.descr_to_dtype(descr)
-    lo, hi = _span(tuple(shape), tuple(strides), dt.itemsize)
+    lo, hi = _dtype.byte_span(tuple(shape), tuple(strides), dt.itemsize)
     if start + lo < 0 or start + hi > block.size:
         raise BlockFreedError(f"pool {name!r}: a view of {hi - lo} bytes at {start} does not fit block {index} "
                               f"of {block.size} bytes")
@@ -622,3 +610,21 @@ def array(obj: Any, dtype: Any = None, order: str = "C") -> NDArray[Any]:
     """:meth:`Pool.array` of :func:`default_pool`."""
     return default_pool().array(obj, dtype, order)
 
+
+#: The environment variable ``ndshm.dask.install`` and ``ndshm.ray.init`` read for the size of their
+#: node pool when ``pool_bytes`` is not given (0 or unset: no node pool).
+ENGINE_POOL_BYTES_ENV = "NDSHM_ENGINE_POOL_BYTES"
+
+
+def engine_pool_bytes(pool_bytes: Optional[int]) -> int:
+    """The engines' node pool size: ``pool_bytes``, else ``$NDSHM_ENGINE_POOL_BYTES``, else 0;
+    ValueError naming a value that is not a number of bytes >= 0."""
+    if pool_bytes is None:
+        env = os.environ.get(ENGINE_POOL_BYTES_ENV, "").strip()
+        try:
+            pool_bytes = int(env) if env else 0
+        except ValueError:
+            raise ValueError(f"${ENGINE_POOL_BYTES_ENV}={env!r} is not a number of bytes") from None
+    if isinstance(pool_bytes, bool) or not isinstance(pool_bytes, (int, np.integer)) or pool_bytes < 0:
+        raise ValueError(f"pool_bytes={pool_bytes!r} is not a number of bytes >= 0")
+    return int(pool_bytes)

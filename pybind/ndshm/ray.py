@@ -73,7 +73,7 @@ __all__ = ["init", "runtime_env", "setup", "empty", "share", "replicate", "node_
 SETUP_HOOK = "ndshm.ray.setup"
 WRITEABLE_ENV = "NDSHM_RAY_WRITEABLE"
 POOL_ENV = "NDSHM_RAY_POOL"  # JSON [node identity, name, directory] of the driver's node pool (init(pool_bytes=...))
-POOL_BYTES_ENV = "NDSHM_ENGINE_POOL_BYTES"
+POOL_BYTES_ENV = _pool.ENGINE_POOL_BYTES_ENV
 _driver = False
 _registered_pid = 0
 _ray_node: Optional[str] = None
@@ -210,7 +210,7 @@ def init(*args: Any, writeable: bool = False, pool_bytes: Optional[int] = None, 
     node pool, that :func:`empty` carves task results from in every worker of the driver's node
     (see the module documentation)."""
     global _driver
-    nbytes = _pool_bytes(pool_bytes)
+    nbytes = _pool.engine_pool_bytes(pool_bytes)
     env = runtime_env(kwargs.pop("runtime_env", None), writeable=writeable)
     if nbytes:
         p = node_pool()
@@ -243,18 +243,6 @@ def empty(shape: Any, dtype: Any = float, *, dir: Optional[str] = None) -> NDArr
 
 _node_pools: list[_pool.Pool] = []  # the node pool, made (driver) or attached (a worker of its node)
 _pool_tried = [0]  # the pid that looked for the node pool already
-
-
-def _pool_bytes(pool_bytes: Optional[int]) -> int:
-    if pool_bytes is None:
-        env = os.environ.get(POOL_BYTES_ENV, "").strip()
-        try:
-            pool_bytes = int(env) if env else 0
-        except ValueError:
-            raise ValueError(f"${POOL_BYTES_ENV}={env!r} is not a number of bytes") from None
-    if isinstance(pool_bytes, bool) or not isinstance(pool_bytes, (int, np.integer)) or pool_bytes < 0:
-        raise ValueError(f"pool_bytes={pool_bytes!r} is not a number of bytes >= 0")
-    return int(pool_bytes)
 
 
 def node_pool() -> Optional[_pool.Pool]:
