@@ -21,14 +21,19 @@ if the coroutine was cancelled meanwhile, gives it back from that thread.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from ._errors import Empty, Full, NdshmError, error_from_code
 from ._lib import lib
 
+if TYPE_CHECKING:
+    import asyncio
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+# asyncio and concurrent.futures are imported by the calls that use them, not with the package:
+# together they are about a third of `import ndshm` (bench_import's row), and a coroutine of this
+# module only runs under a running asyncio loop, so asyncio is already imported then.
 _T = TypeVar("_T")
 _ETIMEDOUT = lib.NDSHM_ETIMEDOUT
 _ASLICE = 0.05  # a waiting thread comes back this often (the loop then retries the call)
@@ -38,6 +43,7 @@ _POOL: Optional[ThreadPoolExecutor] = None
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
         _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="ndshm-async")
     return _POOL
 
@@ -83,6 +89,7 @@ async def retry(attempt: Callable[[], _T], epoch: Callable[[], int], wait: Calla
     """``attempt()`` (a non-blocking call that raises ``block_exc`` when it would block) until it
     succeeds, waiting between tries in a pool thread with ``wait(seen, seconds)`` for the counter
     ``epoch()`` to move. ``timeout`` None waits for ever; otherwise ``block_exc`` after it."""
+    import asyncio
     deadline = None if timeout is None else time.monotonic() + timeout
     loop: Optional[asyncio.AbstractEventLoop] = None
     while True:
@@ -107,6 +114,7 @@ async def sliced_in_thread(call: Callable[[float], int], timeout: Optional[float
     slices, until it returns something else or ``timeout`` runs out (then ``again``). If the
     coroutine is cancelled while a slice runs, ``on_cancel(rc)`` gets that slice's result in the
     thread (to give back what it took)."""
+    import asyncio
     deadline = None if timeout is None else time.monotonic() + timeout
     loop = asyncio.get_running_loop()
     while True:
