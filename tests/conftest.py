@@ -110,6 +110,31 @@ def dir_files(d: str) -> list[str]:
     return sorted(e for e in os.listdir(d) if not e.startswith(".ndshm-procs-"))
 
 
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -m ndshm ARGS`` run in this process (``ndshm._cli.main``, what ``__main__`` calls),
+    with ``env`` set in ``os.environ`` meanwhile: its exit status and what it printed, as a
+    subprocess's. Where the process itself is not what a test checks (its exit through sys.exit, a
+    command that must not hang, output into a pipe), this proves the same without a new interpreter."""
+    import contextlib
+    import io
+
+    from ndshm import _cli
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = _cli.main(list(args), prog="python -m ndshm")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess(["python -m ndshm", *args], rc, out.getvalue(), err.getvalue())
+
+
 def child_env(**extra: str) -> dict:
     """The environment for a child interpreter that must import this very ndshm."""
     env = dict(os.environ)

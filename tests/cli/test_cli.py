@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
-import io
 import json
 import os
 import subprocess
@@ -14,31 +12,13 @@ import sys
 import pytest
 
 import ndshm
-from conftest import child_env, dir_files, run_python
+from conftest import child_env, dir_files, run_cli as cli, run_python
 from ndshm import _cli
 
 # Argument parsing, messages and exit statuses need no process of their own: cli() runs the command
 # line in this process. cli_process() starts `python -m ndshm` where the process is what is tested:
 # its exit status through sys.exit, a command that must not hang (a timeout kills it, not the test
 # run), and output into a pipe or into another program.
-
-
-def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    """``python -m ndshm ARGS`` run in this process (``_cli.main``, what ``__main__`` calls), with
-    ``env`` set in ``os.environ`` meanwhile: its exit status and what it printed, as a subprocess's."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = _cli.main(list(args), prog="python -m ndshm")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return subprocess.CompletedProcess(["python -m ndshm", *args], rc, out.getvalue(), err.getvalue())
 
 
 def cli_process(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:

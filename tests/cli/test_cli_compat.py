@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from conftest import child_env
+from conftest import child_env, run_cli
 
 
 @pytest.fixture
@@ -23,11 +23,6 @@ def shm_dir():
     d = tempfile.mkdtemp(prefix="ndshm-cli-compat-", dir="/dev/shm")
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ndshm", *args], capture_output=True, text=True, timeout=60,
-                          env=child_env())
 
 
 def _holder(d: str) -> tuple[subprocess.Popen, str]:
@@ -54,25 +49,25 @@ def test_ls_shows_compat_blocks_and_gc_reclaims_a_dead_creators(shm_dir):
     with open(foreign, "wb") as f:
         f.write(bytes(64))
     try:
-        out = _cli("--dir", shm_dir, "ls", "--json")
+        out = run_cli("--dir", shm_dir, "ls", "--json")
         assert out.returncode == 0, out.stderr
         recs = {r["name"]: r for r in json.loads(out.stdout)}
         assert set(recs) == {dead_name, live_name}
         assert recs[dead_name]["kind"] == "compat" and recs[dead_name]["size"] == 4096
         assert recs[dead_name]["creator_pid"] == dead.pid and recs[dead_name]["in_use"] is True
-        table = _cli("--dir", shm_dir, "ls").stdout
+        table = run_cli("--dir", shm_dir, "ls").stdout
         assert any(line.startswith(live_name) and "compat" in line for line in table.splitlines())
 
         dead.send_signal(signal.SIGKILL)
         dead.wait(timeout=30)
-        dry = _cli("--dir", shm_dir, "gc", "--dry-run")
+        dry = run_cli("--dir", shm_dir, "gc", "--dry-run")
         assert dry.returncode == 0 and f"would remove compat block {dead_name}" in dry.stdout
         assert os.path.exists(os.path.join(shm_dir, dead_name))
-        gc = _cli("--dir", shm_dir, "gc")
+        gc = run_cli("--dir", shm_dir, "gc")
         assert gc.returncode == 0 and f"removed compat block {dead_name}" in gc.stdout, gc.stdout + gc.stderr
         assert not os.path.exists(os.path.join(shm_dir, dead_name))
         assert os.path.exists(os.path.join(shm_dir, live_name)) and os.path.exists(foreign)
-        assert {r["name"] for r in json.loads(_cli("--dir", shm_dir, "ls", "--json").stdout)} == {live_name}
+        assert {r["name"] for r in json.loads(run_cli("--dir", shm_dir, "ls", "--json").stdout)} == {live_name}
     finally:
         for p in (dead, live):
             if p.poll() is None:

@@ -26,7 +26,7 @@ import pytest
 
 import ndshm
 from ndshm import pool as ndpool
-from conftest import PYPY, child_env, collect, expect_line, finish_python, kill9, read_line, run_python, start_python
+from conftest import PYPY, child_env, collect, expect_line, finish_python, kill9, read_line, run_cli, run_python, start_python
 
 SHM = Path(os.environ.get("NDSHM_DIR", "/dev/shm"))
 
@@ -460,12 +460,10 @@ def test_ls_and_gc_show_pools_and_release_dead_processes(pool):
     rec = next(r for r in ndshm.list() if r.name == pool.name)
     assert rec.kind == "pool" and rec.in_use and rec.status == "ready"
     assert (rec.pool_used, rec.pool_capacity, rec.pool_blocks) == (3 << 20, 8 << 20, 3)
-    ls = subprocess.run([sys.executable, "-m", "ndshm", "ls"], capture_output=True, text=True, timeout=60,
-                        env=child_env())
+    ls = run_cli("ls")
     line = next(l for l in ls.stdout.splitlines() if pool.name in l)
     assert "pool" in line and "3.0 MiB of 8.0 MiB (37.5%), 3 blocks" in line, ls.stdout
-    info = subprocess.run([sys.executable, "-m", "ndshm", "info", pool.name], capture_output=True, text=True,
-                          timeout=60, env=child_env())
+    info = run_cli("info", pool.name)
     assert "pool use:" in info.stdout and "37.5%" in info.stdout, info.stdout
     # a process that took blocks and was killed: gc gives them back
     child = start_python("""
@@ -478,8 +476,7 @@ def test_ls_and_gc_show_pools_and_release_dead_processes(pool):
     expect_line(child, "ready")
     assert pool.stats().live_blocks == 5
     kill9(child)
-    gc_out = subprocess.run([sys.executable, "-m", "ndshm", "gc"], capture_output=True, text=True, timeout=60,
-                            env=child_env())
+    gc_out = run_cli("gc")
     assert f"pool {pool.name}: released the blocks and pins of 1 dead process" in gc_out.stdout, gc_out.stdout
     assert pool.stats().live_blocks == 3
     del keep

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import (child_env, collect, expect_line, finish_python, kill9, read_line, start_python,
+from conftest import (child_env, collect, expect_line, finish_python, kill9, read_line, run_cli, start_python,
                       start_python_ns)
 from ndshm import _ownership
 from optional_deps import require
@@ -56,8 +56,7 @@ def _say(p: subprocess.Popen, line: str = "go") -> None:
 
 
 def _gc(d: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "ndshm", "gc", "--min-age", "0", "--dir", d], capture_output=True,
-                         text=True, env=child_env(), timeout=60)
+    out = run_cli("gc", "--min-age", "0", "--dir", d)
     assert out.returncode == 0, out.stderr
     return out.stdout
 

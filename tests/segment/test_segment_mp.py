@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import PYPY, child_env, collect, dir_files, mounted_tmpfs, run_python, skip_or_fail
+from conftest import PYPY, child_env, collect, dir_files, mounted_tmpfs, run_cli, run_python, skip_or_fail
 
 CONTEXTS = ["fork", "spawn"]
 
@@ -162,16 +162,14 @@ def test_crash_then_gc(tmp_path):
         recs = {r.name: r for r in ndshm.list(d)}
         assert recs["crashy"].in_use and recs["crashy"].creator_pid == proc.pid
         # gc spares a segment a live process maps
-        out = subprocess.run([sys.executable, "-m", "ndshm", "gc", "--min-age", "0"], capture_output=True, text=True,
-                             env=child_env(**env), timeout=60)
+        out = run_cli("gc", "--min-age", "0", **env)
         assert out.returncode == 0 and os.path.exists(shm_path("crashy", d))
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         proc.stdout.close()
         recs = {r.name: r for r in ndshm.list(d)}
         assert not recs["crashy"].in_use  # the kernel dropped the dead process's flock
-        out = subprocess.run([sys.executable, "-m", "ndshm", "gc", "--min-age", "0"], capture_output=True, text=True,
-                             env=child_env(**env), timeout=60)
+        out = run_cli("gc", "--min-age", "0", **env)
         assert out.returncode == 0, out.stderr
         assert "removed crashy" in out.stdout
         # an attacher killed with -9 stops counting as a user too
@@ -526,11 +524,14 @@ def test_a_new_tmpfs_with_an_unmounted_ones_numbers_gets_its_own_process_table()
             pass
         dev = os.stat(first).st_dev
         subprocess.run(["umount", "-l", first], check=True)
-        for _ in range(20):                      # until a new mount reuses the device number
-            second = mount("size=1m")
+        import time
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:       # until a new mount reuses the device number (another
+            second = mount("size=1m")            # test's mount may hold it meanwhile: then wait)
             if os.stat(second).st_dev == dev:
                 break
             subprocess.run(["umount", "-l", second], check=True)
+            time.sleep(0.05)
         else:
             print("no reuse")
             raise SystemExit
