@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
+import shutil
+import tempfile
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -144,3 +148,63 @@ def test_attach_raw_of_a_stdlib_block():
     finally:
         a.close()
         a.unlink()
+
+
+def _pickled_globals(obj) -> list[str]:
+    """The classes and functions a protocol 0 pickle of ``obj`` names ("module qualname")."""
+    return [arg for op, arg, _ in pickletools.genops(pickle.dumps(obj, 0)) if op.name == "GLOBAL"]
+
+
+def test_the_classes_pickle_print_and_raise_under_the_public_module():
+    """SharedMemory and ShareableList have rooms of their own (compat/_shared_memory.py,
+    compat/_shareable_list.py) but are named as ndshm.compat.shared_memory's, as before the split:
+    a pickle made here loads in an ndshm without those rooms."""
+    from ndshm.compat.shared_memory import ShareableList, ShareableListTypeError
+
+    sl = ShareableList([1, "two", None])
+    try:
+        assert _pickled_globals(sl.shm) == ["ndshm.compat.shared_memory SharedMemory"]
+        assert _pickled_globals(sl) == ["functools partial", "ndshm.compat.shared_memory ShareableList"]
+        other = pickle.loads(pickle.dumps(sl))
+        assert type(other) is ShareableList and list(other) == [1, "two", None]
+        other.shm.close()
+        assert repr(ShareableList[int]) == "ndshm.compat.shared_memory.ShareableList[int]"
+        with pytest.raises(ShareableListTypeError, match=r"item 0 \(\[\]\) is a list") as info:
+            ShareableList([[]])
+        assert _pickled_globals(info.value) == ["ndshm.compat.shared_memory ShareableListTypeError"]
+        assert type(pickle.loads(pickle.dumps(info.value))) is ShareableListTypeError
+    finally:
+        sl.shm.close()
+        sl.shm.unlink()
+
+
+def test_shm_dir_set_on_the_public_module_moves_new_blocks(monkeypatch):
+    """SHM_DIR is read in SharedMemory's room: setting it on ndshm.compat.shared_memory (by
+    assignment, monkeypatch or mock.patch) still moves the blocks made after, and is undone."""
+    from ndshm.compat import shared_memory
+
+    d1, d2 = (tempfile.mkdtemp(prefix="ndshm-compat-dir-", dir="/dev/shm") for _ in range(2))
+    blocks = []
+    try:
+        monkeypatch.setattr(shared_memory, "SHM_DIR", d1)
+        with mock.patch.object(shared_memory, "SHM_DIR", d2):
+            assert shared_memory.SHM_DIR == d2
+            blocks.append(SharedMemory(create=True, size=8))
+        assert shared_memory.SHM_DIR == d1
+        blocks.append(SharedMemory(create=True, size=8))
+        assert [e for e in os.listdir(d2) if e.startswith("psm_")] == [blocks[0].name]
+        assert [e for e in os.listdir(d1) if e.startswith("psm_")] == [blocks[1].name]
+        with pytest.raises(ndshm.SegmentNotFoundError, match=blocks[0].name):
+            SharedMemory(blocks[0].name)  # attaches look in d1 again too
+        blocks.append(SharedMemory(blocks[1].name))
+        assert blocks[2].size == 8
+    finally:
+        for b in blocks:
+            b.close()
+        for b in blocks[:2]:
+            try:
+                b.unlink()
+            except FileNotFoundError:
+                pass
+        shutil.rmtree(d1, ignore_errors=True)
+        shutil.rmtree(d2, ignore_errors=True)

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from conftest import child_env, collect, dir_files
-from ndshm.compat import shared_memory
+from ndshm.compat import _shared_memory, shared_memory
 from ndshm import _compat_blocks as _marks
 from ndshm._compat_blocks import ndshm_blocks as _ndshm_blocks, reclaim_dead as _reclaim_dead
 
@@ -195,7 +195,7 @@ def test_a_block_whose_attach_fails_after_create_is_removed(shm_dir, monkeypatch
     def refuse(path, readonly):
         raise OSError(12, "no mapping today", path)
 
-    monkeypatch.setattr(shared_memory, "map_raw", refuse)
+    monkeypatch.setattr(_shared_memory, "map_raw", refuse)  # where SharedMemory finds it
     with pytest.raises(OSError, match="no mapping today"):
         shared_memory.SharedMemory("psm_failing", create=True, size=16)
     assert dir_files(shm_dir) == []

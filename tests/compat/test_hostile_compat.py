@@ -18,7 +18,7 @@ import pytest
 
 import ndshm
 from conftest import collect, run_python
-from ndshm.compat import shared_memory
+from ndshm.compat import _shareable_list, shared_memory
 from ndshm import _compat_blocks as _marks
 from ndshm._compat_blocks import ndshm_blocks as _ndshm_blocks, reclaim_dead as _reclaim_dead
 from ndshm.compat.shared_memory import ShareableList, SharedMemory
@@ -105,7 +105,7 @@ def test_the_offsets_table_is_not_parsed_before_its_size_is_checked(shm_dir):
     ints (a 2.5 GB block: 18 s and 5.5 GB) before the sizes were found not to fit."""
     formats: list[str] = []
 
-    class Spy:  # the struct module as shared_memory sees it, recording what it unpacks
+    class Spy:  # the struct module as ShareableList's room sees it, recording what it unpacks
         def __getattr__(self, attr):
             return getattr(struct, attr)
 
@@ -118,12 +118,12 @@ def test_the_offsets_table_is_not_parsed_before_its_size_is_checked(shm_dir):
     try:
         struct.pack_into("q", shm.buf, 0, n)
         struct.pack_into("q", shm.buf, 8 + 8 * n, 8 * n + 8)  # the data area would end past the block
-        shared_memory.struct = Spy()
+        _shareable_list.struct = Spy()
         try:
             with pytest.raises(ValueError, match="do not fit"):
                 ShareableList(name=shm.name)
         finally:
-            shared_memory.struct = struct
+            _shareable_list.struct = struct
         assert formats and max(map(len, formats)) == 1, [f[:8] for f in formats]  # never the table's "q" * (n + 1)
         struct.pack_into("q", shm.buf, 8 + 8 * n, 8 * n)  # fits, but the other offsets do not increase
         with pytest.raises(ValueError, match="not increasing"):

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     # Arrays carved from a pre-faulted pool; a full pool's fallback is a segment of its own (_api).
     ("pool", {"pool"}),
     ("integrations and compat", {"_replica", "_replicate", "dask", "ray", "mpi", "torch", "_listing", "compat",
-                                 "compat.shared_memory",
+                                 "compat.shared_memory", "compat._shared_memory", "compat._shareable_list",
                                  "compat.managers", "compat.sharedarray"}),
     ("front ends", {"_cli", "_benchcli", "__main__", "__init__"}),
 ]

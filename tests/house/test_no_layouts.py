@@ -20,7 +20,7 @@ PKG = ROOT / "pybind" / "ndshm"
 
 # Files that read or write a binary format that is *not* ndshm's, so struct/pread are theirs to use.
 FOREIGN = {
-    "compat/shared_memory.py": "the standard library's ShareableList layout (either module reads the other's lists)",
+    "compat/_shareable_list.py": "the standard library's ShareableList layout (either module reads the other's lists)",
     "compat/sharedarray.py": "the SharedArray package's metadata trailer",
     "dask.py": "the kernel's struct flock (fcntl F_OFD_SETLK)",
 }

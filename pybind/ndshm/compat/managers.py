@@ -26,7 +26,9 @@ from multiprocessing import ProcessError
 from typing import Any, Callable, Iterable, Optional
 
 from . import shared_memory as _sm
-from .shared_memory import SLT, ShareableList, SharedMemory
+from ._shareable_list import SLT
+from ._shared_memory import block_path
+from .shared_memory import ShareableList, SharedMemory
 
 __all__ = ["SharedMemoryManager"]
 
@@ -95,7 +97,7 @@ class SharedMemoryManager:
         """Return at once: there is no server process to wait for."""
 
     def _record(self, shm: SharedMemory) -> None:
-        path = _sm.block_path(shm)
+        path = block_path(shm)
         st = os.stat(path)
         self._blocks[shm.name] = (path, st.st_dev, st.st_ino)
 
