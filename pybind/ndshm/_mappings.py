@@ -10,8 +10,12 @@ Two tables, both keyed by (real directory, name):
 
 - ``live``: a weak reference to every mapped :class:`~ndshm.Segment` (creator's or attacher's),
   so that all views of one segment in a process share one mapping;
-- ``kept``: an :class:`_Entry` per recently attached segment: its C handle and its attributes,
-  which keep it mapped after its last view (and with it the Segment object) died.
+- ``kept``: an :class:`_Entry` per recently attached segment: its C handle and what the Segment
+  gave to rebuild itself (a snapshot this module never looks into), which keep it mapped after its
+  last view (and with it the Segment object) died.
+
+Each Segment object keeps a :class:`MapState` (its key here, its handle, its recency flag): this
+module alone reads and changes it, and it knows a Segment otherwise by its public properties.
 
 A kept mapping no Segment object uses (every view of it died, and nothing else holds the Segment)
 is **idle**: it lets go of the segment's shared ``flock``, which tells ``gc`` and ``create``'s
@@ -39,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 if TYPE_CHECKING:
     from ._segment import Segment
 
-__all__ = ["set_mapping_cache", "mapping_cache_info"]
+__all__ = ["set_mapping_cache", "mapping_cache_info", "MapState"]
 
 _LIMIT_COUNT_ENV, _LIMIT_BYTES_ENV = "NDSHM_MAPPING_CACHE_COUNT", "NDSHM_MAPPING_CACHE_BYTES"
 CHECK_SECONDS = 1.0
@@ -61,25 +65,52 @@ def _env_int(name: str, default: int) -> int:
 _max_count = _env_int(_LIMIT_COUNT_ENV, 64)
 _max_bytes = _env_int(_LIMIT_BYTES_ENV, 8 << 30)
 
+class MapState:
+    """What the mapping cache knows of one Segment object; the Segment keeps it, this module alone
+    reads and changes it. ``key``: its (real dir, name) here once remembered, else None;
+    ``handle``: its C handle (one per mapping: Segment objects handed the same kept mapping share
+    it); ``dev``, ``ino``: its file's identity; ``hot``: reused since the cache last looked (see
+    :func:`_evict`; ``Segment.attach`` sets it on a reuse, the hot path)."""
+
+    __slots__ = ("key", "handle", "dev", "ino", "hot")
+
+    def __init__(self, handle: Any, dev: int, ino: int) -> None:
+        self.key: Optional[tuple[str, str]] = None
+        self.handle = handle
+        self.dev = dev
+        self.ino = ino
+        self.hot = False
+
+
 class _Entry:
-    """A kept mapping: the attributes of the Segment it was kept for (its C handle among them,
-    which keeps it mapped), and a weak reference to the Segment object now using it (None, or
-    dead: idle, its flock released)."""
+    """A kept mapping: its C handle (which keeps it mapped), the snapshot its Segment gave to be
+    rebuilt from and the owner state to rebuild it with (see :func:`note_owner`), and a weak
+    reference to the Segment object now using it (None, or dead: idle, its flock released) with
+    that object's MapState."""
 
-    __slots__ = ("key", "state", "fd", "size", "ref", "hot", "pid", "__weakref__")
+    __slots__ = ("key", "handle", "snapshot", "owner", "readonly", "dev", "ino", "fd", "size", "ref", "ms", "hot",
+                 "pid", "__weakref__")
 
-    def __init__(self, key: tuple[str, str], seg: "Segment") -> None:
+    def __init__(self, key: tuple[str, str], seg: "Segment", ms: MapState, snapshot: Any,
+                 owner: Optional[str]) -> None:
         self.key = key
         self.pid = _pid  # a forked child shares the descriptor (and its flock): it leaves it alone
-        self.state = {attr: getattr(seg, attr) for attr in _state_of(type(seg))}
+        self.handle = ms.handle
+        self.snapshot = snapshot
+        self.owner = owner
+        self.readonly: bool = seg.readonly
+        self.dev, self.ino = ms.dev, ms.ino
         self.fd: int = seg.fd
         self.size: int = seg.nbytes
         self.ref: "Optional[weakref.ref[Segment]]" = None
+        self.ms = ms
         self.hot = False
 
-    def use(self, seg: "Segment") -> None:
-        """``seg`` uses this mapping (caller holds ``lock``): when it dies, the mapping is idle."""
+    def use(self, seg: "Segment", ms: MapState) -> None:
+        """``seg`` (whose MapState is ``ms``) uses this mapping (caller holds ``lock``): when it
+        dies, the mapping is idle."""
         self.ref = weakref.ref(seg, self._unused)
+        self.ms = ms
 
     def idle(self) -> bool:
         ref = self.ref
@@ -99,16 +130,6 @@ class _Entry:
                     pass
 
 
-# Segment class -> the attributes an entry keeps to hand the mapping out again (its slots but the
-# weak references): read from the class itself, so a new slot is never forgotten here.
-_STATES: dict[type, tuple[str, ...]] = {}
-
-
-def _state_of(cls: type) -> tuple[str, ...]:
-    attrs = _STATES.get(cls)
-    if attrs is None:
-        attrs = _STATES[cls] = tuple(a for a in getattr(cls, "__slots__", ()) if a != "__weakref__")
-    return attrs
 
 lock = threading.RLock()
 live: "dict[tuple[str, str], weakref.ref[Segment]]" = {}
@@ -160,15 +181,19 @@ def mapping_cache_info() -> dict[str, int]:
                 "mapping_cache_max_count": _max_count, "mapping_cache_max_bytes": _max_bytes}
 
 
-def remember(key: tuple[str, str], seg: "Segment") -> None:
-    """Make ``seg`` the mapping of ``key`` for later attaches (caller holds ``lock``)."""
-    seg._key = key
+def remember(key: tuple[str, str], seg: "Segment", ms: MapState) -> None:
+    """Make ``seg`` (whose MapState is ``ms``) the mapping of ``key`` for later attaches (caller
+    holds ``lock``)."""
+    ms.key = key
     live[key] = weakref.ref(seg)
 
 
-def keep(key: tuple[str, str], seg: "Segment", fresh: bool = True) -> None:
-    """Keep ``seg`` mapped after its last view dies (a new attach's mapping, or a creator's;
-    caller holds ``lock``). ``fresh``: count it as an attach that had to map afresh."""
+def keep(key: tuple[str, str], seg: "Segment", ms: MapState, snapshot: Callable[[], Any], owner: Optional[str],
+         fresh: bool = True) -> None:
+    """Keep ``seg`` (whose MapState is ``ms``) mapped after its last view dies (a new attach's
+    mapping, or a creator's; caller holds ``lock``): ``snapshot()`` gives what :func:`revive`
+    hands back to rebuild a Segment object, ``owner`` its owner state then. ``fresh``: count it
+    as an attach that had to map afresh."""
     global _kept_bytes, _fresh
     if fresh:
         _fresh += 1
@@ -177,35 +202,37 @@ def keep(key: tuple[str, str], seg: "Segment", fresh: bool = True) -> None:
         _kept_bytes -= old.size
     if _max_count == 0 or seg.nbytes > _max_bytes:
         return
-    entry = _Entry(key, seg)
-    entry.use(seg)
+    entry = _Entry(key, seg, ms, snapshot(), owner)
+    entry.use(seg, ms)
     kept[key] = entry
     _kept_bytes += entry.size
     _evict()
     _start_watcher()
 
 
-def note_owner(seg: "Segment") -> None:
-    """``seg``'s ownership changed (a hand-over): a mapping handed out again must say so too."""
-    key = seg._key
+def note_owner(ms: MapState, owner: Optional[str]) -> None:
+    """The ownership of the Segment whose MapState is ``ms`` changed to ``owner`` (a hand-over):
+    a mapping handed out again must say so too."""
+    key = ms.key
     if key is None:
         return
     with lock:
         entry = kept.get(key)
-        if entry is not None and entry.state.get("_handle") is seg._handle:
-            entry.state["_owner"] = seg._owner
+        if entry is not None and entry.handle is ms.handle:
+            entry.owner = owner
 
 
-def revive(key: tuple[str, str], path: str, readonly: bool, cls: Any) -> "Optional[Segment]":
+def revive(key: tuple[str, str], path: str, readonly: bool,
+           make: "Callable[[Any, Optional[str]], tuple[Segment, MapState]]") -> "Optional[Segment]":
     """The idle kept mapping of ``key``, in a new Segment object, if it may be handed out: not
     read-only when ``readonly`` is False, its shared flock taken again (never waiting: a
     reclaimer holds it exclusively while it removes the name) and ``path`` still leading to that
-    very file. Else None (an entry that can serve no more is dropped). Caller holds ``lock``."""
+    very file. Else None (an entry that can serve no more is dropped). ``make(snapshot, owner)``
+    builds the Segment object and its MapState from what :func:`keep` was given. Caller holds ``lock``."""
     global _kept_bytes
     entry = kept.get(key)
-    if entry is None or not entry.idle() or (not readonly and entry.state["_readonly"]):
+    if entry is None or not entry.idle() or (not readonly and entry.readonly):
         return None
-    state = entry.state
     ok = False
     if entry.pid != _pid:
         pass  # inherited through fork: its flock is the parent's too, so this process maps afresh
@@ -217,70 +244,68 @@ def revive(key: tuple[str, str], path: str, readonly: bool, cls: Any) -> "Option
         else:
             try:
                 st = os.stat(path)
-                ok = st.st_ino == state["_ino"] and st.st_dev == state["_dev"]
+                ok = st.st_ino == entry.ino and st.st_dev == entry.dev
             except OSError:
                 pass
     if not ok:  # reclaimed, removed or replaced: this mapping serves no attach any more
         del kept[key]
         _kept_bytes -= entry.size
         return None
-    seg = object.__new__(cls)
-    for attr, value in state.items():
-        setattr(seg, attr, value)
-    seg._hot = True
+    seg, ms = make(entry.snapshot, entry.owner)
+    ms.key = key
+    ms.hot = True
     live[key] = weakref.ref(seg)
-    entry.use(seg)
-    return seg  # type: ignore[no-any-return]
+    entry.use(seg, ms)
+    return seg
 
 
-def release(seg: "Segment") -> None:
-    """Forget ``seg`` everywhere (it was closed, unlinked by its owner, or must die with its views)."""
-    key = seg._key
+def release(seg: "Segment", ms: MapState) -> None:
+    """Forget ``seg`` (whose MapState is ``ms``) everywhere (it was closed, unlinked by its
+    owner, or must die with its views)."""
+    key = ms.key
     if key is None:
         return
     with lock:
-        _unkeep(key, seg)
+        _unkeep(key, ms)
         ref = live.get(key)
         if ref is not None and ref() is seg:
             del live[key]
 
 
-def unkeep(seg: "Segment") -> None:
-    """Stop keeping ``seg`` mapped past its views (it is owned here and must die with them, or
-    its name was removed); later attaches still share it while it lives."""
-    key = seg._key
+def unkeep(ms: MapState) -> None:
+    """Stop keeping the mapping of the Segment whose MapState is ``ms`` past its views (it is
+    owned here and must die with them, or its name was removed); later attaches still share it
+    while it lives."""
+    key = ms.key
     if key is None:
         return
     with lock:
-        _unkeep(key, seg)
+        _unkeep(key, ms)
 
 
-def _unkeep(key: tuple[str, str], seg: "Segment") -> None:
-    """Drop ``seg``'s mapping from the kept ones if it is the one kept under ``key`` (``lock`` held)."""
+def _unkeep(key: tuple[str, str], ms: MapState) -> None:
+    """Drop the mapping of ``ms`` from the kept ones if it is the one kept under ``key`` (``lock`` held)."""
     global _kept_bytes
     entry = kept.get(key)
-    if entry is not None and entry.state.get("_handle") is seg._handle:
+    if entry is not None and entry.handle is ms.handle:
         del kept[key]
         _kept_bytes -= entry.size
 
 
 def _evict() -> None:
     """Drop the least recently used mappings until within the limits. Recency is a second chance
-    (CLOCK): an attach that reuses a mapping only sets its ``_hot`` flag (no reordering on the hot
-    path); eviction moves a hot entry to the young end once, clearing the flag, and drops the
-    first cold one it meets."""
+    (CLOCK): an attach that reuses a mapping only sets its Segment's ``MapState.hot`` flag (no
+    reordering on the hot path); eviction moves a hot entry to the young end once, clearing the
+    flag, and drops the first cold one it meets."""
     global _kept_bytes
     chances = len(kept)
     while kept and (len(kept) > _max_count or _kept_bytes > _max_bytes):
         key, entry = kept.popitem(last=False)
-        ref = live.get(key)
-        seg = ref() if ref is not None else None
-        if seg is not None and seg._handle is not entry.state.get("_handle"):
-            seg = None
-        if (entry.hot or (seg is not None and seg._hot)) and chances > 0 and _max_count > 0:
+        ms: Optional[MapState] = None if entry.idle() else entry.ms  # the MapState of the Segment using it
+        if (entry.hot or (ms is not None and ms.hot)) and chances > 0 and _max_count > 0:
             entry.hot = False
-            if seg is not None:
-                seg._hot = False
+            if ms is not None:
+                ms.hot = False
             chances -= 1
             kept[key] = entry
             continue

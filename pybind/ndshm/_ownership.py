@@ -48,7 +48,7 @@ from ._dirs import READ_FLAGS
 from ._errors import error_from_code
 from ._lib import ffi, lib
 
-__all__ = ["cleanup_on_signals", "sweep", "reclaimable"]
+__all__ = ["cleanup_on_signals", "sweep", "reclaimable", "OwnerState"]
 
 OWNERS = ("creator", "views", "receiver")
 GRACE_SECONDS = 5.0
@@ -60,7 +60,8 @@ _lock = threading.RLock()
 # path -> (dev, ino, pid) of each name this process owns as creator: a record, not the segment (no
 # descriptor or mapping is held for it; the mapping cache may keep the mapping, within its limits)
 _owned: dict[str, tuple[int, int, int]] = {}
-_temporaries: "weakref.WeakSet[Any]" = weakref.WeakSet()  # owner="views": removed at exit if still alive
+# owner="views": the Segment objects (and their states), removed at exit if still alive
+_temporaries: "weakref.WeakKeyDictionary[Any, OwnerState]" = weakref.WeakKeyDictionary()
 _received: "dict[int, tuple[str, int, int]]" = {}  # id(segment) -> (path, dev, ino) owned as receiver
 _last_sweep: dict[str, float] = {}
 
@@ -85,70 +86,88 @@ def check_owner(owner: Any, persist: bool) -> str:
     return cast(str, owner)  # one of OWNERS
 
 
-# ---- the owner state of a Segment (its _owner slot: this module alone changes it) ----------------
+# ---- the owner state of a Segment: this module alone reads and changes it -------------------------
+# Each function takes the Segment (``seg``: only its public properties are read, and it is a key
+# of the tables below), its OwnerState, and the segment's C handle where C is asked.
 
-def start(seg: Any, owner: str) -> None:
+class OwnerState:
+    """One Segment object's part in removing its name; the Segment keeps it (``Segment.owner``
+    reads ``owner``), this module alone changes it. ``owner``: None (not this process's to remove)
+    or one of "creator", "views", "receiver", "handed", "received" (see ``Segment.owner``);
+    ``pid``: the creating process (0 when not the creator; a forked child's copy is not its own);
+    ``dev``, ``ino``: the identity of the segment's file (a name is removed only while it leads there)."""
+
+    __slots__ = ("owner", "pid", "dev", "ino")
+
+    def __init__(self, pid: int, dev: int, ino: int, owner: Optional[str] = None) -> None:
+        self.owner = owner
+        self.pid = pid
+        self.dev = dev
+        self.ino = ino
+
+
+def start(seg: Any, st: OwnerState, handle: Any, owner: str) -> None:
     """A creator's new non-persistent named or file segment: ``owner`` (one of OWNERS) removes its name."""
-    seg._owner = owner
+    st.owner = owner
     if owner == "receiver":
-        mark_handover(seg)
-    own(seg)
+        mark_handover(handle, seg.path)
+    own(seg, st, handle)
 
 
-def end(seg: Any) -> None:
+def end(seg: Any, st: OwnerState) -> None:
     """``seg`` was closed or its name removed: this process owns it no more."""
-    if seg._owner == "received":
-        release_received(seg)
+    if st.owner == "received":
+        release_received(seg, st)
     else:
-        disown(seg)
-    seg._owner = None
+        disown(seg, st)
+    st.owner = None
 
 
-def removes_at_close(seg: Any) -> bool:
+def removes_at_close(seg: Any, st: OwnerState) -> bool:
     """True if closing ``seg`` must remove its name: this process created it (not persistent, not
     handed over) or owns that very file (the creator's object may be gone)."""
-    return ((seg.creator and not seg.persist and seg._owner != "handed" and seg._pid == os.getpid())
-            or owns(seg))
+    return ((seg.creator and not seg.persist and st.owner != "handed" and st.pid == os.getpid())
+            or owns(seg.path, st))
 
 
-def hand_over_once(seg: Any) -> bool:
+def hand_over_once(seg: Any, st: OwnerState, handle: Any) -> bool:
     """A reference to ``seg`` is leaving this process: True if it carries the hand-over (created
     with owner="receiver"); the first such reference ends this process's ownership."""
-    owner: Optional[str] = seg._owner
+    owner = st.owner
     if owner == "receiver":
-        hand_over(seg)
+        hand_over(seg, st, handle)
         return True
     return owner == "handed"
 
 
-def give_up(seg: Any) -> None:
+def give_up(seg: Any, st: OwnerState, handle: Any) -> None:
     """Make ``seg`` (just created, or just claimed from a hand-over) owned by no process: its owner
     lock is released, no exit or close removes its name (ndshm.dask's node-owned arrays: their
     holders decide; the sweep reclaims them once every holder died)."""
-    was = seg._owner
-    disown(seg)
+    was = st.owner
+    disown(seg, st)
     with _lock:
         _received.pop(id(seg), None)
     if was in ("creator", "received") and not seg.readonly:
-        lib.ndshm_lock_release(_owner_area(seg))
-    seg._owner = None
+        lib.ndshm_lock_release(_owner_area(handle, seg.path))
+    st.owner = None
 
 
 # ---- the creator's side --------------------------------------------------------------------------
 
-def own(seg: Any) -> None:
+def own(seg: Any, st: OwnerState, handle: Any) -> None:
     """Keep ``seg`` (a creator's non-persistent segment) until it is closed, handed over or the
     process exits (``owner="views"``: only until its last view dies), and make sure exits and
     :func:`cleanup_on_signals` remove its name."""
     with _lock:
-        if seg._owner == "views":
-            _temporaries.add(seg)
+        if st.owner == "views":
+            _temporaries[seg] = st
         else:
-            _owned[seg.path] = (seg._dev, seg._ino, os.getpid())
-    if seg._owner != "views":
+            _owned[seg.path] = (st.dev, st.ino, os.getpid())
+    if st.owner != "views":
         # Say so in the header too: the owner lock (pid and start time) tells a sweep or gc in any
         # process that a live process owns this name even when nobody maps it.
-        rc = lib.ndshm_lock_acquire(_owner_area(seg), 0.0)
+        rc = lib.ndshm_lock_acquire(_owner_area(handle, seg.path), 0.0)
         if rc != 0 and rc != _EOWNERDEAD:
             raise error_from_code(rc, seg.path)
     _ensure_exit_hook()
@@ -157,12 +176,12 @@ def own(seg: Any) -> None:
 _EOWNERDEAD = lib.NDSHM_EOWNERDEAD
 
 
-def _owner_area(seg: Any) -> Any:
-    """The ``void *`` of ``seg``'s owner slot (one C call; the mapping must be writable)."""
+def _owner_area(handle: Any, path: Optional[str]) -> Any:
+    """The ``void *`` of the owner slot of segment ``handle`` (one C call; the mapping must be writable)."""
     out = ffi.new("void **")
-    rc = lib.ndshm_segment_sync(seg._handle, OWNER_SLOT, out)
+    rc = lib.ndshm_segment_sync(handle, OWNER_SLOT, out)
     if rc:
-        raise error_from_code(rc, seg.path)
+        raise error_from_code(rc, path)
     return out[0]
 
 
@@ -172,10 +191,10 @@ def owned_names() -> int:
         return len(_owned) + len(_temporaries) + len(_received)
 
 
-def owns(seg: Any) -> bool:
-    """True if this process owns the name of ``seg``'s very file (as its creator)."""
-    rec = _owned.get(seg.path) if seg.path else None
-    return rec is not None and rec[0] == seg._dev and rec[1] == seg._ino and rec[2] == os.getpid()
+def owns(path: Optional[str], st: OwnerState) -> bool:
+    """True if this process owns name ``path`` of the very file ``st`` names (as its creator)."""
+    rec = _owned.get(path) if path else None
+    return rec is not None and rec[0] == st.dev and rec[1] == st.ino and rec[2] == os.getpid()
 
 
 _DROP_CHECK = 256
@@ -202,61 +221,62 @@ def drop_removed() -> bool:
 _mappings.checks.append(drop_removed)
 
 
-def disown(seg: Any) -> None:
+def disown(seg: Any, st: OwnerState) -> None:
     with _lock:
-        if owns(seg):
-            del _owned[seg.path]
-        _temporaries.discard(seg)
+        path = seg.path
+        if owns(path, st):
+            del _owned[path]
+        _temporaries.pop(seg, None)
 
 
-def mark_handover(seg: Any) -> None:
+def mark_handover(handle: Any, path: Optional[str]) -> None:
     """Write the hand-over marker into a new receiver-owned segment (before anyone can claim it)."""
-    rc = lib.ndshm_segment_mark_handover(seg._handle)
+    rc = lib.ndshm_segment_mark_handover(handle)
     if rc:
-        raise error_from_code(rc, seg.path)
+        raise error_from_code(rc, path)
 
 
-def hand_over(seg: Any) -> None:
+def hand_over(seg: Any, st: OwnerState, handle: Any) -> None:
     """A reference to ``seg`` is leaving this process: from now on its creator does not remove
     the name (the first receiver will). Its handle was created with KEEP_NAME, so even its last
-    view dying here leaves the name alone."""
-    disown(seg)
-    seg._owner = "handed"
-    _mappings.note_owner(seg)
+    view dying here leaves the name alone. (The caller tells the mapping cache: _mappings.note_owner.)"""
+    disown(seg, st)
+    st.owner = "handed"
     # Unowned from now on (the marker says: handed over, waiting for a receiver) until one claims it.
-    lib.ndshm_lock_release(_owner_area(seg))
+    lib.ndshm_lock_release(_owner_area(handle, seg.path))
 
 
 # ---- the receiver's side -------------------------------------------------------------------------
 
-def claim(seg: "Segment") -> bool:
+def claim(seg: "Segment", st: OwnerState, handle: Any) -> bool:
     """Become the owner of a handed-over segment just attached, if nobody (alive) is: the name then
     goes when this process's last view of it dies, or when it exits. False if another process
     owns it already, or the mapping is read-only (it cannot take the lock). A segment this process
     owns otherwise (its creator's, not handed over) is left as it is."""
-    if seg._owner not in (None, "handed", "received"):  # "handed": back in its creator
+    owner = st.owner
+    if owner not in (None, "handed", "received"):  # "handed": back in its creator
         return False
-    if seg.readonly or seg._owner == "received":
-        return seg._owner == "received"
+    if seg.readonly or owner == "received":
+        return owner == "received"
     path = seg.path
     if path is None:  # not a named segment: there is no name to take over
         return False
-    if lib.ndshm_segment_handover_marked(seg._handle) != 1:
+    if lib.ndshm_segment_handover_marked(handle) != 1:
         return False  # not a hand-over segment (the name was reused since the pickling)
     rc = lib.ndshm_lock_acquire(ffi.cast("void *", seg.sync_address(OWNER_SLOT)), 0.0)
     if rc not in (0, lib.NDSHM_EOWNERDEAD):
         return False
-    seg._owner = "received"
+    st.owner = "received"
     with _lock:
-        _received[id(seg)] = (path, seg._dev, seg._ino)
-    weakref.finalize(seg, _drop_received, id(seg), path, seg._dev, seg._ino).atexit = False
+        _received[id(seg)] = (path, st.dev, st.ino)
+    weakref.finalize(seg, _drop_received, id(seg), path, st.dev, st.ino).atexit = False
     _ensure_exit_hook()
     return True
 
 
-def release_received(seg: Any) -> None:
+def release_received(seg: Any, st: OwnerState) -> None:
     """The receiver closed or unlinked ``seg``: its name goes now (if it still names that file)."""
-    _drop_received(id(seg), seg.path, seg._dev, seg._ino)
+    _drop_received(id(seg), seg.path, st.dev, st.ino)
 
 
 def _drop_received(key: int, path: str, dev: int, ino: int) -> None:
@@ -284,7 +304,7 @@ def release_all() -> None:
     with _lock:
         names = [(path, dev, ino) for path, (dev, ino, p) in _owned.items() if p == pid]
         _owned.clear()
-        temporaries = [s for s in _temporaries if s._pid == pid]
+        temporaries = [s for s, st in list(_temporaries.items()) if st.pid == pid]
         names += [(path, dev, ino) for path, dev, ino in _received.values()]
         _received.clear()
     for seg in temporaries:

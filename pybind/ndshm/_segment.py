@@ -7,9 +7,10 @@ it), so the mapping lives exactly as long as the last view. ``close()`` ends the
 still uses.
 
 Arrays are :class:`SharedArray`, a thin ndarray subclass whose pickling is *by reference* when the
-data lies in a live named segment: (name, dir, byte offset, shape, strides, dtype), unpickled by
-attaching (one mapping per segment per process, reused) and viewing. Anything else (ufunc
-results, anonymous or memfd segments) pickles by value like a plain ndarray.
+data lies in a live named segment (registered by :mod:`ndshm._reference`, which makes references):
+(name, dir, byte offset, shape, strides, dtype), unpickled here by :func:`rebuild_view`, attaching
+(one mapping per segment per process, reused) and viewing. Anything else (ufunc results, anonymous
+or memfd segments) pickles by value like a plain ndarray.
 
 ``meta``: ``bytes``/``bytearray`` are stored verbatim and come back as ``bytes``; any other value
 is stored as JSON and comes back decoded (a one-byte tag tells them apart). At most 4095 bytes.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, SupportsIndex
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 from numpy.lib import format as _npformat
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 else:
     _NDArrayBase = np.ndarray
 
-__all__ = ["Segment", "SharedArray", "Reference", "segment_of", "default_dir"]
+__all__ = ["Segment", "SharedArray", "segment_of", "default_dir"]
 
 _POPULATE, _READONLY = lib.NDSHM_SEG_POPULATE, lib.NDSHM_SEG_READONLY
 _QUEUE, _SYNC, _BROADCAST = lib.NDSHM_SEG_QUEUE, lib.NDSHM_SEG_SYNC, lib.NDSHM_SEG_BROADCAST
@@ -101,19 +102,8 @@ def _dir_bytes(dir: str) -> bytes:
 
 
 class SharedArray(_NDArrayBase):
-    """An ndarray that pickles by reference when its data lies in a live named segment."""
-
-    def __reduce__(self) -> str | tuple[Any, ...]:
-        ref = reference_of(self)
-        if ref is not None:
-            return (rebuild_view, tuple(ref))
-        return np.asarray(self).__reduce__()
-
-    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
-        ref = reference_of(self)
-        if ref is not None:
-            return (rebuild_view, tuple(ref))
-        return np.asarray(self).__reduce_ex__(protocol)
+    """An ndarray that pickles by reference when its data lies in a live named segment (its
+    pickling is registered by ndshm._reference with copyreg; see there)."""
 
 
 def owner_of(arr: Any) -> Any:
@@ -126,90 +116,22 @@ def owner_of(arr: Any) -> Any:
     return base
 
 
-class Reference(NamedTuple):
-    """Where a shared array's data lies, small and picklable (see the module documentation).
-    Made by :func:`reference`, turned back into an array by :func:`from_reference`."""
-
-    name: str
-    """The segment's name."""
-    dir: str
-    """The directory holding it."""
-    offset: int
-    """Byte offset of the array's first element from the start of the segment's data."""
-    shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    descr: Any
-    """The dtype, as ``numpy.lib.format.dtype_to_descr`` writes it."""
-    readonly: bool
-    """True if the referenced array was read-only (its receivers then get read-only views)."""
-    dev: int
-    """Device of the segment's file (its directory's file system)."""
-    ino: int
-    """Inode of the segment's file: with ``dev``, the segment's identity."""
-    handover: bool
-    """True for a segment created with ``owner="receiver"``: the first receiver becomes its owner."""
-    node: str
-    """The node identity of the process that made the reference (:func:`node_identity`)."""
-
-    @property
-    def dtype(self) -> np.dtype:
-        """The referenced array's dtype."""
-        return _npformat.descr_to_dtype(self.descr)
-
-    @property
-    def nbytes(self) -> int:
-        """The referenced array's bytes (its elements times its itemsize)."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * self.dtype.itemsize
-
-
-def reference_of(arr: NDArray[Any]) -> Optional[Reference]:
-    """The :class:`Reference` to ``arr`` if its data lies in a live named segment, else None. For
-    a segment created with ``owner="receiver"`` this hands the name over (see _ownership)."""
-    seg = owner_of(arr)
-    if not isinstance(seg, Segment) or seg._kind != "named" or seg._raw or seg._closed or seg._path is None:
-        return None
-    iface = arr.__array_interface__
-    addr = iface["data"][0]
-    strides = arr.strides
-    lo, hi = _dtype.byte_span(arr.shape, strides, arr.itemsize)
-    offset = addr - seg.address
-    if arr.size and (offset + lo < 0 or offset + hi > seg._data_size):
-        return None
-    try:  # the name must still lead to this very segment (it may have been removed, or reused)
-        st = os.stat(seg._path)
-    except OSError:
-        return None
-    if not seg._same_file(st.st_dev, st.st_ino):
-        return None
-    assert seg._name is not None and seg._dir is not None  # a live named segment has both
-    return Reference(seg._name, seg._dir, offset, tuple(arr.shape), tuple(strides),
-                     _npformat.dtype_to_descr(arr.dtype), not arr.flags.writeable, seg._dev, seg._ino,
-                     _ownership.hand_over_once(seg), node_identity())
-
-
 def rebuild_view(name: str, dir: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], descr: Any,
                  readonly: bool = False, dev: Optional[int] = None, ino: Optional[int] = None,
                  claim: bool = False, node: Optional[str] = None) -> NDArray[Any]:
-    """Unpickle a SharedArray: the fields of its :class:`Reference`, in order (see array_of)."""
-    return array_of(Reference(name, dir, offset, shape, strides, descr, readonly, dev, ino, claim, node),  # type: ignore[arg-type]
-                    readonly)
-
-
-def array_of(ref: Reference, readonly: bool) -> NDArray[Any]:
-    """The view ``ref`` describes: WrongNodeError if it was made on another node or in another
-    container, else attach and view. A hand-over (``ref.handover``) maps the segment writeable
-    even for a read-only view: taking ownership writes the header's owner lock."""
-    name, dir, dev, ino, node = ref.name, ref.dir, ref.dev, ref.ino, ref.node
+    """The view a reference describes (its fields, in the order of ``ndshm.Reference``): what every
+    pickle stream of a SharedArray names (``ndshm._segment.rebuild_view``, so it stays in this room,
+    which ndshm._reference's pickling and ``from_reference`` build on). WrongNodeError if the
+    reference was made on another node or in another container (``ndshm._identity`` decides), else
+    attach and view. A hand-over (``claim``) maps the segment writeable even for a read-only
+    view: taking ownership writes the header's owner lock."""
     other_container = False
     if node is not None and node != node_identity():
         other_container = not check_node(node, name, dir)
         if other_container:  # decided by the file: the path must lead here to the referenced one
             check_file(node, name, dir, f"{dir}/{PREFIX}{name}", dev, ino)
     seg = None
-    if ref.handover and readonly:
+    if claim and readonly:
         try:
             seg = Segment.attach(name, readonly=False, dir=dir)
         except PermissionError:
@@ -221,20 +143,21 @@ def array_of(ref: Reference, readonly: bool) -> NDArray[Any]:
                                   "was pickled")
     if dev is not None and not seg._same_file(dev, ino):
         if other_container:
+            assert node is not None  # other_container is set only for a reference with a node
             check_file(node, name, dir, f"{dir}/{PREFIX}{name}", dev, ino)
         raise SegmentNotFoundError(f"segment {name!r} in {dir} was replaced by another one since this array "
                                    "was pickled")
-    if ref.handover:
+    if claim:
         _claim(seg)
-    dt = _npformat.descr_to_dtype(ref.descr)
-    return seg._view(ref.offset, tuple(ref.shape), dt, tuple(ref.strides), readonly)
+    dt = _npformat.descr_to_dtype(descr)
+    return seg._view(offset, tuple(shape), dt, tuple(strides), readonly)
 
 
 def _claim(seg: "Segment") -> None:
     """Take over a handed-over segment (owner="receiver"); then it dies with this process's views.
     A segment already owned elsewhere (or "handed": back in its creator) is left as it is."""
-    if _ownership.claim(seg):
-        _mappings.unkeep(seg)
+    if _ownership.claim(seg, seg._own, seg._handle):
+        _mappings.unkeep(seg._map)
 
 
 class _View:
@@ -259,7 +182,7 @@ class Segment:
 
     __slots__ = ("_handle", "_info", "_name", "_kind", "_dir", "_path", "_closed", "_creator", "_persist",
                  "_readonly", "_shape", "_strides", "_dtype", "_typestr", "_needs_view", "_meta", "address",
-                 "_data_size", "_raw", "_pid", "_key", "_fd", "_dev", "_ino", "_content", "_owner", "_hot", "__weakref__")
+                 "_data_size", "_raw", "_fd", "_dev", "_ino", "_content", "_own", "_map", "__weakref__")
     _lib = lib  # kept reachable for the handles' finalizers at interpreter exit
     address: int  # the data's first byte in this process
     _handle: Any  # the ndshm_segment_t * (closed by its finalizer)
@@ -280,14 +203,12 @@ class Segment:
     _meta: Any  # the encoded metadata, None (raw), or _UNREAD
     _data_size: int
     _raw: bool
-    _pid: int
-    _key: Optional[tuple[str, str]]  # the mapping cache's key (see _mappings)
     _fd: int
     _dev: int
     _ino: int
     _content: Optional[str]  # 'queue', 'broadcast', 'sync', 'pool', or None for an array
-    _owner: Optional[str]  # the ownership state: written by _ownership only (see there)
-    _hot: bool
+    _own: _ownership.OwnerState  # who removes the name: read and changed by _ownership only
+    _map: _mappings.MapState  # what the mapping cache knows of this object: _mappings's only
 
     def __init__(self) -> None:  # pragma: no cover - use the classmethods
         raise TypeError("use Segment.create(), Segment.attach() or Segment.from_fd()")
@@ -322,14 +243,13 @@ class Segment:
         self._persist = flags & PERSIST != 0
         self._readonly = flags & _READONLY != 0
         self._raw = raw
-        self._pid = os.getpid() if creator else 0  # only a creator's close() compares it
-        self._key = None
-        self._owner = None  # who removes the name: _ownership's state (None: not this process)
-        self._hot = False  # reused since the mapping cache last looked (see _mappings._evict)
         self._fd = v[_S_FD]
         dev, ino, address = v[_S_DEV], v[_S_INO], v[_S_DATA]
-        self._dev = dev if dev >= 0 else dev + _ADDR_WRAP
-        self._ino = ino if ino >= 0 else ino + _ADDR_WRAP
+        self._dev = dev = dev if dev >= 0 else dev + _ADDR_WRAP
+        self._ino = ino = ino if ino >= 0 else ino + _ADDR_WRAP
+        # only a creator's close() compares the pid; owner None: not this process's to remove
+        self._own = _ownership.OwnerState(os.getpid() if creator else 0, dev, ino)
+        self._map = _mappings.MapState(self._handle, dev, ino)
         self.address = address if address >= 0 else address + _ADDR_WRAP
         self._data_size = size = v[_S_SIZE]
         if raw:
@@ -399,14 +319,14 @@ class Segment:
         if kind in ("named", "file"):
             self._path = where
             if not persist:
-                _ownership.start(self, owner)
+                _ownership.start(self, self._own, self._handle, owner)
             if kind == "named":
                 assert dir is not None and name is not None  # set above for named segments
                 key = cache_key(dir, name)
                 with _mappings.lock:
-                    _mappings.remember(key, self)
+                    _mappings.remember(key, self, self._map)
                     if owner != "views":  # the creator's mapping is kept for reuse too, within the limits
-                        _mappings.keep(key, self, fresh=False)
+                        _mappings.keep(key, self, self._map, self._snapshot, self._own.owner, fresh=False)
                 _ownership.sweep(dir)
                 _mappings.drop_removed()
         if fill is not None:
@@ -418,6 +338,24 @@ class Segment:
                 self.close()
                 raise
         return self
+
+    def _snapshot(self) -> tuple[dict[str, Any], _ownership.OwnerState]:
+        """What the mapping cache keeps to hand this mapping out again (see :meth:`_revived`): the
+        plain slots (read from the class, so a new slot is never forgotten) and the owner state."""
+        return {a: getattr(self, a) for a in _PLAIN_SLOTS}, self._own
+
+    @classmethod
+    def _revived(cls, snapshot: tuple[dict[str, Any], _ownership.OwnerState],
+                 owner: Optional[str]) -> tuple["Segment", _mappings.MapState]:
+        """A new Segment object over a kept mapping (``snapshot``), owned as ``owner`` says (the
+        cache's record: a hand-over since the snapshot changed it), with its own MapState."""
+        slots, own = snapshot
+        self = object.__new__(cls)
+        for attr, value in slots.items():
+            setattr(self, attr, value)
+        self._own = _ownership.OwnerState(own.pid, own.dev, own.ino, owner)
+        self._map = ms = _mappings.MapState(self._handle, self._dev, self._ino)
+        return self, ms
 
     def _same_file(self, dev: int, ino: Optional[int]) -> bool:
         return self._dev == dev and self._ino == ino
@@ -449,10 +387,10 @@ class Segment:
                     except OSError:
                         st = None
                     if st is not None and seg._dev == st.st_dev and seg._ino == st.st_ino:
-                        seg._hot = True  # for the cache's eviction (second chance)
+                        seg._map.hot = True  # for the cache's eviction (second chance)
                         return seg
             if _mappings.kept:  # an idle kept mapping (no Segment object uses it): hand it out again
-                seg = _mappings.revive(key, f"{dir}/{PREFIX}{name}", readonly, cls)
+                seg = _mappings.revive(key, f"{dir}/{PREFIX}{name}", readonly, cls._revived)
                 if seg is not None:
                     return seg
             nb = _NAMEBYTES.get(name) or _name_bytes(name)
@@ -468,8 +406,8 @@ class Segment:
             seg = cls._wrap(out[0], name, "named", dir, path)
             # Reached only when no usable mapping of this very file is cached: replace the entry,
             # and keep the mapping after the last view dies (the next task's attach reuses it).
-            _mappings.remember(key, seg)
-            _mappings.keep(key, seg)
+            _mappings.remember(key, seg, seg._map)
+            _mappings.keep(key, seg, seg._map, seg._snapshot, seg._own.owner)
         _mappings.drop_removed()
         return seg
 
@@ -573,7 +511,7 @@ class Segment:
         unlink or exit), 'views' (with this process's last view), 'receiver' (to be handed to
         whoever unpickles it), 'handed' (handed over: no longer this process's), 'received' (this
         process took it over), or None (not this process's to remove)."""
-        return self._owner
+        return self._own.owner
 
     @property
     def meta(self) -> Any:
@@ -690,8 +628,8 @@ class Segment:
         if self._kind not in ("named", "file") or self._raw:
             raise ValueError(f"a {self._kind} segment has no name to remove")
         check(lib.ndshm_segment_unlink(self._handle), self._path)
-        _ownership.end(self)
-        _mappings.unkeep(self)
+        _ownership.end(self, self._own)
+        _mappings.unkeep(self._map)
 
     def close(self) -> None:
         """End this segment's use: no new views; a creator's non-persistent segment loses its name.
@@ -699,12 +637,12 @@ class Segment:
         if self._closed:
             return
         self._closed = True
-        _mappings.release(self)
-        if self._kind in ("named", "file") and not self._raw and _ownership.removes_at_close(self):
+        _mappings.release(self, self._map)
+        if self._kind in ("named", "file") and not self._raw and _ownership.removes_at_close(self, self._own):
             rc = lib.ndshm_segment_unlink(self._handle)
             if rc and rc != lib.NDSHM_ENOENT:
                 raise error_from_code(rc, self._path)
-        _ownership.end(self)
+        _ownership.end(self, self._own)
 
     def __enter__(self) -> "Segment":
         return self
@@ -715,7 +653,7 @@ class Segment:
     def __reduce__(self) -> tuple[Callable[..., Segment], tuple[Optional[str], Optional[str], bool, bool]]:
         if self._kind != "named" or self._raw:
             raise TypeError(f"a {self._kind} segment cannot be pickled; pickle its arrays or pass its fd")
-        return (_attach_segment, (self._name, self._dir, self._readonly, _ownership.hand_over_once(self)))
+        return (_attach_segment, (self._name, self._dir, self._readonly, hand_over_once(self)))
 
     def __repr__(self) -> str:
         state = "closed " if self._closed else ""
@@ -774,13 +712,30 @@ def unlink_name(name: str, dir: Optional[str]) -> None:
             pass
     check(lib.ndshm_unlink(cstr(name), cstr(dir)), path)
     if seg is not None and st is not None and seg._same_file(st.st_dev, st.st_ino):
-        _ownership.end(seg)
-        _mappings.unkeep(seg)
+        _ownership.end(seg, seg._own)
+        _mappings.unkeep(seg._map)
 
 
 def file_identity(seg: Segment) -> tuple[int, int]:
     """(device, inode) of ``seg``'s backing file."""
     return seg._dev, seg._ino
+
+
+def hand_over_once(seg: Segment) -> bool:
+    """A reference to ``seg`` is leaving this process (pickled, or ``ndshm.reference``): True if
+    it carries the hand-over (created with owner="receiver"); the first one ends this process's
+    ownership, and a mapping the cache hands out again says so too."""
+    own = seg._own
+    was = own.owner
+    handed = _ownership.hand_over_once(seg, own, seg._handle)
+    if was != own.owner:
+        _mappings.note_owner(seg._map, own.owner)
+    return handed
+
+
+def give_up(seg: Segment) -> None:
+    """Make ``seg`` owned by no process (see ``_ownership.give_up``: ndshm.dask's node-owned arrays)."""
+    _ownership.give_up(seg, seg._own, seg._handle)
 
 
 def sync_segment(name: Optional[str], dir: Optional[str], create: bool) -> Segment:
@@ -791,3 +746,7 @@ def sync_segment(name: Optional[str], dir: Optional[str], create: bool) -> Segme
     if name is None:
         raise ValueError("attaching needs a name")
     return Segment.attach(name, dir=dir)
+
+
+# Segment's slots the mapping cache's snapshot copies (the owner and cache states are per object)
+_PLAIN_SLOTS = tuple(a for a in Segment.__slots__ if a not in ("_own", "_map", "__weakref__"))

@@ -102,7 +102,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol.numpy import deserialize_numpy_ndarray, serialize_numpy_ndarray
 from distributed.protocol.serialize import dask_deserialize, dask_serialize
 
-from . import _ownership, _segment
+from . import _segment
 from . import pool as _pool
 from ._api import create
 from ._errors import NoSpaceError, SegmentNotFoundError
@@ -303,7 +303,7 @@ def deserialize_shared_array(header: dict[str, Any], frames: list[Any]) -> NDArr
         _counts["received_by_reference"] += 1
         if ref.name.startswith(NODE_PREFIX) and _SETLK is not None:
             if ref.handover:
-                _ownership.give_up(_segment.owner_of(got))
+                _segment.give_up(_segment.owner_of(got))
             _hold(got)
         return got
     arr: NDArray[Any] = deserialize_numpy_ndarray(header, frames)
@@ -807,7 +807,7 @@ def empty(shape: Any, dtype: Any = float, *, owner: str = "node", dir: Optional[
     if owner != "node" or _SETLK is None:  # no OFD locks (not Linux): the maker's views own the name
         return create(None, shape, dtype, owner="views" if owner == "node" else owner, dir=dir)
     arr = create(_new_name(), shape, dtype, owner="creator", dir=dir)
-    _ownership.give_up(_segment.owner_of(arr))
+    _segment.give_up(_segment.owner_of(arr))
     _hold(arr)
     return arr
 

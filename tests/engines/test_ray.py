@@ -46,7 +46,7 @@ def _tasks(ray):
         addr = x.__array_interface__["data"][0]
         return {"type": type(x).__name__, "segment": seg.name if seg else None,
                 "inside": bool(seg and seg.address <= addr and addr + x.nbytes <= seg.address + seg.nbytes),
-                "owner": seg._owner if seg else None, "writeable": bool(x.flags.writeable),
+                "owner": seg.owner if seg else None, "writeable": bool(x.flags.writeable),
                 "sum": float(x.sum(dtype=np.float64)), "pid": os.getpid()}
 
     @ray.remote
@@ -74,7 +74,7 @@ def test_task_result_reaches_the_driver_zero_copy_and_lives_while_used(ray):
     time.sleep(0.2)
     arr = ray.get(r, timeout=60)  # the producing task has ended long ago
     seg = ndshm.segment_of(arr)
-    assert seg.name == seen["segment"] and seg._owner == "received"  # the driver owns it now
+    assert seg.name == seen["segment"] and seg.owner == "received"  # the driver owns it now
     addr = arr.__array_interface__["data"][0]
     assert seg.address <= addr < seg.address + seg.nbytes
     assert float(arr.sum(dtype=np.float64)) == 200_000.0 and not arr.flags.writeable

@@ -138,7 +138,7 @@ def test_readonly_pickle_of_a_handover_is_still_claimed(unique_name):
     seg.close()
     code = ("import pickle, sys, gc, ndshm\n"
             "v = pickle.loads(bytes.fromhex(sys.argv[1]))\n"
-            "print(v.flags.writeable, ndshm.segment_of(v)._owner)\n"
+            "print(v.flags.writeable, ndshm.segment_of(v).owner)\n"
             "del v\nfor _ in range(4): gc.collect()\n"
             "print(ndshm.exists(sys.argv[2]))\n")
     out = run_python(code, data.hex(), unique_name)
