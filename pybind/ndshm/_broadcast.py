@@ -451,7 +451,7 @@ class Subscription:
         return rc
 
     def _rx_keep(self, arr: Any, exported: bool, inner: Any, mw: tuple[Any, ...]) -> None:
-        hold_past_block(arr, exported, self._b._ro, _ClosedReceive, inner, _release_later, weakref.ref(self),
+        hold_past_block(arr, exported, self._b, _ClosedReceive, inner, _release_later, weakref.ref(self),
                          self._h, mw)
 
     def _rx_done(self, mw: tuple[Any, ...]) -> None:

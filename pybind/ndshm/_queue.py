@@ -256,7 +256,7 @@ class Queue(Ring):
     def _rx_keep(self, arr: Any, exported: bool, inner: Any, mw: MsgWords) -> None:
         key = (self.dir, self.name)
         _PINNED[key] = _PINNED.get(key, 0) + 1
-        hold_past_block(arr, exported, self._ro, _ClosedReceive, inner, _release_later, self._handle, mw, key)
+        hold_past_block(arr, exported, self, _ClosedReceive, inner, _release_later, self._handle, mw, key)
 
     def _rx_done(self, mw: MsgWords) -> None:
         _release(self._handle, mw[0])

@@ -30,6 +30,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from ._queue import Queue
+from ._slots import plain_alias
 
 __all__ = ["receive_tensor", "loan", "loan_tensor", "get_tensor"]
 
@@ -104,7 +105,7 @@ def loan(q: Queue, shape: Any = None, dtype: Any = None, timeout: Optional[float
     with q.loan(shape, npdt, timeout) as out:
         # a plain ndarray on the same memory: the tensor is not an export of `out` (which would
         # pin its slot), and it is emptied below before the message is published
-        arr = np.ndarray(out.shape, out.dtype, q._rw, out.__array_interface__["data"][0] - q.ring_address)
+        arr = plain_alias(q, out)
         t = _from_numpy(arr)
         del arr
         try:
