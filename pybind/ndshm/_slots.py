@@ -34,7 +34,7 @@ from ._waits import ETIMEDOUT as _ETIMEDOUT, SLICE as _SLICE, rest as _rest
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
-__all__ = ["SlotArray", "RingCalls", "SlotRing", "Loan", "Receive"]
+__all__ = ["SlotArray", "RingCalls", "SlotRing", "SlotSource", "Loan", "Receive"]
 
 _PYPY = sys.implementation.name == "pypy"
 _UPTR, _VOIDP = ffi.typeof("uintptr_t"), ffi.typeof("void *")
@@ -356,6 +356,27 @@ class SlotRing:
         return off
 
 
+class SlotSource:
+    """What a receive block reads of its source: the base of Queue and Subscription, each of
+    which supplies what ``TYPE_CHECKING`` declares below (see :class:`Receive`)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        def _rx_take(self, t: float, mw: Any, /) -> int:
+            """Take the next message into ``mw`` (waiting ``t`` seconds, negative: for ever): its
+            C code; raises first if this source cannot take."""
+
+        def _rx_error(self, rc: int, t: float, /) -> Exception:
+            """The exception of a take that failed with ``rc`` after waiting ``t`` seconds."""
+
+        def _rx_keep(self, arr: Any, exported: bool, inner: Any, mw: Any, /) -> None:
+            """Keep the message ``mw`` taken while ``inner`` lives (views of it outlive the block)."""
+
+        def _rx_done(self, mw: Any, /) -> None:
+            """Give the message ``mw`` back (also undoes a take whose message cannot be viewed)."""
+
+
 def plain_alias(ring: SlotRing, arr: np.ndarray) -> np.ndarray:
     """A plain writable ndarray on the memory of ``arr`` (the array of a loan block of ``ring``)
     whose base is the ring's buffer: it keeps the ring mapped but is no alias or export of
@@ -467,8 +488,8 @@ class Receive:
     """``with source.receive() as view:`` for both rings (``source`` a Queue or a Subscription,
     ``ring`` the Queue or Broadcast whose slots it reads): takes the next message on entry,
     gives it back on exit, unless views or exports of it live on (see the module docstring). The
-    source supplies ``_rx_take`` (which raises first if the source cannot take), ``_rx_error``,
-    ``_rx_keep`` and ``_rx_done`` (which also undoes a take whose message cannot be viewed)."""
+    source (a :class:`SlotSource`) supplies ``_rx_take``, ``_rx_error``, ``_rx_keep`` and
+    ``_rx_done``."""
 
     __slots__ = ("_src", "_ring", "_timeout", "_msg", "_arr", "_slot", "_ra", "_ri")
     _msg: Optional[tuple[Any, Any]]  # the message (struct, words) while the block is open
@@ -477,7 +498,7 @@ class Receive:
     _ra: int  # references to _arr and _slot at entry (see the module docstring)
     _ri: int
 
-    def __init__(self, source: Any, ring: SlotRing, timeout: float) -> None:
+    def __init__(self, source: SlotSource, ring: SlotRing, timeout: float) -> None:
         self._src, self._ring, self._timeout, self._arr, self._msg = source, ring, timeout, None, None
 
     def __enter__(self) -> np.ndarray:

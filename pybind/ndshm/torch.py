@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ._queue import Queue
+from ._queue import Queue, receive_owned
 from ._slots import plain_alias
 
 __all__ = ["receive_tensor", "loan", "loan_tensor", "get_tensor"]
@@ -84,7 +84,7 @@ def receive_tensor(q: Queue, timeout: Optional[float] = None) -> Any:
     _t()
     if _PYPY:
         return _from_numpy(q.get(timeout=timeout))
-    return q._receive_owned(timeout, _from_numpy)
+    return receive_owned(q, timeout, _from_numpy)
 
 
 def get_tensor(q: Queue, timeout: Optional[float] = None) -> Any:
