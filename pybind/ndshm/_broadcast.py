@@ -51,7 +51,7 @@ from ._lib import ffi, lib
 from ._dtype import typestr_bytes
 from ._messages import push_msg, thread_msg
 from ._ring import Ring, as_dir, as_name, attach_waiting, c_timeout, encode_name, path_of, unlink_if
-from ._slots import ClosedSlot, Loan, Receive, RingCalls, copy_target, hold_past_block, receive_loop
+from ._slots import ClosedSlot, Loan, Receive, RingCalls, SlotSource, copy_target, hold_past_block, receive_loop
 from ._waits import SLICE as _SLICE, rest as _rest
 
 __all__ = ["Broadcast", "Subscription"]
@@ -357,7 +357,7 @@ class Broadcast(Ring):
                 f"policy={self.policy!r}>")
 
 
-class Subscription:
+class Subscription(SlotSource):
     """One subscriber of a :class:`Broadcast` (from :meth:`Broadcast.subscribe`): receives every
     message published after it was made, in order.
 
@@ -451,7 +451,7 @@ class Subscription:
         return rc
 
     def _rx_keep(self, arr: Any, exported: bool, inner: Any, mw: tuple[Any, ...]) -> None:
-        hold_past_block(arr, exported, self._b._ro, _ClosedReceive, inner, _release_later, weakref.ref(self),
+        hold_past_block(arr, exported, self._b, _ClosedReceive, inner, _release_later, weakref.ref(self),
                          self._h, mw)
 
     def _rx_done(self, mw: tuple[Any, ...]) -> None:

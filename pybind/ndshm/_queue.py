@@ -55,7 +55,9 @@ from ._messages import (
     push_msg, thread_msg,
 )
 from ._ring import Ring, as_dir, as_name, attach_waiting, c_timeout, encode_name, path_of, unlink_if
-from ._slots import ClosedSlot, Loan, Receive, RingCalls, SlotArray, copy_target, hold_past_block, receive_loop
+from ._slots import (
+    ClosedSlot, Loan, Receive, RingCalls, SlotArray, SlotSource, copy_target, hold_past_block, receive_loop,
+)
 from ._waits import SLICE as _SLICE, rest as _rest, sliced as _sliced
 
 if TYPE_CHECKING:
@@ -132,7 +134,7 @@ def _release_later(handle: Any, mw: MsgWords, key: tuple[Optional[str], str]) ->
 _CALLS = RingCalls(_loan, _publish, _discard, _pin, _unpin, _ClosedLoan, _ClosedReceive)
 
 
-class Queue(Ring):
+class Queue(Ring, SlotSource):
     """A bounded multi-producer multi-consumer queue of NumPy arrays in shared memory.
 
     ``Queue(name=None, *, slots=16, slot_bytes=1 MiB, shape=None, dtype=None, dir=None,
@@ -256,7 +258,7 @@ class Queue(Ring):
     def _rx_keep(self, arr: Any, exported: bool, inner: Any, mw: MsgWords) -> None:
         key = (self.dir, self.name)
         _PINNED[key] = _PINNED.get(key, 0) + 1
-        hold_past_block(arr, exported, self._ro, _ClosedReceive, inner, _release_later, self._handle, mw, key)
+        hold_past_block(arr, exported, self, _ClosedReceive, inner, _release_later, self._handle, mw, key)
 
     def _rx_done(self, mw: MsgWords) -> None:
         _release(self._handle, mw[0])
@@ -781,3 +783,9 @@ class Queue(Ring):
         state = "closed " if self._closed else ""
         typed = f" shape={self._shape} dtype={self._dtype}" if self._dtype is not None else ""
         return f"<ndshm.Queue {state}{self.name!r} slots={self.slots} slot_bytes={self.slot_bytes}{typed}>"
+
+
+def receive_owned(q: Queue, timeout: Optional[float], convert: Callable[[np.ndarray], Any]) -> Any:
+    """``q._receive_owned(timeout, convert)``, what ``ndshm.torch.receive_tensor`` asks of a queue,
+    under a package-level name (as a Queue method without the underscore it would be public API)."""
+    return q._receive_owned(timeout, convert)

@@ -1,23 +1,19 @@
 """What the queue and broadcast rings share as named segments: argument checks (names, dirs,
-timeouts), waiting for a creator, and :class:`Ring`, the handle part both classes have (the
-ring mapped as one buffer, slot offsets, the last loan's array of each slot, unlink, context
-manager)."""
+timeouts), waiting for a creator, and :class:`Ring`, the handle part both classes have (name,
+unlink, context manager; the ring's slots as :class:`ndshm._slots.SlotRing` has them)."""
 
 from __future__ import annotations
 
-import functools
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from ._dirs import default_dir
 from ._errors import BusyError, ClosedError, SegmentNotFoundError, error_from_code
 from ._lib import ffi, lib
 from ._params import PREFIX
+from ._slots import SlotRing
 
-_UPTR = ffi.typeof("uintptr_t")
 _monotonic = time.monotonic
 _R = TypeVar("_R", bound="Ring")
 _A = TypeVar("_A")
@@ -112,57 +108,21 @@ def path_of(name: str, dir: Optional[str]) -> str:
     return os.path.join(default_dir(dir), PREFIX + name)
 
 
-def _keep(handle: Any, ptr: Any) -> None:
-    """Destructor of the ring's buffer owner: does nothing; holding ``handle`` keeps the ring mapped."""
+class Ring(SlotRing):
+    """The handle part of Queue and Broadcast: a named ring (its name, dir, unlink, context
+    manager) over the slots of :class:`ndshm._slots.SlotRing`. Each sets ``name`` and ``dir``
+    and what SlotRing asks for."""
 
-
-class Ring:
-    """The handle part of Queue and Broadcast: each sets ``_handle``, ``name``, ``dir``, ``slots``,
-    ``ring_address`` and ``ring_bytes``, then calls :meth:`_map_ring`."""
-
-    __slots__ = ("_handle", "name", "dir", "slots", "slot_bytes", "ring_address", "ring_bytes", "_dtype", "_closed",
-                 "_creator", "_finalizer", "_rw", "_ro", "_offs", "_mask", "_loaned", "__weakref__")
-    _KIND = "ring"  # how messages name it
-    _handle: Any
+    __slots__ = ("name", "dir", "_creator", "_finalizer", "__weakref__")
     name: str
     dir: Optional[str]
-    slots: int
-    slot_bytes: int
-    ring_address: int
-    ring_bytes: int
-    _dtype: Optional[np.dtype[Any]]  # a typed ring's dtype (read by the message decoder)
-    _closed: bool
     _creator: bool
     _finalizer: Any
-    _rw: Any  # the ring's cffi buffer (writable)
-    _ro: memoryview
-    _offs: List[Optional[int]]
-    _mask: int
-    _loaned: List[Optional[tuple[tuple[int, ...], np.dtype[Any], Any]]]  # (dims, dtype, inner) of each slot's last loan
-
-    def _map_ring(self) -> None:
-        # The whole ring as one buffer, writable and read-only: loan and receive views are
-        # ndarrays on it at a slot's offset. Its owner holds the handle: the ring stays mapped
-        # while any view of it lives.
-        owner = ffi.gc(ffi.cast("char *", self.ring_address), functools.partial(_keep, self._handle))
-        self._rw = ffi.buffer(owner, self.ring_bytes)
-        self._ro = memoryview(self._rw).toreadonly()
-        self._offs = [None] * self.slots  # data offset of each slot in the ring (no ffi.cast per message: "ndshm loan+receive")
-        self._mask = self.slots - 1
-        self._loaned = [None] * self.slots  # see ndshm._slots.Loan
 
     def _live(self) -> Any:
         if self._closed:
             raise ClosedError(f"{self._KIND} {self.name!r} is closed")
         return self._handle
-
-    def _offset(self, m: Any) -> int:
-        """Offset in the ring of the data of message ``m``'s slot."""
-        i = m.pos_ & self._mask
-        off: Optional[int] = self._offs[i]
-        if off is None:
-            off = self._offs[i] = int(ffi.cast(_UPTR, m.data)) - self.ring_address
-        return off
 
     @property
     def closed(self) -> bool:

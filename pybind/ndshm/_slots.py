@@ -1,4 +1,5 @@
-"""Arrays over ring slots: the :class:`SlotArray` of ``loan``/``receive`` blocks, and how a block ends.
+"""Arrays over ring slots: the :class:`SlotArray` of ``loan``/``receive`` blocks, how a block ends,
+and :class:`SlotRing`, what the blocks read of their ring (the base of both rings' classes).
 
 The queue and the broadcast hand out the same kind of array and end their blocks by the same rules
 (see :mod:`ndshm._queue`); each ring supplies its own C calls and wording.
@@ -19,6 +20,7 @@ PyPy has no reference counts: there the block's slot goes back when the block en
 from __future__ import annotations
 
 import builtins
+import functools
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional, TypeVar, overload
 
@@ -32,7 +34,7 @@ from ._waits import ETIMEDOUT as _ETIMEDOUT, SLICE as _SLICE, rest as _rest
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
-__all__ = ["SlotArray", "RingCalls", "Loan", "Receive"]
+__all__ = ["SlotArray", "RingCalls", "SlotRing", "SlotSource", "Loan", "Receive"]
 
 _PYPY = sys.implementation.name == "pypy"
 _UPTR, _VOIDP = ffi.typeof("uintptr_t"), ffi.typeof("void *")
@@ -180,7 +182,7 @@ def _data_of(m: Any) -> int:
     return int(ffi.cast(_UPTR, m.data))
 
 
-def _received_views(ring: Any, m: Any, w: Any, what: str) -> tuple[SlotArray, SlotArray]:
+def _received_views(ring: SlotRing, m: Any, w: Any, what: str) -> tuple[SlotArray, SlotArray]:
     """(inner, arr): read-only views of the message ``m`` (``w`` its words) just taken from
     ``ring``, on ``ring._ro``. ``arr`` is a view of ``inner``; NumPy collapses a view's base through
     arrays of the view's own type that do not own their data, so views derived from ``arr`` take
@@ -200,7 +202,7 @@ def _received_views(ring: Any, m: Any, w: Any, what: str) -> tuple[SlotArray, Sl
         raise CorruptSegmentError(f"{what} message cannot be viewed as an array: {e}") from None
 
 
-def copy_target(ring: Any, m: Any, w: Any, what: str) -> tuple[np.ndarray, Any]:
+def copy_target(ring: SlotRing, m: Any, w: Any, what: str) -> tuple[np.ndarray, Any]:
     """A fresh array for the message ``m`` (``w`` its words) just taken from ``ring``, and the
     C pointer to copy the message into. A message no publisher could have written, or that NumPy
     cannot make, is a :class:`CorruptSegmentError` naming ``what`` (the caller releases it)."""
@@ -252,14 +254,14 @@ def _when_gone(inner: Any, fn: Callable[..., object], *args: Any) -> None:
     inner._keep = _WhenGone(fn, args)
 
 
-def hold_past_block(arr: Any, exported: bool, keep: Any, cls: type, inner: Any,
-                     release: Callable[..., object], *args: Any) -> None:
-    """CPython: a received ``arr`` or views derived from it outlive the block, so its message
-    stays taken until ``inner`` (which every one of them keeps) dies, then ``release(*args)``
-    runs. An ``arr`` that has aliases or exports (``exported``) is left exactly as it is: it stays
-    a valid view of the message it holds. Otherwise it is closed."""
+def hold_past_block(arr: Any, exported: bool, ring: SlotRing, cls: type, inner: Any,
+                    release: Callable[..., object], *args: Any) -> None:
+    """CPython: a received ``arr`` (a view of ``ring``) or views derived from it outlive the block,
+    so its message stays taken until ``inner`` (which every one of them keeps) dies, then
+    ``release(*args)`` runs. An ``arr`` that has aliases or exports (``exported``) is left exactly
+    as it is: it stays a valid view of the message it holds. Otherwise it is closed."""
     if not exported:
-        _close_array(arr, keep, cls)
+        _close_array(arr, ring._ro, cls)
     _when_gone(inner, release, *args)
 
 
@@ -293,11 +295,100 @@ class RingCalls(NamedTuple):
     closed_receive: type
 
 
+def _keep_mapped(handle: Any, ptr: Any) -> None:
+    """Destructor of the ring's buffer owner: does nothing; holding ``handle`` keeps the ring mapped."""
+
+
+class SlotRing:
+    """What the loan and receive blocks of this module read of their ring: the base of
+    :class:`ndshm._ring.Ring`, so of Queue and Broadcast. Each ring sets ``_handle`` (its C
+    handle), ``_closed``, ``_dtype``, ``slots``, ``slot_bytes``, ``ring_address`` and
+    ``ring_bytes``, calls :meth:`_map_ring`, and supplies what ``TYPE_CHECKING`` declares below."""
+
+    __slots__ = ("_handle", "slots", "slot_bytes", "ring_address", "ring_bytes", "_dtype", "_closed", "_rw", "_ro",
+                 "_offs", "_mask", "_loaned")
+    _KIND = "ring"  # how messages name it
+    _handle: Any
+    slots: int
+    slot_bytes: int
+    ring_address: int
+    ring_bytes: int
+    _dtype: Optional[np.dtype[Any]]  # a typed ring's dtype (read by the message decoder)
+    _closed: bool
+    _rw: Any  # the ring's cffi buffer (writable)
+    _ro: memoryview
+    _offs: list[Optional[int]]
+    _mask: int
+    _loaned: list[Optional[tuple[tuple[int, ...], np.dtype[Any], Any]]]  # (dims, dtype, inner) of each slot's last loan
+
+    if TYPE_CHECKING:  # each ring's own (ndshm._ring.Ring, ndshm.Queue, ndshm.Broadcast)
+        _calls: RingCalls  # its C calls and closed-array classes
+
+        def _live(self) -> Any:
+            """The C handle; :class:`ClosedError` once this handle is closed."""
+
+        def _toobig(self, nbytes: int) -> int:
+            """The C error of a loan of ``nbytes`` (more than a slot holds)."""
+
+        def _loan_error(self, rc: int, t: float, /) -> Exception:
+            """The exception of a loan that failed with ``rc`` after waiting ``t`` seconds."""
+
+        def _loan_defaults(self, shape: Any, dtype: Any) -> tuple[Any, Any]:
+            """(shape, dtype) of a loan that left one out."""
+
+    def _map_ring(self) -> None:
+        # The whole ring as one buffer, writable and read-only: loan and receive views are
+        # ndarrays on it at a slot's offset. Its owner holds the handle: the ring stays mapped
+        # while any view of it lives.
+        owner = ffi.gc(ffi.cast("char *", self.ring_address), functools.partial(_keep_mapped, self._handle))
+        self._rw = ffi.buffer(owner, self.ring_bytes)
+        self._ro = memoryview(self._rw).toreadonly()
+        self._offs = [None] * self.slots  # data offset of each slot in the ring (no ffi.cast per message: "ndshm loan+receive")
+        self._mask = self.slots - 1
+        self._loaned = [None] * self.slots  # see Loan
+
+    def _offset(self, m: Any) -> int:
+        """Offset in the ring of the data of message ``m``'s slot."""
+        i = m.pos_ & self._mask
+        off: Optional[int] = self._offs[i]
+        if off is None:
+            off = self._offs[i] = int(ffi.cast(_UPTR, m.data)) - self.ring_address
+        return off
+
+
+class SlotSource:
+    """What a receive block reads of its source: the base of Queue and Subscription, each of
+    which supplies what ``TYPE_CHECKING`` declares below (see :class:`Receive`)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        def _rx_take(self, t: float, mw: Any, /) -> int:
+            """Take the next message into ``mw`` (waiting ``t`` seconds, negative: for ever): its
+            C code; raises first if this source cannot take."""
+
+        def _rx_error(self, rc: int, t: float, /) -> Exception:
+            """The exception of a take that failed with ``rc`` after waiting ``t`` seconds."""
+
+        def _rx_keep(self, arr: Any, exported: bool, inner: Any, mw: Any, /) -> None:
+            """Keep the message ``mw`` taken while ``inner`` lives (views of it outlive the block)."""
+
+        def _rx_done(self, mw: Any, /) -> None:
+            """Give the message ``mw`` back (also undoes a take whose message cannot be viewed)."""
+
+
+def plain_alias(ring: SlotRing, arr: np.ndarray) -> np.ndarray:
+    """A plain writable ndarray on the memory of ``arr`` (the array of a loan block of ``ring``)
+    whose base is the ring's buffer: it keeps the ring mapped but is no alias or export of
+    ``arr``, so it does not pin the slot (``ndshm.torch.loan`` empties it before the block ends)."""
+    return np.ndarray(arr.shape, arr.dtype, ring._rw, arr.__array_interface__["data"][0] - ring.ring_address)
+
+
 class Loan:
     """``with ring.loan(shape, dtype) as out:`` for both rings: claims a slot on entry, publishes
     it on a normal exit (discards it if the block raises), then closes or pins the array (see
-    the module docstring). The ring supplies ``_calls`` (:class:`RingCalls`),
-    ``_loan_defaults``, ``_toobig`` and ``_loan_error``."""
+    the module docstring). The ring (a :class:`SlotRing`) supplies ``_calls``
+    (:class:`RingCalls`), ``_loan_defaults``, ``_toobig`` and ``_loan_error``."""
 
     __slots__ = ("_ring", "_shape", "_dt", "_nbytes", "_ts", "_word", "_timeout", "_msg", "_arr", "_slot",
                  "_ra", "_ri")
@@ -307,7 +398,7 @@ class Loan:
     _ra: int  # references to _arr and _slot at entry (see the module docstring)
     _ri: int
 
-    def __init__(self, ring: Any, shape: Any, dtype: Any, timeout: float) -> None:
+    def __init__(self, ring: SlotRing, shape: Any, dtype: Any, timeout: float) -> None:
         if shape is None or dtype is None:
             shape, dtype = ring._loan_defaults(shape, dtype)
         try:
@@ -397,8 +488,8 @@ class Receive:
     """``with source.receive() as view:`` for both rings (``source`` a Queue or a Subscription,
     ``ring`` the Queue or Broadcast whose slots it reads): takes the next message on entry,
     gives it back on exit, unless views or exports of it live on (see the module docstring). The
-    source supplies ``_rx_take`` (which raises first if the source cannot take), ``_rx_error``,
-    ``_rx_keep`` and ``_rx_done`` (which also undoes a take whose message cannot be viewed)."""
+    source (a :class:`SlotSource`) supplies ``_rx_take``, ``_rx_error``, ``_rx_keep`` and
+    ``_rx_done``."""
 
     __slots__ = ("_src", "_ring", "_timeout", "_msg", "_arr", "_slot", "_ra", "_ri")
     _msg: Optional[tuple[Any, Any]]  # the message (struct, words) while the block is open
@@ -407,7 +498,7 @@ class Receive:
     _ra: int  # references to _arr and _slot at entry (see the module docstring)
     _ri: int
 
-    def __init__(self, source: Any, ring: Any, timeout: float) -> None:
+    def __init__(self, source: SlotSource, ring: SlotRing, timeout: float) -> None:
         self._src, self._ring, self._timeout, self._arr, self._msg = source, ring, timeout, None, None
 
     def __enter__(self) -> np.ndarray:

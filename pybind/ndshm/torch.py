@@ -29,7 +29,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ._queue import Queue
+from ._queue import Queue, receive_owned
+from ._slots import plain_alias
 
 __all__ = ["receive_tensor", "loan", "loan_tensor", "get_tensor"]
 
@@ -83,7 +84,7 @@ def receive_tensor(q: Queue, timeout: Optional[float] = None) -> Any:
     _t()
     if _PYPY:
         return _from_numpy(q.get(timeout=timeout))
-    return q._receive_owned(timeout, _from_numpy)
+    return receive_owned(q, timeout, _from_numpy)
 
 
 def get_tensor(q: Queue, timeout: Optional[float] = None) -> Any:
@@ -104,7 +105,7 @@ def loan(q: Queue, shape: Any = None, dtype: Any = None, timeout: Optional[float
     with q.loan(shape, npdt, timeout) as out:
         # a plain ndarray on the same memory: the tensor is not an export of `out` (which would
         # pin its slot), and it is emptied below before the message is published
-        arr = np.ndarray(out.shape, out.dtype, q._rw, out.__array_interface__["data"][0] - q.ring_address)
+        arr = plain_alias(q, out)
         t = _from_numpy(arr)
         del arr
         try:
