@@ -607,19 +607,19 @@ class Segment:
     @property
     def lock(self) -> Lock:
         """The segment's own Lock (in its header's sync slot 0)."""
-        from ._sync import Lock
-        return Lock._in_segment(self, 0)
+        from ._sync import lock_in
+        return lock_in(self, 0)
 
     @property
     def event(self) -> Event:
         """The segment's own Event (in its header's sync slot 1)."""
-        from ._sync import Event
-        return Event._in_segment(self, 1)
+        from ._sync import event_in
+        return event_in(self, 1)
 
     def barrier(self, parties: int) -> Barrier:
         """The segment's own Barrier for ``parties`` processes (in its header's sync slot 2)."""
-        from ._sync import Barrier
-        return Barrier._in_segment(self, 2, parties)
+        from ._sync import barrier_in
+        return barrier_in(self, 2, parties)
 
     # ---- lifetime --------------------------------------------------------------------------
 

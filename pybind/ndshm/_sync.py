@@ -88,6 +88,21 @@ def _rebuild(cls: Union[type[Lock], type[Event], type[Barrier]], segment: Segmen
     return cls._in_segment(segment, index, *extra)
 
 
+def lock_in(segment: Segment, index: int) -> Lock:
+    """The Lock in ``segment``'s header sync slot ``index`` (``Segment.lock``)."""
+    return Lock._in_segment(segment, index)
+
+
+def event_in(segment: Segment, index: int) -> Event:
+    """The Event in ``segment``'s header sync slot ``index`` (``Segment.event``)."""
+    return Event._in_segment(segment, index)
+
+
+def barrier_in(segment: Segment, index: int, parties: int) -> Barrier:
+    """The Barrier for ``parties`` in ``segment``'s header sync slot ``index`` (``Segment.barrier``)."""
+    return Barrier._in_segment(segment, index, parties)
+
+
 class _Sync:
     __slots__ = ("_segment", "_index", "_area", "address", "_closed", "__weakref__")
     _segment: Segment

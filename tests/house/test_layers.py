@@ -5,8 +5,9 @@ functions: a lazy import is still a dependency; imports under ``if TYPE_CHECKING
 annotations only and are left out) and mapped to a layer in ``LAYERS``. The check fails
 on an import of a higher layer, on any circle among modules, and on a room reaching into another
 room's private names (``from ._x import _name``, ``_x._name`` with ``_x`` bound by ``from . import
-_x`` or ``import ndshm._x as _x``). Attributes of objects (``seg._owner``, ``ring._handle``) are not
-followed: which class an object is cannot be told from the source alone. A planted upward import
+_x`` or ``import ndshm._x as _x``). Nor may a room read, write or call a private
+attribute of another room's objects (``seg._owner``, ``ring._handle``): see
+``attribute_reaches``. A planted upward import
 in a copy of the package shows that the check can fail.
 """
 
@@ -265,3 +266,74 @@ def test_the_rings_files_are_rooms_of_their_own(tmp_path: Path) -> None:
     _, private, _ = collect(copy)
     assert any(p.startswith("_queue:") and p.endswith("imports _messages._tls") for p in private), private
     assert any(p.startswith("_queue:") and p.endswith("reads _slots._EMPTY") for p in private), private
+
+
+# ---- private attributes of another room's objects ------------------------------------------------
+# An attribute ``x._name`` (``x`` not ``self``/``cls``) whose name only classes of OTHER modules
+# define (``self._name = ...``, ``__slots__``, ``def _name``) reads, writes or calls another room's object: its state
+# belongs to that room, which offers it by a package-level name. Which class ``x`` is cannot be
+# told from the source: a name some class of the reading module defines too is left alone (an
+# object of its own kind), so this check can miss a reach, never invent one.
+
+def _attr_defs(tree: ast.AST) -> set[str]:
+    """The private attribute and method names the classes of a module define."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                for sub in ast.walk(t):
+                    if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
+                            and sub.value.id in ("self", "cls") and _private(sub.attr)):
+                        names.add(sub.attr)
+        if isinstance(node, ast.ClassDef):
+            body = list(node.body)
+            for stmt in body:
+                if isinstance(stmt, ast.If):  # if TYPE_CHECKING: the hooks a base class declares
+                    body += stmt.body + stmt.orelse
+                elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and _private(stmt.name):
+                    names.add(stmt.name)  # a private method is the room's too
+                elif (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                      and _private(stmt.target.id)):
+                    names.add(stmt.target.id)  # declared on the class (a hook its subclasses supply)
+                elif (isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__slots__"
+                                                         for t in stmt.targets)
+                        and isinstance(stmt.value, (ast.Tuple, ast.List))):
+                    names |= {e.value for e in stmt.value.elts
+                              if isinstance(e, ast.Constant) and isinstance(e.value, str) and _private(e.value)}
+    return names
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def attribute_reaches(root: Path) -> list[str]:
+    """``module:line reaches _attr (defined by modules ...)`` for every such reach under ``root``."""
+    trees = {_module_name(p, root): ast.parse(p.read_text(), str(p)) for p in sorted(root.rglob("*.py"))}
+    defs = {m: _attr_defs(t) for m, t in trees.items()}
+    out = []
+    for mod, tree in trees.items():
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and _private(node.attr)) or node.attr in defs[mod]:
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                continue
+            owners = sorted(m for m, names in defs.items() if node.attr in names)
+            if owners:
+                out.append(f"{mod}:{node.lineno} reaches .{node.attr} (defined by {', '.join(owners)})")
+    return out
+
+
+def test_no_room_reaches_into_another_rooms_objects() -> None:
+    assert attribute_reaches(PKG) == []
+
+
+def test_the_check_fails_on_a_planted_attribute_reach(tmp_path: Path) -> None:
+    copy = tmp_path / "ndshm"
+    shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    cli = copy / "_cli.py"
+    cli.write_text(cli.read_text() + "\n\ndef _planted(seg):\n    return seg._data_size\n")
+    reaches = attribute_reaches(copy)
+    assert len(reaches) == 1 and reaches[0].startswith("_cli:") and "._data_size (defined by _segment)" in reaches[0], \
+        reaches
