@@ -23,11 +23,12 @@
  *
  * Faults. Before its CAS on tail (or head), a claimer takes a claim record (owner = its process
  * id, identity.c) and writes its intent (pos, producer or consumer) there, and keeps it
- * until publish/discard (release). A waiter stuck on a position that is claimed but unfinished
- * for NDSHM__RING_DEAD_CHECK_NS (ring.h) looks for a live claimer with that intent; if there is
- * none, the claimer died: a producer's slot is marked published+SKIP (consumers pass over it), a consumer's slot
- * is released. Both transitions are CASes from the exact value observed, so they never undo
- * progress made by anyone else.
+ * until publish/discard (release); a producer whose CAS fails clears it (else, waiting for a
+ * full ring, it would vouch for a dead winner's claim). A waiter stuck on a position that is
+ * claimed but unfinished for NDSHM__RING_DEAD_CHECK_NS (ring.h) looks for a live claimer with
+ * that intent; if there is none, the claimer died: a producer's slot is marked published+SKIP
+ * (consumers pass over it), a consumer's slot is released. Both transitions are CASes from the
+ * exact value observed, so they never undo progress made by anyone else.
  */
 #include "internal.h"
 #include "ring.h"
@@ -513,6 +514,10 @@ static int claim_producer(ndshm_queue_t *q, double timeout, uint32_t part, uint6
                 *out_pos = pos;
                 return 0;
             }
+            /* lost the race: the intent goes, or a wait for a full ring below would keep it, and
+             * should the winner die before publishing, consumers would take it for a live claim
+             * of that position and never pass it (every producer then waits for ever) */
+            atomic_store(&r->parts[part].intent, 0);
             if (ndshm__ring_retry_expired(&w)) return full_or_timedout(q, timeout);
             continue;
         }
