@@ -171,7 +171,9 @@ def test_the_classes_pickle_print_and_raise_under_the_public_module():
         assert repr(ShareableList[int]) == "ndshm.compat.shared_memory.ShareableList[int]"
         with pytest.raises(ShareableListTypeError, match=r"item 0 \(\[\]\) is a list") as info:
             ShareableList([[]])
-        assert _pickled_globals(info.value) == ["ndshm.compat.shared_memory ShareableListTypeError"]
+        # (tblib, once distributed has installed its pickling, adds its traceback's globals)
+        assert "ndshm.compat.shared_memory ShareableListTypeError" in _pickled_globals(info.value)
+        assert not any("_shareable_list" in g for g in _pickled_globals(info.value))
         assert type(pickle.loads(pickle.dumps(info.value))) is ShareableListTypeError
     finally:
         sl.shm.close()
