@@ -15,13 +15,7 @@ import numpy as np
 
 import ndshm
 from ndshm import _reference, _segment
-from conftest import skip_or_fail
-
-try:
-    import cloudpickle
-except ImportError:  # pragma: no cover - dask's dependency, in the test venvs
-    cloudpickle = None
-
+from optional_deps import require
 
 def _globals(data: bytes) -> list[tuple[str, str]]:
     """The (module, name) pairs a pickle stream loads, in order."""
@@ -68,8 +62,7 @@ def test_multiprocessings_forking_pickler(unique_name):
 
 
 def test_cloudpickle(unique_name):
-    if cloudpickle is None:
-        skip_or_fail("cloudpickle (a dependency of dask) is not installed")
+    cloudpickle = require("cloudpickle", "test of Dask's and Ray's pickler")
     a = ndshm.create(unique_name, (64, 8), "u2")
     a[...] = 3
     view = a[::4].T
