@@ -584,21 +584,51 @@ TEST(mpmc_4x4x100k) {
 
 /* ---- kill -9 at precise points ------------------------------------------------------- */
 
-TEST(kill_producer_holding_loan) {
-    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 64);
+/* A child that does `step` on q (0: done), says so through a pipe and waits to be killed: its pid
+ * once the step is done, or -1 (the child failed the step, and is reaped). */
+static pid_t child_after(ndshm_queue_t *q, int (*step)(ndshm_queue_t *q)) {
     int fds[2];
-    CHECK(pipe(fds) == 0);
+    if (pipe(fds) != 0) return -1;
     pid_t pid = fork();
     if (pid == 0) {
-        ndshm_qmsg_t m;
-        if (ndshm_queue_loan(q, 8, 0, &m) != 0) _exit(2);
-        memcpy(m.data, "half", 4); /* mid-message */
+        if (step(q) != 0) _exit(2);
         if (write(fds[1], "x", 1) != 1) _exit(3);
         pause();
         _exit(0);
     }
+    close(fds[1]); /* a child that exits early ends the read */
     char c;
-    CHECK(read(fds[0], &c, 1) == 1);
+    ssize_t got = pid > 0 ? read(fds[0], &c, 1) : -1;
+    close(fds[0]);
+    if (got != 1) {
+        if (pid > 0) waitpid(pid, NULL, 0);
+        return -1;
+    }
+    return pid;
+}
+
+static int loan_half_written(ndshm_queue_t *q) {
+    ndshm_qmsg_t m;
+    if (ndshm_queue_loan(q, 8, 0, &m) != 0) return -1;
+    memcpy(m.data, "half", 4); /* mid-message */
+    return 0;
+}
+
+static int take_one(ndshm_queue_t *q) {
+    ndshm_qmsg_t m;
+    return ndshm_queue_take(q, 0, &m);
+}
+
+static int loan_unpublished(ndshm_queue_t *q) {
+    ndshm_qmsg_t m;
+    return ndshm_queue_loan(q, 4, 0, &m); /* never published */
+}
+
+TEST(kill_producer_holding_loan) {
+    RAW_QUEUE_OR_RETURN(q, mem, len, 4, 64);
+    pid_t pid = child_after(q, loan_half_written);
+    CHECK(pid > 0);
+    if (pid <= 0) return; /* never kill(-1) */
     /* another producer publishes behind the dead one's claim */
     int v = 42;
     CHECK_RC(ndshm_queue_put(q, &v, 4, "<i4", 0, NULL, 0), 0);
@@ -620,8 +650,6 @@ TEST(kill_producer_holding_loan) {
         CHECK(*(int *)m.data == i);
         ndshm_queue_release(q, &m);
     }
-    close(fds[0]);
-    close(fds[1]);
     ndshm_queue_close(q);
     munmap(mem, len);
 }
@@ -629,18 +657,9 @@ TEST(kill_producer_holding_loan) {
 TEST(kill_consumer_holding_message) {
     RAW_QUEUE_OR_RETURN(q, mem, len, 2, 64);
     for (int i = 0; i < 2; i++) CHECK_RC(ndshm_queue_put(q, &i, 4, "<i4", 0, NULL, 0), 0);
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        ndshm_qmsg_t m;
-        if (ndshm_queue_take(q, 0, &m) != 0) _exit(2);
-        if (write(fds[1], "x", 1) != 1) _exit(3);
-        pause();
-        _exit(0);
-    }
-    char c;
-    CHECK(read(fds[0], &c, 1) == 1);
+    pid_t pid = child_after(q, take_one);
+    CHECK(pid > 0);
+    if (pid <= 0) return; /* never kill(-1) */
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     int v = 7;
@@ -655,8 +674,6 @@ TEST(kill_consumer_holding_message) {
     CHECK(*(int *)m.data == 7);
     ndshm_queue_release(q, &m);
     CHECK_RC(ndshm_queue_take(q, 0, &m), NDSHM_EEMPTY);
-    close(fds[0]);
-    close(fds[1]);
     ndshm_queue_close(q);
     munmap(mem, len);
 }
@@ -761,18 +778,9 @@ TEST(slow_live_consumer_is_not_recycled) {
 TEST(lost_claim_race_leaves_no_intent) {
     RAW_QUEUE_OR_RETURN(q, mem, len, 4, 64);
     ring_view_t v = view_of(q);
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    pid_t winner = fork();
-    if (winner == 0) {
-        ndshm_qmsg_t m;
-        if (ndshm_queue_loan(q, 4, 0, &m) != 0) _exit(2); /* position 0, never published */
-        if (write(fds[1], "x", 1) != 1) _exit(3);
-        pause();
-        _exit(0);
-    }
-    char c;
-    CHECK(read(fds[0], &c, 1) == 1);
+    pid_t winner = child_after(q, loan_unpublished); /* position 0 */
+    CHECK(winner > 0);
+    if (winner <= 0) return; /* never kill(-1) */
     kill(winner, SIGKILL);
     waitpid(winner, NULL, 0);
     for (int i = 1; i < 4; i++) CHECK_RC(ndshm_queue_put(q, &i, 4, "<i4", 0, NULL, 0), 0);
@@ -815,8 +823,6 @@ TEST(lost_claim_race_leaves_no_intent) {
         kill(racer, SIGKILL);
         waitpid(racer, NULL, 0);
     }
-    close(fds[0]);
-    close(fds[1]);
     ndshm_queue_close(q);
     munmap(mem, len);
 }
