@@ -603,7 +603,8 @@ class Segment:
         return int(ffi.cast("uintptr_t", out[0]))
 
     # The sync room sits above this one (its standalone objects are Segments): these three hand out
-    # its objects, the one upward import of the segment rooms (tests/test_layers.py ALLOWED_UPWARD).
+    # its objects, the package's one upward import (tests/house/test_layers.py ALLOWED_UPWARD): two
+    # public classes that name each other (Segment.lock is a Lock, Lock() makes a Segment).
     @property
     def lock(self) -> Lock:
         """The segment's own Lock (in its header's sync slot 0)."""
