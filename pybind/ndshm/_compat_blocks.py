@@ -14,7 +14,7 @@ import os
 import stat
 from typing import NamedTuple, Optional
 
-from ._dirs import READ_FLAGS
+from ._dirs import READ_FLAGS, sorted_entries
 from ._errors import NdshmError, error_from_code
 from ._lib import ffi, lib
 
@@ -241,11 +241,7 @@ def ndshm_blocks(dir: Optional[str] = None) -> list[CompatBlock]:
     ``ndshm.*`` segments and anything not a regular file are left out; never raises for one entry."""
     d = os.fspath(dir) if dir else SHM_DIR
     out = []
-    try:
-        entries = sorted(os.listdir(d))
-    except FileNotFoundError:
-        return []
-    for entry in entries:
+    for entry in sorted_entries(d):
         if entry.startswith((".", "ndshm.")):
             continue
         path = os.path.join(d, entry)

@@ -116,6 +116,15 @@ def cache_key(dir: str, name: str) -> tuple[str, str]:
 READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
 
 
+def sorted_entries(d: str) -> list[str]:
+    """The names in directory ``d``, sorted ([] if it does not exist): what ls, gc and the compat
+    listing walk."""
+    try:
+        return sorted(os.listdir(d))
+    except FileNotFoundError:
+        return []
+
+
 def open_regular(path: str) -> Optional[int]:
     """A read-only descriptor of ``path`` if it is a regular file (not a symlink, FIFO, device,
     socket or directory), else None. Never blocks: /dev/shm is world-writable, so anyone may

@@ -27,7 +27,7 @@ from ._errors import SegmentNotFoundError, error_from_code
 from ._lib import ffi, lib
 from ._api import str_name
 from ._codec import decode_dtype, decode_meta
-from ._dirs import default_dir, open_regular
+from ._dirs import default_dir, open_regular, sorted_entries
 from ._params import PERSIST, PREFIX, cstr
 from ._compat_blocks import ndshm_blocks
 
@@ -151,11 +151,7 @@ def probe(name: str, *, dir: Optional[str] = None) -> SegmentRecord:
 def named_segments(d: str) -> list[SegmentRecord]:
     """Every ``ndshm.<name>`` segment in directory ``d``, sorted by name."""
     out = []
-    try:
-        entries = sorted(os.listdir(d))
-    except FileNotFoundError:
-        return []
-    for entry in entries:
+    for entry in sorted_entries(d):
         if not entry.startswith(PREFIX):
             continue
         try:

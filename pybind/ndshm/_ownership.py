@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ._segment import Segment
 
 from . import _mappings
-from ._dirs import READ_FLAGS
+from ._dirs import open_regular
 from ._errors import error_from_code
 from ._lib import ffi, lib
 
@@ -416,16 +416,11 @@ def _reclaimable(found: Any, age: float) -> bool:
 def remove_if_unused(path: str, grace: float = GRACE_SECONDS, now: Optional[float] = None) -> bool:
     """Unlink segment file ``path`` if :func:`reclaimable` says so, holding its exclusive flock
     while checking and removing (no attacher can slip in). Never follows links or opens FIFOs."""
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return False
-        fd = os.open(path, READ_FLAGS)
-    except OSError:
+    fd = open_regular(path)
+    if fd is None:
         return False
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -10,14 +10,12 @@ import gc
 import inspect
 import os
 import re
-import subprocess
-import tempfile
 
 import numpy as np
 import pytest
 
 import ndshm
-from conftest import PYPY, collect, dir_files, skip_or_fail
+from conftest import PYPY, collect, dir_files, mounted_tmpfs
 
 SHM = os.environ.get("NDSHM_DIR", "/dev/shm")
 
@@ -104,18 +102,7 @@ def test_timed_out_calls_do_not_keep_the_queue_alive(unique_name, full):
 @pytest.fixture
 def tiny_tmpfs():
     """A private 64 KiB tmpfs (root only), unmounted after."""
-    if os.geteuid() != 0:
-        skip_or_fail("mounting a tmpfs needs root")
-    d = tempfile.mkdtemp(prefix="ndshm-q-tmpfs-")
-    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", d], capture_output=True, text=True)
-    if rc.returncode != 0:
-        os.rmdir(d)
-        skip_or_fail(f"cannot mount a tmpfs: {rc.stderr.strip()}")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", d], capture_output=True)
-        os.rmdir(d)
+    yield from mounted_tmpfs("size=64k", "a tmpfs")
 
 
 def test_queue_that_does_not_fit_names_path_and_size(tiny_tmpfs, unique_name):

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 import ndshm
-from conftest import child_env, collect, run_python, skip_or_fail
+from conftest import child_env, collect, mounted_tmpfs, run_python, skip_or_fail
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
@@ -57,21 +56,7 @@ def _fill(d: str) -> None:
 @pytest.fixture
 def tmpfs():
     """A private 64 MiB tmpfs (mounted as root, unmounted afterwards)."""
-    d = tempfile.mkdtemp(prefix="ndshm-tmpfs-")
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", d], capture_output=True,
-                           text=True)
-    except OSError as e:
-        r = None
-        why = str(e)
-    if r is None or r.returncode != 0:
-        os.rmdir(d)
-        skip_or_fail(f"cannot mount a private tmpfs: {why if r is None else r.stderr.strip()}")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", d], check=False)
-        os.rmdir(d)
+    yield from mounted_tmpfs("size=64m,mode=0700", "a private tmpfs")
 
 
 def _blocks(path: str) -> int:
