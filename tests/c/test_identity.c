@@ -144,9 +144,13 @@ TEST(a_killed_holder_is_dead_even_with_a_child_left) {
     if (pid == 0) {
         if (ndshm_lock_acquire(area, 0) != 0) _exit(1);
         if (fork() == 0) { /* a grandchild that outlives its parent and never calls ndshm */
+            shared[1] = 1; /* running: fork()'s atfork hook has closed its table descriptors */
             sleep(5);
             _exit(0);
         }
+        /* until the grandchild has run (a loaded machine may not have scheduled it yet: till then it
+         * holds its parent's descriptors, as fork() made them) */
+        for (int i = 0; i < 5000 && shared[1] == 0; i++) usleep(1000);
         shared[0] = ndshm__self_key();
         for (;;) pause();
     }
